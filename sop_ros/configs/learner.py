@@ -1,0 +1,88 @@
+"""The cloud learner's config: what it trains on, how it samples, which algorithm, when it publishes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sop_ros.configs import require
+from sop_ros.sim.catalog import MT50
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Task-balanced batches; within a task, SOP's adaptive share of online (fleet) data."""
+
+    online_share_alpha: float = 1.5  # alpha > 1 favours online data when its loss is as high as offline's
+    online_share_min: float = 0.2
+    online_share_max: float = 0.8
+    loss_window_steps: int = 200
+
+    def __post_init__(self) -> None:
+        require(self.online_share_alpha > 1.0, "online_share_alpha", self.online_share_alpha, "must be > 1")
+        require(
+            0.0 <= self.online_share_min < self.online_share_max <= 1.0,
+            "online_share_max",
+            self.online_share_max,
+            f"need 0 <= online_share_min ({self.online_share_min}) < max <= 1",
+        )
+        require(self.loss_window_steps > 0, "loss_window_steps", self.loss_window_steps, "must be > 0")
+
+
+@dataclass(frozen=True)
+class RecapConfig:
+    """Advantage-conditioned policy with a distributional value function."""
+
+    value_bins: int = 201
+    failure_penalty: float = 50.0  # return -C at failure, before per-task normalisation
+    n_step: int = 10
+    advantage_percentile: float = 30.0  # epsilon_task: this percentile of the task's advantages
+    indicator_dropout: float = 0.3
+    guidance_beta: float = 1.0
+    value_training: Literal["frozen", "cotrain"] = "frozen"
+
+    def __post_init__(self) -> None:
+        require(self.value_bins >= 2, "value_bins", self.value_bins, "must be >= 2")
+        require(self.failure_penalty >= 0, "failure_penalty", self.failure_penalty, "must be >= 0")
+        require(self.n_step >= 1, "n_step", self.n_step, "must be >= 1")
+        require(
+            0 <= self.advantage_percentile <= 100,
+            "advantage_percentile",
+            self.advantage_percentile,
+            "must be in 0..100",
+        )
+        require(0 <= self.indicator_dropout < 1, "indicator_dropout", self.indicator_dropout, "must be in [0, 1)")
+        require(self.guidance_beta >= 0, "guidance_beta", self.guidance_beta, "must be >= 0")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    algorithm: Literal["bc", "hg_dagger", "recap"] = "hg_dagger"
+    tasks: tuple[str, ...] = ("reach-v3", "push-v3", "pick-place-v3", "drawer-open-v3", "window-open-v3")
+    demos_dir: str = "runs/demos"
+    store_dir: str = "runs/store"
+    checkpoint_dir: str = "runs/learner"
+    batch_size: int = 64
+    learning_rate: float = 3e-4
+    publish_every_steps: int = 25
+    publish_every_s: float = 0.0  # > 0: also publish on this period
+    use_autonomous_segments: bool = True  # HG-DAgger: also learn from segments the policy drove
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    recap: RecapConfig = field(default_factory=RecapConfig)
+
+    def __post_init__(self) -> None:
+        require(bool(self.tasks), "tasks", self.tasks, "must list at least one task")
+        for i, task in enumerate(self.tasks):
+            require(task in MT50, f"tasks[{i}]", task, "must be a Meta-World MT50 task")
+        require(len(set(self.tasks)) == len(self.tasks), "tasks", self.tasks, "must not repeat")
+        require(
+            self.batch_size >= len(self.tasks),
+            "batch_size",
+            self.batch_size,
+            f"must be >= the number of tasks ({len(self.tasks)}): each batch is split across tasks",
+        )
+        require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        require(self.publish_every_steps >= 1, "publish_every_steps", self.publish_every_steps, "must be >= 1")
+        require(self.publish_every_s >= 0, "publish_every_s", self.publish_every_s, "must be >= 0 (0: off)")

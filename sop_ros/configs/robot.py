@@ -1,0 +1,155 @@
+"""What runs on one robot: its identity and the nodes it starts, each with its ROS parameters.
+
+Each node's section in the YAML is that node's config dataclass below; its fields are the node's ROS
+parameters (declared from the dataclass, so defaults and rules live in one place).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sop_ros.configs import ConfigError, require
+
+# Kept free of Meta-World imports so that a robot config is validated in milliseconds.
+from sop_ros.sim.catalog import CAMERAS, MT50
+
+NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class SimRobotConfig:
+    """The simulated robot driver: a Meta-World task behind the topics a real robot publishes."""
+
+    task: str = "reach-v3"
+    seed: int = 0
+    control_hz: float = 30.0
+    episodes: int = 0  # stop after this many episodes; 0 runs until shut down
+    max_episode_steps: int = 150
+    cameras: tuple[str, ...] = ("corner", "gripperPOV")
+    image_width: int = 96
+    image_height: int = 96
+    camera_hz: float = 10.0
+    image_transport: Literal["raw", "compressed", "both"] = "compressed"
+    jpeg_quality: int = 90
+    command_timeout_s: float = 0.5  # no command for this long: the arm holds still
+    publish_clock: bool = True
+
+    def __post_init__(self) -> None:
+        require(self.task in MT50, "task", self.task, "must be a Meta-World MT50 task, e.g. 'pick-place-v3'")
+        require(self.control_hz > 0, "control_hz", self.control_hz, "must be > 0")
+        require(self.episodes >= 0, "episodes", self.episodes, "must be >= 0 (0: run until shut down)")
+        require(
+            0 < self.max_episode_steps <= 500,
+            "max_episode_steps",
+            self.max_episode_steps,
+            "must be in 1..500 (Meta-World's limit)",
+        )
+        for i, cam in enumerate(self.cameras):
+            require(cam in CAMERAS, f"cameras[{i}]", cam, f"must be one of {', '.join(CAMERAS)}")
+        require(len(set(self.cameras)) == len(self.cameras), "cameras", self.cameras, "must not repeat")
+        require(16 <= self.image_width <= 1920, "image_width", self.image_width, "must be in 16..1920")
+        require(16 <= self.image_height <= 1080, "image_height", self.image_height, "must be in 16..1080")
+        require(
+            0 < self.camera_hz <= self.control_hz,
+            "camera_hz",
+            self.camera_hz,
+            f"must be > 0 and <= control_hz ({self.control_hz})",
+        )
+        require(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in 1..100")
+        require(self.command_timeout_s > 0, "command_timeout_s", self.command_timeout_s, "must be > 0")
+
+
+@dataclass(frozen=True)
+class TeleopArbiterConfig:
+    """The only writer of the robot command: policy or operator, clamped and rate-limited."""
+
+    action_names: tuple[str, ...] = ("x", "y", "z", "gripper")
+    action_min: tuple[float, ...] = (-1.0, -1.0, -1.0, -1.0)
+    action_max: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    max_rate: tuple[float, ...] = (60.0, 60.0, 60.0, 120.0)  # largest change per second, per dimension
+    # While held (stale inputs), dimensions marked true keep their last value (e.g. keep the gripper
+    # closed on an object); the others command zero (no motion for delta/velocity interfaces).
+    hold_keeps_last: tuple[bool, ...] = (False, False, False, True)
+    output_hz: float = 30.0
+    policy_timeout_s: float = 0.5
+    operator_timeout_s: float = 0.3  # operators send only while their deadman is held
+    operator_device: str = "joy"
+    state_hz: float = 5.0
+
+    def __post_init__(self) -> None:
+        n = len(self.action_names)
+        require(n > 0, "action_names", self.action_names, "must name at least one dimension")
+        for key in ("action_min", "action_max", "max_rate", "hold_keeps_last"):
+            value = getattr(self, key)
+            require(len(value) == n, key, value, f"must have one entry per action name ({n})")
+        for i, (lo, hi) in enumerate(zip(self.action_min, self.action_max, strict=True)):
+            require(lo < hi, f"action_max[{i}]", hi, f"must be > action_min[{i}] ({lo})")
+        require(all(r > 0 for r in self.max_rate), "max_rate", self.max_rate, "every entry must be > 0")
+        require(self.output_hz > 0, "output_hz", self.output_hz, "must be > 0")
+        require(self.policy_timeout_s > 0, "policy_timeout_s", self.policy_timeout_s, "must be > 0")
+        require(self.operator_timeout_s > 0, "operator_timeout_s", self.operator_timeout_s, "must be > 0")
+        require(self.state_hz > 0, "state_hz", self.state_hz, "must be > 0")
+
+
+@dataclass(frozen=True)
+class ScriptedOperatorConfig:
+    """An operator played by Meta-World's scripted expert, driving through the teleop path."""
+
+    mode: Literal["demo"] = "demo"  # demo: in control for whole episodes (demonstrations)
+    device: str = "scripted_expert"
+    task: str = "reach-v3"
+
+    def __post_init__(self) -> None:
+        require(self.task in MT50, "task", self.task, "must be a Meta-World MT50 task")
+        require(bool(self.device), "device", self.device, "must name the input device")
+
+
+@dataclass(frozen=True)
+class NodesConfig:
+    """The nodes a robot starts; a node whose section is absent is not started."""
+
+    sim_robot: SimRobotConfig | None = None
+    teleop_arbiter: TeleopArbiterConfig | None = None
+    scripted_operator: ScriptedOperatorConfig | None = None
+
+    def __post_init__(self) -> None:
+        if self.sim_robot and self.scripted_operator:
+            require(
+                self.scripted_operator.task == self.sim_robot.task,
+                "scripted_operator.task",
+                self.scripted_operator.task,
+                f"must equal sim_robot.task ({self.sim_robot.task!r})",
+            )
+
+    def enabled(self) -> dict[str, object]:
+        return {name: cfg for name, cfg in vars(self).items() if cfg is not None}
+
+
+@dataclass(frozen=True)
+class RobotConfig:
+    """One robot: every node runs under the namespace /<id>."""
+
+    id: str = "robot_0"
+    use_sim_time: bool = False
+    # Topic remappings applied to every node, e.g. {command: /arm_controller/commands}.
+    remappings: dict[str, str] = field(default_factory=dict)
+    log_level: Literal["debug", "info", "warn", "error"] = "info"
+
+    def __post_init__(self) -> None:
+        require(bool(NAME.match(self.id)), "id", self.id, "must be a ROS name: a letter, then letters, digits, _")
+
+
+@dataclass(frozen=True)
+class RobotLaunchConfig:
+    """The whole YAML file given to `sop robot --config` and to launch/robot.launch.py."""
+
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    nodes: NodesConfig = field(default_factory=NodesConfig)
+
+    def __post_init__(self) -> None:
+        require(bool(self.nodes.enabled()), "nodes", {}, "must start at least one node")
+        if self.nodes.sim_robot and not self.robot.use_sim_time:
+            # Sim time keeps recorded stamps and control periods tied to the simulator, not the host's speed.
+            raise ConfigError("robot.use_sim_time=False: must be true when nodes.sim_robot runs")

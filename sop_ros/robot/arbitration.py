@@ -1,0 +1,90 @@
+"""Who commands the robot, and the safety limits on what reaches it. Plain Python, no ROS.
+
+The operator wins whenever their input is fresh (devices send only while the deadman is held); otherwise the
+policy drives while its input is fresh; otherwise the robot is held. Every output is clamped to the
+configured range and rate-limited, whoever sent it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+
+from sop_ros.configs.robot import TeleopArbiterConfig
+
+
+class Controller(IntEnum):
+    """Values match sop_ros/msg/InterventionState CONTROLLER_*."""
+
+    POLICY = 0
+    OPERATOR = 1
+    HOLD = 2
+
+
+@dataclass(frozen=True)
+class ArbiterOutput:
+    command: np.ndarray
+    controller: Controller
+    since: float  # when the current controller took over
+    changed: bool  # the controller changed at this tick
+
+
+class Arbiter:
+    def __init__(self, config: TeleopArbiterConfig) -> None:
+        self.config = config
+        self._low = np.array(config.action_min)
+        self._high = np.array(config.action_max)
+        self._rate = np.array(config.max_rate)
+        self._keeps_last = np.array(config.hold_keeps_last)
+        self._inputs: dict[Controller, tuple[np.ndarray, float]] = {}
+        self._output = np.zeros(len(config.action_names))
+        self._last_tick: float | None = None
+        self.controller = Controller.HOLD
+        self.since = 0.0
+        self.interventions = 0
+
+    def submit(self, source: Controller, command: np.ndarray, now: float) -> None:
+        """Take a command from the policy or the operator; a wrongly sized one is refused with ValueError."""
+        command = np.asarray(command, dtype=np.float64)
+        expected = len(self.config.action_names)
+        if command.shape != (expected,):
+            raise ValueError(
+                f"{source.name.lower()} command has {command.size} values, expected {expected} "
+                f"({', '.join(self.config.action_names)})"
+            )
+        if not np.all(np.isfinite(command)):
+            raise ValueError(f"{source.name.lower()} command has non-finite values: {command.tolist()}")
+        self._inputs[source] = (command, now)
+
+    def new_episode(self) -> None:
+        self.interventions = 0
+
+    def tick(self, now: float) -> ArbiterOutput:
+        controller = self._select(now)
+        changed = controller != self.controller
+        if changed:
+            self.controller, self.since = controller, now
+            self.interventions += controller == Controller.OPERATOR
+        if controller == Controller.HOLD:
+            target = np.where(self._keeps_last, self._output, 0.0)
+        else:
+            target = self._inputs[controller][0]
+        target = np.clip(target, self._low, self._high)
+        # The first tick has no elapsed time, so the output starts from the initial hold (zeros).
+        dt = 0.0 if self._last_tick is None else max(now - self._last_tick, 0.0)
+        step = self._rate * dt
+        self._output = self._output + np.clip(target - self._output, -step, step)
+        self._last_tick = now
+        return ArbiterOutput(self._output.copy(), controller, self.since, changed)
+
+    def _select(self, now: float) -> Controller:
+        timeouts = {
+            Controller.OPERATOR: self.config.operator_timeout_s,
+            Controller.POLICY: self.config.policy_timeout_s,
+        }
+        for source in (Controller.OPERATOR, Controller.POLICY):
+            if source in self._inputs and now - self._inputs[source][1] <= timeouts[source]:
+                return source
+        return Controller.HOLD

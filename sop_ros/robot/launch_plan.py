@@ -1,0 +1,69 @@
+"""What a robot config starts: one NodeSpec per node, shared by `sop robot` and launch/*.launch.py.
+
+No ROS imports, so launch files and tests can read the plan anywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sop_ros.configs import to_dict
+from sop_ros.configs.robot import RobotLaunchConfig
+
+
+@dataclass(frozen=True)
+class NodeType:
+    executable: str  # `ros2 run sop_ros <executable>`; must match SOP_ROS_NODES in CMakeLists.txt
+    module: str  # Python module whose main() runs the node
+    node_class: str  # class in that module, for composing several nodes in one process
+    clock_source: bool = False  # publishes /clock, so it runs on wall time itself
+
+
+NODE_TYPES = {
+    "sim_robot": NodeType("sim_robot", "sop_ros.sim.sim_robot_node", "SimRobotNode", clock_source=True),
+    "scripted_operator": NodeType("scripted_operator", "sop_ros.sim.scripted_operator_node", "ScriptedOperatorNode"),
+    "teleop_arbiter": NodeType("teleop_arbiter", "sop_ros.robot.teleop_arbiter_node", "TeleopArbiterNode"),
+}
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    type: NodeType
+    namespace: str
+    parameters: dict
+    remappings: tuple[tuple[str, str], ...]
+    log_level: str
+    # When this node exits by itself (e.g. after its last episode), the whole robot stops,
+    # like launch's on_exit=Shutdown().
+    ends_run: bool
+
+    def ros_args(self, params_file: str | None = None) -> list[str]:
+        """Command-line arguments for this node's process (`--ros-args ...`)."""
+        args = ["--ros-args", "-r", f"__node:={self.name}", "-r", f"__ns:={self.namespace}"]
+        for src, dst in self.remappings:
+            args += ["-r", f"{src}:={dst}"]
+        if params_file:
+            args += ["--params-file", params_file]
+        return args + ["--log-level", self.log_level]
+
+
+def plan(config: RobotLaunchConfig) -> list[NodeSpec]:
+    robot = config.robot
+    specs = []
+    for name, node_config in config.nodes.enabled().items():
+        node_type = NODE_TYPES[name]
+        parameters = to_dict(node_config)
+        parameters["use_sim_time"] = robot.use_sim_time and not node_type.clock_source
+        specs.append(
+            NodeSpec(
+                name=name,
+                type=node_type,
+                namespace=f"/{robot.id}",
+                parameters=parameters,
+                remappings=tuple(robot.remappings.items()),
+                log_level=robot.log_level,
+                ends_run=node_type.clock_source and getattr(node_config, "episodes", 0) > 0,
+            )
+        )
+    return specs

@@ -1,0 +1,69 @@
+"""Running nodes: one per process (`ros2 run`) or several on one executor (`sop robot --single-process`)."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+
+from sop_ros.configs import ConfigError
+
+# Set by `sop robot` for the nodes it starts: they stop when it dies, even if it is SIGKILLed.
+DIE_WITH_PARENT_ENV = "SOP_ROS_DIE_WITH_PARENT"
+_PR_SET_PDEATHSIG = 1
+
+
+def finished(nodes: Sequence[Node]) -> bool:
+    """A node that ends by itself (e.g. after N episodes) sets its `finished` event; then all stop."""
+    return any(getattr(node, "finished", None) is not None and node.finished.is_set() for node in nodes)
+
+
+def spin_until_done(nodes: Sequence[Node], duration_s: float | None = None) -> None:
+    """Spin until a node finishes, `duration_s` passes, or the context shuts down (SIGINT / SIGTERM).
+
+    A MultiThreadedExecutor so that one node's slow callback (a camera render) does not delay
+    another's timer; each node keeps rclpy's default mutually exclusive group, so its own callbacks
+    never run concurrently.
+    """
+    executor = MultiThreadedExecutor()
+    for node in nodes:
+        executor.add_node(node)
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    try:
+        while rclpy.ok() and not finished(nodes) and (deadline is None or time.monotonic() < deadline):
+            executor.spin_once(timeout_sec=0.1)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception:
+        # A SIGTERM may shut the context down between rclpy.ok() and spin_once(): then this is a stop.
+        if rclpy.ok():
+            raise
+    finally:
+        executor.shutdown()
+
+
+def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
+    """`main()` of a node executable: exit 0 on a clean stop, 2 on a bad parameter."""
+    if os.environ.get(DIE_WITH_PARENT_ENV) == "1" and sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    rclpy.init(args=args)
+    node = None
+    try:
+        node = make_node()
+        spin_until_done([node])
+        # A node that ended by itself may report failure (e.g. its driver loop died).
+        return getattr(node, "exit_code", 0)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()

@@ -1,0 +1,34 @@
+"""Topic names (relative: every robot runs under /<robot_id>) and the QoS each one uses, with the reason."""
+
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+
+JOINT_STATES = "joint_states"
+CAMERA_IMAGE = "cameras/{camera}/image_raw"
+CAMERA_COMPRESSED = "cameras/{camera}/image_raw/compressed"
+SIM_STATE = "sim/state"  # privileged simulator state: only scripted operators read it
+EPISODE_EVENTS = "episode/events"
+POLICY_COMMAND = "policy/command"
+OPERATOR_COMMAND = "teleop/operator_command"
+ROBOT_COMMAND = "command"  # remap to the controller's topic, e.g. /arm_controller/commands
+INTERVENTION_STATE = "teleop/intervention"
+
+# Camera frames: a late frame is worthless and queuing them adds latency, so keep only the newest.
+SENSOR = qos_profile_sensor_data
+# Joint states and simulator state drive control at every tick: reliable, but never a backlog.
+STATE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# Commands to the robot: reliable and shallow, the newest command is the one that counts.
+COMMAND = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# Episode events and intervention changes must all arrive (recorder, bridge, operators' UIs), and a node
+# that starts late still sees the last few.
+EVENTS = QoSProfile(
+    depth=20,
+    reliability=ReliabilityPolicy.RELIABLE,
+    history=HistoryPolicy.KEEP_LAST,
+    durability=DurabilityPolicy.TRANSIENT_LOCAL,
+)

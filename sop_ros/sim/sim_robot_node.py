@@ -1,0 +1,212 @@
+"""A simulated robot: a Meta-World task behind the topics and clock a real robot driver provides.
+
+Publishes joint states, camera images (raw and/or JPEG), /clock, the privileged simulator state (for
+scripted operators only) and episode events; applies the latest command from the robot command topic
+at a fixed control rate, holding still when commands stop.
+
+Like a hardware driver, the control loop runs on a thread of its own, not on the executor: the
+simulator's OpenGL context belongs to the thread that created it, and the loop keeps its rate however
+busy the executor is.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import cv2
+import numpy as np
+import rclpy.time
+from builtin_interfaces.msg import Time
+from rclpy.node import Node
+from rclpy.qos import QoSProfile
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Float64MultiArray, Header
+
+from sop_ros.configs.robot import SimRobotConfig
+from sop_ros.msg import EpisodeEvent
+from sop_ros.robot import topics
+from sop_ros.robot.params import declare_config
+from sop_ros.robot.spin import run_node
+from sop_ros.sim.metaworld_sim import ACTION_NAMES, JOINT_NAMES, MetaWorldSim
+
+
+def sim_stamp(seconds: float) -> Time:
+    return rclpy.time.Time(nanoseconds=round(seconds * 1e9)).to_msg()
+
+
+def image_messages(image: np.ndarray, header: Header, transport: str, jpeg_quality: int) -> list:
+    """sensor_msgs images for one RGB frame, as configured: raw Image, JPEG CompressedImage, or both."""
+    out = []
+    if transport in ("raw", "both"):
+        h, w, _ = image.shape
+        out.append(Image(header=header, height=h, width=w, encoding="rgb8", step=w * 3, data=image.tobytes()))
+    if transport in ("compressed", "both"):
+        ok, jpeg = cv2.imencode(
+            ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
+        )
+        if not ok:
+            raise RuntimeError("OpenCV failed to JPEG-encode a camera frame")
+        out.append(CompressedImage(header=header, format="rgb8; jpeg compressed bgr8", data=jpeg.tobytes()))
+    return out
+
+
+class SimRobotNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("sim_robot", **kwargs)
+        self.config = cfg = declare_config(self, SimRobotConfig)
+        self.robot_id = self.get_namespace().strip("/").replace("/", "_") or "robot"
+        self.finished = threading.Event()
+        self.exit_code = 0
+        self.sim: MetaWorldSim | None = None
+        self._command = np.zeros(len(ACTION_NAMES))
+        self._command_time = -float("inf")
+        self._sim_time = 0.0
+        self._episodes_done = 0
+        self._render_every = max(1, round(cfg.control_hz / cfg.camera_hz))
+        self._episode = None
+        self._episode_id = ""
+
+        self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.STATE)
+        self.state_pub = self.create_publisher(Float64MultiArray, topics.SIM_STATE, topics.STATE)
+        self.event_pub = self.create_publisher(EpisodeEvent, topics.EPISODE_EVENTS, topics.EVENTS)
+        self.clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(depth=1)) if cfg.publish_clock else None
+        self.image_pubs = {}
+        for cam in cfg.cameras:
+            pubs = []
+            if cfg.image_transport in ("raw", "both"):
+                pubs.append(self.create_publisher(Image, topics.CAMERA_IMAGE.format(camera=cam), topics.SENSOR))
+            if cfg.image_transport in ("compressed", "both"):
+                topic = topics.CAMERA_COMPRESSED.format(camera=cam)
+                pubs.append(self.create_publisher(CompressedImage, topic, topics.SENSOR))
+            self.image_pubs[cam] = pubs
+        self.create_subscription(Float64MultiArray, topics.ROBOT_COMMAND, self.on_command, topics.COMMAND)
+        self._stop = threading.Event()
+        self._driver = threading.Thread(target=self.drive, name="sim_driver", daemon=True)
+        self._driver.start()
+
+    def on_command(self, msg: Float64MultiArray) -> None:
+        if len(msg.data) != len(ACTION_NAMES):
+            self.get_logger().error(
+                f"refused a command with {len(msg.data)} values: expected {len(ACTION_NAMES)} {ACTION_NAMES}",
+                throttle_duration_sec=5.0,
+            )
+            return
+        self._command = np.asarray(msg.data, dtype=np.float64)
+        self._command_time = time.monotonic()
+
+    def drive(self) -> None:
+        cfg = self.config
+        try:
+            self.sim = MetaWorldSim(cfg.task, cfg.seed, (cfg.image_height, cfg.image_width))
+            self.get_logger().info(
+                f"Meta-World {cfg.task} at {cfg.control_hz:g} Hz, cameras {list(cfg.cameras)} "
+                f"{cfg.image_width}x{cfg.image_height} at {cfg.camera_hz:g} Hz ({cfg.image_transport})"
+            )
+            period, next_tick = 1.0 / cfg.control_hz, time.monotonic()
+            while not self._stop.is_set() and not self.finished.is_set():
+                self.control_tick()
+                next_tick += period
+                self._stop.wait(max(0.0, next_tick - time.monotonic()))
+        except Exception as err:  # stop the robot and say why, rather than run on with a dead loop
+            self.get_logger().fatal(f"simulator failed: {type(err).__name__}: {err}")
+            self.exit_code = 1
+            self.finished.set()
+        finally:
+            if self.sim is not None:
+                self.sim.close()
+
+    def control_tick(self) -> None:
+        if self._episode is None:
+            self.start_episode()
+            return
+        result = self.sim.step(self.current_action())
+        # One simulator step is one control period of the simulated robot, so nodes on sim time (the arbiter's
+        # output timer, the recorder's stamps) see the configured control rate however fast the host runs.
+        self._sim_time += 1.0 / self.config.control_hz
+        self.publish_clock()
+        self.publish_state(result.state)
+        if result.steps % self._render_every == 0:
+            self.publish_images()
+        if result.success or result.steps >= self.config.max_episode_steps:
+            self.end_episode(result.success, result.steps)
+
+    def current_action(self) -> np.ndarray:
+        if time.monotonic() - self._command_time <= self.config.command_timeout_s:
+            return self._command
+        # No fresh command: stay in place, keep the gripper as it was (do not drop what it holds).
+        return np.array([0.0, 0.0, 0.0, self._command[3]])
+
+    def start_episode(self) -> None:
+        self._episode, state = self.sim.reset()
+        self._episode_id = f"{self.robot_id}-s{self.config.seed}-e{self._episode.index:05d}"
+        self.publish_event(EpisodeEvent.EVENT_START, EpisodeEvent.OUTCOME_UNKNOWN, "", 0)
+        self.publish_clock()
+        self.publish_state(state)
+        self.publish_images()
+
+    def end_episode(self, success: bool, steps: int) -> None:
+        outcome = EpisodeEvent.OUTCOME_SUCCESS if success else EpisodeEvent.OUTCOME_FAILURE
+        self.publish_event(EpisodeEvent.EVENT_END, outcome, "sim_success" if success else "timeout", steps)
+        self.get_logger().info(
+            f'episode {self._episode_id} ({self._episode.task}, "{self._episode.instruction}"): '
+            f"{'success' if success else 'failure'} after {steps} steps"
+        )
+        self._episode = None
+        self._episodes_done += 1
+        if self.config.episodes and self._episodes_done >= self.config.episodes:
+            self.finished.set()
+
+    def header(self, frame_id: str = "") -> Header:
+        return Header(stamp=sim_stamp(self._sim_time), frame_id=frame_id)
+
+    def publish_clock(self) -> None:
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=sim_stamp(self._sim_time)))
+
+    def publish_state(self, state: np.ndarray) -> None:
+        self.joint_pub.publish(
+            JointState(
+                header=self.header(),
+                name=list(JOINT_NAMES),
+                position=self.sim.joint_positions().tolist(),
+                velocity=self.sim.joint_velocities().tolist(),
+            )
+        )
+        self.state_pub.publish(Float64MultiArray(data=state.tolist()))
+
+    def publish_images(self) -> None:
+        cfg = self.config
+        for cam, pubs in self.image_pubs.items():
+            msgs = image_messages(self.sim.render(cam), self.header(cam), cfg.image_transport, cfg.jpeg_quality)
+            for pub, msg in zip(pubs, msgs, strict=True):
+                pub.publish(msg)
+
+    def publish_event(self, event: int, outcome: int, source: str, steps: int) -> None:
+        self.event_pub.publish(
+            EpisodeEvent(
+                header=self.header(),
+                event=event,
+                robot_id=self.robot_id,
+                episode_id=self._episode_id,
+                task=self._episode.task,
+                instruction=self._episode.instruction,
+                outcome=outcome,
+                outcome_source=source,
+                steps=steps,
+            )
+        )
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._driver.join(timeout=10.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(SimRobotNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
