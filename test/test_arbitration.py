@@ -1,0 +1,56 @@
+"""The teleop arbiter's rules on plain data: who is in control, clamping, rate limits, hold on stale input."""
+
+import numpy as np
+import pytest
+
+from sop_ros.configs.robot import TeleopArbiterConfig
+from sop_ros.robot.arbitration import Arbiter, Controller
+
+CFG = TeleopArbiterConfig(max_rate=(100.0, 100.0, 100.0, 100.0), policy_timeout_s=0.5, operator_timeout_s=0.3)
+
+
+def test_operator_takes_over_and_hands_back_to_the_policy():
+    arb = Arbiter(CFG)
+    arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=0.0)
+    assert arb.tick(0.0).controller == Controller.POLICY
+    arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=0.1)
+    arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=0.1)
+    out = arb.tick(0.1)
+    assert out.controller == Controller.OPERATOR and out.changed and out.since == 0.1
+    np.testing.assert_allclose(out.command, [-0.2, 0, 0, 1])
+    assert arb.interventions == 1
+    arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=0.5)
+    out = arb.tick(0.5)  # operator silent for 0.4 s > 0.3 s: released
+    assert out.controller == Controller.POLICY and out.changed
+    np.testing.assert_allclose(out.command, [0.1, 0, 0, 0])
+
+
+def test_holds_when_every_input_is_stale_and_keeps_the_gripper():
+    arb = Arbiter(CFG)
+    arb.submit(Controller.POLICY, [0.5, 0.5, 0.5, 1.0], now=0.0)
+    arb.tick(0.0)
+    np.testing.assert_allclose(arb.tick(0.1).command, [0.5, 0.5, 0.5, 1.0])
+    out = arb.tick(1.0)
+    assert out.controller == Controller.HOLD
+    np.testing.assert_allclose(out.command, [0, 0, 0, 1.0])
+
+
+def test_commands_are_clamped_and_rate_limited():
+    arb = Arbiter(TeleopArbiterConfig(max_rate=(10.0, 10.0, 10.0, 10.0)))
+    arb.tick(0.0)
+    arb.submit(Controller.POLICY, [5.0, -5.0, 0.05, 0], now=0.0)
+    out = arb.tick(0.01)  # 0.01 s at 10/s: at most 0.1 of change
+    np.testing.assert_allclose(out.command, [0.1, -0.1, 0.05, 0])
+    for t in np.arange(0.02, 0.5, 0.01):
+        out = arb.tick(t)
+    np.testing.assert_allclose(out.command, [1.0, -1.0, 0.05, 0])  # clamped to [-1, 1]
+
+
+@pytest.mark.parametrize("bad", [[0.0, 0.0], [0, 0, 0, float("nan")]])
+def test_bad_commands_are_refused_and_the_last_good_one_stays(bad):
+    arb = Arbiter(CFG)
+    arb.submit(Controller.POLICY, [0.2, 0, 0, 0], now=0.0)
+    with pytest.raises(ValueError, match="policy command"):
+        arb.submit(Controller.POLICY, bad, now=0.0)
+    np.testing.assert_allclose(arb.tick(0.0).command, [0, 0, 0, 0])  # first tick: starts from hold
+    np.testing.assert_allclose(arb.tick(0.1).command, [0.2, 0, 0, 0])

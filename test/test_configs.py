@@ -1,0 +1,85 @@
+"""Configs fail at load with a message naming the key, the value and what is allowed."""
+
+import subprocess
+
+import pytest
+from conftest import REPO, sop
+
+from sop_ros.configs import ConfigError, from_dict, load_config
+from sop_ros.configs.learner import LearnerConfig
+from sop_ros.configs.robot import RobotLaunchConfig
+from sop_ros.robot.launch_plan import plan
+
+
+def robot(**nodes):
+    return {"robot": {"id": "r1", "use_sim_time": True}, "nodes": nodes}
+
+
+@pytest.mark.parametrize("name", ["sim.yaml", "robot.yaml"])
+def test_shipped_robot_configs_are_valid(name):
+    config = load_config(RobotLaunchConfig, REPO / "config" / name)
+    assert plan(config)
+
+
+def test_shipped_learner_config_is_valid():
+    assert load_config(LearnerConfig, REPO / "config" / "learner.yaml").publish_every_steps == 25
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (robot(sim_robot={"taks": "reach-v3"}), "nodes.sim_robot.taks: unknown key (did you mean 'task'?)"),
+        (robot(sim_robot={"task": "fly-v3"}), "nodes.sim_robot.task='fly-v3': must be a Meta-World MT50 task"),
+        (robot(sim_robot={"control_hz": "fast"}), "nodes.sim_robot.control_hz='fast': must be a number"),
+        (robot(sim_robot={"cameras": ["corner", "eye"]}), "nodes.sim_robot.cameras[1]='eye': must be one of"),
+        (robot(sim_robot={"image_transport": "png"}), "image_transport='png': must be one of 'raw', 'compressed'"),
+        (robot(teleop_arbiter={"action_min": [-1.0]}), "nodes.teleop_arbiter.action_min=(-1.0,): must have one"),
+        (robot(teleop_arbiter={"action_max": [1, 1, -2, 1]}), "action_max[2]=-2.0: must be > action_min[2] (-1.0)"),
+        (robot(teleop_arbiter={"output_hz": 0}), "nodes.teleop_arbiter.output_hz=0.0: must be > 0"),
+        (robot(teleop_arbiter={"hold_keeps_last": [1, 0, 0, 0]}), "hold_keeps_last[0]=1: must be a bool"),
+        ({"robot": {"id": "9lives"}, "nodes": {"teleop_arbiter": {}}}, "robot.id='9lives': must be a ROS name"),
+        ({"robot": {"id": "r"}, "nodes": {}}, "nodes={}: must start at least one node"),
+        ({"robot": {"id": "r"}, "nodes": {"sim_robot": {}}}, "robot.use_sim_time=False: must be true"),
+        (robot(sim_robot={"task": "push-v3"}, scripted_operator={"task": "reach-v3"}), "must equal sim_robot.task"),
+    ],
+)
+def test_robot_config_errors_name_key_value_and_rule(data, message):
+    with pytest.raises(ConfigError) as err:
+        from_dict(RobotLaunchConfig, data)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"algorithm": "ppo"}, "algorithm='ppo': must be one of 'bc', 'hg_dagger', 'recap'"),
+        ({"tasks": []}, "tasks=(): must list at least one task"),
+        ({"batch_size": 2}, "batch_size=2: must be >= the number of tasks (5)"),
+        ({"sampling": {"online_share_alpha": 0.5}}, "sampling.online_share_alpha=0.5: must be > 1"),
+        ({"recap": {"indicator_dropout": 1.0}}, "recap.indicator_dropout=1.0: must be in [0, 1)"),
+        ({"recap": {"value_bin": 201}}, "recap.value_bin: unknown key (did you mean 'value_bins'?)"),
+    ],
+)
+def test_learner_config_errors(data, message):
+    with pytest.raises(ConfigError) as err:
+        from_dict(LearnerConfig, data)
+    assert message in str(err.value)
+
+
+def test_section_without_value_means_defaults():
+    config = from_dict(RobotLaunchConfig, robot(teleop_arbiter=None))
+    assert config.nodes.teleop_arbiter is not None and config.nodes.sim_robot is None
+
+
+def test_cli_reports_the_file_and_key_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("robot: {id: r1, use_sim_time: true}\nnodes:\n  sim_robot: {control_hz: -5}\n")
+    result = subprocess.run(sop("robot", "--config", str(bad)), check=False, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 2
+    assert f"{bad}: nodes.sim_robot.control_hz=-5.0: must be > 0" in result.stderr
+    result = subprocess.run(
+        sop("check-config", str(REPO / "config" / "sim.yaml")), check=False, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "valid robot config" in result.stdout
+    missing = subprocess.run(sop("check-config", "nope.yaml"), check=False, capture_output=True, text=True)
+    assert missing.returncode == 2 and "nope.yaml: no such config file" in missing.stderr

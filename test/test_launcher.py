@@ -1,0 +1,99 @@
+"""`sop robot` starts a robot's nodes from YAML, they talk over ROS 2, and SIGINT stops them all cleanly."""
+
+import os
+import signal
+
+import pytest
+from conftest import REPO, alive, pids_started, sop, start, wait_for
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Float64MultiArray
+
+from sop_ros.msg import InterventionState
+from sop_ros.robot import topics
+
+SIM = """
+robot: {{id: {rid}, use_sim_time: true}}
+nodes:
+  sim_robot: {{task: reach-v3, cameras: [corner], image_width: 32, image_height: 32, camera_hz: 5.0}}
+  teleop_arbiter: {{operator_device: scripted_expert}}
+  scripted_operator: {{task: reach-v3}}
+"""
+
+
+def observe_robot(rid: str, timeout: float = 60.0) -> dict:
+    """Wait until the robot's joint states, the arbiter's commands and an operator takeover are seen."""
+    import rclpy
+
+    node = rclpy.create_node("observer", namespace=f"/{rid}")
+    seen = {}
+    node.create_subscription(JointState, topics.JOINT_STATES, lambda m: seen.setdefault("joints", m), topics.STATE)
+    node.create_subscription(
+        Float64MultiArray, topics.ROBOT_COMMAND, lambda m: seen.setdefault("cmd", m), topics.COMMAND
+    )
+
+    def on_state(msg):
+        if msg.controller == InterventionState.CONTROLLER_OPERATOR:
+            seen["operator"] = msg
+
+    node.create_subscription(InterventionState, topics.INTERVENTION_STATE, on_state, topics.EVENTS)
+    try:
+        wait_for(lambda: len(seen) == 3, timeout, lambda: rclpy.spin_once(node, timeout_sec=0.05), "robot traffic")
+    finally:
+        node.destroy_node()
+    return seen
+
+
+@pytest.mark.parametrize("mode", [[], ["--single-process"]], ids=["processes", "single-process"])
+def test_sigint_stops_every_node_with_exit_code_0(tmp_path, rclpy_context, mode):
+    config = tmp_path / "sim.yaml"
+    config.write_text(SIM.format(rid="r7"))
+    proc = start(sop("robot", "--config", str(config), *mode))
+    try:
+        seen = observe_robot("r7")
+        assert list(seen["joints"].name)[:2] == ["right_j0", "right_j1"]
+        assert len(seen["cmd"].data) == 4 and seen["operator"].source_device == "scripted_expert"
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    pids = pids_started(output)
+    assert len(pids) == (3 if not mode else 0)
+    assert not [pid for pid in pids if alive(pid)], "orphan node processes"
+    if not mode:
+        assert output.count("exit code 0") == 3, output
+
+
+def test_nodes_die_with_a_killed_launcher(tmp_path, rclpy_context):
+    config = tmp_path / "sim.yaml"
+    config.write_text(SIM.format(rid="r8"))
+    proc = start(sop("robot", "--config", str(config)))
+    try:
+        observe_robot("r8")
+    finally:
+        proc.kill()  # SIGKILL: the launcher cannot forward anything
+        output, _ = proc.communicate(timeout=30)
+    pids = pids_started(output)
+    assert len(pids) == 3
+    wait_for(lambda: not any(alive(p) for p in pids), 30, what="nodes to exit after their launcher died")
+
+
+def test_a_bounded_run_ends_by_itself(tmp_path):
+    config = tmp_path / "sim.yaml"
+    config.write_text(SIM.format(rid="r9").replace("task: reach-v3,", "task: reach-v3, episodes: 1,"))
+    proc = start(sop("robot", "--config", str(config)))
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, output
+    assert "sim_robot finished" in output
+    assert not [pid for pid in pids_started(output) if alive(pid)]
+
+
+def test_node_with_bad_parameter_fails_at_start_naming_it():
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "sop_ros.robot.teleop_arbiter_node", "--ros-args", "-p", "output_hz:=-1.0"]
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, timeout=60, env=os.environ)
+    assert result.returncode == 2
+    assert "parameter output_hz=-1.0: must be > 0" in result.stderr
