@@ -8,7 +8,22 @@ import sys
 from sop_ros.configs import ConfigError, load_config
 
 
+def require_ros(command: str) -> None:
+    """The robot side needs rclpy and the colcon-built interfaces; say how to get them."""
+    try:
+        import rclpy  # noqa: F401
+
+        import sop_ros.msg  # noqa: F401
+    except ImportError as err:
+        raise SystemExit(
+            f"sop {command}: needs ROS 2 Jazzy and the built sop_ros interfaces ({err}). On a robot: "
+            "`source /opt/ros/jazzy/setup.bash` and your workspace's install/setup.bash; in this repository: "
+            "`make build`."
+        ) from None
+
+
 def cmd_robot(args: argparse.Namespace) -> int:
+    require_ros("robot")
     from sop_ros.configs.robot import RobotLaunchConfig
     from sop_ros.robot.launch_plan import plan
 
@@ -33,6 +48,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    require_ros("demo")
     from sop_ros.demo import run_demo
 
     return run_demo(args.config, args.episodes)
