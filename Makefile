@@ -29,9 +29,10 @@ lint: $(VENV_STAMP)
 venv: $(VENV_STAMP)
 build: $(BUILD_STAMP)
 
-$(VENV_STAMP): requirements.txt requirements.lock setup.py tools/write_workspace_pth.py
+$(VENV_STAMP): requirements.txt requirements-ros-wheels.txt requirements.lock setup.py tools/write_workspace_pth.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -c requirements.lock
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements-ros-wheels.txt -r requirements.txt \
+		-c requirements.lock
 	# `sop` console script; compat mode puts the source tree itself on sys.path.
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation \
 		--config-settings editable_mode=compat -e .

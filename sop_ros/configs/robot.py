@@ -72,7 +72,7 @@ class TeleopArbiterConfig:
     # While held (stale inputs), dimensions marked true keep their last value (e.g. keep the gripper
     # closed on an object); the others command zero (no motion for delta/velocity interfaces).
     hold_keeps_last: tuple[bool, ...] = (False, False, False, True)
-    output_hz: float = 30.0
+    watchdog_hz: float = 30.0  # checks for stale inputs; publishes the hold command at this rate
     policy_timeout_s: float = 0.5
     operator_timeout_s: float = 0.3  # operators send only while their deadman is held
     operator_device: str = "joy"
@@ -87,7 +87,7 @@ class TeleopArbiterConfig:
         for i, (lo, hi) in enumerate(zip(self.action_min, self.action_max, strict=True)):
             require(lo < hi, f"action_max[{i}]", hi, f"must be > action_min[{i}] ({lo})")
         require(all(r > 0 for r in self.max_rate), "max_rate", self.max_rate, "every entry must be > 0")
-        require(self.output_hz > 0, "output_hz", self.output_hz, "must be > 0")
+        require(self.watchdog_hz > 0, "watchdog_hz", self.watchdog_hz, "must be > 0")
         require(self.policy_timeout_s > 0, "policy_timeout_s", self.policy_timeout_s, "must be > 0")
         require(self.operator_timeout_s > 0, "operator_timeout_s", self.operator_timeout_s, "must be > 0")
         require(self.state_hz > 0, "state_hz", self.state_hz, "must be > 0")

@@ -1,7 +1,9 @@
 """The teleop arbiter: the only node that commands the robot.
 
 It forwards the policy's command, or the operator's while they hold control (a takeover, recorded as an
-intervention), or holds the robot when both go stale; see arbitration.py for the rules.
+intervention), or holds the robot when both go stale; see arbitration.py for the rules. Commands are
+forwarded the moment they arrive (no added latency, no ticks lost to a busy executor); a watchdog timer
+notices stale inputs and keeps publishing the hold command.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ class TeleopArbiterNode(Node):
             Float64MultiArray, topics.OPERATOR_COMMAND, lambda m: self.on_input(Controller.OPERATOR, m), topics.COMMAND
         )
         self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
-        self.create_timer(1.0 / cfg.output_hz, self.on_output_tick)
+        self.create_timer(1.0 / cfg.watchdog_hz, lambda: self.arbitrate(trigger=Controller.HOLD))
         self.create_timer(1.0 / cfg.state_hz, self.publish_state)
         self._last = self.arbiter.tick(self.now())
 
@@ -44,6 +46,8 @@ class TeleopArbiterNode(Node):
             self.arbiter.submit(source, msg.data, self.now())
         except ValueError as err:
             self.get_logger().error(f"refused: {err}", throttle_duration_sec=5.0)
+            return
+        self.arbitrate(trigger=source)
 
     def on_episode_event(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.EVENT_START:
@@ -51,9 +55,11 @@ class TeleopArbiterNode(Node):
             self.arbiter.new_episode()
             self.publish_state()
 
-    def on_output_tick(self) -> None:
+    def arbitrate(self, trigger: Controller) -> None:
+        """Publish when the input that triggered this is the one in control (the watchdog's is HOLD)."""
         self._last = self.arbiter.tick(self.now())
-        self.command_pub.publish(Float64MultiArray(data=self._last.command.tolist()))
+        if self._last.controller == trigger:
+            self.command_pub.publish(Float64MultiArray(data=self._last.command.tolist()))
         if self._last.changed:
             self.get_logger().info(f"control -> {self._last.controller.name.lower()}")
             self.publish_state()

@@ -32,8 +32,8 @@ from sop_ros.robot.spin import run_node
 from sop_ros.sim.metaworld_sim import ACTION_NAMES, JOINT_NAMES, MetaWorldSim
 
 
-def sim_stamp(seconds: float) -> Time:
-    return rclpy.time.Time(nanoseconds=round(seconds * 1e9)).to_msg()
+def sim_stamp(nanoseconds: int) -> Time:
+    return rclpy.time.Time(nanoseconds=nanoseconds).to_msg()
 
 
 def image_messages(image: np.ndarray, header: Header, transport: str, jpeg_quality: int) -> list:
@@ -62,7 +62,10 @@ class SimRobotNode(Node):
         self.sim: MetaWorldSim | None = None
         self._command = np.zeros(len(ACTION_NAMES))
         self._command_time = -float("inf")
-        self._sim_time = 0.0
+        # Whole nanoseconds: a float sum of 1/control_hz drifts below the timers' deadlines on sim time,
+        # and rcl then skips their ticks.
+        self._sim_time_ns = 0
+        self._period_ns = round(1e9 / cfg.control_hz)
         self._episodes_done = 0
         self._render_every = max(1, round(cfg.control_hz / cfg.camera_hz))
         self._episode = None
@@ -124,7 +127,7 @@ class SimRobotNode(Node):
         result = self.sim.step(self.current_action())
         # One simulator step is one control period of the simulated robot, so nodes on sim time (the arbiter's
         # output timer, the recorder's stamps) see the configured control rate however fast the host runs.
-        self._sim_time += 1.0 / self.config.control_hz
+        self._sim_time_ns += self._period_ns
         self.publish_clock()
         self.publish_state(result.state)
         if result.steps % self._render_every == 0:
@@ -159,11 +162,11 @@ class SimRobotNode(Node):
             self.finished.set()
 
     def header(self, frame_id: str = "") -> Header:
-        return Header(stamp=sim_stamp(self._sim_time), frame_id=frame_id)
+        return Header(stamp=sim_stamp(self._sim_time_ns), frame_id=frame_id)
 
     def publish_clock(self) -> None:
         if self.clock_pub is not None:
-            self.clock_pub.publish(Clock(clock=sim_stamp(self._sim_time)))
+            self.clock_pub.publish(Clock(clock=sim_stamp(self._sim_time_ns)))
 
     def publish_state(self, state: np.ndarray) -> None:
         self.joint_pub.publish(
