@@ -45,6 +45,8 @@ $(BUILD_STAMP): $(VENV_STAMP) $(BUILD_INPUTS)
 		--event-handlers console_cohesion- summary+ \
 		--cmake-args -DPython3_EXECUTABLE=$(abspath $(PY)) -DBUILD_TESTING=OFF \
 			-DCMAKE_PROJECT_INCLUDE=$(abspath cmake/pypi_wheels_fix.cmake)
+	# Links left by files since deleted from the sources: a removed module must not stay importable.
+	find install -xtype l -delete
 	touch $@
 
 clean:
