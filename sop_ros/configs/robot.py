@@ -34,6 +34,11 @@ class SimRobotConfig:
     image_transport: Literal["raw", "compressed", "both"] = "compressed"
     jpeg_quality: int = 90
     command_timeout_s: float = 0.5  # no command for this long: the arm holds still
+    command_interface: Literal["float64_multi_array", "joint_trajectory"] = "float64_multi_array"
+    # realtime: steps at control_hz of wall time with the latest command, as a real robot would.
+    # lockstep: steps as soon as the command answering the last state arrives (or command_timeout_s passes), so
+    # results do not depend on how fast the host is; the clock still advances 1/control_hz per step.
+    step_mode: Literal["realtime", "lockstep"] = "realtime"
     publish_clock: bool = True
 
     def __post_init__(self) -> None:
@@ -75,8 +80,22 @@ class TeleopArbiterConfig:
     watchdog_hz: float = 30.0  # checks for stale inputs; publishes the hold command at this rate
     policy_timeout_s: float = 0.5
     operator_timeout_s: float = 0.3  # operators send only while their deadman is held
-    operator_device: str = "joy"
+    # Name recorded for commands on teleop/operator_command (keyboard node, scripted operator, custom devices).
+    operator_device: str = "teleop"
     state_hz: float = 5.0
+    command_interface: Literal["float64_multi_array", "joint_trajectory"] = "float64_multi_array"
+    # sensor_msgs/Joy on `joy` (Xbox layout by default). The deadman must be held for the operator to command;
+    # pressing takeover while holding it takes control until the deadman is released. Buttons < 0: unused.
+    joy_deadman_button: int = 4  # LB
+    joy_takeover_button: int = 0  # A
+    joy_axes: tuple[int, ...] = (1, 0, 4, 5)  # one axis per action name
+    joy_axis_scale: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)
+    joy_success_button: int = 3  # Y
+    joy_failure_button: int = 1  # B
+    joy_abort_button: int = 2  # X
+    # sensor_msgs/JointState of a leader arm on `teleop/leader_joint_states`: the named joints' positions are
+    # the command, in action_names order (joint-space robots). Empty: no leader arm.
+    leader_joint_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n = len(self.action_names)
@@ -91,19 +110,44 @@ class TeleopArbiterConfig:
         require(self.policy_timeout_s > 0, "policy_timeout_s", self.policy_timeout_s, "must be > 0")
         require(self.operator_timeout_s > 0, "operator_timeout_s", self.operator_timeout_s, "must be > 0")
         require(self.state_hz > 0, "state_hz", self.state_hz, "must be > 0")
+        require(len(self.joy_axes) == n, "joy_axes", self.joy_axes, f"must have one axis per action name ({n})")
+        require(len(self.joy_axis_scale) == n, "joy_axis_scale", self.joy_axis_scale, f"must have {n} entries")
+        require(all(a >= 0 for a in self.joy_axes), "joy_axes", self.joy_axes, "axis indices must be >= 0")
+        require(self.joy_deadman_button >= 0, "joy_deadman_button", self.joy_deadman_button,
+                "must be a button index >= 0: the operator can only command while it is held")  # fmt: skip
+        buttons = {k: getattr(self, k) for k in ("joy_deadman_button", "joy_takeover_button", "joy_success_button",
+                                                 "joy_failure_button", "joy_abort_button")}  # fmt: skip
+        used = [b for b in buttons.values() if b >= 0]
+        require(len(used) == len(set(used)), "joy_*_button", buttons, "each button index may serve one purpose")
+        require(len(self.leader_joint_names) in (0, n), "leader_joint_names", self.leader_joint_names,
+                f"must be empty or name one joint per action name ({n})")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ScriptedOperatorConfig:
     """An operator played by Meta-World's scripted expert, driving through the teleop path."""
 
-    mode: Literal["demo"] = "demo"  # demo: in control for whole episodes (demonstrations)
+    # demo: in control for whole episodes (demonstrations). intervene: watches the policy drive and takes over,
+    # as an HG-DAgger expert, when it stalls, drifts from what the expert would do, or runs past a step budget;
+    # then keeps control until the episode ends.
+    mode: Literal["demo", "intervene"] = "demo"
     device: str = "scripted_expert"
     task: str = "reach-v3"
+    stall_steps: int = 15  # the hand moved less than stall_distance_m over this many steps
+    stall_distance_m: float = 0.005
+    drift_window: int = 10  # mean xyz distance between executed and expert actions over this many steps
+    drift_threshold: float = 0.6  # in action units (Meta-World: 1 = 1 cm per step)
+    time_budget_steps: int = 120  # no success by then: take over
+    label_outcomes: bool = True  # label every episode at its end, through the arbiter's label service
 
     def __post_init__(self) -> None:
         require(self.task in MT50, "task", self.task, "must be a Meta-World MT50 task")
         require(bool(self.device), "device", self.device, "must name the input device")
+        require(self.stall_steps >= 2, "stall_steps", self.stall_steps, "must be >= 2")
+        require(self.stall_distance_m >= 0, "stall_distance_m", self.stall_distance_m, "must be >= 0")
+        require(self.drift_window >= 1, "drift_window", self.drift_window, "must be >= 1")
+        require(self.drift_threshold > 0, "drift_threshold", self.drift_threshold, "must be > 0")
+        require(self.time_budget_steps >= 1, "time_budget_steps", self.time_budget_steps, "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -115,6 +159,10 @@ class NodesConfig:
     scripted_operator: ScriptedOperatorConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.sim_robot and self.teleop_arbiter:
+            require(self.teleop_arbiter.command_interface == self.sim_robot.command_interface,
+                    "teleop_arbiter.command_interface", self.teleop_arbiter.command_interface,
+                    f"must equal sim_robot.command_interface ({self.sim_robot.command_interface!r})")  # fmt: skip
         if self.sim_robot and self.scripted_operator:
             require(
                 self.scripted_operator.task == self.sim_robot.task,
@@ -135,10 +183,13 @@ class RobotConfig:
     use_sim_time: bool = False
     # Topic remappings applied to every node, e.g. {command: /arm_controller/commands}.
     remappings: dict[str, str] = field(default_factory=dict)
+    # Where this robot's sim time comes from; several simulated robots on one host each need their own.
+    clock_topic: str = "/clock"
     log_level: Literal["debug", "info", "warn", "error"] = "info"
 
     def __post_init__(self) -> None:
         require(bool(NAME.match(self.id)), "id", self.id, "must be a ROS name: a letter, then letters, digits, _")
+        require(self.clock_topic.startswith("/"), "clock_topic", self.clock_topic, "must be an absolute topic name")
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class ArbiterOutput:
     controller: Controller
     since: float  # when the current controller took over
     changed: bool  # the controller changed at this tick
+    device: str  # the operator's input device while the operator is in control, else ""
 
 
 class Arbiter:
@@ -38,15 +39,18 @@ class Arbiter:
         self._high = np.array(config.action_max)
         self._rate = np.array(config.max_rate)
         self._keeps_last = np.array(config.hold_keeps_last)
-        self._inputs: dict[Controller, tuple[np.ndarray, float]] = {}
+        self._inputs: dict[Controller, tuple[np.ndarray, float, str]] = {}
         self._output = np.zeros(len(config.action_names))
         self._last_tick: float | None = None
         self.controller = Controller.HOLD
         self.since = 0.0
         self.interventions = 0
 
-    def submit(self, source: Controller, command: np.ndarray, now: float) -> None:
-        """Take a command from the policy or the operator; a wrongly sized one is refused with ValueError."""
+    def submit(self, source: Controller, command: np.ndarray, now: float, device: str = "") -> None:
+        """Take a command from the policy or the operator (and their `device`).
+
+        A wrongly sized or non-finite command is refused with ValueError; the last good one stays.
+        """
         command = np.asarray(command, dtype=np.float64)
         expected = len(self.config.action_names)
         if command.shape != (expected,):
@@ -56,7 +60,7 @@ class Arbiter:
             )
         if not np.all(np.isfinite(command)):
             raise ValueError(f"{source.name.lower()} command has non-finite values: {command.tolist()}")
-        self._inputs[source] = (command, now)
+        self._inputs[source] = (command, now, device)
 
     def new_episode(self) -> None:
         self.interventions = 0
@@ -77,7 +81,8 @@ class Arbiter:
         step = self._rate * dt
         self._output = self._output + np.clip(target - self._output, -step, step)
         self._last_tick = now
-        return ArbiterOutput(self._output.copy(), controller, self.since, changed)
+        device = self._inputs[controller][2] if controller == Controller.OPERATOR else ""
+        return ArbiterOutput(self._output.copy(), controller, self.since, changed, device)
 
     def _select(self, now: float) -> Controller:
         timeouts = {

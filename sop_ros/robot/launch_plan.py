@@ -50,6 +50,9 @@ class NodeSpec:
 
 def plan(config: RobotLaunchConfig) -> list[NodeSpec]:
     robot = config.robot
+    remappings = tuple(robot.remappings.items())
+    if robot.clock_topic != "/clock":
+        remappings += (("/clock", robot.clock_topic),)
     specs = []
     for name, node_config in config.nodes.enabled().items():
         node_type = NODE_TYPES[name]
@@ -61,7 +64,7 @@ def plan(config: RobotLaunchConfig) -> list[NodeSpec]:
                 type=node_type,
                 namespace=f"/{robot.id}",
                 parameters=parameters,
-                remappings=tuple(robot.remappings.items()),
+                remappings=remappings,
                 log_level=robot.log_level,
                 ends_run=node_type.clock_source and getattr(node_config, "episodes", 0) > 0,
             )

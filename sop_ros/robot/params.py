@@ -31,7 +31,8 @@ def declare_config(node: Node, cls: type[T]) -> T:
         if typing.get_origin(hints[f.name]) is tuple:
             descriptor = ParameterDescriptor(type=_ARRAY_TYPES[typing.get_args(hints[f.name])[0]])
             value = node.declare_parameter(f.name, list(default), descriptor).value
-            values[f.name] = list(value)
+            # rcl cannot type an empty YAML list, so an explicit `[]` arrives as "not set" (None).
+            values[f.name] = [] if value is None else list(value)
         else:
             values[f.name] = node.declare_parameter(f.name, default).value
     try:

@@ -17,6 +17,9 @@ POLICY_COMMAND = "policy/command"
 OPERATOR_COMMAND = "teleop/operator_command"
 ROBOT_COMMAND = "command"  # remap to the controller's topic, e.g. /arm_controller/commands
 INTERVENTION_STATE = "teleop/intervention"
+JOY = "joy"
+LEADER_JOINT_STATES = "teleop/leader_joint_states"
+LABEL_EPISODE = "teleop/label_episode"  # service (sop_ros/srv/LabelEpisode)
 
 # Camera frames: a late frame is worthless and queuing them adds latency, so keep only the newest.
 SENSOR = qos_profile_sensor_data

@@ -24,6 +24,8 @@ from sop_ros.sim.catalog import CAMERAS, pick_instruction
 JOINT_NAMES = (
     "right_j0", "right_j1", "right_j2", "right_j3", "right_j4", "right_j5", "right_j6", "r_close", "l_close",
 )  # fmt: skip
+# Where the hand (end effector) position sits in Meta-World's 39-dim observation.
+HAND_XYZ = slice(0, 3)
 # End-effector xyz delta (scaled by Meta-World to 1 cm per unit) and gripper effort (-1 open, +1 close).
 ACTION_NAMES = ("x", "y", "z", "gripper")
 # These cameras' MJCF up vector points down: rotate their images by 180 degrees, as for a camera mounted
@@ -66,6 +68,11 @@ class MetaWorldSim:
         self._renderer = mujoco.Renderer(model, height, width)
         self._qpos = np.array([model.joint(n).qposadr[0] for n in JOINT_NAMES])
         self._qvel = np.array([model.joint(n).dofadr[0] for n in JOINT_NAMES])
+
+    @property
+    def steps(self) -> int:
+        """Steps taken in the current episode."""
+        return self._steps
 
     @property
     def max_steps(self) -> int:

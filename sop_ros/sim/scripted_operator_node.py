@@ -1,7 +1,9 @@
 """An operator played by Meta-World's scripted expert.
 
 It reads the simulator's privileged state (a human would look at the scene) and drives through the same
-teleop path a human operator's device uses. In demo mode it holds control for whole episodes.
+teleop path a human operator's device uses. In demo mode it holds control for whole episodes; in intervene
+mode it watches the policy and takes over when takeover.py says the policy is failing. At each episode's end
+it labels the outcome through the arbiter's label service, as a field operator would.
 """
 
 from __future__ import annotations
@@ -11,23 +13,58 @@ from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray
 
 from sop_ros.configs.robot import ScriptedOperatorConfig
+from sop_ros.msg import EpisodeEvent
 from sop_ros.robot import topics
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.spin import run_node
-from sop_ros.sim.metaworld_sim import expert_for
+from sop_ros.sim.metaworld_sim import HAND_XYZ, expert_for
+from sop_ros.sim.takeover import TakeoverMonitor
+from sop_ros.srv import LabelEpisode
 
 
 class ScriptedOperatorNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("scripted_operator", **kwargs)
-        self.config = declare_config(self, ScriptedOperatorConfig)
-        self.expert = expert_for(self.config.task)
+        self.config = cfg = declare_config(self, ScriptedOperatorConfig)
+        self.expert = expert_for(cfg.task)
+        self.monitor = TakeoverMonitor(cfg)
+        self.in_control = cfg.mode == "demo"
+        self.executed: np.ndarray | None = None
         self.command_pub = self.create_publisher(Float64MultiArray, topics.OPERATOR_COMMAND, topics.COMMAND)
         self.create_subscription(Float64MultiArray, topics.SIM_STATE, self.on_state, topics.STATE)
+        if cfg.mode == "intervene":
+            self.create_subscription(Float64MultiArray, topics.ROBOT_COMMAND, self.on_executed, topics.COMMAND)
+        self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
+        self.label_client = self.create_client(LabelEpisode, topics.LABEL_EPISODE)
 
     def on_state(self, msg: Float64MultiArray) -> None:
-        action = self.expert(np.asarray(msg.data))
+        state = np.asarray(msg.data)
+        action = self.expert(state)
+        if not self.in_control:
+            reason = self.monitor.observe(state[HAND_XYZ], self.executed, action)
+            if reason is None:
+                return
+            self.get_logger().info(f"taking over: {reason}")
+            self.in_control = True
         self.command_pub.publish(Float64MultiArray(data=action.tolist()))
+
+    def on_executed(self, msg: Float64MultiArray) -> None:
+        self.executed = np.asarray(msg.data)
+
+    def on_episode_event(self, msg: EpisodeEvent) -> None:
+        if msg.event == EpisodeEvent.EVENT_START:
+            self.monitor.reset()
+            self.executed = None
+            self.in_control = self.config.mode == "demo"
+        elif msg.event == EpisodeEvent.EVENT_END:
+            self.in_control = False  # nothing to drive until the next episode starts
+            if self.config.label_outcomes and msg.outcome != EpisodeEvent.OUTCOME_ABORT:
+                # The simulator's success signal stands in for what a human operator would see.
+                request = LabelEpisode.Request(outcome=msg.outcome, episode_id=msg.episode_id, note="scripted")
+                if self.label_client.service_is_ready():
+                    self.label_client.call_async(request)
+                else:
+                    self.get_logger().warning(f"label service not available: {msg.episode_id} stays unlabelled")
 
 
 def main(args: list[str] | None = None) -> int:

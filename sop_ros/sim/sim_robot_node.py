@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime, timezone
 
 import cv2
 import numpy as np
@@ -26,7 +27,7 @@ from std_msgs.msg import Float64MultiArray, Header
 
 from sop_ros.configs.robot import SimRobotConfig
 from sop_ros.msg import EpisodeEvent
-from sop_ros.robot import topics
+from sop_ros.robot import commands, topics
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.spin import run_node
 from sop_ros.sim.metaworld_sim import ACTION_NAMES, JOINT_NAMES, MetaWorldSim
@@ -70,6 +71,9 @@ class SimRobotNode(Node):
         self._render_every = max(1, round(cfg.control_hz / cfg.camera_hz))
         self._episode = None
         self._episode_id = ""
+        self._started_utc = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")[:-3]
+        self._command_arrived = threading.Event()  # lockstep: a command came after the last state
+        self._abort_requested = threading.Event()  # an operator labelled the running episode "abort"
 
         self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.STATE)
         self.state_pub = self.create_publisher(Float64MultiArray, topics.SIM_STATE, topics.STATE)
@@ -84,20 +88,26 @@ class SimRobotNode(Node):
                 topic = topics.CAMERA_COMPRESSED.format(camera=cam)
                 pubs.append(self.create_publisher(CompressedImage, topic, topics.SENSOR))
             self.image_pubs[cam] = pubs
-        self.create_subscription(Float64MultiArray, topics.ROBOT_COMMAND, self.on_command, topics.COMMAND)
+        command_type = commands.MESSAGE_TYPES[cfg.command_interface]
+        self.create_subscription(command_type, topics.ROBOT_COMMAND, self.on_command, topics.COMMAND)
+        self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
         self._stop = threading.Event()
         self._driver = threading.Thread(target=self.drive, name="sim_driver", daemon=True)
         self._driver.start()
 
-    def on_command(self, msg: Float64MultiArray) -> None:
-        if len(msg.data) != len(ACTION_NAMES):
-            self.get_logger().error(
-                f"refused a command with {len(msg.data)} values: expected {len(ACTION_NAMES)} {ACTION_NAMES}",
-                throttle_duration_sec=5.0,
-            )
+    def on_command(self, msg) -> None:
+        try:
+            self._command = commands.from_message(msg, ACTION_NAMES)
+        except ValueError as err:
+            self.get_logger().error(f"refused a command: {err}", throttle_duration_sec=5.0)
             return
-        self._command = np.asarray(msg.data, dtype=np.float64)
         self._command_time = time.monotonic()
+        self._command_arrived.set()
+
+    def on_episode_event(self, msg: EpisodeEvent) -> None:
+        aborted = msg.event == EpisodeEvent.EVENT_LABEL and msg.outcome == EpisodeEvent.OUTCOME_ABORT
+        if aborted and msg.episode_id == self._episode_id:
+            self._abort_requested.set()
 
     def drive(self) -> None:
         cfg = self.config
@@ -110,8 +120,11 @@ class SimRobotNode(Node):
             period, next_tick = 1.0 / cfg.control_hz, time.monotonic()
             while not self._stop.is_set() and not self.finished.is_set():
                 self.control_tick()
-                next_tick += period
-                self._stop.wait(max(0.0, next_tick - time.monotonic()))
+                if cfg.step_mode == "lockstep":
+                    self._command_arrived.wait(cfg.command_timeout_s)
+                else:
+                    next_tick += period
+                    self._stop.wait(max(0.0, next_tick - time.monotonic()))
         except Exception as err:  # stop the robot and say why, rather than run on with a dead loop
             self.get_logger().fatal(f"simulator failed: {type(err).__name__}: {err}")
             self.exit_code = 1
@@ -124,6 +137,9 @@ class SimRobotNode(Node):
         if self._episode is None:
             self.start_episode()
             return
+        if self._abort_requested.is_set():
+            self.end_episode(EpisodeEvent.OUTCOME_ABORT, "operator", self.sim.steps)
+            return
         result = self.sim.step(self.current_action())
         # One simulator step is one control period of the simulated robot, so nodes on sim time (the arbiter's
         # output timer, the recorder's stamps) see the configured control rate however fast the host runs.
@@ -132,8 +148,10 @@ class SimRobotNode(Node):
         self.publish_state(result.state)
         if result.steps % self._render_every == 0:
             self.publish_images()
-        if result.success or result.steps >= self.config.max_episode_steps:
-            self.end_episode(result.success, result.steps)
+        if result.success:
+            self.end_episode(EpisodeEvent.OUTCOME_SUCCESS, "sim_success", result.steps)
+        elif result.steps >= self.config.max_episode_steps:
+            self.end_episode(EpisodeEvent.OUTCOME_FAILURE, "timeout", result.steps)
 
     def current_action(self) -> np.ndarray:
         if time.monotonic() - self._command_time <= self.config.command_timeout_s:
@@ -143,18 +161,22 @@ class SimRobotNode(Node):
 
     def start_episode(self) -> None:
         self._episode, state = self.sim.reset()
-        self._episode_id = f"{self.robot_id}-s{self.config.seed}-e{self._episode.index:05d}"
+        self._abort_requested.clear()
+        # Unique over robots and time (the cloud store is keyed by it): robot, node start (UTC, ms), counter.
+        self._episode_id = f"{self.robot_id}-{self._started_utc}-{self._episode.index:05d}"
         self.publish_event(EpisodeEvent.EVENT_START, EpisodeEvent.OUTCOME_UNKNOWN, "", 0)
         self.publish_clock()
         self.publish_state(state)
         self.publish_images()
 
-    def end_episode(self, success: bool, steps: int) -> None:
-        outcome = EpisodeEvent.OUTCOME_SUCCESS if success else EpisodeEvent.OUTCOME_FAILURE
-        self.publish_event(EpisodeEvent.EVENT_END, outcome, "sim_success" if success else "timeout", steps)
+    def end_episode(self, outcome: int, source: str, steps: int) -> None:
+        self.publish_event(EpisodeEvent.EVENT_END, outcome, source, steps)
+        verdict = {EpisodeEvent.OUTCOME_SUCCESS: "success", EpisodeEvent.OUTCOME_FAILURE: "failure"}.get(
+            outcome, "abort"
+        )
         self.get_logger().info(
             f'episode {self._episode_id} ({self._episode.task}, "{self._episode.instruction}"): '
-            f"{'success' if success else 'failure'} after {steps} steps"
+            f"{verdict} after {steps} steps ({source})"
         )
         self._episode = None
         self._episodes_done += 1
@@ -169,6 +191,7 @@ class SimRobotNode(Node):
             self.clock_pub.publish(Clock(clock=sim_stamp(self._sim_time_ns)))
 
     def publish_state(self, state: np.ndarray) -> None:
+        self._command_arrived.clear()  # lockstep waits for the command that answers this state
         self.joint_pub.publish(
             JointState(
                 header=self.header(),
