@@ -4,7 +4,7 @@ import signal
 import sys
 
 import pytest
-from conftest import sop, start, wait_for
+from conftest import REPO, sop, start, wait_for
 from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray
 
@@ -179,3 +179,41 @@ def test_scripted_operator_takes_over_a_stalled_policy_and_labels(tmp_path, rclp
     label = next(e for e in probe.events if e.event == EpisodeEvent.EVENT_LABEL)
     assert end.outcome == EpisodeEvent.OUTCOME_SUCCESS and end.outcome_source == "sim_success"
     assert (label.episode_id, label.outcome) == (end.episode_id, EpisodeEvent.OUTCOME_SUCCESS)
+
+
+def test_keyboard_teleop_in_a_terminal(rclpy_context):
+    """The keyboard node on a real pseudo-terminal: space takes control, w moves +x, q quits."""
+    import os
+    import pty
+    import subprocess
+    import time
+
+    probe = Probe()
+    operator = []
+    probe.node.create_subscription(Float64MultiArray, topics.OPERATOR_COMMAND, operator.append, topics.COMMAND)
+    leader, follower = pty.openpty()
+    cmd = [sys.executable, "-m", "sop_ros.robot.keyboard_teleop_node", "--ros-args", "-r", f"__ns:={NS}"]
+    proc = subprocess.Popen(cmd, stdin=follower, stdout=follower, stderr=subprocess.STDOUT, cwd=REPO)
+    os.close(follower)
+    try:
+        wait_for(lambda: probe.node.count_publishers(f"{NS}/{topics.OPERATOR_COMMAND}") > 0, 30, probe.spin, "node")
+        time.sleep(0.5)  # past the node's start: its terminal is in cbreak mode once the help line is out
+        os.write(leader, b" w")
+        wait_for(lambda: any(list(m.data) == [0.5, 0.0, 0.0, -1.0] for m in operator), 10, probe.spin, "+x command")
+        # A key moves the arm for one period; engaged and idle, the operator keeps holding control.
+        wait_for(lambda: list(operator[-1].data) == [0.0, 0.0, 0.0, -1.0], 10, probe.spin, "idle while engaged")
+        os.write(leader, b" ")  # release: commands stop
+        time.sleep(0.3)
+        for _ in range(10):
+            probe.spin(0.02)
+        operator.clear()
+        for _ in range(25):
+            probe.spin(0.02)
+        assert operator == []
+        os.write(leader, b"q")
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+        probe.node.destroy_node()

@@ -69,3 +69,45 @@ def leader_arm_command(config: TeleopArbiterConfig, names: Sequence[str], positi
     if len(positions) != len(names):
         raise ValueError(f"leader arm JointState has {len(names)} names but {len(positions)} positions")
     return np.array([positions[index[n]] for n in config.leader_joint_names], dtype=np.float64)
+
+
+KEYBOARD_HELP = """keyboard teleop: space take over / release | w s: x+ x- | a d: y+ y- | r f: z+ z- | g: gripper
+                 1: label success | 2: failure | 3: abort | q: quit"""
+_KEY_AXES = {"w": (0, 1.0), "s": (0, -1.0), "a": (1, 1.0), "d": (1, -1.0), "r": (2, 1.0), "f": (2, -1.0)}
+_KEY_LABELS = {"1": OUTCOME_SUCCESS, "2": OUTCOME_FAILURE, "3": OUTCOME_ABORT}
+
+
+class KeyboardTeleop:
+    """Keys from a terminal: space toggles control; each motion key moves one step of `speed` for one period.
+
+    Terminals repeat a held key, so a held key keeps the arm moving and a released one stops it.
+    """
+
+    def __init__(self, speed: float = 0.5) -> None:
+        self.speed = speed
+        self.engaged = False
+        self.gripper = -1.0  # open
+        self.quit = False
+        self._motion = np.zeros(3)
+
+    def press(self, key: str) -> int | None:
+        """Apply one key; returns an outcome label when the key gives one."""
+        if key == " ":
+            self.engaged = not self.engaged
+            self._motion[:] = 0.0
+        elif key in _KEY_AXES and self.engaged:  # keys typed before a takeover must not move the arm later
+            axis, sign = _KEY_AXES[key]
+            self._motion[axis] = sign * self.speed
+        elif key == "g":
+            self.gripper = -self.gripper
+        elif key == "q":
+            self.quit, self.engaged = True, False
+        return _KEY_LABELS.get(key)
+
+    def command(self) -> np.ndarray | None:
+        """The command for this period (None when not engaged); motion lasts one period per key press."""
+        if not self.engaged:
+            return None
+        command = np.array([*self._motion, self.gripper])
+        self._motion[:] = 0.0
+        return command

@@ -36,6 +36,8 @@ class ScriptedOperatorNode(Node):
             self.create_subscription(Float64MultiArray, topics.ROBOT_COMMAND, self.on_executed, topics.COMMAND)
         self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
         self.label_client = self.create_client(LabelEpisode, topics.LABEL_EPISODE)
+        self.pending_labels: list[LabelEpisode.Request] = []
+        self.create_timer(0.5, self.send_pending_labels)
 
     def on_state(self, msg: Float64MultiArray) -> None:
         state = np.asarray(msg.data)
@@ -61,10 +63,13 @@ class ScriptedOperatorNode(Node):
             if self.config.label_outcomes and msg.outcome != EpisodeEvent.OUTCOME_ABORT:
                 # The simulator's success signal stands in for what a human operator would see.
                 request = LabelEpisode.Request(outcome=msg.outcome, episode_id=msg.episode_id, note="scripted")
-                if self.label_client.service_is_ready():
-                    self.label_client.call_async(request)
-                else:
-                    self.get_logger().warning(f"label service not available: {msg.episode_id} stays unlabelled")
+                self.pending_labels.append(request)
+                self.send_pending_labels()
+
+    def send_pending_labels(self) -> None:
+        """Labels wait until the arbiter's label service is reachable (it may still be in discovery)."""
+        while self.pending_labels and self.label_client.service_is_ready():
+            self.label_client.call_async(self.pending_labels.pop(0))
 
 
 def main(args: list[str] | None = None) -> int:
