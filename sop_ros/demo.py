@@ -46,8 +46,8 @@ class Observer:
         self.node = rclpy.create_node("demo_observer", namespace=f"/{config.robot.id}")
         sim = config.nodes.sim_robot
         streams = {
-            topics.JOINT_STATES: (JointState, topics.STATE),
-            topics.ROBOT_COMMAND: (Float64MultiArray, topics.COMMAND),
+            topics.JOINT_STATES: (JointState, topics.RECORD),
+            topics.ROBOT_COMMAND: (Float64MultiArray, topics.RECORD),
         }
         for cam in sim.cameras:
             if sim.image_transport in ("raw", "both"):

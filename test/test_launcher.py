@@ -26,9 +26,9 @@ def observe_robot(rid: str, timeout: float = 60.0) -> dict:
 
     node = rclpy.create_node("observer", namespace=f"/{rid}")
     seen = {}
-    node.create_subscription(JointState, topics.JOINT_STATES, lambda m: seen.setdefault("joints", m), topics.STATE)
+    node.create_subscription(JointState, topics.JOINT_STATES, lambda m: seen.setdefault("joints", m), topics.RECORD)
     node.create_subscription(
-        Float64MultiArray, topics.ROBOT_COMMAND, lambda m: seen.setdefault("cmd", m), topics.COMMAND
+        Float64MultiArray, topics.ROBOT_COMMAND, lambda m: seen.setdefault("cmd", m), topics.RECORD
     )
 
     def on_state(msg):

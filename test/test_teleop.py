@@ -24,9 +24,9 @@ class Probe:
         self.rclpy = rclpy
         self.node = rclpy.create_node("probe", namespace=NS)
         self.commands, self.states, self.events = [], [], []
-        self.policy = self.node.create_publisher(Float64MultiArray, topics.POLICY_COMMAND, topics.COMMAND)
+        self.policy = self.node.create_publisher(Float64MultiArray, topics.POLICY_COMMAND, topics.STREAM)
         self.joy = self.node.create_publisher(Joy, topics.JOY, topics.SENSOR)
-        self.node.create_subscription(Float64MultiArray, topics.ROBOT_COMMAND, self.commands.append, topics.COMMAND)
+        self.node.create_subscription(Float64MultiArray, topics.ROBOT_COMMAND, self.commands.append, topics.RECORD)
         self.node.create_subscription(InterventionState, topics.INTERVENTION_STATE, self.states.append, topics.EVENTS)
         self.node.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.events.append, topics.EVENTS)
 
@@ -151,7 +151,7 @@ def test_scripted_operator_takes_over_a_stalled_policy_and_labels(tmp_path, rclp
     probe = Probe()
     zeros = Float64MultiArray(data=[0.0, 0.0, 0.0, 0.0])
     probe.node.create_subscription(
-        JointState, topics.JOINT_STATES, lambda _m: probe.policy.publish(zeros), topics.STATE
+        JointState, topics.JOINT_STATES, lambda _m: probe.policy.publish(zeros), topics.RECORD
     )
     operator_side = start(sop("robot", "--config", str(tmp_path / "operator.yaml")))
     sim_side = None
@@ -190,7 +190,7 @@ def test_keyboard_teleop_in_a_terminal(rclpy_context):
 
     probe = Probe()
     operator = []
-    probe.node.create_subscription(Float64MultiArray, topics.OPERATOR_COMMAND, operator.append, topics.COMMAND)
+    probe.node.create_subscription(Float64MultiArray, topics.OPERATOR_COMMAND, operator.append, topics.RECORD)
     leader, follower = pty.openpty()
     cmd = [sys.executable, "-m", "sop_ros.robot.keyboard_teleop_node", "--ros-args", "-r", f"__ns:={NS}"]
     proc = subprocess.Popen(cmd, stdin=follower, stdout=follower, stderr=subprocess.STDOUT, cwd=REPO)

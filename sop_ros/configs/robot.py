@@ -40,6 +40,11 @@ class SimRobotConfig:
     # results do not depend on how fast the host is; the clock still advances 1/control_hz per step.
     step_mode: Literal["realtime", "lockstep"] = "realtime"
     publish_clock: bool = True
+    # Nodes of this robot (names in its namespace) that must be up, and subscribed to its episode events,
+    # before the first episode starts: else their first episode is half missing. `sop robot` and the launch
+    # files fill in the robot's other nodes.
+    wait_for_nodes: tuple[str, ...] = ()
+    ready_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         require(self.task in MT50, "task", self.task, "must be a Meta-World MT50 task, e.g. 'pick-place-v3'")
@@ -64,6 +69,7 @@ class SimRobotConfig:
         )
         require(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in 1..100")
         require(self.command_timeout_s > 0, "command_timeout_s", self.command_timeout_s, "must be > 0")
+        require(self.ready_timeout_s > 0, "ready_timeout_s", self.ready_timeout_s, "must be > 0")
 
 
 @dataclass(frozen=True)
@@ -151,14 +157,45 @@ class ScriptedOperatorConfig:
 
 
 @dataclass(frozen=True)
+class RecorderConfig:
+    """One crash-safe MCAP file per episode, in <output_dir>/<robot id>/ (the bridge's outbox)."""
+
+    output_dir: str = "runs/episodes"
+    cameras: tuple[str, ...] = ("corner", "gripperPOV")
+    camera_transport: Literal["compressed", "raw"] = "compressed"
+    command_interface: Literal["float64_multi_array", "joint_trajectory"] = "float64_multi_array"
+    record_policy_chunks: bool = True
+    compression: Literal["zstd", "lz4", "none"] = "zstd"
+    chunk_size_bytes: int = 1 << 20
+    flush_period_s: float = 1.0  # a crash loses at most this much of an episode
+    label_grace_s: float = 2.0  # an ended episode's file stays open this long for the operator's label
+
+    def __post_init__(self) -> None:
+        require(bool(self.output_dir), "output_dir", self.output_dir, "must name a directory")
+        require(len(set(self.cameras)) == len(self.cameras), "cameras", self.cameras, "must not repeat")
+        require(self.chunk_size_bytes >= 4096, "chunk_size_bytes", self.chunk_size_bytes, "must be >= 4096")
+        require(self.flush_period_s > 0, "flush_period_s", self.flush_period_s, "must be > 0")
+        require(self.label_grace_s >= 0, "label_grace_s", self.label_grace_s, "must be >= 0")
+
+
+@dataclass(frozen=True)
 class NodesConfig:
     """The nodes a robot starts; a node whose section is absent is not started."""
 
     sim_robot: SimRobotConfig | None = None
     teleop_arbiter: TeleopArbiterConfig | None = None
     scripted_operator: ScriptedOperatorConfig | None = None
+    recorder: RecorderConfig | None = None
 
     def __post_init__(self) -> None:
+        if self.sim_robot and self.recorder:
+            for i, cam in enumerate(self.recorder.cameras):
+                require(cam in self.sim_robot.cameras, f"recorder.cameras[{i}]", cam,
+                        f"must be one of sim_robot.cameras {list(self.sim_robot.cameras)}")  # fmt: skip
+            published = {"raw": ("raw", "both"), "compressed": ("compressed", "both")}[self.recorder.camera_transport]
+            require(self.sim_robot.image_transport in published, "recorder.camera_transport",
+                    self.recorder.camera_transport,
+                    f"sim_robot publishes {self.sim_robot.image_transport!r} images")  # fmt: skip
         if self.sim_robot and self.teleop_arbiter:
             require(self.teleop_arbiter.command_interface == self.sim_robot.command_interface,
                     "teleop_arbiter.command_interface", self.teleop_arbiter.command_interface,

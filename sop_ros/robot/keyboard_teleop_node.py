@@ -30,7 +30,7 @@ class KeyboardTeleopNode(Node):
         self.declare_parameter("speed", 0.5)
         self.keyboard = KeyboardTeleop(speed=self.get_parameter("speed").value)
         self.finished = threading.Event()
-        self.command_pub = self.create_publisher(Float64MultiArray, topics.OPERATOR_COMMAND, topics.COMMAND)
+        self.command_pub = self.create_publisher(Float64MultiArray, topics.OPERATOR_COMMAND, topics.STREAM)
         self.label_client = self.create_client(LabelEpisode, topics.LABEL_EPISODE)
         self.create_timer(1.0 / self.get_parameter("rate_hz").value, self.on_tick)
         self._lock = threading.Lock()

@@ -8,7 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sop_ros.configs import to_dict
-from sop_ros.configs.robot import RobotLaunchConfig
+from sop_ros.configs.robot import (
+    RecorderConfig,
+    RobotLaunchConfig,
+    ScriptedOperatorConfig,
+    SimRobotConfig,
+    TeleopArbiterConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -16,13 +22,19 @@ class NodeType:
     executable: str  # `ros2 run sop_ros <executable>`; must match SOP_ROS_NODES in CMakeLists.txt
     module: str  # Python module whose main() runs the node
     node_class: str  # class in that module, for composing several nodes in one process
+    config: type  # its config dataclass: the node's parameters
     clock_source: bool = False  # publishes /clock, so it runs on wall time itself
 
 
 NODE_TYPES = {
-    "sim_robot": NodeType("sim_robot", "sop_ros.sim.sim_robot_node", "SimRobotNode", clock_source=True),
-    "scripted_operator": NodeType("scripted_operator", "sop_ros.sim.scripted_operator_node", "ScriptedOperatorNode"),
-    "teleop_arbiter": NodeType("teleop_arbiter", "sop_ros.robot.teleop_arbiter_node", "TeleopArbiterNode"),
+    "sim_robot": NodeType("sim_robot", "sop_ros.sim.sim_robot_node", "SimRobotNode", SimRobotConfig, clock_source=True),
+    "scripted_operator": NodeType(
+        "scripted_operator", "sop_ros.sim.scripted_operator_node", "ScriptedOperatorNode", ScriptedOperatorConfig
+    ),
+    "teleop_arbiter": NodeType(
+        "teleop_arbiter", "sop_ros.robot.teleop_arbiter_node", "TeleopArbiterNode", TeleopArbiterConfig
+    ),
+    "recorder": NodeType("recorder", "sop_ros.robot.recorder_node", "RecorderNode", RecorderConfig),
 }
 
 
@@ -58,6 +70,8 @@ def plan(config: RobotLaunchConfig) -> list[NodeSpec]:
         node_type = NODE_TYPES[name]
         parameters = to_dict(node_config)
         parameters["use_sim_time"] = robot.use_sim_time and not node_type.clock_source
+        if name == "sim_robot" and not parameters["wait_for_nodes"]:
+            parameters["wait_for_nodes"] = [other for other in config.nodes.enabled() if other != name]
         specs.append(
             NodeSpec(
                 name=name,

@@ -114,17 +114,17 @@ def run_single_process(specs: list[NodeSpec], duration_s: float | None = None) -
     import importlib
 
     import rclpy
-    from rclpy.parameter import Parameter
 
     from sop_ros.configs import ConfigError
-    from sop_ros.robot.spin import spin_until_done
+    from sop_ros.robot.params import parameter_overrides
+    from sop_ros.robot.spin import init, spin_until_done
 
-    rclpy.init(args=["--ros-args", "--log-level", specs[0].log_level])
+    stop = init(["--ros-args", "--log-level", specs[0].log_level])
     nodes = []
     try:
         for spec in specs:
             cls = getattr(importlib.import_module(spec.type.module), spec.type.node_class)
-            overrides = [Parameter(k, value=v) for k, v in spec.parameters.items()]
+            overrides = parameter_overrides(spec.type.config, spec.parameters)
             remaps = [a for src, dst in spec.remappings for a in ("-r", f"{src}:={dst}")]
             nodes.append(
                 cls(
@@ -134,7 +134,7 @@ def run_single_process(specs: list[NodeSpec], duration_s: float | None = None) -
                 )
             )
             print(f"started {spec.namespace}/{spec.name} (in process {os.getpid()})")
-        spin_until_done(nodes, duration_s)
+        spin_until_done(nodes, stop, duration_s)
         return 0
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -6,19 +6,20 @@ import dataclasses
 import typing
 from typing import TypeVar
 
-from rcl_interfaces.msg import ParameterDescriptor, ParameterType
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 
 from sop_ros.configs import ConfigError, from_dict
 
 T = TypeVar("T")
 
-# Empty list defaults carry no type, so array parameters declare theirs explicitly.
+# Arrays are declared with their type: an empty default list carries none (rclpy would guess a byte array).
 _ARRAY_TYPES = {
-    str: ParameterType.PARAMETER_STRING_ARRAY,
-    float: ParameterType.PARAMETER_DOUBLE_ARRAY,
-    int: ParameterType.PARAMETER_INTEGER_ARRAY,
-    bool: ParameterType.PARAMETER_BOOL_ARRAY,
+    str: Parameter.Type.STRING_ARRAY,
+    float: Parameter.Type.DOUBLE_ARRAY,
+    int: Parameter.Type.INTEGER_ARRAY,
+    bool: Parameter.Type.BOOL_ARRAY,
 }
 
 
@@ -29,8 +30,9 @@ def declare_config(node: Node, cls: type[T]) -> T:
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if typing.get_origin(hints[f.name]) is tuple:
-            descriptor = ParameterDescriptor(type=_ARRAY_TYPES[typing.get_args(hints[f.name])[0]])
-            value = node.declare_parameter(f.name, list(default), descriptor).value
+            array_type = _ARRAY_TYPES[typing.get_args(hints[f.name])[0]]
+            descriptor = ParameterDescriptor(type=array_type.value)
+            value = node.declare_parameter(f.name, list(default) or array_type, descriptor).value
             # rcl cannot type an empty YAML list, so an explicit `[]` arrives as "not set" (None).
             values[f.name] = [] if value is None else list(value)
         else:
@@ -39,3 +41,27 @@ def declare_config(node: Node, cls: type[T]) -> T:
         return from_dict(cls, values)
     except ConfigError as err:
         raise ConfigError(f"node {node.get_fully_qualified_name()}: parameter {err}") from None
+
+
+def parameter_overrides(cls: type, values: dict) -> list[Parameter]:
+    """Parameters for a node composed in-process (`parameter_overrides=`), typed from its config class.
+
+    rclpy re-types an empty list override as a byte array when declaring it, so an empty list is left out
+    where the default is empty too, and refused where it is not.
+    """
+    hints = typing.get_type_hints(cls)
+    defaults = {f.name: f for f in dataclasses.fields(cls)}
+    overrides = []
+    for name, value in values.items():
+        hint = hints.get(name)
+        if hint is not None and typing.get_origin(hint) is tuple:
+            if not value:
+                field = defaults[name]
+                default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+                if default:
+                    raise ConfigError(f"{name}=[]: an empty list cannot be given to a node composed in one process")
+                continue
+            overrides.append(Parameter(name, _ARRAY_TYPES[typing.get_args(hint)[0]], list(value)))
+        else:
+            overrides.append(Parameter(name, value=value))
+    return overrides

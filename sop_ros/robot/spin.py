@@ -1,4 +1,9 @@
-"""Running nodes: one per process (`ros2 run`) or several on one executor (`sop robot --single-process`)."""
+"""Running nodes: one per process (`ros2 run`) or several on one executor (`sop robot --single-process`).
+
+SIGINT and SIGTERM are handled here rather than by rclpy: rclpy's handler shuts the context down at once,
+so nodes could no longer log or publish while they clean up (a recorder closing its episode files).
+Here a signal ends the spin loop; then nodes are destroyed with the context still valid; then it shuts down.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,14 @@ import ctypes
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 
 import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 from sop_ros.configs import ConfigError
 
@@ -20,13 +27,22 @@ DIE_WITH_PARENT_ENV = "SOP_ROS_DIE_WITH_PARENT"
 _PR_SET_PDEATHSIG = 1
 
 
+def init(args: list[str] | None = None) -> threading.Event:
+    """rclpy.init without rclpy's signal handlers; returns the event that SIGINT / SIGTERM set."""
+    stop = threading.Event()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
 def finished(nodes: Sequence[Node]) -> bool:
     """A node that ends by itself (e.g. after N episodes) sets its `finished` event; then all stop."""
     return any(getattr(node, "finished", None) is not None and node.finished.is_set() for node in nodes)
 
 
-def spin_until_done(nodes: Sequence[Node], duration_s: float | None = None) -> None:
-    """Spin until a node finishes, `duration_s` passes, or the context shuts down (SIGINT / SIGTERM).
+def spin_until_done(nodes: Sequence[Node], stop: threading.Event, duration_s: float | None = None) -> None:
+    """Spin until a node finishes, `duration_s` passes, or `stop` is set.
 
     Several nodes share a MultiThreadedExecutor, so that one node's slow callback does not delay another's;
     each keeps rclpy's default mutually exclusive group, so its own callbacks never run concurrently. A lone
@@ -38,14 +54,8 @@ def spin_until_done(nodes: Sequence[Node], duration_s: float | None = None) -> N
         executor.add_node(node)
     deadline = None if duration_s is None else time.monotonic() + duration_s
     try:
-        while rclpy.ok() and not finished(nodes) and (deadline is None or time.monotonic() < deadline):
+        while not stop.is_set() and not finished(nodes) and (deadline is None or time.monotonic() < deadline):
             executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # A SIGTERM may shut the context down between rclpy.ok() and spin_once(): then this is a stop.
-        if rclpy.ok():
-            raise
     finally:
         executor.shutdown()
 
@@ -54,11 +64,11 @@ def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> in
     """`main()` of a node executable: exit 0 on a clean stop, 2 on a bad parameter."""
     if os.environ.get(DIE_WITH_PARENT_ENV) == "1" and sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    rclpy.init(args=args)
+    stop = init(args)
     node = None
     try:
         node = make_node()
-        spin_until_done([node])
+        spin_until_done([node], stop)
         # A node that ended by itself may report failure (e.g. its driver loop died).
         return getattr(node, "exit_code", 0)
     except ConfigError as err:

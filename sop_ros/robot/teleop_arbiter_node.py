@@ -36,11 +36,11 @@ class TeleopArbiterNode(Node):
         self.current: EpisodeEvent | None = None  # START of the running episode
         self.last_ended: EpisodeEvent | None = None  # END of the last finished one
         command_type = commands.MESSAGE_TYPES[cfg.command_interface]
-        self.command_pub = self.create_publisher(command_type, topics.ROBOT_COMMAND, topics.COMMAND)
+        self.command_pub = self.create_publisher(command_type, topics.ROBOT_COMMAND, topics.STREAM)
         self.state_pub = self.create_publisher(InterventionState, topics.INTERVENTION_STATE, topics.EVENTS)
         self.event_pub = self.create_publisher(EpisodeEvent, topics.EPISODE_EVENTS, topics.EVENTS)
-        self.create_subscription(Float64MultiArray, topics.POLICY_COMMAND, self.on_policy, topics.COMMAND)
-        self.create_subscription(Float64MultiArray, topics.OPERATOR_COMMAND, self.on_operator, topics.COMMAND)
+        self.create_subscription(Float64MultiArray, topics.POLICY_COMMAND, self.on_policy, topics.LATEST)
+        self.create_subscription(Float64MultiArray, topics.OPERATOR_COMMAND, self.on_operator, topics.LATEST)
         self.create_subscription(Joy, topics.JOY, self.on_joy, topics.SENSOR)
         if cfg.leader_joint_names:
             self.create_subscription(JointState, topics.LEADER_JOINT_STATES, self.on_leader, topics.SENSOR)

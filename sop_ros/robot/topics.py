@@ -14,6 +14,7 @@ CAMERA_COMPRESSED = "cameras/{camera}/image_raw/compressed"
 SIM_STATE = "sim/state"  # privileged simulator state: only scripted operators read it
 EPISODE_EVENTS = "episode/events"
 POLICY_COMMAND = "policy/command"
+POLICY_CHUNK = "policy/chunk"
 OPERATOR_COMMAND = "teleop/operator_command"
 ROBOT_COMMAND = "command"  # remap to the controller's topic, e.g. /arm_controller/commands
 INTERVENTION_STATE = "teleop/intervention"
@@ -23,10 +24,13 @@ LABEL_EPISODE = "teleop/label_episode"  # service (sop_ros/srv/LabelEpisode)
 
 # Camera frames: a late frame is worthless and queuing them adds latency, so keep only the newest.
 SENSOR = qos_profile_sensor_data
-# Joint states and simulator state drive control at every tick: reliable, but never a backlog.
-STATE = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-# Commands to the robot: reliable and shallow, the newest command is the one that counts.
-COMMAND = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# Publishers of joint states, commands and chunks: reliable with a short history. With a history of one, any
+# reader that is not instantly ready (a recorder on a busy robot) loses samples; measured here, half of them.
+STREAM = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# Control loops act on the newest joint state or command only: no backlog to work through.
+LATEST = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+# Recording joint states, commands and chunks: reliable and deep, a recorder must not drop what it is sent.
+RECORD = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 # Episode events and intervention changes must all arrive (recorder, bridge, operators' UIs), and a node
 # that starts late still sees the last few.
 EVENTS = QoSProfile(

@@ -30,10 +30,10 @@ class ScriptedOperatorNode(Node):
         self.monitor = TakeoverMonitor(cfg)
         self.in_control = cfg.mode == "demo"
         self.executed: np.ndarray | None = None
-        self.command_pub = self.create_publisher(Float64MultiArray, topics.OPERATOR_COMMAND, topics.COMMAND)
-        self.create_subscription(Float64MultiArray, topics.SIM_STATE, self.on_state, topics.STATE)
+        self.command_pub = self.create_publisher(Float64MultiArray, topics.OPERATOR_COMMAND, topics.STREAM)
+        self.create_subscription(Float64MultiArray, topics.SIM_STATE, self.on_state, topics.LATEST)
         if cfg.mode == "intervene":
-            self.create_subscription(Float64MultiArray, topics.ROBOT_COMMAND, self.on_executed, topics.COMMAND)
+            self.create_subscription(Float64MultiArray, topics.ROBOT_COMMAND, self.on_executed, topics.LATEST)
         self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
         self.label_client = self.create_client(LabelEpisode, topics.LABEL_EPISODE)
         self.pending_labels: list[LabelEpisode.Request] = []

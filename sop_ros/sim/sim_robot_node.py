@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import rclpy.time
 from builtin_interfaces.msg import Time
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
 from rosgraph_msgs.msg import Clock
@@ -31,6 +32,9 @@ from sop_ros.robot import commands, topics
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.spin import run_node
 from sop_ros.sim.metaworld_sim import ACTION_NAMES, JOINT_NAMES, MetaWorldSim
+
+# After the last episode, how long to wait for an operator's label of it before the run ends.
+LABEL_WAIT_S = 2.0
 
 
 def sim_stamp(nanoseconds: int) -> Time:
@@ -73,10 +77,13 @@ class SimRobotNode(Node):
         self._episode_id = ""
         self._started_utc = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")[:-3]
         self._command_arrived = threading.Event()  # lockstep: a command came after the last state
-        self._abort_requested = threading.Event()  # an operator labelled the running episode "abort"
+        self._abort_requested = threading.Event()
+        self._labelled: set[str] = (
+            set()
+        )  # episodes an operator has labelled  # an operator labelled the running episode "abort"
 
-        self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.STATE)
-        self.state_pub = self.create_publisher(Float64MultiArray, topics.SIM_STATE, topics.STATE)
+        self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.STREAM)
+        self.state_pub = self.create_publisher(Float64MultiArray, topics.SIM_STATE, topics.STREAM)
         self.event_pub = self.create_publisher(EpisodeEvent, topics.EPISODE_EVENTS, topics.EVENTS)
         self.clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(depth=1)) if cfg.publish_clock else None
         self.image_pubs = {}
@@ -89,7 +96,7 @@ class SimRobotNode(Node):
                 pubs.append(self.create_publisher(CompressedImage, topic, topics.SENSOR))
             self.image_pubs[cam] = pubs
         command_type = commands.MESSAGE_TYPES[cfg.command_interface]
-        self.create_subscription(command_type, topics.ROBOT_COMMAND, self.on_command, topics.COMMAND)
+        self.create_subscription(command_type, topics.ROBOT_COMMAND, self.on_command, topics.LATEST)
         self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
         self._stop = threading.Event()
         self._driver = threading.Thread(target=self.drive, name="sim_driver", daemon=True)
@@ -105,6 +112,8 @@ class SimRobotNode(Node):
         self._command_arrived.set()
 
     def on_episode_event(self, msg: EpisodeEvent) -> None:
+        if msg.event == EpisodeEvent.EVENT_LABEL:
+            self._labelled.add(msg.episode_id)
         aborted = msg.event == EpisodeEvent.EVENT_LABEL and msg.outcome == EpisodeEvent.OUTCOME_ABORT
         if aborted and msg.episode_id == self._episode_id:
             self._abort_requested.set()
@@ -117,6 +126,7 @@ class SimRobotNode(Node):
                 f"Meta-World {cfg.task} at {cfg.control_hz:g} Hz, cameras {list(cfg.cameras)} "
                 f"{cfg.image_width}x{cfg.image_height} at {cfg.camera_hz:g} Hz ({cfg.image_transport})"
             )
+            self.wait_until_ready()
             period, next_tick = 1.0 / cfg.control_hz, time.monotonic()
             while not self._stop.is_set() and not self.finished.is_set():
                 self.control_tick()
@@ -126,12 +136,28 @@ class SimRobotNode(Node):
                     next_tick += period
                     self._stop.wait(max(0.0, next_tick - time.monotonic()))
         except Exception as err:  # stop the robot and say why, rather than run on with a dead loop
+            if not self.context.ok():
+                return  # shutting down: a publish raced the context's shutdown
             self.get_logger().fatal(f"simulator failed: {type(err).__name__}: {err}")
             self.exit_code = 1
             self.finished.set()
         finally:
             if self.sim is not None:
                 self.sim.close()
+
+    def wait_until_ready(self) -> None:
+        wanted = set(self.config.wait_for_nodes)
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        while wanted and not self._stop.is_set():
+            names = {n for n, ns in self.get_node_names_and_namespaces() if ns == self.get_namespace()}
+            subscribed = self.event_pub.get_subscription_count() >= len(wanted)
+            if wanted <= names and subscribed:
+                return
+            if time.monotonic() > deadline:
+                missing = sorted(wanted - names) or "their episode-event subscriptions"
+                self.get_logger().warning(f"starting without {missing} after {self.config.ready_timeout_s:g} s")
+                return
+            self._stop.wait(0.1)
 
     def control_tick(self) -> None:
         if self._episode is None:
@@ -161,6 +187,8 @@ class SimRobotNode(Node):
 
     def start_episode(self) -> None:
         self._episode, state = self.sim.reset()
+        # A reset takes a control period, so no instant belongs to two episodes (recorders split by time).
+        self._sim_time_ns += self._period_ns
         self._abort_requested.clear()
         # Unique over robots and time (the cloud store is keyed by it): robot, node start (UTC, ms), counter.
         self._episode_id = f"{self.robot_id}-{self._started_utc}-{self._episode.index:05d}"
@@ -181,7 +209,18 @@ class SimRobotNode(Node):
         self._episode = None
         self._episodes_done += 1
         if self.config.episodes and self._episodes_done >= self.config.episodes:
-            self.finished.set()
+            self.finish_run()
+
+    def finish_run(self) -> None:
+        """After the last episode: let its END reach every subscriber, and its label come, before stopping.
+
+        Stopping at once would end the robot's other nodes before the recorder has closed the episode.
+        """
+        self.event_pub.wait_for_all_acked(Duration(seconds=5))
+        deadline = time.monotonic() + LABEL_WAIT_S
+        while self._episode_id not in self._labelled and time.monotonic() < deadline and not self._stop.is_set():
+            self._stop.wait(0.05)
+        self.finished.set()
 
     def header(self, frame_id: str = "") -> Header:
         return Header(stamp=sim_stamp(self._sim_time_ns), frame_id=frame_id)

@@ -1,0 +1,127 @@
+"""The episode recorder: one crash-safe MCAP file per episode (recording.py, episode_files.py).
+
+Records camera frames, joint states, the executed command, the policy's chunks, intervention states and
+episode events as ROS 2 CDR with full message definitions, so Foxglove, the mcap tools and `ros2 bag`
+read the files as they are. Data topics are taken serialized (raw subscriptions): nothing is decoded or
+re-encoded on the robot. At start it recovers or quarantines what a crash left behind.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.serialization import serialize_message
+
+from sop_ros.configs.robot import RecorderConfig
+from sop_ros.msg import EpisodeEvent, InterventionState
+from sop_ros.robot import topics
+from sop_ros.robot.episode_files import WriterOptions
+from sop_ros.robot.params import declare_config
+from sop_ros.robot.recording import Episode, EpisodeRecorder, header_stamp_ns
+from sop_ros.robot.spin import run_node
+
+COMMAND_TYPES = {
+    "float64_multi_array": "std_msgs/msg/Float64MultiArray",
+    "joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
+}
+IMAGE_TYPES = {"compressed": "sensor_msgs/msg/CompressedImage", "raw": "sensor_msgs/msg/Image"}
+
+
+def recorded_streams(cfg: RecorderConfig) -> dict[str, tuple[str, object, bool]]:
+    """Relative topic -> (ROS type, QoS, whether the message begins with a std_msgs/Header)."""
+    image_topic = topics.CAMERA_COMPRESSED if cfg.camera_transport == "compressed" else topics.CAMERA_IMAGE
+    image_type = IMAGE_TYPES[cfg.camera_transport]
+    streams = {image_topic.format(camera=c): (image_type, topics.SENSOR, True) for c in cfg.cameras}
+    streams[topics.JOINT_STATES] = ("sensor_msgs/msg/JointState", topics.RECORD, True)
+    # Float64MultiArray has no header: its time is when it arrives. A JointTrajectory begins with one.
+    command_stamped = cfg.command_interface == "joint_trajectory"
+    streams[topics.ROBOT_COMMAND] = (COMMAND_TYPES[cfg.command_interface], topics.RECORD, command_stamped)
+    if cfg.record_policy_chunks:
+        streams[topics.POLICY_CHUNK] = ("sop_ros/msg/ActionChunk", topics.RECORD, True)
+    return streams
+
+
+class RecorderNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("recorder", **kwargs)
+        self.config = cfg = declare_config(self, RecorderConfig)
+        robot_id = self.get_namespace().strip("/").replace("/", "_") or "robot"
+        streams = recorded_streams(cfg)
+        self.events_topic = self.resolve_topic_name(topics.EPISODE_EVENTS)
+        self.intervention_topic = self.resolve_topic_name(topics.INTERVENTION_STATE)
+        recorded = {self.resolve_topic_name(t): type_name for t, (type_name, _, _) in streams.items()}
+        recorded[self.events_topic] = "sop_ros/msg/EpisodeEvent"
+        recorded[self.intervention_topic] = "sop_ros/msg/InterventionState"
+        options = WriterOptions(cfg.compression, cfg.chunk_size_bytes, cfg.flush_period_s)
+        self.root = Path(cfg.output_dir) / robot_id
+        self.recorder = EpisodeRecorder(self.root, recorded, options, cfg.label_grace_s, self.log)
+        self.recorder.recover()
+        for topic, (type_name, qos, stamped) in streams.items():
+            msg_type, full = _message_class(type_name), self.resolve_topic_name(topic)
+            callback = self.on_stamped if stamped else self.on_data
+            self.create_subscription(msg_type, topic, lambda data, t=full, cb=callback: cb(t, data), qos, raw=True)
+        self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
+        self.create_subscription(InterventionState, topics.INTERVENTION_STATE, self.on_intervention, topics.EVENTS)
+        # Steady time, not sim time: ended episodes must be closed even after the simulator stops its clock.
+        self.create_timer(0.2, self.recorder.tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.get_logger().info(f"recording {len(recorded)} topics into {self.root}")
+
+    def now_ns(self) -> int:
+        return self.get_clock().now().nanoseconds
+
+    def log(self, level: str, message: str) -> None:
+        # One call site per severity: rclpy's logger refuses a call site whose severity changes.
+        if level == "error":
+            self.get_logger().error(message)
+        elif level == "warn":
+            self.get_logger().warning(message)
+        else:
+            self.get_logger().info(message)
+
+    def on_data(self, topic: str, data: bytes) -> None:
+        self.recorder.write(topic, data, self.now_ns())
+
+    def on_stamped(self, topic: str, data: bytes) -> None:
+        self.recorder.write(topic, data, header_stamp_ns(data))
+
+    def on_episode_event(self, msg: EpisodeEvent) -> None:
+        data, now = serialize_message(msg), self.now_ns()
+        if msg.event == EpisodeEvent.EVENT_START:
+            stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            self.recorder.start(
+                Episode(msg.episode_id, msg.robot_id, msg.task, msg.instruction, msg.policy_version, stamp)
+            )
+            self.recorder.write(self.events_topic, data, now, msg.episode_id)
+        elif msg.event == EpisodeEvent.EVENT_END:
+            self.recorder.write(self.events_topic, data, now, msg.episode_id)
+            self.recorder.end(msg.episode_id, msg.outcome, msg.outcome_source, msg.steps, stamp_ns(msg))
+        elif self.recorder.label(msg.episode_id, msg.outcome, msg.outcome_source):
+            self.recorder.write(self.events_topic, data, now, msg.episode_id)
+
+    def on_intervention(self, msg: InterventionState) -> None:
+        self.recorder.write(self.intervention_topic, serialize_message(msg), self.now_ns(), msg.episode_id or None)
+        self.recorder.interventions(msg.episode_id, msg.interventions_in_episode)
+
+    def destroy_node(self) -> None:
+        self.recorder.close()
+        super().destroy_node()
+
+
+def stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def _message_class(type_name: str):
+    package, _, name = type_name.split("/")
+    module = __import__(f"{package}.msg", fromlist=[name])
+    return getattr(module, name)
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(RecorderNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""The recorder node on a running simulated robot: stock-readable files, SIGKILL recovery, bad directories."""
+
+import signal
+import time
+
+import cv2
+import numpy as np
+from conftest import pids_started, sop, start, wait_for
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+
+ROBOT = """
+robot: {{id: rec, use_sim_time: true, clock_topic: /rec/clock}}
+nodes:
+  sim_robot: {{task: reach-v3, episodes: {episodes}, step_mode: {mode}, cameras: [corner, gripperPOV],
+              image_width: 48, image_height: 48, camera_hz: 10.0, max_episode_steps: {max_steps},
+              wait_for_nodes: [teleop_arbiter, scripted_operator, recorder]}}
+  teleop_arbiter: {{operator_device: scripted_expert}}
+  scripted_operator: {{task: reach-v3, mode: {operator_mode}}}
+"""
+RECORDER = """
+robot: {{id: rec, use_sim_time: true, clock_topic: /rec/clock}}
+nodes:
+  recorder: {{output_dir: {out}, flush_period_s: 0.2}}
+"""
+
+
+def write_configs(tmp_path, out, episodes=2, mode="lockstep", max_steps=150, operator_mode="demo"):
+    robot, rec = tmp_path / "robot.yaml", tmp_path / "recorder.yaml"
+    robot.write_text(ROBOT.format(episodes=episodes, mode=mode, max_steps=max_steps, operator_mode=operator_mode))
+    rec.write_text(RECORDER.format(out=out))
+    return robot, rec
+
+
+def decode(path):
+    """With the stock reader only: mcap + mcap_ros2's decoder."""
+    with open(path, "rb") as f:
+        reader = make_reader(f, decoder_factories=[DecoderFactory()])
+        messages = [(c.topic, s.name, m.log_time, d) for s, c, m, d in reader.iter_decoded_messages()]
+        metadata = {r.name: dict(r.metadata) for r in reader.iter_metadata()}
+    return metadata, messages
+
+
+def test_every_episode_is_recorded_whole_and_decodes_with_the_stock_reader(tmp_path):
+    out = tmp_path / "episodes"
+    robot, rec = write_configs(tmp_path, out)
+    recorder = start(sop("robot", "--config", str(rec)))
+    try:
+        result = start(sop("robot", "--config", str(robot)))
+        output, _ = result.communicate(timeout=180)
+        assert result.returncode == 0, output
+        wait_for(lambda: len(list((out / "rec").glob("*.mcap"))) == 2, 30, what="two finished episode files")
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        rec_output, _ = recorder.communicate(timeout=30)
+    assert recorder.returncode == 0, rec_output
+    assert not list((out / "rec" / ".partial").glob("*"))
+    for path in sorted((out / "rec").glob("*.mcap")):
+        metadata, messages = decode(path)
+        episode = metadata["episode"]
+        assert episode["task"] == "reach-v3" and episode["outcome"] == "success" and episode["labels"] == "success"
+        topics = [t for t, *_ in messages]
+        steps = int(episode["steps"])
+        assert topics.count("/rec/joint_states") == steps + 1  # the reset state, then one per step
+        assert topics.count("/rec/command") >= steps
+        events = [d.event for t, _, _, d in messages if t == "/rec/episode/events"]
+        assert events == [0, 1, 2]  # START, END, LABEL
+        frames = [d for t, _, _, d in messages if t == "/rec/cameras/corner/image_raw/compressed"]
+        image = cv2.imdecode(np.frombuffer(bytes(frames[0].data), np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (48, 48, 3)
+        assert [t for t, *_ in messages] and all(name for _, name, _, _ in messages)
+
+
+def test_a_recorder_killed_mid_episode_keeps_what_it_flushed(tmp_path):
+    out = tmp_path / "episodes"
+    # One long realtime episode (the scripted operator never drives: 'intervene' with no policy just waits).
+    robot, rec = write_configs(tmp_path, out, episodes=1, mode="realtime", max_steps=400, operator_mode="intervene")
+    recorder = start(sop("robot", "--config", str(rec)))
+    robot_proc = start(sop("robot", "--config", str(robot)))
+    try:
+        partial = out / "rec" / ".partial"
+        wait_for(lambda: any(p.stat().st_size > 4096 for p in partial.glob("*.mcap")), 120, what="flushed data")
+        time.sleep(0.5)
+        recorder_node_pid = next(p for p in pids_started_so_far(recorder))
+        import os
+
+        os.kill(recorder_node_pid, signal.SIGKILL)
+        rec_output, _ = recorder.communicate(timeout=30)
+        (partial_file,) = partial.glob("*.mcap")
+        size_at_kill = partial_file.stat().st_size
+        # A new recorder recovers the partial file at start.
+        restarted = start(sop("robot", "--config", str(rec)))
+        wait_for(lambda: list((out / "rec").glob("*.mcap")), 60, what="the recovered file")
+        restarted.send_signal(signal.SIGINT)
+        restart_output, _ = restarted.communicate(timeout=30)
+    finally:
+        robot_proc.send_signal(signal.SIGINT)
+        robot_proc.communicate(timeout=30)
+        for proc in (recorder, robot_proc):
+            if proc.poll() is None:
+                proc.kill()
+    assert "recovered" in restart_output
+    (recovered,) = (out / "rec").glob("*.mcap")
+    metadata, messages = decode(recovered)
+    assert metadata["episode"]["recovered"] == "true" and metadata["episode"]["task"] == "reach-v3"
+    assert size_at_kill > 4096 and len(messages) > 0
+    assert sum(t == "/rec/joint_states" for t, *_ in messages) > 0
+
+
+def pids_started_so_far(proc):
+    """Read the launcher's 'started ... (pid N)' line without waiting for it to exit."""
+    line = proc.stdout.readline()
+    while "(pid" not in line:
+        line = proc.stdout.readline()
+    return pids_started(line)
+
+
+def test_an_unwritable_output_directory_is_a_clear_error_not_a_crash(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    robot, rec = write_configs(tmp_path, blocker / "episodes", episodes=1)
+    recorder = start(sop("robot", "--config", str(rec)))
+    try:
+        result = start(sop("robot", "--config", str(robot)))
+        output, _ = result.communicate(timeout=180)
+        assert result.returncode == 0, output  # the robot finished its episode regardless
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        rec_output, _ = recorder.communicate(timeout=30)
+    assert recorder.returncode == 0, rec_output
+    assert "cannot record episode" in rec_output and str(blocker) in rec_output
