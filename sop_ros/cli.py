@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
 
 from sop_ros.configs import ConfigError, load_config
+
+DEMO_TASKS = ["reach-v3", "pick-place-v3"]
 
 
 def require_ros(command: str) -> None:
@@ -47,11 +51,24 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_collect_demos(args: argparse.Namespace) -> int:
+    require_ros("collect-demos")
+    from sop_ros.sim.collect_demos import collect
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    summary = collect(args.config, tasks, args.episodes_per_task, args.robots, Path(args.out), args.seed)
+    return 0 if not summary["failed"] and summary["total"]["episodes"] > 0 else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     require_ros("demo")
-    from sop_ros.demo import run_demo
+    from sop_ros.sim.collect_demos import collect
 
-    return run_demo(args.config, args.episodes)
+    out = Path(args.out) / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    print("sop demo: two simulated robots record scripted demonstrations of two tasks over ROS 2")
+    summary = collect(args.config, DEMO_TASKS, args.episodes, 2, out)
+    print(f"\nEach episode is one MCAP file (open one in Foxglove, or read it with mcap-ros2-support): {out}/robot_*/")
+    return 0 if not summary["failed"] and summary["total"]["episodes"] > 0 else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,9 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("robot", "learner"), default="robot")
     p.set_defaults(func=cmd_check_config)
 
-    p = sub.add_parser("demo", help="the main job: a simulated robot operated over ROS 2, with a summary")
-    p.add_argument("--config", default="config/sim.yaml", help="simulated robot YAML (default: %(default)s)")
-    p.add_argument("--episodes", type=int, default=None, help="override the number of episodes")
+    p = sub.add_parser("collect-demos", help="record scripted demonstrations with a fleet of simulated robots")
+    p.add_argument("--tasks", required=True, help="comma-separated Meta-World tasks, e.g. reach-v3,push-v3")
+    p.add_argument("--episodes-per-task", type=int, required=True, metavar="N")
+    p.add_argument("--robots", type=int, default=1, metavar="R", help="simulated robots in parallel (default 1)")
+    p.add_argument("--out", required=True, metavar="DIR", help="episodes go to DIR/<robot>/<episode>.mcap")
+    p.add_argument("--config", default="config/sim.yaml", help="base simulated robot YAML (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_collect_demos)
+
+    p = sub.add_parser("demo", help="the main job: two simulated robots recording demonstrations, with a summary")
+    p.add_argument("--config", default="config/sim.yaml", help="base simulated robot YAML (default: %(default)s)")
+    p.add_argument("--episodes", type=int, default=3, help="episodes per task (default: %(default)s)")
+    p.add_argument("--out", default="runs/demo", help="parent directory of the run (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -36,10 +36,10 @@ def test_holds_when_every_input_is_stale_and_keeps_the_gripper():
 
 
 def test_commands_are_clamped_and_rate_limited():
-    arb = Arbiter(TeleopArbiterConfig(max_rate=(10.0, 10.0, 10.0, 10.0)))
+    arb = Arbiter(TeleopArbiterConfig(max_rate=(10.0, 10.0, 10.0, 10.0), control_hz=100.0))
     arb.tick(0.0)
     arb.submit(Controller.POLICY, [5.0, -5.0, 0.05, 0], now=0.0)
-    out = arb.tick(0.01)  # 0.01 s at 10/s: at most 0.1 of change
+    out = arb.tick(0.01)  # one 0.01 s period at 10/s: at most 0.1 of change
     np.testing.assert_allclose(out.command, [0.1, -0.1, 0.05, 0])
     for t in np.arange(0.02, 0.5, 0.01):
         out = arb.tick(t)
@@ -52,5 +52,13 @@ def test_bad_commands_are_refused_and_the_last_good_one_stays(bad):
     arb.submit(Controller.POLICY, [0.2, 0, 0, 0], now=0.0)
     with pytest.raises(ValueError, match="policy command"):
         arb.submit(Controller.POLICY, bad, now=0.0)
-    np.testing.assert_allclose(arb.tick(0.0).command, [0, 0, 0, 0])  # first tick: starts from hold
-    np.testing.assert_allclose(arb.tick(0.1).command, [0.2, 0, 0, 0])
+    np.testing.assert_allclose(arb.tick(0.0).command, [0.2, 0, 0, 0])
+
+
+def test_a_command_on_a_clock_that_has_not_advanced_still_moves_the_output():
+    # Sim time: the next step's command can arrive before the clock message of that step.
+    arb = Arbiter(TeleopArbiterConfig(max_rate=(30.0, 30.0, 30.0, 30.0), control_hz=30.0))
+    arb.submit(Controller.OPERATOR, [0.5, 0, 0, 0], now=1.0)
+    np.testing.assert_allclose(arb.tick(1.0).command, [0.5, 0, 0, 0])
+    arb.submit(Controller.OPERATOR, [1.0, 0, 0, 0], now=1.0)
+    np.testing.assert_allclose(arb.tick(1.0).command, [1.0, 0, 0, 0])  # one period's worth of change

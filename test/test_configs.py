@@ -35,7 +35,7 @@ def test_shipped_learner_config_is_valid():
         (robot(sim_robot={"image_transport": "png"}), "image_transport='png': must be one of 'raw', 'compressed'"),
         (robot(teleop_arbiter={"action_min": [-1.0]}), "nodes.teleop_arbiter.action_min=(-1.0,): must have one"),
         (robot(teleop_arbiter={"action_max": [1, 1, -2, 1]}), "action_max[2]=-2.0: must be > action_min[2] (-1.0)"),
-        (robot(teleop_arbiter={"watchdog_hz": 0}), "nodes.teleop_arbiter.watchdog_hz=0.0: must be > 0"),
+        (robot(teleop_arbiter={"control_hz": 0}), "nodes.teleop_arbiter.control_hz=0.0: must be > 0"),
         (robot(teleop_arbiter={"hold_keeps_last": [1, 0, 0, 0]}), "hold_keeps_last[0]=1: must be a bool"),
         ({"robot": {"id": "9lives"}, "nodes": {"teleop_arbiter": {}}}, "robot.id='9lives': must be a ROS name"),
         ({"robot": {"id": "r"}, "nodes": {}}, "nodes={}: must start at least one node"),

@@ -93,7 +93,7 @@ def test_node_with_bad_parameter_fails_at_start_naming_it():
     import subprocess
     import sys
 
-    cmd = [sys.executable, "-m", "sop_ros.robot.teleop_arbiter_node", "--ros-args", "-p", "watchdog_hz:=-1.0"]
+    cmd = [sys.executable, "-m", "sop_ros.robot.teleop_arbiter_node", "--ros-args", "-p", "control_hz:=-1.0"]
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, timeout=60, env=os.environ)
     assert result.returncode == 2
-    assert "parameter watchdog_hz=-1.0: must be > 0" in result.stderr
+    assert "parameter control_hz=-1.0: must be > 0" in result.stderr

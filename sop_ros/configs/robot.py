@@ -83,7 +83,9 @@ class TeleopArbiterConfig:
     # While held (stale inputs), dimensions marked true keep their last value (e.g. keep the gripper
     # closed on an object); the others command zero (no motion for delta/velocity interfaces).
     hold_keeps_last: tuple[bool, ...] = (False, False, False, True)
-    watchdog_hz: float = 30.0  # checks for stale inputs; publishes the hold command at this rate
+    # The robot's command rate: the stale-input watchdog runs at it (publishing the hold command), and each
+    # command may change by at most max_rate / control_hz.
+    control_hz: float = 30.0
     policy_timeout_s: float = 0.5
     operator_timeout_s: float = 0.3  # operators send only while their deadman is held
     # Name recorded for commands on teleop/operator_command (keyboard node, scripted operator, custom devices).
@@ -112,7 +114,7 @@ class TeleopArbiterConfig:
         for i, (lo, hi) in enumerate(zip(self.action_min, self.action_max, strict=True)):
             require(lo < hi, f"action_max[{i}]", hi, f"must be > action_min[{i}] ({lo})")
         require(all(r > 0 for r in self.max_rate), "max_rate", self.max_rate, "every entry must be > 0")
-        require(self.watchdog_hz > 0, "watchdog_hz", self.watchdog_hz, "must be > 0")
+        require(self.control_hz > 0, "control_hz", self.control_hz, "must be > 0")
         require(self.policy_timeout_s > 0, "policy_timeout_s", self.policy_timeout_s, "must be > 0")
         require(self.operator_timeout_s > 0, "operator_timeout_s", self.operator_timeout_s, "must be > 0")
         require(self.state_hz > 0, "state_hz", self.state_hz, "must be > 0")

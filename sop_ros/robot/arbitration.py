@@ -2,7 +2,7 @@
 
 The operator wins whenever their input is fresh (devices send only while the deadman is held); otherwise the
 policy drives while its input is fresh; otherwise the robot is held. Every output is clamped to the
-configured range and rate-limited, whoever sent it.
+configured range and rate-limited (at most max_rate / control_hz of change per command), whoever sent it.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class Arbiter:
         self._high = np.array(config.action_max)
         self._rate = np.array(config.max_rate)
         self._keeps_last = np.array(config.hold_keeps_last)
+        self._period = 1.0 / config.control_hz
         self._inputs: dict[Controller, tuple[np.ndarray, float, str]] = {}
         self._output = np.zeros(len(config.action_names))
         self._last_tick: float | None = None
@@ -76,8 +77,9 @@ class Arbiter:
         else:
             target = self._inputs[controller][0]
         target = np.clip(target, self._low, self._high)
-        # The first tick has no elapsed time, so the output starts from the initial hold (zeros).
-        dt = 0.0 if self._last_tick is None else max(now - self._last_tick, 0.0)
+        # At least one control period per command: on sim time the clock may not have advanced yet when the
+        # command for the next step arrives, and a zero step would forward the previous command again.
+        dt = self._period if self._last_tick is None else max(now - self._last_tick, self._period)
         step = self._rate * dt
         self._output = self._output + np.clip(target - self._output, -step, step)
         self._last_tick = now

@@ -701,3 +701,17 @@ def read_episode(path: Path | str) -> tuple[dict[str, str], list[EpisodeMessage]
 def _episode_metadata(reader: McapReader) -> dict[str, str]:
     records = [record for record in reader.iter_metadata() if record.name == EPISODE_METADATA]
     return dict(records[-1].metadata) if records else {}
+
+
+def episode_counts(path: Path | str) -> tuple[dict[str, str], dict[str, int]]:
+    """The "episode" metadata and the message count per topic, from the file's summary: nothing is decoded."""
+    with open(path, "rb") as file:
+        reader = make_reader(file)
+        summary = reader.get_summary()
+        if summary is None or summary.statistics is None:
+            raise ValueError(f"{path}: no summary section; is it a finished episode file?")
+        counts = {
+            summary.channels[channel_id].topic: count
+            for channel_id, count in summary.statistics.channel_message_counts.items()
+        }
+        return _episode_metadata(reader), counts

@@ -46,7 +46,7 @@ class TeleopArbiterNode(Node):
             self.create_subscription(JointState, topics.LEADER_JOINT_STATES, self.on_leader, topics.SENSOR)
         self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
         self.create_service(LabelEpisode, topics.LABEL_EPISODE, self.on_label_request)
-        self.create_timer(1.0 / cfg.watchdog_hz, lambda: self.arbitrate(trigger=Controller.HOLD))
+        self.create_timer(1.0 / cfg.control_hz, lambda: self.arbitrate(trigger=Controller.HOLD))
         self.create_timer(1.0 / cfg.state_hz, self.publish_state)
         self._last = self.arbiter.tick(self.now())
 
@@ -93,9 +93,7 @@ class TeleopArbiterNode(Node):
         self._last = self.arbiter.tick(self.now())
         if self._last.controller == trigger:
             cfg = self.config
-            msg = commands.to_message(
-                cfg.command_interface, cfg.action_names, self._last.command, 1.0 / cfg.watchdog_hz
-            )
+            msg = commands.to_message(cfg.command_interface, cfg.action_names, self._last.command, 1.0 / cfg.control_hz)
             self.command_pub.publish(msg)
         if self._last.changed:
             who = self._last.controller.name.lower() + (f" ({self._last.device})" if self._last.device else "")
