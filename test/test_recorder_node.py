@@ -65,6 +65,8 @@ def test_every_episode_is_recorded_whole_and_decodes_with_the_stock_reader(tmp_p
         assert topics.count("/rec/command") >= steps
         events = [d.event for t, _, _, d in messages if t == "/rec/episode/events"]
         assert events == [0, 1, 2]  # START, END, LABEL
+        controllers = {(d.controller, d.source_device) for t, _, _, d in messages if t == "/rec/teleop/intervention"}
+        assert (1, "scripted_expert") in controllers  # who drove is recorded: the operator, with its device
         frames = [d for t, _, _, d in messages if t == "/rec/cameras/corner/image_raw/compressed"]
         image = cv2.imdecode(np.frombuffer(bytes(frames[0].data), np.uint8), cv2.IMREAD_COLOR)
         assert image.shape == (48, 48, 3)
