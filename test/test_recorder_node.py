@@ -131,3 +131,35 @@ def test_an_unwritable_output_directory_is_a_clear_error_not_a_crash(tmp_path):
         rec_output, _ = recorder.communicate(timeout=30)
     assert recorder.returncode == 0, rec_output
     assert "cannot record episode" in rec_output and str(blocker) in rec_output
+
+
+def test_a_full_disk_stops_recording_with_a_clear_error_and_the_robot_goes_on(tmp_path):
+    """A real full disk: the recorder's directory is a 256 KiB tmpfs that the episodes overflow."""
+    import subprocess
+
+    import pytest
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=False,
+                             capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a small tmpfs needs root (CAP_SYS_ADMIN): {mounted.stderr.strip()}")
+    try:
+        robot, rec = write_configs(tmp_path, disk, episodes=6)
+        recorder = start(sop("robot", "--config", str(rec)))
+        try:
+            result = start(sop("robot", "--config", str(robot)))
+            output, _ = result.communicate(timeout=300)
+            assert result.returncode == 0, output  # the robot finished every episode
+        finally:
+            recorder.send_signal(signal.SIGINT)
+            rec_output, _ = recorder.communicate(timeout=30)
+        assert recorder.returncode == 0, rec_output
+        assert "free space on the disk holding" in rec_output, rec_output
+        finished = sorted((disk / "rec").glob("*.mcap"))
+        for path in finished:  # what was published before the disk filled is complete
+            metadata, messages = decode(path)
+            assert metadata["episode"]["outcome"] == "success" and messages
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
