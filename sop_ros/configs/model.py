@@ -1,0 +1,40 @@
+"""The VLA model's size and shape: small enough to train on a CPU here, and configurable upward."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sop_ros.configs import require
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cameras: int = 2
+    image_size: int = 96  # square inputs, after preprocessing
+    proprio_dim: int = 9  # the arm's joint positions
+    action_dim: int = 4
+    chunk: int = 16  # actions predicted per inference step
+    width: int = 128  # transformer width of the context and the action head
+    depth: int = 2  # context transformer layers
+    head_depth: int = 2  # action-head (flow) transformer layers
+    heads: int = 4
+    cnn_channels: tuple[int, ...] = (32, 64, 96, 128)  # one stride-2 stage each
+    instruction_bytes: int = 96  # UTF-8 bytes of the instruction kept
+    flow_steps: int = 10  # Euler steps from noise to an action chunk at inference
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("cameras", "proprio_dim", "action_dim", "chunk", "width", "depth", "head_depth", "heads"):
+            require(getattr(self, key) >= 1, key, getattr(self, key), "must be >= 1")
+        require(self.width % self.heads == 0, "width", self.width, f"must be divisible by heads ({self.heads})")
+        stride = 2 ** len(self.cnn_channels)
+        require(bool(self.cnn_channels) and self.image_size % stride == 0, "image_size", self.image_size,
+                f"must be divisible by 2^len(cnn_channels) = {stride}")  # fmt: skip
+        require(self.instruction_bytes >= 8, "instruction_bytes", self.instruction_bytes, "must be >= 8")
+        require(self.flow_steps >= 1, "flow_steps", self.flow_steps, "must be >= 1")
+        require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+
+    @property
+    def feature_size(self) -> int:
+        """Side of the image feature map: image_size / 2^stages."""
+        return self.image_size // 2 ** len(self.cnn_channels)

@@ -1,0 +1,1 @@
+"""The VLA policy: model, preprocessing, export."""

@@ -1,0 +1,189 @@
+"""The VLA policy model: cameras + instruction + proprioception (+ advantage indicator) -> an action chunk.
+
+Action head: flow matching, as in pi0. A chunk is drawn by integrating a learned velocity field from Gaussian
+noise to actions in `flow_steps` Euler steps. Chosen over chunked regression (ACT) because RECAP's
+classifier-free guidance is defined on exactly this field (v = v_none + beta * (v_positive - v_none)), and
+because operator corrections are multimodal in a way a regression head averages away. The image encoder
+and context run once per inference; only the small action head iterates.
+
+Inputs (what the ONNX graph takes, too):
+    images       float32 (B, cameras, 3, S, S), values in [0, 1] (sop_ros.model.preprocess.image_to_input)
+    proprio      float32 (B, proprio_dim), joint positions, raw units (normalised inside)
+    instruction  int64 (B, instruction_bytes) (sop_ros.model.tokens.instruction_tokens)
+    indicator    int64 (B,): 0 none, 1 negative, 2 positive advantage (RECAP); 0 for plain behaviour cloning
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from sop_ros.configs import from_dict
+from sop_ros.configs.model import ModelConfig
+from sop_ros.model.tokens import PAD
+
+INDICATOR_NONE, INDICATOR_NEGATIVE, INDICATOR_POSITIVE = 0, 1, 2
+
+
+def _groups(channels: int) -> int:
+    return math.gcd(channels, 8)
+
+
+class ImageEncoder(nn.Module):
+    """A small CNN shared by all cameras; each cell of its final feature map becomes one token."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        layers, previous = [], 3
+        for channels in config.cnn_channels:
+            layers += [
+                nn.Conv2d(previous, channels, 3, stride=2, padding=1),
+                nn.GroupNorm(_groups(channels), channels),
+                nn.SiLU(),
+            ]
+            previous = channels
+        self.cnn = nn.Sequential(*layers)
+        self.project = nn.Conv2d(previous, config.width, 1)
+        cells = config.feature_size**2
+        self.position = nn.Parameter(torch.randn(1, 1, cells, config.width) * 0.02)
+        self.camera = nn.Parameter(torch.randn(1, config.cameras, 1, config.width) * 0.02)
+
+    def forward(self, images: Tensor) -> Tensor:
+        b, n, c, h, w = images.shape
+        features = self.project(self.cnn((images.reshape(b * n, c, h, w) - 0.5) / 0.25))
+        tokens = features.flatten(2).transpose(1, 2).reshape(b, n, -1, features.shape[1])
+        return (tokens + self.position + self.camera).reshape(b, -1, features.shape[1])
+
+
+class InstructionEncoder(nn.Module):
+    """Byte embeddings, a convolution over neighbouring bytes, and a masked mean: one instruction token."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(257, config.width, padding_idx=PAD)
+        self.conv = nn.Conv1d(config.width, config.width, 5, padding=2)
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(config.width, config.width))
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        mask = (tokens != PAD).unsqueeze(-1).float()
+        x = self.conv(self.embed(tokens).transpose(1, 2)).transpose(1, 2)
+        pooled = (x * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.out(pooled).unsqueeze(1)
+
+
+def time_embedding(t: Tensor, width: int) -> Tensor:
+    """Sinusoidal features of the flow time t in [0, 1], (B,) -> (B, width)."""
+    half = width // 2
+    freqs = torch.exp(-math.log(1000.0) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
+    angles = t.unsqueeze(-1) * freqs * 1000.0
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class VLAPolicy(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.images = ImageEncoder(c)
+        self.instruction = InstructionEncoder(c)
+        self.proprio = nn.Linear(c.proprio_dim, c.width)
+        self.indicator = nn.Embedding(3, c.width)
+        layer = nn.TransformerEncoderLayer(c.width, c.heads, 4 * c.width, c.dropout, batch_first=True, norm_first=True)
+        self.context = nn.TransformerEncoder(layer, c.depth, enable_nested_tensor=False)
+        self.action_in = nn.Linear(c.action_dim, c.width)
+        self.action_position = nn.Parameter(torch.randn(1, c.chunk, c.width) * 0.02)
+        self.time = nn.Sequential(nn.Linear(c.width, c.width), nn.SiLU(), nn.Linear(c.width, c.width))
+        head = nn.TransformerDecoderLayer(c.width, c.heads, 4 * c.width, c.dropout, batch_first=True, norm_first=True)
+        self.head = nn.TransformerDecoder(head, c.head_depth)
+        self.action_out = nn.Sequential(nn.LayerNorm(c.width), nn.Linear(c.width, c.action_dim))
+        # Normalisation of proprioception and actions, set from the training data (set_normalisation).
+        self.register_buffer("proprio_mean", torch.zeros(c.proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(c.proprio_dim))
+        self.register_buffer("action_mean", torch.zeros(c.action_dim))
+        self.register_buffer("action_std", torch.ones(c.action_dim))
+
+    def set_normalisation(self, proprio: tuple, actions: tuple) -> None:
+        for name, values in (("proprio_mean", proprio[0]), ("proprio_std", proprio[1]),
+                             ("action_mean", actions[0]), ("action_std", actions[1])):  # fmt: skip
+            getattr(self, name).copy_(torch.as_tensor(values, dtype=torch.float32))
+
+    def encode(self, images: Tensor, proprio: Tensor, instruction: Tensor, indicator: Tensor) -> Tensor:
+        """The context tokens the action head attends to."""
+        proprio = (proprio - self.proprio_mean) / self.proprio_std
+        tokens = torch.cat(
+            [
+                self.images(images),
+                self.instruction(instruction),
+                self.proprio(proprio).unsqueeze(1),
+                self.indicator(indicator).unsqueeze(1),
+            ],
+            dim=1,
+        )
+        return self.context(tokens)
+
+    def velocity(self, noisy_actions: Tensor, t: Tensor, context: Tensor) -> Tensor:
+        """The flow's velocity at normalised actions `noisy_actions` (B, H, D) and time t (B,)."""
+        x = self.action_in(noisy_actions) + self.action_position
+        x = x + self.time(time_embedding(t, self.config.width)).unsqueeze(1)
+        return self.action_out(self.head(x, context))
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Flow matching: regress the straight-line velocity from noise to the (normalised) demonstrated chunk."""
+        target = (batch["actions"] - self.action_mean) / self.action_std
+        context = self.encode(batch["images"], batch["proprio"], batch["instruction"], batch["indicator"])
+        noise = torch.randn_like(target)
+        t = torch.rand(target.shape[0], device=target.device)
+        noisy = t[:, None, None] * target + (1 - t[:, None, None]) * noise
+        error = (self.velocity(noisy, t, context) - (target - noise)) ** 2
+        mask = batch["action_mask"].unsqueeze(-1).float()
+        return (error * mask).sum() / (mask.sum() * target.shape[-1]).clamp(min=1.0)
+
+    def sample_actions(
+        self,
+        images: Tensor,
+        proprio: Tensor,
+        instruction: Tensor,
+        indicator: Tensor,
+        noise: Tensor,
+        guidance: float = 1.0,
+    ) -> Tensor:
+        """An action chunk (B, H, D) in robot units, integrated from `noise` (B, H, D).
+
+        With guidance != 1 (RECAP), the velocity is v_none + guidance * (v_indicator - v_none).
+        """
+        context = self.encode(images, proprio, instruction, indicator)
+        if guidance != 1.0:
+            unconditioned = self.encode(images, proprio, instruction, torch.zeros_like(indicator))
+        x, dt = noise, 1.0 / self.config.flow_steps
+        for i in range(self.config.flow_steps):
+            t = torch.full((x.shape[0],), i * dt, dtype=x.dtype, device=x.device)
+            v = self.velocity(x, t, context)
+            if guidance != 1.0:
+                v_none = self.velocity(x, t, unconditioned)
+                v = v_none + guidance * (v - v_none)
+            x = x + dt * v
+        return x * self.action_std + self.action_mean
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def save_checkpoint(path: str | Path, model: VLAPolicy, **extra) -> None:
+    """Weights, normalisation and config in one file; `extra` (version, task list, step, ...) rides along."""
+    payload = {"config": dataclasses.asdict(model.config), "state_dict": model.state_dict(), **extra}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, temp)
+    temp.replace(path)  # a checkpoint is never seen half-written
+
+
+def load_checkpoint(path: str | Path) -> tuple[VLAPolicy, dict]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    model = VLAPolicy(from_dict(ModelConfig, payload.pop("config")))
+    model.load_state_dict(payload.pop("state_dict"))
+    return model.eval(), payload
