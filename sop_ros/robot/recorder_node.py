@@ -50,6 +50,8 @@ class RecorderNode(Node):
         robot_id = self.get_namespace().strip("/").replace("/", "_") or "robot"
         streams = recorded_streams(cfg)
         self.events_topic = self.resolve_topic_name(topics.EPISODE_EVENTS)
+        self.joint_states_topic = self.resolve_topic_name(topics.JOINT_STATES)
+        self._last_state_ns: int | None = None
         self.intervention_topic = self.resolve_topic_name(topics.INTERVENTION_STATE)
         recorded = {self.resolve_topic_name(t): type_name for t, (type_name, _, _) in streams.items()}
         recorded[self.events_topic] = "sop_ros/msg/EpisodeEvent"
@@ -81,10 +83,15 @@ class RecorderNode(Node):
             self.get_logger().info(message)
 
     def on_data(self, topic: str, data: bytes) -> None:
-        self.recorder.write(topic, data, self.now_ns())
+        # A headerless command answers the latest observed state: it takes that state's stamp. (The recorder's
+        # own clock may already show the next step when the command arrives, and then it would be misfiled.)
+        self.recorder.write(topic, data, self._last_state_ns if self._last_state_ns is not None else self.now_ns())
 
     def on_stamped(self, topic: str, data: bytes) -> None:
-        self.recorder.write(topic, data, header_stamp_ns(data))
+        stamp = header_stamp_ns(data)
+        if topic == self.joint_states_topic:
+            self._last_state_ns = stamp
+        self.recorder.write(topic, data, stamp)
 
     def on_episode_event(self, msg: EpisodeEvent) -> None:
         data, now = serialize_message(msg), self.now_ns()

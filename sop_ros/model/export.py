@@ -1,0 +1,107 @@
+"""`sop export`: a checkpoint as one ONNX graph per inference step, what robots run.
+
+The graph holds the whole flow integration (encoder once, `flow_steps` action-head steps), takes the noise
+as an input (so runs are reproducible and testable against torch), has a dynamic batch dimension, and
+carries in its metadata everything a robot needs to feed it and to know what it runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from sop_ros.model.vla import VLAPolicy, load_checkpoint
+
+INPUTS = ("images", "proprio", "instruction", "indicator", "noise")
+OUTPUT = "actions"
+ACTION_NAMES = ("x", "y", "z", "gripper")
+
+
+class InferenceStep(torch.nn.Module):
+    """One inference step as a module: inputs -> action chunk, with a fixed guidance weight."""
+
+    def __init__(self, model: VLAPolicy, guidance: float) -> None:
+        super().__init__()
+        self.model, self.guidance = model, guidance
+
+    def forward(self, images, proprio, instruction, indicator, noise):  # noqa: D102
+        return self.model.sample_actions(images, proprio, instruction, indicator, noise, self.guidance)
+
+
+def example_inputs(model: VLAPolicy, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    c = model.config
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.rand(batch, c.cameras, 3, c.image_size, c.image_size, generator=g),
+        torch.randn(batch, c.proprio_dim, generator=g),
+        torch.randint(1, 256, (batch, c.instruction_bytes), generator=g),
+        torch.randint(0, 3, (batch,), generator=g),
+        torch.randn(batch, c.chunk, c.action_dim, generator=g),
+    )
+
+
+def policy_metadata(model: VLAPolicy, extra: dict, guidance: float) -> dict[str, str]:
+    """What a robot needs to know about a policy: the ONNX metadata, and the torch runtime's too."""
+    return {
+        "sop_ros.version": str(extra.get("version", "")),
+        "sop_ros.tasks": json.dumps(extra.get("tasks", [])),
+        "sop_ros.cameras": json.dumps(extra.get("cameras", [])),
+        "sop_ros.action_names": json.dumps(ACTION_NAMES[: model.config.action_dim]),
+        "sop_ros.model_config": json.dumps(dataclasses.asdict(model.config)),
+        "sop_ros.guidance": str(guidance),
+        "sop_ros.normalisation": json.dumps(
+            {
+                name: getattr(model, name).tolist()
+                for name in ("proprio_mean", "proprio_std", "action_mean", "action_std")
+            }
+        ),
+    }
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, guidance: float = 1.0, opset: int = 18) -> dict[str, str]:
+    """Write `out` and return its metadata."""
+    model, extra = load_checkpoint(checkpoint)
+    step = InferenceStep(model, guidance).eval()
+    # Traced with a batch of 2: a batch-1 example would fix the batch dimension to 1. The transformers' fused
+    # inference fast path has no ONNX equivalent: trace the plain operators.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        torch.onnx.export(
+            step,
+            example_inputs(model, 2),
+            str(out),
+            input_names=list(INPUTS),
+            output_names=[OUTPUT],
+            dynamic_axes={name: {0: "batch"} for name in (*INPUTS, OUTPUT)},
+            opset_version=opset,
+            dynamo=False,
+        )
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    metadata = policy_metadata(model, extra, guidance)
+    proto = onnx.load(str(out))
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(out))
+    return metadata
+
+
+def parity(
+    checkpoint: str | Path, onnx_path: str | Path, inputs: tuple[torch.Tensor, ...], guidance: float = 1.0
+) -> float:
+    """Max absolute difference between torch and ONNX Runtime (CPU) on `inputs`."""
+    import onnxruntime as ort
+
+    model, _ = load_checkpoint(checkpoint)
+    with torch.no_grad():
+        expected = InferenceStep(model, guidance)(*inputs).numpy()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    actual = session.run([OUTPUT], {name: x.numpy() for name, x in zip(INPUTS, inputs, strict=True)})[0]
+    return float(np.abs(actual - expected).max())
