@@ -60,6 +60,31 @@ def cmd_collect_demos(args: argparse.Namespace) -> int:
     return 0 if not summary["failed"] and summary["total"]["episodes"] > 0 else 1
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from sop_ros.configs import from_dict
+    from sop_ros.configs.model import ModelConfig
+    from sop_ros.learner.pretrain import PretrainConfig, pretrain
+
+    model = load_config(ModelConfig, args.model_config) if args.model_config else from_dict(ModelConfig, {})
+    config = PretrainConfig(
+        demos=args.demos, out=args.out, steps=args.steps, batch_size=args.batch_size,
+        learning_rate=args.lr, seed=args.seed, device=args.device, model=model,
+    )  # fmt: skip
+    pretrain(config)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sop_ros.model.export import example_inputs, export_onnx, parity
+    from sop_ros.model.vla import load_checkpoint
+
+    metadata = export_onnx(args.policy, args.out, guidance=args.guidance)
+    model, _ = load_checkpoint(args.policy)
+    worst = max(parity(args.policy, args.out, example_inputs(model, b, seed=b), args.guidance) for b in (1, 4))
+    print(f"exported {metadata['sop_ros.version']} to {args.out}; torch vs ONNX Runtime max abs diff {worst:.2e}")
+    return 0 if worst <= 1e-4 else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     require_ros("demo")
     from sop_ros.sim.collect_demos import collect
@@ -97,6 +122,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="config/sim.yaml", help="base simulated robot YAML (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_collect_demos)
+
+    p = sub.add_parser("pretrain", help="train the base policy on recorded demonstrations (behaviour cloning)")
+    p.add_argument("--demos", required=True, metavar="DIR", help="recorded episodes (only successes are used)")
+    p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write; loss curve goes beside it")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--model-config", metavar="YAML", help="model size and shape (ModelConfig fields)")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("export", help="export a checkpoint to one ONNX graph per inference step")
+    p.add_argument("--policy", required=True, metavar="CKPT")
+    p.add_argument("--out", required=True, metavar="FILE.onnx")
+    p.add_argument("--guidance", type=float, default=1.0, help="RECAP guidance weight beta (default 1)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="the main job: two simulated robots recording demonstrations, with a summary")
     p.add_argument("--config", default="config/sim.yaml", help="base simulated robot YAML (default: %(default)s)")

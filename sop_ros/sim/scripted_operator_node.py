@@ -59,7 +59,9 @@ class ScriptedOperatorNode(Node):
             self.executed = None
             self.in_control = self.config.mode == "demo"
         elif msg.event == EpisodeEvent.EVENT_END:
-            self.in_control = False  # nothing to drive until the next episode starts
+            # A demonstrator keeps control across the reset: the next episode's first state may arrive before
+            # its START event, and an unanswered state makes a lockstep simulator step on a hold of its own.
+            self.in_control = self.config.mode == "demo"
             if self.config.label_outcomes and msg.outcome != EpisodeEvent.OUTCOME_ABORT:
                 # The simulator's success signal stands in for what a human operator would see.
                 request = LabelEpisode.Request(outcome=msg.outcome, episode_id=msg.episode_id, note="scripted")

@@ -1,0 +1,1 @@
+"""The cloud learner: datasets, sampling, training."""

@@ -1,0 +1,628 @@
+"""Recorded episodes as training samples: index episode files, align observations with actions, sample batches.
+
+Numpy only (no torch, no ROS): the learner's data loader, evaluation code and tools all read episodes through
+here. An episode file is one MCAP file written by the recorder (sop_ros/robot/recorder_node.py); it is read
+with the stock reader, the messages decoded from the definitions stored in the file. Camera frames stay JPEG
+in memory and are decoded only when a sample needs them.
+
+Alignment, for an episode with joint states 0..N (N = steps) at times t_0 < ... < t_N:
+
+    observation k  joint state k (t_k) and, per camera, the latest frame with time <= t_k (before the first
+                   frame: the first frame). Observation N, the final state, has no action: steps are 0..N-1.
+    action k       the command executed after observation k: the first command logged in [t_k, t_{k+1}) (the
+                   last step: >= t_k). With none there (a dropped message), the previous action is repeated
+                   (zeros at k = 0) and counted in the episode's `filled_actions`.
+    late commands  a command's log time is when the recorder received it, on its own copy of the sim clock. A
+                   recorder that falls behind logs commands late: by a period for a while, or (seen) by 9 in a
+                   stall and its backlog, leaving windows empty and later ones crowded; one whose clock update
+                   comes late logs a command a period early, now and then. So action k may also be a command
+                   logged one window before to `command_delay_steps` windows after: commands are matched to
+                   steps in order, using every command there is, with the recorder's delay changing as little
+                   as possible (the costs are in align_commands); the final state takes its own answer when one
+                   was logged. command_delay_steps 0 gives the plain window rule. Replayed in the simulator,
+                   the matched commands reproduce the recorded joint states at 99.1% of 3835 steps (72
+                   episodes, many recorded on a loaded host; the plain rule: 89%). The rest: a hold the
+                   simulator ran of its own accord, unseen by the recorder, at some episodes' first step; and
+                   two episodes whose file starts with the previous episode's last command (logged late) and a
+                   delay, which the times alone do not tell apart from a command too many and no delay.
+    operator k     whether the operator was in control when action k's command was logged (a filled action:
+                   at t_k), from the intervention states: each says which controller has been in control since
+                   its `since` time; a change at time t counts from t on.
+    chunk at k     actions k..k+H-1; past the episode's end its last action is repeated, and the mask says
+                   which actions are real (True).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
+from pathlib import Path
+from typing import BinaryIO, NamedTuple
+
+import numpy as np
+from mcap.reader import McapReader, make_reader
+from mcap_ros2.decoder import DecoderFactory
+
+from sop_ros.configs import require
+from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
+
+OUTCOMES = ("success", "failure", "abort", "unknown")
+# Written by the recorder (sop_ros.robot.episode_files, which needs ROS to import): the finished episode's
+# metadata record, the one written at its start, and the directories that hold no finished episodes.
+EPISODE_METADATA = "episode"
+START_METADATA = "episode_start"
+SKIPPED_DIRS = (".partial", "quarantine")
+# Topics relative to the robot's namespace, as in sop_ros.robot.topics (which imports rclpy).
+JOINT_STATES = "joint_states"
+CAMERA_COMPRESSED = "cameras/{camera}/image_raw/compressed"
+CAMERA_IMAGE = "cameras/{camera}/image_raw"
+ROBOT_COMMAND = "command"
+INTERVENTION_STATE = "teleop/intervention"
+CONTROLLER_OPERATOR = 1  # sop_ros/msg/InterventionState: 0 policy, 1 operator, 2 hold
+
+STD_FLOOR = 1e-3  # normalisation: a joint or action that never moves must not divide by ~0
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """What a sample holds and which episodes are kept."""
+
+    cameras: tuple[str, ...] = ("corner", "gripperPOV")  # model input order; every episode must have them all
+    image_size: int = 96  # square model input, pixels
+    chunk: int = 16  # action horizon H: actions per sample
+    outcomes: tuple[str, ...] = OUTCOMES  # episodes kept; demos for pretraining use ("success",)
+    command_delay_steps: int = 10  # control periods a command may be logged late (0: the plain window rule)
+
+    def __post_init__(self) -> None:
+        # Lists (from code rather than YAML) are accepted: a frozen config must hold tuples to stay hashable.
+        object.__setattr__(self, "cameras", tuple(self.cameras))
+        object.__setattr__(self, "outcomes", tuple(self.outcomes))
+        require(bool(self.cameras), "cameras", self.cameras, "must name at least one camera")
+        for i, camera in enumerate(self.cameras):
+            ok = isinstance(camera, str) and bool(camera) and "/" not in camera
+            require(ok, f"cameras[{i}]", camera, "must be a camera name (as in cameras/<name>/image_raw)")
+        require(len(set(self.cameras)) == len(self.cameras), "cameras", self.cameras, "must not repeat")
+        require(_is_int(self.image_size) and self.image_size >= 1, "image_size", self.image_size, "must be >= 1")
+        require(_is_int(self.chunk) and self.chunk >= 1, "chunk", self.chunk, "must be >= 1")
+        require(bool(self.outcomes), "outcomes", self.outcomes, f"must list at least one of {', '.join(OUTCOMES)}")
+        for i, outcome in enumerate(self.outcomes):
+            require(outcome in OUTCOMES, f"outcomes[{i}]", outcome, f"must be one of {', '.join(OUTCOMES)}")
+        require(len(set(self.outcomes)) == len(self.outcomes), "outcomes", self.outcomes, "must not repeat")
+        delay = self.command_delay_steps
+        require(_is_int(delay) and delay >= 0, "command_delay_steps", delay, "must be an integer >= 0")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Commands to steps
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alignment:
+    command: np.ndarray  # (steps,) int64: the command taken as action k, -1 where the action is filled
+    filled: int  # steps with no command: the previous action repeated
+    shifted: int  # steps whose command was logged in another step's window (late, or a period early)
+    unused: int  # commands logged during the episode that are no step's action nor the final state's answer
+
+
+def align_commands(state_ns: np.ndarray, command_ns: np.ndarray, delay_steps: int) -> Alignment:
+    """Match commands (log times, sorted) to the steps between joint states (times, increasing); see the module.
+
+    delay_steps 0: the plain window rule. Otherwise each command is taken by one step, from one window before
+    its own to `delay_steps` windows after, or by the final state, or left; in order, at the least cost
+    (Viterbi over the states (next free command, delay of the last matched step)).
+    """
+    steps = len(state_ns) - 1
+    if steps < 1:
+        return Alignment(np.zeros(0, dtype=np.int64), 0, 0, 0)
+    window = np.searchsorted(state_ns, command_ns, side="right") - 1  # -1: before the episode; steps: after it
+    if delay_steps == 0:
+        return _first_in_window(window, steps)
+    # Costs. The recorder's delay persists (a stall, a backlog): 1 per window it changes between steps; a
+    # command logged early (the recorder's clock behind) is a moment's exception: 3 more per step. Filling a
+    # step or leaving a command costs more than any delay (delay + 1 each), so every command is used. An
+    # episode starts on time: a first delay costs like fills. The final state's answer is sometimes not in the
+    # file (logged into the next episode's): its absence costs 2 less than a step's fill, so a delay that
+    # starts late in an episode and runs to its end is taken for one rather than for a lost command.
+    fill = skip = delay_steps + 1
+    end_fill, early = delay_steps - 1, 3
+    begin, count = int(np.searchsorted(window, 0)), len(window)  # commands before `begin` precede the episode
+    first = np.searchsorted(window, np.arange(steps + 1) - 1, side="left")  # those before: too early for step k
+    last = np.searchsorted(window, np.arange(steps + 1) + delay_steps, side="right") - 1  # the last step k takes
+    start = (begin, None)  # a state: (next free command, delay of the last matched step; None before any)
+    layers: list[dict[tuple[int, int | None], _Reached]] = []
+    layer = {start: _Reached(0, start, -1)}
+    for k in range(steps + 1):  # step `steps` stands for the final state
+        reached: dict[tuple[int, int | None], _Reached] = {}
+        for (j, delay), path in layer.items():
+            free = max(j, int(first[k]))
+            cost = path.cost + skip * (free - j)  # commands logged too early for step k can no longer be taken
+            for i in range(int(last[k]), free - 1, -1):  # later commands first: they win ties
+                lateness = int(window[i]) - k
+                change = fill * abs(lateness) if delay is None else abs(lateness - delay)
+                cost_i = cost + skip * (i - free) + change + early * (lateness < 0)
+                _reach(reached, (i + 1, lateness), _Reached(cost_i, (j, delay), i))
+            _reach(reached, (free, delay), _Reached(cost + (fill if k < steps else end_fill), (j, delay), -1))
+        layer = _undominated(reached)
+        layers.append(layer)
+
+    state = min(layer, key=lambda s: layer[s].cost + skip * (count - s[0]))
+    taken = np.empty(steps + 1, dtype=np.int64)
+    for k in range(steps, -1, -1):
+        taken[k], state = layers[k][state].taken, layers[k][state].previous
+    command = taken[:steps]
+    used = command[command >= 0]
+    shifted = int(np.sum(window[used] != np.flatnonzero(command >= 0)))
+    unused = (count - begin) - len(used) - int(taken[steps] >= 0)
+    return Alignment(command, int(np.sum(command < 0)), shifted, unused)
+
+
+class _Reached(NamedTuple):
+    cost: int  # of the cheapest way to the state
+    previous: tuple[int, int | None]  # the state it came from
+    taken: int  # the command the step took, -1: filled
+
+
+def _reach(reached: dict[tuple[int, int | None], _Reached], state: tuple[int, int | None], path: _Reached) -> None:
+    if state not in reached or path.cost < reached[state].cost:  # on a tie the first stays
+        reached[state] = path
+
+
+def _undominated(reached: dict[tuple[int, int | None], _Reached]) -> dict[tuple[int, int | None], _Reached]:
+    """Drop a state that another with the same free commands beats whatever comes: a delay d' reached at a
+    cost c' does as well as delay d at c if c' + |d' - d| <= c (a later change costs |d' - d| more at most)."""
+    best: dict[int, list[tuple[int, int]]] = {}  # free command -> (delay, cost) of the states kept so far
+    for (j, delay), path in sorted(reached.items(), key=lambda item: item[1].cost):
+        if delay is not None:
+            kept = best.setdefault(j, [])
+            if any(cost + abs(other - delay) <= path.cost for other, cost in kept):
+                del reached[(j, delay)]
+            else:
+                kept.append((delay, path.cost))
+    return reached
+
+
+def _first_in_window(window: np.ndarray, steps: int) -> Alignment:
+    """The plain window rule: action k is the first command in [t_k, t_{k+1}) (the last step: >= t_k)."""
+    clipped = np.minimum(window, steps - 1)  # logged after the final state: in the last step's window
+    has = np.isin(np.arange(steps), clipped)
+    command = np.where(has, np.searchsorted(clipped, np.arange(steps), side="left"), -1).astype(np.int64)
+    during = int(np.sum((window >= 0) & (window < steps)))  # those logged after the final state answer it
+    unused = during - int(np.sum(window[command[has]] < steps))
+    return Alignment(command, int(np.sum(~has)), 0, unused)
+
+
+def controller_at(times_ns: np.ndarray, since_ns: np.ndarray, controller: np.ndarray, at_ns: np.ndarray) -> np.ndarray:
+    """The controller in effect at each of `at_ns`, from intervention states (in effect since `since_ns`).
+
+    `times_ns` (the states' stamps) orders states that report the same `since`; before the first change the
+    first state's controller is assumed. Returns an int array like `at_ns`; empty input gives -1 (unknown).
+    """
+    if len(controller) == 0:
+        return np.full(len(at_ns), -1, dtype=np.int64)
+    order = np.lexsort((np.arange(len(times_ns)), times_ns, since_ns))  # by since, then stamp, then file order
+    since_sorted, controller_sorted = since_ns[order], controller[order]
+    index = np.searchsorted(since_sorted, at_ns, side="right") - 1
+    return controller_sorted[np.maximum(index, 0)].astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One episode
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EpisodeIndex:
+    """Everything sampling needs from one episode file, with the frames still JPEG."""
+
+    episode_id: str
+    task: str
+    instruction: str
+    outcome: str  # one of OUTCOMES
+    path: Path
+    robot_id: str
+    joint_names: tuple[str, ...]
+    step_ns: np.ndarray  # (steps + 1,) int64: t_k, the time of joint state k
+    proprio: np.ndarray  # (steps + 1, joints) float32: joint positions at observation k
+    actions: np.ndarray  # (steps, action_dim) float32: action k, executed after observation k
+    operator: np.ndarray  # (steps,) bool: the operator was in control when action k's command was logged
+    frame_ns: dict[str, np.ndarray]  # camera -> (frames,) int64 frame times
+    frames: dict[str, list[bytes]]  # camera -> JPEG bytes of each frame
+    frame_of_step: dict[str, np.ndarray]  # camera -> (steps + 1,) index of observation k's frame
+    filled_actions: int = 0  # steps no command was matched to: the previous action repeated (zeros at 0)
+    shifted_commands: int = 0  # actions whose command the recorder logged in another step's window
+    unused_commands: int = 0  # commands no step took (an arbiter's hold beside the first answer, duplicates)
+    metadata: dict[str, str] = field(default_factory=dict)  # the file's "episode" metadata as recorded
+
+    @property
+    def steps(self) -> int:
+        return len(self.actions)
+
+
+def index_episode(path: Path | str, config: DatasetConfig) -> EpisodeIndex:
+    """Read one finished episode file; ValueError naming the file and what is wrong if it cannot be used."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as file:
+            recorded = _read(path, file, config)
+    except ValueError:
+        raise
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
+    except Exception as err:  # the mcap reader's errors for a damaged file have no common base class
+        raise ValueError(f"{path}: not a readable MCAP episode file: {type(err).__name__}: {err}") from None
+    return _build(path, recorded, config)
+
+
+@dataclass
+class _Recorded:
+    """The messages of one file that the dataset uses, each list in time order (file order breaking ties)."""
+
+    metadata: dict[str, str]
+    topics: dict[str, str]
+    states: list[tuple[int, tuple[str, ...], list[float]]]  # (time, joint names, positions)
+    commands: list[tuple[int, list[float]]]  # (log time, values)
+    interventions: list[tuple[int, int, int]]  # (stamp, since, controller)
+    frames: dict[str, list[tuple[int, bytes]]]  # camera -> (time, JPEG)
+
+
+def _read(path: Path, file: BinaryIO, config: DatasetConfig) -> _Recorded:
+    reader = make_reader(file, decoder_factories=[DecoderFactory()])
+    summary = reader.get_summary()
+    if summary is None:
+        raise ValueError(f"{path}: no MCAP summary section: not a finished episode file (unfinished or cut off)")
+    metadata = _metadata(reader)
+    if not metadata.get("task"):
+        raise ValueError(f"{path}: the episode metadata names no task")
+    channels = {}  # topic -> (schema name, messages; 1 if the file does not count them)
+    for channel in summary.channels.values():
+        schema = summary.schemas.get(channel.schema_id)
+        count = summary.statistics.channel_message_counts.get(channel.id, 0) if summary.statistics else 1
+        channels[channel.topic] = (schema.name if schema else "", count)
+    topics = _topics(path, _namespace(path, channels), channels, config)
+
+    role = {topic: key for key, topic in topics.items() if topic}
+    states, commands, interventions = [], [], []
+    frames: dict[str, list] = {camera: [] for camera in config.cameras}
+    # File order, then a stable sort by time: one topic's messages are written in the order they came.
+    for _, channel, message, decoded in reader.iter_decoded_messages(topics=list(role), log_time_order=False):
+        key = role[channel.topic]
+        if key == JOINT_STATES:
+            states.append((message.log_time, tuple(decoded.name), list(decoded.position)))
+        elif key == ROBOT_COMMAND:
+            commands.append((message.log_time, list(decoded.data)))
+        elif key == INTERVENTION_STATE:
+            interventions.append((_stamp_ns(decoded.header.stamp), _stamp_ns(decoded.since), decoded.controller))
+        else:
+            frames[key].append((message.log_time, bytes(decoded.data)))
+    by_time = itemgetter(0)
+    for items in (states, commands, *frames.values()):
+        items.sort(key=by_time)
+    return _Recorded(metadata, topics, states, commands, interventions, frames)
+
+
+def _metadata(reader: McapReader) -> dict[str, str]:
+    """The finished episode's metadata; a file without it (never finished) falls back to what its start said."""
+    records = {record.name: dict(record.metadata) for record in reader.iter_metadata()}
+    return records.get(EPISODE_METADATA) or records.get(START_METADATA) or {}
+
+
+def _namespace(path: Path, channels: dict[str, tuple[str, int]]) -> str:
+    """The robot's namespace ("/robot_0/"), from the one topic holding its joint states."""
+    found = [
+        topic
+        for topic, (schema, count) in channels.items()
+        if topic.rsplit("/", 1)[-1] == JOINT_STATES and schema == "sensor_msgs/msg/JointState" and count
+    ]
+    if not found:
+        raise ValueError(f"{path}: no joint states (no sensor_msgs/msg/JointState on a .../{JOINT_STATES} topic)")
+    if len(found) > 1:
+        raise ValueError(f"{path}: joint states on several topics ({', '.join(sorted(found))}): which robot is it?")
+    return found[0][: -len(JOINT_STATES)]
+
+
+def _topics(path: Path, ns: str, channels: dict[str, tuple[str, int]], config: DatasetConfig) -> dict[str, str]:
+    """Role (JOINT_STATES, ROBOT_COMMAND, INTERVENTION_STATE or a camera name) -> full topic ("" if absent)."""
+    command = ns + ROBOT_COMMAND
+    schema, count = channels.get(command, ("", 0))
+    if not count:
+        raise ValueError(f"{path}: no executed commands on {command}")
+    if schema != "std_msgs/msg/Float64MultiArray":
+        raise ValueError(f"{path}: commands on {command} are {schema}; only std_msgs/msg/Float64MultiArray is read")
+    topics = {JOINT_STATES: ns + JOINT_STATES, ROBOT_COMMAND: command}
+    topics[INTERVENTION_STATE] = ns + INTERVENTION_STATE if ns + INTERVENTION_STATE in channels else ""
+    missing = []
+    for camera in config.cameras:
+        compressed, raw = ns + CAMERA_COMPRESSED.format(camera=camera), ns + CAMERA_IMAGE.format(camera=camera)
+        if channels.get(compressed, ("", 0))[1]:
+            topics[camera] = compressed
+        elif channels.get(raw, ("", 0))[1]:
+            missing.append(f"{camera!r} (recorded uncompressed on {raw}; the dataset reads JPEG frames)")
+        else:
+            missing.append(repr(camera))
+    if missing:
+        recorded = sorted({t.split("/cameras/", 1)[1].split("/", 1)[0] for t in channels if "/cameras/" in t})
+        raise ValueError(
+            f"{path}: no frames of camera {', '.join(missing)}; the file has cameras: {', '.join(recorded) or 'none'}"
+        )
+    return topics
+
+
+def _build(path: Path, recorded: _Recorded, config: DatasetConfig) -> EpisodeIndex:
+    """Align what was read into observations and actions (the rules are in the module docstring)."""
+    metadata, topics = recorded.metadata, recorded.topics
+    if not recorded.states:
+        raise ValueError(f"{path}: no joint states on {topics[JOINT_STATES]}")
+    step_ns = np.array([time for time, _, _ in recorded.states], dtype=np.int64)
+    joint_names, proprio = _proprio(path, recorded.states)
+    if len(step_ns) < 2:
+        raise ValueError(f"{path}: only one joint state on {topics[JOINT_STATES]}: no step to learn from")
+    repeated = np.flatnonzero(np.diff(step_ns) <= 0)
+    if repeated.size:
+        k = int(repeated[0])
+        raise ValueError(f"{path}: joint states {k} and {k + 1} have the same time, {step_ns[k]} ns")
+    empty = [camera for camera, items in recorded.frames.items() if not items]
+    if not recorded.commands or empty:
+        what = f"no frames of camera {', '.join(map(repr, empty))}" if empty else "no executed commands"
+        raise ValueError(f"{path}: {what}")
+    command_ns = np.array([time for time, _ in recorded.commands], dtype=np.int64)
+    lengths = sorted({len(values) for _, values in recorded.commands})
+    if len(lengths) > 1 or lengths == [0]:
+        raise ValueError(f"{path}: commands on {topics[ROBOT_COMMAND]} have lengths {lengths}: need one length > 0")
+    commands = np.array([values for _, values in recorded.commands], dtype=np.float32)
+    if not np.all(np.isfinite(commands)):
+        raise ValueError(f"{path}: a command on {topics[ROBOT_COMMAND]} is not finite (NaN or infinite)")
+
+    alignment = align_commands(step_ns, command_ns, config.command_delay_steps)
+    if alignment.filled == len(alignment.command):
+        raise ValueError(f"{path}: none of the {len(commands)} commands on {topics[ROBOT_COMMAND]} fits a step")
+    actions = np.zeros((len(step_ns) - 1, commands.shape[1]), dtype=np.float32)
+    for k, i in enumerate(alignment.command):
+        if i >= 0:
+            actions[k] = commands[i]
+        elif k > 0:
+            actions[k] = actions[k - 1]
+    acted_ns = np.where(alignment.command >= 0, command_ns[np.maximum(alignment.command, 0)], step_ns[:-1])
+    columns = np.array(recorded.interventions, dtype=np.int64).reshape(-1, 3).T
+    operator_flags = controller_at(columns[0], columns[1], columns[2], acted_ns) == CONTROLLER_OPERATOR
+
+    frame_ns, frames, frame_of_step = {}, {}, {}
+    for camera, items in recorded.frames.items():
+        frame_ns[camera] = np.array([time for time, _ in items], dtype=np.int64)
+        frames[camera] = [jpeg for _, jpeg in items]
+        frame_of_step[camera] = np.maximum(np.searchsorted(frame_ns[camera], step_ns, side="right") - 1, 0)
+
+    outcome = metadata.get("outcome", "unknown")
+    return EpisodeIndex(
+        episode_id=metadata.get("episode_id") or path.stem,
+        task=metadata["task"],
+        instruction=metadata.get("instruction", ""),
+        outcome=outcome if outcome in OUTCOMES else "unknown",
+        path=path,
+        robot_id=metadata.get("robot_id", ""),
+        joint_names=joint_names,
+        step_ns=step_ns,
+        proprio=proprio,
+        actions=actions,
+        operator=operator_flags,
+        frame_ns=frame_ns,
+        frames=frames,
+        frame_of_step=frame_of_step,
+        filled_actions=alignment.filled,
+        shifted_commands=alignment.shifted,
+        unused_commands=alignment.unused,
+        metadata=metadata,
+    )
+
+
+def _proprio(path: Path, states: list[tuple[int, tuple[str, ...], list[float]]]) -> tuple[tuple[str, ...], np.ndarray]:
+    names = states[0][1]
+    for k, (_, other, position) in enumerate(states):
+        if other != names or len(position) != len(names):
+            raise ValueError(
+                f"{path}: joint state {k} has joints {list(other)} with {len(position)} positions; "
+                f"joint state 0 has {list(names)}"
+            )
+    proprio = np.array([position for _, _, position in states], dtype=np.float32).reshape(len(states), len(names))
+    if not np.all(np.isfinite(proprio)):
+        raise ValueError(f"{path}: a joint position is not finite (NaN or infinite)")
+    return names, proprio
+
+
+def _stamp_ns(stamp) -> int:
+    return stamp.sec * 1_000_000_000 + stamp.nanosec
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The dataset
+# ---------------------------------------------------------------------------------------------------------
+
+
+def episode_files(root: Path | str) -> list[Path]:
+    """Every .mcap file under `root`, recursively, except in .partial/ and quarantine/ directories, sorted."""
+    root = Path(root)
+    return sorted(
+        path
+        for path in root.rglob("*.mcap")
+        if path.is_file() and not set(path.relative_to(root).parts[:-1]) & set(SKIPPED_DIRS)
+    )
+
+
+class EpisodeDataset:
+    """Indexed episodes of the configured outcomes; task-balanced samples of (observation, action chunk).
+
+    `source` is a directory (searched recursively, see `episode_files`) or a list of files. Files that cannot
+    be used are skipped, each listed in `skipped` with the reason and named in the summary logged at the end.
+    """
+
+    def __init__(
+        self,
+        source: Path | str | Sequence[Path | str],
+        config: DatasetConfig | None = None,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.config = config = config or DatasetConfig()
+        if isinstance(source, (str, Path)):
+            root = Path(source)
+            if not root.exists():
+                raise FileNotFoundError(f"no such episode directory or file: {root}")
+            paths = episode_files(root) if root.is_dir() else [root]
+            where = str(root)
+        else:
+            paths, where = [Path(p) for p in source], f"{len(source)} files"
+        self.episodes: list[EpisodeIndex] = []
+        self.skipped: list[tuple[Path, str]] = []
+        left_out: Counter[str] = Counter()
+        seen: dict[str, Path] = {}
+        for path in paths:
+            try:
+                episode = index_episode(path, config)
+            except ValueError as err:
+                self.skipped.append((path, str(err).removeprefix(f"{path}: ")))
+                continue
+            reason = self._refusal(episode, seen)
+            if reason:
+                self.skipped.append((path, reason))
+            elif episode.outcome not in config.outcomes:
+                left_out[episode.outcome] += 1
+            else:
+                seen[episode.episode_id] = path
+                self.episodes.append(episode)
+        self.tasks: list[str] = sorted({e.task for e in self.episodes})
+        self.instructions: dict[str, list[str]] = {
+            task: sorted({e.instruction for e in self.episodes if e.task == task}) for task in self.tasks
+        }
+        self.num_steps: int = sum(e.steps for e in self.episodes)
+        # Per task: its episodes and the cumulative step counts, to draw a step uniformly over all of them.
+        self._by_task: dict[str, np.ndarray] = {}  # task -> its episodes' indices
+        self._ends: dict[str, np.ndarray] = {}  # task -> cumulative steps of those episodes
+        for task in self.tasks:
+            ids = np.array([i for i, e in enumerate(self.episodes) if e.task == task], dtype=np.int64)
+            self._by_task[task] = ids
+            self._ends[task] = np.cumsum([self.episodes[i].steps for i in ids])
+        log(self._summary(where, left_out))
+
+    def _refusal(self, episode: EpisodeIndex, seen: dict[str, Path]) -> str:
+        """Why an indexed episode cannot join the others ("" if it can)."""
+        if episode.episode_id in seen:
+            return f"episode {episode.episode_id} again (first in {seen[episode.episode_id]})"
+        if self.episodes:
+            first = self.episodes[0]
+            if episode.joint_names != first.joint_names:
+                return f"joints {list(episode.joint_names)} differ from {list(first.joint_names)} of {first.path}"
+            if episode.actions.shape[1] != first.actions.shape[1]:
+                return f"{episode.actions.shape[1]} action values, not {first.actions.shape[1]} as in {first.path}"
+        return ""
+
+    def _summary(self, where: str, left_out: Counter[str]) -> str:
+        per_task = ", ".join(
+            f"{task} {len(ids)} ({int(self._ends[task][-1])} steps)" for task, ids in self._by_task.items()
+        )
+        filled = sum(e.filled_actions for e in self.episodes)
+        shifted = sum(e.shifted_commands for e in self.episodes)
+        line = f"dataset {where}: {len(self.episodes)} episodes, {self.num_steps} steps"
+        line += f" [{per_task}]" if per_task else ""
+        line += f"; {filled} actions filled, {shifted} commands logged in another step's window"
+        if left_out:
+            line += f"; left out by outcome: {', '.join(f'{n} {o}' for o, n in sorted(left_out.items()))}"
+        if self.skipped:
+            shown = "; ".join(f"{p.name}: {reason}" for p, reason in self.skipped[:3])
+            more = f" (+{len(self.skipped) - 3} more)" if len(self.skipped) > 3 else ""
+            line += f"; skipped {len(self.skipped)} files: {shown}{more}"
+        return line
+
+    # -- samples --------------------------------------------------------------------------------------------
+    def get(
+        self, episode_index: int, step: int, images: np.ndarray | None = None
+    ) -> dict[str, np.ndarray | str | int | bool]:
+        """One sample: observation `step` of episode `episode_index` and the action chunk that follows it.
+
+        Arrays are the sample's own (changing them changes no episode). `images`, if given, is a float32
+        (cameras, 3, S, S) array to decode into (a batch's row: no copy).
+        """
+        if not 0 <= episode_index < len(self.episodes):
+            raise IndexError(f"episode index {episode_index} out of range: {len(self.episodes)} episodes")
+        episode = self.episodes[episode_index]
+        if not 0 <= step < episode.steps:
+            raise IndexError(f"step {step} out of range: episode {episode.episode_id} has steps 0..{episode.steps - 1}")
+        size, horizon, cameras = self.config.image_size, self.config.chunk, self.config.cameras
+        if images is None:
+            images = np.empty((len(cameras), 3, size, size), dtype=np.float32)
+        for c, camera in enumerate(cameras):
+            jpeg = episode.frames[camera][episode.frame_of_step[camera][step]]
+            images[c] = image_to_input(decode_jpeg_rgb(jpeg), size)
+        ahead = np.arange(step, step + horizon)
+        return {
+            "images": images,
+            "proprio": episode.proprio[step].copy(),
+            "actions": episode.actions[np.minimum(ahead, episode.steps - 1)],
+            "action_mask": ahead < episode.steps,
+            "operator": bool(episode.operator[step]),
+            "task": episode.task,
+            "instruction": episode.instruction,
+            "episode_id": episode.episode_id,
+            "step": step,
+        }
+
+    def sample(
+        self, rng: np.random.Generator, batch_size: int, tasks: Sequence[str] | None = None
+    ) -> dict[str, np.ndarray | list[str]]:
+        """A task-balanced batch, in random order: batch_size // M samples of each of the M tasks (all, or those
+        named), the remainder one each to tasks the rng picks; within a task, a step drawn uniformly over all
+        steps of its episodes. Fields as `get`'s with a batch dimension first; strings in lists."""
+        tasks = list(self.tasks if tasks is None else tasks)
+        unknown = [t for t in tasks if t not in self._by_task]
+        if unknown or not tasks:
+            have = ", ".join(self.tasks) or "no episodes"
+            raise ValueError(f"cannot sample tasks {unknown or tasks}: the dataset has {have}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size} must be >= 1")
+        per_task = np.full(len(tasks), batch_size // len(tasks))
+        per_task[rng.choice(len(tasks), batch_size % len(tasks), replace=False)] += 1
+        picks: list[tuple[int, int]] = []
+        for task, n in zip(tasks, per_task, strict=True):
+            ends = self._ends[task]
+            flat = rng.integers(0, ends[-1], size=n)  # a step of the task's episodes laid end to end
+            which = np.searchsorted(ends, flat, side="right")
+            starts = np.concatenate([[0], ends[:-1]])[which]
+            picks += zip(self._by_task[task][which].tolist(), (flat - starts).tolist(), strict=True)
+        size, cameras = self.config.image_size, len(self.config.cameras)
+        images = np.empty((batch_size, cameras, 3, size, size), dtype=np.float32)
+        samples = [self.get(*picks[i], images=images[b]) for b, i in enumerate(rng.permutation(batch_size))]
+        return {
+            "images": images,
+            "proprio": np.stack([s["proprio"] for s in samples]),
+            "actions": np.stack([s["actions"] for s in samples]),
+            "action_mask": np.stack([s["action_mask"] for s in samples]),
+            "operator": np.array([s["operator"] for s in samples], dtype=bool),
+            "task": [s["task"] for s in samples],
+            "instruction": [s["instruction"] for s in samples],
+            "episode_id": [s["episode_id"] for s in samples],
+            "step": np.array([s["step"] for s in samples], dtype=np.int64),
+        }
+
+    # -- normalisation ----------------------------------------------------------------------------------------
+    def action_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std (float32, std >= 1e-3) of the actions over all indexed steps."""
+        return _stats([e.actions for e in self.episodes], "actions")
+
+    def proprio_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std (float32, std >= 1e-3) of the joint positions over all indexed steps' observations."""
+        return _stats([e.proprio[:-1] for e in self.episodes], "joint positions")
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+
+def _stats(parts: list[np.ndarray], what: str) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        raise ValueError(f"no {what} to take statistics of: the dataset has no episodes")
+    values = np.concatenate(parts).astype(np.float64)
+    mean, std = values.mean(axis=0), values.std(axis=0)
+    return mean.astype(np.float32), np.maximum(std, STD_FLOOR).astype(np.float32)

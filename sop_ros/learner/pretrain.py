@@ -1,0 +1,171 @@
+"""`sop pretrain`: the base policy, by behaviour cloning on demonstrations (flow matching), read top to bottom.
+
+Successful demonstration episodes -> task-balanced batches -> VLAPolicy.loss -> AdamW with warm-up and cosine
+decay -> a checkpoint, with a loss curve (JSON and PNG) beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sop_ros.configs import require
+from sop_ros.configs.model import ModelConfig
+from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset
+from sop_ros.model.tokens import instruction_tokens
+from sop_ros.model.vla import INDICATOR_NONE, VLAPolicy, parameter_count, save_checkpoint
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    demos: str
+    out: str
+    steps: int = 3000
+    batch_size: int = 64
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    seed: int = 0
+    log_every: int = 50
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, "steps", self.steps, "must be >= 1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
+        require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
+
+
+def to_torch(batch: dict, config: ModelConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """A dataset batch (numpy) as model inputs; the indicator is 'none' in plain behaviour cloning."""
+    n = len(batch["instruction"])
+    tensors = {
+        "images": torch.from_numpy(batch["images"]),
+        "proprio": torch.from_numpy(batch["proprio"]),
+        "instruction": torch.from_numpy(instruction_tokens(batch["instruction"], config.instruction_bytes)),
+        "indicator": torch.full((n,), INDICATOR_NONE, dtype=torch.long),
+        "actions": torch.from_numpy(batch["actions"]),
+        "action_mask": torch.from_numpy(batch["action_mask"]),
+    }
+    return {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
+
+
+def prefetch(dataset: EpisodeDataset, batch_size: int, seed: int, depth: int = 4) -> queue.Queue:
+    """Batches decoded on a background thread (JPEG decoding overlaps the training step, which frees the GIL)."""
+    batches: queue.Queue = queue.Queue(maxsize=depth)
+    rng = np.random.default_rng(seed)
+
+    def produce() -> None:
+        while True:
+            batches.put(dataset.sample(rng, batch_size))
+
+    threading.Thread(target=produce, name="batches", daemon=True).start()
+    return batches
+
+
+def learning_rate(step: int, config: PretrainConfig) -> float:
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.learning_rate * 0.5 * (1 + np.cos(np.pi * progress))
+
+
+def pretrain(config: PretrainConfig) -> dict:
+    torch.manual_seed(config.seed)
+    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if config.device == "auto" else config.device)  # fmt: skip
+    model_cfg = config.model
+    # ---- data: successful demonstrations only ----------------------------------------------------------------
+    dataset = EpisodeDataset(
+        config.demos,
+        DatasetConfig(image_size=model_cfg.image_size, chunk=model_cfg.chunk, outcomes=("success",)),
+    )
+    if not dataset.episodes:
+        raise ValueError(f"{config.demos}: no successful demonstration episodes to train on")
+    cameras = len(dataset.config.cameras)
+    if cameras != model_cfg.cameras:
+        model_cfg = dataclasses.replace(model_cfg, cameras=cameras)
+    # ---- model ------------------------------------------------------------------------------------------------
+    model = VLAPolicy(model_cfg).to(device)
+    model.set_normalisation(dataset.proprio_stats(), dataset.action_stats())
+    optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    print(
+        f"pretrain: {len(dataset.episodes)} episodes, {dataset.num_steps} steps of {', '.join(dataset.tasks)}; "
+        f"{parameter_count(model) / 1e6:.2f}M parameters on {device}; {config.steps} steps of batch {config.batch_size}"
+    )
+    # ---- training loop ----------------------------------------------------------------------------------------
+    batches = prefetch(dataset, config.batch_size, config.seed)
+    curve, window, start = [], [], time.monotonic()
+    model.train()
+    for step in range(config.steps):
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate(step, config)
+        loss = model.loss(to_torch(batches.get(), model_cfg, device))
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimiser.step()
+        window.append(loss.item())
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            elapsed = time.monotonic() - start
+            rate = (step + 1) / elapsed
+            curve.append({"step": step + 1, "loss": float(np.mean(window)), "elapsed_s": round(elapsed, 1)})
+            print(
+                f"step {step + 1:6d}/{config.steps}  loss {curve[-1]['loss']:.4f}  {rate:.1f} steps/s  "
+                f"ETA {(config.steps - step - 1) / rate:5.0f} s",
+                flush=True,
+            )
+            window = []
+    # ---- outputs ------------------------------------------------------------------------------------------------
+    version = "base-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    save_checkpoint(
+        config.out,
+        model.cpu().eval(),
+        version=version,
+        tasks=dataset.tasks,
+        cameras=list(dataset.config.cameras),
+        episodes=len(dataset.episodes),
+        steps=config.steps,
+    )
+    report = {
+        "version": version,
+        "checkpoint": str(config.out),
+        "episodes": len(dataset.episodes),
+        "dataset_steps": dataset.num_steps,
+        "tasks": dataset.tasks,
+        "parameters": parameter_count(model),
+        "train_steps": config.steps,
+        "batch_size": config.batch_size,
+        "elapsed_s": round(time.monotonic() - start, 1),
+        "curve": curve,
+    }
+    out = Path(config.out)
+    out.with_suffix(".loss.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_curve(curve, out.with_suffix(".loss.png"), f"pretraining {version}")
+    print(f"saved {out} ({version}), loss curve {out.with_suffix('.loss.png')}")
+    return report
+
+
+def plot_curve(curve: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([p["step"] for p in curve], [p["loss"] for p in curve])
+    ax.set(xlabel="learner step", ylabel="flow-matching loss", title=title, yscale="log")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,48 @@
+"""Camera frames to model inputs: the one preprocessing the learner and the robot's ingest node both run.
+
+Plain numpy and OpenCV (no torch), so a robot needs nothing more to feed the policy. Training and inference
+must see identical pixels: any change here changes what every deployed policy sees, so change it only
+together with a retrained policy.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def decode_jpeg_rgb(data: bytes) -> np.ndarray:
+    """A compressed frame (JPEG, as in a sensor_msgs/CompressedImage) as an (H, W, 3) uint8 RGB image.
+
+    Raises ValueError when the bytes are not an image OpenCV can decode.
+    """
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    if buffer.size == 0:
+        raise ValueError("cannot decode an image from 0 bytes")
+    try:
+        # IMREAD_COLOR gives 3 channels even for a grayscale JPEG. Decoding to BGR and converting (rather than
+        # IMREAD_COLOR_RGB) works on the OpenCV 4.6 that Ubuntu 24.04 robots get from apt, too.
+        bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    except cv2.error as err:
+        raise ValueError(f"cannot decode an image from {buffer.size} bytes: {err}") from None
+    if bgr is None:
+        head = bytes(buffer[:4]).hex()
+        raise ValueError(f"cannot decode an image from {buffer.size} bytes (starting {head}): not a JPEG or damaged")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def image_to_input(rgb: np.ndarray, size: int) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB image as the model's float32 (3, size, size) input with values in [0, 1].
+
+    Resized to a square with INTER_AREA (averaging: no aliasing when shrinking); a non-square image is
+    stretched, not cropped, so nothing in view is cut off.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {rgb.shape} of {rgb.dtype}")
+    if size < 1:
+        raise ValueError(f"size {size!r} must be >= 1 pixel")
+    if rgb.shape[:2] != (size, size):
+        rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
+    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
+    chw /= 255.0
+    return chw
