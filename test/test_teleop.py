@@ -99,9 +99,13 @@ def test_stale_inputs_make_the_arbiter_hold(arbiter):
     wait_for(lambda: arbiter.commands and list(arbiter.commands[-1].data) == held, 10, arbiter.spin, "hold command")
     wait_for(lambda: arbiter.states and arbiter.states[-1].controller == InterventionState.CONTROLLER_HOLD, 10,
              arbiter.spin, "the HOLD state")  # fmt: skip
+    # Once held, the command no longer changes, and the arbiter stops repeating it (controllers keep it).
+    for _ in range(10):
+        arbiter.spin(0.02)
     arbiter.commands.clear()
-    wait_for(lambda: len(arbiter.commands) >= 3, 10, arbiter.spin, "more hold commands")
-    assert all(list(c.data) == held for c in arbiter.commands[1:])
+    for _ in range(25):
+        arbiter.spin(0.02)
+    assert arbiter.commands == []
 
 
 def test_labels_by_service_and_by_joy_button(arbiter):
@@ -112,12 +116,18 @@ def test_labels_by_service_and_by_joy_button(arbiter):
     assert not future.result().accepted and "no episode" in future.result().message
     start_event = EpisodeEvent(event=EpisodeEvent.EVENT_START, robot_id="tr", episode_id="tr-e1", task="reach-v3")
     events = arbiter.node.create_publisher(EpisodeEvent, topics.EPISODE_EVENTS, topics.EVENTS)
+    wait_for(lambda: events.get_subscription_count() >= 2, 30, arbiter.spin, "the arbiter to hear episode events")
     events.publish(start_event)
     wait_for(lambda: arbiter.events, 10, arbiter.spin, "the START event")
-    future = client.call_async(LabelEpisode.Request(outcome=EpisodeEvent.OUTCOME_FAILURE))
-    wait_for(lambda: future.done() and any(e.event == EpisodeEvent.EVENT_LABEL for e in arbiter.events), 10,
-             arbiter.spin, "the LABEL event")  # fmt: skip
-    assert future.result().accepted
+    replies = []
+
+    def labelled() -> bool:  # the arbiter may take a moment to receive START: ask until it knows the episode
+        if not replies or (replies[-1].done() and not replies[-1].result().accepted):
+            replies.append(client.call_async(LabelEpisode.Request(outcome=EpisodeEvent.OUTCOME_FAILURE)))
+        return replies[-1].done() and replies[-1].result().accepted
+
+    wait_for(labelled, 20, arbiter.spin, "the label to be accepted")
+    wait_for(lambda: any(e.event == EpisodeEvent.EVENT_LABEL for e in arbiter.events), 10, arbiter.spin, "LABEL")
     label = next(e for e in arbiter.events if e.event == EpisodeEvent.EVENT_LABEL)
     assert (label.episode_id, label.outcome, label.outcome_source) == (
         "tr-e1",

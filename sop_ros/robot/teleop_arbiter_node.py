@@ -9,6 +9,7 @@ the `teleop/label_episode` service.
 
 from __future__ import annotations
 
+import numpy as np
 from builtin_interfaces.msg import Time
 from rclpy.node import Node
 from sensor_msgs.msg import JointState, Joy
@@ -89,9 +90,16 @@ class TeleopArbiterNode(Node):
 
     # -- output ---------------------------------------------------------------------------------------------
     def arbitrate(self, trigger: Controller) -> None:
-        """Publish when the input that triggered this is the one in control (the watchdog's is HOLD)."""
+        """Publish when the input that triggered this is the one in control (the watchdog's is HOLD).
+
+        While holding, the command is published only while it still changes (the rate-limited way down to the
+        hold): controllers keep their last command, and a stream of identical holds would drive a lockstep
+        simulator through an episode nobody is commanding.
+        """
+        previous = self._last.command
         self._last = self.arbiter.tick(self.now())
-        if self._last.controller == trigger:
+        settled = trigger == Controller.HOLD and not self._last.changed and np.array_equal(previous, self._last.command)
+        if self._last.controller == trigger and not settled:
             cfg = self.config
             msg = commands.to_message(cfg.command_interface, cfg.action_names, self._last.command, 1.0 / cfg.control_hz)
             self.command_pub.publish(msg)
