@@ -39,6 +39,9 @@ class SimRobotConfig:
     # lockstep: steps as soon as the command answering the last state arrives (or command_timeout_s passes), so
     # results do not depend on how fast the host is; the clock still advances 1/control_hz per step.
     step_mode: Literal["realtime", "lockstep"] = "realtime"
+    # Lockstep waits this long for the command answering a state before it steps on a hold (and says so): the
+    # loop runs at the pace of its slowest participant, so a slow start does not change what happens.
+    lockstep_timeout_s: float = 30.0
     publish_clock: bool = True
     # Nodes of this robot (names in its namespace) that must be up, and subscribed to its episode events,
     # before the first episode starts: else their first episode is half missing. `sop robot` and the launch
@@ -70,6 +73,7 @@ class SimRobotConfig:
         require(1 <= self.jpeg_quality <= 100, "jpeg_quality", self.jpeg_quality, "must be in 1..100")
         require(self.command_timeout_s > 0, "command_timeout_s", self.command_timeout_s, "must be > 0")
         require(self.ready_timeout_s > 0, "ready_timeout_s", self.ready_timeout_s, "must be > 0")
+        require(self.lockstep_timeout_s > 0, "lockstep_timeout_s", self.lockstep_timeout_s, "must be > 0")
 
 
 @dataclass(frozen=True)

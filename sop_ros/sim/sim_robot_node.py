@@ -130,8 +130,8 @@ class SimRobotNode(Node):
             period, next_tick = 1.0 / cfg.control_hz, time.monotonic()
             while not self._stop.is_set() and not self.finished.is_set():
                 self.control_tick()
-                if cfg.step_mode == "lockstep":
-                    self._command_arrived.wait(cfg.command_timeout_s)
+                if cfg.step_mode == "lockstep" and not self._command_arrived.wait(cfg.lockstep_timeout_s):
+                    self.get_logger().warning(f"no command for {cfg.lockstep_timeout_s:g} s: stepping on a hold")
                 else:
                     next_tick += period
                     self._stop.wait(max(0.0, next_tick - time.monotonic()))
@@ -180,7 +180,10 @@ class SimRobotNode(Node):
             self.end_episode(EpisodeEvent.OUTCOME_FAILURE, "timeout", result.steps)
 
     def current_action(self) -> np.ndarray:
-        if time.monotonic() - self._command_time <= self.config.command_timeout_s:
+        fresh_for = (
+            self.config.lockstep_timeout_s if self.config.step_mode == "lockstep" else self.config.command_timeout_s
+        )
+        if time.monotonic() - self._command_time <= fresh_for:
             return self._command
         # No fresh command: stay in place, keep the gripper as it was (do not drop what it holds).
         return np.array([0.0, 0.0, 0.0, self._command[3]])
@@ -265,6 +268,7 @@ class SimRobotNode(Node):
 
     def destroy_node(self) -> None:
         self._stop.set()
+        self._command_arrived.set()  # wake a lockstep wait
         self._driver.join(timeout=10.0)
         super().destroy_node()
 
