@@ -77,6 +77,7 @@ class SimRobotNode(Node):
         self._episode_id = ""
         self._started_utc = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")[:-3]
         self._command_arrived = threading.Event()  # lockstep: a command came after the last state
+        self._first_reset = None  # lockstep: the reset shown while waiting for the first answer
         self._abort_requested = threading.Event()
         self._labelled: set[str] = (
             set()
@@ -127,6 +128,8 @@ class SimRobotNode(Node):
                 f"{cfg.image_width}x{cfg.image_height} at {cfg.camera_hz:g} Hz ({cfg.image_transport})"
             )
             self.wait_until_ready()
+            if cfg.step_mode == "lockstep":
+                self.wait_for_answer()
             period, next_tick = 1.0 / cfg.control_hz, time.monotonic()
             while not self._stop.is_set() and not self.finished.is_set():
                 self.control_tick()
@@ -159,6 +162,25 @@ class SimRobotNode(Node):
                 return
             self._stop.wait(0.1)
 
+    def wait_for_answer(self) -> None:
+        """Lockstep: before the first episode, show a state until a command comes back.
+
+        Nodes being up is not the whole path being connected (state -> operator or policy -> arbiter -> here): a
+        first state nobody receives would go unanswered. These states are stamped before the first episode, so
+        recorders leave them out.
+        """
+        self._first_reset = self.sim.reset()  # the first episode's own reset: nothing is stepped before it starts
+        state = self._first_reset[1]
+        deadline = time.monotonic() + self.config.ready_timeout_s
+        while not self._stop.is_set():
+            self.publish_clock()
+            self.publish_state(state)
+            if self._command_arrived.wait(self.config.command_timeout_s):
+                return
+            if time.monotonic() > deadline:
+                self.get_logger().warning(f"no command after {self.config.ready_timeout_s:g} s: starting anyway")
+                return
+
     def control_tick(self) -> None:
         if self._episode is None:
             self.start_episode()
@@ -189,12 +211,13 @@ class SimRobotNode(Node):
         return np.array([0.0, 0.0, 0.0, self._command[3]])
 
     def start_episode(self) -> None:
-        self._episode, state = self.sim.reset()
+        self._episode, state = self._first_reset or self.sim.reset()
+        self._first_reset = None
         # A reset takes a control period, so no instant belongs to two episodes (recorders split by time).
         self._sim_time_ns += self._period_ns
         self._abort_requested.clear()
         # Unique over robots and time (the cloud store is keyed by it): robot, node start (UTC, ms), counter.
-        self._episode_id = f"{self.robot_id}-{self._started_utc}-{self._episode.index:05d}"
+        self._episode_id = f"{self.robot_id}-{self._started_utc}-{self._episodes_done:05d}"
         self.publish_event(EpisodeEvent.EVENT_START, EpisodeEvent.OUTCOME_UNKNOWN, "", 0)
         self.publish_clock()
         self.publish_state(state)
