@@ -133,8 +133,9 @@ class SimRobotNode(Node):
             period, next_tick = 1.0 / cfg.control_hz, time.monotonic()
             while not self._stop.is_set() and not self.finished.is_set():
                 self.control_tick()
-                if cfg.step_mode == "lockstep" and not self._command_arrived.wait(cfg.lockstep_timeout_s):
-                    self.get_logger().warning(f"no command for {cfg.lockstep_timeout_s:g} s: stepping on a hold")
+                if cfg.step_mode == "lockstep":
+                    if not self._command_arrived.wait(cfg.lockstep_timeout_s):
+                        self.get_logger().warning(f"no command for {cfg.lockstep_timeout_s:g} s: stepping on a hold")
                 else:
                     next_tick += period
                     self._stop.wait(max(0.0, next_tick - time.monotonic()))
