@@ -57,6 +57,11 @@ def cmd_collect_demos(args: argparse.Namespace) -> int:
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     summary = collect(args.config, tasks, args.episodes_per_task, args.robots, Path(args.out), args.seed)
+    return collection_exit_code(summary)
+
+
+def collection_exit_code(summary: dict) -> int:
+    """0 when every robot run ended cleanly and episodes were recorded."""
     return 0 if not summary["failed"] and summary["total"]["episodes"] > 0 else 1
 
 
@@ -93,7 +98,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print("sop demo: two simulated robots record scripted demonstrations of two tasks over ROS 2")
     summary = collect(args.config, DEMO_TASKS, args.episodes, 2, out)
     print(f"\nEach episode is one MCAP file (open one in Foxglove, or read it with mcap-ros2-support): {out}/robot_*/")
-    return 0 if not summary["failed"] and summary["total"]["episodes"] > 0 else 1
+    return collection_exit_code(summary)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,10 +1,13 @@
 """The recorder node on a running simulated robot: stock-readable files, SIGKILL recovery, bad directories."""
 
+import os
 import signal
+import subprocess
 import time
 
 import cv2
 import numpy as np
+import pytest
 from conftest import pids_started, sop, start, wait_for
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
@@ -84,8 +87,6 @@ def test_a_recorder_killed_mid_episode_keeps_what_it_flushed(tmp_path):
         wait_for(lambda: any(p.stat().st_size > 4096 for p in partial.glob("*.mcap")), 120, what="flushed data")
         time.sleep(0.5)
         recorder_node_pid = next(p for p in pids_started_so_far(recorder))
-        import os
-
         os.kill(recorder_node_pid, signal.SIGKILL)
         rec_output, _ = recorder.communicate(timeout=30)
         (partial_file,) = partial.glob("*.mcap")
@@ -135,10 +136,6 @@ def test_an_unwritable_output_directory_is_a_clear_error_not_a_crash(tmp_path):
 
 def test_a_full_disk_stops_recording_with_a_clear_error_and_the_robot_goes_on(tmp_path):
     """A real full disk: the recorder's directory is a 256 KiB tmpfs that the episodes overflow."""
-    import subprocess
-
-    import pytest
-
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], check=False,
