@@ -60,6 +60,15 @@ def cmd_collect_demos(args: argparse.Namespace) -> int:
     return collection_exit_code(summary)
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    require_ros("eval")
+    from sop_ros.sim.evaluate import evaluate
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    report = evaluate(args.policy, args.config, tasks, args.episodes_per_task, args.robots, Path(args.out), args.seed)
+    return 0 if not report["failed"] and not report["missing_tasks"] else 1
+
+
 def collection_exit_code(summary: dict) -> int:
     """0 when every robot run ended cleanly and episodes were recorded."""
     return 0 if not summary["failed"] and summary["total"]["episodes"] > 0 else 1
@@ -73,7 +82,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     model = load_config(ModelConfig, args.model_config) if args.model_config else from_dict(ModelConfig, {})
     config = PretrainConfig(
         demos=args.demos, out=args.out, steps=args.steps, batch_size=args.batch_size,
-        learning_rate=args.lr, seed=args.seed, device=args.device, model=model,
+        learning_rate=args.lr, seed=args.seed, device=args.device, model=model, demos_per_task=args.demos_per_task,
     )  # fmt: skip
     pretrain(config)
     return 0
@@ -132,12 +141,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demos", required=True, metavar="DIR", help="recorded episodes (only successes are used)")
     p.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write; loss curve goes beside it")
     p.add_argument("--steps", type=int, default=3000)
+    p.add_argument(
+        "--demos-per-task",
+        type=int,
+        default=0,
+        metavar="N",
+        help="train on the first N successful demonstrations of each task (default: all)",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--model-config", metavar="YAML", help="model size and shape (ModelConfig fields)")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("eval", help="run a policy on simulated robots through the real nodes; success per task")
+    p.add_argument("--policy", required=True, metavar="CKPT_OR_ONNX", help="a checkpoint (.pt) or an exported .onnx")
+    p.add_argument("--tasks", required=True, help="comma-separated Meta-World tasks")
+    p.add_argument("--episodes-per-task", type=int, required=True, metavar="N")
+    p.add_argument("--robots", type=int, default=2, metavar="R", help="simulated robots in parallel (default 2)")
+    p.add_argument("--out", default="runs/eval", metavar="DIR", help="episodes and eval.json (default: %(default)s)")
+    p.add_argument("--config", default="config/sim_policy.yaml", help="base robot YAML (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=100_000, help="first seed; demos use 0.. (default: %(default)s)")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export a checkpoint to one ONNX graph per inference step")
     p.add_argument("--policy", required=True, metavar="CKPT")

@@ -64,13 +64,16 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """Plain YAML-able data (tuples become lists) that `from_dict` turns back into the same config."""
+    """Plain YAML-able data (tuples become lists) that `from_dict` turns back into the same config.
+
+    None values are left out: in YAML an empty section means "with defaults", so an absent node must be absent.
+    """
     return _plain(dataclasses.asdict(config))
 
 
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: _plain(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value

@@ -185,23 +185,98 @@ class RecorderConfig:
 
 
 @dataclass(frozen=True)
+class IngestConfig:
+    """Camera frames and joint states -> synchronised, preprocessed observations for the policy."""
+
+    cameras: tuple[str, ...] = ("corner", "gripperPOV")  # the policy's camera order
+    camera_transport: Literal["compressed", "raw"] = "compressed"
+    image_size: int = 96  # square model input after resizing, pixels
+    joint_names: tuple[str, ...] = ()  # proprioception, in this order; empty: every joint, in message order
+    # Per joint state, each camera's newest frame stamped at or before it (as the learner pairs them). A frame
+    # due by the camera's own rate but not here yet is waited for up to sync_timeout_s (wall time).
+    sync_timeout_s: float = 0.05
+    # Stale-sensor guard: a frame older than this relative to the joint state, or a joint state this much older
+    # than the clock, makes the observation invalid, and the policy holds.
+    max_sensor_age_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        require(bool(self.cameras), "cameras", self.cameras, "must name at least one camera")
+        require(len(set(self.cameras)) == len(self.cameras), "cameras", self.cameras, "must not repeat")
+        require(16 <= self.image_size <= 1024, "image_size", self.image_size, "must be in 16..1024")
+        require(len(set(self.joint_names)) == len(self.joint_names), "joint_names", self.joint_names,
+                "must not repeat")  # fmt: skip
+        require(self.sync_timeout_s >= 0, "sync_timeout_s", self.sync_timeout_s, "must be >= 0")
+        require(self.max_sensor_age_s > 0, "max_sensor_age_s", self.max_sensor_age_s, "must be > 0")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The VLA on the robot: inference off the control path, chunk execution, status, hot-swap."""
+
+    policy_path: str = ""  # .onnx (ONNX Runtime) or .pt (torch); empty: wait for policy/load
+    engine_cache_dir: str = ""  # TensorRT engines built once per robot and model; empty: no cache
+    action_names: tuple[str, ...] = ("x", "y", "z", "gripper")  # must match the policy's action space
+    control_hz: float = 30.0  # the chunk's step period is 1/control_hz
+    # Start the next inference after this many steps of the current chunk (one observation in flight).
+    replan_steps: int = 8
+    # blend: a new chunk takes over linearly within blend_steps; ensemble: every chunk covering a step votes,
+    # older ones weighted by exp(-ensemble_decay * age in chunks) (as ACT).
+    execution: Literal["blend", "ensemble"] = "blend"
+    blend_steps: int = 4
+    ensemble_decay: float = 0.1
+    # true: a tick that needs a new chunk waits for it (lockstep simulators, evaluation: results then do not
+    # depend on the host's speed); false: the running chunk goes on while the next one is computed.
+    wait_for_chunk: bool = False
+    # episode_boundary: a verified new policy takes over when the next episode starts (as the published
+    # system); immediate: as soon as it is warm.
+    swap_at: Literal["episode_boundary", "immediate"] = "episode_boundary"
+    # Lockstep simulators wait for an answer to every state, also before the first episode: answer those too.
+    act_between_episodes: bool = False
+    advantage_conditioned: bool = False  # RECAP policies: ask for the positive-advantage behaviour
+    seed: int = 0
+    inference_threads: int = 0  # ONNX Runtime intra-op threads (0: its default)
+    status_hz: float = 2.0
+    marker_frame: str = "end_effector"  # the predicted trajectory is drawn from here
+    marker_step_m: float = 0.01  # metres per unit of an xyz action (Meta-World: 1 cm)
+
+    def __post_init__(self) -> None:
+        require(bool(self.action_names), "action_names", self.action_names, "must name at least one dimension")
+        require(self.control_hz > 0, "control_hz", self.control_hz, "must be > 0")
+        require(self.replan_steps >= 1, "replan_steps", self.replan_steps, "must be >= 1")
+        require(self.blend_steps >= 0, "blend_steps", self.blend_steps, "must be >= 0")
+        require(self.ensemble_decay >= 0, "ensemble_decay", self.ensemble_decay, "must be >= 0")
+        require(self.inference_threads >= 0, "inference_threads", self.inference_threads, "must be >= 0")
+        require(self.status_hz > 0, "status_hz", self.status_hz, "must be > 0")
+        require(self.marker_step_m > 0, "marker_step_m", self.marker_step_m, "must be > 0")
+
+
+def _check_camera_reader(node: str, cameras: tuple[str, ...], transport: str, sim: SimRobotConfig) -> None:
+    """A node that reads the simulated robot's cameras must ask for ones it publishes, as it publishes them."""
+    for i, cam in enumerate(cameras):
+        require(
+            cam in sim.cameras, f"{node}.cameras[{i}]", cam, f"must be one of sim_robot.cameras {list(sim.cameras)}"
+        )
+    published = {"raw": ("raw", "both"), "compressed": ("compressed", "both")}[transport]
+    require(sim.image_transport in published, f"{node}.camera_transport", transport,
+            f"sim_robot publishes {sim.image_transport!r} images")  # fmt: skip
+
+
+@dataclass(frozen=True)
 class NodesConfig:
     """The nodes a robot starts; a node whose section is absent is not started."""
 
     sim_robot: SimRobotConfig | None = None
     teleop_arbiter: TeleopArbiterConfig | None = None
     scripted_operator: ScriptedOperatorConfig | None = None
+    ingest: IngestConfig | None = None
+    policy: PolicyConfig | None = None
     recorder: RecorderConfig | None = None
 
     def __post_init__(self) -> None:
-        if self.sim_robot and self.recorder:
-            for i, cam in enumerate(self.recorder.cameras):
-                require(cam in self.sim_robot.cameras, f"recorder.cameras[{i}]", cam,
-                        f"must be one of sim_robot.cameras {list(self.sim_robot.cameras)}")  # fmt: skip
-            published = {"raw": ("raw", "both"), "compressed": ("compressed", "both")}[self.recorder.camera_transport]
-            require(self.sim_robot.image_transport in published, "recorder.camera_transport",
-                    self.recorder.camera_transport,
-                    f"sim_robot publishes {self.sim_robot.image_transport!r} images")  # fmt: skip
+        for name in ("recorder", "ingest"):
+            reader = getattr(self, name)
+            if self.sim_robot and reader:
+                _check_camera_reader(name, reader.cameras, reader.camera_transport, self.sim_robot)
         if self.sim_robot and self.teleop_arbiter:
             require(self.teleop_arbiter.command_interface == self.sim_robot.command_interface,
                     "teleop_arbiter.command_interface", self.teleop_arbiter.command_interface,
@@ -213,6 +288,11 @@ class NodesConfig:
                 self.scripted_operator.task,
                 f"must equal sim_robot.task ({self.sim_robot.task!r})",
             )
+
+        if self.policy and self.teleop_arbiter:
+            require(self.policy.action_names == self.teleop_arbiter.action_names, "policy.action_names",
+                    self.policy.action_names,
+                    f"must equal teleop_arbiter.action_names {list(self.teleop_arbiter.action_names)}")  # fmt: skip
 
     def enabled(self) -> dict[str, object]:
         return {name: cfg for name, cfg in vars(self).items() if cfg is not None}

@@ -74,6 +74,8 @@ class DatasetConfig:
     chunk: int = 16  # action horizon H: actions per sample
     outcomes: tuple[str, ...] = OUTCOMES  # episodes kept; demos for pretraining use ("success",)
     command_delay_steps: int = 10  # control periods a command may be logged late (0: the plain window rule)
+    # Keep at most this many episodes per task, the first by episode id (0: all); e.g. pretraining-scale runs.
+    episodes_per_task: int = 0
 
     def __post_init__(self) -> None:
         # Lists (from code rather than YAML) are accepted: a frozen config must hold tuples to stay hashable.
@@ -92,6 +94,8 @@ class DatasetConfig:
         require(len(set(self.outcomes)) == len(self.outcomes), "outcomes", self.outcomes, "must not repeat")
         delay = self.command_delay_steps
         require(_is_int(delay) and delay >= 0, "command_delay_steps", delay, "must be an integer >= 0")
+        per_task = self.episodes_per_task
+        require(_is_int(per_task) and per_task >= 0, "episodes_per_task", per_task, "must be an integer >= 0 (0: all)")
 
 
 def _is_int(value: object) -> bool:
@@ -494,6 +498,10 @@ class EpisodeDataset:
             else:
                 seen[episode.episode_id] = path
                 self.episodes.append(episode)
+        if config.episodes_per_task:
+            self.episodes, dropped = _first_per_task(self.episodes, config.episodes_per_task)
+            if dropped:
+                left_out[f"beyond {config.episodes_per_task} per task"] = dropped
         self.tasks: list[str] = sorted({e.task for e in self.episodes})
         self.instructions: dict[str, list[str]] = {
             task: sorted({e.instruction for e in self.episodes if e.task == task}) for task in self.tasks
@@ -530,7 +538,7 @@ class EpisodeDataset:
         line += f" [{per_task}]" if per_task else ""
         line += f"; {filled} actions filled, {shifted} commands logged in another step's window"
         if left_out:
-            line += f"; left out by outcome: {', '.join(f'{n} {o}' for o, n in sorted(left_out.items()))}"
+            line += f"; left out: {', '.join(f'{n} {o}' for o, n in sorted(left_out.items()))}"
         if self.skipped:
             shown = "; ".join(f"{p.name}: {reason}" for p, reason in self.skipped[:3])
             more = f" (+{len(self.skipped) - 3} more)" if len(self.skipped) > 3 else ""
@@ -618,6 +626,17 @@ class EpisodeDataset:
 
     def __len__(self) -> int:
         return self.num_steps
+
+
+def _first_per_task(episodes: list[EpisodeIndex], limit: int) -> tuple[list[EpisodeIndex], int]:
+    """The first `limit` episodes of each task by episode id (robot, start time, counter), and how many were not."""
+    kept: list[EpisodeIndex] = []
+    per_task: Counter[str] = Counter()
+    for episode in sorted(episodes, key=lambda e: e.episode_id):
+        if per_task[episode.task] < limit:
+            per_task[episode.task] += 1
+            kept.append(episode)
+    return kept, len(episodes) - len(kept)
 
 
 def _stats(parts: list[np.ndarray], what: str) -> tuple[np.ndarray, np.ndarray]:

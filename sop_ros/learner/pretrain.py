@@ -35,6 +35,7 @@ class PretrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     seed: int = 0
+    demos_per_task: int = 0  # use only the first N successful demonstrations of each task (0: all)
     log_every: int = 50
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -43,6 +44,7 @@ class PretrainConfig:
         require(self.steps >= 1, "steps", self.steps, "must be >= 1")
         require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        require(self.demos_per_task >= 0, "demos_per_task", self.demos_per_task, "must be >= 0 (0: all)")
         require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
 
 
@@ -88,7 +90,12 @@ def pretrain(config: PretrainConfig) -> dict:
     # ---- data: successful demonstrations only ----------------------------------------------------------------
     dataset = EpisodeDataset(
         config.demos,
-        DatasetConfig(image_size=model_cfg.image_size, chunk=model_cfg.chunk, outcomes=("success",)),
+        DatasetConfig(
+            image_size=model_cfg.image_size,
+            chunk=model_cfg.chunk,
+            outcomes=("success",),
+            episodes_per_task=config.demos_per_task,
+        ),
     )
     if not dataset.episodes:
         raise ValueError(f"{config.demos}: no successful demonstration episodes to train on")
@@ -141,6 +148,7 @@ def pretrain(config: PretrainConfig) -> dict:
         "version": version,
         "checkpoint": str(config.out),
         "episodes": len(dataset.episodes),
+        "demos_per_task": config.demos_per_task,
         "dataset_steps": dataset.num_steps,
         "tasks": dataset.tasks,
         "parameters": parameter_count(model),

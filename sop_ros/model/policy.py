@@ -7,13 +7,15 @@ backend that produced it and how long inference took.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from sop_ros.model.runtime import Runtime
+from sop_ros.model.runtime import Runtime, load_runtime
 from sop_ros.model.tokens import instruction_tokens
 from sop_ros.model.vla import INDICATOR_NONE, INDICATOR_POSITIVE
 
@@ -37,7 +39,7 @@ class ChunkPolicy:
     def __init__(self, runtime: Runtime, seed: int = 0, advantage_conditioned: bool = False) -> None:
         self.runtime = runtime
         config = json.loads(runtime.metadata.get("sop_ros.model_config", "{}"))
-        self.version = runtime.metadata.get("sop_ros.version", "")
+        self.version = runtime.metadata.get("sop_ros.version", "") or "unversioned"
         self.chunk = int(config.get("chunk", 16))
         self.action_dim = int(config.get("action_dim", 4))
         self.instruction_bytes = int(config.get("instruction_bytes", 96))
@@ -62,3 +64,62 @@ class ChunkPolicy:
         actions = self.runtime.run(inputs)[0]
         latency = (time.perf_counter() - start) * 1000
         return PolicyResult(actions, self.version, self.runtime.backend, latency)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_policy(
+    path: str | Path,
+    action_dim: int,
+    example: Observation | None = None,
+    sha256: str = "",
+    engine_cache: str | Path | None = None,
+    seed: int = 0,
+    advantage_conditioned: bool = False,
+    threads: int = 0,
+) -> ChunkPolicy:
+    """Load a policy file, check that it can drive this robot, and warm it up; or a ValueError saying why not.
+
+    Checked: the file's sha256 (when given), that the runtime accepts the file, the action space, and one
+    inference on `example` (the robot's own observation; else zeros shaped as the policy says) that must
+    give a finite (chunk, action_dim) result. Warming also builds TensorRT engines and CUDA kernels, so the
+    first real inference after a swap is not slow.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if sha256 and file_sha256(path) != sha256.lower():
+        raise ValueError(f"{path}: sha256 {file_sha256(path)} differs from the expected {sha256.lower()}")
+    try:
+        runtime = load_runtime(path, engine_cache, threads)
+    except Exception as err:  # every runtime has its own errors for a damaged file: report them as one kind
+        raise ValueError(f"{path}: cannot be loaded: {type(err).__name__}: {str(err).strip()[:300]}") from None
+    policy = ChunkPolicy(runtime, seed, advantage_conditioned)
+    if policy.action_dim != action_dim:
+        raise ValueError(f"{path}: {policy.action_dim} action dimensions, this robot has {action_dim}")
+    if example is None:
+        config = json.loads(runtime.metadata.get("sop_ros.model_config", "{}"))
+        cameras, size = int(config.get("cameras", 1)), int(config.get("image_size", 96))
+        example = Observation(
+            images=np.zeros((cameras, 3, size, size), np.float32),
+            proprio=np.zeros(int(config.get("proprio_dim", 9)), np.float32),
+            instruction="",
+        )
+    try:
+        actions = policy.infer(example).actions
+    except Exception as err:
+        raise ValueError(
+            f"{path}: fails on this robot's observation (images {example.images.shape}, proprio "
+            f"{example.proprio.shape}): {type(err).__name__}: {str(err).strip()[:300]}"
+        ) from None
+    if actions.shape != (policy.chunk, action_dim) or not np.isfinite(actions).all():
+        raise ValueError(f"{path}: gives actions of shape {actions.shape} (finite: {np.isfinite(actions).all()}), "
+                         f"expected ({policy.chunk}, {action_dim})")  # fmt: skip
+    policy.reset()
+    return policy

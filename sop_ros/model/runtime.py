@@ -84,11 +84,11 @@ class TorchRuntime:
             return self.model.sample_actions(*tensors, guidance=self.guidance).cpu().numpy()
 
 
-def load_runtime(path: str | Path, engine_cache: str | Path | None = None) -> Runtime:
-    """An .onnx file runs on ONNX Runtime; a checkpoint (.pt) on torch."""
+def load_runtime(path: str | Path, engine_cache: str | Path | None = None, threads: int = 0) -> Runtime:
+    """An .onnx file runs on ONNX Runtime; a checkpoint (.pt) on torch. `threads`: intra-op threads (0: default)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such policy file")
     if path.suffix == ".onnx":
-        return OnnxRuntime(path, engine_cache)
+        return OnnxRuntime(path, engine_cache, threads)
     return TorchRuntime(path)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from sop_ros.configs import to_dict
 from sop_ros.configs.robot import (
+    IngestConfig,
+    PolicyConfig,
     RecorderConfig,
     RobotLaunchConfig,
     ScriptedOperatorConfig,
@@ -34,6 +36,8 @@ NODE_TYPES = {
     "teleop_arbiter": NodeType(
         "teleop_arbiter", "sop_ros.robot.teleop_arbiter_node", "TeleopArbiterNode", TeleopArbiterConfig
     ),
+    "ingest": NodeType("ingest", "sop_ros.robot.ingest_node", "IngestNode", IngestConfig),
+    "policy": NodeType("policy", "sop_ros.robot.policy_node", "PolicyNode", PolicyConfig),
     "recorder": NodeType("recorder", "sop_ros.robot.recorder_node", "RecorderNode", RecorderConfig),
 }
 

@@ -1,4 +1,4 @@
-"""`sop collect-demos`: scripted demonstrations recorded by a fleet of simulated robots.
+"""`sop collect-demos`: scripted demonstrations recorded by a fleet of simulated robots (and the fleet runner).
 
 Each robot runs the same nodes as on a real robot (simulator, teleop arbiter, scripted operator in demo
 mode, recorder), as its own `sop robot` process group, one task at a time; R robots work through the tasks
@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,19 +42,24 @@ def plan_units(tasks: list[str], episodes_per_task: int, robots: int, seed: int)
     return sorted(units, key=lambda u: -u.episodes)
 
 
-def robot_config(base: RobotLaunchConfig, robot_id: str, unit: WorkUnit, out: Path) -> dict:
-    """The base sim config with this robot's id, clock, task, seed and episode count."""
+def unit_config(base: RobotLaunchConfig, robot_id: str, unit: WorkUnit, out: Path, **nodes) -> dict:
+    """The base sim config with this robot's id, clock, task, seed and episode count, in lockstep, recording
+    into `out`; `nodes` replaces node sections (None leaves one out)."""
     if base.nodes.sim_robot is None:
-        raise ConfigError("nodes.sim_robot: collect-demos needs a simulated robot in its base config")
-    nodes = base.nodes
-    sim = dataclasses.replace(
-        nodes.sim_robot, task=unit.task, seed=unit.seed, episodes=unit.episodes, step_mode="lockstep", wait_for_nodes=()
-    )
-    operator = dataclasses.replace(nodes.scripted_operator or ScriptedOperatorConfig(), task=unit.task, mode="demo")
-    recorder = dataclasses.replace(nodes.recorder or RecorderConfig(cameras=sim.cameras), output_dir=str(out))
+        raise ConfigError("nodes.sim_robot: a simulated fleet needs a simulated robot in its base config")
+    sim = dataclasses.replace(base.nodes.sim_robot, task=unit.task, seed=unit.seed, episodes=unit.episodes,
+                              step_mode="lockstep", wait_for_nodes=())  # fmt: skip
+    recorder = dataclasses.replace(base.nodes.recorder or RecorderConfig(cameras=sim.cameras), output_dir=str(out))
     robot = dataclasses.replace(base.robot, id=robot_id, clock_topic=f"/{robot_id}/clock", use_sim_time=True)
-    nodes = dataclasses.replace(nodes, sim_robot=sim, scripted_operator=operator, recorder=recorder)
-    return to_dict(RobotLaunchConfig(robot=robot, nodes=nodes))
+    node_configs = dataclasses.replace(base.nodes, sim_robot=sim, recorder=recorder, **nodes)
+    return to_dict(RobotLaunchConfig(robot=robot, nodes=node_configs))
+
+
+def robot_config(base: RobotLaunchConfig, robot_id: str, unit: WorkUnit, out: Path) -> dict:
+    """A demonstrating robot: the scripted operator in control of every episode."""
+    operator = base.nodes.scripted_operator or ScriptedOperatorConfig()
+    operator = dataclasses.replace(operator, task=unit.task, mode="demo")
+    return unit_config(base, robot_id, unit, out, scripted_operator=operator)
 
 
 @dataclass
@@ -90,20 +96,37 @@ def progress_line(done: int, total: int, successes: int, elapsed: float) -> str:
     )
 
 
-def collect(base_config: str, tasks: list[str], episodes_per_task: int, robots: int, out: Path, seed: int = 0) -> dict:
+ConfigMaker = Callable[[RobotLaunchConfig, str, WorkUnit, Path], dict]
+
+
+def check_request(tasks: list[str], episodes_per_task: int, robots: int) -> None:
     for task in tasks:
         if task not in MT50:
             raise ConfigError(f"--tasks: {task!r} is not a Meta-World task; known: {', '.join(MT50)}")
+    if not tasks:
+        raise ConfigError("--tasks: name at least one Meta-World task")
     if episodes_per_task < 1 or robots < 1:
         raise ConfigError("--episodes-per-task and --robots must be >= 1")
+
+
+def collect(base_config: str, tasks: list[str], episodes_per_task: int, robots: int, out: Path, seed: int = 0) -> dict:
+    check_request(tasks, episodes_per_task, robots)
     base = load_config(RobotLaunchConfig, base_config)
+    units = plan_units(tasks, episodes_per_task, robots, seed)
+    return run_fleet("collect-demos", base, units, robots, out, robot_config)
+
+
+def run_fleet(title: str, base: RobotLaunchConfig, units: list[WorkUnit], robots: int, out: Path,
+              make_config: ConfigMaker) -> dict:  # fmt: skip
+    """Run the work units on `robots` simulated robots at a time, with progress; the summary of what they recorded."""
     out = out.resolve()
     (out / "configs").mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
     before = set(out.glob("*/*.mcap"))  # a dataset may grow over several runs; this run reports its own
-    units = plan_units(tasks, episodes_per_task, robots, seed)
+    units = list(units)
     total = sum(u.episodes for u in units)
-    print(f"collect-demos: {total} episodes of {', '.join(tasks)} on {robots} simulated robots -> {out}")
+    tasks = list(dict.fromkeys(u.task for u in units))
+    print(f"{title}: {total} episodes of {', '.join(tasks)} on {robots} simulated robots -> {out}")
     free = [f"robot_{i}" for i in range(robots)]
     running: dict[str, tuple[subprocess.Popen, WorkUnit, float]] = {}
     outcomes: dict[Path, str] = {}
@@ -113,7 +136,8 @@ def collect(base_config: str, tasks: list[str], episodes_per_task: int, robots: 
         while units or running:
             while units and free:
                 robot_id, unit = free.pop(0), units.pop(0)
-                running[robot_id] = (_launch(base, robot_id, unit, out), unit, time.monotonic())
+                config = make_config(base, robot_id, unit, out)
+                running[robot_id] = (_launch(config, robot_id, unit, out), unit, time.monotonic())
             for robot_id, (proc, unit, started) in list(running.items()):
                 if proc.poll() is None and time.monotonic() - started > _time_bound(base, unit):
                     _stop(proc)
@@ -157,12 +181,12 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def _launch(base: RobotLaunchConfig, robot_id: str, unit: WorkUnit, out: Path) -> subprocess.Popen:
+def _launch(config: dict, robot_id: str, unit: WorkUnit, out: Path) -> subprocess.Popen:
     name = f"{robot_id}_{unit.task}_s{unit.seed}"
-    config = out / "configs" / f"{name}.yaml"
-    config.write_text(yaml.safe_dump(robot_config(base, robot_id, unit, out), sort_keys=False))
+    path = out / "configs" / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     with open(out / "logs" / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
-        cmd = [sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(config)]
+        cmd = [sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)]
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 

@@ -79,9 +79,7 @@ class SimRobotNode(Node):
         self._command_arrived = threading.Event()  # lockstep: a command came after the last state
         self._first_reset = None  # lockstep: the reset shown while waiting for the first answer
         self._abort_requested = threading.Event()
-        self._labelled: set[str] = (
-            set()
-        )  # episodes an operator has labelled  # an operator labelled the running episode "abort"
+        self._labelled: set[str] = set()  # episodes an operator has labelled
 
         self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.STREAM)
         self.state_pub = self.create_publisher(Float64MultiArray, topics.SIM_STATE, topics.STREAM)
@@ -176,6 +174,7 @@ class SimRobotNode(Node):
         while not self._stop.is_set():
             self.publish_clock()
             self.publish_state(state)
+            self.publish_images()  # a policy answers what it sees: the cameras show the state too
             if self._command_arrived.wait(self.config.command_timeout_s):
                 return
             if time.monotonic() > deadline:

@@ -1,0 +1,76 @@
+"""Executing action chunks at the control rate: which action to command at time t, given the chunks so far.
+
+A chunk predicted from the observation at t0 holds the actions for t0, t0 + T, t0 + 2T, ... (T the control
+period); it is indexed by time, not by count, so a chunk that arrives late starts where the robot is now, and
+a joint-state rate above the control rate does not run it faster. Two ways to go from one chunk to the next:
+  blend     the new chunk takes over linearly within `blend_steps` steps of its first use: no jump in the
+            command when the new chunk disagrees with the old one (different mode of a multimodal policy).
+  ensemble  every chunk covering t votes, the oldest weighted most (ACT's temporal ensembling:
+            w_i = exp(-decay * i), i = 0 the oldest): smooth, but averages modes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass
+class Chunk:
+    t0_ns: int
+    actions: np.ndarray  # (H, D)
+    first_used_ns: int | None = None
+
+
+class ChunkExecutor:
+    def __init__(
+        self,
+        period_ns: int,
+        mode: Literal["blend", "ensemble"] = "blend",
+        blend_steps: int = 4,
+        ensemble_decay: float = 0.1,
+    ) -> None:
+        self.period_ns = period_ns
+        self.mode = mode
+        self.blend_steps = blend_steps
+        self.ensemble_decay = ensemble_decay
+        self.chunks: list[Chunk] = []  # oldest first
+
+    def clear(self) -> None:
+        self.chunks.clear()
+
+    def add(self, actions: np.ndarray, t0_ns: int) -> None:
+        self.chunks.append(Chunk(t0_ns, np.asarray(actions, dtype=np.float64)))
+
+    def index(self, chunk: Chunk, t_ns: int) -> int:
+        return round((t_ns - chunk.t0_ns) / self.period_ns)
+
+    def steps_into_newest(self, t_ns: int) -> int | None:
+        """How far t is into the newest chunk (None: no chunk yet, or it does not cover t)."""
+        if not self.chunks:
+            return None
+        i = self.index(self.chunks[-1], t_ns)
+        return i if 0 <= i < len(self.chunks[-1].actions) else None
+
+    def action(self, t_ns: int) -> np.ndarray | None:
+        """The action for time t, or None when no chunk covers it (the robot must not move on a guess)."""
+        self.chunks = [c for c in self.chunks if self.index(c, t_ns) < len(c.actions)]  # past their end: gone
+        live = [c for c in self.chunks if self.index(c, t_ns) >= 0]
+        if not live:
+            return None
+        newest = live[-1]
+        if newest.first_used_ns is None:
+            newest.first_used_ns = t_ns
+        if self.mode == "ensemble":
+            weights = np.exp(-self.ensemble_decay * np.arange(len(live)))
+            votes = np.stack([c.actions[self.index(c, t_ns)] for c in live])
+            return weights @ votes / weights.sum()
+        own = newest.actions[self.index(newest, t_ns)]
+        since = round((t_ns - newest.first_used_ns) / self.period_ns)
+        if len(live) < 2 or since >= self.blend_steps:
+            return own.copy()
+        previous = live[-2]
+        alpha = (since + 1) / (self.blend_steps + 1)
+        return alpha * own + (1 - alpha) * previous.actions[self.index(previous, t_ns)]

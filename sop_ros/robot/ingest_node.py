@@ -1,0 +1,128 @@
+"""Ingest: camera frames and joint states -> one preprocessed, synchronised Observation per joint state.
+
+Each frame is decoded (JPEG or raw rgb8/bgr8), resized and normalised once, on arrival; each joint state then
+takes the newest frame of every camera stamped at or before it (sop_ros.robot.sync). Stale or missing sensors
+give an invalid observation that says why, and the policy holds.
+"""
+
+from __future__ import annotations
+
+import array
+import time
+
+import numpy as np
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.time import Time
+from sensor_msgs.msg import CompressedImage, Image, JointState
+
+from sop_ros.configs.robot import IngestConfig
+from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
+from sop_ros.msg import Observation
+from sop_ros.robot import topics
+from sop_ros.robot.params import declare_config
+from sop_ros.robot.spin import run_node
+from sop_ros.robot.sync import ObservationSync, Synced
+
+
+def stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def raw_image_rgb(msg: Image) -> np.ndarray:
+    """A sensor_msgs/Image (rgb8 or bgr8) as an (H, W, 3) uint8 RGB array; other encodings are a ValueError."""
+    if msg.encoding not in ("rgb8", "bgr8"):
+        raise ValueError(f"image encoding {msg.encoding!r}: only rgb8 and bgr8 are taken")
+    if msg.step < msg.width * 3 or len(msg.data) < msg.step * msg.height:
+        raise ValueError(f"image {msg.width}x{msg.height}, step {msg.step}: {len(msg.data)} bytes do not fit")
+    rows = np.frombuffer(msg.data, np.uint8)[: msg.step * msg.height].reshape(msg.height, msg.step)
+    image = rows[:, : msg.width * 3].reshape(msg.height, msg.width, 3)
+    return image[..., ::-1] if msg.encoding == "bgr8" else image
+
+
+def observation_message(synced: Synced, cameras: tuple[str, ...], image_size: int, proprio: np.ndarray,
+                        joint_names: list[str]) -> Observation:  # fmt: skip
+    msg = Observation(valid=not synced.problem, problem=synced.problem, cameras=list(cameras), image_size=image_size)
+    msg.header.stamp = Time(nanoseconds=synced.stamp_ns).to_msg()
+    if synced.problem:
+        return msg
+    msg.camera_stamps = [Time(nanoseconds=synced.frames[cam][0]).to_msg() for cam in cameras]
+    images = np.stack([synced.frames[cam][1] for cam in cameras])
+    # array.array is what the generated message stores: assigning one copies bytes, not element by element.
+    msg.images = array.array("f", images.tobytes())
+    msg.joint_names = joint_names
+    msg.proprio = array.array("f", proprio.astype(np.float32).tobytes())
+    return msg
+
+
+class IngestNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("ingest", **kwargs)
+        self.config = cfg = declare_config(self, IngestConfig)
+        self.sync = ObservationSync(cfg.cameras, round(cfg.max_sensor_age_s * 1e9))
+        self._warned: set[str] = set()
+        self.observation_pub = self.create_publisher(Observation, topics.OBSERVATION, topics.STREAM)
+        for cam in cfg.cameras:
+            if cfg.camera_transport == "compressed":
+                topic, msg_type = topics.CAMERA_COMPRESSED.format(camera=cam), CompressedImage
+            else:
+                topic, msg_type = topics.CAMERA_IMAGE.format(camera=cam), Image
+            self.create_subscription(msg_type, topic, lambda msg, c=cam: self.on_frame(c, msg), topics.SENSOR)
+        self.create_subscription(JointState, topics.JOINT_STATES, self.on_joint_state, topics.STREAM)
+        # Waiting for a due frame is bounded in wall time: a steady timer releases joint states that waited enough.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(max(cfg.sync_timeout_s / 2, 0.005), self.publish_ready, clock=steady)
+
+    def on_frame(self, camera: str, msg) -> None:
+        try:
+            rgb = decode_jpeg_rgb(bytes(msg.data)) if isinstance(msg, CompressedImage) else raw_image_rgb(msg)
+            frame = image_to_input(rgb, self.config.image_size)
+        except ValueError as err:
+            self.get_logger().error(f"camera {camera}: refused a frame: {err}", throttle_duration_sec=5.0)
+            return
+        self.sync.add_frame(camera, stamp_ns(msg), frame)
+        self.publish_ready()
+
+    def on_joint_state(self, msg: JointState) -> None:
+        try:
+            names, positions = self.proprio(msg)
+        except ValueError as err:
+            self.get_logger().error(f"refused a joint state: {err}", throttle_duration_sec=5.0)
+            return
+        self.sync.add_joint_state(stamp_ns(msg), (names, positions), time.monotonic())
+        self.publish_ready()
+
+    def proprio(self, msg: JointState) -> tuple[list[str], np.ndarray]:
+        if len(msg.position) != len(msg.name):
+            raise ValueError(f"{len(msg.name)} names but {len(msg.position)} positions")
+        wanted = list(self.config.joint_names) or list(msg.name)
+        index = {name: i for i, name in enumerate(msg.name)}
+        missing = [n for n in wanted if n not in index]
+        if missing:
+            raise ValueError(f"joints {missing} missing (the message names {list(msg.name)})")
+        return wanted, np.array([msg.position[index[n]] for n in wanted], dtype=np.float32)
+
+    def publish_ready(self) -> None:
+        cfg = self.config
+        now_ns = self.get_clock().now().nanoseconds
+        for ready in self.sync.pop_ready(time.monotonic(), cfg.sync_timeout_s):
+            names, positions = ready.joint
+            lag = now_ns - ready.stamp_ns
+            synced = ready
+            if not ready.problem and lag > cfg.max_sensor_age_s * 1e9:
+                synced = Synced(ready.stamp_ns, ready.joint, ready.frames,
+                                f"joint_states: stamped {lag / 1e9:.2f} s behind the clock")  # fmt: skip
+            if synced.problem and synced.problem not in self._warned:
+                self._warned = {synced.problem}  # say each new problem once, not at the joint-state rate
+                self.get_logger().warning(f"stale sensors, the policy holds: {synced.problem}")
+            elif not synced.problem:
+                self._warned = set()
+            self.observation_pub.publish(observation_message(synced, cfg.cameras, cfg.image_size, positions, names))
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(IngestNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,336 @@
+"""The policy on the robot: observations in, commands out at the control rate, chunks computed off the control path.
+
+Each valid observation is a control tick: it is answered from the running action chunk (sop_ros.robot.chunks);
+every `replan_steps` steps the next chunk is computed by the inference thread from the newest observation. An
+invalid observation (stale sensors), a failed inference or no policy: nothing is commanded, the chunk is dropped,
+and the teleop arbiter holds the robot. New weights arrive through the policy/load service: loaded, checked and
+warmed on a thread of their own, then swapped in at the next episode boundary (or at once, if asked).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import Point
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.task import Future
+from rclpy.time import Time
+from std_msgs.msg import ColorRGBA, Float64MultiArray
+from visualization_msgs.msg import Marker, MarkerArray
+
+from sop_ros.configs.robot import PolicyConfig
+from sop_ros.model.policy import ChunkPolicy, Observation, load_policy
+from sop_ros.msg import ActionChunk, EpisodeEvent, PolicyStatus
+from sop_ros.msg import Observation as ObservationMsg
+from sop_ros.robot import topics
+from sop_ros.robot.chunks import ChunkExecutor
+from sop_ros.robot.params import declare_config
+from sop_ros.robot.spin import run_node
+from sop_ros.srv import LoadPolicy
+
+XYZ = ("x", "y", "z")
+
+
+def stamp_ns(msg) -> int:
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
+def to_observation(msg: ObservationMsg, instruction: str) -> Observation:
+    images = np.frombuffer(msg.images, dtype=np.float32).reshape(len(msg.cameras), 3, msg.image_size, msg.image_size)
+    return Observation(images, np.frombuffer(msg.proprio, dtype=np.float32), instruction)
+
+
+def trajectory_markers(actions: np.ndarray, names: tuple[str, ...], frame: str, step_m: float, stamp,
+                       ns: str) -> MarkerArray:  # fmt: skip
+    """The chunk's end-effector path for rviz: xyz deltas summed from the end effector, coloured by the gripper."""
+    if names[:3] != XYZ:
+        return MarkerArray()
+    path = np.vstack([np.zeros(3), np.cumsum(actions[:, :3], axis=0) * step_m])
+    gripper = actions[:, 3] if actions.shape[1] > 3 else np.zeros(len(actions))
+    common = dict(ns=ns, action=Marker.ADD, lifetime=Duration(sec=1))
+    line = Marker(id=0, type=Marker.LINE_STRIP, **common)
+    line.scale.x = 0.004
+    line.color = ColorRGBA(r=0.1, g=0.6, b=1.0, a=0.9)
+    dots = Marker(id=1, type=Marker.SPHERE_LIST, **common)
+    dots.scale.x = dots.scale.y = dots.scale.z = 0.008
+    for marker in (line, dots):
+        marker.header.frame_id, marker.header.stamp = frame, stamp
+        marker.pose.orientation.w = 1.0
+    line.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in path]
+    dots.points = line.points[1:]
+    closed = np.clip((gripper + 1) / 2, 0, 1)  # Meta-World: -1 open, +1 closed
+    dots.colors = [ColorRGBA(r=float(c), g=float(1 - c), b=0.2, a=1.0) for c in closed]
+    return MarkerArray(markers=[line, dots])
+
+
+@dataclass
+class Latest:
+    images: np.ndarray
+    proprio: np.ndarray
+    stamp_ns: int
+
+
+class PolicyNode(Node):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("policy", **kwargs)
+        self.config = cfg = declare_config(self, PolicyConfig)
+        self.period_ns = round(1e9 / cfg.control_hz)
+        # Guards everything below that both the executor and the inference thread touch.
+        self._lock = threading.Lock()
+        self.chunks = ChunkExecutor(self.period_ns, cfg.execution, cfg.blend_steps, cfg.ensemble_decay)
+        self.policy: ChunkPolicy | None = None
+        self.pending: ChunkPolicy | None = None
+        self.state, self.message = PolicyStatus.STATE_LOADING, "no policy loaded yet"
+        self.episode_active, self.instruction, self.episode_start_ns = False, "", 0
+        self.latest: Latest | None = None
+        self.last_tick_ns = -1
+        self.waiting_tick: int | None = None  # wait_for_chunk: the tick answered when its chunk is ready
+        self.inflight = False
+        self.generation = 0  # bumped when chunks in flight no longer apply (new episode, stale sensors)
+        self.sequence = 0
+        self.latencies: deque[float] = deque(maxlen=200)
+        self.loading = ""  # path being loaded, while a load runs
+
+        self.command_pub = self.create_publisher(Float64MultiArray, topics.POLICY_COMMAND, topics.STREAM)
+        self.chunk_pub = self.create_publisher(ActionChunk, topics.POLICY_CHUNK, topics.STREAM)
+        self.marker_pub = self.create_publisher(MarkerArray, topics.POLICY_MARKERS, topics.STREAM)
+        self.status_pub = self.create_publisher(PolicyStatus, topics.POLICY_STATUS, topics.STREAM)
+        self.create_subscription(ObservationMsg, topics.OBSERVATION, self.on_observation, topics.LATEST)
+        self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
+        self.create_service(LoadPolicy, topics.LOAD_POLICY, self.on_load)
+        # Status flows on wall time: it must keep coming when a simulator (and its clock) stops.
+        self.create_timer(1.0 / cfg.status_hz, self.publish_status, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self._wake = self.create_guard_condition(lambda: None)  # resumes a service call waiting for its load
+
+        self._stop = threading.Event()
+        self._requests: queue.Queue = queue.Queue()
+        self._worker = threading.Thread(target=self.infer_loop, name="inference", daemon=True)
+        self._worker.start()
+        if cfg.policy_path:
+            threading.Thread(target=self.load_at_start, name="policy_load", daemon=True).start()
+
+    # -- control ticks (executor thread) ---------------------------------------------------------------------
+
+    def on_observation(self, msg: ObservationMsg) -> None:
+        stamp = stamp_ns(msg)
+        with self._lock:
+            if not msg.valid:
+                self.hold(f"holding: {msg.problem}")
+                return
+            try:
+                obs = to_observation(msg, "")
+            except ValueError as err:
+                self.hold(f"holding: observation refused: {err}")
+                return
+            self.latest = Latest(obs.images, obs.proprio, stamp)
+            if self.message.startswith("holding"):
+                self.message = ""
+            if self.episode_active or self.config.act_between_episodes:
+                self.tick(stamp)
+
+    def tick(self, stamp: int) -> None:
+        """Answer the observation at `stamp` (lock held): from the running chunk, starting the next as due."""
+        self.last_tick_ns = stamp
+        if self.policy is None or self.state == PolicyStatus.STATE_ERROR:
+            return
+        steps = self.chunks.steps_into_newest(stamp)
+        due = steps is None or steps >= self.config.replan_steps
+        if due and not self.inflight:
+            latest = self.latest
+            obs = Observation(latest.images, latest.proprio, self.instruction)
+            self.inflight = True
+            self._requests.put((self.policy, obs, latest.stamp_ns, self.generation))
+        if due and self.config.wait_for_chunk:
+            self.waiting_tick = stamp
+            return
+        self.command(stamp)
+
+    def command(self, stamp: int) -> None:
+        action = self.chunks.action(stamp)
+        if action is not None:  # no chunk covers this instant: command nothing, the arbiter holds
+            self.command_pub.publish(Float64MultiArray(data=action.tolist()))
+
+    def hold(self, reason: str) -> None:
+        """Drop the running chunk and whatever is in flight (lock held)."""
+        if reason != self.message:
+            self.get_logger().warning(reason)
+        self.message = reason
+        self.chunks.clear()
+        self.waiting_tick = None
+        self.generation += 1
+
+    def on_episode_event(self, msg: EpisodeEvent) -> None:
+        if msg.event not in (EpisodeEvent.EVENT_START, EpisodeEvent.EVENT_END):
+            return
+        with self._lock:
+            if self.pending is not None:
+                self.swap()  # an episode boundary: where new weights take over
+            self.chunks.clear()
+            self.waiting_tick = None
+            self.generation += 1
+            self.episode_active = msg.event == EpisodeEvent.EVENT_START
+            if not self.episode_active:
+                return
+            self.instruction, self.episode_start_ns = msg.instruction, stamp_ns(msg)
+            if self.policy is not None:
+                self.policy.reset()
+            # The episode's first observation may have come before its START (different topics): answer it.
+            latest = self.latest
+            if latest and latest.stamp_ns >= self.episode_start_ns and self.last_tick_ns < latest.stamp_ns:
+                self.tick(latest.stamp_ns)
+
+    # -- inference (its own thread) --------------------------------------------------------------------------
+
+    def infer_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                policy, obs, stamp, generation = self._requests.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                result = policy.infer(obs)
+            except Exception as err:  # a policy that fails must not move the robot: hold and say why
+                with self._lock:
+                    self.inflight = False
+                    self.state = PolicyStatus.STATE_ERROR
+                    self.hold(f"inference failed, holding: {type(err).__name__}: {err}")
+                continue
+            with self._lock:
+                self.inflight = False
+                if generation != self.generation:
+                    continue  # computed for an episode or a state of the sensors that is over
+                self.chunks.add(result.actions, stamp)
+                self.latencies.append(result.latency_ms)
+                self.sequence += 1
+                self.publish_chunk(result.actions, stamp, result.version)
+                if self.waiting_tick is not None:
+                    tick, self.waiting_tick = self.waiting_tick, None
+                    self.command(tick)
+
+    def publish_chunk(self, actions: np.ndarray, stamp: int, version: str) -> None:
+        cfg = self.config
+        msg = ActionChunk(
+            names=list(cfg.action_names),
+            horizon=actions.shape[0],
+            action_dim=actions.shape[1],
+            actions=actions.astype(np.float32).ravel().tolist(),
+            step_period=1.0 / cfg.control_hz,
+            policy_version=version,
+            sequence=self.sequence,
+        )
+        msg.header.stamp = Time(nanoseconds=stamp).to_msg()
+        msg.header.frame_id = cfg.marker_frame
+        self.chunk_pub.publish(msg)
+        markers = trajectory_markers(actions, cfg.action_names, cfg.marker_frame, cfg.marker_step_m,
+                                     msg.header.stamp, self.get_namespace().strip("/") or "policy")  # fmt: skip
+        if markers.markers:
+            self.marker_pub.publish(markers)
+
+    # -- hot-swap ----------------------------------------------------------------------------------------------
+
+    def load(self, path: str, sha256: str = "", version: str = "") -> ChunkPolicy:
+        """Load, check and warm a policy on the calling thread; ValueError says why it is refused."""
+        cfg = self.config
+        with self._lock:
+            latest = self.latest
+        example = Observation(latest.images, latest.proprio, "") if latest else None
+        policy = load_policy(path, len(cfg.action_names), example, sha256, cfg.engine_cache_dir or None, cfg.seed,
+                             cfg.advantage_conditioned, cfg.inference_threads)  # fmt: skip
+        if version and policy.version != version:
+            raise ValueError(f"{path}: holds version {policy.version!r}, the request names {version!r}")
+        return policy
+
+    def load_at_start(self) -> None:
+        try:
+            policy = self.load(self.config.policy_path)
+        except ValueError as err:
+            with self._lock:
+                self.message = f"refused {err}"
+            self.get_logger().error(f"refused the configured policy: {err}")
+            return
+        with self._lock:
+            self.pending = policy
+            self.swap()
+
+    def swap(self) -> None:
+        """The pending policy runs from now on (lock held)."""
+        old = self.policy.version if self.policy else "none"
+        self.policy, self.pending = self.pending, None
+        self.state, self.message = PolicyStatus.STATE_READY, ""
+        self.get_logger().info(f"policy {self.policy.version} ({self.policy.runtime.backend}) replaces {old}")
+
+    async def on_load(self, request: LoadPolicy.Request, response: LoadPolicy.Response) -> LoadPolicy.Response:
+        done = Future()
+        with self._lock:
+            busy = self.loading
+            if not busy:
+                self.loading = request.path
+        if busy:
+            response.accepted, response.message = False, f"busy: still loading {busy}"
+        else:
+            threading.Thread(target=self.load_for, args=(request, done), name="policy_load", daemon=True).start()
+            policy, error = await done  # the executor resumes this when the loader's trigger wakes it
+            with self._lock:
+                self.loading = ""
+                if error:
+                    response.accepted, response.message = False, f"refused: {error}"
+                    self.message = response.message
+                else:
+                    self.pending = policy
+                    immediate = request.immediate or self.config.swap_at == "immediate" or self.policy is None
+                    if immediate or not self.episode_active:
+                        self.swap()
+                        response.message = f"running {policy.version}"
+                    else:
+                        response.message = f"{policy.version} verified, swaps in at the next episode boundary"
+                    response.accepted = True
+        with self._lock:
+            response.running_version = self.policy.version if self.policy else ""
+        level = self.get_logger().info if response.accepted else self.get_logger().error
+        level(f"load {request.path}: {response.message}")
+        return response
+
+    def load_for(self, request: LoadPolicy.Request, done: Future) -> None:
+        try:
+            done.set_result((self.load(request.path, request.sha256, request.version), ""))
+        except ValueError as err:
+            done.set_result((None, str(err)))
+        self._wake.trigger()
+
+    # -- status ----------------------------------------------------------------------------------------------
+
+    def publish_status(self) -> None:
+        with self._lock:
+            latencies = np.array(self.latencies) if self.latencies else np.zeros(1)
+            msg = PolicyStatus(
+                state=self.state,
+                version=self.policy.version if self.policy else "",
+                backend=self.policy.runtime.backend if self.policy else "",
+                pending_version=self.pending.version if self.pending else "",
+                latency_last_ms=float(latencies[-1]),
+                latency_p50_ms=float(np.percentile(latencies, 50)),
+                latency_p99_ms=float(np.percentile(latencies, 99)),
+                inferences=self.sequence,
+                message=self.message,
+            )
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.status_pub.publish(msg)
+
+    def destroy_node(self) -> None:
+        self._stop.set()
+        self._worker.join(timeout=5.0)
+        super().destroy_node()
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Approximate-time synchronisation of camera frames with joint states, and the stale-sensor guard.
+
+Plain Python (no ROS), so it is tested on stamps alone. The pairing is the learner's (sop_ros.learner.dataset):
+joint state k at time t_k goes with each camera's newest frame stamped at or before t_k. Cameras run slower than
+joint states and their frames may arrive after the joint state they belong with, so a joint state waits while a
+frame is due by the camera's own rate (estimated from its stamps) but not here yet, for at most a timeout.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+PERIOD_WINDOW = 8  # frame intervals the rate estimate looks at
+DUE_TOLERANCE = 0.25  # a frame is due from this fraction of a period before its expected stamp (jitter)
+
+
+@dataclass(frozen=True)
+class Synced:
+    stamp_ns: int  # the joint state's
+    joint: Any
+    frames: dict[str, tuple[int, Any]]  # camera -> (stamp_ns, payload); only cameras that have a frame
+    problem: str  # "" when every sensor is fresh; else why the robot must not act on this observation
+
+
+class ObservationSync:
+    def __init__(self, cameras: Sequence[str], max_age_ns: int, history: int = 16) -> None:
+        self.cameras = tuple(cameras)
+        self.max_age_ns = max_age_ns
+        self._frames: dict[str, deque[tuple[int, Any]]] = {cam: deque(maxlen=history) for cam in self.cameras}
+        self._pending: deque[tuple[int, Any, float]] = deque()  # (stamp_ns, joint, arrival time s)
+
+    def add_frame(self, camera: str, stamp_ns: int, payload: Any) -> None:
+        frames = self._frames[camera]
+        if frames and stamp_ns < frames[-1][0]:
+            frames.clear()  # the sensor's clock went back (a simulator reset, a replayed bag): start over
+        frames.append((stamp_ns, payload))
+
+    def add_joint_state(self, stamp_ns: int, joint: Any, now_s: float) -> None:
+        if self._pending and stamp_ns < self._pending[-1][0]:
+            self._pending.clear()  # time went back: the pending ones belong to a past that is gone
+        self._pending.append((stamp_ns, joint, now_s))
+
+    def period_ns(self, camera: str) -> int | None:
+        """The camera's frame interval: the median of its recent intervals (None until two frames)."""
+        stamps = [s for s, _ in list(self._frames[camera])[-PERIOD_WINDOW - 1 :]]
+        intervals = sorted(b - a for a, b in zip(stamps, stamps[1:], strict=False) if b > a)
+        return intervals[len(intervals) // 2] if intervals else None
+
+    def frame_due(self, camera: str, stamp_ns: int) -> bool:
+        """Whether a frame stamped at or before `stamp_ns` is expected from `camera` but has not arrived."""
+        frames = self._frames[camera]
+        if not frames:
+            return True
+        newest = frames[-1][0]
+        period = self.period_ns(camera)
+        if newest >= stamp_ns or period is None:
+            return False
+        return newest + period <= stamp_ns + DUE_TOLERANCE * period
+
+    def pop_ready(self, now_s: float, timeout_s: float) -> list[Synced]:
+        """Observations complete (no frame due) or waited for `timeout_s`, oldest first."""
+        ready = []
+        while self._pending:
+            stamp, joint, arrived = self._pending[0]
+            waiting = any(self.frame_due(cam, stamp) for cam in self.cameras)
+            if waiting and now_s - arrived < timeout_s:
+                break
+            self._pending.popleft()
+            ready.append(self._assemble(stamp, joint))
+        return ready
+
+    def _assemble(self, stamp_ns: int, joint: Any) -> Synced:
+        frames, problems = {}, []
+        for cam in self.cameras:
+            history = self._frames[cam]
+            if not history:
+                problems.append(f"camera {cam}: no frame yet")
+                continue
+            before = [f for f in history if f[0] <= stamp_ns]
+            frame = before[-1] if before else history[0]  # before the first frame: the first (as the learner)
+            frames[cam] = frame
+            age = stamp_ns - frame[0]
+            if age > self.max_age_ns:
+                problems.append(f"camera {cam}: frame {age / 1e9:.2f} s older than the joint state")
+        return Synced(stamp_ns, joint, frames, "; ".join(problems))
