@@ -16,8 +16,14 @@ setup(
     install_requires=["numpy>=1.26", "PyYAML>=6.0"],
     extras_require={
         "learner": [
-            "torch>=2.3", "onnx>=1.16", "onnxruntime>=1.18", "eclipse-zenoh>=1.0", "matplotlib>=3.7",
-            "opencv-python-headless>=4.9", "mcap>=1.1", "mcap-ros2-support>=0.5",
+            "torch>=2.3",
+            "onnx>=1.16",
+            "onnxruntime>=1.18",
+            "eclipse-zenoh>=1.0",
+            "matplotlib>=3.7",
+            "opencv-python-headless>=4.9",
+            "mcap>=1.1",
+            "mcap-ros2-support>=0.5",
         ],
         "sim": ["metaworld>=3.0", "opencv-python-headless>=4.9"],
         "data": ["mcap>=1.1", "mcap-ros2-support>=0.5"],

@@ -69,6 +69,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0 if not report["failed"] and not report["missing_tasks"] else 1
 
 
+def cmd_bench_inference(args: argparse.Namespace) -> int:
+    require_ros("bench inference")
+    from sop_ros.bench.inference import run
+
+    result = run(Path(args.json), args.policy, args.iterations, args.swaps, args.threads, args.control_hz)
+    return 0 if result["met"] else 1
+
+
 def collection_exit_code(summary: dict) -> int:
     """0 when every robot run ended cleanly and episodes were recorded."""
     return 0 if not summary["failed"] and summary["total"]["episodes"] > 0 else 1
@@ -164,6 +172,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="config/sim_policy.yaml", help="base robot YAML (default: %(default)s)")
     p.add_argument("--seed", type=int, default=100_000, help="first seed; demos use 0.. (default: %(default)s)")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("bench", help="benchmarks that write JSON")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    p = bench.add_parser("inference", help="runtimes side by side, node overhead, hot-swaps under load")
+    p.add_argument("--json", required=True, metavar="FILE", help="where the results go")
+    p.add_argument("--policy", metavar="CKPT", help="a checkpoint (default: an untrained default-size model)")
+    p.add_argument("--iterations", type=int, default=300, help="inferences per measurement (default %(default)s)")
+    p.add_argument("--swaps", type=int, default=100, help="hot-swaps (default %(default)s)")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default %(default)s)")
+    p.add_argument("--control-hz", type=float, default=30.0)
+    p.set_defaults(func=cmd_bench_inference)
 
     p = sub.add_parser("export", help="export a checkpoint to one ONNX graph per inference step")
     p.add_argument("--policy", required=True, metavar="CKPT")

@@ -43,6 +43,15 @@ class ChunkPolicy:
         self.chunk = int(config.get("chunk", 16))
         self.action_dim = int(config.get("action_dim", 4))
         self.instruction_bytes = int(config.get("instruction_bytes", 96))
+        self.input_shapes = {
+            "images": (
+                int(config.get("cameras", 1)),
+                3,
+                int(config.get("image_size", 96)),
+                int(config.get("image_size", 96)),
+            ),
+            "proprio": (int(config.get("proprio_dim", 9)),),
+        }
         # RECAP policies are asked for the positive-advantage behaviour at inference.
         self.indicator = INDICATOR_POSITIVE if advantage_conditioned else INDICATOR_NONE
         self._seed = seed
@@ -51,6 +60,12 @@ class ChunkPolicy:
     def reset(self) -> None:
         """A new episode: the noise stream restarts, so an episode's actions depend only on its observations."""
         self._rng = np.random.default_rng(self._seed)
+
+    def input_mismatch(self, obs: Observation) -> str:
+        """Why `obs` cannot be fed to this policy ("" when it can)."""
+        wrong = [f"{k} {getattr(obs, k).shape}, expected {shape}" for k, shape in self.input_shapes.items()
+                 if getattr(obs, k).shape != shape]  # fmt: skip
+        return "; ".join(wrong)
 
     def infer(self, obs: Observation) -> PolicyResult:
         inputs = {
@@ -104,13 +119,10 @@ def load_policy(
     if policy.action_dim != action_dim:
         raise ValueError(f"{path}: {policy.action_dim} action dimensions, this robot has {action_dim}")
     if example is None:
-        config = json.loads(runtime.metadata.get("sop_ros.model_config", "{}"))
-        cameras, size = int(config.get("cameras", 1)), int(config.get("image_size", 96))
-        example = Observation(
-            images=np.zeros((cameras, 3, size, size), np.float32),
-            proprio=np.zeros(int(config.get("proprio_dim", 9)), np.float32),
-            instruction="",
-        )
+        shapes = policy.input_shapes
+        example = Observation(np.zeros(shapes["images"], np.float32), np.zeros(shapes["proprio"], np.float32), "")
+    elif policy.input_mismatch(example):
+        raise ValueError(f"{path}: does not fit this robot's observation: {policy.input_mismatch(example)}")
     try:
         actions = policy.infer(example).actions
     except Exception as err:

@@ -60,7 +60,7 @@ class IngestNode(Node):
         super().__init__("ingest", **kwargs)
         self.config = cfg = declare_config(self, IngestConfig)
         self.sync = ObservationSync(cfg.cameras, round(cfg.max_sensor_age_s * 1e9))
-        self._warned: set[str] = set()
+        self._stale = False
         self.observation_pub = self.create_publisher(Observation, topics.OBSERVATION, topics.STREAM)
         for cam in cfg.cameras:
             if cfg.camera_transport == "compressed":
@@ -112,11 +112,14 @@ class IngestNode(Node):
             if not ready.problem and lag > cfg.max_sensor_age_s * 1e9:
                 synced = Synced(ready.stamp_ns, ready.joint, ready.frames,
                                 f"joint_states: stamped {lag / 1e9:.2f} s behind the clock")  # fmt: skip
-            if synced.problem and synced.problem not in self._warned:
-                self._warned = {synced.problem}  # say each new problem once, not at the joint-state rate
-                self.get_logger().warning(f"stale sensors, the policy holds: {synced.problem}")
-            elif not synced.problem:
-                self._warned = set()
+            if synced.problem:
+                self._stale = True
+                self.get_logger().warning(
+                    f"stale sensors, the policy holds: {synced.problem}", throttle_duration_sec=2.0
+                )
+            elif self._stale:
+                self._stale = False
+                self.get_logger().info("sensors fresh again")
             self.observation_pub.publish(observation_message(synced, cfg.cameras, cfg.image_size, positions, names))
 
 

@@ -128,6 +128,10 @@ class PolicyNode(Node):
             except ValueError as err:
                 self.hold(f"holding: observation refused: {err}")
                 return
+            mismatch = self.policy.input_mismatch(obs) if self.policy else ""
+            if mismatch:
+                self.hold(f"holding: policy {self.policy.version} does not fit this robot: {mismatch}")
+                return
             self.latest = Latest(obs.images, obs.proprio, stamp)
             if self.message.startswith("holding"):
                 self.message = ""
@@ -158,8 +162,7 @@ class PolicyNode(Node):
 
     def hold(self, reason: str) -> None:
         """Drop the running chunk and whatever is in flight (lock held)."""
-        if reason != self.message:
-            self.get_logger().warning(reason)
+        self.get_logger().warning(reason, throttle_duration_sec=2.0)
         self.message = reason
         self.chunks.clear()
         self.waiting_tick = None
@@ -292,8 +295,10 @@ class PolicyNode(Node):
                     response.accepted = True
         with self._lock:
             response.running_version = self.policy.version if self.policy else ""
-        level = self.get_logger().info if response.accepted else self.get_logger().error
-        level(f"load {request.path}: {response.message}")
+        if response.accepted:  # one call site per severity: rclpy refuses a call site whose severity changes
+            self.get_logger().info(f"load {request.path}: {response.message}")
+        else:
+            self.get_logger().error(f"load {request.path}: {response.message}")
         return response
 
     def load_for(self, request: LoadPolicy.Request, done: Future) -> None:
