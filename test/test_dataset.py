@@ -215,7 +215,8 @@ def test_images_are_the_latest_frame_of_each_camera_decoded_at_the_configured_si
         assert images.shape == (2, 3, 96, 96) and images.dtype == np.float32
         assert 0.0 <= images.min() and images.max() <= 1.0 and images.std() > 0.02
         for c, camera in enumerate(("corner", "gripperPOV")):
-            latest = [jpeg for t, jpeg in frames[camera] if t <= episode.step_ns[step]][-1]
+            # Camera frames are best-effort: on a busy host an episode's first may be lost; then the first one counts.
+            latest = ([jpeg for t, jpeg in frames[camera] if t <= episode.step_ns[step]] or [frames[camera][0][1]])[-1]
             np.testing.assert_array_equal(images[c], image_to_input(decode_jpeg_rgb(latest), 96))
         np.testing.assert_array_equal(sample["proprio"], episode.proprio[step])
     small = EpisodeDataset(demos, DatasetConfig(cameras=("gripperPOV",), image_size=32), log=lambda _: None)
@@ -291,7 +292,7 @@ def test_only_the_configured_outcomes_are_kept(demos, tmp_path):
     successes = EpisodeDataset(tmp_path / "d", DatasetConfig(outcomes=("success",)), log=lines.append)
     assert len(successes.episodes) == recorded_outcomes["success"] >= 1
     assert {e.outcome for e in successes.episodes} == {"success"}
-    assert f"{recorded_outcomes['failure'] + 1} failure" in lines[0].split("left out by outcome: ")[1]
+    assert f"{recorded_outcomes['failure'] + 1} failure" in lines[0].split("left out: ")[1]
     failures = EpisodeDataset(tmp_path / "d", DatasetConfig(outcomes=("failure",)), log=lines.append)
     assert "failed-0" in [e.episode_id for e in failures.episodes]
     assert {e.outcome for e in failures.episodes} == {"failure"}

@@ -192,7 +192,7 @@ def test_bad_policy_files_are_refused_and_the_running_one_goes_on(tmp_path, poli
     refused = [
         (LoadPolicy.Request(path=str(policies["corrupt"])), "cannot be loaded: InvalidProtobuf"),
         (LoadPolicy.Request(path=str(policies["dim3"])), "3 action dimensions, this robot has 4"),
-        (LoadPolicy.Request(path=str(policies["cam1"])), "fails on this robot's observation (images (2, 3, 32, 32)"),
+        (LoadPolicy.Request(path=str(policies["cam1"])), "images (2, 3, 32, 32), expected (1, 3, 32, 32)"),
         (LoadPolicy.Request(path=v2, sha256="0" * 64), f"differs from the expected {'0' * 64}"),
         (LoadPolicy.Request(path=v2, version="v9"), "holds version 'v2', the request names 'v9'"),
         (LoadPolicy.Request(path=str(tmp_path / "missing.onnx")), "no such file"),
