@@ -72,8 +72,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_bench_inference(args: argparse.Namespace) -> int:
     require_ros("bench inference")
     from sop_ros.bench.inference import run
+    from sop_ros.configs.model import ModelConfig
 
-    result = run(Path(args.json), args.policy, args.iterations, args.swaps, args.threads, args.control_hz)
+    model = load_config(ModelConfig, args.model_config) if args.model_config else None
+    result = run(Path(args.json), args.policy, args.iterations, args.swaps, args.threads, args.control_hz, model)
     return 0 if result["met"] else 1
 
 
@@ -182,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swaps", type=int, default=100, help="hot-swaps (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default %(default)s)")
     p.add_argument("--control-hz", type=float, default=30.0)
+    p.add_argument("--model-config", metavar="YAML", help="size of the untrained model timed (ModelConfig fields)")
     p.set_defaults(func=cmd_bench_inference)
 
     p = sub.add_parser("export", help="export a checkpoint to one ONNX graph per inference step")

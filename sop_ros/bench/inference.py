@@ -35,8 +35,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
             "n": len(values)}  # fmt: skip
 
 
-def make_policies(workdir: Path, checkpoint: str | None) -> tuple[Path, Path, Path]:
-    """A checkpoint and two ONNX exports of it with different versions (for swapping): given or fresh weights."""
+def make_policies(workdir: Path, checkpoint: str | None, model_config=None) -> tuple[Path, Path, Path]:
+    """A checkpoint and two ONNX exports of it with different versions (for swapping): given or fresh weights
+    (of `model_config`, default ModelConfig())."""
     import torch
 
     from sop_ros.configs.model import ModelConfig
@@ -47,7 +48,8 @@ def make_policies(workdir: Path, checkpoint: str | None) -> tuple[Path, Path, Pa
         model, extra = load_checkpoint(checkpoint)
     else:
         torch.manual_seed(0)  # latency does not depend on the weights: an untrained default-size model will do
-        model, extra = VLAPolicy(ModelConfig()).eval(), {"tasks": [], "cameras": list(CAMERAS)}
+        model = VLAPolicy(model_config or ModelConfig()).eval()
+        extra = {"tasks": [], "cameras": list(CAMERAS)}
     paths = []
     for version in ("bench-a", "bench-b"):
         ckpt = workdir / f"{version}.pt"
@@ -292,11 +294,12 @@ def robot_nodes(workdir: Path, config: dict, name: str):
         proc.wait(timeout=30)
 
 
-def run(out: Path, checkpoint: str | None, iterations: int, swaps: int, threads: int, control_hz: float) -> dict:
+def run(out: Path, checkpoint: str | None, iterations: int, swaps: int, threads: int, control_hz: float,
+        model_config=None) -> dict:  # fmt: skip
     from sop_ros.model.runtime import OnnxRuntime
 
     workdir = Path(tempfile.mkdtemp(prefix="sop_bench_"))
-    ckpt, onnx_a, onnx_b = make_policies(workdir, checkpoint)
+    ckpt, onnx_a, onnx_b = make_policies(workdir, checkpoint, model_config)
     print(f"bench inference: runtimes ({iterations} inferences each) ...", flush=True)
     runtimes = bench_runtimes(ckpt, onnx_a, iterations, threads)
     for name, r in runtimes.items():
@@ -322,7 +325,7 @@ def run(out: Path, checkpoint: str | None, iterations: int, swaps: int, threads:
     result = {
         "command": "sop " + " ".join(sys.argv[1:]),
         "machine": machine(),
-        "policy": checkpoint or "untrained default ModelConfig",
+        "policy": checkpoint or f"untrained {model_config or 'default ModelConfig'}",
         "inference_threads": threads,
         "runtimes": runtimes,
         "node": n,

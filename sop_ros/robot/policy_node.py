@@ -9,6 +9,7 @@ warmed on a thread of their own, then swapped in at the next episode boundary (o
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections import deque
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import Point
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.task import Future
@@ -35,6 +37,7 @@ from sop_ros.robot.spin import run_node
 from sop_ros.srv import LoadPolicy
 
 XYZ = ("x", "y", "z")
+LOADER_NICENESS = 10  # added to the loading thread's nice value (lower CPU priority than control and inference)
 
 
 def stamp_ns(msg) -> int:
@@ -103,7 +106,9 @@ class PolicyNode(Node):
         self.status_pub = self.create_publisher(PolicyStatus, topics.POLICY_STATUS, topics.STREAM)
         self.create_subscription(ObservationMsg, topics.OBSERVATION, self.on_observation, topics.LATEST)
         self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
-        self.create_service(LoadPolicy, topics.LOAD_POLICY, self.on_load)
+        # A group of its own: while a load is awaited, the default group (observations, events) keeps running.
+        loads = MutuallyExclusiveCallbackGroup()
+        self.create_service(LoadPolicy, topics.LOAD_POLICY, self.on_load, callback_group=loads)
         # Status flows on wall time: it must keep coming when a simulator (and its clock) stops.
         self.create_timer(1.0 / cfg.status_hz, self.publish_status, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self._wake = self.create_guard_condition(lambda: None)  # resumes a service call waiting for its load
@@ -230,6 +235,8 @@ class PolicyNode(Node):
         msg.header.stamp = Time(nanoseconds=stamp).to_msg()
         msg.header.frame_id = cfg.marker_frame
         self.chunk_pub.publish(msg)
+        if not self.marker_pub.get_subscription_count():
+            return  # building markers costs a millisecond of Python: only for someone watching (rviz)
         markers = trajectory_markers(actions, cfg.action_names, cfg.marker_frame, cfg.marker_step_m,
                                      msg.header.stamp, self.get_namespace().strip("/") or "policy")  # fmt: skip
         if markers.markers:
@@ -240,6 +247,8 @@ class PolicyNode(Node):
     def load(self, path: str, sha256: str = "", version: str = "") -> ChunkPolicy:
         """Load, check and warm a policy on the calling thread; ValueError says why it is refused."""
         cfg = self.config
+        if hasattr(os, "setpriority"):  # Linux: a thread's own nice value; loading must not starve control ticks
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
         with self._lock:
             latest = self.latest
         example = Observation(latest.images, latest.proprio, "") if latest else None
