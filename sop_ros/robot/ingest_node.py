@@ -21,12 +21,9 @@ from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
 from sop_ros.msg import Observation
 from sop_ros.robot import topics
 from sop_ros.robot.params import declare_config
+from sop_ros.robot.recording import stamp_ns
 from sop_ros.robot.spin import run_node
 from sop_ros.robot.sync import ObservationSync, Synced
-
-
-def stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def raw_image_rgb(msg: Image) -> np.ndarray:

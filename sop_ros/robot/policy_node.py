@@ -33,15 +33,12 @@ from sop_ros.msg import Observation as ObservationMsg
 from sop_ros.robot import topics
 from sop_ros.robot.chunks import ChunkExecutor
 from sop_ros.robot.params import declare_config
+from sop_ros.robot.recording import stamp_ns
 from sop_ros.robot.spin import run_node
 from sop_ros.srv import LoadPolicy
 
 XYZ = ("x", "y", "z")
 LOADER_NICENESS = 10  # added to the loading thread's nice value (lower CPU priority than control and inference)
-
-
-def stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def to_observation(msg: ObservationMsg, instruction: str) -> Observation:

@@ -19,7 +19,7 @@ from sop_ros.msg import EpisodeEvent, InterventionState
 from sop_ros.robot import topics
 from sop_ros.robot.episode_files import WriterOptions
 from sop_ros.robot.params import declare_config
-from sop_ros.robot.recording import Episode, EpisodeRecorder, header_stamp_ns
+from sop_ros.robot.recording import Episode, EpisodeRecorder, header_stamp_ns, stamp_ns
 from sop_ros.robot.spin import run_node
 
 COMMAND_TYPES = {
@@ -114,10 +114,6 @@ class RecorderNode(Node):
     def destroy_node(self) -> None:
         self.recorder.close()
         super().destroy_node()
-
-
-def stamp_ns(msg) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 def _message_class(type_name: str):

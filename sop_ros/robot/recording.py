@@ -23,6 +23,11 @@ OUTCOMES = {0: "unknown", 1: "success", 2: "failure", 3: "abort"}  # EpisodeEven
 PENDING_LIMIT = 512  # messages kept while no episode is open, for the START that may be on its way
 
 
+def stamp_ns(msg) -> int:
+    """The header stamp of a decoded message, in nanoseconds."""
+    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+
+
 def header_stamp_ns(cdr: bytes) -> int:
     """The std_msgs/Header stamp of a CDR message that begins with one (stamp.sec int32, stamp.nanosec uint32)."""
     endian = "<" if cdr[1] == 1 else ">"  # encapsulation 0x0001: CDR little endian, 0x0000: big endian
