@@ -124,6 +124,7 @@ class Driver:
         self.lock = threading.Lock()
         self.chunk_times: dict[int, float] = {}  # observation stamp -> arrival of its chunk
         self.chunk_versions: set[str] = set()
+        self.chunk_arrived = threading.Event()  # waited on, not polled: a polling loop would take a core
         self.command_times: list[float] = []
         self.status = None
         self.node.create_subscription(ActionChunk, topics.POLICY_CHUNK, self.on_chunk, topics.STREAM)
@@ -140,6 +141,7 @@ class Driver:
         with self.lock:
             self.chunk_times[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = now
             self.chunk_versions.add(msg.policy_version)
+        self.chunk_arrived.set()
 
     def on_command(self, msg) -> None:
         with self.lock:
@@ -182,7 +184,7 @@ class Driver:
         future = self.load_client.call_async(request)
         deadline = time.monotonic() + timeout_s
         while not future.done() and time.monotonic() < deadline:
-            time.sleep(0.001)
+            time.sleep(0.005)
         if not future.done():
             raise RuntimeError(f"no reply to loading {path} in {timeout_s:.0f} s")
         return future.result()
@@ -208,6 +210,7 @@ def bench_node(driver: Driver, iterations: int, period_s: float) -> list[float]:
     """Observation published -> its chunk received, one observation at a time, paced at the control period."""
     latencies = []
     for _ in range(iterations):
+        driver.chunk_arrived.clear()
         start = time.perf_counter()
         stamp = driver.publish_tick()
         deadline = start + 2.0
@@ -217,7 +220,8 @@ def bench_node(driver: Driver, iterations: int, period_s: float) -> list[float]:
             if arrived is not None:
                 latencies.append((arrived - start) * 1000)
                 break
-            time.sleep(0.0002)
+            driver.chunk_arrived.wait(max(0.0, deadline - time.perf_counter()))
+            driver.chunk_arrived.clear()
         time.sleep(max(0.0, start + period_s - time.perf_counter()))
     return latencies
 

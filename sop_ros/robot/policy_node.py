@@ -89,7 +89,6 @@ class PolicyNode(Node):
         self.state, self.message = PolicyStatus.STATE_LOADING, "no policy loaded yet"
         self.episode_active, self.instruction, self.episode_start_ns = False, "", 0
         self.latest: Latest | None = None
-        self.last_tick_ns = -1
         self.waiting_tick: int | None = None  # wait_for_chunk: the tick answered when its chunk is ready
         self.inflight = False
         self.generation = 0  # bumped when chunks in flight no longer apply (new episode, stale sensors)
@@ -142,20 +141,25 @@ class PolicyNode(Node):
 
     def tick(self, stamp: int) -> None:
         """Answer the observation at `stamp` (lock held): from the running chunk, starting the next as due."""
-        self.last_tick_ns = stamp
         if self.policy is None or self.state == PolicyStatus.STATE_ERROR:
             return
         steps = self.chunks.steps_into_newest(stamp)
         due = steps is None or steps >= self.config.replan_steps
-        if due and not self.inflight:
-            latest = self.latest
-            obs = Observation(latest.images, latest.proprio, self.instruction)
-            self.inflight = True
-            self._requests.put((self.policy, obs, latest.stamp_ns, self.generation))
+        if due:
+            self.request_chunk()
         if due and self.config.wait_for_chunk:
             self.waiting_tick = stamp
             return
         self.command(stamp)
+
+    def request_chunk(self) -> None:
+        """Have the inference thread compute a chunk from the newest observation, unless one is in flight."""
+        if self.inflight:
+            return
+        latest = self.latest
+        self.inflight = True
+        self._requests.put((self.policy, Observation(latest.images, latest.proprio, self.instruction), latest.stamp_ns,
+                            self.generation))  # fmt: skip
 
     def command(self, stamp: int) -> None:
         action = self.chunks.action(stamp)
@@ -185,9 +189,10 @@ class PolicyNode(Node):
             self.instruction, self.episode_start_ns = msg.instruction, stamp_ns(msg)
             if self.policy is not None:
                 self.policy.reset()
-            # The episode's first observation may have come before its START (different topics): answer it.
+            # The episode's first observation may have come before its START (different topics): answer it now,
+            # in this episode (an answer started before the START was dropped with the old generation).
             latest = self.latest
-            if latest and latest.stamp_ns >= self.episode_start_ns and self.last_tick_ns < latest.stamp_ns:
+            if latest and latest.stamp_ns >= self.episode_start_ns:
                 self.tick(latest.stamp_ns)
 
     # -- inference (its own thread) --------------------------------------------------------------------------
@@ -208,8 +213,10 @@ class PolicyNode(Node):
                 continue
             with self._lock:
                 self.inflight = False
-                if generation != self.generation:
-                    continue  # computed for an episode or a state of the sensors that is over
+                if generation != self.generation:  # computed for an episode or a state of the sensors that is over
+                    if self.waiting_tick is not None:
+                        self.request_chunk()  # a tick of the new one waits: it was not asked while this ran
+                    continue
                 self.chunks.add(result.actions, stamp)
                 self.latencies.append(result.latency_ms)
                 self.sequence += 1
