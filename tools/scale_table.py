@@ -19,7 +19,9 @@ def main() -> None:
     for directory in args.evals:
         report = json.loads((directory / "eval.json").read_text())
         checkpoint = json.loads(Path(report["policy"]).with_suffix(".loss.json").read_text())
-        rows.append({"demos_per_task": checkpoint["demos_per_task"], "episodes": checkpoint["episodes"],
+        # Trained on every success in its directory (no --demos-per-task): the mean per task.
+        per_task = checkpoint.get("demos_per_task") or round(checkpoint["episodes"] / len(checkpoint["tasks"]), 1)
+        rows.append({"demos_per_task": per_task, "episodes": checkpoint["episodes"],
                      "train_steps": checkpoint["train_steps"], "final_loss": round(checkpoint["curve"][-1]["loss"], 4),
                      "version": report["version"], "eval_episodes_per_task": report["episodes_per_task"],
                      "success": {t: v["success_rate"] for t, v in report["tasks"].items()},
