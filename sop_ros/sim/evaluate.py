@@ -58,7 +58,7 @@ def evaluate(policy: str, base_config: str, tasks: list[str], episodes_per_task:
     }
     rates = [t["success_rate"] for t in per_task.values() if t["success_rate"] is not None]
     report = {
-        "policy": str(path),
+        "policy": policy,  # as given: reports carry no host paths
         "version": loaded.version,
         "seed": seed,
         "episodes_per_task": episodes_per_task,
