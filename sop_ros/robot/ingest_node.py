@@ -8,6 +8,7 @@ give an invalid observation that says why, and the policy holds.
 from __future__ import annotations
 
 import array
+import dataclasses
 import time
 
 import numpy as np
@@ -107,8 +108,7 @@ class IngestNode(Node):
             lag = now_ns - ready.stamp_ns
             synced = ready
             if not ready.problem and lag > cfg.max_sensor_age_s * 1e9:
-                synced = Synced(ready.stamp_ns, ready.joint, ready.frames,
-                                f"joint_states: stamped {lag / 1e9:.2f} s behind the clock")  # fmt: skip
+                synced = dataclasses.replace(ready, problem=f"joint_states: stamped {lag / 1e9:.2f} s behind the clock")
             if synced.problem:
                 self._stale = True
                 self.get_logger().warning(
