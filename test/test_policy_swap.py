@@ -20,11 +20,15 @@ def test_swaps_under_load_leave_no_tick_unanswered(tmp_path):
     # Each tick that needs a new chunk waits for it, so every tick must be answered however slow the host is.
     config = node_config(first, threads=1, control_hz=30.0, replan_steps=4, wait_for_chunk=True)
     with robot_nodes(tmp_path, config, "swap") as driver:
-        replies = []
+        replies, ran = [], []
 
         def swap() -> None:
             for i in range(6):
                 replies.append(driver.load([second, first][i % 2]))
+                deadline = time.monotonic() + 30.0  # the swapped-in version computes a chunk before the next swap
+                while driver.last_chunk_version != replies[-1].running_version and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                ran.append(driver.last_chunk_version)
 
         swapper = threading.Thread(target=swap)
         swapper.start()
@@ -48,4 +52,4 @@ def test_swaps_under_load_leave_no_tick_unanswered(tmp_path):
     assert [r.accepted for r in replies] == [True] * 6, [r.message for r in replies]
     assert [r.running_version for r in replies] == ["bench-b", "bench-a"] * 3
     assert answered == ticks
-    assert versions == {"bench-a", "bench-b"}
+    assert ran == ["bench-b", "bench-a"] * 3 and versions == {"bench-a", "bench-b"}

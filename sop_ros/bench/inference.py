@@ -124,6 +124,7 @@ class Driver:
         self.lock = threading.Lock()
         self.chunk_times: dict[int, float] = {}  # observation stamp -> arrival of its chunk
         self.chunk_versions: set[str] = set()
+        self.last_chunk_version = ""
         self.chunk_arrived = threading.Event()  # waited on, not polled: a polling loop would take a core
         self.command_times: list[float] = []
         self.status = None
@@ -141,6 +142,7 @@ class Driver:
         with self.lock:
             self.chunk_times[msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec] = now
             self.chunk_versions.add(msg.policy_version)
+            self.last_chunk_version = msg.policy_version
         self.chunk_arrived.set()
 
     def on_command(self, msg) -> None:

@@ -95,6 +95,9 @@ class PolicyNode(Node):
         self.sequence = 0
         self.latencies: deque[float] = deque(maxlen=200)
         self.loading = ""  # path being loaded, while a load runs
+        # Replaced policies, released right after a command goes out: destroying an ONNX Runtime session holds
+        # the GIL for ~20 ms, which must fall between two control ticks, not on one.
+        self.retired: list[ChunkPolicy] = []
 
         self.command_pub = self.create_publisher(Float64MultiArray, topics.POLICY_COMMAND, topics.STREAM)
         self.chunk_pub = self.create_publisher(ActionChunk, topics.POLICY_CHUNK, topics.STREAM)
@@ -138,6 +141,8 @@ class PolicyNode(Node):
                 self.message = ""
             if self.episode_active or self.config.act_between_episodes:
                 self.tick(stamp)
+            retired, self.retired = self.retired, []
+        del retired  # outside the lock, just after this tick's command
 
     def tick(self, stamp: int) -> None:
         """Answer the observation at `stamp` (lock held): from the running chunk, starting the next as due."""
@@ -145,12 +150,12 @@ class PolicyNode(Node):
             return
         steps = self.chunks.steps_into_newest(stamp)
         due = steps is None or steps >= self.config.replan_steps
-        if due:
-            self.request_chunk()
         if due and self.config.wait_for_chunk:
             self.waiting_tick = stamp
-            return
-        self.command(stamp)
+        else:
+            self.command(stamp)  # first: the command goes out before the inference thread competes for the GIL
+        if due:
+            self.request_chunk()
 
     def request_chunk(self) -> None:
         """Have the inference thread compute a chunk from the newest observation, unless one is in flight."""
@@ -205,6 +210,7 @@ class PolicyNode(Node):
                 continue
             try:
                 result = policy.infer(obs)
+                del policy  # a replaced policy is released by the control path, between two ticks
             except Exception as err:  # a policy that fails must not move the robot: hold and say why
                 with self._lock:
                     self.inflight = False
@@ -277,6 +283,8 @@ class PolicyNode(Node):
     def swap(self) -> None:
         """The pending policy runs from now on (lock held)."""
         old = self.policy.version if self.policy else "none"
+        if self.policy is not None:
+            self.retired.append(self.policy)
         self.policy, self.pending = self.pending, None
         self.state, self.message = PolicyStatus.STATE_READY, ""
         self.get_logger().info(f"policy {self.policy.version} ({self.policy.runtime.backend}) replaces {old}")
