@@ -31,6 +31,20 @@ def decode_jpeg_rgb(data: bytes) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def raw_rgb(data: bytes, width: int, height: int, step: int, encoding: str) -> np.ndarray:
+    """An uncompressed frame (as in a sensor_msgs/Image, rgb8 or bgr8) as an (H, W, 3) uint8 RGB image.
+
+    Raises ValueError for another encoding or a buffer that does not hold the image.
+    """
+    if encoding not in ("rgb8", "bgr8"):
+        raise ValueError(f"image encoding {encoding!r}: only rgb8 and bgr8 are taken")
+    if step < width * 3 or len(data) < step * height:
+        raise ValueError(f"image {width}x{height}, step {step}: {len(data)} bytes do not fit")
+    rows = np.frombuffer(data, np.uint8)[: step * height].reshape(height, step)
+    image = rows[:, : width * 3].reshape(height, width, 3)
+    return image[..., ::-1] if encoding == "bgr8" else image
+
+
 def image_to_input(rgb: np.ndarray, size: int) -> np.ndarray:
     """An (H, W, 3) uint8 RGB image as the model's float32 (3, size, size) input with values in [0, 1].
 

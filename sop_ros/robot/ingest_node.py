@@ -18,24 +18,13 @@ from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from sop_ros.configs.robot import IngestConfig
-from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
+from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input, raw_rgb
 from sop_ros.msg import Observation
 from sop_ros.robot import topics
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.recording import stamp_ns
 from sop_ros.robot.spin import run_node
 from sop_ros.robot.sync import ObservationSync, Synced
-
-
-def raw_image_rgb(msg: Image) -> np.ndarray:
-    """A sensor_msgs/Image (rgb8 or bgr8) as an (H, W, 3) uint8 RGB array; other encodings are a ValueError."""
-    if msg.encoding not in ("rgb8", "bgr8"):
-        raise ValueError(f"image encoding {msg.encoding!r}: only rgb8 and bgr8 are taken")
-    if msg.step < msg.width * 3 or len(msg.data) < msg.step * msg.height:
-        raise ValueError(f"image {msg.width}x{msg.height}, step {msg.step}: {len(msg.data)} bytes do not fit")
-    rows = np.frombuffer(msg.data, np.uint8)[: msg.step * msg.height].reshape(msg.height, msg.step)
-    image = rows[:, : msg.width * 3].reshape(msg.height, msg.width, 3)
-    return image[..., ::-1] if msg.encoding == "bgr8" else image
 
 
 def observation_message(synced: Synced, cameras: tuple[str, ...], image_size: int, proprio: np.ndarray,
@@ -73,7 +62,10 @@ class IngestNode(Node):
 
     def on_frame(self, camera: str, msg) -> None:
         try:
-            rgb = decode_jpeg_rgb(bytes(msg.data)) if isinstance(msg, CompressedImage) else raw_image_rgb(msg)
+            if isinstance(msg, CompressedImage):
+                rgb = decode_jpeg_rgb(bytes(msg.data))
+            else:
+                rgb = raw_rgb(msg.data, msg.width, msg.height, msg.step, msg.encoding)
             frame = image_to_input(rgb, self.config.image_size)
         except ValueError as err:
             self.get_logger().error(f"camera {camera}: refused a frame: {err}", throttle_duration_sec=5.0)

@@ -1,0 +1,23 @@
+"""Uncompressed camera frames to RGB, as the ingest node reads sensor_msgs/Image."""
+
+import numpy as np
+import pytest
+
+from sop_ros.model.preprocess import image_to_input, raw_rgb
+
+
+def test_raw_frames_become_rgb_whatever_their_row_padding_and_channel_order():
+    rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    padded = np.zeros((2, 12), dtype=np.uint8)  # step 12 > 3 pixels x 3 bytes: rows carry padding
+    padded[:, :9] = rgb.reshape(2, 9)
+    np.testing.assert_array_equal(raw_rgb(padded.tobytes(), 3, 2, 12, "rgb8"), rgb)
+    bgr = rgb[..., ::-1].copy()
+    np.testing.assert_array_equal(raw_rgb(bgr.tobytes(), 3, 2, 9, "bgr8"), rgb)
+    assert image_to_input(raw_rgb(rgb.tobytes(), 3, 2, 9, "rgb8"), 4).shape == (3, 4, 4)
+
+
+def test_raw_frames_that_do_not_fit_are_refused_with_the_reason():
+    with pytest.raises(ValueError, match="encoding 'mono8': only rgb8 and bgr8"):
+        raw_rgb(bytes(6), 3, 2, 3, "mono8")
+    with pytest.raises(ValueError, match=r"image 3x2, step 9: 17 bytes do not fit"):
+        raw_rgb(bytes(17), 3, 2, 9, "rgb8")
