@@ -90,6 +90,7 @@ class PolicyNode(Node):
         self.episode_active, self.instruction, self.episode_start_ns = False, "", 0
         self.latest: Latest | None = None
         self.waiting_tick: int | None = None  # wait_for_chunk: the tick answered when its chunk is ready
+        self.answered_ns = -1  # stamp of the last observation a command answered
         self.inflight = False
         self.generation = 0  # bumped when chunks in flight no longer apply (new episode, stale sensors)
         self.sequence = 0
@@ -170,6 +171,7 @@ class PolicyNode(Node):
         action = self.chunks.action(stamp)
         if action is not None:  # no chunk covers this instant: command nothing, the arbiter holds
             self.command_pub.publish(Float64MultiArray(data=action.tolist()))
+            self.answered_ns = stamp
 
     def hold(self, reason: str) -> None:
         """Drop the running chunk and whatever is in flight (lock held)."""
@@ -189,15 +191,20 @@ class PolicyNode(Node):
             self.waiting_tick = None
             self.generation += 1
             self.episode_active = msg.event == EpisodeEvent.EVENT_START
-            if not self.episode_active:
-                return
-            self.instruction, self.episode_start_ns = msg.instruction, stamp_ns(msg)
-            if self.policy is not None:
-                self.policy.reset()
-            # The episode's first observation may have come before its START (different topics): answer it now,
-            # in this episode (an answer started before the START was dropped with the old generation).
+            if self.episode_active:
+                self.instruction, self.episode_start_ns = msg.instruction, stamp_ns(msg)
+                if self.policy is not None:
+                    self.policy.reset()
+            # Observations and events come on different topics, in either order. The newest observation may be
+            # unanswered: it came first (an episode's first state before its START), or the answer it waited for
+            # was just dropped with the old generation (an episode's last state, before its END). Answer it now,
+            # in the new context; one already answered is not answered twice (lockstep pairs states and answers).
             latest = self.latest
-            if latest and latest.stamp_ns >= self.episode_start_ns:
+            if latest is None or latest.stamp_ns <= self.answered_ns:
+                return
+            if self.episode_active and latest.stamp_ns >= self.episode_start_ns:
+                self.tick(latest.stamp_ns)
+            elif not self.episode_active and self.config.act_between_episodes:
                 self.tick(latest.stamp_ns)
 
     # -- inference (its own thread) --------------------------------------------------------------------------
