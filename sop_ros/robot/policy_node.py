@@ -9,11 +9,11 @@ warmed on a thread of their own, then swapped in at the next episode boundary (o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
 from collections import deque
-from dataclasses import dataclass
 
 import numpy as np
 from builtin_interfaces.msg import Duration
@@ -41,9 +41,10 @@ XYZ = ("x", "y", "z")
 LOADER_NICENESS = 10  # added to the loading thread's nice value (lower CPU priority than control and inference)
 
 
-def to_observation(msg: ObservationMsg, instruction: str) -> Observation:
+def to_observation(msg: ObservationMsg) -> Observation:
+    """The message's arrays as the policy's input (no copy); the instruction comes from the episode, later."""
     images = np.frombuffer(msg.images, dtype=np.float32).reshape(len(msg.cameras), 3, msg.image_size, msg.image_size)
-    return Observation(images, np.frombuffer(msg.proprio, dtype=np.float32), instruction)
+    return Observation(images, np.frombuffer(msg.proprio, dtype=np.float32), "")
 
 
 def trajectory_markers(actions: np.ndarray, names: tuple[str, ...], frame: str, step_m: float, stamp,
@@ -69,13 +70,6 @@ def trajectory_markers(actions: np.ndarray, names: tuple[str, ...], frame: str, 
     return MarkerArray(markers=[line, dots])
 
 
-@dataclass
-class Latest:
-    images: np.ndarray
-    proprio: np.ndarray
-    stamp_ns: int
-
-
 class PolicyNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("policy", **kwargs)
@@ -88,7 +82,8 @@ class PolicyNode(Node):
         self.pending: ChunkPolicy | None = None
         self.state, self.message = PolicyStatus.STATE_LOADING, "no policy loaded yet"
         self.episode_active, self.instruction, self.episode_start_ns = False, "", 0
-        self.latest: Latest | None = None
+        self.latest: Observation | None = None  # the newest valid observation, and its stamp
+        self.latest_ns = -1
         self.waiting_tick: int | None = None  # wait_for_chunk: the tick answered when its chunk is ready
         self.answered_ns = -1  # stamp of the last observation a command answered
         self.inflight = False
@@ -129,7 +124,7 @@ class PolicyNode(Node):
                 self.hold(f"holding: {msg.problem}")
                 return
             try:
-                obs = to_observation(msg, "")
+                obs = to_observation(msg)
             except ValueError as err:
                 self.hold(f"holding: observation refused: {err}")
                 return
@@ -137,7 +132,7 @@ class PolicyNode(Node):
             if mismatch:
                 self.hold(f"holding: policy {self.policy.version} does not fit this robot: {mismatch}")
                 return
-            self.latest = Latest(obs.images, obs.proprio, stamp)
+            self.latest, self.latest_ns = obs, stamp
             if self.message.startswith("holding"):
                 self.message = ""
             if self.episode_active or self.config.act_between_episodes:
@@ -162,10 +157,9 @@ class PolicyNode(Node):
         """Have the inference thread compute a chunk from the newest observation, unless one is in flight."""
         if self.inflight:
             return
-        latest = self.latest
         self.inflight = True
-        self._requests.put((self.policy, Observation(latest.images, latest.proprio, self.instruction), latest.stamp_ns,
-                            self.generation))  # fmt: skip
+        obs = dataclasses.replace(self.latest, instruction=self.instruction)
+        self._requests.put((self.policy, obs, self.latest_ns, self.generation))
 
     def command(self, stamp: int) -> None:
         action = self.chunks.action(stamp)
@@ -199,13 +193,14 @@ class PolicyNode(Node):
             # unanswered: it came first (an episode's first state before its START), or the answer it waited for
             # was just dropped with the old generation (an episode's last state, before its END). Answer it now,
             # in the new context; one already answered is not answered twice (lockstep pairs states and answers).
-            latest = self.latest
-            if latest is None or latest.stamp_ns <= self.answered_ns:
+            if self.latest is None or self.latest_ns <= self.answered_ns:
                 return
-            if self.episode_active and latest.stamp_ns >= self.episode_start_ns:
-                self.tick(latest.stamp_ns)
-            elif not self.episode_active and self.config.act_between_episodes:
-                self.tick(latest.stamp_ns)
+            if self.episode_active:
+                in_context = self.latest_ns >= self.episode_start_ns
+            else:
+                in_context = self.config.act_between_episodes
+            if in_context:
+                self.tick(self.latest_ns)
 
     # -- inference (its own thread) --------------------------------------------------------------------------
 
@@ -267,8 +262,7 @@ class PolicyNode(Node):
         if hasattr(os, "setpriority"):  # Linux: a thread's own nice value; loading must not starve control ticks
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
         with self._lock:
-            latest = self.latest
-        example = Observation(latest.images, latest.proprio, "") if latest else None
+            example = self.latest
         policy = load_policy(path, len(cfg.action_names), example, sha256, cfg.engine_cache_dir or None, cfg.seed,
                              cfg.advantage_conditioned, cfg.inference_threads)  # fmt: skip
         if version and policy.version != version:
