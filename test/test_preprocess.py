@@ -1,9 +1,9 @@
-"""Uncompressed camera frames to RGB, as the ingest node reads sensor_msgs/Image."""
+"""Camera frames to model input: raw sensor_msgs/Image frames to RGB; the robot's bytes vs the learner's floats."""
 
 import numpy as np
 import pytest
 
-from sop_ros.model.preprocess import image_to_input, raw_rgb
+from sop_ros.model.preprocess import image_to_input, raw_rgb, resize_chw, to_unit_range
 
 
 def test_raw_frames_become_rgb_whatever_their_row_padding_and_channel_order():
@@ -21,3 +21,14 @@ def test_raw_frames_that_do_not_fit_are_refused_with_the_reason():
         raw_rgb(bytes(6), 3, 2, 3, "mono8")
     with pytest.raises(ValueError, match=r"image 3x2, step 9: 17 bytes do not fit"):
         raw_rgb(bytes(17), 3, 2, 9, "rgb8")
+
+
+def test_the_robot_sees_the_pixels_the_learner_trained_on():
+    # The ingest node sends resized bytes and the policy node scales them; the learner scales in one go.
+    rgb = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    pixels = resize_chw(rgb, 96)
+    assert pixels.dtype == np.uint8 and pixels.shape == (3, 96, 96)
+    np.testing.assert_array_equal(to_unit_range(pixels), image_to_input(rgb, 96))
+    assert to_unit_range(np.array([0, 255], dtype=np.uint8)).tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="expected uint8 pixels, got float32"):
+        to_unit_range(np.zeros(3, dtype=np.float32))

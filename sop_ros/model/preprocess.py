@@ -45,11 +45,12 @@ def raw_rgb(data: bytes, width: int, height: int, step: int, encoding: str) -> n
     return image[..., ::-1] if encoding == "bgr8" else image
 
 
-def image_to_input(rgb: np.ndarray, size: int) -> np.ndarray:
-    """An (H, W, 3) uint8 RGB image as the model's float32 (3, size, size) input with values in [0, 1].
+def resize_chw(rgb: np.ndarray, size: int) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB image as a uint8 (3, size, size) array: the model's geometry, still in bytes.
 
     Resized to a square with INTER_AREA (averaging: no aliasing when shrinking); a non-square image is
-    stretched, not cropped, so nothing in view is cut off.
+    stretched, not cropped, so nothing in view is cut off. Bytes are what the robot's Observation carries
+    (a quarter of float32's size); `to_unit_range` makes them model input.
     """
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {rgb.shape} of {rgb.dtype}")
@@ -57,6 +58,18 @@ def image_to_input(rgb: np.ndarray, size: int) -> np.ndarray:
         raise ValueError(f"size {size!r} must be >= 1 pixel")
     if rgb.shape[:2] != (size, size):
         rgb = cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA)
-    chw = np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)
-    chw /= 255.0
-    return chw
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))
+
+
+def to_unit_range(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels as the model's float32 input with values in [0, 1] (same shape)."""
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {pixels.dtype}")
+    unit = pixels.astype(np.float32)
+    unit /= 255.0
+    return unit
+
+
+def image_to_input(rgb: np.ndarray, size: int) -> np.ndarray:
+    """An (H, W, 3) uint8 RGB image as the model's float32 (3, size, size) input with values in [0, 1]."""
+    return to_unit_range(resize_chw(rgb, size))

@@ -1,6 +1,7 @@
 """Ingest: camera frames and joint states -> one preprocessed, synchronised Observation per joint state.
 
-Each frame is decoded (JPEG or raw rgb8/bgr8), resized and normalised once, on arrival; each joint state then
+Each frame is decoded (JPEG or raw rgb8/bgr8) and resized once, on arrival (kept as bytes: the policy scales
+them to [0, 1]); each joint state then
 takes the newest frame of every camera stamped at or before it (sop_ros.robot.sync). Stale or missing sensors
 give an invalid observation that says why, and the policy holds.
 """
@@ -18,7 +19,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from sop_ros.configs.robot import IngestConfig
-from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input, raw_rgb
+from sop_ros.model.preprocess import decode_jpeg_rgb, raw_rgb, resize_chw
 from sop_ros.msg import Observation
 from sop_ros.robot import topics
 from sop_ros.robot.params import declare_config
@@ -36,7 +37,7 @@ def observation_message(synced: Synced, cameras: tuple[str, ...], image_size: in
     msg.camera_stamps = [Time(nanoseconds=synced.frames[cam][0]).to_msg() for cam in cameras]
     images = np.stack([synced.frames[cam][1] for cam in cameras])
     # array.array is what the generated message stores: assigning one copies bytes, not element by element.
-    msg.images = array.array("f", images.tobytes())
+    msg.images = array.array("B", images.tobytes())
     msg.joint_names = joint_names
     msg.proprio = array.array("f", proprio.astype(np.float32).tobytes())
     return msg
@@ -66,7 +67,7 @@ class IngestNode(Node):
                 rgb = decode_jpeg_rgb(bytes(msg.data))
             else:
                 rgb = raw_rgb(msg.data, msg.width, msg.height, msg.step, msg.encoding)
-            frame = image_to_input(rgb, self.config.image_size)
+            frame = resize_chw(rgb, self.config.image_size)
         except ValueError as err:
             self.get_logger().error(f"camera {camera}: refused a frame: {err}", throttle_duration_sec=5.0)
             return

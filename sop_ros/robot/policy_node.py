@@ -28,6 +28,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from sop_ros.configs.robot import PolicyConfig
 from sop_ros.model.policy import ChunkPolicy, Observation, load_policy
+from sop_ros.model.preprocess import to_unit_range
 from sop_ros.msg import ActionChunk, EpisodeEvent, PolicyStatus
 from sop_ros.msg import Observation as ObservationMsg
 from sop_ros.robot import topics
@@ -42,9 +43,9 @@ LOADER_NICENESS = 10  # added to the loading thread's nice value (lower CPU prio
 
 
 def to_observation(msg: ObservationMsg) -> Observation:
-    """The message's arrays as the policy's input (no copy); the instruction comes from the episode, later."""
-    images = np.frombuffer(msg.images, dtype=np.float32).reshape(len(msg.cameras), 3, msg.image_size, msg.image_size)
-    return Observation(images, np.frombuffer(msg.proprio, dtype=np.float32), "")
+    """The message's arrays as the policy's input; the instruction comes from the episode, later."""
+    pixels = np.frombuffer(msg.images, dtype=np.uint8).reshape(len(msg.cameras), 3, msg.image_size, msg.image_size)
+    return Observation(to_unit_range(pixels), np.frombuffer(msg.proprio, dtype=np.float32), "")
 
 
 def trajectory_markers(actions: np.ndarray, names: tuple[str, ...], frame: str, step_m: float, stamp,
