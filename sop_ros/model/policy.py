@@ -7,7 +7,6 @@ backend that produced it and how long inference took.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sop_ros.checksums import file_sha256
 from sop_ros.model.runtime import Runtime, load_runtime
 from sop_ros.model.tokens import instruction_tokens
 from sop_ros.model.vla import INDICATOR_NONE, INDICATOR_POSITIVE
@@ -79,14 +79,6 @@ class ChunkPolicy:
         actions = self.runtime.run(inputs)[0]
         latency = (time.perf_counter() - start) * 1000
         return PolicyResult(actions, self.version, self.runtime.backend, latency)
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_policy(

@@ -21,6 +21,7 @@ import functools
 import math
 import os
 import re
+import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -198,7 +199,7 @@ def _disk_errors(action: str, path: Path, directory: Path) -> Iterator[None]:
         raise _recording_error(action, path, directory, exc) from exc
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     """Make a new, renamed or removed directory entry durable (fsync of the file alone does not)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -207,7 +208,7 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _sync_file(file: IO[Any]) -> None:
+def sync_file(file: IO[Any]) -> None:
     file.flush()
     os.fsync(file.fileno())
 
@@ -378,11 +379,11 @@ class EpisodeWriter:
         with self._io("finish"):
             self._writer.add_metadata(EPISODE_METADATA, merged)
             self._writer.finish()
-            _sync_file(self._file)
+            sync_file(self._file)
             self._file.close()
             os.replace(self.partial_path, self.final_path)
-            _fsync_dir(self.root)
-            _fsync_dir(self.partial_path.parent)
+            fsync_dir(self.root)
+            fsync_dir(self.partial_path.parent)
         self._state = "finished"
         self._flushed_messages = self._messages
         self._synced_bytes = self.final_path.stat().st_size
@@ -422,9 +423,9 @@ class EpisodeWriter:
             try:
                 # Held until the file is closed (also by a crash): recover_partials() skips files in use.
                 fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                _fsync_dir(directory)
+                fsync_dir(directory)
                 if created:
-                    _fsync_dir(self.root)
+                    fsync_dir(self.root)
             except OSError:
                 file.close()
                 self.partial_path.unlink(missing_ok=True)  # empty: it would only block a retry
@@ -436,7 +437,7 @@ class EpisodeWriter:
 
     def _sync(self) -> None:
         self._writer.flush()  # ends the chunk in progress, if it has messages
-        _sync_file(self._file)
+        sync_file(self._file)
         self._synced_bytes = self._file.tell()
         self._flushed_messages = self._messages
         self._last_sync = self._clock()
@@ -548,7 +549,7 @@ def _recover_one(root: Path, path: Path) -> RecoveryResult:
         return RecoveryResult(path, "quarantined", salvage.messages, reason, _quarantine(root, path, reason))
     with _disk_errors("publish", final, root):
         os.replace(temp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     _remove(path)
     return RecoveryResult(path, "recovered", salvage.messages, state, final)
 
@@ -606,7 +607,7 @@ def _copy_readable(source: IO[bytes], source_name: str, temp: Path) -> _Salvage:
                     writer.add_metadata(record.name, dict(record.metadata))
             writer.add_metadata(EPISODE_METADATA, _recovered_metadata(salvage, source_name))
         writer.finish()
-        _sync_file(out)
+        sync_file(out)
     return salvage
 
 
@@ -650,7 +651,7 @@ def _already_recovered(final: Path, source_name: str, messages: int) -> bool:
 def _remove(path: Path) -> None:
     with _disk_errors("remove", path, path.parent):
         path.unlink()
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def _quarantine(root: Path, path: Path, reason: str) -> Path:
@@ -666,10 +667,10 @@ def _quarantine(root: Path, path: Path, reason: str) -> Path:
         # The reason first: a crash in between leaves the file where it was, to be quarantined again.
         with open(target.with_name(target.name + ".reason.txt"), "w", encoding="utf-8") as note:
             note.write(f"{path}\n{reason}\n")
-            _sync_file(note)
+            sync_file(note)
         os.replace(path, target)
-        _fsync_dir(directory)
-        _fsync_dir(path.parent)
+        fsync_dir(directory)
+        fsync_dir(path.parent)
     return target
 
 
@@ -715,3 +716,35 @@ def episode_counts(path: Path | str) -> tuple[dict[str, str], dict[str, int]]:
             for channel_id, count in summary.statistics.channel_message_counts.items()
         }
         return _episode_metadata(reader), counts
+
+
+def check_episode_file(path: Path | str) -> tuple[dict[str, str], dict[str, int]]:
+    """`episode_counts` of a file that must be a finished ROS 2 episode as the recorder writes it.
+
+    Raises ValueError saying what is wrong: not MCAP, no summary, another profile or encoding, no messages.
+    """
+    try:
+        with open(path, "rb") as file:
+            reader = make_reader(file)
+            header, summary = reader.get_header(), reader.get_summary()
+            metadata = _episode_metadata(reader) if summary is not None else {}
+    except (EndOfFile, ValueError, struct.error) as err:
+        raise ValueError(f"not a finished MCAP file: {type(err).__name__}: {err}") from None
+    except Exception as err:  # the mcap reader raises its own exception types for damaged records
+        raise ValueError(f"not a readable MCAP file: {type(err).__name__}: {err}") from None
+    if summary is None or summary.statistics is None:
+        raise ValueError("no summary section: not a finished episode file")
+    if header.profile != "ros2":
+        raise ValueError(f"MCAP profile {header.profile!r}, expected 'ros2'")
+    for schema in summary.schemas.values():
+        if schema.encoding != "ros2msg":
+            raise ValueError(f"schema {schema.name!r} is encoded {schema.encoding!r}, expected 'ros2msg'")
+    for channel in summary.channels.values():
+        if channel.message_encoding != "cdr":
+            raise ValueError(f"topic {channel.topic!r} is encoded {channel.message_encoding!r}, expected 'cdr'")
+        if channel.schema_id not in summary.schemas:
+            raise ValueError(f"topic {channel.topic!r} has no schema")
+    if summary.statistics.message_count == 0:
+        raise ValueError("no messages")
+    counts = {summary.channels[c].topic: n for c, n in summary.statistics.channel_message_counts.items()}
+    return metadata, counts

@@ -1,0 +1,1 @@
+"""The link between robots and the cloud over Zenoh: episodes up (robot -> cloud), signed policies down."""

@@ -1,0 +1,99 @@
+"""The episode upload protocol, robot -> cloud, on Zenoh queries. No Zenoh imports: both ends share these.
+
+An episode file goes up in pieces, each a query on `sop/episodes/<robot id>/<episode id>` whose attachment is a
+JSON `Piece` header and whose payload is the bytes at `offset`. Every piece is answered with a `Reply`:
+
+    the cloud holds the bytes up to `offset`    -> partial, offset: where the next piece must start
+    the last piece arrived and the file passed  -> stored (written durably and indexed: the robot may delete it)
+    the file fails a check                      -> refused, reason (the robot sets it aside and says why)
+
+A piece that starts elsewhere than the cloud's offset is not written; the reply names the offset to resume
+from. So the robot starts each episode with a probe (no payload) and continues from the answer, after a
+restart of either side too. A re-sent episode that is already stored is answered `stored`, never stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+EPISODES = "sop/episodes"
+_EPISODE_KEY = re.compile(rf"{EPISODES}/(?P<robot>[A-Za-z0-9_]+)/(?P<episode>[A-Za-z0-9._-]+)")  # fullmatch
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+Status = Literal["partial", "stored", "refused"]
+
+
+class ProtocolError(ValueError):
+    """A malformed key, header or reply; the message says what is wrong."""
+
+
+def episode_key(robot_id: str, episode_id: str) -> str:
+    return f"{EPISODES}/{robot_id}/{episode_id}"
+
+
+def parse_episode_key(key: str) -> tuple[str, str]:
+    """(robot id, episode id) of an upload key."""
+    match = _EPISODE_KEY.fullmatch(key)
+    if not match or match["episode"] in (".", ".."):
+        raise ProtocolError(f"key {key!r} is not {EPISODES}/<robot id>/<episode id>")
+    return match["robot"], match["episode"]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One upload query's header: the whole file's size and sha256, and where this piece's bytes start."""
+
+    size: int
+    sha256: str
+    offset: int | None = None  # None: a probe, no bytes
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> Piece:
+        fields = _json_object(data, "piece header")
+        size, sha256, offset = fields.get("size"), fields.get("sha256"), fields.get("offset")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ProtocolError(f"piece header: size {size!r} must be an integer >= 0")
+        if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
+            raise ProtocolError(f"piece header: sha256 {sha256!r} must be 64 lowercase hex digits")
+        if offset is not None and (not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size):
+            raise ProtocolError(f"piece header: offset {offset!r} must be an integer in 0..{size}")
+        return cls(size, sha256, offset)
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: Status
+    offset: int = 0
+    reason: str = ""
+    duplicate: bool = False  # stored: it was stored before (a re-sent episode)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> Reply:
+        fields = _json_object(data, "reply")
+        if fields.get("status") not in ("partial", "stored", "refused"):
+            raise ProtocolError(f"reply: status {fields.get('status')!r} is not partial, stored or refused")
+        try:
+            return cls(**fields)
+        except TypeError as err:
+            raise ProtocolError(f"reply: {err}") from None
+
+
+def _json_object(data: bytes | None, what: str) -> dict:
+    if not data:
+        raise ProtocolError(f"{what}: missing")
+    try:
+        fields = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ProtocolError(f"{what}: not JSON: {err}") from None
+    if not isinstance(fields, dict):
+        raise ProtocolError(f"{what}: expected a JSON object, got {type(fields).__name__}")
+    return fields

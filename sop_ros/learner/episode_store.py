@@ -1,0 +1,184 @@
+"""The cloud's episode store: episode files plus a SQLite index, written so that an acknowledged episode survives.
+
+    <root>/index.sqlite                          one row per stored episode (id, robot, task, outcome, ...)
+    <root>/episodes/<robot id>/<episode id>.mcap  the files, exactly as the robot recorded them
+    <root>/incoming/<robot id>/<episode id>.part  uploads in progress (a restart resumes them)
+
+A commit fsyncs the file, renames it into episodes/ and fsyncs the directory, then inserts the index row; only
+then is the robot told "stored". A crash between the rename and the insert leaves a file the index lacks:
+`EpisodeStore` indexes such files when it opens, and `get` when asked for one. Episode ids are unique: the
+same id is never stored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from sop_ros.checksums import file_sha256
+from sop_ros.robot.episode_files import check_episode_file, fsync_dir, sync_file
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS episodes (
+    episode_id TEXT PRIMARY KEY,
+    robot_id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    policy_version TEXT NOT NULL,
+    steps INTEGER NOT NULL,
+    interventions INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    path TEXT NOT NULL,
+    stored_at REAL NOT NULL,
+    metadata TEXT NOT NULL
+)
+"""
+_COLUMNS = "episode_id, robot_id, task, outcome, policy_version, steps, interventions, size, sha256, path, stored_at"
+
+
+@dataclass(frozen=True)
+class StoredEpisode:
+    episode_id: str
+    robot_id: str
+    task: str
+    outcome: str
+    policy_version: str
+    steps: int
+    interventions: int
+    size: int
+    sha256: str
+    path: str  # relative to the store's root
+    stored_at: float  # unix time
+
+
+def _int(value: str | None) -> int:
+    try:
+        return int(value or 0)
+    except ValueError:
+        return 0
+
+
+class EpisodeStore:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        (self.root / "episodes").mkdir(parents=True, exist_ok=True)
+        (self.root / "incoming").mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False, isolation_level=None)
+        # WAL + FULL: a committed row is on disk when the commit returns, and readers never block the writer.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(_SCHEMA)
+        self.reconcile()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- reading --------------------------------------------------------------------------------------------
+
+    def get(self, episode_id: str) -> StoredEpisode | None:
+        """The stored episode with this id, if any (also one whose file was renamed in but never indexed)."""
+        with self._lock:
+            row = self._db.execute(f"SELECT {_COLUMNS} FROM episodes WHERE episode_id = ?", (episode_id,)).fetchone()
+        if row:
+            return StoredEpisode(*row)
+        orphans = list((self.root / "episodes").glob(f"*/{episode_id}.mcap"))
+        return self._index(orphans[0]) if orphans else None
+
+    def episodes(self, robot_id: str | None = None) -> list[StoredEpisode]:
+        query, args = f"SELECT {_COLUMNS} FROM episodes", ()
+        if robot_id is not None:
+            query, args = query + " WHERE robot_id = ?", (robot_id,)
+        with self._lock:
+            rows = self._db.execute(query + " ORDER BY stored_at", args).fetchall()
+        return [StoredEpisode(*row) for row in rows]
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
+
+    # -- uploads --------------------------------------------------------------------------------------------
+
+    def _incoming(self, robot_id: str, episode_id: str) -> Path:
+        return self.root / "incoming" / robot_id / f"{episode_id}.part"
+
+    def staged(self, robot_id: str, episode_id: str) -> int:
+        """Bytes of this upload held so far."""
+        try:
+            return self._incoming(robot_id, episode_id).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def append(self, robot_id: str, episode_id: str, offset: int, data: bytes) -> int:
+        """Write `data` at `offset` if that is where the upload stands; returns the bytes held after."""
+        path = self._incoming(robot_id, episode_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab") as f:
+            if f.tell() != offset:
+                return f.tell()
+            f.write(data)
+            return f.tell()
+
+    def discard(self, robot_id: str, episode_id: str) -> None:
+        self._incoming(robot_id, episode_id).unlink(missing_ok=True)
+
+    def commit(self, robot_id: str, episode_id: str, sha256: str,
+               check: Callable[[Path], dict[str, str]]) -> StoredEpisode:  # fmt: skip
+        """Store a complete upload durably and index it. `check(path)` returns the episode's metadata or raises
+        ValueError (the upload is then discarded); a wrong sha256 raises ValueError too."""
+        part = self._incoming(robot_id, episode_id)
+        try:
+            actual = file_sha256(part)
+            if actual != sha256:
+                raise ValueError(f"sha256 of the received bytes is {actual}, the robot announced {sha256}")
+            check(part)
+        except ValueError:
+            self.discard(robot_id, episode_id)
+            raise
+        with open(part, "rb+") as f:
+            sync_file(f)
+        final = self.root / "episodes" / robot_id / f"{episode_id}.mcap"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(part, final)
+        fsync_dir(final.parent)
+        return self._index(final, sha256)
+
+    def reconcile(self) -> int:
+        """Index episode files that a crash left unindexed; returns how many."""
+        with self._lock:
+            known = {row[0] for row in self._db.execute("SELECT path FROM episodes")}
+        orphans = [p for p in sorted((self.root / "episodes").glob("*/*.mcap"))
+                   if str(p.relative_to(self.root)) not in known]  # fmt: skip
+        for path in orphans:
+            self._index(path)
+        return len(orphans)
+
+    def _index(self, path: Path, sha256: str = "") -> StoredEpisode:
+        metadata, _ = check_episode_file(path)
+        episode = StoredEpisode(
+            episode_id=path.stem,
+            robot_id=path.parent.name,
+            task=metadata.get("task", ""),
+            outcome=metadata.get("outcome", ""),
+            policy_version=metadata.get("policy_version", ""),
+            steps=_int(metadata.get("steps")),
+            interventions=_int(metadata.get("interventions")),
+            size=path.stat().st_size,
+            sha256=sha256 or file_sha256(path),
+            path=str(path.relative_to(self.root)),
+            stored_at=time.time(),
+        )
+        with self._lock:
+            self._db.execute(
+                f"INSERT OR IGNORE INTO episodes ({_COLUMNS}, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*vars(episode).values(), json.dumps(metadata)),
+            )
+        return episode

@@ -1,0 +1,205 @@
+"""Episodes robot -> cloud over real Zenoh sessions on loopback: pieces, acknowledgement, idempotence, refusal."""
+
+import shutil
+import socket
+import threading
+
+import pytest
+from conftest import wait_for
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import CompressedImage, JointState
+
+from sop_ros.bridge.protocol import Piece, Reply, episode_key
+from sop_ros.bridge.uploader import OutboxUploader
+from sop_ros.bridge.zenoh_session import open_session
+from sop_ros.checksums import file_sha256
+from sop_ros.configs.bridge import BridgeConfig, EpisodeIngestConfig, ZenohConfig
+from sop_ros.learner.episode_ingest import EpisodeIngest, EpisodeIngestService
+from sop_ros.learner.episode_store import EpisodeStore
+from sop_ros.robot.episode_files import EpisodeWriter, WriterOptions
+
+ROBOT = "robot_7"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_episode(outbox, episode_id: str, frames: int = 20, robot: str = ROBOT, **metadata):
+    """A finished episode file as the recorder writes it; incompressible image bytes make it ~frames x 2 kB."""
+    writer = EpisodeWriter(outbox, episode_id, WriterOptions(compression="none"))
+    writer.add_topic("joint_states", "sensor_msgs/JointState")
+    writer.add_topic("cameras/front/image_raw/compressed", "sensor_msgs/CompressedImage")
+    for i in range(frames):
+        t = 1_000_000_000 + i * 33_000_000
+        writer.write("joint_states", serialize_message(JointState(name=["j0"], position=[float(i)])), t)
+        image = CompressedImage(format="jpeg", data=bytes((i * 7 + k * 13) % 256 for k in range(2000)))
+        writer.write("cameras/front/image_raw/compressed", serialize_message(image), t)
+    fields = {"episode_id": episode_id, "robot_id": robot, "task": "reach-v3", "outcome": "success",
+              "steps": str(frames), **metadata}  # fmt: skip
+    return writer.finish(fields)
+
+
+@pytest.fixture
+def endpoint():
+    return f"tcp/127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def cloud(tmp_path, endpoint):
+    store = EpisodeStore(tmp_path / "store")
+    config = EpisodeIngestConfig(zenoh=ZenohConfig(listen=(endpoint,)), allowed_robots=(ROBOT, "robot_8"))
+    service = EpisodeIngestService(store, config)
+    yield store
+    service.close()
+    store.close()
+
+
+def robot_session(endpoint):
+    return open_session(ZenohConfig(connect=(endpoint,)))
+
+
+def bridge_config(**overrides) -> BridgeConfig:
+    return BridgeConfig(chunk_kb=4, retry_initial_s=0.05, retry_max_s=0.2, scan_period_s=0.05, **overrides)
+
+
+def run_until(uploader: OutboxUploader, predicate, timeout: float = 30.0):
+    stop = threading.Event()
+    thread = threading.Thread(target=uploader.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(predicate, timeout, what="the uploads")
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def test_episodes_go_up_in_pieces_and_leave_the_outbox_only_once_stored(tmp_path, cloud, endpoint):
+    outbox = tmp_path / "outbox" / ROBOT
+    files = [make_episode(outbox, f"{ROBOT}-ep{i}") for i in range(3)]
+    digests = {f.stem: file_sha256(f) for f in files}
+    sizes = {f.stem: f.stat().st_size for f in files}
+    assert min(sizes.values()) > 8 * 4096  # several pieces each
+    logs = []
+    with robot_session(endpoint) as session:
+        uploader = OutboxUploader(session, ROBOT, outbox, bridge_config(), lambda sev, msg: logs.append((sev, msg)))
+        run_until(uploader, lambda: not uploader.pending() and cloud.count() == 3)
+    stored = {e.episode_id: e for e in cloud.episodes()}
+    assert {k: e.sha256 for k, e in stored.items()} == digests
+    assert {k: file_sha256(cloud.root / e.path) for k, e in stored.items()} == digests
+    assert {e.robot_id for e in stored.values()} == {ROBOT} and {e.task for e in stored.values()} == {"reach-v3"}
+    stats = uploader.snapshot()
+    assert (stats.uploaded, stats.duplicates, stats.refused, stats.dropped) == (3, 0, 0, 0)
+    assert stats.bytes_sent == sum(sizes.values())
+    assert not list((cloud.root / "incoming").rglob("*.part"))
+    assert [m for sev, m in logs if sev == "info"] == [f"uploaded {ROBOT}-ep{i}" for i in range(3)]
+
+
+def test_a_resent_episode_is_acknowledged_and_never_stored_twice(tmp_path, cloud, endpoint):
+    outbox = tmp_path / "outbox" / ROBOT
+    path = make_episode(outbox, f"{ROBOT}-again")
+    copy = shutil.copy(path, tmp_path / "kept.mcap")
+    with robot_session(endpoint) as session:
+        uploader = OutboxUploader(session, ROBOT, outbox, bridge_config(after_upload="archive"), lambda *_: None)
+        size = path.stat().st_size
+        assert uploader.upload(path) == Reply("stored", offset=size)
+        assert (outbox / "uploaded" / path.name).exists() and not path.exists()  # archived, not deleted
+        shutil.copy(copy, path)  # the robot restarted before it removed the file: it sends it again
+        reply = uploader.upload(path)
+    assert reply.status == "stored" and reply.duplicate
+    assert cloud.count() == 1 and uploader.snapshot().duplicates == 1
+
+
+def test_an_upload_resumes_where_it_stopped_after_the_cloud_restarts(tmp_path):
+    path = make_episode(tmp_path / "outbox", f"{ROBOT}-resume", frames=40)
+    data, sha = path.read_bytes(), file_sha256(path)
+    key, size = episode_key(ROBOT, path.stem), len(data)
+    store = EpisodeStore(tmp_path / "store")
+    ingest = EpisodeIngest(store, EpisodeIngestConfig())
+    assert ingest.handle(key, Piece(size, sha).encode(), None) == Reply("partial", offset=0)
+    assert ingest.handle(key, Piece(size, sha, 0).encode(), data[:10000]) == Reply("partial", offset=10000)
+    # A piece that is not where the upload stands is not written: the reply says where to go on.
+    assert ingest.handle(key, Piece(size, sha, 20000).encode(), data[20000:30000]) == Reply("partial", offset=10000)
+    store.close()  # the cloud goes down ...
+
+    store = EpisodeStore(tmp_path / "store")  # ... and comes back: the probe finds the bytes it holds
+    ingest = EpisodeIngest(store, EpisodeIngestConfig())
+    assert ingest.handle(key, Piece(size, sha).encode(), None) == Reply("partial", offset=10000)
+    assert ingest.handle(key, Piece(size, sha, 10000).encode(), data[10000:]) == Reply("stored", offset=size)
+    assert store.get(path.stem).sha256 == sha and store.count() == 1
+
+
+def test_bytes_damaged_on_the_way_are_asked_for_again(tmp_path):
+    path = make_episode(tmp_path / "outbox", f"{ROBOT}-damaged")
+    data, sha = path.read_bytes(), file_sha256(path)
+    key = episode_key(ROBOT, path.stem)
+    store = EpisodeStore(tmp_path / "store")
+    ingest = EpisodeIngest(store, EpisodeIngestConfig())
+    damaged = data[:100] + bytes([data[100] ^ 1]) + data[101:]
+    assert ingest.handle(key, Piece(len(data), sha, 0).encode(), damaged) == Reply("partial", offset=0)
+    assert store.count() == 0
+    assert ingest.handle(key, Piece(len(data), sha, 0).encode(), data).status == "stored"
+
+
+def test_malformed_uploads_are_refused_with_the_reason_and_the_service_goes_on(tmp_path, cloud, endpoint):
+    outbox = tmp_path / "outbox" / ROBOT
+    outbox.mkdir(parents=True)
+    garbage = outbox / f"{ROBOT}-garbage.mcap"
+    garbage.write_bytes(b"not an mcap file" * 1000)
+    other = make_episode(outbox, f"{ROBOT}-other", robot="robot_9")  # its metadata names another robot
+    good = make_episode(outbox, f"{ROBOT}-good")
+    logs = []
+    with robot_session(endpoint) as session:
+        uploader = OutboxUploader(session, ROBOT, outbox, bridge_config(), lambda sev, msg: logs.append((sev, msg)))
+        assert uploader.upload(garbage).status == "refused"
+        assert uploader.upload(other).status == "refused"
+        assert uploader.upload(good).status == "stored"
+        for header, payload, reason in [
+            (b"{not json", b"", "piece header: not JSON"),
+            (Piece(10, "ab" * 32, 0).encode(), b"x" * 11, "runs past the size 10"),
+            (b'{"size": -1, "sha256": ""}', b"", "size -1 must be an integer >= 0"),
+        ]:
+            replies = list(session.get(episode_key(ROBOT, "bad"), payload=payload, attachment=header, timeout=10))
+            refusal = Reply.decode(replies[0].ok.payload.to_bytes())
+            assert refusal.status == "refused" and reason in refusal.reason
+        stranger = OutboxUploader(session, "robot_99", outbox, bridge_config(), lambda *_: None)
+        make_episode(outbox, "robot_99-ep", robot="robot_99")
+        assert "robot 'robot_99' may not upload" in stranger.upload(outbox / "robot_99-ep.mcap").reason
+    assert [e.episode_id for e in cloud.episodes()] == [good.stem]
+    rejected = outbox / "rejected"
+    assert (rejected / garbage.name).exists() and "not a" in (rejected / f"{garbage.name}.reason.txt").read_text()
+    assert "metadata robot_id is 'robot_9'" in (rejected / f"{other.name}.reason.txt").read_text()
+    assert any(sev == "error" and "refused" in m and garbage.stem in m for sev, m in logs)
+
+
+def test_the_outbox_waits_for_a_cloud_that_is_away_and_drops_the_oldest_past_its_quota(tmp_path, endpoint):
+    outbox = tmp_path / "outbox" / ROBOT
+    files = [make_episode(outbox, f"{ROBOT}-q{i}") for i in range(4)]
+    quota_mb = 2.5 * files[0].stat().st_size / 2**20  # room for two and a half
+    logs = []
+    with robot_session(endpoint) as session:
+        config = bridge_config(outbox_quota_mb=quota_mb, reply_timeout_s=0.5)
+        uploader = OutboxUploader(session, ROBOT, outbox, config, lambda sev, msg: logs.append((sev, msg)))
+        run_until(uploader, lambda: uploader.snapshot().last_error != "", timeout=20)  # no cloud yet
+        assert [p.stem for p in uploader.pending()] == [f"{ROBOT}-q2", f"{ROBOT}-q3"]
+        assert uploader.snapshot().dropped_ids == [f"{ROBOT}-q0", f"{ROBOT}-q1"]
+        assert any(sev == "warn" and "over its quota" in m for sev, m in logs)
+        assert any(sev == "error" and f"deleted episode {ROBOT}-q0" in m for sev, m in logs)
+
+        store = EpisodeStore(tmp_path / "store")  # the cloud comes up: what waited goes up
+        service = EpisodeIngestService(store, EpisodeIngestConfig(zenoh=ZenohConfig(listen=(endpoint,))))
+        try:
+            run_until(uploader, lambda: store.count() == 2 and not uploader.pending())
+        finally:
+            service.close()
+    assert sorted(e.episode_id for e in store.episodes()) == [f"{ROBOT}-q2", f"{ROBOT}-q3"]
+
+
+def test_a_file_renamed_in_but_not_indexed_before_a_crash_is_indexed_on_restart(tmp_path):
+    store_root = tmp_path / "store"
+    EpisodeStore(store_root).close()
+    path = make_episode(store_root / "episodes" / ROBOT, f"{ROBOT}-orphan")  # as if the insert never happened
+    store = EpisodeStore(store_root)
+    assert [(e.episode_id, e.robot_id, e.sha256) for e in store.episodes()] == [(path.stem, ROBOT, file_sha256(path))]
