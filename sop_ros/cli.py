@@ -109,6 +109,35 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0 if worst <= 1e-4 else 1
 
 
+def cmd_ingest(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+    import threading
+
+    from sop_ros.configs.learner import LearnerConfig
+    from sop_ros.learner.episode_ingest import EpisodeIngestService
+    from sop_ros.learner.episode_store import EpisodeStore
+
+    config = load_config(LearnerConfig, args.config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    store = EpisodeStore(config.store_dir)
+    try:
+        service = EpisodeIngestService(store, config.ingest)
+    except RuntimeError as err:
+        print(f"sop ingest: {err}", file=sys.stderr)
+        return 1
+    print(f"sop ingest: {store.count()} episodes in {config.store_dir}; listening on "
+          f"{list(config.ingest.zenoh.listen) or list(config.ingest.zenoh.connect)}", flush=True)  # fmt: skip
+    stop.wait(args.duration)
+    service.close()
+    print(f"sop ingest: stopped; {store.count()} episodes in {config.store_dir}")
+    store.close()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     require_ros("demo")
     from sop_ros.sim.collect_demos import collect
@@ -192,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE.onnx")
     p.add_argument("--guidance", type=float, default=1.0, help="RECAP guidance weight beta (default 1)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("ingest", help="the cloud's episode ingest alone: robots' uploads into the episode store")
+    p.add_argument("--config", default="config/learner.yaml", help="learner YAML: store_dir and its ingest section")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("demo", help="the main job: two simulated robots recording demonstrations, with a summary")
     p.add_argument("--config", default="config/sim.yaml", help="base simulated robot YAML (default: %(default)s)")

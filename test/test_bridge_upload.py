@@ -5,7 +5,7 @@ import socket
 import threading
 
 import pytest
-from conftest import wait_for
+from conftest import sop, start, wait_for
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage, JointState
 
@@ -203,3 +203,76 @@ def test_a_file_renamed_in_but_not_indexed_before_a_crash_is_indexed_on_restart(
     path = make_episode(store_root / "episodes" / ROBOT, f"{ROBOT}-orphan")  # as if the insert never happened
     store = EpisodeStore(store_root)
     assert [(e.episode_id, e.robot_id, e.sha256) for e in store.episodes()] == [(path.stem, ROBOT, file_sha256(path))]
+
+
+def test_the_bridge_node_uploads_the_recorders_outbox_and_reports_on_bridge_status(tmp_path, cloud, endpoint,
+                                                                                      rclpy_context):  # fmt: skip
+    import rclpy
+    import yaml
+
+    from sop_ros.msg import BridgeStatus
+
+    outbox_root = tmp_path / "episodes"
+    files = [make_episode(outbox_root / ROBOT, f"{ROBOT}-node{i}") for i in range(2)]
+    config = tmp_path / "robot.yaml"
+    config.write_text(yaml.safe_dump({
+        "robot": {"id": ROBOT},
+        "nodes": {"bridge": {"outbox_dir": str(outbox_root), "chunk_kb": 8, "status_hz": 5.0,
+                             "zenoh": {"connect": [endpoint]}}},
+    }))  # fmt: skip
+    robot = start(sop("robot", "--config", str(config)))
+    node = rclpy.create_node("bridge_watcher")
+    statuses = []
+    node.create_subscription(BridgeStatus, f"/{ROBOT}/bridge/status", statuses.append, 10)
+    try:
+        wait_for(lambda: cloud.count() == 2, 60, what="both episodes stored")
+        files.append(make_episode(outbox_root / ROBOT, f"{ROBOT}-node2"))  # one recorded while running
+        wait_for(lambda: statuses and statuses[-1].uploaded == 3 and statuses[-1].outbox_episodes == 0, 30,
+                 spin=lambda: rclpy.spin_once(node, timeout_sec=0.1), what="the third upload")  # fmt: skip
+    finally:
+        robot.terminate()
+        output, _ = robot.communicate(timeout=30)
+        node.destroy_node()
+    assert robot.returncode == 0, output
+    last = statuses[-1]
+    assert last.cloud_reachable and (last.refused, last.dropped, last.outbox_bytes) == (0, 0, 0)
+    assert last.bytes_sent == sum(f.stat().st_size for f in cloud.root.glob(f"episodes/{ROBOT}/*.mcap"))
+    assert sorted(e.episode_id for e in cloud.episodes()) == sorted(f.stem for f in files)
+    assert not any(p.exists() for p in files)
+
+
+def test_bridge_configs_name_the_wrong_key(tmp_path):
+    from sop_ros.configs import ConfigError, from_dict
+    from sop_ros.configs.robot import RobotLaunchConfig
+
+    with pytest.raises(ConfigError, match=r"nodes\.bridge\.zenoh\.connect\[0\]='localhost:7447': must be an endpoint"):
+        from_dict(RobotLaunchConfig, {"nodes": {"bridge": {"zenoh": {"connect": ["localhost:7447"]}}}})
+    with pytest.raises(ConfigError, match=r"nodes\.bridge\.outbox_dir='a': must equal recorder\.output_dir \('b'\)"):
+        from_dict(RobotLaunchConfig, {"nodes": {"bridge": {"outbox_dir": "a"}, "recorder": {"output_dir": "b"}}})
+    with pytest.raises(ConfigError, match=r"nodes\.bridge\.chunk_kb=1: must be in 4\.\.65536"):
+        from_dict(RobotLaunchConfig, {"nodes": {"bridge": {"chunk_kb": 1}}})
+
+
+def test_sop_ingest_serves_uploads_into_the_learners_store(tmp_path, endpoint):
+    import subprocess
+
+    import yaml
+
+    config = tmp_path / "learner.yaml"
+    store_dir = tmp_path / "store"
+    config.write_text(yaml.safe_dump({"store_dir": str(store_dir), "ingest": {"zenoh": {"listen": [endpoint]}}}))
+    service = start(sop("ingest", "--config", str(config), "--duration", "60"))
+    try:
+        assert "listening on" in service.stdout.readline()
+        path = make_episode(tmp_path / "outbox", f"{ROBOT}-cli")
+        with robot_session(endpoint) as session:
+            uploader = OutboxUploader(session, ROBOT, path.parent, bridge_config(), lambda *_: None)
+            wait_for(lambda: uploader.upload(path).status == "stored", 30, what="the upload")
+    finally:
+        service.terminate()
+        output, _ = service.communicate(timeout=30)
+    assert service.returncode == 0 and f"stored {ROBOT}-cli" in output and "stopped; 1 episodes" in output
+    missing = subprocess.run(
+        sop("ingest", "--config", str(tmp_path / "none.yaml")), capture_output=True, text=True, check=False
+    )
+    assert missing.returncode == 2 and "none.yaml: no such config file" in missing.stderr

@@ -39,6 +39,7 @@ class UploadStats:
     refused: int = 0
     dropped: int = 0  # deleted unsent because the outbox was over its quota
     bytes_sent: int = 0
+    reachable: bool = False  # the last exchange with the cloud got an answer
     last_error: str = ""
     last_upload_time: float = 0.0  # unix time of the last "stored"
     dropped_ids: list[str] = field(default_factory=list)
@@ -91,7 +92,7 @@ class OutboxUploader:
                 backoff = self.config.retry_initial_s
             except CloudUnavailable as err:
                 with self._lock:
-                    self.stats.last_error = str(err)
+                    self.stats.last_error, self.stats.reachable = str(err), False
                 self.log("warn", f"cloud unavailable, {len(files)} episodes wait; retrying in {backoff:.1f} s: {err}")
                 stop.wait(backoff)
                 backoff = min(backoff * 2, self.config.retry_max_s)
@@ -148,7 +149,10 @@ class OutboxUploader:
             for answer in replies:
                 if answer.ok is None:
                     raise CloudUnavailable(f"error reply: {answer.err.payload.to_bytes().decode(errors='replace')}")
-                return Reply.decode(answer.ok.payload.to_bytes())
+                reply = Reply.decode(answer.ok.payload.to_bytes())
+                with self._lock:
+                    self.stats.reachable = True
+                return reply
         except (zenoh.ZError, ProtocolError) as err:
             raise CloudUnavailable(f"{type(err).__name__}: {err}") from None
         raise CloudUnavailable(f"no reply to {key} within {self.config.reply_timeout_s:g} s")

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sop_ros.configs import ConfigError, require
+from sop_ros.configs.bridge import BridgeConfig
 
 # Kept free of Meta-World imports so that a robot config is validated in milliseconds.
 from sop_ros.sim.catalog import CAMERAS, MT50
@@ -271,6 +272,7 @@ class NodesConfig:
     ingest: IngestConfig | None = None
     policy: PolicyConfig | None = None
     recorder: RecorderConfig | None = None
+    bridge: BridgeConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("recorder", "ingest"):
@@ -289,6 +291,9 @@ class NodesConfig:
                 f"must equal sim_robot.task ({self.sim_robot.task!r})",
             )
 
+        if self.bridge and self.recorder:
+            require(self.bridge.outbox_dir == self.recorder.output_dir, "bridge.outbox_dir", self.bridge.outbox_dir,
+                    f"must equal recorder.output_dir ({self.recorder.output_dir!r}): its outbox")  # fmt: skip
         if self.policy and self.teleop_arbiter:
             require(self.policy.action_names == self.teleop_arbiter.action_names, "policy.action_names",
                     self.policy.action_names,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sop_ros.configs import to_dict
+from sop_ros.configs.bridge import BridgeConfig
 from sop_ros.configs.robot import (
     IngestConfig,
     PolicyConfig,
@@ -39,6 +40,7 @@ NODE_TYPES = {
     "ingest": NodeType("ingest", "sop_ros.robot.ingest_node", "IngestNode", IngestConfig),
     "policy": NodeType("policy", "sop_ros.robot.policy_node", "PolicyNode", PolicyConfig),
     "recorder": NodeType("recorder", "sop_ros.robot.recorder_node", "RecorderNode", RecorderConfig),
+    "bridge": NodeType("bridge", "sop_ros.bridge.bridge_node", "BridgeNode", BridgeConfig),
 }
 
 

@@ -24,44 +24,61 @@ _ARRAY_TYPES = {
 
 
 def declare_config(node: Node, cls: type[T]) -> T:
-    """Declare one parameter per field of `cls`, then validate the values given to the node."""
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        if typing.get_origin(hints[f.name]) is tuple:
-            array_type = _ARRAY_TYPES[typing.get_args(hints[f.name])[0]]
-            descriptor = ParameterDescriptor(type=array_type.value)
-            value = node.declare_parameter(f.name, list(default) or array_type, descriptor).value
-            # rcl cannot type an empty YAML list, so an explicit `[]` arrives as "not set" (None).
-            values[f.name] = [] if value is None else list(value)
-        else:
-            values[f.name] = node.declare_parameter(f.name, default).value
+    """Declare one parameter per field of `cls`, then validate the values given to the node.
+
+    A field that is itself a config (e.g. `zenoh`) becomes dotted parameters (`zenoh.connect`), which is how
+    ROS 2 reads a nested mapping in a parameters file.
+    """
+    values = _declare(node, cls, None, "")
     try:
         return from_dict(cls, values)
     except ConfigError as err:
         raise ConfigError(f"node {node.get_fully_qualified_name()}: parameter {err}") from None
 
 
-def parameter_overrides(cls: type, values: dict) -> list[Parameter]:
+def _declare(node: Node, cls: type, defaults: object | None, prefix: str) -> dict:
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        name = prefix + f.name
+        if dataclasses.is_dataclass(hints[f.name]):
+            values[f.name] = _declare(node, hints[f.name], default, f"{name}.")
+        elif typing.get_origin(hints[f.name]) is tuple:
+            array_type = _ARRAY_TYPES[typing.get_args(hints[f.name])[0]]
+            descriptor = ParameterDescriptor(type=array_type.value)
+            value = node.declare_parameter(name, list(default) or array_type, descriptor).value
+            # rcl cannot type an empty YAML list, so an explicit `[]` arrives as "not set" (None).
+            values[f.name] = [] if value is None else list(value)
+        else:
+            values[f.name] = node.declare_parameter(name, default).value
+    return values
+
+
+def parameter_overrides(cls: type, values: dict, prefix: str = "") -> list[Parameter]:
     """Parameters for a node composed in-process (`parameter_overrides=`), typed from its config class.
 
     rclpy re-types an empty list override as a byte array when declaring it, so an empty list is left out
-    where the default is empty too, and refused where it is not.
+    where the default is empty too, and refused where it is not. Nested configs become dotted names.
     """
     hints = typing.get_type_hints(cls)
     defaults = {f.name: f for f in dataclasses.fields(cls)}
     overrides = []
     for name, value in values.items():
         hint = hints.get(name)
-        if hint is not None and typing.get_origin(hint) is tuple:
+        if hint is not None and dataclasses.is_dataclass(hint):
+            overrides += parameter_overrides(hint, value, f"{prefix}{name}.")
+        elif hint is not None and typing.get_origin(hint) is tuple:
             if not value:
                 field = defaults[name]
                 default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
                 if default:
                     raise ConfigError(f"{name}=[]: an empty list cannot be given to a node composed in one process")
                 continue
-            overrides.append(Parameter(name, _ARRAY_TYPES[typing.get_args(hint)[0]], list(value)))
+            overrides.append(Parameter(prefix + name, _ARRAY_TYPES[typing.get_args(hint)[0]], list(value)))
         else:
-            overrides.append(Parameter(name, value=value))
+            overrides.append(Parameter(prefix + name, value=value))
     return overrides

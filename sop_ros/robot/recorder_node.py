@@ -47,7 +47,7 @@ class RecorderNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("recorder", **kwargs)
         self.config = cfg = declare_config(self, RecorderConfig)
-        robot_id = self.get_namespace().strip("/").replace("/", "_") or "robot"
+        robot_id = topics.robot_id(self.get_namespace())
         streams = recorded_streams(cfg)
         self.events_topic = self.resolve_topic_name(topics.EPISODE_EVENTS)
         self.joint_states_topic = self.resolve_topic_name(topics.JOINT_STATES)

@@ -25,6 +25,7 @@ INTERVENTION_STATE = "teleop/intervention"
 JOY = "joy"
 LEADER_JOINT_STATES = "teleop/leader_joint_states"
 LABEL_EPISODE = "teleop/label_episode"  # service (sop_ros/srv/LabelEpisode)
+BRIDGE_STATUS = "bridge/status"
 
 # Camera frames: a late frame is worthless and queuing them adds latency, so keep only the newest.
 SENSOR = qos_profile_sensor_data
@@ -43,3 +44,8 @@ EVENTS = QoSProfile(
     history=HistoryPolicy.KEEP_LAST,
     durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
+
+
+def robot_id(namespace: str) -> str:
+    """The robot's id from a node's namespace (/robot_0 -> robot_0): it names the robot's episodes and files."""
+    return namespace.strip("/").replace("/", "_") or "robot"
