@@ -16,7 +16,7 @@ from sop_ros.configs.bridge import BridgeConfig
 from sop_ros.msg import BridgeStatus
 from sop_ros.robot import topics
 from sop_ros.robot.params import declare_config
-from sop_ros.robot.spin import run_node
+from sop_ros.robot.spin import log_at, run_node
 
 
 def status_message(uploader: OutboxUploader, now: float) -> BridgeStatus:
@@ -53,13 +53,7 @@ class BridgeNode(Node):
         self.get_logger().info(f"uploading {outbox} to {list(cfg.zenoh.connect) or list(cfg.zenoh.listen)}")
 
     def log(self, severity: str, message: str) -> None:
-        logger = self.get_logger()
-        if severity == "error":  # one call site per severity: rclpy refuses a call site whose severity changes
-            logger.error(message)
-        elif severity == "warn":
-            logger.warning(message, throttle_duration_sec=5.0)
-        else:
-            logger.info(message)
+        log_at(self, severity, message, warn_throttle_s=5.0)  # a cloud away for hours: one warning per 5 s
 
     def publish_status(self) -> None:
         msg = status_message(self.uploader, time.time())

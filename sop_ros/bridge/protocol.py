@@ -57,11 +57,11 @@ class Piece:
     def decode(cls, data: bytes | None) -> Piece:
         fields = _json_object(data, "piece header")
         size, sha256, offset = fields.get("size"), fields.get("sha256"), fields.get("offset")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if not _is_count(size):
             raise ProtocolError(f"piece header: size {size!r} must be an integer >= 0")
         if not isinstance(sha256, str) or not _SHA256.fullmatch(sha256):
             raise ProtocolError(f"piece header: sha256 {sha256!r} must be 64 lowercase hex digits")
-        if offset is not None and (not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= size):
+        if offset is not None and not (_is_count(offset) and offset <= size):
             raise ProtocolError(f"piece header: offset {offset!r} must be an integer in 0..{size}")
         return cls(size, sha256, offset)
 
@@ -85,6 +85,11 @@ class Reply:
             return cls(**fields)
         except TypeError as err:
             raise ProtocolError(f"reply: {err}") from None
+
+
+def _is_count(value: object) -> bool:
+    """An integer >= 0 (JSON true/false are not numbers here)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _json_object(data: bytes | None, what: str) -> dict:

@@ -67,9 +67,10 @@ class OutboxUploader:
                 continue
         return [path for _, _, path in sorted(files)]
 
-    def outbox_bytes(self, files: list[Path] | None = None) -> int:
+    @staticmethod
+    def outbox_bytes(files: list[Path]) -> int:
         total = 0
-        for path in self.pending() if files is None else files:
+        for path in files:
             try:
                 total += path.stat().st_size
             except FileNotFoundError:

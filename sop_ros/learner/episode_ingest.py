@@ -18,7 +18,7 @@ import zenoh
 from sop_ros.bridge.protocol import EPISODES, Piece, ProtocolError, Reply, parse_episode_key
 from sop_ros.bridge.zenoh_session import open_session
 from sop_ros.configs.bridge import EpisodeIngestConfig
-from sop_ros.learner.episode_store import EpisodeStore
+from sop_ros.learner.episode_store import DamagedUpload, EpisodeStore
 from sop_ros.robot.episode_files import check_episode_file
 
 log = logging.getLogger("sop.ingest")
@@ -76,10 +76,10 @@ class EpisodeIngest:
 
         try:
             stored = self.store.commit(robot_id, episode_id, sha256, check)
+        except DamagedUpload as err:
+            log.warning("episode %s from %s: %s; asking for it again", episode_id, robot_id, err)
+            return Reply("partial", offset=0)
         except ValueError as err:
-            if "sha256 of the received bytes" in str(err):  # damaged in transit or staging: send it again
-                log.warning("episode %s from %s: %s; asking for it again", episode_id, robot_id, err)
-                return Reply("partial", offset=0)
             log.warning("refused episode %s from %s: %s", episode_id, robot_id, err)
             return Reply("refused", reason=f"episode {episode_id}: {err}")
         log.info("stored %s from %s (%d bytes, %s, %s)", episode_id, robot_id, stored.size, stored.task,

@@ -58,6 +58,10 @@ class StoredEpisode:
     stored_at: float  # unix time
 
 
+class DamagedUpload(ValueError):
+    """The received bytes do not hash to the sha256 the robot announced: damaged on the way, to be sent again."""
+
+
 def _int(value: str | None) -> int:
     try:
         return int(value or 0)
@@ -133,13 +137,13 @@ class EpisodeStore:
     def commit(self, robot_id: str, episode_id: str, sha256: str,
                check: Callable[[Path], dict[str, str]]) -> StoredEpisode:  # fmt: skip
         """Store a complete upload durably and index it. `check(path)` returns the episode's metadata or raises
-        ValueError (the upload is then discarded); a wrong sha256 raises ValueError too."""
+        ValueError; a wrong sha256 raises DamagedUpload. Either way the upload is discarded."""
         part = self._incoming(robot_id, episode_id)
         try:
             actual = file_sha256(part)
             if actual != sha256:
-                raise ValueError(f"sha256 of the received bytes is {actual}, the robot announced {sha256}")
-            check(part)
+                raise DamagedUpload(f"sha256 of the received bytes is {actual}, the robot announced {sha256}")
+            metadata = check(part)
         except ValueError:
             self.discard(robot_id, episode_id)
             raise
@@ -149,7 +153,7 @@ class EpisodeStore:
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, final)
         fsync_dir(final.parent)
-        return self._index(final, sha256)
+        return self._index(final, sha256, metadata)
 
     def reconcile(self) -> int:
         """Index episode files that a crash left unindexed; returns how many."""
@@ -161,8 +165,10 @@ class EpisodeStore:
             self._index(path)
         return len(orphans)
 
-    def _index(self, path: Path, sha256: str = "") -> StoredEpisode:
-        metadata, _ = check_episode_file(path)
+    def _index(self, path: Path, sha256: str = "", metadata: dict[str, str] | None = None) -> StoredEpisode:
+        """Index a file in episodes/; its sha256 and metadata are read from it unless the caller has them."""
+        if metadata is None:
+            metadata, _ = check_episode_file(path)
         episode = StoredEpisode(
             episode_id=path.stem,
             robot_id=path.parent.name,

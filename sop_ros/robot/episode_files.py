@@ -34,6 +34,7 @@ from mcap.exceptions import EndOfFile
 from mcap.reader import McapReader, make_reader
 from mcap.records import Channel, DataEnd, Footer, Header, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
+from mcap.summary import Summary
 from mcap.writer import CompressionType, Writer
 from mcap_ros2.decoder import DecoderFactory
 
@@ -711,11 +712,12 @@ def episode_counts(path: Path | str) -> tuple[dict[str, str], dict[str, int]]:
         summary = reader.get_summary()
         if summary is None or summary.statistics is None:
             raise ValueError(f"{path}: no summary section; is it a finished episode file?")
-        counts = {
-            summary.channels[channel_id].topic: count
-            for channel_id, count in summary.statistics.channel_message_counts.items()
-        }
-        return _episode_metadata(reader), counts
+        return _episode_metadata(reader), _message_counts(summary)
+
+
+def _message_counts(summary: Summary) -> dict[str, int]:
+    """Messages per topic, from a file's summary statistics."""
+    return {summary.channels[c].topic: n for c, n in summary.statistics.channel_message_counts.items()}
 
 
 def check_episode_file(path: Path | str) -> tuple[dict[str, str], dict[str, int]]:
@@ -746,5 +748,4 @@ def check_episode_file(path: Path | str) -> tuple[dict[str, str], dict[str, int]
             raise ValueError(f"topic {channel.topic!r} has no schema")
     if summary.statistics.message_count == 0:
         raise ValueError("no messages")
-    counts = {summary.channels[c].topic: n for c, n in summary.statistics.channel_message_counts.items()}
-    return metadata, counts
+    return metadata, _message_counts(summary)

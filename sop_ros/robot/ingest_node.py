@@ -1,9 +1,8 @@
 """Ingest: camera frames and joint states -> one preprocessed, synchronised Observation per joint state.
 
-Each frame is decoded (JPEG or raw rgb8/bgr8) and resized once, on arrival (kept as bytes: the policy scales
-them to [0, 1]); each joint state then
-takes the newest frame of every camera stamped at or before it (sop_ros.robot.sync). Stale or missing sensors
-give an invalid observation that says why, and the policy holds.
+Each frame is decoded (JPEG or raw rgb8/bgr8) and resized once, on arrival, and kept as bytes (the policy scales
+them to [0, 1]); each joint state then takes the newest frame of every camera stamped at or before it
+(sop_ros.robot.sync). Stale or missing sensors give an invalid observation that says why, and the policy holds.
 """
 
 from __future__ import annotations

@@ -36,14 +36,17 @@ def declare_config(node: Node, cls: type[T]) -> T:
         raise ConfigError(f"node {node.get_fully_qualified_name()}: parameter {err}") from None
 
 
+def _field_default(f: dataclasses.Field) -> object:
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
 def _declare(node: Node, cls: type, defaults: object | None, prefix: str) -> dict:
+    """Declare `cls`'s fields under `prefix`; defaults from the instance `defaults` (a nested config's
+    defaults are its parent's default instance), else from the class."""
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
-        if defaults is not None:
-            default = getattr(defaults, f.name)
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = getattr(defaults, f.name) if defaults is not None else _field_default(f)
         name = prefix + f.name
         if dataclasses.is_dataclass(hints[f.name]):
             values[f.name] = _declare(node, hints[f.name], default, f"{name}.")
@@ -73,9 +76,7 @@ def parameter_overrides(cls: type, values: dict, prefix: str = "") -> list[Param
             overrides += parameter_overrides(hint, value, f"{prefix}{name}.")
         elif hint is not None and typing.get_origin(hint) is tuple:
             if not value:
-                field = defaults[name]
-                default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
-                if default:
+                if _field_default(defaults[name]):
                     raise ConfigError(f"{name}=[]: an empty list cannot be given to a node composed in one process")
                 continue
             overrides.append(Parameter(prefix + name, _ARRAY_TYPES[typing.get_args(hint)[0]], list(value)))

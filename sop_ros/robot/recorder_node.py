@@ -20,7 +20,7 @@ from sop_ros.robot import topics
 from sop_ros.robot.episode_files import WriterOptions
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.recording import Episode, EpisodeRecorder, header_stamp_ns, stamp_ns
-from sop_ros.robot.spin import run_node
+from sop_ros.robot.spin import log_at, run_node
 
 COMMAND_TYPES = {
     "float64_multi_array": "std_msgs/msg/Float64MultiArray",
@@ -74,13 +74,7 @@ class RecorderNode(Node):
         return self.get_clock().now().nanoseconds
 
     def log(self, level: str, message: str) -> None:
-        # One call site per severity: rclpy's logger refuses a call site whose severity changes.
-        if level == "error":
-            self.get_logger().error(message)
-        elif level == "warn":
-            self.get_logger().warning(message)
-        else:
-            self.get_logger().info(message)
+        log_at(self, level, message)
 
     def on_data(self, topic: str, data: bytes) -> None:
         # A headerless command answers the latest observed state: it takes that state's stamp. (The recorder's

@@ -60,6 +60,22 @@ def spin_until_done(nodes: Sequence[Node], stop: threading.Event, duration_s: fl
         executor.shutdown()
 
 
+def log_at(node: Node, severity: str, message: str, warn_throttle_s: float = 0.0) -> None:
+    """Log at a severity named by a string ("error", "warn", else info), for logic that knows no rclpy.
+
+    One call site per severity: rclpy refuses a call site whose severity (or throttle) changes between calls.
+    """
+    logger = node.get_logger()
+    if severity == "error":
+        logger.error(message)
+    elif severity == "warn" and warn_throttle_s > 0:
+        logger.warning(message, throttle_duration_sec=warn_throttle_s)
+    elif severity == "warn":
+        logger.warning(message)
+    else:
+        logger.info(message)
+
+
 def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     """`main()` of a node executable: exit 0 on a clean stop, 2 on a bad parameter."""
     if os.environ.get(DIE_WITH_PARENT_ENV) == "1" and sys.platform == "linux":
