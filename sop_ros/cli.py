@@ -79,6 +79,14 @@ def cmd_bench_inference(args: argparse.Namespace) -> int:
     return 0 if result["met"] else 1
 
 
+def cmd_bench_bridge(args: argparse.Namespace) -> int:
+    require_ros("bench bridge")
+    from sop_ros.bench.bridge import run
+
+    result = run(Path(args.json), args.episodes, args.episode_mb, args.robots, Path(args.workdir))
+    return 0 if result["met"] else 1
+
+
 def collection_exit_code(summary: dict) -> int:
     """0 when every robot run ended cleanly and episodes were recorded."""
     return 0 if not summary["failed"] and summary["total"]["episodes"] > 0 else 1
@@ -109,33 +117,88 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0 if worst <= 1e-4 else 1
 
 
-def cmd_ingest(args: argparse.Namespace) -> int:
-    import logging
-    import signal
-    import threading
-
+def cmd_cloud(args: argparse.Namespace) -> int:
     from sop_ros.configs.learner import LearnerConfig
-    from sop_ros.learner.episode_ingest import EpisodeIngestService
-    from sop_ros.learner.episode_store import EpisodeStore
+    from sop_ros.learner.cloud import run_cloud
 
     config = load_config(LearnerConfig, args.config)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    store = EpisodeStore(config.store_dir)
+    return run_cloud(config, args.duration, serve_policies=args.command == "cloud", name=args.command)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from sop_ros.bridge.artifacts import make_signing_keys
+
+    out = Path(args.out)
+    robots = [r.strip() for r in args.robots.split(",") if r.strip()]
     try:
-        service = EpisodeIngestService(store, config.ingest)
-    except RuntimeError as err:
-        print(f"sop ingest: {err}", file=sys.stderr)
+        private, public = make_signing_keys(out, args.force)
+        print(f"policy signing key (keep on the learner, mode 0600): {private}\n"
+              f"public key (copy to every robot: nodes.bridge.policies.public_key): {public}")  # fmt: skip
+        if robots:
+            from sop_ros.bridge.certificates import make_fleet_certificates
+            from sop_ros.bridge.security import write_access_control
+
+            files = make_fleet_certificates(out / "tls", robots, hosts=args.cloud_host, force=args.force)
+            acl = write_access_control(out / "tls" / "access_control.json", robots)
+            print(f"mutual TLS: CA {files['ca']} (keep ca.key offline), certificates and keys for cloud and "
+                  f"{', '.join(robots)} in {out / 'tls'}; the cloud's access control: {acl}")  # fmt: skip
+    except (FileExistsError, ValueError) as err:
+        print(f"sop keys: {err}", file=sys.stderr)
         return 1
-    print(f"sop ingest: {store.count()} episodes in {config.store_dir}; listening on "
-          f"{list(config.ingest.zenoh.listen) or list(config.ingest.zenoh.connect)}", flush=True)  # fmt: skip
-    stop.wait(args.duration)
-    service.close()
-    print(f"sop ingest: stopped; {store.count()} episodes in {config.store_dir}")
-    store.close()
     return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    import json
+
+    from sop_ros.bridge.artifacts import load_private_key
+    from sop_ros.configs.learner import LearnerConfig
+    from sop_ros.learner.policy_registry import PolicyRegistry
+
+    config = load_config(LearnerConfig, args.config).policies
+    if not config.private_key:
+        raise ConfigError(f"{args.config}: policies.private_key is empty: name the fleet's signing key (`sop keys`)")
+    try:
+        metrics = json.loads(args.metrics)
+        announcement = PolicyRegistry(config.registry_dir).publish(
+            args.policy, load_private_key(config.private_key), metrics, args.parent
+        )
+    except (ValueError, OSError) as err:  # JSON, key, ONNX file, version already published
+        print(f"sop publish: {err}", file=sys.stderr)
+        return 1
+    print(f"published {announcement.version} (parent {announcement.parent or 'none'}, {announcement.size} bytes, "
+          f"sha256 {announcement.sha256[:16]}...) in {config.registry_dir}; `sop cloud` announces it")  # fmt: skip
+    return 0
+
+
+def cmd_fleet_status(args: argparse.Namespace) -> int:
+    import json
+
+    from sop_ros.configs.learner import LearnerConfig
+    from sop_ros.learner.cloud import fetch_fleet_table, format_fleet_table
+
+    try:
+        table = fetch_fleet_table(load_config(LearnerConfig, args.config), args.timeout)
+    except RuntimeError as err:
+        print(f"sop fleet status: {err}", file=sys.stderr)
+        return 1
+    print(json.dumps(table, indent=2) if args.json else format_fleet_table(table))
+    return 0
+
+
+def cmd_chaos_bridge(args: argparse.Namespace) -> int:
+    require_ros("chaos bridge")
+    from sop_ros.bench.chaos_bridge import run
+
+    if args.robots < 1 or args.episodes < 1 or args.kills < 0:
+        print("sop chaos bridge: --robots and --episodes must be >= 1, --kills >= 0", file=sys.stderr)
+        return 2
+    try:
+        result = run(Path(args.json), args.robots, args.episodes, args.kills, args.seed, Path(args.out))
+    except KeyboardInterrupt:
+        print("sop chaos bridge: interrupted; the processes it started are stopped", file=sys.stderr)
+        return 130
+    return 0 if result["passed"] else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -216,6 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-config", metavar="YAML", help="size of the untrained model timed (ModelConfig fields)")
     p.set_defaults(func=cmd_bench_inference)
 
+    p = bench.add_parser("bridge", help="episode upload and weight distribution against raw Zenoh (TCP loopback)")
+    p.add_argument("--json", required=True, metavar="FILE", help="where the results go")
+    p.add_argument("--episodes", type=int, default=4, help="episodes uploaded (default %(default)s)")
+    p.add_argument("--episode-mb", type=float, default=64.0, help="size of each (default %(default)s MB)")
+    p.add_argument("--robots", type=int, default=8, help="robots receiving the weights (default %(default)s)")
+    p.add_argument("--workdir", default="runs/bench-bridge", help="scratch space, emptied first (default %(default)s)")
+    p.set_defaults(func=cmd_bench_bridge)
+
     p = sub.add_parser("export", help="export a checkpoint to one ONNX graph per inference step")
     p.add_argument("--policy", required=True, metavar="CKPT")
     p.add_argument("--out", required=True, metavar="FILE.onnx")
@@ -225,7 +296,58 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="the cloud's episode ingest alone: robots' uploads into the episode store")
     p.add_argument("--config", default="config/learner.yaml", help="learner YAML: store_dir and its ingest section")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
-    p.set_defaults(func=cmd_ingest)
+    p.set_defaults(func=cmd_cloud)
+
+    p = sub.add_parser("chaos", help="fault tests that write JSON")
+    chaos = p.add_subparsers(dest="chaos", required=True, metavar="TEST")
+    p = chaos.add_parser("bridge", help="SIGKILL bridges and the ingest while episodes go up: none lost or doubled")
+    p.add_argument("--json", required=True, metavar="FILE", help="where the results go")
+    p.add_argument("--robots", type=int, default=4, help="bridge processes, robot_0.. (default %(default)s)")
+    p.add_argument("--episodes", type=int, default=200, help="episodes produced in all (default %(default)s)")
+    p.add_argument("--kills", type=int, default=20, help="SIGKILLs, bridges and ingest (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="of the kill plan and the episodes (default %(default)s)")
+    p.add_argument("--out", default="runs/chaos", metavar="DIR", help="the run (store, outboxes, logs) goes to "
+                   "DIR/bridge-<time> (default: %(default)s)")  # fmt: skip
+    p.set_defaults(func=cmd_chaos_bridge)
+
+    p = sub.add_parser("cloud", help="the cloud's end of the bridge: episode ingest, signed policies, fleet table")
+    p.add_argument("--config", default="config/learner.yaml", help="learner YAML (store_dir, ingest, policies)")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+    p.set_defaults(func=cmd_cloud)
+
+    p = sub.add_parser("keys", help="make the fleet's policy signing key pair (Ed25519)")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes policy_signing.key and policy_signing.pub")
+    p.add_argument(
+        "--robots",
+        default="",
+        metavar="IDS",
+        help="comma-separated robot ids: also make the fleet's "
+        "TLS CA, a certificate per robot and for the cloud, and the cloud's access control (in DIR/tls)",
+    )
+    p.add_argument(
+        "--cloud-host",
+        action="append",
+        default=[],
+        metavar="NAME_OR_IP",
+        help="a name or address robots reach the cloud at (repeatable; 127.0.0.1 and localhost always)",
+    )
+    p.add_argument("--force", action="store_true", help="replace existing keys (robots must get the new ones)")
+    p.set_defaults(func=cmd_keys)
+
+    p = sub.add_parser("publish", help="sign an exported policy and make it the fleet's latest version")
+    p.add_argument("--config", default="config/learner.yaml", help="learner YAML (policies section)")
+    p.add_argument("--policy", required=True, metavar="FILE.onnx", help="from `sop export` (its version is inside)")
+    p.add_argument("--metrics", default="{}", metavar="JSON", help="what justifies it, e.g. '{\"success\": 0.82}'")
+    p.add_argument("--parent", default=None, help="the version it was trained from (default: the current latest)")
+    p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser("fleet", help="the fleet as the cloud sees it")
+    fleet = p.add_subparsers(dest="fleet", required=True, metavar="VIEW")
+    p = fleet.add_parser("status", help="robots, the versions they run and hold, outboxes, how fresh their reports")
+    p.add_argument("--config", default="config/learner.yaml", help="learner YAML: where the cloud listens")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="S")
+    p.add_argument("--json", action="store_true", help="print the table as JSON")
+    p.set_defaults(func=cmd_fleet_status)
 
     p = sub.add_parser("demo", help="the main job: two simulated robots recording demonstrations, with a summary")
     p.add_argument("--config", default="config/sim.yaml", help="base simulated robot YAML (default: %(default)s)")

@@ -19,7 +19,16 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-EPISODES = "sop/episodes"
+# Key expressions, robots <-> cloud. The access-control config (sop_ros.bridge.security) is written in them too.
+EPISODES = "sop/episodes"  # robot -> cloud: episode uploads, sop/episodes/<robot id>/<episode id>
+POLICIES = "sop/policies"  # cloud -> robots: everything below is published or served by the learner only
+POLICY_ANNOUNCE = f"{POLICIES}/announce"  # a new policy version (put)
+POLICY_LATEST = f"{POLICIES}/latest"  # the latest announcement, for robots that start or reconnect late (query)
+POLICY_ARTIFACTS = f"{POLICIES}/artifacts"  # a version's bytes in ranges, sop/policies/artifacts/<version> (query)
+STREAM = "stream"  # sop/policies/artifacts/<version>/stream: the bytes put once to all robots after the announcement
+FLEET = "sop/fleet"
+FLEET_ROBOTS = f"{FLEET}/robots"  # robot -> cloud: what a robot runs and holds, sop/fleet/robots/<robot id> (put)
+FLEET_TABLE = f"{FLEET}/table"  # the cloud's view of every robot, for `sop fleet status` (query)
 _EPISODE_KEY = re.compile(rf"{EPISODES}/(?P<robot>[A-Za-z0-9_]+)/(?P<episode>[A-Za-z0-9._-]+)")  # fullmatch
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -28,6 +37,14 @@ Status = Literal["partial", "stored", "refused"]
 
 class ProtocolError(ValueError):
     """A malformed key, header or reply; the message says what is wrong."""
+
+
+def artifact_key(version: str) -> str:
+    return f"{POLICY_ARTIFACTS}/{version}"
+
+
+def robot_report_key(robot_id: str) -> str:
+    return f"{FLEET_ROBOTS}/{robot_id}"
 
 
 def episode_key(robot_id: str, episode_id: str) -> str:
@@ -55,7 +72,7 @@ class Piece:
 
     @classmethod
     def decode(cls, data: bytes | None) -> Piece:
-        fields = _json_object(data, "piece header")
+        fields = json_object(data, "piece header")
         size, sha256, offset = fields.get("size"), fields.get("sha256"), fields.get("offset")
         if not _is_count(size):
             raise ProtocolError(f"piece header: size {size!r} must be an integer >= 0")
@@ -64,6 +81,27 @@ class Piece:
         if offset is not None and not (_is_count(offset) and offset <= size):
             raise ProtocolError(f"piece header: offset {offset!r} must be an integer in 0..{size}")
         return cls(size, sha256, offset)
+
+
+@dataclass(frozen=True)
+class ArtifactRange:
+    """A download query's header: `length` bytes of a policy artifact from `offset` (the reply may be shorter
+    at the end of the file)."""
+
+    offset: int
+    length: int
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self)).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> ArtifactRange:
+        fields = json_object(data, "artifact range")
+        offset, length = fields.get("offset"), fields.get("length")
+        if not _is_count(offset) or not _is_count(length) or length == 0:
+            raise ProtocolError(f"artifact range: offset {offset!r} and length {length!r} must be integers "
+                                "(offset >= 0, length > 0)")  # fmt: skip
+        return cls(offset, length)
 
 
 @dataclass(frozen=True)
@@ -78,7 +116,7 @@ class Reply:
 
     @classmethod
     def decode(cls, data: bytes | None) -> Reply:
-        fields = _json_object(data, "reply")
+        fields = json_object(data, "reply")
         if fields.get("status") not in ("partial", "stored", "refused"):
             raise ProtocolError(f"reply: status {fields.get('status')!r} is not partial, stored or refused")
         try:
@@ -92,7 +130,7 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _json_object(data: bytes | None, what: str) -> dict:
+def json_object(data: bytes | None, what: str) -> dict:
     if not data:
         raise ProtocolError(f"{what}: missing")
     try:

@@ -12,7 +12,9 @@ import os
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,7 +57,10 @@ class OutboxUploader:
         self.archive = Path(config.archive_dir) if config.archive_dir else self.outbox / UPLOADED_DIR
         self.stats = UploadStats()
         self._lock = threading.Lock()  # guards stats against the status reader
-        self._hashes: dict[tuple[str, int, int], str] = {}
+        # sha256 of the file being sent and of the next one, hashed on a thread while the current one goes up
+        # (hashlib lets go of the GIL): (name, size, mtime) -> its future.
+        self._hashes: dict[tuple[str, int, int], Future[str]] = {}
+        self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-sha256")
 
     def pending(self) -> list[Path]:
         """Finished episode files waiting, oldest first (the recorder renames a file in only when complete)."""
@@ -86,9 +91,11 @@ class OutboxUploader:
                 stop.wait(self.config.scan_period_s)
                 continue
             try:
-                for path in files:
+                for i, path in enumerate(files):
                     if stop.is_set():
                         return
+                    if i + 1 < len(files):
+                        self._hash_later(files[i + 1])
                     self.upload(path)
                 backoff = self.config.retry_initial_s
             except CloudUnavailable as err:
@@ -120,20 +127,40 @@ class OutboxUploader:
         return kept
 
     def upload(self, path: Path) -> Reply:
-        """Send one episode file until the cloud stores or refuses it; CloudUnavailable when it does not answer."""
+        """Send one episode file until the cloud stores or refuses it; CloudUnavailable when it does not answer.
+
+        Up to `window` pieces are in flight: the cloud handles one episode's pieces in order, so each is
+        answered "partial" at its end, the last "stored". An answer at another offset (the cloud lost bytes,
+        or restarted) drops the pieces in flight and goes on from the offset it names.
+        """
         size = path.stat().st_size
         sha256 = self._sha256(path, size)
         key = episode_key(self.robot_id, path.stem)
-        reply = self._ask(key, Piece(size, sha256), None)
+        reply = self._answer(self._ask(key, Piece(size, sha256), None))
         stalled = 0
         with open(path, "rb") as f:
             while reply.status == "partial":
-                f.seek(reply.offset)
-                data = f.read(self.config.chunk_kb * 1024)
-                before = reply.offset
-                reply = self._ask(key, Piece(size, sha256, before), data)
-                with self._lock:
-                    self.stats.bytes_sent += len(data)
+                before, sent = reply.offset, reply.offset
+                in_flight: deque[tuple[int, zenoh.Handler]] = deque()
+                while sent < size and len(in_flight) < self.config.window:
+                    f.seek(sent)
+                    data = f.read(self.config.chunk_kb * 1024)
+                    in_flight.append((sent + len(data), self._ask(key, Piece(size, sha256, sent), data)))
+                    sent += len(data)
+                    with self._lock:
+                        self.stats.bytes_sent += len(data)
+                    if len(in_flight) < self.config.window:
+                        continue
+                    end, replies = in_flight.popleft()
+                    reply = self._answer(replies)
+                    if reply.status != "partial" or reply.offset != end:
+                        break
+                else:
+                    while in_flight:  # the file is all sent: the last answers
+                        end, replies = in_flight.popleft()
+                        reply = self._answer(replies)
+                        if reply.status != "partial" or reply.offset != end:
+                            break
                 stalled = stalled + 1 if reply.status == "partial" and reply.offset <= before else 0
                 if stalled >= 3:
                     raise CloudUnavailable(f"{path.stem}: the cloud holds {reply.offset} bytes, takes no more")
@@ -143,10 +170,14 @@ class OutboxUploader:
             self._reject(path, reply.reason)
         return reply
 
-    def _ask(self, key: str, piece: Piece, data: bytes | None) -> Reply:
+    def _ask(self, key: str, piece: Piece, data: bytes | None) -> zenoh.Handler:
         try:
-            replies = self.session.get(key, payload=data, attachment=piece.encode(),
-                                       timeout=self.config.reply_timeout_s)  # fmt: skip
+            return self.session.get(key, payload=data, attachment=piece.encode(), timeout=self.config.reply_timeout_s)
+        except zenoh.ZError as err:
+            raise CloudUnavailable(f"{type(err).__name__}: {err}") from None
+
+    def _answer(self, replies: zenoh.Handler) -> Reply:
+        try:
             for answer in replies:
                 if answer.ok is None:
                     raise CloudUnavailable(f"error reply: {answer.err.payload.to_bytes().decode(errors='replace')}")
@@ -156,13 +187,23 @@ class OutboxUploader:
                 return reply
         except (zenoh.ZError, ProtocolError) as err:
             raise CloudUnavailable(f"{type(err).__name__}: {err}") from None
-        raise CloudUnavailable(f"no reply to {key} within {self.config.reply_timeout_s:g} s")
+        raise CloudUnavailable(f"no reply within {self.config.reply_timeout_s:g} s")
+
+    def _hash_later(self, path: Path) -> None:
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return
+        key = (path.name, stat.st_size, stat.st_mtime_ns)
+        if key not in self._hashes:
+            self._hashes = {k: v for k, v in self._hashes.items() if not v.done()}  # keep at most the pending
+            self._hashes[key] = self._hasher.submit(file_sha256, path)
 
     def _sha256(self, path: Path, size: int) -> str:
         key = (path.name, size, path.stat().st_mtime_ns)
         if key not in self._hashes:
-            self._hashes = {key: file_sha256(path)}  # one file at a time: keep only the current one
-        return self._hashes[key]
+            self._hashes = {key: self._hasher.submit(file_sha256, path)}
+        return self._hashes[key].result()
 
     def _done(self, path: Path, reply: Reply) -> None:
         if self.config.after_upload == "archive":

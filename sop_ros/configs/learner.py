@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sop_ros.configs import require
-from sop_ros.configs.bridge import EpisodeIngestConfig
+from sop_ros.configs.bridge import EpisodeIngestConfig, PolicyServingConfig
 from sop_ros.sim.catalog import MT50
 
 
@@ -73,6 +73,7 @@ class LearnerConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     recap: RecapConfig = field(default_factory=RecapConfig)
     ingest: EpisodeIngestConfig = field(default_factory=EpisodeIngestConfig)  # robots' episodes into store_dir
+    policies: PolicyServingConfig = field(default_factory=PolicyServingConfig)  # signed weights out to robots
 
     def __post_init__(self) -> None:
         require(bool(self.tasks), "tasks", self.tasks, "must list at least one task")

@@ -12,6 +12,7 @@ same id is never stored twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -75,6 +76,8 @@ class EpisodeStore:
         (self.root / "episodes").mkdir(parents=True, exist_ok=True)
         (self.root / "incoming").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # sha256 of each upload's bytes so far, updated as pieces arrive: a commit need not read the file again.
+        self._digests: dict[Path, hashlib._Hash] = {}
         self._db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False, isolation_level=None)
         # WAL + FULL: a committed row is on disk when the commit returns, and readers never block the writer.
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -125,22 +128,32 @@ class EpisodeStore:
         """Write `data` at `offset` if that is where the upload stands; returns the bytes held after."""
         path = self._incoming(robot_id, episode_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab") as f:
+        with open(path, "ab+") as f:
             if f.tell() != offset:
                 return f.tell()
+            digest = self._digests.get(path)
+            if digest is None:  # the first piece, or the first since a restart: hash what is held
+                digest = self._digests[path] = hashlib.sha256()
+                f.seek(0)
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
             f.write(data)
+            digest.update(data)
             return f.tell()
 
     def discard(self, robot_id: str, episode_id: str) -> None:
-        self._incoming(robot_id, episode_id).unlink(missing_ok=True)
+        path = self._incoming(robot_id, episode_id)
+        self._digests.pop(path, None)
+        path.unlink(missing_ok=True)
 
     def commit(self, robot_id: str, episode_id: str, sha256: str,
                check: Callable[[Path], dict[str, str]]) -> StoredEpisode:  # fmt: skip
         """Store a complete upload durably and index it. `check(path)` returns the episode's metadata or raises
         ValueError; a wrong sha256 raises DamagedUpload. Either way the upload is discarded."""
         part = self._incoming(robot_id, episode_id)
+        digest = self._digests.pop(part, None)
         try:
-            actual = file_sha256(part)
+            actual = digest.hexdigest() if digest is not None else file_sha256(part)
             if actual != sha256:
                 raise DamagedUpload(f"sha256 of the received bytes is {actual}, the robot announced {sha256}")
             metadata = check(part)
