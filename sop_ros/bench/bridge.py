@@ -1,0 +1,330 @@
+"""`sop bench bridge`: the bridge's throughput against raw Zenoh, all over TCP loopback with shared memory off.
+
+1. raw        one process puts 1 MB messages (reliable, blocking congestion control) to a subscriber in another;
+              MB/s from the first put to the last byte received. The ceiling for everything below.
+2. upload     episode files (recorder-written MCAP, camera bytes that do not compress, like JPEG) go from a
+              robot's outbox (sop_ros.bridge.uploader) into the cloud's ingest (another process): hashed, sent in
+              acknowledged pieces, checked, fsynced and indexed, each removed from the outbox once stored.
+3. weights    the cloud (this process) announces a signed ~100 MB policy to `robots` robots, each `sop robot`
+              with a bridge and a policy node (swap immediate, starting without a policy). all_verified_s: from
+              the announcement to the last robot holding the verified artifact; all_running_s: to the last
+              policy node running it.
+
+MB is 10^6 bytes throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from sop_ros.bench.inference import machine
+
+MB = 1_000_000
+MESSAGE_BYTES = 1 << 20
+RAW_MESSAGES = 512
+
+
+def free_endpoint() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp/127.0.0.1:{s.getsockname()[1]}"
+
+
+def zenoh_config(listen: str = "", connect: str = ""):
+    from sop_ros.configs.bridge import ZenohConfig
+
+    return ZenohConfig(listen=(listen,) if listen else (), connect=(connect,) if connect else ())
+
+
+# -- 1. raw ------------------------------------------------------------------------------------------------------
+
+
+def _raw_receiver(endpoint: str, expected: int, events: mp.Queue) -> None:
+    from sop_ros.bridge.zenoh_session import open_session
+
+    received, done = [0], threading.Event()
+
+    def count(sample) -> None:
+        received[0] += len(sample.payload)
+        if received[0] >= expected:
+            events.put(("last", time.monotonic()))  # CLOCK_MONOTONIC: one clock for every process on the host
+            done.set()
+
+    with open_session(zenoh_config(listen=endpoint)) as session:
+        session.declare_subscriber("bench/raw/data", count)
+        session.declare_subscriber("bench/raw/hello", lambda _: events.put(("hello", 0.0)))
+        events.put(("ready", 0.0))
+        done.wait(120)
+
+
+def raw_zenoh_tcp(trials: int = 3) -> dict:
+    import zenoh
+
+    from sop_ros.bridge.zenoh_session import open_session
+
+    rates = []
+    for _ in range(trials):
+        endpoint, events = free_endpoint(), mp.get_context("spawn").Queue()
+        receiver = mp.get_context("spawn").Process(
+            target=_raw_receiver, args=(endpoint, RAW_MESSAGES * MESSAGE_BYTES, events), daemon=True
+        )
+        receiver.start()
+        assert events.get(timeout=60)[0] == "ready"
+        with open_session(zenoh_config(connect=endpoint)) as session:
+            hello = session.declare_publisher("bench/raw/hello")
+            for _ in range(600):  # until the subscriber is reachable
+                hello.put(b"?")
+                try:
+                    if events.get(timeout=0.1)[0] == "hello":
+                        break
+                except queue.Empty:
+                    continue
+            publisher = session.declare_publisher("bench/raw/data", congestion_control=zenoh.CongestionControl.BLOCK)
+            payload = os.urandom(MESSAGE_BYTES)
+            start = time.monotonic()
+            for _ in range(RAW_MESSAGES):
+                publisher.put(payload)
+            while (event := events.get(timeout=120))[0] != "last":
+                pass
+        receiver.join(timeout=30)
+        rates.append(RAW_MESSAGES * MESSAGE_BYTES / MB / (event[1] - start))
+    return {"MBps_trials": [round(r, 1) for r in rates], "MBps": round(sorted(rates)[len(rates) // 2], 1)}
+
+
+# -- 2. episode upload ----------------------------------------------------------------------------------------------
+
+
+def _ingest_process(endpoint: str, store_dir: str, stop: mp.Event, ready: mp.Event) -> None:
+    from sop_ros.bridge.zenoh_session import open_session
+    from sop_ros.configs.bridge import EpisodeIngestConfig
+    from sop_ros.learner.episode_ingest import EpisodeIngestService
+    from sop_ros.learner.episode_store import EpisodeStore
+
+    store = EpisodeStore(store_dir)
+    with open_session(zenoh_config(listen=endpoint)) as session:
+        service = EpisodeIngestService(store, EpisodeIngestConfig(max_episode_mb=4096), session)
+        ready.set()
+        stop.wait(600)
+        service.close()
+    store.close()
+
+
+def write_episode(outbox: Path, episode_id: str, megabytes: float, robot_id: str) -> Path:
+    """A recorder-shaped episode: joint states and 40 kB camera frames of random bytes (JPEG does not compress)."""
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import CompressedImage, JointState
+
+    from sop_ros.robot.episode_files import EpisodeWriter, WriterOptions
+
+    writer = EpisodeWriter(outbox, episode_id, WriterOptions(compression="none"))
+    writer.add_topic("joint_states", "sensor_msgs/JointState")
+    writer.add_topic("cameras/front/image_raw/compressed", "sensor_msgs/CompressedImage")
+    frame = 40_000
+    pool = os.urandom(frame * 8)
+    frames = int(megabytes * MB / frame)
+    for i in range(frames):
+        stamp = 1_000_000_000 + i * 33_333_333
+        writer.write("joint_states", serialize_message(JointState(name=["j0"], position=[float(i)])), stamp)
+        start = (i * 7919) % (frame * 7)
+        image = CompressedImage(format="jpeg", data=pool[start : start + frame])
+        writer.write("cameras/front/image_raw/compressed", serialize_message(image), stamp)
+    return writer.finish({"episode_id": episode_id, "robot_id": robot_id, "task": "reach-v3", "outcome": "success",
+                          "steps": str(frames)})  # fmt: skip
+
+
+def episode_upload(workdir: Path, episodes: int, episode_mb: float) -> dict:
+    from sop_ros.bridge.uploader import OutboxUploader
+    from sop_ros.bridge.zenoh_session import open_session
+    from sop_ros.configs.bridge import BridgeConfig
+
+    endpoint, ctx = free_endpoint(), mp.get_context("spawn")
+    stop, ready = ctx.Event(), ctx.Event()
+    cloud = ctx.Process(target=_ingest_process, args=(endpoint, str(workdir / "store"), stop, ready), daemon=True)
+    cloud.start()
+    outbox = workdir / "outbox" / "robot_0"
+    files = [write_episode(outbox, f"robot_0-bench{i:03d}", episode_mb, "robot_0") for i in range(episodes)]
+    total = sum(f.stat().st_size for f in files)
+    ready.wait(60)
+    with open_session(zenoh_config(connect=endpoint)) as session:
+        uploader = OutboxUploader(session, "robot_0", outbox, BridgeConfig(), lambda *_: None)
+        uploader.upload(write_episode(workdir / "warmup", "robot_0-warmup", 1, "robot_0"))  # the link is up
+        halt = threading.Event()
+        worker = threading.Thread(target=uploader.run, args=(halt,))
+        start = time.monotonic()
+        worker.start()  # as the bridge node runs it: oldest first, the next file hashed while one goes up
+        while uploader.snapshot().uploaded < episodes + 1 and worker.is_alive():
+            time.sleep(0.001)
+        elapsed = time.monotonic() - start
+        halt.set()
+        worker.join()
+    stop.set()
+    cloud.join(timeout=30)
+    stats = uploader.snapshot()
+    if stats.uploaded != episodes + 1 or stats.refused or any(f.exists() for f in files):
+        raise RuntimeError(f"upload bench: {stats}")
+    return {"episodes": episodes, "episode_MB": round(total / episodes / MB, 1), "seconds": round(elapsed, 3),
+            "MBps": round(total / MB / elapsed, 1)}  # fmt: skip
+
+
+# -- 3. weights -----------------------------------------------------------------------------------------------------
+
+
+def export_policy(workdir: Path, version: str, width: int = 424, depth: int = 8) -> Path:
+    """A real exported policy of about 100 MB (its size is in its weights: ~25 M float32 parameters)."""
+    import dataclasses
+
+    import torch
+
+    from sop_ros.configs.model import ModelConfig
+    from sop_ros.model.export import export_onnx
+    from sop_ros.model.vla import VLAPolicy, save_checkpoint
+
+    torch.manual_seed(0)
+    model = VLAPolicy(dataclasses.replace(ModelConfig(), width=width, depth=depth, flow_steps=2)).eval()
+    with torch.no_grad():  # stacked layers start as copies, and the exporter stores identical weights once
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 1e-3)
+    save_checkpoint(workdir / f"{version}.pt", model, version=version, cameras=["corner", "gripperPOV"])
+    export_onnx(workdir / f"{version}.pt", workdir / f"{version}.onnx")
+    return workdir / f"{version}.onnx"
+
+
+def robot_yaml(robot: str, endpoint: str, workdir: Path, public_key: Path) -> dict:
+    return {
+        "robot": {"id": robot, "use_sim_time": False},
+        "nodes": {
+            "policy": {"policy_path": "", "status_hz": 50.0, "inference_threads": 1},
+            "bridge": {"outbox_dir": str(workdir / "outboxes"), "status_hz": 2.0, "zenoh": {"connect": [endpoint]},
+                       "policies": {"public_key": str(public_key), "cache_dir": str(workdir / "cache"),
+                                    "swap": "immediate"}},
+        },
+    }  # fmt: skip
+
+
+def weight_distribution(workdir: Path, robots: int) -> dict:
+    import rclpy
+    import yaml
+
+    from sop_ros.bridge.artifacts import load_private_key, make_signing_keys
+    from sop_ros.bridge.zenoh_session import open_session
+    from sop_ros.configs.bridge import PolicyServingConfig
+    from sop_ros.learner.policy_server import PolicyServer
+    from sop_ros.msg import PolicyStatus
+
+    artifact = export_policy(workdir, "bench-weights")
+    private, public = make_signing_keys(workdir / "keys")
+    endpoint = free_endpoint()
+    names = [f"robot_{i}" for i in range(robots)]
+    running: dict[str, float] = {}
+    rclpy.init()
+    watcher = rclpy.create_node("bench_bridge_watcher")
+
+    def on_status(robot: str, msg: PolicyStatus) -> None:
+        if msg.version == "bench-weights" and robot not in running:
+            running[robot] = time.monotonic()
+
+    for robot in names:
+        watcher.create_subscription(PolicyStatus, f"/{robot}/policy/status", lambda m, r=robot: on_status(r, m), 10)
+    halt = threading.Event()
+
+    def spin() -> None:
+        while not halt.is_set():
+            rclpy.spin_once(watcher, timeout_sec=0.05)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    procs = []
+    with open_session(zenoh_config(listen=endpoint)) as session:
+        server = PolicyServer(session, PolicyServingConfig(registry_dir=str(workdir / "registry")))
+        try:
+            for robot in names:
+                config = workdir / f"{robot}.yaml"
+                config.write_text(yaml.safe_dump(robot_yaml(robot, endpoint, workdir, public)))
+                with open(workdir / f"{robot}.log", "w") as log:
+                    procs.append(subprocess.Popen([sys.executable, "-m", "sop_ros.cli", "robot", "--config",
+                                                   str(config)], stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+            deadline = time.monotonic() + 120
+            while len(server.fleet_table()["robots"]) < robots:  # every bridge connected and reporting
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"only {len(server.fleet_table()['robots'])} of {robots} robots reported")
+                time.sleep(0.1)
+            time.sleep(2.0)  # the policy nodes' services come up after their processes start
+            spinner.start()
+            key = load_private_key(private)
+            start = time.monotonic()  # publish() returns once the announcement is put
+            announcement = server.publish(artifact, key, metrics={"bench": 1.0})
+            announced = time.monotonic()
+            verified: dict[str, float] = {}
+            deadline = announced + 600
+            while (len(verified) < robots or len(running) < robots) and time.monotonic() < deadline:
+                for robot in names:
+                    if robot not in verified and (workdir / "cache" / robot / "bench-weights.onnx").exists():
+                        verified[robot] = time.monotonic()
+                time.sleep(0.002)
+            if len(verified) < robots or len(running) < robots:
+                raise RuntimeError(f"weights bench: verified {sorted(verified)}, running {sorted(running)}")
+        finally:
+            halt.set()
+            spinner.join(timeout=5) if spinner.is_alive() else None
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=60)
+            server.close()
+            watcher.destroy_node()
+            rclpy.try_shutdown()
+    all_verified = max(verified.values()) - announced
+    size_mb = announcement.size / MB
+    return {
+        "size_MB": round(size_mb, 1),
+        "robots": robots,
+        "publish_s": round(announced - start, 3),
+        "all_verified_s": round(all_verified, 3),
+        "all_running_s": round(max(running.values()) - announced, 3),
+        "effective_MBps": round(size_mb * robots / all_verified, 1),
+        "verified_s_per_robot": [round(verified[r] - announced, 3) for r in names],
+    }
+
+
+def run(out: Path, episodes: int = 4, episode_mb: float = 64.0, robots: int = 8, workdir: Path | None = None) -> dict:
+    workdir = Path(workdir or "runs/bench-bridge")
+    shutil.rmtree(workdir, ignore_errors=True)
+    workdir.mkdir(parents=True)
+    print("bench bridge: raw Zenoh over TCP loopback (1 MB puts, shared memory off) ...", flush=True)
+    raw = raw_zenoh_tcp()
+    print(f"  {raw['MBps']} MB/s (trials {raw['MBps_trials']})", flush=True)
+    print(f"bench bridge: {episodes} episodes of {episode_mb:g} MB, outbox -> ingest ...", flush=True)
+    upload = episode_upload(workdir / "upload", episodes, episode_mb)
+    print(f"  {upload['MBps']} MB/s", flush=True)
+    print(f"bench bridge: a ~100 MB signed policy to {robots} robots (bridge + policy node each) ...", flush=True)
+    weights = weight_distribution(workdir / "weights", robots)
+    weights["ratio_to_raw"] = round(weights["effective_MBps"] / raw["MBps"], 3)
+    print(f"  all verified {weights['all_verified_s']} s ({weights['effective_MBps']} MB/s), all running "
+          f"{weights['all_running_s']} s", flush=True)  # fmt: skip
+    result = {
+        "command": "sop " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "raw_zenoh_tcp_MBps": raw["MBps"],
+        "episode_upload_MBps": upload["MBps"],
+        "upload_ratio": round(upload["MBps"] / raw["MBps"], 3),
+        "weights": weights,
+        "raw": raw,
+        "upload": upload,
+        "targets": {"upload_ratio": 0.5, "weights.ratio_to_raw": 0.5},
+    }
+    result["met"] = result["upload_ratio"] >= 0.5 and weights["ratio_to_raw"] >= 0.5
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}; upload_ratio {result['upload_ratio']}, weights ratio_to_raw {weights['ratio_to_raw']}; "
+          f"targets met: {result['met']}")  # fmt: skip
+    return result
