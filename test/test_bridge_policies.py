@@ -222,6 +222,22 @@ def test_a_truncated_artifact_is_refused_and_an_interrupted_download_resumes(tmp
     assert file_sha256(tmp_path / "robot_1" / "v2.onnx") == file_sha256(exported["v2"])
 
 
+def test_a_torn_artifact_left_by_a_crash_is_downloaded_again(tmp_path, cloud, endpoint, keys, exported):
+    private, public = keys
+    cloud.registry.publish(exported["v1"], private)
+    with Robot(tmp_path, endpoint, public) as robot:
+        wait_for(lambda: robot.node.running == "v1", 30, what="v1 running")
+    cached = tmp_path / "robot_0" / "v1.onnx"
+    whole = cached.read_bytes()
+    cached.write_bytes(whole[: len(whole) // 3])  # downloads are not fsynced: what a power cut may leave
+    with Robot(tmp_path, endpoint, public) as robot:
+        assert robot.fetcher.snapshot().held == ""  # checked at start: not taken as held
+        robot.node.running = "v0"
+        wait_for(lambda: robot.node.running == "v1", 30, what="v1 downloaded again")
+    assert cached.read_bytes() == whole and robot.fetcher.snapshot().downloaded_bytes == len(whole)
+    assert any("not the signed bytes of v1" in m for _, m in robot.logs) and robot.errors() == []
+
+
 def test_sop_publish_reaches_the_policy_node_through_sop_cloud_and_the_bridge(tmp_path, endpoint, exported,
                                                                                 rclpy_context):  # fmt: skip
     """The commands a user runs: `sop keys`, `sop cloud`, `sop robot` (policy + bridge nodes), `sop publish`,

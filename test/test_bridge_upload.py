@@ -12,7 +12,7 @@ from sensor_msgs.msg import CompressedImage, JointState
 from sop_ros.bridge.protocol import Piece, Reply, episode_key
 from sop_ros.bridge.uploader import OutboxUploader
 from sop_ros.bridge.zenoh_session import open_session
-from sop_ros.checksums import file_sha256
+from sop_ros.checksums import file_sha256, recorded_sha256
 from sop_ros.configs.bridge import BridgeConfig, EpisodeIngestConfig, ZenohConfig
 from sop_ros.learner.episode_ingest import EpisodeIngest, EpisodeIngestService
 from sop_ros.learner.episode_store import EpisodeStore
@@ -95,6 +95,29 @@ def test_episodes_go_up_in_pieces_and_leave_the_outbox_only_once_stored(tmp_path
     assert stats.bytes_sent == sum(sizes.values())
     assert not list((cloud.root / "incoming").rglob("*.part"))
     assert [m for sev, m in logs if sev == "info"] == [f"uploaded {ROBOT}-ep{i}" for i in range(3)]
+
+
+def test_the_recorder_leaves_the_sha256_on_the_file_and_a_file_changed_since_is_hashed_again(tmp_path, cloud,
+                                                                                             endpoint):
+    outbox = tmp_path / "outbox" / ROBOT
+    kept, changed = make_episode(outbox, f"{ROBOT}-a"), make_episode(outbox, f"{ROBOT}-b")
+    assert recorded_sha256(kept) == file_sha256(kept) and recorded_sha256(changed) == file_sha256(changed)
+    recorded = recorded_sha256(changed)
+    with open(changed, "r+b") as f:  # one byte of a camera frame, changed in place: same size, same digest left
+        f.seek(changed.stat().st_size // 2)
+        byte = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    assert recorded_sha256(changed) == recorded != file_sha256(changed)
+    digests = {kept.stem: file_sha256(kept), changed.stem: file_sha256(changed)}
+    with robot_session(endpoint) as session:
+        uploader = OutboxUploader(session, ROBOT, outbox, bridge_config(), lambda *_: None)
+        run_until(uploader, lambda: uploader.snapshot().uploaded == 2)
+    assert {e.episode_id: e.sha256 for e in cloud.episodes()} == digests  # stored as the file is now
+    grown = make_episode(tmp_path / "other", "grown")
+    with open(grown, "ab") as f:  # a recorded digest does not describe a file of another size
+        f.write(b"x")
+    assert recorded_sha256(grown) is None
 
 
 def test_a_resent_episode_is_acknowledged_and_never_stored_twice(tmp_path, cloud, endpoint):

@@ -37,8 +37,8 @@ from sop_ros.bridge.protocol import (
     artifact_key,
 )
 from sop_ros.bridge.uploader import CloudUnavailable, Log
+from sop_ros.checksums import BackgroundSha256, file_sha256
 from sop_ros.configs.bridge import PolicyDownloadConfig
-from sop_ros.robot.episode_files import fsync_dir
 
 STREAM_GAP_S = 0.5  # no streamed piece for this long: the stream is over or lost, ask for the rest
 NEWEST = "newest.json"  # the newest announcement accepted: older ones are refused, even after a restart
@@ -86,7 +86,7 @@ class PolicyFetcher:
         self._target = self._read_newest()
         if self._target is not None:
             self.stats.newest = self._target.version
-            if self.artifact(self._target.version).exists():
+            if self._holds(self._target):
                 self.stats.held = self._target.version
 
     # -- the loop --------------------------------------------------------------------------------------------
@@ -98,14 +98,14 @@ class PolicyFetcher:
             self.session.declare_subscriber(f"{POLICY_ARTIFACTS}/*/{STREAM}", self._on_streamed),
         ]
         try:
+            self.ask_latest()
             while not stop.is_set():
-                self.ask_latest()
                 self._drain_offers()
                 self.step(stop)
-                try:  # an announcement ends the wait early
+                try:  # an announcement ends the wait early, and is taken at once: its artifact is streaming
                     self._offers.put(self._offers.get(timeout=self.config.check_period_s))
                 except queue.Empty:
-                    pass
+                    self.ask_latest()
         finally:
             for subscriber in subscribers:
                 subscriber.undeclare()
@@ -210,7 +210,7 @@ class PolicyFetcher:
         if held > announcement.size:
             part.unlink()
             held = 0
-        digest = hashlib.sha256()
+        digest = BackgroundSha256()
         with open(part, "ab+") as f:
             f.seek(0)
             for block in iter(lambda: f.read(1 << 20), b""):  # resuming: the bytes held count toward the sha256
@@ -222,9 +222,9 @@ class PolicyFetcher:
                 with self._lock:
                     self.stats.downloaded_bytes += len(data)
             if held < announcement.size:  # stopped: the .part file is kept for the next attempt
+                digest.wait()
                 return part
-            f.flush()
-            os.fsync(f.fileno())
+        # No fsync: what a crash leaves is checked again at the next start (_holds), and by the policy node.
         if digest.hexdigest() != announcement.sha256:
             part.unlink()
             raise VerificationError(f"policy {announcement.version}: downloaded bytes have sha256 "
@@ -233,7 +233,6 @@ class PolicyFetcher:
         path = self.artifact(announcement.version)
         os.replace(part, path)
         (self.cache / f"{announcement.version}.json").write_bytes(announcement.encode())
-        fsync_dir(self.cache)
         with self._lock:
             self.stats.held = announcement.version
         self.log("info", f"policy {announcement.version} downloaded and verified ({announcement.size} bytes; "
@@ -309,6 +308,19 @@ class PolicyFetcher:
                 (self.cache / f"{path.stem}.json").unlink(missing_ok=True)
 
     # -- state -----------------------------------------------------------------------------------------------
+
+    def _holds(self, announcement: PolicyAnnouncement) -> bool:
+        """Whether the cache holds this version's artifact intact: downloads are not fsynced, so after a crash
+        the file may be short or torn. One that fails is removed (downloaded again)."""
+        path = self.artifact(announcement.version)
+        if not path.exists():
+            return False
+        if path.stat().st_size == announcement.size and file_sha256(path) == announcement.sha256:
+            return True
+        self.log("warn", f"{path}: not the signed bytes of {announcement.version} (a crash while it was written?): "
+                 "downloading it again")  # fmt: skip
+        path.unlink()
+        return False
 
     def _read_newest(self) -> PolicyAnnouncement | None:
         try:

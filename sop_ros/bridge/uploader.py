@@ -21,7 +21,7 @@ from pathlib import Path
 import zenoh
 
 from sop_ros.bridge.protocol import Piece, ProtocolError, Reply, episode_key
-from sop_ros.checksums import file_sha256
+from sop_ros.checksums import file_sha256, recorded_sha256
 from sop_ros.configs.bridge import BridgeConfig
 
 REJECTED_DIR = "rejected"
@@ -57,10 +57,11 @@ class OutboxUploader:
         self.archive = Path(config.archive_dir) if config.archive_dir else self.outbox / UPLOADED_DIR
         self.stats = UploadStats()
         self._lock = threading.Lock()  # guards stats against the status reader
-        # sha256 of the file being sent and of the next one, hashed on a thread while the current one goes up
-        # (hashlib lets go of the GIL): (name, size, mtime) -> its future.
+        # sha256 of the file being sent and of the next one: the one the recorder left on the file, else hashed
+        # on a thread while the current one goes up (hashlib lets go of the GIL): (name, size, mtime) -> future.
         self._hashes: dict[tuple[str, int, int], Future[str]] = {}
         self._hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-sha256")
+        self._distrusted: set[str] = set()  # files whose recorded sha256 the cloud found wrong: hashed instead
 
     def pending(self) -> list[Path]:
         """Finished episode files waiting, oldest first (the recorder renames a file in only when complete)."""
@@ -161,6 +162,12 @@ class OutboxUploader:
                         reply = self._answer(replies)
                         if reply.status != "partial" or reply.offset != end:
                             break
+                damaged = reply.status == "partial" and reply.offset == 0 and sent == size
+                if damaged and path.name not in self._distrusted:
+                    # All sent, and the cloud asks from 0: the bytes do not hash to `sha256`. The file changed
+                    # since it was recorded (or its recorded digest is wrong): from now on hash the file itself.
+                    self._distrusted.add(path.name)
+                    sha256 = self._sha256(path, size)
                 stalled = stalled + 1 if reply.status == "partial" and reply.offset <= before else 0
                 if stalled >= 3:
                     raise CloudUnavailable(f"{path.stem}: the cloud holds {reply.offset} bytes, takes no more")
@@ -197,13 +204,21 @@ class OutboxUploader:
         key = (path.name, stat.st_size, stat.st_mtime_ns)
         if key not in self._hashes:
             self._hashes = {k: v for k, v in self._hashes.items() if not v.done()}  # keep at most the pending
-            self._hashes[key] = self._hasher.submit(file_sha256, path)
+            self._hashes[key] = self._hash(path)
 
     def _sha256(self, path: Path, size: int) -> str:
         key = (path.name, size, path.stat().st_mtime_ns)
-        if key not in self._hashes:
-            self._hashes = {key: self._hasher.submit(file_sha256, path)}
+        if key not in self._hashes or path.name in self._distrusted:
+            self._hashes = {key: self._hash(path)}
         return self._hashes[key].result()
+
+    def _hash(self, path: Path) -> Future[str]:
+        recorded = None if path.name in self._distrusted else recorded_sha256(path)
+        if recorded is None:
+            return self._hasher.submit(file_sha256, path)
+        known: Future[str] = Future()
+        known.set_result(recorded)
+        return known
 
     def _done(self, path: Path, reply: Reply) -> None:
         if self.config.after_upload == "archive":

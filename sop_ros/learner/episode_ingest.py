@@ -43,7 +43,8 @@ class EpisodeIngest:
         allowed = self.config.allowed_robots
         if allowed and robot_id not in allowed:
             raise ProtocolError(f"robot {robot_id!r} may not upload (allowed: {', '.join(allowed)})")
-        stored = self.store.get(episode_id)
+        # An upload in progress here is not stored (a commit ends it): only its first piece asks the index.
+        stored = None if self.store.receiving(robot_id, episode_id) else self.store.get(episode_id)
         if stored is not None:
             if stored.sha256 != piece.sha256:
                 raise ProtocolError(f"episode {episode_id} is stored already with other content "

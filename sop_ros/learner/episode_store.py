@@ -12,7 +12,6 @@ same id is never stored twice.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -21,8 +20,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from sop_ros.checksums import file_sha256
+from sop_ros.checksums import BackgroundSha256, file_sha256
 from sop_ros.robot.episode_files import check_episode_file, fsync_dir, sync_file
 
 _SCHEMA = """
@@ -63,6 +63,12 @@ class DamagedUpload(ValueError):
     """The received bytes do not hash to the sha256 the robot announced: damaged on the way, to be sent again."""
 
 
+@dataclass(frozen=True)
+class _Upload:
+    file: BinaryIO  # incoming/<robot id>/<episode id>.part, appended to
+    digest: BackgroundSha256  # of the bytes written
+
+
 def _int(value: str | None) -> int:
     try:
         return int(value or 0)
@@ -76,8 +82,9 @@ class EpisodeStore:
         (self.root / "episodes").mkdir(parents=True, exist_ok=True)
         (self.root / "incoming").mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        # sha256 of each upload's bytes so far, updated as pieces arrive: a commit need not read the file again.
-        self._digests: dict[Path, hashlib._Hash] = {}
+        # Uploads in progress, kept open, with the sha256 of their bytes so far (hashed while the next piece is
+        # written): a commit need not read the file again.
+        self._uploads: dict[Path, _Upload] = {}
         self._db = sqlite3.connect(self.root / "index.sqlite", check_same_thread=False, isolation_level=None)
         # WAL + FULL: a committed row is on disk when the commit returns, and readers never block the writer.
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -86,6 +93,8 @@ class EpisodeStore:
         self.reconcile()
 
     def close(self) -> None:
+        for path in list(self._uploads):
+            self._close_upload(path)
         with self._lock:
             self._db.close()
 
@@ -117,51 +126,70 @@ class EpisodeStore:
     def _incoming(self, robot_id: str, episode_id: str) -> Path:
         return self.root / "incoming" / robot_id / f"{episode_id}.part"
 
+    def receiving(self, robot_id: str, episode_id: str) -> bool:
+        """Whether this upload is in progress in this process (open, not yet committed or discarded)."""
+        return self._incoming(robot_id, episode_id) in self._uploads
+
     def staged(self, robot_id: str, episode_id: str) -> int:
         """Bytes of this upload held so far."""
+        path = self._incoming(robot_id, episode_id)
+        upload = self._uploads.get(path)
+        if upload is not None:
+            return upload.file.tell()
         try:
-            return self._incoming(robot_id, episode_id).stat().st_size
+            return path.stat().st_size
         except FileNotFoundError:
             return 0
 
     def append(self, robot_id: str, episode_id: str, offset: int, data: bytes) -> int:
         """Write `data` at `offset` if that is where the upload stands; returns the bytes held after."""
         path = self._incoming(robot_id, episode_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "ab+") as f:
-            if f.tell() != offset:
-                return f.tell()
-            digest = self._digests.get(path)
-            if digest is None:  # the first piece, or the first since a restart: hash what is held
-                digest = self._digests[path] = hashlib.sha256()
-                f.seek(0)
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            f.write(data)
-            digest.update(data)
-            return f.tell()
+        upload = self._uploads.get(path)
+        if upload is None:  # the first piece, or the first since a restart: hash what is held
+            path.parent.mkdir(parents=True, exist_ok=True)
+            file = open(path, "ab+")  # stays open for the next pieces: closed at commit or discard
+            digest = BackgroundSha256()
+            file.seek(0)
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+            upload = self._uploads[path] = _Upload(file, digest)
+        if upload.file.tell() != offset:
+            return upload.file.tell()
+        upload.file.write(data)
+        upload.digest.update(data)
+        return upload.file.tell()
 
     def discard(self, robot_id: str, episode_id: str) -> None:
         path = self._incoming(robot_id, episode_id)
-        self._digests.pop(path, None)
+        self._close_upload(path)
         path.unlink(missing_ok=True)
+
+    def _close_upload(self, path: Path) -> None:
+        upload = self._uploads.pop(path, None)
+        if upload is not None:
+            upload.digest.wait()
+            upload.file.close()
 
     def commit(self, robot_id: str, episode_id: str, sha256: str,
                check: Callable[[Path], dict[str, str]]) -> StoredEpisode:  # fmt: skip
         """Store a complete upload durably and index it. `check(path)` returns the episode's metadata or raises
         ValueError; a wrong sha256 raises DamagedUpload. Either way the upload is discarded."""
         part = self._incoming(robot_id, episode_id)
-        digest = self._digests.pop(part, None)
+        upload = self._uploads.get(part)
         try:
-            actual = digest.hexdigest() if digest is not None else file_sha256(part)
+            if upload is not None:
+                sync_file(upload.file)
+            actual = upload.digest.hexdigest() if upload is not None else file_sha256(part)
             if actual != sha256:
                 raise DamagedUpload(f"sha256 of the received bytes is {actual}, the robot announced {sha256}")
             metadata = check(part)
         except ValueError:
             self.discard(robot_id, episode_id)
             raise
-        with open(part, "rb+") as f:
-            sync_file(f)
+        if upload is None:
+            with open(part, "rb+") as f:
+                sync_file(f)
+        self._close_upload(part)
         final = self.root / "episodes" / robot_id / f"{episode_id}.mcap"
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(part, final)

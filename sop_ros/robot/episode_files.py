@@ -38,6 +38,8 @@ from mcap.summary import Summary
 from mcap.writer import CompressionType, Writer
 from mcap_ros2.decoder import DecoderFactory
 
+from sop_ros.checksums import HashingWriter
+
 PARTIAL_DIR = ".partial"
 QUARANTINE_DIR = "quarantine"
 # Metadata record names: the caller's start metadata is written first so that a crash does not lose it; the
@@ -299,7 +301,8 @@ class EpisodeWriter:
         self._counts: dict[str, int] = {}
         self._schemas: dict[str, int] = {}
         self._refuse_existing()
-        self._file = self._create_partial()
+        # Hashed as written: the finished file carries its sha256 (the uploader need not read it twice).
+        self._file = HashingWriter(self._create_partial())
         try:
             with self._io("start"):
                 self._writer = Writer(
@@ -380,6 +383,7 @@ class EpisodeWriter:
         with self._io("finish"):
             self._writer.add_metadata(EPISODE_METADATA, merged)
             self._writer.finish()
+            self._file.record_sha256()
             sync_file(self._file)
             self._file.close()
             os.replace(self.partial_path, self.final_path)
