@@ -1,0 +1,117 @@
+"""SOP's sampling and RECAP's arithmetic on small hand-computed cases."""
+
+import numpy as np
+import pytest
+
+from sop_ros.configs.learner import SamplingConfig
+from sop_ros.learner import recap
+from sop_ros.learner.sampling import OFFLINE, ONLINE, OnlineShare, online_share, split_rows, task_rows
+from sop_ros.model.vla import INDICATOR_NEGATIVE, INDICATOR_NONE, INDICATOR_POSITIVE
+
+SOP = SamplingConfig(online_share_alpha=1.5, online_share_min=0.2, online_share_max=0.8, loss_window_steps=3)
+
+
+def test_every_task_gets_an_equal_part_of_the_batch():
+    rng = np.random.default_rng(0)
+    for batch in (10, 64, 3):
+        rows = task_rows(batch, ["a", "b", "c"], rng)
+        assert sum(rows.values()) == batch
+        assert sorted(set(rows.values())) in ([batch // 3], [batch // 3, batch // 3 + 1])
+    extra = [task for _ in range(3000) for task, n in task_rows(10, ["a", "b", "c"], rng).items() if n == 4]
+    assert {t: extra.count(t) for t in "abc"} == pytest.approx({"a": 1000, "b": 1000, "c": 1000}, rel=0.1)
+    with pytest.raises(ValueError, match="no tasks"):
+        task_rows(8, [], rng)
+
+
+def test_the_online_share_follows_sops_formula_and_its_clip():
+    assert online_share(0.5, 0.5, SOP) == pytest.approx(1 / (1 + np.exp(-0.25)))  # 0.5622
+    assert online_share(0.4, 0.7, SOP) == pytest.approx(1 / (1 + np.exp(0.1)))  # 0.4750
+    assert online_share(1.0, 0.0, SOP) == 0.8  # 0.818, clipped
+    assert online_share(0.0, 2.0, SOP) == 0.2  # 0.119, clipped
+    assert (online_share(1e4, 0.0, SOP), online_share(0.0, 1e4, SOP)) == (0.8, 0.2)  # no overflow
+
+
+def test_losses_are_averaged_over_the_last_window_of_steps():
+    shares = OnlineShare(["a", "b"], SOP)
+    assert shares.share("a", 0) == 0.5  # no losses yet: the middle of the clip range
+    for step, (on, off) in enumerate([(1.0, 0.1), (2.0, 0.2), (3.0, 0.3)], start=1):
+        shares.record(step, "a", ONLINE, on)
+        shares.record(step, "a", OFFLINE, off)
+    assert shares.mean_loss("a", ONLINE, 3) == pytest.approx(2.0)
+    assert shares.mean_loss("a", ONLINE, 4) == pytest.approx(2.5)  # step 1 left the 3-step window
+    assert shares.mean_loss("a", OFFLINE, 6) is None and shares.share("a", 6) == 0.5
+    shares.record(7, "a", ONLINE, 0.3)
+    shares.record(7, "a", OFFLINE, 0.6)
+    assert shares.shares(7) == {"a": pytest.approx(1 / (1 + np.exp(-(1.5 * 0.3 - 0.6)))), "b": 0.5}
+    with pytest.raises(KeyError, match="unknown task 'c'"):
+        shares.record(8, "c", ONLINE, 1.0)
+    with pytest.raises(ValueError, match="not finite"):
+        shares.record(8, "a", ONLINE, float("nan"))
+
+
+def test_a_tasks_rows_split_between_sources_with_the_exact_expected_share():
+    rng = np.random.default_rng(1)
+    assert split_rows(8, 0.25, True, True, rng) == 2
+    counts = [split_rows(10, 0.25, True, True, rng) for _ in range(4000)]
+    assert set(counts) == {2, 3} and np.mean(counts) == pytest.approx(2.5, abs=0.05)
+    assert split_rows(10, 0.8, False, True, rng) == 0  # no fleet data for this task yet
+    assert split_rows(10, 0.2, True, False, rng) == 10  # no demonstrations of it
+
+
+def test_returns_are_normalised_by_the_tasks_length_and_penalty():
+    success = recap.rewards(4, success=True, failure_penalty=50.0)
+    failure = recap.rewards(3, success=False, failure_penalty=50.0)
+    assert success.tolist() == [-1, -1, -1, 0] and failure.tolist() == [-1, -1, -50]
+    assert recap.returns_to_go(success).tolist() == [-3, -2, -1, 0]
+    assert recap.returns_to_go(failure).tolist() == [-52, -51, -50]
+    scale = recap.normaliser(max_length=10, failure_penalty=50.0)  # 60
+    g = recap.returns_to_go(recap.normalised_rewards(3, False, 10, 50.0))
+    assert g == pytest.approx([-52 / 60, -51 / 60, -50 / 60]) and scale == 60
+    with pytest.raises(ValueError, match="no rewards"):
+        recap.rewards(0, True, 50.0)
+
+
+def test_value_targets_are_the_nearest_of_201_atoms_on_minus_one_to_zero():
+    support = recap.value_support(201)
+    assert support[0] == -1 and support[-1] == 0 and support[100] == pytest.approx(-0.5)
+    bins = recap.value_bin(np.array([-3 / 60, -52 / 60, 0.0, -1.2, 0.3]), 201)
+    assert bins.tolist() == [190, 27, 200, 0, 200]  # 0.95*200; 0.1333*200 = 26.7 -> 27; clipped at both ends
+    probabilities = np.zeros((2, 201))
+    probabilities[0, 190] = 1.0
+    probabilities[1, [0, 200]] = 0.5
+    assert recap.expected_value(probabilities, 201) == pytest.approx([-0.05, -0.5])
+
+
+def test_n_step_advantages_bootstrap_from_the_value_and_stop_at_the_episode_end():
+    r = np.array([-1.0, -1.0, -1.0, 0.0])
+    perfect = np.array([-3.0, -2.0, -1.0, 0.0])  # the true returns: no step is better than expected
+    assert recap.n_step_advantages(r, perfect, 2) == pytest.approx([0, 0, 0, 0])
+    zeros = np.zeros(4)
+    assert recap.n_step_advantages(r, zeros, 2) == pytest.approx([-2, -2, -1, 0])
+    assert recap.n_step_advantages(r, zeros, 10) == pytest.approx([-3, -2, -1, 0])  # longer than the episode: G_t
+    hopeful = np.array([-1.0, -1.0, -1.0, -1.0])
+    assert recap.n_step_advantages(r, hopeful, 1) == pytest.approx([-1, -1, -1, 1])  # A = r_t + V_(t+1) - V_t
+    with pytest.raises(ValueError, match="4 rewards but 3 values"):
+        recap.n_step_advantages(r, zeros[:3], 2)
+
+
+def test_the_indicator_is_positive_above_the_percentile_and_where_an_operator_drove():
+    advantages = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    threshold = recap.advantage_threshold(advantages, 30.0)
+    assert threshold == pytest.approx(2.2)  # numpy's linear interpolation: 2 + 0.2 * (3 - 2)
+    operator = np.array([True, False, False, False, False])
+    P, N = INDICATOR_POSITIVE, INDICATOR_NEGATIVE
+    assert recap.indicators(advantages, threshold, operator).tolist() == [P, N, P, P, P]
+    with pytest.raises(ValueError, match="no advantages"):
+        recap.advantage_threshold(np.array([]), 30.0)
+
+
+def test_the_indicator_is_dropped_at_the_configured_rate_and_kept_otherwise():
+    rng = np.random.default_rng(2)
+    indicator = np.full(20000, INDICATOR_POSITIVE)
+    indicator[::2] = INDICATOR_NEGATIVE
+    dropped = recap.drop_indicators(indicator, 0.3, rng)
+    gone = dropped == INDICATOR_NONE
+    assert gone.mean() == pytest.approx(0.3, abs=0.015)
+    assert (dropped[~gone] == indicator[~gone]).all() and (indicator != INDICATOR_NONE).all()  # a copy
+    assert (recap.drop_indicators(indicator, 0.0, rng) == indicator).all()
