@@ -268,6 +268,18 @@ def test_batches_are_task_balanced_and_uniform_over_a_tasks_steps(indexed):
         assert abs(drawn[episode.episode_id] / 960 - episode.steps / task_steps) < 0.08
 
 
+def test_only_the_selected_steps_are_sampled(demos):
+    lines = []
+    dataset = EpisodeDataset(demos, log=lines.append, select=lambda e: np.arange(e.steps) < 5)
+    batch = dataset.sample(np.random.default_rng(0), 64)
+    assert set(batch["step"].tolist()) == set(range(5)) and Counter(batch["task"]) == {"push-v3": 32, "reach-v3": 32}
+    assert dataset.num_selected == 20 and dataset.num_steps > 20 and "steps (20 selected)" in lines[0]
+    push_only = EpisodeDataset(demos, log=lines.append, select=lambda e: np.full(e.steps, e.task == "push-v3"))
+    assert push_only.tasks == ["push-v3"] and set(push_only.sample(np.random.default_rng(1), 8)["task"]) == {"push-v3"}
+    with pytest.raises(ValueError, match=r"bool mask of shape \(\d+,\) for episode .*, got bool \(3,\)"):
+        EpisodeDataset(demos, log=lines.append, select=lambda e: np.ones(3, dtype=bool))
+
+
 def test_normalisation_statistics_cover_every_step(indexed):
     dataset, _ = indexed
     (action_mean, action_std), (proprio_mean, proprio_std) = dataset.action_stats(), dataset.proprio_stats()

@@ -1,10 +1,14 @@
 """SOP's sampling and RECAP's arithmetic on small hand-computed cases."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from sop_ros.configs.learner import SamplingConfig
 from sop_ros.learner import recap
+from sop_ros.learner.dataset import EpisodeIndex
+from sop_ros.learner.hg_dagger import training_steps
 from sop_ros.learner.sampling import OFFLINE, ONLINE, OnlineShare, online_share, split_rows, task_rows
 from sop_ros.model.vla import INDICATOR_NEGATIVE, INDICATOR_NONE, INDICATOR_POSITIVE
 
@@ -115,3 +119,22 @@ def test_the_indicator_is_dropped_at_the_configured_rate_and_kept_otherwise():
     assert gone.mean() == pytest.approx(0.3, abs=0.015)
     assert (dropped[~gone] == indicator[~gone]).all() and (indicator != INDICATOR_NONE).all()  # a copy
     assert (recap.drop_indicators(indicator, 0.0, rng) == indicator).all()
+
+
+def fleet_episode(outcome: str, operator: list[bool]) -> EpisodeIndex:
+    steps = len(operator)
+    return EpisodeIndex(episode_id=f"e-{outcome}", task="reach-v3", instruction="reach", outcome=outcome,
+                        path=Path("e.mcap"), robot_id="robot_0", joint_names=("j0",),
+                        step_ns=np.arange(steps + 1), proprio=np.zeros((steps + 1, 1), np.float32),
+                        actions=np.zeros((steps, 4), np.float32), operator=np.array(operator), frame_ns={},
+                        frames={}, frame_of_step={})  # fmt: skip
+
+
+def test_hg_dagger_learns_from_corrections_and_optionally_from_successful_autonomy():
+    corrected = [False, False, True, True, False]  # the policy, an operator's correction, the policy again
+    success, failure = fleet_episode("success", corrected), fleet_episode("failure", corrected)
+    corrections_only, with_autonomy = training_steps(False), training_steps(True)
+    assert corrections_only(success).tolist() == corrected and corrections_only(failure).tolist() == corrected
+    assert with_autonomy(success).tolist() == [True] * 5  # the policy's own steps of a success count too
+    assert with_autonomy(failure).tolist() == corrected  # never the autonomous steps of a failure
+    assert corrections_only(success) is not success.operator  # a mask of its own, not the episode's array

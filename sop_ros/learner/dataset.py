@@ -463,6 +463,8 @@ class EpisodeDataset:
 
     `source` is a directory (searched recursively, see `episode_files`) or a list of files. Files that cannot
     be used are skipped, each listed in `skipped` with the reason and named in the summary logged at the end.
+    `select` says which steps of an episode may be sampled (a bool mask over its steps, e.g. only where an
+    operator drove, for HG-DAgger); None: every step. A task none of whose steps are selected is not sampled.
     """
 
     def __init__(
@@ -470,6 +472,7 @@ class EpisodeDataset:
         source: Path | str | Sequence[Path | str],
         config: DatasetConfig | None = None,
         log: Callable[[str], None] = print,
+        select: Callable[[EpisodeIndex], np.ndarray] | None = None,
     ) -> None:
         self.config = config = config or DatasetConfig()
         if isinstance(source, (str, Path)):
@@ -502,18 +505,24 @@ class EpisodeDataset:
             self.episodes, dropped = _first_per_task(self.episodes, config.episodes_per_task)
             if dropped:
                 left_out[f"beyond {config.episodes_per_task} per task"] = dropped
-        self.tasks: list[str] = sorted({e.task for e in self.episodes})
+        # Each episode's steps that may be sampled, in order.
+        self._selected: list[np.ndarray] = [
+            np.arange(e.steps) if select is None else np.flatnonzero(_step_mask(select(e), e)) for e in self.episodes
+        ]
+        selected = zip(self.episodes, self._selected, strict=True)
+        self.tasks: list[str] = sorted({e.task for e, steps in selected if len(steps)})
         self.instructions: dict[str, list[str]] = {
             task: sorted({e.instruction for e in self.episodes if e.task == task}) for task in self.tasks
         }
         self.num_steps: int = sum(e.steps for e in self.episodes)
-        # Per task: its episodes and the cumulative step counts, to draw a step uniformly over all of them.
+        self.num_selected: int = sum(len(steps) for steps in self._selected)
+        # Per task: its episodes and the cumulative selected-step counts, to draw a step uniformly over all of them.
         self._by_task: dict[str, np.ndarray] = {}  # task -> its episodes' indices
-        self._ends: dict[str, np.ndarray] = {}  # task -> cumulative steps of those episodes
+        self._ends: dict[str, np.ndarray] = {}  # task -> cumulative selected steps of those episodes
         for task in self.tasks:
             ids = np.array([i for i, e in enumerate(self.episodes) if e.task == task], dtype=np.int64)
             self._by_task[task] = ids
-            self._ends[task] = np.cumsum([self.episodes[i].steps for i in ids])
+            self._ends[task] = np.cumsum([len(self._selected[i]) for i in ids])
         log(self._summary(where, left_out))
 
     def _refusal(self, episode: EpisodeIndex, seen: dict[str, Path]) -> str:
@@ -535,6 +544,7 @@ class EpisodeDataset:
         filled = sum(e.filled_actions for e in self.episodes)
         shifted = sum(e.shifted_commands for e in self.episodes)
         line = f"dataset {where}: {len(self.episodes)} episodes, {self.num_steps} steps"
+        line += f" ({self.num_selected} selected)" if self.num_selected != self.num_steps else ""
         line += f" [{per_task}]" if per_task else ""
         line += f"; {filled} actions filled, {shifted} commands logged in another step's window"
         if left_out:
@@ -596,10 +606,12 @@ class EpisodeDataset:
         picks: list[tuple[int, int]] = []
         for task, n in zip(tasks, per_task, strict=True):
             ends = self._ends[task]
-            flat = rng.integers(0, ends[-1], size=n)  # a step of the task's episodes laid end to end
+            flat = rng.integers(0, ends[-1], size=n)  # a selected step of the task's episodes laid end to end
             which = np.searchsorted(ends, flat, side="right")
             starts = np.concatenate([[0], ends[:-1]])[which]
-            picks += zip(self._by_task[task][which].tolist(), (flat - starts).tolist(), strict=True)
+            episodes = self._by_task[task][which].tolist()
+            steps = [int(self._selected[e][k]) for e, k in zip(episodes, flat - starts, strict=True)]
+            picks += zip(episodes, steps, strict=True)
         size, cameras = self.config.image_size, len(self.config.cameras)
         images = np.empty((batch_size, cameras, 3, size, size), dtype=np.float32)
         samples = [self.get(*picks[i], images=images[b]) for b, i in enumerate(rng.permutation(batch_size))]
@@ -626,6 +638,14 @@ class EpisodeDataset:
 
     def __len__(self) -> int:
         return self.num_steps
+
+
+def _step_mask(mask: np.ndarray, episode: EpisodeIndex) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.dtype != bool or mask.shape != (episode.steps,):
+        raise ValueError(f"a step selection must be a bool mask of shape ({episode.steps},) for episode "
+                         f"{episode.episode_id}, got {mask.dtype} {mask.shape}")  # fmt: skip
+    return mask
 
 
 def _first_per_task(episodes: list[EpisodeIndex], limit: int) -> tuple[list[EpisodeIndex], int]:
