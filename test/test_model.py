@@ -90,3 +90,20 @@ def test_size_is_configurable_and_checked():
         ModelConfig(image_size=100)
     with pytest.raises(ConfigError, match="width=130: must be divisible by heads"):
         ModelConfig(width=130)
+
+
+def test_each_rows_loss_counts_only_its_actions_inside_the_episode():
+    torch.manual_seed(0)
+    model = VLAPolicy(TINY).eval()
+    b = batch(["reach", "push", "open"], torch.randn(3, TINY.chunk, TINY.action_dim))
+    b["action_mask"][1, 2:] = False  # row 1's episode ends after 2 of its 4 actions
+    torch.manual_seed(1)
+    losses, actions = model.sample_losses(b)
+    assert actions.tolist() == [4, 2, 4] and losses.shape == (3,)
+    torch.manual_seed(1)  # the same noise and flow times: the batch loss is the action-weighted mean of the rows'
+    assert model.loss(b).item() == pytest.approx(((losses * actions).sum() / 10).item(), rel=1e-6)
+    whole = {**b, "action_mask": torch.ones_like(b["action_mask"])}
+    torch.manual_seed(1)
+    unmasked = model.sample_losses(whole)[0]
+    assert unmasked[[0, 2]].tolist() == pytest.approx(losses[[0, 2]].tolist(), rel=1e-6)  # one row's mask is its own
+    assert unmasked[1].item() != pytest.approx(losses[1].item(), rel=1e-3)

@@ -131,15 +131,23 @@ class VLAPolicy(nn.Module):
         return self.action_out(self.head(x, context))
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
-        """Flow matching: regress the straight-line velocity from noise to the (normalised) demonstrated chunk."""
+        """Flow matching: regress the straight-line velocity from noise to the (normalised) demonstrated chunk;
+        the squared error averaged over every action of the batch inside its episode."""
+        losses, actions = self.sample_losses(batch)
+        return (losses * actions).sum() / actions.sum().clamp(min=1.0)
+
+    def sample_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Each row's loss (B,), averaged over its actions inside the episode, and how many those are (B,): the
+        learner weighs tasks and sources by them."""
         target = (batch["actions"] - self.action_mean) / self.action_std
         context = self.encode(batch["images"], batch["proprio"], batch["instruction"], batch["indicator"])
         noise = torch.randn_like(target)
         t = torch.rand(target.shape[0], device=target.device)
         noisy = t[:, None, None] * target + (1 - t[:, None, None]) * noise
-        error = (self.velocity(noisy, t, context) - (target - noise)) ** 2
-        mask = batch["action_mask"].unsqueeze(-1).float()
-        return (error * mask).sum() / (mask.sum() * target.shape[-1]).clamp(min=1.0)
+        error = ((self.velocity(noisy, t, context) - (target - noise)) ** 2).mean(dim=-1)  # (B, H)
+        mask = batch["action_mask"].float()
+        actions = mask.sum(dim=1)
+        return (error * mask).sum(dim=1) / actions.clamp(min=1.0), actions
 
     def sample_actions(
         self,
