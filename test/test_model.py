@@ -6,6 +6,7 @@ import torch
 from sop_ros.configs import ConfigError
 from sop_ros.configs.model import ModelConfig
 from sop_ros.model.tokens import instruction_tokens
+from sop_ros.model.value import ValueNetwork
 from sop_ros.model.vla import VLAPolicy, load_checkpoint, parameter_count, save_checkpoint
 
 TINY = ModelConfig(cameras=1, image_size=32, cnn_channels=(8, 16), width=32, heads=2, depth=1, head_depth=1,
@@ -107,3 +108,24 @@ def test_each_rows_loss_counts_only_its_actions_inside_the_episode():
     unmasked = model.sample_losses(whole)[0]
     assert unmasked[[0, 2]].tolist() == pytest.approx(losses[[0, 2]].tolist(), rel=1e-6)  # one row's mask is its own
     assert unmasked[1].item() != pytest.approx(losses[1].item(), rel=1e-3)
+
+
+def test_the_value_network_learns_returns_as_a_distribution_over_atoms():
+    torch.manual_seed(0)
+    network = ValueNetwork(TINY, bins=21)
+    texts = ["reach the goal", "push the puck"] * 8
+    rows = batch(texts, torch.zeros(16, TINY.chunk, TINY.action_dim))
+    target = torch.tensor([18, 2] * 8)  # atoms -0.1 and -0.9 of 21 on [-1, 0]
+    optimiser = torch.optim.Adam(network.parameters(), lr=3e-3)
+    first = network.loss(rows, target).item()
+    for _ in range(150):
+        optimiser.zero_grad()
+        loss = network.loss(rows, target)
+        loss.backward()
+        optimiser.step()
+    assert loss.item() < 0.2 * first
+    with torch.no_grad():
+        values = network.value(rows["images"], rows["proprio"], rows["instruction"])
+    assert values[0].item() > -0.25 and values[1].item() < -0.75
+    probabilities = torch.softmax(network.logits(rows["images"], rows["proprio"], rows["instruction"]), -1)
+    assert values[:2].tolist() == pytest.approx((probabilities[:2] @ torch.linspace(-1, 0, 21)).tolist(), abs=1e-5)
