@@ -171,12 +171,15 @@ def test_malformed_uploads_are_refused_with_the_reason_and_the_service_goes_on(t
     outbox.mkdir(parents=True)
     garbage = outbox / f"{ROBOT}-garbage.mcap"
     garbage.write_bytes(b"not an mcap file" * 1000)
+    empty = outbox / f"{ROBOT}-empty.mcap"
+    empty.write_bytes(b"")
     other = make_episode(outbox, f"{ROBOT}-other", robot="robot_9")  # its metadata names another robot
     good = make_episode(outbox, f"{ROBOT}-good")
     logs = []
     with robot_session(endpoint) as session:
         uploader = OutboxUploader(session, ROBOT, outbox, bridge_config(), lambda sev, msg: logs.append((sev, msg)))
         assert uploader.upload(garbage).status == "refused"
+        assert "not a finished MCAP file" in uploader.upload(empty).reason  # its one empty piece is checked
         assert uploader.upload(other).status == "refused"
         assert uploader.upload(good).status == "stored"
         for header, payload, reason in [
@@ -193,6 +196,7 @@ def test_malformed_uploads_are_refused_with_the_reason_and_the_service_goes_on(t
     assert [e.episode_id for e in cloud.episodes()] == [good.stem]
     rejected = outbox / "rejected"
     assert (rejected / garbage.name).exists() and "not a" in (rejected / f"{garbage.name}.reason.txt").read_text()
+    assert (rejected / empty.name).exists()
     assert "metadata robot_id is 'robot_9'" in (rejected / f"{other.name}.reason.txt").read_text()
     assert any(sev == "error" and "refused" in m and garbage.stem in m for sev, m in logs)
 

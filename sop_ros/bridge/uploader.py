@@ -15,8 +15,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import zenoh
 
@@ -141,31 +142,11 @@ class OutboxUploader:
         stalled = 0
         with open(path, "rb") as f:
             while reply.status == "partial":
-                before, sent = reply.offset, reply.offset
-                in_flight: deque[tuple[int, zenoh.Handler]] = deque()
-                while sent < size and len(in_flight) < self.config.window:
-                    f.seek(sent)
-                    data = f.read(self.config.chunk_kb * 1024)
-                    in_flight.append((sent + len(data), self._ask(key, Piece(size, sha256, sent), data)))
-                    sent += len(data)
-                    with self._lock:
-                        self.stats.bytes_sent += len(data)
-                    if len(in_flight) < self.config.window:
-                        continue
-                    end, replies = in_flight.popleft()
-                    reply = self._answer(replies)
-                    if reply.status != "partial" or reply.offset != end:
-                        break
-                else:
-                    while in_flight:  # the file is all sent: the last answers
-                        end, replies = in_flight.popleft()
-                        reply = self._answer(replies)
-                        if reply.status != "partial" or reply.offset != end:
-                            break
-                damaged = reply.status == "partial" and reply.offset == 0 and sent == size
-                if damaged and path.name not in self._distrusted:
-                    # All sent, and the cloud asks from 0: the bytes do not hash to `sha256`. The file changed
-                    # since it was recorded (or its recorded digest is wrong): from now on hash the file itself.
+                before = reply.offset
+                reply = self._send_from(f, key, Piece(size, sha256, before))
+                if reply.status == "partial" and reply.offset == 0 and path.name not in self._distrusted:
+                    # Asked from 0 after bytes went up: they do not hash to `sha256`. The file changed since it
+                    # was recorded (or its recorded digest is wrong): from now on hash the file itself.
                     self._distrusted.add(path.name)
                     sha256 = self._sha256(path, size)
                 stalled = stalled + 1 if reply.status == "partial" and reply.offset <= before else 0
@@ -175,6 +156,26 @@ class OutboxUploader:
             self._done(path, reply)
         else:
             self._reject(path, reply.reason)
+        return reply
+
+    def _send_from(self, f: BinaryIO, key: str, first: Piece) -> Reply:
+        """Send the file from `first.offset` to its end, `window` pieces in flight; the first answer that is not
+        "partial" at the end of its piece (stored, refused, or the cloud holds other bytes), else the last one.
+        An empty file still sends its one empty piece: the cloud checks it then."""
+        chunk = self.config.chunk_kb * 1024
+        in_flight: deque[tuple[int, zenoh.Handler]] = deque()  # (end of the piece, its replies)
+        reply = Reply("partial", offset=first.offset)  # nothing left to send: the cloud has not moved
+        for offset in range(first.offset, max(first.size, 1), chunk):
+            f.seek(offset)
+            data = f.read(chunk)
+            in_flight.append((offset + len(data), self._ask(key, replace(first, offset=offset), data)))
+            with self._lock:
+                self.stats.bytes_sent += len(data)
+            while len(in_flight) >= self.config.window or in_flight and offset + chunk >= first.size:
+                end, replies = in_flight.popleft()
+                reply = self._answer(replies)
+                if reply.status != "partial" or reply.offset != end:
+                    return reply
         return reply
 
     def _ask(self, key: str, piece: Piece, data: bytes | None) -> zenoh.Handler:
