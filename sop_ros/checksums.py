@@ -53,16 +53,15 @@ class HashingWriter:
     def closed(self) -> bool:
         return self.file.closed
 
-    def record_sha256(self) -> bool:
-        """Leave the digest of everything written on the file; False where the file system keeps no user
-        attributes (readers then hash the file)."""
+    def record_sha256(self) -> None:
+        """Leave the digest of everything written on the file. Where the file system keeps no user attributes
+        nothing is left, and readers hash the file (recorded_sha256 is None)."""
         self.file.flush()
         value = json.dumps({"sha256": self.digest.hexdigest(), "size": self.file.tell()}).encode()
         try:
             os.setxattr(self.file.fileno(), SHA256_XATTR, value)
         except OSError:
-            return False
-        return True
+            pass
 
 
 def recorded_sha256(path: str | Path) -> str | None:
@@ -91,11 +90,8 @@ class BackgroundSha256:
     def update(self, data: bytes) -> None:
         self._last = self._thread.submit(self._digest.update, data)
 
-    def wait(self) -> None:
-        """Until every update given so far is hashed."""
+    def hexdigest(self) -> str:
+        """The digest of every update given so far (waits for them to be hashed)."""
         if self._last is not None:
             self._last.result()
-
-    def hexdigest(self) -> str:
-        self.wait()
         return self._digest.hexdigest()

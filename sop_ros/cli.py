@@ -293,10 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=1.0, help="RECAP guidance weight beta (default 1)")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("ingest", help="the cloud's episode ingest alone: robots' uploads into the episode store")
-    p.add_argument("--config", default="config/learner.yaml", help="learner YAML: store_dir and its ingest section")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
-    p.set_defaults(func=cmd_cloud)
+    for name, what, reads in (
+        ("ingest", "the cloud's episode ingest alone: robots' uploads into the episode store", "store_dir, ingest"),
+        ("cloud", "the cloud's end of the bridge: episode ingest, signed policies, fleet table",
+         "store_dir, ingest, policies"),
+    ):  # fmt: skip
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--config", default="config/learner.yaml", help=f"learner YAML ({reads})")
+        p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
+        p.set_defaults(func=cmd_cloud)
 
     p = sub.add_parser("chaos", help="fault tests that write JSON")
     chaos = p.add_subparsers(dest="chaos", required=True, metavar="TEST")
@@ -309,11 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/chaos", metavar="DIR", help="the run (store, outboxes, logs) goes to "
                    "DIR/bridge-<time> (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_chaos_bridge)
-
-    p = sub.add_parser("cloud", help="the cloud's end of the bridge: episode ingest, signed policies, fleet table")
-    p.add_argument("--config", default="config/learner.yaml", help="learner YAML (store_dir, ingest, policies)")
-    p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
-    p.set_defaults(func=cmd_cloud)
 
     p = sub.add_parser("keys", help="make the fleet's policy signing key pair (Ed25519)")
     p.add_argument("--out", required=True, metavar="DIR", help="writes policy_signing.key and policy_signing.pub")

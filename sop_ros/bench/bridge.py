@@ -24,6 +24,7 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -37,12 +38,15 @@ MESSAGE_BYTES = 1 << 20
 RAW_MESSAGES = 512
 
 
-def free_endpoint() -> str:
-    import socket
-
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return f"tcp/127.0.0.1:{s.getsockname()[1]}"
+        return s.getsockname()[1]
+
+
+def free_endpoint() -> str:
+    return f"tcp/127.0.0.1:{free_port()}"
 
 
 def zenoh_config(listen: str = "", connect: str = ""):

@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import random
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -49,6 +47,8 @@ from pathlib import Path
 
 import yaml
 
+from sop_ros.bench.bridge import free_port
+from sop_ros.bench.inference import machine
 from sop_ros.checksums import file_sha256
 
 INGEST = "ingest"
@@ -146,7 +146,7 @@ def run(json_path: Path, robots: int = 4, episodes: int = 200, kills: int = 20, 
     result = {
         "command": f"sop chaos bridge --json {json_path} --robots {robots} --episodes {episodes} "
         f"--kills {kills} --seed {seed} --out {out_dir}",
-        "machine": machine(),
+        "machine": {**machine(), "loadavg_1m_at_end": round(os.getloadavg()[0], 2)},
         "code": code_version(),
         "run_dir": str(run_dir),
         "settings": {
@@ -306,12 +306,6 @@ class Proc:
 
     def alive(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processes(run_dir: Path, robot_ids: list[str], ingest_limit_s: float) -> list[Proc]:
@@ -607,11 +601,3 @@ def code_version() -> dict:
     return {"commit": git("rev-parse", "HEAD").strip(), "changed_since": sorted(changed)}
 
 
-def machine() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
-    }

@@ -222,7 +222,6 @@ class PolicyFetcher:
                 with self._lock:
                     self.stats.downloaded_bytes += len(data)
             if held < announcement.size:  # stopped: the .part file is kept for the next attempt
-                digest.wait()
                 return part
         # No fsync: what a crash leaves is checked again at the next start (_holds), and by the policy node.
         if digest.hexdigest() != announcement.sha256:

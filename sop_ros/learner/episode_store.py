@@ -167,7 +167,6 @@ class EpisodeStore:
     def _close_upload(self, path: Path) -> None:
         upload = self._uploads.pop(path, None)
         if upload is not None:
-            upload.digest.wait()
             upload.file.close()
 
     def commit(self, robot_id: str, episode_id: str, sha256: str,
