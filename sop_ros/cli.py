@@ -125,6 +125,29 @@ def cmd_cloud(args: argparse.Namespace) -> int:
     return run_cloud(config, args.duration, serve_policies=args.command == "cloud", name=args.command)
 
 
+def cmd_learner(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+    import time
+
+    from sop_ros.configs.learner import LearnerConfig
+    from sop_ros.learner.online import STATUS, format_status, run_learner
+
+    config = load_config(LearnerConfig, args.config)
+    if args.action == "status":
+        path = Path(config.checkpoint_dir) / STATUS
+        if not path.is_file():
+            print(f"sop learner status: no {path} yet (is `sop learner --config {args.config}` running?)",
+                  file=sys.stderr)  # fmt: skip
+            return 1
+        print(format_status(json.loads(path.read_text()), time.time()))
+        return 0
+    if args.max_steps is not None:
+        config = dataclasses.replace(config, max_steps=args.max_steps)
+    run_learner(config)
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from sop_ros.bridge.artifacts import make_signing_keys
 
@@ -168,6 +191,17 @@ def cmd_publish(args: argparse.Namespace) -> int:
         return 1
     print(f"published {announcement.version} (parent {announcement.parent or 'none'}, {announcement.size} bytes, "
           f"sha256 {announcement.sha256[:16]}...) in {config.registry_dir}; `sop cloud` announces it")  # fmt: skip
+    return 0
+
+
+def cmd_fleet_run(args: argparse.Namespace) -> int:
+    require_ros("fleet run")
+    from sop_ros.sim.online_fleet import run
+
+    out = Path(args.out or f"runs/fleet-run/{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
+    tasks = [t for t in args.tasks.split(",") if t]
+    run(args.config, args.robot_config, tasks, args.robots, args.minutes, args.block, out,
+        Path(args.results) if args.results else None, args.bin_minutes)  # fmt: skip
     return 0
 
 
@@ -303,6 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
         p.set_defaults(func=cmd_cloud)
 
+    p = sub.add_parser("learner", help="online post-training: ingest, train, publish (torchrun for data-parallel)")
+    p.add_argument("action", nargs="?", choices=("run", "status"), default="run",
+                   help="run (default) the learner, or show the running learner's status")  # fmt: skip
+    p.add_argument("--config", default="config/learner.yaml", help="learner YAML (default: %(default)s)")
+    p.add_argument("--max-steps", type=int, default=None, metavar="N", help="stop after N learner steps")
+    p.set_defaults(func=cmd_learner)
+
     p = sub.add_parser("chaos", help="fault tests that write JSON")
     chaos = p.add_subparsers(dest="chaos", required=True, metavar="TEST")
     p = chaos.add_parser("bridge", help="SIGKILL bridges and the ingest while episodes go up: none lost or doubled")
@@ -348,6 +389,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, metavar="S")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(func=cmd_fleet_status)
+    p = fleet.add_parser("run", help="simulated robots, scripted operators, bridge and learner: success over time")
+    p.add_argument("--config", default="config/learner.yaml", help="learner YAML (algorithm, base policy, demos)")
+    p.add_argument("--robot-config", default="config/sim.yaml", help="base robot YAML (default: %(default)s)")
+    p.add_argument("--tasks", default="", help="comma-separated tasks (default: the learner's)")
+    p.add_argument("--robots", type=int, default=2)
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--block", type=int, default=5, help="episodes a robot runs of one task before the next")
+    p.add_argument("--bin-minutes", type=float, default=5.0, help="success rate per bin of this many minutes")
+    p.add_argument("--out", default=None, help="run directory (default: runs/fleet-run/<time>)")
+    p.add_argument("--results", default=None, help="also write fleet_run.json and .png here")
+    p.set_defaults(func=cmd_fleet_run)
 
     p = sub.add_parser("demo", help="the main job: two simulated robots recording demonstrations, with a summary")
     p.add_argument("--config", default="config/sim.yaml", help="base simulated robot YAML (default: %(default)s)")

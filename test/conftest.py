@@ -22,6 +22,32 @@ def ros_env(monkeypatch):
     monkeypatch.setenv("ROS_LOG_DIR", str(REPO / "log" / "ros"))
 
 
+DEMO_TASKS = ["push-v3", "reach-v3"]
+
+
+@pytest.fixture(scope="session")
+def recorded_demos(tmp_path_factory):
+    """Four real episodes (two of each of DEMO_TASKS) recorded by two simulated robots over ROS 2, made once:
+    tests read them, never change them."""
+    from sop_ros.learner.dataset import episode_files
+
+    out = tmp_path_factory.mktemp("demos")
+    # The autouse ros_env fixture is per test, so not yet in force here: the same settings, by hand.
+    env = {
+        **os.environ,
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+        "ROS_DOMAIN_ID": str(next(_domains) % 230),
+        "MUJOCO_GL": "egl",
+        "ROS_LOG_DIR": str(REPO / "log" / "ros"),
+    }
+    tasks = ",".join(DEMO_TASKS)
+    cmd = sop("collect-demos", "--tasks", tasks, "--episodes-per-task", "2", "--robots", "2", "--out", str(out))
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(episode_files(out)) == 4
+    return out
+
+
 @pytest.fixture
 def rclpy_context():
     import rclpy

@@ -1,15 +1,13 @@
 """The learner's dataset on real recorded episodes, and the preprocessing the robot shares with it."""
 
-import os
 import shutil
-import subprocess
 from collections import Counter
 
 import cv2
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, _domains, sop
+from conftest import DEMO_TASKS
 from mcap.reader import make_reader
 from mcap.writer import Writer
 from mcap_ros2.decoder import DecoderFactory
@@ -26,27 +24,12 @@ from sop_ros.learner.dataset import (
 from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
 from sop_ros.sim.metaworld_sim import MetaWorldSim
 
-TASKS = ["push-v3", "reach-v3"]
+TASKS = DEMO_TASKS
 
 
 @pytest.fixture(scope="module")
-def demos(tmp_path_factory):
-    """Four real episodes (two per task) recorded by two simulated robots over ROS 2: made once per module."""
-    out = tmp_path_factory.mktemp("demos")
-    # The autouse ros_env fixture is per test, so not yet in force here: the same settings, by hand.
-    env = {
-        **os.environ,
-        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
-        "ROS_DOMAIN_ID": str(next(_domains) % 230),
-        "MUJOCO_GL": "egl",
-        "ROS_LOG_DIR": str(REPO / "log" / "ros"),
-    }
-    tasks = ",".join(TASKS)
-    cmd = sop("collect-demos", "--tasks", tasks, "--episodes-per-task", "2", "--robots", "2", "--out", str(out))
-    result = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert len(episode_files(out)) == 4
-    return out
+def demos(recorded_demos):
+    return recorded_demos
 
 
 @pytest.fixture(scope="module")

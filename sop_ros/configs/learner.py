@@ -41,6 +41,9 @@ class RecapConfig:
     indicator_dropout: float = 0.3
     guidance_beta: float = 1.0
     value_training: Literal["frozen", "cotrain"] = "frozen"
+    max_episode_steps: int = 150  # L: a task's longest episode (the simulator's limit); returns are scaled by L + C
+    value_pretrain_steps: int = 300  # on the offline data, before the policy's training starts
+    value_learning_rate: float = 3e-4
 
     def __post_init__(self) -> None:
         require(self.value_bins >= 2, "value_bins", self.value_bins, "must be >= 2")
@@ -54,21 +57,31 @@ class RecapConfig:
         )
         require(0 <= self.indicator_dropout < 1, "indicator_dropout", self.indicator_dropout, "must be in [0, 1)")
         require(self.guidance_beta >= 0, "guidance_beta", self.guidance_beta, "must be >= 0")
+        require(self.max_episode_steps >= 1, "max_episode_steps", self.max_episode_steps, "must be >= 1")
+        require(self.value_pretrain_steps >= 0, "value_pretrain_steps", self.value_pretrain_steps, "must be >= 0")
+        require(self.value_learning_rate > 0, "value_learning_rate", self.value_learning_rate, "must be > 0")
 
 
 @dataclass(frozen=True)
 class LearnerConfig:
     algorithm: Literal["bc", "hg_dagger", "recap"] = "hg_dagger"
     tasks: tuple[str, ...] = ("reach-v3", "push-v3", "pick-place-v3", "drawer-open-v3", "window-open-v3")
+    base_policy: str = "runs/base.pt"  # the checkpoint training starts from (`sop pretrain`); "": from scratch
     demos_dir: str = "runs/demos"
     store_dir: str = "runs/store"
-    checkpoint_dir: str = "runs/learner"
-    batch_size: int = 64
-    learning_rate: float = 3e-4
+    checkpoint_dir: str = "runs/learner"  # checkpoint, status.json, TensorBoard events (tensorboard/)
+    batch_size: int = 64  # the global batch, split over data-parallel ranks
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
     publish_every_steps: int = 25
     publish_every_s: float = 0.0  # > 0: also publish on this period
+    max_steps: int = 0  # stop after this many learner steps (0: run until stopped)
+    refresh_every_steps: int = 10  # look for newly stored episodes this often
+    log_every_s: float = 10.0  # progress line, status.json and TensorBoard scalars
+    serve_robots: bool = True  # ingest and policy serving in the learner (false: `sop cloud` runs them)
     use_autonomous_segments: bool = True  # HG-DAgger: also learn from segments the policy drove
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    torch_threads: int = 0  # intra-op threads per rank (0: torch's default)
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     recap: RecapConfig = field(default_factory=RecapConfig)
@@ -89,3 +102,8 @@ class LearnerConfig:
         require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
         require(self.publish_every_steps >= 1, "publish_every_steps", self.publish_every_steps, "must be >= 1")
         require(self.publish_every_s >= 0, "publish_every_s", self.publish_every_s, "must be >= 0 (0: off)")
+        require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
+        require(self.max_steps >= 0, "max_steps", self.max_steps, "must be >= 0 (0: until stopped)")
+        require(self.refresh_every_steps >= 1, "refresh_every_steps", self.refresh_every_steps, "must be >= 1")
+        require(self.log_every_s > 0, "log_every_s", self.log_every_s, "must be > 0")
+        require(self.torch_threads >= 0, "torch_threads", self.torch_threads, "must be >= 0 (0: default)")

@@ -25,33 +25,50 @@ def cloud_zenoh(config: LearnerConfig) -> ZenohConfig:
     return config.ingest.zenoh
 
 
+class CloudServices:
+    """The robots' counterpart on one Zenoh session: episode ingest into the store, and (optionally) policy
+    serving from the registry. `sop cloud` runs it alone; `sop learner` runs it beside training."""
+
+    def __init__(self, config: LearnerConfig, serve_policies: bool) -> None:
+        self.zenoh = cloud_zenoh(config)
+        self.session = open_session(self.zenoh)  # RuntimeError when it cannot open (e.g. the port is taken)
+        self.store = EpisodeStore(config.store_dir)
+        self.ingest = EpisodeIngestService(self.store, config.ingest, self.session)
+        self.policy_server = PolicyServer(self.session, config.policies) if serve_policies else None
+
+    @property
+    def endpoints(self) -> list[str]:
+        return list(self.zenoh.listen) or list(self.zenoh.connect)
+
+    def close(self) -> None:
+        if self.policy_server:
+            self.policy_server.close()
+        self.ingest.close()
+        self.session.close()
+        self.store.close()
+
+
 def run_cloud(config: LearnerConfig, duration_s: float | None, serve_policies: bool, name: str) -> int:
     """Serve until SIGINT / SIGTERM or `duration_s`; 1 when the session cannot open (e.g. the port is taken)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    zconfig = cloud_zenoh(config)
     try:
-        session = open_session(zconfig)
+        cloud = CloudServices(config, serve_policies)
     except RuntimeError as err:
         print(f"sop {name}: {err}", file=sys.stderr)
         return 1
-    store = EpisodeStore(config.store_dir)
-    services: list = [EpisodeIngestService(store, config.ingest, session)]
-    if serve_policies:
-        services.append(PolicyServer(session, config.policies))
-        latest = services[-1].latest
+    if cloud.policy_server:
+        latest = cloud.policy_server.latest
         print(f"sop {name}: serving policies from {config.policies.registry_dir} (latest: "
               f"{latest.version if latest else 'none yet'})")  # fmt: skip
-    print(f"sop {name}: {store.count()} episodes in {config.store_dir}; listening on "
-          f"{list(zconfig.listen) or list(zconfig.connect)}", flush=True)  # fmt: skip
+    print(f"sop {name}: {cloud.store.count()} episodes in {config.store_dir}; listening on {cloud.endpoints}",
+          flush=True)  # fmt: skip
     stop.wait(duration_s)
-    for service in reversed(services):
-        service.close()
-    session.close()
-    print(f"sop {name}: stopped; {store.count()} episodes in {config.store_dir}")
-    store.close()
+    count = cloud.store.count()
+    cloud.close()
+    print(f"sop {name}: stopped; {count} episodes in {config.store_dir}")
     return 0
 
 

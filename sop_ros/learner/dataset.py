@@ -465,6 +465,8 @@ class EpisodeDataset:
     be used are skipped, each listed in `skipped` with the reason and named in the summary logged at the end.
     `select` says which steps of an episode may be sampled (a bool mask over its steps, e.g. only where an
     operator drove, for HG-DAgger); None: every step. A task none of whose steps are selected is not sampled.
+    `cache` (path -> index, filled as files are indexed) lets a dataset that grows, as the learner's online data
+    does, be built again without reading the files it has read before.
     """
 
     def __init__(
@@ -473,6 +475,7 @@ class EpisodeDataset:
         config: DatasetConfig | None = None,
         log: Callable[[str], None] = print,
         select: Callable[[EpisodeIndex], np.ndarray] | None = None,
+        cache: dict[Path, EpisodeIndex] | None = None,
     ) -> None:
         self.config = config = config or DatasetConfig()
         if isinstance(source, (str, Path)):
@@ -489,10 +492,12 @@ class EpisodeDataset:
         seen: dict[str, Path] = {}
         for path in paths:
             try:
-                episode = index_episode(path, config)
+                episode = cache[path] if cache is not None and path in cache else index_episode(path, config)
             except ValueError as err:
                 self.skipped.append((path, str(err).removeprefix(f"{path}: ")))
                 continue
+            if cache is not None:
+                cache[path] = episode
             reason = self._refusal(episode, seen)
             if reason:
                 self.skipped.append((path, reason))
@@ -595,26 +600,35 @@ class EpisodeDataset:
         named), the remainder one each to tasks the rng picks; within a task, a step drawn uniformly over all
         steps of its episodes. Fields as `get`'s with a batch dimension first; strings in lists."""
         tasks = list(self.tasks if tasks is None else tasks)
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size} must be >= 1")
+        self._check_tasks(tasks)
+        per_task = np.full(len(tasks), batch_size // len(tasks))
+        per_task[rng.choice(len(tasks), batch_size % len(tasks), replace=False)] += 1
+        picks = [pick for task, n in zip(tasks, per_task, strict=True) for pick in self.draw(rng, task, int(n))]
+        return self.collate([picks[i] for i in rng.permutation(batch_size)])
+
+    def _check_tasks(self, tasks: Sequence[str]) -> None:
         unknown = [t for t in tasks if t not in self._by_task]
         if unknown or not tasks:
             have = ", ".join(self.tasks) or "no episodes"
-            raise ValueError(f"cannot sample tasks {unknown or tasks}: the dataset has {have}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size {batch_size} must be >= 1")
-        per_task = np.full(len(tasks), batch_size // len(tasks))
-        per_task[rng.choice(len(tasks), batch_size % len(tasks), replace=False)] += 1
-        picks: list[tuple[int, int]] = []
-        for task, n in zip(tasks, per_task, strict=True):
-            ends = self._ends[task]
-            flat = rng.integers(0, ends[-1], size=n)  # a selected step of the task's episodes laid end to end
-            which = np.searchsorted(ends, flat, side="right")
-            starts = np.concatenate([[0], ends[:-1]])[which]
-            episodes = self._by_task[task][which].tolist()
-            steps = [int(self._selected[e][k]) for e, k in zip(episodes, flat - starts, strict=True)]
-            picks += zip(episodes, steps, strict=True)
+            raise ValueError(f"cannot sample tasks {unknown or list(tasks)}: the dataset has {have}")
+
+    def draw(self, rng: np.random.Generator, task: str, n: int) -> list[tuple[int, int]]:
+        """`n` (episode index, step) picks of `task`, each a selected step drawn uniformly over its episodes."""
+        self._check_tasks([task])
+        ends = self._ends[task]
+        flat = rng.integers(0, ends[-1], size=n)  # a selected step of the task's episodes laid end to end
+        which = np.searchsorted(ends, flat, side="right")
+        starts = np.concatenate([[0], ends[:-1]])[which]
+        episodes = self._by_task[task][which].tolist()
+        return [(e, int(self._selected[e][k])) for e, k in zip(episodes, flat - starts, strict=True)]
+
+    def collate(self, picks: Sequence[tuple[int, int]]) -> dict[str, np.ndarray | list[str]]:
+        """The samples of `picks` (episode index, step) as one batch, in that order (images decoded here)."""
         size, cameras = self.config.image_size, len(self.config.cameras)
-        images = np.empty((batch_size, cameras, 3, size, size), dtype=np.float32)
-        samples = [self.get(*picks[i], images=images[b]) for b, i in enumerate(rng.permutation(batch_size))]
+        images = np.empty((len(picks), cameras, 3, size, size), dtype=np.float32)
+        samples = [self.get(e, k, images=images[b]) for b, (e, k) in enumerate(picks)]
         return {
             "images": images,
             "proprio": np.stack([s["proprio"] for s in samples]),

@@ -87,6 +87,17 @@ class OnlineShare:
             return (self.config.online_share_min + self.config.online_share_max) / 2
         return online_share(on, off, self.config)
 
+    def state_dict(self) -> dict[str, list]:
+        """The windows, for a checkpoint: {"task/source": [[step, loss], ...]}."""
+        return {f"{task}/{source}": [list(p) for p in window] for (task, source), window in self._losses.items()}
+
+    def load_state_dict(self, state: dict[str, list]) -> None:
+        """Windows from `state_dict`; tasks this learner does not train are ignored."""
+        for key, window in state.items():
+            task, source = key.rsplit("/", 1)
+            if (task, source) in self._losses:
+                self._losses[task, source] = deque((int(s), float(v)) for s, v in window)
+
     def shares(self, step: int) -> dict[str, float]:
         tasks = sorted({task for task, _ in self._losses})
         return {task: self.share(task, step) for task in tasks}

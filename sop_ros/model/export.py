@@ -54,6 +54,8 @@ def policy_metadata(model: VLAPolicy, extra: dict, guidance: float) -> dict[str,
         "sop_ros.action_names": json.dumps(ACTION_NAMES[: model.config.action_dim]),
         "sop_ros.model_config": json.dumps(dataclasses.asdict(model.config)),
         "sop_ros.guidance": str(guidance),
+        # RECAP policies are asked for the positive-advantage behaviour at inference ("" for the others).
+        "sop_ros.indicator": str(extra.get("indicator", "")),
         "sop_ros.normalisation": json.dumps(
             {
                 name: getattr(model, name).tolist()

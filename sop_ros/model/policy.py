@@ -52,8 +52,10 @@ class ChunkPolicy:
             ),
             "proprio": (int(config.get("proprio_dim", 9)),),
         }
-        # RECAP policies are asked for the positive-advantage behaviour at inference.
-        self.indicator = INDICATOR_POSITIVE if advantage_conditioned else INDICATOR_NONE
+        # RECAP policies are asked for the positive-advantage behaviour at inference: by the robot's parameter,
+        # or by the policy's own metadata.
+        positive = advantage_conditioned or runtime.metadata.get("sop_ros.indicator") == "positive"
+        self.indicator = INDICATOR_POSITIVE if positive else INDICATOR_NONE
         self._seed = seed
         self.reset()
 

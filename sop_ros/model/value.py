@@ -35,6 +35,9 @@ class ValueNetwork(nn.Module):
         self.proprio_mean.copy_(torch.as_tensor(proprio[0], dtype=torch.float32))
         self.proprio_std.copy_(torch.as_tensor(proprio[1], dtype=torch.float32))
 
+    def forward(self, images: Tensor, proprio: Tensor, instruction: Tensor) -> Tensor:
+        return self.logits(images, proprio, instruction)
+
     def logits(self, images: Tensor, proprio: Tensor, instruction: Tensor) -> Tensor:
         """(B, bins) unnormalised log-probabilities of the atoms."""
         proprio = (proprio - self.proprio_mean) / self.proprio_std

@@ -138,11 +138,12 @@ class VLAPolicy(nn.Module):
 
     def sample_losses(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Each row's loss (B,), averaged over its actions inside the episode, and how many those are (B,): the
-        learner weighs tasks and sources by them."""
+        learner weighs tasks and sources by them. The flow's noise (B, H, D) and time (B,) are drawn here unless
+        the batch brings them ("noise", "flow_time"): data-parallel ranks draw the global batch's and take theirs."""
         target = (batch["actions"] - self.action_mean) / self.action_std
         context = self.encode(batch["images"], batch["proprio"], batch["instruction"], batch["indicator"])
-        noise = torch.randn_like(target)
-        t = torch.rand(target.shape[0], device=target.device)
+        noise = batch["noise"] if "noise" in batch else torch.randn_like(target)
+        t = batch["flow_time"] if "flow_time" in batch else torch.rand(target.shape[0], device=target.device)
         noisy = t[:, None, None] * target + (1 - t[:, None, None]) * noise
         error = ((self.velocity(noisy, t, context) - (target - noise)) ** 2).mean(dim=-1)  # (B, H)
         mask = batch["action_mask"].float()

@@ -1,0 +1,707 @@
+"""`sop learner`: SOP's online post-training loop, read top to bottom.
+
+    robots --Zenoh--> episode store (online data)          demonstrations (offline data)
+                                  \\                        /
+        every batch: 1/M of its rows per task; within a task SOP's online share w_on (sampling.py)
+                                              |
+        HG-DAgger: the operators' corrections (+ successful autonomous steps)  |  RECAP: every step, with its
+        advantage indicator from a distributional value network  |  BC: demonstrations only
+                                              |
+                flow-matching loss -> AdamW, data-parallel over torch.distributed (torchrun)
+                                              |
+        every K steps: checkpoint -> ONNX -> signed registry entry -> every robot hot-swaps it
+
+Data-parallel: every rank draws the same global batch (same seed and step) and decodes only its own rows; the
+flow's noise is drawn for the global batch too, so N ranks train exactly what one rank with the whole batch
+would. DistributedDataParallel averages gradients; the per-task losses behind w_on are all-reduced, so every
+rank keeps the same shares. Rank 0 alone serves the robots (ingest, policy announcements), lists the store,
+and writes checkpoints, metrics and policies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn import functional
+
+from sop_ros.configs import ConfigError, to_dict
+from sop_ros.configs.learner import LearnerConfig
+from sop_ros.configs.model import ModelConfig
+from sop_ros.learner import recap
+from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
+from sop_ros.learner.episode_store import EpisodeStore, StoredEpisode
+from sop_ros.learner.hg_dagger import training_steps
+from sop_ros.learner.pretrain import to_torch
+from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, split_rows, task_rows
+from sop_ros.model.value import ValueNetwork
+from sop_ros.model.vla import VLAPolicy, load_checkpoint, parameter_count, save_checkpoint
+
+STATE = "learner.pt"  # in checkpoint_dir: everything a restart needs
+STATUS = "status.json"  # in checkpoint_dir: what `sop learner status` shows
+Row = tuple[str, str, int, int]  # (task, source, episode index in that source's dataset, step)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Ranks
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def start_ranks(device: str) -> Ranks:
+    """One rank, or this process's rank of a torchrun job (it sets WORLD_SIZE, RANK, LOCAL_RANK)."""
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    where = torch.device(f"cuda:{local}" if cuda else "cpu")
+    if world > 1:
+        if cuda:
+            torch.cuda.set_device(where)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Ranks(int(os.environ.get("RANK", "0")), world, where)
+
+
+def all_sum(tensor: Tensor, ranks: Ranks) -> Tensor:
+    if ranks.world > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def same_on_all(value: object, ranks: Ranks) -> object:
+    """Rank 0's `value` on every rank."""
+    if ranks.world == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: demonstrations, and the fleet's episodes as they arrive
+# ---------------------------------------------------------------------------------------------------------
+
+
+def online_selection(config: LearnerConfig) -> tuple[tuple[str, ...], Callable[[EpisodeIndex], np.ndarray] | None]:
+    """The fleet episodes (by outcome) and steps each algorithm learns from."""
+    if config.algorithm == "hg_dagger":  # corrections count whatever the outcome; aborted episodes do not
+        return ("success", "failure", "unknown"), training_steps(config.use_autonomous_segments)
+    if config.algorithm == "recap":  # every step, each conditioned on its advantage: returns need an outcome
+        return ("success", "failure"), None
+    return (), None  # bc: demonstrations only
+
+
+class TrainingData:
+    """The offline dataset, and the online one rebuilt from the store's files as they arrive.
+
+    A refresh builds the online dataset from the files listed at the previous refresh, which a background
+    thread has indexed meanwhile, and hands the new list to that thread: training never waits for MCAP
+    parsing, and every rank builds the same dataset at the same step from the list rank 0 sent.
+    """
+
+    def __init__(self, config: LearnerConfig, dataset_config: DatasetConfig) -> None:
+        if not Path(config.demos_dir).is_dir():
+            raise ConfigError(f"demos_dir={config.demos_dir!r}: no such directory (record demonstrations with "
+                              "`sop collect-demos`)")  # fmt: skip
+        offline_outcomes = ("success", "failure") if config.algorithm == "recap" else ("success",)
+        self.offline = EpisodeDataset(config.demos_dir, replace(dataset_config, outcomes=offline_outcomes),
+                                      log=lambda _: None)  # fmt: skip
+        outcomes, self.select = online_selection(config)
+        self.learns_online = bool(outcomes)
+        self.online_config = replace(dataset_config, outcomes=outcomes or ("success",))
+        self.online = self._build([])
+        self.listed: list[Path] = []
+        self._cache: dict[Path, EpisodeIndex] = {}
+        self._indexer = ThreadPoolExecutor(1, thread_name_prefix="index")
+        self._indexing: Future | None = None
+
+    def _build(self, paths: list[Path]) -> EpisodeDataset:
+        return EpisodeDataset(paths, self.online_config, log=lambda _: None, select=self.select,
+                              cache=getattr(self, "_cache", None))  # fmt: skip
+
+    def refresh(self, paths: list[Path]) -> bool:
+        """Take the files indexed since the last refresh; start indexing `paths`. True if the online data grew."""
+        if not self.learns_online:
+            return False
+        if self._indexing is not None:
+            self._indexing.result()
+        grew = len(self.listed) != len(self.online.episodes) + len(self.online.skipped) + self._left_out
+        if grew:
+            self.online = self._build(self.listed)
+            self._left_out = len(self.listed) - len(self.online.episodes) - len(self.online.skipped)
+        self.listed = list(paths)
+        new = [p for p in paths if p not in self._cache]
+        self._indexing = self._indexer.submit(self._index, new)
+        return grew
+
+    _left_out = 0  # listed files of outcomes this algorithm does not learn from
+
+    def _index(self, paths: list[Path]) -> None:
+        for path in paths:
+            try:
+                self._cache[path] = index_episode(path, self.online_config)
+            except ValueError:
+                pass  # the dataset build records why, in its `skipped`
+
+    def tasks(self) -> set[str]:
+        return set(self.offline.tasks) | set(self.online.tasks)
+
+    def dataset(self, source: str) -> EpisodeDataset:
+        return self.online if source == ONLINE else self.offline
+
+    def close(self) -> None:
+        self._indexer.shutdown(wait=True, cancel_futures=True)
+
+
+def plan_rows(step: int, config: LearnerConfig, data: TrainingData, shares: dict[str, float]) -> list[Row]:
+    """The global batch of learner step `step`: the same on every rank (its randomness is (seed, step))."""
+    rng = np.random.default_rng([config.seed, step])
+    tasks = [t for t in config.tasks if t in data.tasks()]
+    rows: list[Row] = []
+    for task, n in task_rows(config.batch_size, tasks, rng).items():
+        has_online, has_offline = task in data.online.tasks, task in data.offline.tasks
+        online = split_rows(n, shares[task], has_online, has_offline, rng)
+        for source, count in ((ONLINE, online), (OFFLINE, n - online)):
+            if count:
+                rows += [(task, source, e, k) for e, k in data.dataset(source).draw(rng, task, count)]
+    return rows
+
+
+def flow_draws(step: int, config: LearnerConfig, model: ModelConfig) -> tuple[Tensor, Tensor]:
+    """The global batch's flow noise (B, H, D) and times (B,): ranks take their rows' share."""
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+    noise = torch.randn(config.batch_size, model.chunk, model.action_dim, generator=generator)
+    return noise, torch.rand(config.batch_size, generator=generator)
+
+
+def my_rows(rows: list[Row], ranks: Ranks) -> list[int]:
+    """This rank's rows of the global batch (every world-th, so each rank gets every task)."""
+    return list(range(ranks.rank, len(rows), ranks.world))
+
+
+def collate(data: TrainingData, rows: list[Row], mine: list[int]) -> dict:
+    """This rank's rows decoded into one batch, in `mine`'s order."""
+    parts = {}
+    for source in SOURCES:
+        picks = [(rows[i][2], rows[i][3]) for i in mine if rows[i][1] == source]
+        if picks:
+            parts[source] = iter(range(len(picks))), data.dataset(source).collate(picks)
+    order = [(rows[i][1], next(parts[rows[i][1]][0])) for i in mine]
+    batch = {}
+    for key in next(iter(parts.values()))[1]:
+        values = [parts[source][1][key][j] for source, j in order]
+        batch[key] = values if isinstance(values[0], str) else np.stack(values)
+    batch["source"] = [source for source, _ in order]
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------------------
+# RECAP: values, advantages and indicators
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Advantages:
+    """Per episode, its steps' value targets and n-step advantages; per task, the indicator threshold."""
+
+    def __init__(self, config: LearnerConfig) -> None:
+        self.config = config.recap
+        self.advantages: dict[str, np.ndarray] = {}  # episode id -> (steps,)
+        self.thresholds: dict[str, float] = {}
+
+    def returns(self, episode: EpisodeIndex) -> np.ndarray:
+        c = self.config
+        r = recap.normalised_rewards(episode.steps, episode.outcome == "success", c.max_episode_steps,
+                                     c.failure_penalty)  # fmt: skip
+        return recap.returns_to_go(r)
+
+    def value_targets(self, episode: EpisodeIndex, steps: np.ndarray) -> np.ndarray:
+        return recap.value_bin(self.returns(episode)[steps], self.config.value_bins)
+
+    def add(self, episode: EpisodeIndex, values: np.ndarray) -> None:
+        c = self.config
+        r = recap.normalised_rewards(episode.steps, episode.outcome == "success", c.max_episode_steps,
+                                     c.failure_penalty)  # fmt: skip
+        self.advantages[episode.episode_id] = recap.n_step_advantages(r, values, c.n_step)
+
+    def update_thresholds(self, episodes: list[EpisodeIndex]) -> None:
+        by_task: dict[str, list[np.ndarray]] = {}
+        for e in episodes:
+            if e.episode_id in self.advantages:
+                by_task.setdefault(e.task, []).append(self.advantages[e.episode_id])
+        self.thresholds = {t: recap.advantage_threshold(np.concatenate(a), self.config.advantage_percentile)
+                           for t, a in by_task.items()}  # fmt: skip
+
+    def indicators(self, batch: dict, rng: np.random.Generator) -> np.ndarray:
+        """The batch rows' indicators (operators' steps positive), dropped to 'none' at the configured rate."""
+        advantage = np.array([self.advantages[e][k] for e, k in zip(batch["episode_id"], batch["step"], strict=True)])
+        threshold = np.array([self.thresholds[t] for t in batch["task"]])
+        indicator = np.array([recap.indicators(a[None], t, o[None])[0]
+                              for a, t, o in zip(advantage, threshold, batch["operator"], strict=True)])  # fmt: skip
+        return recap.drop_indicators(indicator, self.config.indicator_dropout, rng)
+
+
+@torch.no_grad()
+def episode_values(value: ValueNetwork, dataset: EpisodeDataset, index: int, device: torch.device) -> np.ndarray:
+    """V(s_k) for every step of one episode."""
+    episode = dataset.episodes[index]
+    out = []
+    for start in range(0, episode.steps, 64):
+        picks = [(index, k) for k in range(start, min(start + 64, episode.steps))]
+        batch = to_torch(dataset.collate(picks), value.config, device)
+        out.append(value.value(batch["images"], batch["proprio"], batch["instruction"]).cpu().numpy())
+    return np.concatenate(out)
+
+
+def score_episodes(value: ValueNetwork, advantages: Advantages, dataset: EpisodeDataset, device: torch.device) -> None:
+    """Advantages for the dataset's episodes that have none yet, then every task's threshold again."""
+    value.eval()
+    for i, episode in enumerate(dataset.episodes):
+        if episode.episode_id not in advantages.advantages:
+            advantages.add(episode, episode_values(value, dataset, i, device))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model being trained
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Losses(nn.Module):
+    """The policy's per-row losses (and the value network's loss when co-trained), as one module that
+    DistributedDataParallel can wrap."""
+
+    def __init__(self, policy: VLAPolicy, value: ValueNetwork | None) -> None:
+        super().__init__()
+        self.policy, self.value = policy, value
+
+    def forward(self, batch: dict[str, Tensor], value_bins: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+        losses, weights = self.policy.sample_losses(batch)
+        value_loss = self.value.loss(batch, value_bins) if value_bins is not None else None
+        return losses, weights, value_loss
+
+
+def initial_policy(config: LearnerConfig) -> tuple[VLAPolicy, tuple[str, ...]]:
+    """The base checkpoint, or a fresh model (to be normalised to the demonstrations); and its camera order."""
+    cameras = DatasetConfig().cameras
+    if not config.base_policy:
+        return VLAPolicy(ModelConfig(cameras=len(cameras))), cameras
+    if not Path(config.base_policy).is_file():
+        raise ConfigError(f"base_policy={config.base_policy!r}: no such checkpoint (make one with `sop pretrain`)")
+    policy, extra = load_checkpoint(config.base_policy)
+    return policy, tuple(extra.get("cameras") or cameras)
+
+
+def save_state(path: Path, state: dict) -> None:
+    """Atomically: a crash leaves the previous checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp")
+    with open(temp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    temp.replace(path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Publishing
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Publisher:
+    """Policy weights -> ONNX -> signed registry entry, on a thread so that training goes on while it exports.
+
+    With the robots served from this process, the policy server announces each version at once; otherwise
+    `sop cloud` sees it in the registry."""
+
+    def __init__(self, config: LearnerConfig, cameras: tuple[str, ...], indicator: str, published: list[str]) -> None:
+        from sop_ros.bridge.artifacts import load_private_key
+        from sop_ros.learner.policy_registry import PolicyRegistry
+
+        try:
+            self.key = load_private_key(config.policies.private_key)
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"policies.private_key={config.policies.private_key!r}: {err} (make the fleet's keys "
+                              "with `sop keys --out keys`)") from None  # fmt: skip
+        self.registry = PolicyRegistry(config.policies.registry_dir)
+        self.server = None  # the policy server of this process, when it serves the robots
+        self.config, self.cameras, self.indicator = config, cameras, indicator
+        self.thread: threading.Thread | None = None
+        self.published = list(published)
+        self.latency_s = float("nan")
+        self.error = ""
+
+    def publish(self, policy: VLAPolicy, version: str, metrics: dict[str, float]) -> None:
+        self.wait()
+        snapshot = VLAPolicy(policy.config)
+        snapshot.load_state_dict({k: v.detach().cpu().clone() for k, v in policy.state_dict().items()})
+        self.thread = threading.Thread(target=self._export, args=(snapshot.eval(), version, metrics, time.monotonic()),
+                                       name="publish", daemon=True)  # fmt: skip
+        self.thread.start()
+
+    def _export(self, snapshot: VLAPolicy, version: str, metrics: dict[str, float], started: float) -> None:
+        from sop_ros.model.export import export_onnx
+
+        try:
+            with tempfile.TemporaryDirectory(dir=self.config.checkpoint_dir) as tmp:
+                checkpoint, onnx_path = Path(tmp) / "policy.pt", Path(tmp) / "policy.onnx"
+                save_checkpoint(checkpoint, snapshot, version=version, tasks=list(self.config.tasks),
+                                cameras=list(self.cameras), indicator=self.indicator)  # fmt: skip
+                export_onnx(checkpoint, onnx_path, guidance=self.config.recap.guidance_beta)
+                (self.server or self.registry).publish(onnx_path, self.key, metrics)
+            self.published.append(version)
+            self.latency_s = time.monotonic() - started
+            self.error = ""
+        except Exception as err:  # a failed publish must not stop training: the next one tries again
+            self.error = f"publishing {version} failed: {type(err).__name__}: {err}"
+            print(f"learner: {self.error}", flush=True)
+
+    def wait(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------------------------------------
+
+
+def fleet_metrics(stored: list[StoredEpisode], since: float, window: int = 20) -> dict:
+    """From the episodes' labels: per task the success rate (and without any intervention) over its last
+    `window` episodes, and the fleet's interventions per hour since `since`."""
+    per_task: dict[str, list[StoredEpisode]] = {}
+    for e in stored:
+        if e.outcome in ("success", "failure"):
+            per_task.setdefault(e.task, []).append(e)
+    success = {t: float(np.mean([e.outcome == "success" for e in es[-window:]])) for t, es in per_task.items()}
+    autonomous = {t: float(np.mean([e.outcome == "success" and e.interventions == 0 for e in es[-window:]]))
+                  for t, es in per_task.items()}  # fmt: skip
+    recent = [e for e in stored if e.stored_at >= since]
+    hours = max(time.time() - since, 1.0) / 3600
+    per_hour = sum(e.interventions for e in recent) / hours
+    return {"success": success, "autonomous_success": autonomous, "interventions_per_hour": per_hour,
+            "episodes": len(stored)}  # fmt: skip
+
+
+def version_lag(fleet_table: dict, published: list[str]) -> dict[str, int]:
+    """Per robot reporting: how many published versions it runs behind the latest (its running version unknown
+    to this learner: all of them)."""
+    lag = {}
+    for robot in fleet_table.get("robots", []):
+        running = robot.get("running_version", "")
+        lag[robot["robot"]] = len(published) - 1 - published.index(running) if running in published else len(published)
+    return lag
+
+
+def write_status(path: Path, status: dict) -> None:
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(status, indent=2) + "\n")
+    temp.replace(path)
+
+
+def format_status(status: dict, now: float) -> str:
+    """`sop learner status`: one screen."""
+    lines = [
+        f"learner {status['algorithm']} step {status['step']} ({status['ranks']} rank(s) on {status['device']}), "
+        f"updated {now - status['time']:.0f} s ago",
+        f"  samples/s {status['samples_per_s']:.1f}  loss {status['loss']:.4f}  "
+        f"latest policy {status['latest_policy'] or 'none'} (publish {status['publish_latency_s']:.1f} s)",
+        f"  data: {status['offline_episodes']} demonstrations, {status['online_episodes']} fleet episodes "
+        f"({status['online_steps']} steps used) of {status['fleet']['episodes']} stored; "
+        f"interventions/h {status['fleet']['interventions_per_hour']:.1f}",
+        f"  {'task':24s} {'w_on':>5s} {'loss on':>8s} {'loss off':>8s} {'success':>8s} {'no help':>8s}",
+    ]
+    for task in status["tasks"]:
+        losses = status["task_losses"].get(task, {})
+        success = status["fleet"]["success"].get(task)
+        alone = status["fleet"]["autonomous_success"].get(task)
+        cells = [f"{losses.get(s):.4f}" if losses.get(s) is not None else "-" for s in SOURCES]
+        rates = [f"{r:.0%}" if r is not None else "-" for r in (success, alone)]
+        lines.append(f"  {task:24s} {status['online_share'][task]:5.2f} {cells[0]:>8s} {cells[1]:>8s} "
+                     f"{rates[0]:>8s} {rates[1]:>8s}")  # fmt: skip
+    if status["version_lag"]:
+        lines.append("  robots behind the latest policy (versions): " +
+                     ", ".join(f"{r} {n}" for r, n in sorted(status["version_lag"].items())))  # fmt: skip
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------
+
+
+def run_learner(config: LearnerConfig, log: Callable[[str], None] = print) -> dict:
+    with contextlib.ExitStack() as cleanup:  # whatever stops the learner, its sessions, threads and files close
+        return _run_learner(config, log, cleanup)
+
+
+def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: contextlib.ExitStack) -> dict:
+    ranks = start_ranks(config.device)
+    if ranks.world > 1:
+        cleanup.callback(dist.destroy_process_group)
+    torch.manual_seed(config.seed)  # a fresh model and value network start the same on every rank and every run
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    say = log if ranks.main else (lambda _: None)
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+    out = Path(config.checkpoint_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE
+    resumed = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.exists() else None
+
+    # ---- model and data -------------------------------------------------------------------------------------
+    policy, cameras = initial_policy(config)
+    model_cfg = policy.config
+    data = TrainingData(config, DatasetConfig(cameras=cameras, image_size=model_cfg.image_size, chunk=model_cfg.chunk))
+    cleanup.callback(data.close)
+    missing = [t for t in config.tasks if t not in data.offline.tasks]
+    if len(missing) == len(config.tasks):
+        raise ConfigError(f"demos_dir={config.demos_dir!r}: no demonstrations of {', '.join(config.tasks)}")
+    if not config.base_policy:
+        policy.set_normalisation(data.offline.proprio_stats(), data.offline.action_stats())
+    value = ValueNetwork(model_cfg, config.recap.value_bins) if config.algorithm == "recap" else None
+    if value is not None:
+        value.set_normalisation((policy.proprio_mean, policy.proprio_std))
+    published: list[str] = list(resumed["published"]) if resumed else []
+    publisher = Publisher(config, cameras, "positive" if value is not None else "", published) if ranks.main else None
+    if publisher:
+        cleanup.callback(publisher.wait)
+
+    # ---- the robots' side, on rank 0: ingest into the store, policy announcements ----------------------------
+    store, server = None, None
+    if ranks.main and config.serve_robots:
+        from sop_ros.learner.cloud import CloudServices
+
+        cloud = CloudServices(config, serve_policies=True)
+        cleanup.callback(cloud.close)
+        store = cloud.store
+        server = publisher.server = cloud.policy_server
+    elif ranks.main:
+        store = EpisodeStore(config.store_dir)
+        cleanup.callback(store.close)
+    if resumed:
+        policy.load_state_dict(resumed["policy"])
+        if value is not None and resumed.get("value"):
+            value.load_state_dict(resumed["value"])
+    policy.to(ranks.device)
+    if value is not None:
+        value.to(ranks.device)
+    cotrain = value is not None and config.recap.value_training == "cotrain"
+    if value is not None and not cotrain:
+        value.requires_grad_(False)
+    module: nn.Module = Losses(policy, value if cotrain else None)
+    if ranks.world > 1:
+        module = nn.parallel.DistributedDataParallel(module, device_ids=[ranks.device.index] if
+                                                     ranks.device.type == "cuda" else None)  # fmt: skip
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    shares = OnlineShare(config.tasks, config.sampling)
+    step = 0
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+    if resumed:
+        optimiser.load_state_dict(resumed["optimiser"])
+        shares.load_state_dict(resumed["online_share"])
+        step, run_id = resumed["step"], resumed["run_id"]
+        say(f"learner: resumed from {state_path} at step {step}")
+    say(f"learner: {config.algorithm} on {', '.join(config.tasks)}; {parameter_count(policy) / 1e6:.2f}M "
+        f"parameters on {ranks.device} x {ranks.world}; {len(data.offline.episodes)} demonstrations"
+        + (f" (none of {', '.join(missing)})" if missing else ""))  # fmt: skip
+
+    # ---- RECAP: the value network pre-trained on the offline data, then the advantages --------------------
+    advantages = Advantages(config) if value is not None else None
+    if value is not None and not (resumed and resumed.get("value")):
+        pretrain_value(value, data.offline, advantages, config, ranks, say)
+    if advantages is not None:
+        score_episodes(value, advantages, data.offline, ranks.device)
+        advantages.update_thresholds(data.offline.episodes)
+
+    # ---- metrics --------------------------------------------------------------------------------------------
+    writer = None
+    if ranks.main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step if resumed else None)
+        cleanup.callback(writer.close)
+
+    # ---- the loop -------------------------------------------------------------------------------------------
+    decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")
+    cleanup.callback(decoder.shutdown, wait=True, cancel_futures=True)
+    pending: deque[tuple[int, list[Row], Future]] = deque()
+
+    def prepare(at: int) -> None:
+        """Plan step `at`'s global batch now and decode this rank's rows on the decoder thread."""
+        rows = plan_rows(at, config, data, shares.shares(at))
+        pending.append((at, rows, decoder.submit(collate, data, rows, my_rows(rows, ranks))))
+
+    task_index = {t: i for i, t in enumerate(config.tasks)}
+    started, last_log, last_publish = time.time(), time.monotonic(), time.monotonic()
+    window_rows, window_loss, task_losses = 0, [], {}
+    fleet = fleet_metrics([], started)
+    first = step
+    policy.train()
+    while not stop.is_set() and (not config.max_steps or step < config.max_steps):
+        if step % config.refresh_every_steps == 0 or step == first:
+            paths = [store.root / e.path for e in store.episodes()] if store else None
+            if data.refresh(same_on_all(paths, ranks)):
+                pending.clear()  # planned on the old online data: plan again
+                if advantages is not None:
+                    score_episodes(value, advantages, data.online, ranks.device)
+                    advantages.update_thresholds(data.offline.episodes + data.online.episodes)
+                    policy.train()
+        while len(pending) < 2:
+            prepare(step + len(pending))
+        _, rows, decoded = pending.popleft()
+        mine = my_rows(rows, ranks)
+        batch_np = decoded.result()
+        batch = to_torch(batch_np, model_cfg, ranks.device)
+        noise, flow_time = flow_draws(step, config, model_cfg)
+        batch["noise"], batch["flow_time"] = noise[mine].to(ranks.device), flow_time[mine].to(ranks.device)
+        value_bins = None
+        if advantages is not None:
+            rng = np.random.default_rng([config.seed, step, 1])
+            batch["indicator"] = torch.from_numpy(advantages.indicators(batch_np, rng)).to(ranks.device)
+            if cotrain:
+                value_bins = torch.from_numpy(np.array([
+                    advantages.value_targets(data.dataset(rows[i][1]).episodes[rows[i][2]], np.array([rows[i][3]]))[0]
+                    for i in mine])).to(ranks.device)  # fmt: skip
+        losses, weights, value_loss = module(batch, value_bins)
+        total = all_sum(weights.detach().sum(), ranks).clamp(min=1.0)
+        loss = (losses * weights).sum() * ranks.world / total
+        if value_loss is not None:
+            loss = loss + value_loss
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimiser.step()
+        # Per (task, source) mean losses over the whole global batch: SOP's w_on, the same on every rank.
+        keys = torch.tensor([task_index[rows[i][0]] * 2 + SOURCES.index(rows[i][1]) for i in mine])
+        stats = torch.zeros(2, 2 * len(config.tasks), dtype=torch.float64)
+        stats[0].index_add_(0, keys, (losses * weights).detach().cpu().double())
+        stats[1].index_add_(0, keys, weights.detach().cpu().double())
+        all_sum(stats, ranks)
+        for key in torch.nonzero(stats[1] > 0).flatten().tolist():
+            task, source = config.tasks[key // 2], SOURCES[key % 2]
+            shares.record(step, task, source, float(stats[0, key] / stats[1, key]))
+            task_losses.setdefault(task, {})[source] = float(stats[0, key] / stats[1, key])
+        window_loss.append(float(stats[0].sum() / stats[1].sum()))
+        if writer:
+            writer.add_scalar("loss/step", window_loss[-1], step)  # every step: runs can be compared exactly
+        window_rows += len(rows)
+        step += 1
+        if not ranks.main:
+            continue
+        # ---- rank 0: publish, checkpoint, metrics ---------------------------------------------------------
+        due = step % config.publish_every_steps == 0 or (
+            config.publish_every_s > 0 and time.monotonic() - last_publish >= config.publish_every_s)
+        final = stop.is_set() or step == config.max_steps
+        if due or final:
+            version = f"sop-{run_id}-{step:07d}"
+            published.append(version)  # in the checkpoint before it exists: a restart never reuses the name
+            save_state(state_path, {
+                "step": step, "run_id": run_id, "published": published, "policy": policy.state_dict(),
+                "value": value.state_dict() if value is not None else None, "optimiser": optimiser.state_dict(),
+                "online_share": shares.state_dict(), "config": to_dict(config),
+            })  # fmt: skip
+            publisher.publish(policy, version, {"step": float(step), "loss": float(np.mean(window_loss or [0]))})
+            last_publish = time.monotonic()
+        if final:
+            publisher.wait()  # the last status names the last policy
+        now = time.monotonic()
+        if now - last_log >= config.log_every_s or final:
+            fleet = fleet_metrics(store.episodes(), started) if store else fleet
+            rate = window_rows / (now - last_log)
+            status = {
+                "time": time.time(), "algorithm": config.algorithm, "step": step, "ranks": ranks.world,
+                "device": str(ranks.device), "samples_per_s": rate, "loss": float(np.mean(window_loss)),
+                "task_losses": task_losses, "online_share": shares.shares(step), "tasks": list(config.tasks),
+                "offline_episodes": len(data.offline.episodes), "online_episodes": len(data.online.episodes),
+                "online_steps": data.online.num_selected, "fleet": fleet,
+                "latest_policy": publisher.published[-1] if publisher.published else "",
+                "publish_latency_s": publisher.latency_s, "publish_error": publisher.error,
+                "version_lag": version_lag(server.fleet_table(), publisher.published) if server else {},
+                "value_thresholds": advantages.thresholds if advantages else {},
+            }  # fmt: skip
+            write_status(out / STATUS, status)
+            write_scalars(writer, status, step)
+            say(f"step {step}  loss {status['loss']:.4f}  {rate:.1f} samples/s  fleet episodes "
+                f"{len(data.online.episodes)}  w_on " + " ".join(f"{v:.2f}" for v in status["online_share"].values()))
+            last_log, window_rows, window_loss = now, 0, []
+    # ---- stop (the exit stack closes the rest) ---------------------------------------------------------------
+    if publisher:
+        publisher.wait()
+    result = {"step": step, "published": list(publisher.published) if publisher else []}
+    say(f"learner: stopped at step {step}; {len(result['published'])} policies published")
+    return result
+
+
+def write_scalars(writer, status: dict, step: int) -> None:
+    writer.add_scalar("loss/total", status["loss"], step)
+    writer.add_scalar("learner/samples_per_s", status["samples_per_s"], step)
+    if status["publish_latency_s"] == status["publish_latency_s"]:  # not NaN: something was published
+        writer.add_scalar("learner/publish_latency_s", status["publish_latency_s"], step)
+    for task, share in status["online_share"].items():
+        writer.add_scalar(f"online_share/{task}", share, step)
+    for task, losses in status["task_losses"].items():
+        for source, value in losses.items():
+            writer.add_scalar(f"loss/{task}/{source}", value, step)
+    for task, rate in status["fleet"]["success"].items():
+        writer.add_scalar(f"success/{task}", rate, step)
+    for task, rate in status["fleet"]["autonomous_success"].items():
+        writer.add_scalar(f"success_without_intervention/{task}", rate, step)
+    writer.add_scalar("fleet/interventions_per_hour", status["fleet"]["interventions_per_hour"], step)
+    for robot, lag in status["version_lag"].items():
+        writer.add_scalar(f"fleet/version_lag/{robot}", lag, step)
+    for task, threshold in status["value_thresholds"].items():
+        writer.add_scalar(f"value/advantage_threshold/{task}", threshold, step)
+    writer.flush()
+
+
+def pretrain_value(value: ValueNetwork, offline: EpisodeDataset, advantages: Advantages, config: LearnerConfig,
+                   ranks: Ranks, say: Callable[[str], None]) -> None:  # fmt: skip
+    """RECAP's value network on the demonstrations' Monte-Carlo returns (cross-entropy over atoms)."""
+    value.requires_grad_(True)
+    trainable = list(value.parameters())
+    module = nn.parallel.DistributedDataParallel(value) if ranks.world > 1 else value
+    optimiser = torch.optim.AdamW(trainable, lr=config.recap.value_learning_rate)
+    value.train()
+    for step in range(config.recap.value_pretrain_steps):
+        rng = np.random.default_rng([config.seed, step, 2])
+        picks = [p for t in offline.tasks for p in offline.draw(rng, t, config.batch_size // len(offline.tasks))]
+        mine = picks[ranks.rank :: ranks.world]
+        batch_np = offline.collate(mine)
+        batch = to_torch(batch_np, value.config, ranks.device)
+        bins = torch.from_numpy(np.array([advantages.value_targets(offline.episodes[e], np.array([k]))[0]
+                                          for e, k in mine])).to(ranks.device)  # fmt: skip
+        loss = functional.cross_entropy(module(batch["images"], batch["proprio"], batch["instruction"]), bins)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        if (step + 1) % 50 == 0:
+            say(f"value pretraining {step + 1}/{config.recap.value_pretrain_steps}: cross-entropy {loss.item():.3f}")
+    if config.recap.value_training == "frozen":
+        value.requires_grad_(False)
+    value.eval()

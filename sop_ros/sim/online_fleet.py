@@ -1,0 +1,221 @@
+"""`sop fleet run`: the whole SOP loop on this host: simulated robots, operators, bridge, learner.
+
+Every robot is a `sop robot` process group with the nodes a real robot runs (simulator, ingest, policy,
+teleop arbiter, recorder, bridge) plus a scripted operator in intervene mode, who takes over when the policy
+fails, as a field operator would, and labels each episode. Robots work through the tasks in blocks of
+episodes (a block: one task, its own seeds), each robot on a different task. The learner (`sop learner`)
+serves the robots: their episodes go into its store over Zenoh, and its new policies come back signed, each
+taken at an episode boundary. The base policy is published first, so every robot starts on it.
+
+The result is the fleet's success over time from the episodes' labels: the labelled success rate, and the
+rate without any intervention (what the policy did alone), per time bin, as JSON and PNG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import subprocess
+import sys
+import time
+from itertools import count
+from pathlib import Path
+
+import yaml
+
+from sop_ros.configs import ConfigError, load_config, to_dict
+from sop_ros.configs.bridge import BridgeConfig, PolicyDownloadConfig, PolicyServingConfig, ZenohConfig
+from sop_ros.configs.learner import LearnerConfig
+from sop_ros.configs.robot import IngestConfig, PolicyConfig, RobotLaunchConfig, ScriptedOperatorConfig
+from sop_ros.sim.collect_demos import WorkUnit, unit_config
+
+BLOCK_SEED = 200_000  # seeds of fleet episodes: clear of demonstrations (0...) and evaluation (100000...)
+
+
+def learner_config(base: LearnerConfig, tasks: list[str], out: Path, endpoint: str) -> LearnerConfig:
+    """The learner's config for this run: its files under `out`, robots served on `endpoint`."""
+    return dataclasses.replace(
+        base,
+        tasks=tuple(tasks),
+        store_dir=str(out / "store"),
+        checkpoint_dir=str(out / "learner"),
+        serve_robots=True,
+        ingest=dataclasses.replace(base.ingest, zenoh=ZenohConfig(listen=(endpoint,))),
+        policies=PolicyServingConfig(registry_dir=str(out / "policies"), private_key=str(out / "keys" /
+                                                                                         "policy_signing.key")),
+    )  # fmt: skip
+
+
+def robot_config(base: RobotLaunchConfig, robot_id: str, unit: WorkUnit, out: Path, endpoint: str) -> dict:
+    """A fleet robot: the policy drives, the scripted operator intervenes, the bridge ships episodes and
+    fetches policies."""
+    sim = base.nodes.sim_robot
+    operator = dataclasses.replace(base.nodes.scripted_operator or ScriptedOperatorConfig(), task=unit.task,
+                                   mode="intervene")  # fmt: skip
+    policy = dataclasses.replace(base.nodes.policy or PolicyConfig(), policy_path="", wait_for_chunk=True,
+                                 act_between_episodes=True, swap_at="episode_boundary")  # fmt: skip
+    outbox = out / "outbox"
+    bridge = BridgeConfig(
+        outbox_dir=str(outbox),
+        zenoh=ZenohConfig(connect=(endpoint,)),
+        policies=PolicyDownloadConfig(public_key=str(out / "keys" / "policy_signing.pub"),
+                                      cache_dir=str(out / "robot_policies"), swap="episode_boundary"),
+    )  # fmt: skip
+    return unit_config(base, robot_id, unit, outbox, scripted_operator=operator, policy=policy, bridge=bridge,
+                       ingest=base.nodes.ingest or IngestConfig(cameras=sim.cameras))  # fmt: skip
+
+
+def publish_base(learner: LearnerConfig) -> str:
+    """The base policy, exported and signed as the fleet's first version."""
+    from sop_ros.bridge.artifacts import load_private_key
+    from sop_ros.learner.policy_registry import PolicyRegistry
+    from sop_ros.model.export import export_onnx
+
+    registry = PolicyRegistry(learner.policies.registry_dir)
+    if registry.latest():
+        return registry.latest().version
+    onnx_path = Path(learner.checkpoint_dir) / "base.onnx"
+    onnx_path.parent.mkdir(parents=True, exist_ok=True)
+    export_onnx(learner.base_policy, onnx_path)
+    return registry.publish(onnx_path, load_private_key(learner.policies.private_key)).version
+
+
+def success_curve(store_dir: Path, start: float, bin_s: float) -> dict:
+    """Per time bin since `start`: labelled episodes, success rate, and success without intervention."""
+    from sop_ros.learner.episode_store import EpisodeStore
+
+    store = EpisodeStore(store_dir)
+    episodes = [e for e in store.episodes() if e.outcome in ("success", "failure")]
+    store.close()
+    bins: dict[int, list] = {}
+    for e in episodes:
+        bins.setdefault(int((e.stored_at - start) // bin_s), []).append(e)
+    curve = []
+    for b in sorted(bins):
+        es = bins[b]
+        curve.append({
+            "minute": round((b + 1) * bin_s / 60, 2), "episodes": len(es),
+            "success_rate": round(sum(e.outcome == "success" for e in es) / len(es), 3),
+            "autonomous_success_rate": round(sum(e.outcome == "success" and e.interventions == 0 for e in es)
+                                             / len(es), 3),
+            "interventions_per_episode": round(sum(e.interventions for e in es) / len(es), 3),
+            "tasks": sorted({e.task for e in es}), "policy_versions": sorted({e.policy_version for e in es}),
+        })  # fmt: skip
+    return {"bin_s": bin_s, "episodes": len(episodes), "curve": curve}
+
+
+def plot_success(curve: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    minutes = [p["minute"] for p in curve]
+    ax.plot(minutes, [p["success_rate"] for p in curve], "o-", label="success (labels)")
+    ax.plot(minutes, [p["autonomous_success_rate"] for p in curve], "s-", label="success without intervention")
+    ax.set(xlabel="minutes into the run", ylabel="rate per bin", ylim=(-0.02, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as f:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+
+
+def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minutes: float, block: int, out: Path,
+        results: Path | None, bin_minutes: float = 5.0) -> dict:  # fmt: skip
+    from sop_ros.bench.bridge import free_endpoint
+    from sop_ros.bridge.artifacts import make_signing_keys
+
+    base_learner = load_config(LearnerConfig, learner_yaml)
+    base_robot = load_config(RobotLaunchConfig, base_yaml)
+    tasks = tasks or list(base_learner.tasks)
+    if robots < 1 or minutes <= 0 or block < 1:
+        raise ConfigError("--robots and --block must be >= 1, --minutes > 0")
+    out = out.resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    (out / "configs").mkdir(exist_ok=True)
+    make_signing_keys(out / "keys", force=True)
+    endpoint = free_endpoint()
+    learner = learner_config(base_learner, tasks, out, endpoint)
+    (out / "configs" / "learner.yaml").write_text(yaml.safe_dump(to_dict(learner), sort_keys=False))
+    print(f"fleet run: {robots} robots on {', '.join(tasks)} for {minutes:g} min; base policy "
+          f"{publish_base(learner)}; learner {learner.algorithm} -> {out}", flush=True)  # fmt: skip
+    start = time.time()
+    learner_proc = _start([sys.executable, "-m", "sop_ros.cli", "learner", "--config",
+                           str(out / "configs" / "learner.yaml")], out / "logs" / "learner.log")  # fmt: skip
+    blocks = count()
+    running: dict[str, subprocess.Popen] = {}
+    deadline, last_print = time.monotonic() + minutes * 60, 0.0
+    try:
+        while time.monotonic() < deadline:
+            if learner_proc.poll() is not None:
+                raise RuntimeError(f"the learner stopped (exit {learner_proc.returncode}): see {out}/logs/learner.log")
+            for i in range(robots):
+                robot_id = f"robot_{i}"
+                if robot_id not in running or running[robot_id].poll() is not None:
+                    n = next(blocks)
+                    unit = WorkUnit(tasks[n % len(tasks)], block, BLOCK_SEED + 1000 * n)
+                    config = robot_config(base_robot, robot_id, unit, out, endpoint)
+                    path = out / "configs" / f"{robot_id}_block{n:03d}.yaml"
+                    path.write_text(yaml.safe_dump(config, sort_keys=False))
+                    running[robot_id] = _start([sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)],
+                                               out / "logs" / f"{robot_id}_block{n:03d}.log")  # fmt: skip
+            if time.monotonic() - last_print >= 30:
+                print(_progress(out, learner, start), flush=True)
+                last_print = time.monotonic()
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the fleet and the learner")
+    finally:
+        for proc in running.values():
+            _stop(proc)
+        time.sleep(5.0)  # the last episodes' uploads
+        _stop(learner_proc, timeout=120)
+    report = {
+        "robots": robots, "tasks": tasks, "minutes": minutes, "block": block, "algorithm": learner.algorithm,
+        "base_policy": base_learner.base_policy, "learner": to_dict(learner) | {"store_dir": "store"},
+        **success_curve(out / "store", start, bin_minutes * 60),
+    }  # fmt: skip
+    report["learner"] = {k: v for k, v in report["learner"].items() if k not in ("ingest", "policies")}
+    status = out / "learner" / "status.json"
+    if status.exists():
+        last = json.loads(status.read_text())
+        report["learner_steps"], report["policies_published"] = last["step"], last["latest_policy"]
+    target = results or out
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "fleet_run.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_success(report["curve"], target / "fleet_run.png", f"{robots} robots, SOP + {learner.algorithm}")
+    for p in report["curve"]:
+        print(f"  min {p['minute']:5.1f}: {p['episodes']:3d} episodes, success {p['success_rate']:.0%}, "
+              f"without intervention {p['autonomous_success_rate']:.0%}")  # fmt: skip
+    print(f"fleet run: {report['episodes']} labelled episodes; {target / 'fleet_run.json'}, {target / 'fleet_run.png'}")
+    return report
+
+
+def _progress(out: Path, learner: LearnerConfig, start: float) -> str:
+    status = Path(learner.checkpoint_dir) / "status.json"
+    minutes = (time.time() - start) / 60
+    if not status.exists():
+        return f"{minutes:5.1f} min: learner starting"
+    s = json.loads(status.read_text())
+    rates = ", ".join(f"{t} {r:.0%}" for t, r in s["fleet"]["autonomous_success"].items())
+    return (f"{minutes:5.1f} min: learner step {s['step']} ({s['samples_per_s']:.0f} samples/s), "
+            f"{s['fleet']['episodes']} episodes stored, policy {s['latest_policy'] or 'base'}; "
+            f"success without intervention (last 20): {rates or '-'}")  # fmt: skip

@@ -1,0 +1,203 @@
+"""`sop learner`: the online loop on real recorded episodes, real Zenoh ingest and torch.distributed (gloo)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import yaml
+from conftest import DEMO_TASKS, REPO, sop, wait_for
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from sop_ros.bench.bridge import free_endpoint, zenoh_config
+from sop_ros.bridge.artifacts import make_signing_keys
+from sop_ros.configs import from_dict
+from sop_ros.configs.learner import LearnerConfig
+from sop_ros.learner.dataset import DatasetConfig, episode_files
+from sop_ros.learner.episode_store import StoredEpisode
+from sop_ros.learner.online import TrainingData, fleet_metrics, plan_rows, version_lag
+from sop_ros.learner.policy_registry import PolicyRegistry
+
+
+def run_sop(*args: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run(sop(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env, check=False)
+
+
+def learner_yaml(tmp_path, demos, name="learner", **overrides) -> str:
+    """A small learner on the recorded demos, everything under tmp_path, robots served on a free port."""
+    if not (tmp_path / "keys").exists():
+        make_signing_keys(tmp_path / "keys")
+    config = {
+        "tasks": DEMO_TASKS, "base_policy": "", "demos_dir": str(demos), "store_dir": str(tmp_path / "store"),
+        "checkpoint_dir": str(tmp_path / name), "batch_size": 8, "publish_every_steps": 2, "log_every_s": 0.5,
+        "torch_threads": 1, "ingest": {"zenoh": {"listen": [free_endpoint()]}},
+        "policies": {"registry_dir": str(tmp_path / f"{name}_policies"),
+                     "private_key": str(tmp_path / "keys" / "policy_signing.key")},
+        **overrides,
+    }  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def step_losses(checkpoint_dir) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(checkpoint_dir / "tensorboard"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars("loss/step")]
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("batch_sise: 8", "batch_sise: unknown key (did you mean 'batch_size'?)"),
+        ("sampling: {online_share_alpha: 0.5}", "sampling.online_share_alpha=0.5: must be > 1"),
+        ("algorithm: dagger", "algorithm='dagger': must be one of 'bc', 'hg_dagger', 'recap'"),
+        ("tasks: [reach-v3, fly-v3]", "tasks[1]='fly-v3': must be a Meta-World MT50 task"),
+        ("base_policy: runs/none.pt", "base_policy='runs/none.pt': no such checkpoint"),
+        ("base_policy: ''\ndemos_dir: /nonexistent/demos", "demos_dir='/nonexistent/demos': no such directory"),
+    ],
+)
+def test_a_malformed_config_fails_at_start_naming_the_key(tmp_path, line, named):
+    path = tmp_path / "bad.yaml"
+    path.write_text(line + "\n")
+    result = run_sop("learner", "--config", str(path))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert named in result.stderr
+
+
+def test_a_missing_signing_key_is_named_at_start(tmp_path, recorded_demos):
+    config = learner_yaml(tmp_path, recorded_demos, policies={"private_key": str(tmp_path / "none.key")})
+    result = run_sop("learner", "--config", config)
+    assert result.returncode == 2 and "policies.private_key=" in result.stderr and "none.key" in result.stderr
+
+
+def test_two_gloo_ranks_train_the_same_model_as_one_rank_with_the_same_global_batch(tmp_path, recorded_demos):
+    """torchrun --nproc-per-node 2: each rank decodes half of the same global batch; losses and weights match a
+    one-process run to float rounding (tolerance 1e-5 on losses, 1e-4 on weights)."""
+    one = learner_yaml(tmp_path, recorded_demos, "one", max_steps=4, publish_every_steps=100)
+    two = learner_yaml(tmp_path, recorded_demos, "two", max_steps=4, publish_every_steps=100)
+    result = run_sop("learner", "--config", one)
+    assert result.returncode == 0, result.stdout + result.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                "-m", "sop_ros.cli", "learner", "--config", two]  # fmt: skip
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    result = subprocess.run(torchrun, capture_output=True, text=True, cwd=REPO, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "on cpu x 2" in result.stdout
+    single, parallel = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
+    assert [s for s, _ in single] == [s for s, _ in parallel] == [0, 1, 2, 3]
+    np.testing.assert_allclose([v for _, v in parallel], [v for _, v in single], rtol=1e-5)
+    a = torch.load(tmp_path / "one" / "learner.pt", weights_only=False)["policy"]
+    b = torch.load(tmp_path / "two" / "learner.pt", weights_only=False)["policy"]
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
+    assert single[0][1] != single[1][1]  # it trained: the loss moved
+
+
+def upload(endpoint: str, episode, tmp_path) -> None:
+    """One episode through the robot's real uploader to the learner's ingest; returns once it is stored."""
+    from sop_ros.bridge.uploader import OutboxUploader
+    from sop_ros.bridge.zenoh_session import open_session
+    from sop_ros.configs.bridge import BridgeConfig
+
+    robot = episode.parent.name
+    outbox = tmp_path / "outbox" / robot
+    outbox.mkdir(parents=True)
+    copy = shutil.copy2(episode, outbox / episode.name)
+    with open_session(zenoh_config(connect=endpoint)) as session:
+        uploader = OutboxUploader(session, robot, outbox, BridgeConfig(), lambda *_: None)
+        halt = threading.Event()
+        worker = threading.Thread(target=uploader.run, args=(halt,))
+        worker.start()
+        try:
+            wait_for(lambda: uploader.snapshot().uploaded == 1, 60, what="the upload to be acknowledged")
+        finally:
+            halt.set()
+            worker.join()
+    assert not os.path.exists(copy)  # acknowledged as stored: the outbox let it go
+
+
+def test_it_resumes_after_sigkill_from_its_checkpoint_with_every_stored_episode(tmp_path, recorded_demos):
+    config = learner_yaml(tmp_path, recorded_demos, refresh_every_steps=2, publish_every_steps=3)
+    endpoint = yaml.safe_load(open(config))["ingest"]["zenoh"]["listen"][0]
+    status = tmp_path / "learner" / "status.json"
+    learner = subprocess.Popen(sop("learner", "--config", config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=REPO)  # fmt: skip
+    try:
+        wait_for(status.exists, 120, what="the learner to start")
+        upload(endpoint, episode_files(recorded_demos)[0], tmp_path)
+        wait_for(lambda: json.loads(status.read_text())["online_episodes"] == 1, 120, what="the episode in training")
+        wait_for(lambda: torch.load(tmp_path / "learner" / "learner.pt", weights_only=False)["step"] >= 6, 120,
+                 what="a checkpoint past step 6")  # fmt: skip
+    finally:
+        learner.send_signal(signal.SIGKILL)
+        learner.communicate(timeout=60)
+    saved = torch.load(tmp_path / "learner" / "learner.pt", weights_only=False)["step"]
+    result = run_sop("learner", "--config", config, "--max-steps", str(saved + 4))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"resumed from {tmp_path / 'learner' / 'learner.pt'} at step {saved}" in result.stdout
+    final = json.loads(status.read_text())
+    assert final["step"] == saved + 4
+    assert final["online_episodes"] == 1 and final["fleet"]["episodes"] == 1  # the stored episode is still there
+    assert final["latest_policy"].endswith(f"-{saved + 4:07d}")
+    assert PolicyRegistry(tmp_path / "learner_policies").latest().version == final["latest_policy"]
+    steps = [s for s, _ in step_losses(tmp_path / "learner")]
+    assert steps[-4:] == list(range(saved, saved + 4))  # the curve goes on where the checkpoint was
+    shown = run_sop("learner", "status", "--config", config)
+    assert shown.returncode == 0 and f"step {saved + 4}" in shown.stdout and DEMO_TASKS[0] in shown.stdout
+
+
+def test_recap_pretrains_its_value_network_and_publishes_an_advantage_conditioned_policy(tmp_path, recorded_demos):
+    config = learner_yaml(tmp_path, recorded_demos, algorithm="recap", max_steps=3, serve_robots=False,
+                          recap={"value_pretrain_steps": 3, "value_training": "cotrain"})  # fmt: skip
+    result = run_sop("learner", "--config", config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    status = json.loads((tmp_path / "learner" / "status.json").read_text())
+    assert sorted(status["value_thresholds"]) == sorted(DEMO_TASKS)
+    assert all(-1.0 <= t <= 1.0 for t in status["value_thresholds"].values())
+    latest = PolicyRegistry(tmp_path / "learner_policies").latest()
+    metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "learner_policies" / f"{latest.version}.onnx"))
+                .metadata_props}  # fmt: skip
+    assert metadata["sop_ros.indicator"] == "positive" and metadata["sop_ros.guidance"] == "1.0"
+
+
+def test_each_batch_is_split_across_tasks_and_within_a_task_by_the_online_share(tmp_path, recorded_demos):
+    config = from_dict(LearnerConfig, {"tasks": DEMO_TASKS, "demos_dir": str(recorded_demos), "batch_size": 64})
+    data = TrainingData(config, DatasetConfig())
+    files = episode_files(recorded_demos)
+    data.refresh(files)
+    assert not data.online.episodes  # indexed in the background, taken at the next refresh
+    assert data.refresh(files) and len(data.online.episodes) == 4
+    for share in (0.2, 0.8):
+        rows = plan_rows(7, config, data, dict.fromkeys(DEMO_TASKS, share))
+        assert len(rows) == 64
+        for task in DEMO_TASKS:
+            mine = [r for r in rows if r[0] == task]
+            online = sum(r[1] == "online" for r in mine)
+            assert len(mine) == 32 and online in (int(32 * share), int(32 * share) + 1)
+    assert plan_rows(7, config, data, dict.fromkeys(DEMO_TASKS, 0.5)) == plan_rows(7, config, data,
+                                                                                    dict.fromkeys(DEMO_TASKS, 0.5))
+    data.close()
+
+
+def test_fleet_metrics_come_from_the_labels_and_version_lag_from_the_robots_reports():
+    def stored(task, outcome, interventions, at):
+        return StoredEpisode("e", "robot_0", task, outcome, "v1", 100, interventions, 1, "0" * 64, "p", at)
+
+    now = time.time()
+    episodes = [stored("reach-v3", "success", 0, now), stored("reach-v3", "success", 2, now),
+                stored("reach-v3", "failure", 1, now), stored("push-v3", "abort", 5, now)]  # fmt: skip
+    metrics = fleet_metrics(episodes, now - 3600)
+    assert metrics["success"] == {"reach-v3": pytest.approx(2 / 3)}
+    assert metrics["autonomous_success"] == {"reach-v3": pytest.approx(1 / 3)}
+    assert metrics["interventions_per_hour"] == pytest.approx(8, rel=0.01)
+    table = {"robots": [{"robot": "robot_0", "running_version": "b"}, {"robot": "robot_1", "running_version": "c"},
+                        {"robot": "robot_2", "running_version": "base"}]}  # fmt: skip
+    assert version_lag(table, ["a", "b", "c"]) == {"robot_0": 1, "robot_1": 0, "robot_2": 3}
