@@ -87,6 +87,14 @@ def cmd_bench_bridge(args: argparse.Namespace) -> int:
     return 0 if result["met"] else 1
 
 
+def cmd_bench_learner(args: argparse.Namespace) -> int:
+    from sop_ros.bench.learner import run
+
+    report = run(Path(args.json), Path(args.demos), args.steps, args.batch_size, args.robots, args.threads)
+    print(f"wrote {args.json}: ratio {report['ratio']} (target >= {report['target']})")
+    return 0
+
+
 def collection_exit_code(summary: dict) -> int:
     """0 when every robot run ended cleanly and episodes were recorded."""
     return 0 if not summary["failed"] and summary["total"]["episodes"] > 0 else 1
@@ -201,7 +209,7 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/fleet-run/{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
     tasks = [t for t in args.tasks.split(",") if t]
     run(args.config, args.robot_config, tasks, args.robots, args.minutes, args.block, out,
-        Path(args.results) if args.results else None, args.bin_minutes)  # fmt: skip
+        Path(args.results) if args.results else None, args.bin_minutes, args.frozen)  # fmt: skip
     return 0
 
 
@@ -321,6 +329,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs/bench-bridge", help="scratch space, emptied first (default %(default)s)")
     p.set_defaults(func=cmd_bench_bridge)
 
+    p = bench.add_parser("learner", help="learner samples/s alone and while ingesting 8 robots' episodes")
+    p.add_argument("--json", default="results/bench/learner.json", help="report path (default: %(default)s)")
+    p.add_argument("--demos", default="runs/fleet/demos", help="recorded episodes to train on and to upload")
+    p.add_argument("--steps", type=int, default=150, help="learner steps per run (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--robots", type=int, default=8)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.set_defaults(func=cmd_bench_learner)
+
     p = sub.add_parser("export", help="export a checkpoint to one ONNX graph per inference step")
     p.add_argument("--policy", required=True, metavar="CKPT")
     p.add_argument("--out", required=True, metavar="FILE.onnx")
@@ -390,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the table as JSON")
     p.set_defaults(func=cmd_fleet_status)
     p = fleet.add_parser("run", help="simulated robots, scripted operators, bridge and learner: success over time")
-    p.add_argument("--config", default="config/learner.yaml", help="learner YAML (algorithm, base policy, demos)")
-    p.add_argument("--robot-config", default="config/sim.yaml", help="base robot YAML (default: %(default)s)")
+    p.add_argument("--config", default="config/fleet_learner.yaml",
+                   help="learner YAML: algorithm, base policy, demos (default: %(default)s)")  # fmt: skip
+    p.add_argument("--robot-config", default="config/fleet_sim.yaml", help="base robot YAML (default: %(default)s)")
     p.add_argument("--tasks", default="", help="comma-separated tasks (default: the learner's)")
     p.add_argument("--robots", type=int, default=2)
     p.add_argument("--minutes", type=float, default=30.0)
@@ -399,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bin-minutes", type=float, default=5.0, help="success rate per bin of this many minutes")
     p.add_argument("--out", default=None, help="run directory (default: runs/fleet-run/<time>)")
     p.add_argument("--results", default=None, help="also write fleet_run.json and .png here")
+    p.add_argument("--frozen", action="store_true", help="no learner: the base policy throughout (baseline, and "
+                   "offline HG-DAgger's collection)")  # fmt: skip
     p.set_defaults(func=cmd_fleet_run)
 
     p = sub.add_parser("demo", help="the main job: two simulated robots recording demonstrations, with a summary")

@@ -25,6 +25,18 @@ def test_operator_takes_over_and_hands_back_to_the_policy():
     np.testing.assert_allclose(out.command, [0.1, 0, 0, 0])
 
 
+def test_a_takeover_ends_with_its_episode_even_on_a_clock_that_stands_still():
+    arb = Arbiter(CFG)
+    arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.0)
+    arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=1.0)
+    assert arb.tick(1.0).controller == Controller.OPERATOR
+    arb.new_episode()  # lockstep: no time passes until someone commands the next episode's first state
+    arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=1.0)
+    assert arb.tick(1.0).controller == Controller.POLICY and arb.interventions == 0
+    arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.0)  # still commanding: takes over again at once
+    assert arb.tick(1.0).controller == Controller.OPERATOR and arb.interventions == 1
+
+
 def test_holds_when_every_input_is_stale_and_keeps_the_gripper():
     arb = Arbiter(CFG)
     arb.submit(Controller.POLICY, [0.5, 0.5, 0.5, 1.0], now=0.0)

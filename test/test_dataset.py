@@ -9,7 +9,6 @@ import pytest
 import yaml
 from conftest import DEMO_TASKS
 from mcap.reader import make_reader
-from mcap.writer import Writer
 from mcap_ros2.decoder import DecoderFactory
 
 from sop_ros.configs import ConfigError, from_dict
@@ -18,6 +17,7 @@ from sop_ros.learner.dataset import (
     EpisodeDataset,
     align_commands,
     controller_at,
+    copy_episode,
     episode_files,
     index_episode,
 )
@@ -55,29 +55,6 @@ def recorded(path):
             elif channel.topic.endswith("/image_raw/compressed"):
                 frames.setdefault(channel.topic.split("/")[3], []).append((message.log_time, decoded.data))
     return states, commands, controllers, frames
-
-
-def rewrite(source, target, drop_topic=None, **metadata):
-    """A copy of an episode file, without the topics ending in `drop_topic`, with episode metadata changed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(source, "rb") as f, open(target, "wb") as out:
-        reader = make_reader(f)
-        summary = reader.get_summary()
-        writer = Writer(out)
-        writer.start(profile="ros2")
-        schemas = {i: writer.register_schema(s.name, s.encoding, s.data) for i, s in summary.schemas.items()}
-        channels = {
-            i: writer.register_channel(c.topic, c.message_encoding, schemas[c.schema_id])
-            for i, c in summary.channels.items()
-            if not (drop_topic and c.topic.endswith(drop_topic))
-        }
-        for _, channel, message in reader.iter_messages(log_time_order=False):
-            if channel.id in channels:
-                writer.add_message(channels[channel.id], message.log_time, message.data, message.publish_time)
-        for record in reader.iter_metadata():
-            writer.add_metadata(record.name, {**record.metadata, **(metadata if record.name == "episode" else {})})
-        writer.finish()
-    return target
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,7 +258,7 @@ def test_normalisation_statistics_cover_every_step(indexed):
 def test_only_the_configured_outcomes_are_kept(demos, tmp_path):
     shutil.copytree(demos, tmp_path / "d")
     source = episode_files(demos)[0]
-    rewrite(source, tmp_path / "d" / "robot_0" / "failed.mcap", outcome="failure", episode_id="failed-0")
+    copy_episode(source, tmp_path / "d" / "robot_0" / "failed.mcap", outcome="failure", episode_id="failed-0")
     recorded_outcomes = Counter(index_episode(path, DatasetConfig()).outcome for path in episode_files(demos))
     lines = []
     successes = EpisodeDataset(tmp_path / "d", DatasetConfig(outcomes=("success",)), log=lines.append)
@@ -301,11 +278,12 @@ def test_bad_files_are_skipped_with_a_reason_and_unfinished_ones_ignored(demos, 
     good = episode_files(demos)
     (root / "robot_0" / "garbage.mcap").write_bytes(b"not an mcap file at all" * 10)
     (root / "robot_0" / "truncated.mcap").write_bytes(good[0].read_bytes()[:5000])
-    rewrite(good[1], root / "robot_0" / "no_wrist.mcap", drop_topic="gripperPOV/image_raw/compressed", episode_id="x1")
+    wrist = "gripperPOV/image_raw/compressed"
+    copy_episode(good[1], root / "robot_0" / "no_wrist.mcap", drop_topic=wrist, episode_id="x1")
     shutil.copy(good[2], root / "robot_1" / "z_copy.mcap")  # the same episode twice, found after the original
     # The recorder's unfinished and quarantined files: never read, whatever they hold.
-    rewrite(good[0], root / "robot_0" / ".partial" / "p.mcap", episode_id="partial-0")
-    rewrite(good[0], root / "robot_1" / "quarantine" / "q.mcap", episode_id="quarantined-0")
+    copy_episode(good[0], root / "robot_0" / ".partial" / "p.mcap", episode_id="partial-0")
+    copy_episode(good[0], root / "robot_1" / "quarantine" / "q.mcap", episode_id="quarantined-0")
     lines = []
     dataset = EpisodeDataset(root, log=lines.append)
     assert sorted(e.episode_id for e in dataset.episodes) == sorted(p.stem for p in good)
@@ -319,7 +297,7 @@ def test_bad_files_are_skipped_with_a_reason_and_unfinished_ones_ignored(demos, 
 
 def test_a_file_without_joint_states_or_a_camera_is_refused_by_name(demos, tmp_path):
     source = episode_files(demos)[0]
-    no_states = rewrite(source, tmp_path / "no_states.mcap", drop_topic="/joint_states")
+    no_states = copy_episode(source, tmp_path / "no_states.mcap", drop_topic="/joint_states")
     with pytest.raises(ValueError, match=r"no_states\.mcap: no joint states"):
         index_episode(no_states, DatasetConfig())
     with pytest.raises(ValueError, match=r"no frames of camera 'wrist'; the file has cameras: corner, gripperPOV"):

@@ -201,3 +201,20 @@ def test_fleet_metrics_come_from_the_labels_and_version_lag_from_the_robots_repo
     table = {"robots": [{"robot": "robot_0", "running_version": "b"}, {"robot": "robot_1", "running_version": "c"},
                         {"robot": "robot_2", "running_version": "base"}]}  # fmt: skip
     assert version_lag(table, ["a", "b", "c"]) == {"robot_0": 1, "robot_1": 0, "robot_2": 3}
+
+
+def test_a_fleet_robot_is_a_valid_robot_whose_operator_intervenes_and_whose_bridge_fetches_policies(tmp_path):
+    from sop_ros.configs import load_config
+    from sop_ros.configs.robot import RobotLaunchConfig
+    from sop_ros.sim.collect_demos import WorkUnit
+    from sop_ros.sim.online_fleet import robot_config
+
+    base = load_config(RobotLaunchConfig, REPO / "config" / "fleet_sim.yaml")
+    config = from_dict(RobotLaunchConfig, robot_config(base, "robot_1", WorkUnit("reach-v3", 5, 200_000), tmp_path,
+                                                       "tcp/127.0.0.1:7447"))  # fmt: skip
+    nodes = config.nodes
+    assert config.robot.id == "robot_1" and nodes.sim_robot.task == nodes.scripted_operator.task == "reach-v3"
+    assert nodes.scripted_operator.mode == "intervene" and nodes.sim_robot.step_mode == "lockstep"
+    assert nodes.policy.policy_path == "" and nodes.bridge.policies.swap == "episode_boundary"
+    assert nodes.bridge.outbox_dir == nodes.recorder.output_dir
+    assert nodes.bridge.policies.public_key.endswith("policy_signing.pub")

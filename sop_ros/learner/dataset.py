@@ -43,6 +43,7 @@ from typing import BinaryIO, NamedTuple
 
 import numpy as np
 from mcap.reader import McapReader, make_reader
+from mcap.writer import Writer
 from mcap_ros2.decoder import DecoderFactory
 
 from sop_ros.configs import require
@@ -456,6 +457,32 @@ def episode_files(root: Path | str) -> list[Path]:
         for path in root.rglob("*.mcap")
         if path.is_file() and not set(path.relative_to(root).parts[:-1]) & set(SKIPPED_DIRS)
     )
+
+
+def copy_episode(source: Path | str, target: Path | str, drop_topic: str | None = None, **metadata: str) -> Path:
+    """A copy of an episode file with its episode metadata changed (e.g. a new episode_id), without the topics
+    ending in `drop_topic`: test and benchmark data from real recordings."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as f, open(target, "wb") as out:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        writer = Writer(out)
+        writer.start(profile="ros2")
+        schemas = {i: writer.register_schema(s.name, s.encoding, s.data) for i, s in summary.schemas.items()}
+        channels = {
+            i: writer.register_channel(c.topic, c.message_encoding, schemas[c.schema_id])
+            for i, c in summary.channels.items()
+            if not (drop_topic and c.topic.endswith(drop_topic))
+        }
+        for _, channel, message in reader.iter_messages(log_time_order=False):
+            if channel.id in channels:
+                writer.add_message(channels[channel.id], message.log_time, message.data, message.publish_time)
+        for record in reader.iter_metadata():
+            extra = metadata if record.name == EPISODE_METADATA else {}
+            writer.add_metadata(record.name, {**record.metadata, **extra})
+        writer.finish()
+    return target
 
 
 class EpisodeDataset:

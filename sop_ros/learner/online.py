@@ -559,6 +559,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
 
     task_index = {t: i for i, t in enumerate(config.tasks)}
     started, last_log, last_publish = time.time(), time.monotonic(), time.monotonic()
+    loop_start, trained_rows = time.monotonic(), 0
     window_rows, window_loss, task_losses = 0, [], {}
     fleet = fleet_metrics([], started)
     first = step
@@ -611,6 +612,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         if writer:
             writer.add_scalar("loss/step", window_loss[-1], step)  # every step: runs can be compared exactly
         window_rows += len(rows)
+        trained_rows += len(rows)
         step += 1
         if not ranks.main:
             continue
@@ -653,7 +655,10 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     # ---- stop (the exit stack closes the rest) ---------------------------------------------------------------
     if publisher:
         publisher.wait()
-    result = {"step": step, "published": list(publisher.published) if publisher else []}
+    loop_s = time.monotonic() - loop_start
+    result = {"step": step, "published": list(publisher.published) if publisher else [], "loop_s": loop_s,
+              "samples_per_s": trained_rows / loop_s if loop_s > 0 else 0.0,
+              "online_episodes": len(data.online.episodes)}  # fmt: skip
     say(f"learner: stopped at step {step}; {len(result['published'])} policies published")
     return result
 

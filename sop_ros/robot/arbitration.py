@@ -65,6 +65,13 @@ class Arbiter:
 
     def new_episode(self) -> None:
         self.interventions = 0
+        self.release_operator()
+
+    def release_operator(self) -> None:
+        """A takeover ends with its episode: the next starts with the policy (an operator still commanding
+        takes over again at once). On a lockstep simulator's clock, which stands still until the robot is
+        commanded, the operator's timeout would otherwise never run out."""
+        self._inputs.pop(Controller.OPERATOR, None)
 
     def tick(self, now: float) -> ArbiterOutput:
         controller = self._select(now)

@@ -27,19 +27,24 @@ class NodeType:
     node_class: str  # class in that module, for composing several nodes in one process
     config: type  # its config dataclass: the node's parameters
     clock_source: bool = False  # publishes /clock, so it runs on wall time itself
+    # subscribes to episode events: a simulated robot waits for it before its first episode
+    hears_episodes: bool = False
 
 
 NODE_TYPES = {
     "sim_robot": NodeType("sim_robot", "sop_ros.sim.sim_robot_node", "SimRobotNode", SimRobotConfig, clock_source=True),
     "scripted_operator": NodeType(
-        "scripted_operator", "sop_ros.sim.scripted_operator_node", "ScriptedOperatorNode", ScriptedOperatorConfig
+        "scripted_operator", "sop_ros.sim.scripted_operator_node", "ScriptedOperatorNode", ScriptedOperatorConfig,
+        hears_episodes=True,
     ),
     "teleop_arbiter": NodeType(
-        "teleop_arbiter", "sop_ros.robot.teleop_arbiter_node", "TeleopArbiterNode", TeleopArbiterConfig
+        "teleop_arbiter", "sop_ros.robot.teleop_arbiter_node", "TeleopArbiterNode", TeleopArbiterConfig,
+        hears_episodes=True,
     ),
     "ingest": NodeType("ingest", "sop_ros.robot.ingest_node", "IngestNode", IngestConfig),
-    "policy": NodeType("policy", "sop_ros.robot.policy_node", "PolicyNode", PolicyConfig),
-    "recorder": NodeType("recorder", "sop_ros.robot.recorder_node", "RecorderNode", RecorderConfig),
+    "policy": NodeType("policy", "sop_ros.robot.policy_node", "PolicyNode", PolicyConfig, hears_episodes=True),
+    "recorder": NodeType("recorder", "sop_ros.robot.recorder_node", "RecorderNode", RecorderConfig,
+                         hears_episodes=True),
     "bridge": NodeType("bridge", "sop_ros.bridge.bridge_node", "BridgeNode", BridgeConfig),
 }
 
@@ -77,7 +82,8 @@ def plan(config: RobotLaunchConfig) -> list[NodeSpec]:
         parameters = to_dict(node_config)
         parameters["use_sim_time"] = robot.use_sim_time and not node_type.clock_source
         if name == "sim_robot" and not parameters["wait_for_nodes"]:
-            parameters["wait_for_nodes"] = [other for other in config.nodes.enabled() if other != name]
+            listeners = [other for other in config.nodes.enabled() if NODE_TYPES[other].hears_episodes]
+            parameters["wait_for_nodes"] = listeners
         specs.append(
             NodeSpec(
                 name=name,

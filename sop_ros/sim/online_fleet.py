@@ -30,6 +30,9 @@ from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.robot import IngestConfig, PolicyConfig, RobotLaunchConfig, ScriptedOperatorConfig
 from sop_ros.sim.collect_demos import WorkUnit, unit_config
 
+# On one host the learner stands for the cloud's own machines: robots yield the CPU to it. Lockstep robots
+# otherwise run as fast as the cores allow and starve it (20 samples/s instead of 60 on 2 cores).
+ROBOT_NICENESS = 10
 BLOCK_SEED = 200_000  # seeds of fleet episodes: clear of demonstrations (0...) and evaluation (100000...)
 
 
@@ -123,9 +126,10 @@ def plot_success(curve: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def _start(cmd: list[str], log: Path) -> subprocess.Popen:
+def _start(cmd: list[str], log: Path, niceness: int = 0) -> subprocess.Popen:
     with open(log, "w") as f:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT)
+        return subprocess.Popen((["nice", "-n", str(niceness)] if niceness else []) + cmd, stdout=f,
+                                stderr=subprocess.STDOUT)  # fmt: skip
 
 
 def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> None:
@@ -139,7 +143,9 @@ def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minutes: float, block: int, out: Path,
-        results: Path | None, bin_minutes: float = 5.0) -> dict:  # fmt: skip
+        results: Path | None, bin_minutes: float = 5.0, frozen: bool = False) -> dict:  # fmt: skip
+    """`frozen`: the cloud serves the base policy and stores episodes, nothing trains (offline HG-DAgger's
+    collection phase, and the no-learning baseline)."""
     from sop_ros.bench.bridge import free_endpoint
     from sop_ros.bridge.artifacts import make_signing_keys
 
@@ -156,9 +162,11 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     learner = learner_config(base_learner, tasks, out, endpoint)
     (out / "configs" / "learner.yaml").write_text(yaml.safe_dump(to_dict(learner), sort_keys=False))
     print(f"fleet run: {robots} robots on {', '.join(tasks)} for {minutes:g} min; base policy "
-          f"{publish_base(learner)}; learner {learner.algorithm} -> {out}", flush=True)  # fmt: skip
+          f"{publish_base(learner)}; {'frozen' if frozen else 'learner ' + learner.algorithm} -> {out}",
+          flush=True)  # fmt: skip
     start = time.time()
-    learner_proc = _start([sys.executable, "-m", "sop_ros.cli", "learner", "--config",
+    cloud = ["cloud"] if frozen else ["learner"]
+    learner_proc = _start([sys.executable, "-m", "sop_ros.cli", *cloud, "--config",
                            str(out / "configs" / "learner.yaml")], out / "logs" / "learner.log")  # fmt: skip
     blocks = count()
     running: dict[str, subprocess.Popen] = {}
@@ -175,8 +183,8 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
                     config = robot_config(base_robot, robot_id, unit, out, endpoint)
                     path = out / "configs" / f"{robot_id}_block{n:03d}.yaml"
                     path.write_text(yaml.safe_dump(config, sort_keys=False))
-                    running[robot_id] = _start([sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)],
-                                               out / "logs" / f"{robot_id}_block{n:03d}.log")  # fmt: skip
+                    cmd = [sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)]
+                    running[robot_id] = _start(cmd, out / "logs" / f"{robot_id}_block{n:03d}.log", ROBOT_NICENESS)
             if time.monotonic() - last_print >= 30:
                 print(_progress(out, learner, start), flush=True)
                 last_print = time.monotonic()
@@ -189,7 +197,8 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
         time.sleep(5.0)  # the last episodes' uploads
         _stop(learner_proc, timeout=120)
     report = {
-        "robots": robots, "tasks": tasks, "minutes": minutes, "block": block, "algorithm": learner.algorithm,
+        "robots": robots, "tasks": tasks, "minutes": minutes, "block": block,
+        "algorithm": "none (frozen base policy)" if frozen else learner.algorithm,
         "base_policy": base_learner.base_policy, "learner": to_dict(learner) | {"store_dir": "store"},
         **success_curve(out / "store", start, bin_minutes * 60),
     }  # fmt: skip
@@ -201,7 +210,8 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     target = results or out
     target.mkdir(parents=True, exist_ok=True)
     (target / "fleet_run.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_success(report["curve"], target / "fleet_run.png", f"{robots} robots, SOP + {learner.algorithm}")
+    plot_success(report["curve"], target / "fleet_run.png", f"{robots} robots, " +
+                 ("frozen base policy" if frozen else f"SOP + {learner.algorithm}"))  # fmt: skip
     for p in report["curve"]:
         print(f"  min {p['minute']:5.1f}: {p['episodes']:3d} episodes, success {p['success_rate']:.0%}, "
               f"without intervention {p['autonomous_success_rate']:.0%}")  # fmt: skip

@@ -29,6 +29,7 @@ class ScriptedOperatorNode(Node):
         self.expert = expert_for(cfg.task)
         self.monitor = TakeoverMonitor(cfg)
         self.in_control = cfg.mode == "demo"
+        self.episode_active = False
         self.executed: np.ndarray | None = None
         self.command_pub = self.create_publisher(Float64MultiArray, topics.OPERATOR_COMMAND, topics.STREAM)
         self.create_subscription(Float64MultiArray, topics.SIM_STATE, self.on_state, topics.LATEST)
@@ -43,6 +44,8 @@ class ScriptedOperatorNode(Node):
         state = np.asarray(msg.data)
         action = self.expert(state)
         if not self.in_control:
+            if not self.episode_active:
+                return  # between episodes the robot is reset, not failing: nothing to judge
             reason = self.monitor.observe(state[HAND_XYZ], self.executed, action)
             if reason is None:
                 return
@@ -54,6 +57,8 @@ class ScriptedOperatorNode(Node):
         self.executed = np.asarray(msg.data)
 
     def on_episode_event(self, msg: EpisodeEvent) -> None:
+        if msg.event in (EpisodeEvent.EVENT_START, EpisodeEvent.EVENT_END):
+            self.episode_active = msg.event == EpisodeEvent.EVENT_START
         if msg.event == EpisodeEvent.EVENT_START:
             self.monitor.reset()
             self.executed = None
@@ -61,7 +66,9 @@ class ScriptedOperatorNode(Node):
         elif msg.event == EpisodeEvent.EVENT_END:
             # A demonstrator keeps control across the reset: the next episode's first state may arrive before
             # its START event, and an unanswered state makes a lockstep simulator step on a hold of its own.
+            # An intervening operator lets the policy answer across it, judging afresh.
             self.in_control = self.config.mode == "demo"
+            self.monitor.reset()
             if self.config.label_outcomes and msg.outcome != EpisodeEvent.OUTCOME_ABORT:
                 # The simulator's success signal stands in for what a human operator would see.
                 request = LabelEpisode.Request(outcome=msg.outcome, episode_id=msg.episode_id, note="scripted")
