@@ -65,13 +65,14 @@ class Arbiter:
 
     def new_episode(self) -> None:
         self.interventions = 0
-        self.release_operator()
 
-    def release_operator(self) -> None:
-        """A takeover ends with its episode: the next starts with the policy (an operator still commanding
-        takes over again at once). On a lockstep simulator's clock, which stands still until the robot is
-        commanded, the operator's timeout would otherwise never run out."""
-        self._inputs.pop(Controller.OPERATOR, None)
+    def release_operator(self, ended: float) -> None:
+        """At an episode's end (time `ended`) a takeover ends: the reset and the next episode go to the policy
+        unless the operator commands again (a demonstrator does at once; a command newer than the end is kept).
+        On a lockstep simulator's clock, which stands still until the robot is commanded, the operator's timeout
+        would otherwise never run out."""
+        if Controller.OPERATOR in self._inputs and self._inputs[Controller.OPERATOR][1] <= ended:
+            del self._inputs[Controller.OPERATOR]
 
     def tick(self, now: float) -> ArbiterOutput:
         controller = self._select(now)

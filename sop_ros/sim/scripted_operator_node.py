@@ -29,7 +29,7 @@ class ScriptedOperatorNode(Node):
         self.expert = expert_for(cfg.task)
         self.monitor = TakeoverMonitor(cfg)
         self.in_control = cfg.mode == "demo"
-        self.episode_active = False
+        self.between_episodes = False  # from an END to the next START (a START may be missed at start-up)
         self.executed: np.ndarray | None = None
         self.command_pub = self.create_publisher(Float64MultiArray, topics.OPERATOR_COMMAND, topics.STREAM)
         self.create_subscription(Float64MultiArray, topics.SIM_STATE, self.on_state, topics.LATEST)
@@ -44,8 +44,8 @@ class ScriptedOperatorNode(Node):
         state = np.asarray(msg.data)
         action = self.expert(state)
         if not self.in_control:
-            if not self.episode_active:
-                return  # between episodes the robot is reset, not failing: nothing to judge
+            if self.between_episodes or self.executed is None:
+                return  # a robot being reset, or not yet commanded at all, is not failing: nothing to judge
             reason = self.monitor.observe(state[HAND_XYZ], self.executed, action)
             if reason is None:
                 return
@@ -58,7 +58,7 @@ class ScriptedOperatorNode(Node):
 
     def on_episode_event(self, msg: EpisodeEvent) -> None:
         if msg.event in (EpisodeEvent.EVENT_START, EpisodeEvent.EVENT_END):
-            self.episode_active = msg.event == EpisodeEvent.EVENT_START
+            self.between_episodes = msg.event == EpisodeEvent.EVENT_END
         if msg.event == EpisodeEvent.EVENT_START:
             self.monitor.reset()
             self.executed = None
