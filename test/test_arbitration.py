@@ -30,13 +30,13 @@ def test_a_takeover_ends_with_its_episode_even_on_a_clock_that_stands_still():
     arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.0)
     arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=1.0)
     assert arb.tick(1.0).controller == Controller.OPERATOR
-    arb.release_operator(ended=1.0)  # the episode ended; lockstep: no time passes until someone commands the reset
+    arb.release_operator(ended=1.03)  # the episode ended a step later; lockstep: the clock waits for a command
     arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=1.0)
     assert arb.tick(1.0).controller == Controller.POLICY and arb.interventions == 1
     arb.new_episode()
     arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.1)  # still commanding: takes over again at once
     assert arb.tick(1.1).controller == Controller.OPERATOR and arb.interventions == 1
-    arb.release_operator(ended=1.0)  # a command newer than the end (a demonstrator's, on the reset) is kept
+    arb.release_operator(ended=1.1)  # a command as new as the end (a demonstrator's, on the reset) is kept
     assert arb.tick(1.1).controller == Controller.OPERATOR
 
 

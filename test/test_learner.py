@@ -216,5 +216,5 @@ def test_a_fleet_robot_is_a_valid_robot_whose_operator_intervenes_and_whose_brid
     assert config.robot.id == "robot_1" and nodes.sim_robot.task == nodes.scripted_operator.task == "reach-v3"
     assert nodes.scripted_operator.mode == "intervene" and nodes.sim_robot.step_mode == "lockstep"
     assert nodes.policy.policy_path == "" and nodes.bridge.policies.swap == "episode_boundary"
-    assert nodes.bridge.outbox_dir == nodes.recorder.output_dir
+    assert nodes.bridge.outbox_dir == nodes.recorder.output_dir and nodes.teleop_arbiter.end_takeover_with_episode
     assert nodes.bridge.policies.public_key.endswith("policy_signing.pub")

@@ -95,6 +95,10 @@ class TeleopArbiterConfig:
     operator_timeout_s: float = 0.3  # operators send only while their deadman is held
     # Name recorded for commands on teleop/operator_command (keyboard node, scripted operator, custom devices).
     operator_device: str = "teleop"
+    # true: a takeover ends with its episode (the operator's last command is dropped at the episode's end), so
+    # every episode starts with the policy; needed on a lockstep simulator, whose clock stands still until the
+    # robot is commanded, when an intervening operator stops commanding at the end.
+    end_takeover_with_episode: bool = False
     state_hz: float = 5.0
     command_interface: Literal["float64_multi_array", "joint_trajectory"] = "float64_multi_array"
     # sensor_msgs/Joy on `joy` (Xbox layout by default). The deadman must be held for the operator to command;

@@ -68,10 +68,10 @@ class Arbiter:
 
     def release_operator(self, ended: float) -> None:
         """At an episode's end (time `ended`) a takeover ends: the reset and the next episode go to the policy
-        unless the operator commands again (a demonstrator does at once; a command newer than the end is kept).
-        On a lockstep simulator's clock, which stands still until the robot is commanded, the operator's timeout
-        would otherwise never run out."""
-        if Controller.OPERATOR in self._inputs and self._inputs[Controller.OPERATOR][1] <= ended:
+        unless the operator commands again (a demonstrator does at once; a command not older than the end, as
+        one answering the reset, is kept). On a lockstep simulator's clock, which stands still until the robot
+        is commanded, the operator's timeout would otherwise never run out."""
+        if Controller.OPERATOR in self._inputs and self._inputs[Controller.OPERATOR][1] < ended:
             del self._inputs[Controller.OPERATOR]
 
     def tick(self, now: float) -> ArbiterOutput:

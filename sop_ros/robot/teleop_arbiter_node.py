@@ -122,7 +122,8 @@ class TeleopArbiterNode(Node):
             self.publish_state()
         elif msg.event == EpisodeEvent.EVENT_END:
             self.last_ended, self.current = msg, None
-            self.arbiter.release_operator(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
+            if self.config.end_takeover_with_episode:
+                self.arbiter.release_operator(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
 
     def on_label_request(self, request: LabelEpisode.Request, response: LabelEpisode.Response):
         response.accepted, response.message = self.label(request.outcome, request.episode_id, "service")
