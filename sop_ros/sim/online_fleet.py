@@ -199,7 +199,8 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     report = {
         "robots": robots, "tasks": tasks, "minutes": minutes, "block": block,
         "algorithm": "none (frozen base policy)" if frozen else learner.algorithm,
-        "base_policy": base_learner.base_policy, "learner": to_dict(learner) | {"store_dir": "store"},
+        "base_policy": base_learner.base_policy,
+        "learner": to_dict(learner) | {"store_dir": "store", "checkpoint_dir": "learner"},  # in the run directory
         **success_curve(out / "store", start, bin_minutes * 60),
     }  # fmt: skip
     report["learner"] = {k: v for k, v in report["learner"].items() if k not in ("ingest", "policies")}
