@@ -132,15 +132,16 @@ class TrainingData:
         outcomes, self.select = online_selection(config)
         self.learns_online = bool(outcomes)
         self.online_config = replace(dataset_config, outcomes=outcomes or ("success",))
-        self.online = self._build([])
-        self.listed: list[Path] = []
         self._cache: dict[Path, EpisodeIndex] = {}
+        self.online = self._build([])
+        self.listed: list[Path] = []  # the files the next refresh builds from
+        self._built_from = 0  # how many files the online dataset was built from
         self._indexer = ThreadPoolExecutor(1, thread_name_prefix="index")
         self._indexing: Future | None = None
 
     def _build(self, paths: list[Path]) -> EpisodeDataset:
         return EpisodeDataset(paths, self.online_config, log=lambda _: None, select=self.select,
-                              cache=getattr(self, "_cache", None))  # fmt: skip
+                              cache=self._cache)  # fmt: skip
 
     def refresh(self, paths: list[Path]) -> bool:
         """Take the files indexed since the last refresh; start indexing `paths`. True if the online data grew."""
@@ -148,16 +149,13 @@ class TrainingData:
             return False
         if self._indexing is not None:
             self._indexing.result()
-        grew = len(self.listed) != len(self.online.episodes) + len(self.online.skipped) + self._left_out
+        grew = len(self.listed) != self._built_from
         if grew:
-            self.online = self._build(self.listed)
-            self._left_out = len(self.listed) - len(self.online.episodes) - len(self.online.skipped)
+            self.online, self._built_from = self._build(self.listed), len(self.listed)
         self.listed = list(paths)
         new = [p for p in paths if p not in self._cache]
         self._indexing = self._indexer.submit(self._index, new)
         return grew
-
-    _left_out = 0  # listed files of outcomes this algorithm does not learn from
 
     def _index(self, paths: list[Path]) -> None:
         for path in paths:
@@ -230,21 +228,22 @@ class Advantages:
         self.config = config.recap
         self.advantages: dict[str, np.ndarray] = {}  # episode id -> (steps,)
         self.thresholds: dict[str, float] = {}
+        self._bins: dict[str, np.ndarray] = {}  # episode id -> (steps,) its steps' value-target atoms
 
-    def returns(self, episode: EpisodeIndex) -> np.ndarray:
+    def rewards(self, episode: EpisodeIndex) -> np.ndarray:
         c = self.config
-        r = recap.normalised_rewards(episode.steps, episode.outcome == "success", c.max_episode_steps,
-                                     c.failure_penalty)  # fmt: skip
-        return recap.returns_to_go(r)
+        return recap.normalised_rewards(episode.steps, episode.outcome == "success", c.max_episode_steps,
+                                        c.failure_penalty)  # fmt: skip
 
-    def value_targets(self, episode: EpisodeIndex, steps: np.ndarray) -> np.ndarray:
-        return recap.value_bin(self.returns(episode)[steps], self.config.value_bins)
+    def value_target(self, episode: EpisodeIndex, step: int) -> int:
+        """The atom nearest to the step's normalised Monte-Carlo return (computed once per episode)."""
+        if episode.episode_id not in self._bins:
+            returns = recap.returns_to_go(self.rewards(episode))
+            self._bins[episode.episode_id] = recap.value_bin(returns, self.config.value_bins)
+        return int(self._bins[episode.episode_id][step])
 
     def add(self, episode: EpisodeIndex, values: np.ndarray) -> None:
-        c = self.config
-        r = recap.normalised_rewards(episode.steps, episode.outcome == "success", c.max_episode_steps,
-                                     c.failure_penalty)  # fmt: skip
-        self.advantages[episode.episode_id] = recap.n_step_advantages(r, values, c.n_step)
+        self.advantages[episode.episode_id] = recap.n_step_advantages(self.rewards(episode), values, self.config.n_step)
 
     def update_thresholds(self, episodes: list[EpisodeIndex]) -> None:
         by_task: dict[str, list[np.ndarray]] = {}
@@ -258,8 +257,7 @@ class Advantages:
         """The batch rows' indicators (operators' steps positive), dropped to 'none' at the configured rate."""
         advantage = np.array([self.advantages[e][k] for e, k in zip(batch["episode_id"], batch["step"], strict=True)])
         threshold = np.array([self.thresholds[t] for t in batch["task"]])
-        indicator = np.array([recap.indicators(a[None], t, o[None])[0]
-                              for a, t, o in zip(advantage, threshold, batch["operator"], strict=True)])  # fmt: skip
+        indicator = recap.indicators(advantage, threshold, batch["operator"])  # each row against its task's
         return recap.drop_indicators(indicator, self.config.indicator_dropout, rng)
 
 
@@ -276,7 +274,7 @@ def episode_values(value: ValueNetwork, dataset: EpisodeDataset, index: int, dev
 
 
 def score_episodes(value: ValueNetwork, advantages: Advantages, dataset: EpisodeDataset, device: torch.device) -> None:
-    """Advantages for the dataset's episodes that have none yet, then every task's threshold again."""
+    """Advantages for the dataset's episodes that have none yet (thresholds: Advantages.update_thresholds)."""
     value.eval()
     for i, episode in enumerate(dataset.episodes):
         if episode.episode_id not in advantages.advantages:
@@ -587,7 +585,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
             batch["indicator"] = torch.from_numpy(advantages.indicators(batch_np, rng)).to(ranks.device)
             if cotrain:
                 value_bins = torch.from_numpy(np.array([
-                    advantages.value_targets(data.dataset(rows[i][1]).episodes[rows[i][2]], np.array([rows[i][3]]))[0]
+                    advantages.value_target(data.dataset(rows[i][1]).episodes[rows[i][2]], rows[i][3])
                     for i in mine])).to(ranks.device)  # fmt: skip
         losses, weights, value_loss = module(batch, value_bins)
         total = all_sum(weights.detach().sum(), ranks).clamp(min=1.0)
@@ -699,8 +697,8 @@ def pretrain_value(value: ValueNetwork, offline: EpisodeDataset, advantages: Adv
         mine = picks[ranks.rank :: ranks.world]
         batch_np = offline.collate(mine)
         batch = to_torch(batch_np, value.config, ranks.device)
-        bins = torch.from_numpy(np.array([advantages.value_targets(offline.episodes[e], np.array([k]))[0]
-                                          for e, k in mine])).to(ranks.device)  # fmt: skip
+        bins = torch.from_numpy(np.array([advantages.value_target(offline.episodes[e], k) for e, k in mine]))
+        bins = bins.to(ranks.device)
         loss = functional.cross_entropy(module(batch["images"], batch["proprio"], batch["instruction"]), bins)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

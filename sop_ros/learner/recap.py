@@ -86,8 +86,9 @@ def advantage_threshold(advantages: np.ndarray, percentile: float) -> float:
     return float(np.percentile(advantages, percentile))
 
 
-def indicators(advantages: np.ndarray, threshold: float, operator: np.ndarray) -> np.ndarray:
-    """Positive where A > threshold or an operator drove, negative elsewhere (int64, the model's encoding)."""
+def indicators(advantages: np.ndarray, threshold: float | np.ndarray, operator: np.ndarray) -> np.ndarray:
+    """Positive where A > threshold (one, or each row's task's) or an operator drove, negative elsewhere (int64,
+    the model's encoding)."""
     positive = (advantages > threshold) | operator.astype(bool)
     return np.where(positive, INDICATOR_POSITIVE, INDICATOR_NEGATIVE).astype(np.int64)
 
