@@ -150,7 +150,8 @@ SIM_SIDE = """
 robot: {id: tr, use_sim_time: true, clock_topic: /tr/clock}
 nodes:
   sim_robot: {task: reach-v3, episodes: 1, step_mode: lockstep, cameras: [corner], image_width: 32,
-              image_height: 32, camera_hz: 5.0, max_episode_steps: 200}
+              image_height: 32, camera_hz: 5.0, max_episode_steps: 300,
+              wait_for_nodes: [teleop_arbiter, scripted_operator]}
 """
 
 
@@ -166,8 +167,12 @@ def test_scripted_operator_takes_over_a_stalled_policy_and_labels(tmp_path, rclp
     operator_side = start(sop("robot", "--config", str(tmp_path / "operator.yaml")))
     sim_side = None
     try:
-        # The simulator starts only once the 'policy' reaches the arbiter: nothing races discovery.
+        # The simulator starts only once the 'policy' reaches the arbiter and the operator watches the robot
+        # (an operator found late takes over too late to finish): nothing races discovery.
         wait_for(lambda: probe.policy.get_subscription_count() > 0, 60, probe.spin, "the arbiter")
+        wait_for(lambda: probe.node.count_subscribers(f"{NS}/{topics.SIM_STATE}") > 0
+                 and probe.node.count_subscribers(f"{NS}/{topics.ROBOT_COMMAND}") > 1, 60, probe.spin,
+                 "the operator to watch the robot")  # fmt: skip
         sim_side = start(sop("robot", "--config", str(tmp_path / "sim.yaml")))
         wait_for(lambda: any(e.event == EpisodeEvent.EVENT_LABEL for e in probe.events), 120, probe.spin,
                  "the episode to end and be labelled")  # fmt: skip
