@@ -209,7 +209,7 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/fleet-run/{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
     tasks = [t for t in args.tasks.split(",") if t]
     run(args.config, args.robot_config, tasks, args.robots, args.minutes, args.block, out,
-        Path(args.results) if args.results else None, args.bin_minutes, args.frozen)  # fmt: skip
+        Path(args.results) if args.results else None, args.bin_minutes, args.frozen, args.sim_minutes)  # fmt: skip
     return 0
 
 
@@ -412,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robot-config", default="config/fleet_sim.yaml", help="base robot YAML (default: %(default)s)")
     p.add_argument("--tasks", default="", help="comma-separated tasks (default: the learner's)")
     p.add_argument("--robots", type=int, default=2)
-    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--minutes", type=float, default=30.0, help="wall-time bound (default: %(default)s)")
+    p.add_argument("--sim-minutes", type=float, default=0.0, metavar="M", help="paced (the learner config's "
+                   "pace.steps_per_sim_minute > 0): stop when the fleet's simulated clock reaches M")  # fmt: skip
     p.add_argument("--block", type=int, default=5, help="episodes a robot runs of one task before the next")
     p.add_argument("--bin-minutes", type=float, default=5.0, help="success rate per bin of this many minutes")
     p.add_argument("--out", default=None, help="run directory (default: runs/fleet-run/<time>)")

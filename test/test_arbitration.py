@@ -30,14 +30,20 @@ def test_a_takeover_ends_with_its_episode_even_on_a_clock_that_stands_still():
     arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.0)
     arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=1.0)
     assert arb.tick(1.0).controller == Controller.OPERATOR
-    arb.release_operator(ended=1.03)  # the episode ended a step later; lockstep: the clock waits for a command
+    arb.release_operator()  # the episode ended; lockstep: the clock waits for a command
     arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=1.0)
     assert arb.tick(1.0).controller == Controller.POLICY and arb.interventions == 1
+    # The operator's answer to the episode's last state, late, and even after the next start: ignored.
+    arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.0)
+    assert arb.tick(1.0).controller == Controller.POLICY
     arb.new_episode()
-    arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.1)  # still commanding: takes over again at once
-    assert arb.tick(1.1).controller == Controller.OPERATOR and arb.interventions == 1
-    arb.release_operator(ended=1.1)  # a command as new as the end (a demonstrator's, on the reset) is kept
-    assert arb.tick(1.1).controller == Controller.OPERATOR
+    arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.03)
+    arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=1.03)
+    assert arb.tick(1.03).controller == Controller.POLICY and arb.interventions == 0
+    # Once the policy has driven in the new episode, the operator takes over again at once.
+    arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.07)
+    out = arb.tick(1.07)
+    assert out.controller == Controller.OPERATOR and out.changed and arb.interventions == 1
 
 
 def test_holds_when_every_input_is_stale_and_keeps_the_gripper():

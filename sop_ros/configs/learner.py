@@ -63,6 +63,26 @@ class RecapConfig:
 
 
 @dataclass(frozen=True)
+class PaceConfig:
+    """Sim-time pacing for experiments on a simulated fleet (sop_ros/sim/pace.py): a fixed budget of learner
+    steps per simulated minute, so results do not depend on how fast the host is. Off on a real fleet."""
+
+    steps_per_sim_minute: float = 0.0  # > 0: paced; the robots' simulators must set pace_connect
+    robots: int = 1  # the fleet's size: each step waits for this many robots' clocks
+    lead_steps: int = 2  # robots may run this many learner steps ahead (overlaps acting and training)
+    ingest_delay_s: float = 5.0  # simulated seconds from an episode's end until the learner trains on it
+    episode_wait_s: float = 120.0  # wall time to wait for an ended episode to be stored before going without it
+
+    def __post_init__(self) -> None:
+        require(self.steps_per_sim_minute >= 0, "steps_per_sim_minute", self.steps_per_sim_minute,
+                "must be >= 0 (0: not paced)")  # fmt: skip
+        require(self.robots >= 1, "robots", self.robots, "must be >= 1")
+        require(self.lead_steps >= 1, "lead_steps", self.lead_steps, "must be >= 1 (0 would stop the fleet)")
+        require(self.ingest_delay_s >= 0, "ingest_delay_s", self.ingest_delay_s, "must be >= 0")
+        require(self.episode_wait_s > 0, "episode_wait_s", self.episode_wait_s, "must be > 0")
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     algorithm: Literal["bc", "hg_dagger", "recap"] = "hg_dagger"
     tasks: tuple[str, ...] = ("reach-v3", "push-v3", "pick-place-v3", "drawer-open-v3", "window-open-v3")
@@ -85,6 +105,7 @@ class LearnerConfig:
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     recap: RecapConfig = field(default_factory=RecapConfig)
+    pace: PaceConfig = field(default_factory=PaceConfig)  # simulated fleets only
     ingest: EpisodeIngestConfig = field(default_factory=EpisodeIngestConfig)  # robots' episodes into store_dir
     policies: PolicyServingConfig = field(default_factory=PolicyServingConfig)  # signed weights out to robots
 
@@ -107,3 +128,5 @@ class LearnerConfig:
         require(self.refresh_every_steps >= 1, "refresh_every_steps", self.refresh_every_steps, "must be >= 1")
         require(self.log_every_s > 0, "log_every_s", self.log_every_s, "must be > 0")
         require(self.torch_threads >= 0, "torch_threads", self.torch_threads, "must be >= 0 (0: default)")
+        require(self.serve_robots or not self.pace.steps_per_sim_minute, "pace.steps_per_sim_minute",
+                self.pace.steps_per_sim_minute, "needs serve_robots: true (clocks come on its session)")  # fmt: skip

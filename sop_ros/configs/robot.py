@@ -49,6 +49,9 @@ class SimRobotConfig:
     # files fill in the robot's other nodes.
     wait_for_nodes: tuple[str, ...] = ()
     ready_timeout_s: float = 60.0
+    # Sim-time pacing for experiments (sop_ros/sim/pace.py): the learner's Zenoh endpoint. The clock then is
+    # fleet time, and each step waits until the learner's budget of steps per simulated minute allows it.
+    pace_connect: str = ""
 
     def __post_init__(self) -> None:
         require(self.task in MT50, "task", self.task, "must be a Meta-World MT50 task, e.g. 'pick-place-v3'")
@@ -75,6 +78,8 @@ class SimRobotConfig:
         require(self.command_timeout_s > 0, "command_timeout_s", self.command_timeout_s, "must be > 0")
         require(self.ready_timeout_s > 0, "ready_timeout_s", self.ready_timeout_s, "must be > 0")
         require(self.lockstep_timeout_s > 0, "lockstep_timeout_s", self.lockstep_timeout_s, "must be > 0")
+        require(not self.pace_connect or self.step_mode == "lockstep", "pace_connect", self.pace_connect,
+                "needs step_mode: lockstep (a paced clock cannot keep wall time)")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -95,9 +100,9 @@ class TeleopArbiterConfig:
     operator_timeout_s: float = 0.3  # operators send only while their deadman is held
     # Name recorded for commands on teleop/operator_command (keyboard node, scripted operator, custom devices).
     operator_device: str = "teleop"
-    # true: a takeover ends with its episode (the operator's last command is dropped at the episode's end), so
-    # every episode starts with the policy; needed on a lockstep simulator, whose clock stands still until the
-    # robot is commanded, when an intervening operator stops commanding at the end.
+    # true: a takeover ends with its episode (operator commands are dropped from the episode's end until the
+    # policy has driven in the next), so every episode starts with the policy; needed on a lockstep simulator,
+    # whose clock stands still until the robot is commanded, when an intervening operator lets go at the end.
     end_takeover_with_episode: bool = False
     state_hz: float = 5.0
     command_interface: Literal["float64_multi_array", "joint_trajectory"] = "float64_multi_array"

@@ -42,6 +42,8 @@ CREATE TABLE IF NOT EXISTS episodes (
 )
 """
 _COLUMNS = "episode_id, robot_id, task, outcome, policy_version, steps, interventions, size, sha256, path, stored_at"
+# The episode's end on the robot's clock (simulated time on a simulator), from the file's metadata.
+_SELECT = f"{_COLUMNS}, CAST(COALESCE(json_extract(metadata, '$.end_ns'), 0) AS INTEGER)"
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class StoredEpisode:
     sha256: str
     path: str  # relative to the store's root
     stored_at: float  # unix time
+    ended_ns: int = 0  # the episode's END stamp, ns on the robot's clock (0: not known)
 
 
 class DamagedUpload(ValueError):
@@ -103,14 +106,14 @@ class EpisodeStore:
     def get(self, episode_id: str) -> StoredEpisode | None:
         """The stored episode with this id, if any (also one whose file was renamed in but never indexed)."""
         with self._lock:
-            row = self._db.execute(f"SELECT {_COLUMNS} FROM episodes WHERE episode_id = ?", (episode_id,)).fetchone()
+            row = self._db.execute(f"SELECT {_SELECT} FROM episodes WHERE episode_id = ?", (episode_id,)).fetchone()
         if row:
             return StoredEpisode(*row)
         orphans = list((self.root / "episodes").glob(f"*/{episode_id}.mcap"))
         return self._index(orphans[0]) if orphans else None
 
     def episodes(self, robot_id: str | None = None) -> list[StoredEpisode]:
-        query, args = f"SELECT {_COLUMNS} FROM episodes", ()
+        query, args = f"SELECT {_SELECT} FROM episodes", ()
         if robot_id is not None:
             query, args = query + " WHERE robot_id = ?", (robot_id,)
         with self._lock:
@@ -221,10 +224,11 @@ class EpisodeStore:
             sha256=sha256 or file_sha256(path),
             path=str(path.relative_to(self.root)),
             stored_at=time.time(),
+            ended_ns=_int(metadata.get("end_ns")),
         )
         with self._lock:
             self._db.execute(
                 f"INSERT OR IGNORE INTO episodes ({_COLUMNS}, metadata) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*vars(episode).values(), json.dumps(metadata)),
+                (*(getattr(episode, c.strip()) for c in _COLUMNS.split(",")), json.dumps(metadata)),
             )
         return episode

@@ -51,6 +51,7 @@ from sop_ros.learner.pretrain import to_torch
 from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, split_rows, task_rows
 from sop_ros.model.value import ValueNetwork
 from sop_ros.model.vla import VLAPolicy, load_checkpoint, parameter_count, save_checkpoint
+from sop_ros.sim.pace import FleetPace
 
 STATE = "learner.pt"  # in checkpoint_dir: everything a restart needs
 STATUS = "status.json"  # in checkpoint_dir: what `sop learner status` shows
@@ -501,6 +502,10 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     elif ranks.main:
         store = EpisodeStore(config.store_dir)
         cleanup.callback(store.close)
+    pace = None
+    if ranks.main and config.serve_robots and config.pace.steps_per_sim_minute:
+        pace = FleetPace(cloud.session, config.pace, say)
+        cleanup.callback(pace.close)
     if resumed:
         policy.load_state_dict(resumed["policy"])
         if value is not None and resumed.get("value"):
@@ -563,8 +568,12 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     first = step
     policy.train()
     while not stop.is_set() and (not config.max_steps or step < config.max_steps):
+        if pace is not None:
+            pace.announce(step)
+            if not pace.wait_for_step(step, stop):
+                break
         if step % config.refresh_every_steps == 0 or step == first:
-            paths = [store.root / e.path for e in store.episodes()] if store else None
+            paths = training_paths(store, pace, step, stop) if store else None
             if data.refresh(same_on_all(paths, ranks)):
                 pending.clear()  # planned on the old online data: plan again
                 if advantages is not None:
@@ -634,6 +643,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         if now - last_log >= config.log_every_s or final:
             fleet = fleet_metrics(store.episodes(), started) if store else fleet
             rate = window_rows / (now - last_log)
+            table = server.fleet_table() if server else {}
             status = {
                 "time": time.time(), "algorithm": config.algorithm, "step": step, "ranks": ranks.world,
                 "device": str(ranks.device), "samples_per_s": rate, "loss": float(np.mean(window_loss)),
@@ -642,7 +652,9 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
                 "online_steps": data.online.num_selected, "fleet": fleet,
                 "latest_policy": publisher.published[-1] if publisher.published else "",
                 "publish_latency_s": publisher.latency_s, "publish_error": publisher.error,
-                "version_lag": version_lag(server.fleet_table(), publisher.published) if server else {},
+                "version_lag": version_lag(table, publisher.published),
+                "robot_versions": {r["robot"]: r["running_version"] for r in table.get("robots", [])},
+                "fleet_sim_s": pace.fleet_time_ns / 1e9 if pace else None,
                 "value_thresholds": advantages.thresholds if advantages else {},
             }  # fmt: skip
             write_status(out / STATUS, status)
@@ -659,6 +671,18 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
               "online_episodes": len(data.online.episodes)}  # fmt: skip
     say(f"learner: stopped at step {step}; {len(result['published'])} policies published")
     return result
+
+
+def training_paths(store: EpisodeStore, pace: FleetPace | None, step: int, stop: threading.Event) -> list[Path]:
+    """The stored episodes to train on from step `step`. Paced: those that ended by the step's simulated cutoff,
+    in the order they ended, so a run's data do not depend on when uploads happened to land."""
+    if pace is None:
+        return [store.root / e.path for e in store.episodes()]
+    episodes = {e.episode_id: e for e in store.episodes()}
+    chosen = pace.training_episodes(step, lambda: {e.episode_id: e.ended_ns for e in store.episodes()}, stop)
+    episodes |= {e.episode_id: e for e in store.episodes()}  # what arrived while waiting
+    picked = sorted((episodes[e] for e in chosen), key=lambda e: (e.ended_ns, e.episode_id))
+    return [store.root / e.path for e in picked]
 
 
 def write_scalars(writer, status: dict, step: int) -> None:

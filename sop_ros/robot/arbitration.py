@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Literal
 
 import numpy as np
 
@@ -46,6 +47,7 @@ class Arbiter:
         self.controller = Controller.HOLD
         self.since = 0.0
         self.interventions = 0
+        self._operator_released: Literal["", "at_end", "in_new_episode"] = ""  # see release_operator
 
     def submit(self, source: Controller, command: np.ndarray, now: float, device: str = "") -> None:
         """Take a command from the policy or the operator (and their `device`).
@@ -61,21 +63,31 @@ class Arbiter:
             )
         if not np.all(np.isfinite(command)):
             raise ValueError(f"{source.name.lower()} command has non-finite values: {command.tolist()}")
+        if source == Controller.OPERATOR and self._operator_released:
+            return
         self._inputs[source] = (command, now, device)
 
     def new_episode(self) -> None:
         self.interventions = 0
+        if self._operator_released == "at_end":
+            self._operator_released = "in_new_episode"
 
-    def release_operator(self, ended: float) -> None:
-        """At an episode's end (time `ended`) a takeover ends: the reset and the next episode go to the policy
-        unless the operator commands again (a demonstrator does at once; a command not older than the end, as
-        one answering the reset, is kept). On a lockstep simulator's clock, which stands still until the robot
-        is commanded, the operator's timeout would otherwise never run out."""
-        if Controller.OPERATOR in self._inputs and self._inputs[Controller.OPERATOR][1] < ended:
-            del self._inputs[Controller.OPERATOR]
+    def release_operator(self) -> None:
+        """At an episode's end a takeover ends: the reset and the next episode go to the policy. On a lockstep
+        simulator's clock, which stands still until the robot is commanded, the operator's timeout would
+        otherwise never run out.
+
+        Operator commands are ignored from here until the policy has commanded in the next episode: the
+        operator's answer to the episode's last state can arrive after the end (and even after the next start),
+        and would take the robot back for an operator who has let go. A real takeover needs the policy to have
+        driven first."""
+        self._inputs.pop(Controller.OPERATOR, None)
+        self._operator_released = "at_end"
 
     def tick(self, now: float) -> ArbiterOutput:
         controller = self._select(now)
+        if controller == Controller.POLICY and self._operator_released == "in_new_episode":
+            self._operator_released = ""
         changed = controller != self.controller
         if changed:
             self.controller, self.since = controller, now

@@ -123,7 +123,7 @@ class TeleopArbiterNode(Node):
         elif msg.event == EpisodeEvent.EVENT_END:
             self.last_ended, self.current = msg, None
             if self.config.end_takeover_with_episode:
-                self.arbiter.release_operator(msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9)
+                self.arbiter.release_operator()
 
     def on_label_request(self, request: LabelEpisode.Request, response: LabelEpisode.Response):
         response.accepted, response.message = self.label(request.outcome, request.episode_id, "service")

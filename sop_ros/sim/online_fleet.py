@@ -50,10 +50,12 @@ def learner_config(base: LearnerConfig, tasks: list[str], out: Path, endpoint: s
     )  # fmt: skip
 
 
-def robot_config(base: RobotLaunchConfig, robot_id: str, unit: WorkUnit, out: Path, endpoint: str) -> dict:
+def robot_config(base: RobotLaunchConfig, robot_id: str, unit: WorkUnit, out: Path, endpoint: str,
+                 paced: bool = False) -> dict:  # fmt: skip
     """A fleet robot: the policy drives, the scripted operator intervenes, the bridge ships episodes and
-    fetches policies."""
-    sim = base.nodes.sim_robot
+    fetches policies; `paced`: its simulator keeps the learner's budget of steps per simulated minute."""
+    sim = dataclasses.replace(base.nodes.sim_robot, step_mode="lockstep", pace_connect=endpoint if paced else "")
+    base = dataclasses.replace(base, nodes=dataclasses.replace(base.nodes, sim_robot=sim))
     operator = dataclasses.replace(base.nodes.scripted_operator or ScriptedOperatorConfig(), task=unit.task,
                                    mode="intervene")  # fmt: skip
     policy = dataclasses.replace(base.nodes.policy or PolicyConfig(), policy_path="", wait_for_chunk=True,
@@ -84,8 +86,10 @@ def publish_base(learner: LearnerConfig) -> str:
     return registry.publish(onnx_path, load_private_key(learner.policies.private_key)).version
 
 
-def success_curve(store_dir: Path, start: float, bin_s: float) -> dict:
-    """Per time bin since `start`: labelled episodes, success rate, and success without intervention."""
+def success_curve(store_dir: Path, start: float, bin_s: float, simulated: bool = False) -> dict:
+    """Per time bin: labelled episodes, success rate, and success without intervention. Bins of wall time since
+    `start` (when each episode was stored), or with `simulated`, of the fleet's simulated clock (when each
+    episode ended)."""
     from sop_ros.learner.episode_store import EpisodeStore
 
     store = EpisodeStore(store_dir)
@@ -93,7 +97,8 @@ def success_curve(store_dir: Path, start: float, bin_s: float) -> dict:
     store.close()
     bins: dict[int, list] = {}
     for e in episodes:
-        bins.setdefault(int((e.stored_at - start) // bin_s), []).append(e)
+        at = e.ended_ns / 1e9 if simulated else e.stored_at - start
+        bins.setdefault(int(at // bin_s), []).append(e)
     curve = []
     for b in sorted(bins):
         es = bins[b]
@@ -105,10 +110,10 @@ def success_curve(store_dir: Path, start: float, bin_s: float) -> dict:
             "interventions_per_episode": round(sum(e.interventions for e in es) / len(es), 3),
             "tasks": sorted({e.task for e in es}), "policy_versions": sorted({e.policy_version for e in es}),
         })  # fmt: skip
-    return {"bin_s": bin_s, "episodes": len(episodes), "curve": curve}
+    return {"clock": "simulated" if simulated else "wall", "bin_s": bin_s, "episodes": len(episodes), "curve": curve}
 
 
-def plot_success(curve: list[dict], path: Path, title: str) -> None:
+def plot_success(curve: list[dict], path: Path, title: str, clock: str = "wall") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,7 +123,7 @@ def plot_success(curve: list[dict], path: Path, title: str) -> None:
     minutes = [p["minute"] for p in curve]
     ax.plot(minutes, [p["success_rate"] for p in curve], "o-", label="success (labels)")
     ax.plot(minutes, [p["autonomous_success_rate"] for p in curve], "s-", label="success without intervention")
-    ax.set(xlabel="minutes into the run", ylabel="rate per bin", ylim=(-0.02, 1.02), title=title)
+    ax.set(xlabel=f"minutes into the run ({clock} time)", ylabel="rate per bin", ylim=(-0.02, 1.02), title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -143,8 +148,12 @@ def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 
 def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minutes: float, block: int, out: Path,
-        results: Path | None, bin_minutes: float = 5.0, frozen: bool = False) -> dict:  # fmt: skip
-    """`frozen`: the cloud serves the base policy and stores episodes, nothing trains (offline HG-DAgger's
+        results: Path | None, bin_minutes: float = 5.0, frozen: bool = False,
+        sim_minutes: float = 0.0) -> dict:  # fmt: skip
+    """Run for `minutes` of wall time, or paced (the learner config's pace.steps_per_sim_minute > 0) until the
+    fleet's simulated clock reaches `sim_minutes` (the learner stops at its budget for them).
+
+    `frozen`: the cloud serves the base policy and stores episodes, nothing trains (offline HG-DAgger's
     collection phase, and the no-learning baseline)."""
     from sop_ros.bench.bridge import free_endpoint
     from sop_ros.bridge.artifacts import make_signing_keys
@@ -152,8 +161,16 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     base_learner = load_config(LearnerConfig, learner_yaml)
     base_robot = load_config(RobotLaunchConfig, base_yaml)
     tasks = tasks or list(base_learner.tasks)
-    if robots < 1 or minutes <= 0 or block < 1:
-        raise ConfigError("--robots and --block must be >= 1, --minutes > 0")
+    if robots < 1 or minutes <= 0 or block < 1 or sim_minutes < 0:
+        raise ConfigError("--robots and --block must be >= 1, --minutes > 0, --sim-minutes >= 0")
+    rate = base_learner.pace.steps_per_sim_minute
+    paced = rate > 0 and not frozen
+    if sim_minutes and not paced:
+        raise ConfigError("--sim-minutes needs a paced learner: pace.steps_per_sim_minute > 0 in its config "
+                          "(and no --frozen)")  # fmt: skip
+    if paced:
+        base_learner = dataclasses.replace(base_learner, max_steps=round(sim_minutes * rate),
+                                           pace=dataclasses.replace(base_learner.pace, robots=robots))  # fmt: skip
     out = out.resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "configs").mkdir(exist_ok=True)
@@ -161,26 +178,29 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     endpoint = free_endpoint()
     learner = learner_config(base_learner, tasks, out, endpoint)
     (out / "configs" / "learner.yaml").write_text(yaml.safe_dump(to_dict(learner), sort_keys=False))
-    print(f"fleet run: {robots} robots on {', '.join(tasks)} for {minutes:g} min; base policy "
+    span = f"{sim_minutes:g} simulated min ({rate:g} learner steps each)" if paced else f"{minutes:g} min"
+    print(f"fleet run: {robots} robots on {', '.join(tasks)} for {span}; base policy "
           f"{publish_base(learner)}; {'frozen' if frozen else 'learner ' + learner.algorithm} -> {out}",
           flush=True)  # fmt: skip
     start = time.time()
     cloud = ["cloud"] if frozen else ["learner"]
     learner_proc = _start([sys.executable, "-m", "sop_ros.cli", *cloud, "--config",
                            str(out / "configs" / "learner.yaml")], out / "logs" / "learner.log")  # fmt: skip
-    blocks = count()
+    blocks = [count(i, robots) for i in range(robots)]  # robot i's blocks: i, i + R, ...: the same every run
     running: dict[str, subprocess.Popen] = {}
     deadline, last_print = time.monotonic() + minutes * 60, 0.0
     try:
         while time.monotonic() < deadline:
             if learner_proc.poll() is not None:
+                if paced and learner_proc.returncode == 0:
+                    break  # its budget for sim_minutes is spent
                 raise RuntimeError(f"the learner stopped (exit {learner_proc.returncode}): see {out}/logs/learner.log")
             for i in range(robots):
                 robot_id = f"robot_{i}"
                 if robot_id not in running or running[robot_id].poll() is not None:
-                    n = next(blocks)
+                    n = next(blocks[i])
                     unit = WorkUnit(tasks[n % len(tasks)], block, BLOCK_SEED + 1000 * n)
-                    config = robot_config(base_robot, robot_id, unit, out, endpoint)
+                    config = robot_config(base_robot, robot_id, unit, out, endpoint, paced)
                     path = out / "configs" / f"{robot_id}_block{n:03d}.yaml"
                     path.write_text(yaml.safe_dump(config, sort_keys=False))
                     cmd = [sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)]
@@ -197,11 +217,12 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
         time.sleep(5.0)  # the last episodes' uploads
         _stop(learner_proc, timeout=120)
     report = {
-        "robots": robots, "tasks": tasks, "minutes": minutes, "block": block,
+        "robots": robots, "tasks": tasks, "minutes": minutes, "sim_minutes": sim_minutes if paced else None,
+        "block": block, "wall_minutes": round((time.time() - start) / 60, 2),
         "algorithm": "none (frozen base policy)" if frozen else learner.algorithm,
         "base_policy": base_learner.base_policy,
         "learner": to_dict(learner) | {"store_dir": "store", "checkpoint_dir": "learner"},  # in the run directory
-        **success_curve(out / "store", start, bin_minutes * 60),
+        **success_curve(out / "store", start, bin_minutes * 60, simulated=paced),
     }  # fmt: skip
     report["learner"] = {k: v for k, v in report["learner"].items() if k not in ("ingest", "policies")}
     status = out / "learner" / "status.json"
@@ -212,7 +233,7 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     target.mkdir(parents=True, exist_ok=True)
     (target / "fleet_run.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_success(report["curve"], target / "fleet_run.png", f"{robots} robots, " +
-                 ("frozen base policy" if frozen else f"SOP + {learner.algorithm}"))  # fmt: skip
+                 ("frozen base policy" if frozen else f"SOP + {learner.algorithm}"), report["clock"])  # fmt: skip
     for p in report["curve"]:
         print(f"  min {p['minute']:5.1f}: {p['episodes']:3d} episodes, success {p['success_rate']:.0%}, "
               f"without intervention {p['autonomous_success_rate']:.0%}")  # fmt: skip
@@ -226,7 +247,16 @@ def _progress(out: Path, learner: LearnerConfig, start: float) -> str:
     if not status.exists():
         return f"{minutes:5.1f} min: learner starting"
     s = json.loads(status.read_text())
-    rates = ", ".join(f"{t} {r:.0%}" for t, r in s["fleet"]["autonomous_success"].items())
-    return (f"{minutes:5.1f} min: learner step {s['step']} ({s['samples_per_s']:.0f} samples/s), "
-            f"{s['fleet']['episodes']} episodes stored, policy {s['latest_policy'] or 'base'}; "
-            f"success without intervention (last 20): {rates or '-'}")  # fmt: skip
+    fleet = s["fleet"]
+    simulated = f" (simulated {s['fleet_sim_s'] / 60:.1f} min)" if s.get("fleet_sim_s") is not None else ""
+    lines = [f"{minutes:5.1f} min{simulated}: learner step {s['step']} ({s['samples_per_s']:.0f} samples/s), "
+             f"{fleet['episodes']} episodes stored, {fleet['interventions_per_hour']:.0f} interventions/h, "
+             f"latest policy {s['latest_policy'] or 'base'}"]  # fmt: skip
+    for task in s["tasks"]:
+        if task in fleet["success"]:
+            lines.append(f"    {task:<16} success {fleet['success'][task]:4.0%}, without intervention "
+                         f"{fleet['autonomous_success'][task]:4.0%} (last 20 episodes)")  # fmt: skip
+    for robot, version in sorted(s.get("robot_versions", {}).items()):
+        lag = s["version_lag"].get(robot, 0)
+        lines.append(f"    {robot:<16} runs {version or 'nothing yet'}" + (f" ({lag} behind)" if lag else ""))
+    return "\n".join(lines)

@@ -32,6 +32,7 @@ from sop_ros.robot import commands, topics
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.spin import run_node
 from sop_ros.sim.metaworld_sim import ACTION_NAMES, JOINT_NAMES, MetaWorldSim
+from sop_ros.sim.pace import RobotPace
 
 # After the last episode, how long to wait for an operator's label of it before the run ends.
 LABEL_WAIT_S = 2.0
@@ -65,6 +66,7 @@ class SimRobotNode(Node):
         self.finished = threading.Event()
         self.exit_code = 0
         self.sim: MetaWorldSim | None = None
+        self.pace: RobotPace | None = None
         self._command = np.zeros(len(ACTION_NAMES))
         self._command_time = -float("inf")
         # Whole nanoseconds: a float sum of 1/control_hz drifts below the timers' deadlines on sim time,
@@ -121,6 +123,11 @@ class SimRobotNode(Node):
         cfg = self.config
         try:
             self.sim = MetaWorldSim(cfg.task, cfg.seed, (cfg.image_height, cfg.image_width))
+            if cfg.pace_connect:
+                self.pace = RobotPace(cfg.pace_connect, self.robot_id, self._period_ns)
+                self._sim_time_ns = self.pace.start(self._stop, cfg.ready_timeout_s)
+                self.get_logger().info(f"paced by the learner at {cfg.pace_connect}; fleet time "
+                                       f"{self._sim_time_ns / 1e9:.1f} s")  # fmt: skip
             self.get_logger().info(
                 f"Meta-World {cfg.task} at {cfg.control_hz:g} Hz, cameras {list(cfg.cameras)} "
                 f"{cfg.image_width}x{cfg.image_height} at {cfg.camera_hz:g} Hz ({cfg.image_transport})"
@@ -146,6 +153,8 @@ class SimRobotNode(Node):
         finally:
             if self.sim is not None:
                 self.sim.close()
+            if self.pace is not None:
+                self.pace.close()
 
     def wait_until_ready(self) -> None:
         wanted = set(self.config.wait_for_nodes)
@@ -188,10 +197,8 @@ class SimRobotNode(Node):
         if self._abort_requested.is_set():
             self.end_episode(EpisodeEvent.OUTCOME_ABORT, "operator", self.sim.steps)
             return
+        self.advance_clock()
         result = self.sim.step(self.current_action())
-        # One simulator step is one control period of the simulated robot, so nodes on sim time (the arbiter's
-        # output timer, the recorder's stamps) see the configured control rate however fast the host runs.
-        self._sim_time_ns += self._period_ns
         self.publish_clock()
         self.publish_state(result.state)
         if result.steps % self._render_every == 0:
@@ -200,6 +207,16 @@ class SimRobotNode(Node):
             self.end_episode(EpisodeEvent.OUTCOME_SUCCESS, "sim_success", result.steps)
         elif result.steps >= self.config.max_episode_steps:
             self.end_episode(EpisodeEvent.OUTCOME_FAILURE, "timeout", result.steps)
+
+    def advance_clock(self) -> None:
+        """One control period on the simulated clock. One simulator step is one control period of the simulated
+        robot, so nodes on sim time (the arbiter's output timer, the recorder's stamps) see the configured control
+        rate however fast the host runs. A paced robot first waits for the learner's budget."""
+        if self.pace is not None:
+            self.pace.wait_to_reach(self._sim_time_ns + self._period_ns, self._stop)
+        self._sim_time_ns += self._period_ns
+        if self.pace is not None:
+            self.pace.report(self._sim_time_ns)
 
     def current_action(self) -> np.ndarray:
         fresh_for = (
@@ -214,7 +231,7 @@ class SimRobotNode(Node):
         self._episode, state = self._first_reset or self.sim.reset()
         self._first_reset = None
         # A reset takes a control period, so no instant belongs to two episodes (recorders split by time).
-        self._sim_time_ns += self._period_ns
+        self.advance_clock()
         self._abort_requested.clear()
         # Unique over robots and time (the cloud store is keyed by it): robot, node start (UTC, ms), counter.
         self._episode_id = f"{self.robot_id}-{self._started_utc}-{self._episodes_done:05d}"
@@ -225,6 +242,9 @@ class SimRobotNode(Node):
 
     def end_episode(self, outcome: int, source: str, steps: int) -> None:
         self.publish_event(EpisodeEvent.EVENT_END, outcome, source, steps)
+        if self.pace is not None:
+            self.pace.ended(self._episode_id, self._sim_time_ns)
+            self.pace.report(self._sim_time_ns)
         verdict = {EpisodeEvent.OUTCOME_SUCCESS: "success", EpisodeEvent.OUTCOME_FAILURE: "failure"}.get(
             outcome, "abort"
         )
