@@ -9,8 +9,6 @@ from pathlib import Path
 
 from sop_ros.configs import ConfigError, load_config
 
-DEMO_TASKS = ["reach-v3", "pick-place-v3"]
-
 
 def require_ros(command: str) -> None:
     """The robot side needs rclpy and the colcon-built interfaces; say how to get them."""
@@ -245,13 +243,16 @@ def cmd_chaos_bridge(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     require_ros("demo")
-    from sop_ros.sim.collect_demos import collect
+    from sop_ros.sim.demo import run_demo
 
-    out = Path(args.out) / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    print("sop demo: two simulated robots record scripted demonstrations of two tasks over ROS 2")
-    summary = collect(args.config, DEMO_TASKS, args.episodes, 2, out)
-    print(f"\nEach episode is one MCAP file (open one in Foxglove, or read it with mcap-ros2-support): {out}/robot_*/")
-    return collection_exit_code(summary)
+    if args.minutes <= 0 or args.robots < 1:
+        print("sop demo: --minutes must be > 0 and --robots >= 1", file=sys.stderr)
+        return 2
+    try:
+        return run_demo(Path(args.out), args.minutes, args.robots)
+    except KeyboardInterrupt:
+        print("sop demo: interrupted; the processes it started are stopped", file=sys.stderr)
+        return 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -423,10 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "offline HG-DAgger's collection)")  # fmt: skip
     p.set_defaults(func=cmd_fleet_run)
 
-    p = sub.add_parser("demo", help="the main job: two simulated robots recording demonstrations, with a summary")
-    p.add_argument("--config", default="config/sim.yaml", help="base simulated robot YAML (default: %(default)s)")
-    p.add_argument("--episodes", type=int, default=3, help="episodes per task (default: %(default)s)")
-    p.add_argument("--out", default="runs/demo", help="parent directory of the run (default: %(default)s)")
+    p = sub.add_parser("demo", help="the main job: a simulated fleet learning online (demos, base policy, SOP loop)")
+    p.add_argument("--minutes", type=float, default=12.0, help="the loop's wall-time bound (default: %(default)s)")
+    p.add_argument("--robots", type=int, default=2, help="simulated robots (default: %(default)s)")
+    p.add_argument("--out", default="runs/demo", help="demos, base policy and runs go here (default: %(default)s)")
     p.set_defaults(func=cmd_demo)
     return parser
 

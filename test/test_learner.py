@@ -21,7 +21,7 @@ from sop_ros.bench.bridge import free_endpoint, zenoh_config
 from sop_ros.bridge.artifacts import make_signing_keys
 from sop_ros.configs import from_dict
 from sop_ros.configs.learner import LearnerConfig
-from sop_ros.learner.dataset import DatasetConfig, episode_files
+from sop_ros.learner.dataset import DatasetConfig, copy_episode, episode_files
 from sop_ros.learner.episode_store import StoredEpisode
 from sop_ros.learner.online import TrainingData, fleet_metrics, plan_rows, version_lag
 from sop_ros.learner.policy_registry import PolicyRegistry
@@ -218,3 +218,17 @@ def test_a_fleet_robot_is_a_valid_robot_whose_operator_intervenes_and_whose_brid
     assert nodes.policy.policy_path == "" and nodes.bridge.policies.swap == "episode_boundary"
     assert nodes.bridge.outbox_dir == nodes.recorder.output_dir and nodes.teleop_arbiter.end_takeover_with_episode
     assert nodes.bridge.policies.public_key.endswith("policy_signing.pub")
+
+
+def test_the_offline_baselines_run_through_the_same_learner(tmp_path, recorded_demos):
+    """Offline HG-DAgger retrains once on what a frozen policy's fleet stored; offline BC on demonstrations only."""
+    for path in episode_files(recorded_demos):  # stand-ins for a frozen fleet's episodes (`sop fleet run --frozen`)
+        target = tmp_path / "store" / "episodes" / "robot_0" / f"fleet-{path.name}"
+        copy_episode(path, target, episode_id=target.stem)
+    for name, algorithm, online in (("dagger", "hg_dagger", 4), ("bc", "bc", 0)):
+        config = learner_yaml(tmp_path, recorded_demos, name=name, algorithm=algorithm, max_steps=3, serve_robots=False)
+        result = run_sop("learner", "--config", config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        status = json.loads((tmp_path / name / "status.json").read_text())
+        assert (status["step"], status["online_episodes"], status["fleet"]["episodes"]) == (3, online, 4)
+        assert status["latest_policy"].endswith("-0000003")

@@ -144,10 +144,15 @@ class TrainingData:
         return EpisodeDataset(paths, self.online_config, log=lambda _: None, select=self.select,
                               cache=self._cache)  # fmt: skip
 
-    def refresh(self, paths: list[Path]) -> bool:
-        """Take the files indexed since the last refresh; start indexing `paths`. True if the online data grew."""
+    def refresh(self, paths: list[Path], at_once: bool = False) -> bool:
+        """Take the files indexed since the last refresh; start indexing `paths`. True if the online data grew.
+
+        `at_once`: index and take `paths` now (at start: what is already stored trains from the first step)."""
         if not self.learns_online:
             return False
+        if at_once:
+            self.listed = list(paths)
+            self._index([p for p in paths if p not in self._cache])
         if self._indexing is not None:
             self._indexing.result()
         grew = len(self.listed) != self._built_from
@@ -574,7 +579,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
                 break
         if step % config.refresh_every_steps == 0 or step == first:
             paths = training_paths(store, pace, step, stop) if store else None
-            if data.refresh(same_on_all(paths, ranks)):
+            if data.refresh(same_on_all(paths, ranks), at_once=step == first):
                 pending.clear()  # planned on the old online data: plan again
                 if advantages is not None:
                     score_episodes(value, advantages, data.online, ranks.device)

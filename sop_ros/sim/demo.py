@@ -1,0 +1,93 @@
+"""`sop demo` (`make demo`): the whole SOP loop on this host, on embedded defaults.
+
+1. Demonstrations: scripted experts on two simulated robots record 10 episodes of each task (once; kept).
+2. The base policy: behaviour cloning on them, with progress (once; kept).
+3. The loop, bounded in wall time: two robots run the base policy with scripted operators who take over when it
+   fails; the bridge ships every episode to the learner (SOP + HG-DAgger, paced by simulated time); the learner's
+   new policies come back signed and are hot-swapped into every robot at an episode boundary. Live: per-task
+   success, interventions, and the policy each robot runs.
+4. A summary: success over the run (PNG + JSON), and the policy versions each robot ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from sop_ros.configs import load_config, to_dict
+from sop_ros.configs.learner import LearnerConfig
+
+LEARNER_YAML = "config/demo_learner.yaml"
+ROBOT_YAML = "config/fleet_sim.yaml"
+DEMO_ROBOT_YAML = "config/sim.yaml"
+DEMOS_PER_TASK = 10
+PRETRAIN_STEPS = 600
+
+
+def prepare(out: Path, learner: LearnerConfig) -> LearnerConfig:
+    """Demonstrations and base policy under `out`, made if missing; the learner's config pointed at them."""
+    from sop_ros.learner.pretrain import PretrainConfig, pretrain
+    from sop_ros.sim.collect_demos import collect
+
+    demos, base = out / "demos", out / "base.pt"
+    if not any(demos.glob("*/*.mcap")):
+        print(f"sop demo [1/3]: recording {DEMOS_PER_TASK} scripted demonstrations per task into {demos}", flush=True)
+        summary = collect(DEMO_ROBOT_YAML, list(learner.tasks), DEMOS_PER_TASK, 2, demos)
+        if summary["failed"] or not summary["total"]["episodes"]:
+            raise RuntimeError(f"recording demonstrations failed: see {demos}/logs")
+    else:
+        print(f"sop demo [1/3]: demonstrations in {demos} (delete it to record them again)")
+    if not base.exists():
+        print(f"sop demo [2/3]: pretraining the base policy on them, {PRETRAIN_STEPS} steps -> {base}", flush=True)
+        pretrain(PretrainConfig(demos=str(demos), out=str(base), steps=PRETRAIN_STEPS))
+    else:
+        print(f"sop demo [2/3]: base policy {base} (delete it to pretrain again)")
+    return dataclasses.replace(learner, demos_dir=str(demos), base_policy=str(base))
+
+
+def hot_swaps(store_dir: Path) -> dict[str, list[str]]:
+    """Per robot, the policy versions its stored episodes ran, in the order it first ran them."""
+    from sop_ros.learner.episode_store import EpisodeStore
+
+    store = EpisodeStore(store_dir)
+    versions: dict[str, list[str]] = {}
+    for e in sorted(store.episodes(), key=lambda e: (e.robot_id, e.ended_ns)):
+        ran = versions.setdefault(e.robot_id, [])
+        if e.policy_version and e.policy_version not in ran:
+            ran.append(e.policy_version)
+    store.close()
+    return versions
+
+
+def short_version(version: str) -> str:
+    """'base' for the base policy, else the learner step that made it (versions end in -<step>)."""
+    tail = version.rsplit("-", 1)[-1]
+    return f"step {int(tail)}" if version.startswith("sop-") and tail.isdigit() else version.split("-", 1)[0]
+
+
+def run_demo(out: Path, minutes: float, robots: int) -> int:
+    from sop_ros.sim.online_fleet import run
+
+    learner = load_config(LearnerConfig, LEARNER_YAML)
+    learner = prepare(out, learner)
+    run_dir = out / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    run_dir.mkdir(parents=True)
+    learner_yaml = run_dir / "demo_learner.yaml"
+    learner_yaml.write_text(yaml.safe_dump(to_dict(learner), sort_keys=False))
+    print(f"sop demo [3/3]: {robots} robots, scripted operators, bridge and learner for {minutes:g} min "
+          f"(progress every 30 s)", flush=True)  # fmt: skip
+    # Paced (a fixed learner budget per simulated minute), ended by the wall-time bound.
+    report = run(str(learner_yaml), ROBOT_YAML, [], robots, minutes, 3, run_dir, None, bin_minutes=0.5)
+    swaps = hot_swaps(run_dir / "store")
+    print("\nsop demo: policy versions each robot ran (each change a hot-swap at an episode boundary):")
+    for robot, versions in sorted(swaps.items()):
+        print(f"  {robot}: {len(versions) - 1} hot-swaps: {' -> '.join(short_version(v) for v in versions)}")
+    print(f"sop demo: {report['episodes']} labelled episodes, {report.get('learner_steps', 0)} learner steps; "
+          f"success over the run: {run_dir / 'fleet_run.png'}")  # fmt: skip
+    every_robot_swapped = len(swaps) == robots and all(len(v) >= 2 for v in swaps.values())
+    if not every_robot_swapped:
+        print("sop demo: not every robot took a new policy within the bound (a longer --minutes gives more)")
+    return 0 if report["episodes"] else 1

@@ -1,0 +1,50 @@
+"""The whole loop, paced by simulated time: a robot (real nodes, bridge over Zenoh) and the learner, ending by
+itself when the fleet has simulated its span, with the learner's budget spent exactly and new policies taken."""
+
+import json
+
+import yaml
+from conftest import DEMO_TASKS, REPO
+from test_learner import learner_yaml, run_sop
+
+from sop_ros.sim.demo import hot_swaps, short_version
+
+
+def test_a_paced_fleet_run_spends_its_learner_budget_and_the_robot_takes_new_policies(tmp_path, recorded_demos):
+    base = tmp_path / "base.pt"
+    pretrained = run_sop("pretrain", "--demos", str(recorded_demos), "--out", str(base), "--steps", "2",
+                         "--batch-size", "8")  # fmt: skip
+    assert pretrained.returncode == 0, pretrained.stderr
+    # Two learner steps per simulated second, a policy every 4: over 12 simulated seconds, 24 steps, 6 policies.
+    config = learner_yaml(tmp_path, recorded_demos, base_policy=str(base), publish_every_steps=4,
+                          pace={"steps_per_sim_minute": 120, "lead_steps": 2})  # fmt: skip
+    robot = yaml.safe_load((REPO / "config" / "fleet_sim.yaml").read_text())
+    robot["nodes"]["sim_robot"] |= {"max_episode_steps": 60, "image_width": 48, "image_height": 48}
+    robot_yaml = tmp_path / "robot.yaml"
+    robot_yaml.write_text(yaml.safe_dump(robot))
+    out = tmp_path / "run"
+    result = run_sop("fleet", "run", "--config", config, "--robot-config", str(robot_yaml), "--robots", "1",
+                     "--sim-minutes", "0.2", "--minutes", "8", "--block", "2", "--bin-minutes", "0.1",
+                     "--out", str(out), timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((out / "fleet_run.json").read_text())
+    assert report["clock"] == "simulated" and report["learner_steps"] == 24
+    assert report["episodes"] >= 2 and {p["minute"] for p in report["curve"]} <= {0.1, 0.2, 0.3}
+    assert set(report["tasks"]) == set(DEMO_TASKS)
+    # Episodes ended on the fleet's clock, which went on across the robot's blocks of episodes, and no further
+    # than lead_steps past the learner's last step: (24 + 2) steps of 0.5 s.
+    ended = sorted(ended_ns(out))
+    assert len(set(ended)) == len(ended) and 0 < ended[0] and ended[-1] <= 13e9
+    versions = hot_swaps(out / "store")["robot_0"]
+    assert short_version(versions[0]) == "base" and len(versions) >= 2, versions
+    assert all(short_version(v).startswith("step ") for v in versions[1:])
+
+
+def ended_ns(run_dir) -> list[int]:
+    from sop_ros.learner.episode_store import EpisodeStore
+
+    store = EpisodeStore(run_dir / "store")
+    try:
+        return [e.ended_ns for e in store.episodes()]
+    finally:
+        store.close()
