@@ -162,6 +162,8 @@ def test_recap_pretrains_its_value_network_and_publishes_an_advantage_conditione
     status = json.loads((tmp_path / "learner" / "status.json").read_text())
     assert sorted(status["value_thresholds"]) == sorted(DEMO_TASKS)
     assert all(-1.0 <= t <= 1.0 for t in status["value_thresholds"].values())
+    assert sorted(status["value_estimates"]) == sorted(DEMO_TASKS)  # V(first state), a normalised return
+    assert all(-1.0 <= v <= 0.0 for v in status["value_estimates"].values())
     latest = PolicyRegistry(tmp_path / "learner_policies").latest()
     metadata = {p.key: p.value for p in onnx.load(str(tmp_path / "learner_policies" / f"{latest.version}.onnx"))
                 .metadata_props}  # fmt: skip

@@ -76,6 +76,19 @@ def test_a_label_within_the_grace_period_sets_the_outcome(tmp_path):
     assert "came after its file was finished" in logs[-1][1]
 
 
+def test_an_episode_names_the_policy_whose_chunks_drove_it(tmp_path):
+    clock = FakeClock()
+    rec = recorder(tmp_path, clock)
+    rec.start(Episode("e1", "r", "reach-v3", "reach the goal", "", 1_000))  # the simulator does not know
+    rec.policy_version(500, "v0")  # a chunk between episodes: not this one's
+    rec.policy_version(1_500, "v2")
+    rec.policy_version(1_600, "v3")  # weights change only between episodes: the first chunk's stands
+    rec.end("e1", 1, "sim_success", 1, 2_000)
+    clock.now = 5.0
+    (path,) = rec.tick()
+    assert read_episode(path)[0]["policy_version"] == "v2"
+
+
 def test_an_unwritable_directory_stops_recording_and_the_next_episode_retries(tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")

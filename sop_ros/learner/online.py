@@ -235,6 +235,7 @@ class Advantages:
         self.advantages: dict[str, np.ndarray] = {}  # episode id -> (steps,)
         self.thresholds: dict[str, float] = {}
         self._bins: dict[str, np.ndarray] = {}  # episode id -> (steps,) its steps' value-target atoms
+        self.initial_values: dict[str, tuple[str, float]] = {}  # episode id -> (task, V of its first state)
 
     def rewards(self, episode: EpisodeIndex) -> np.ndarray:
         c = self.config
@@ -250,6 +251,14 @@ class Advantages:
 
     def add(self, episode: EpisodeIndex, values: np.ndarray) -> None:
         self.advantages[episode.episode_id] = recap.n_step_advantages(self.rewards(episode), values, self.config.n_step)
+        self.initial_values[episode.episode_id] = (episode.task, float(values[0]))
+
+    def value_estimates(self) -> dict[str, float]:
+        """Per task, the value network's mean estimate of its episodes' first states (normalised return)."""
+        by_task: dict[str, list[float]] = {}
+        for task, value in self.initial_values.values():
+            by_task.setdefault(task, []).append(value)
+        return {t: float(np.mean(v)) for t, v in by_task.items()}
 
     def update_thresholds(self, episodes: list[EpisodeIndex]) -> None:
         by_task: dict[str, list[np.ndarray]] = {}
@@ -661,6 +670,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
                 "robot_versions": {r["robot"]: r["running_version"] for r in table.get("robots", [])},
                 "fleet_sim_s": pace.fleet_time_ns / 1e9 if pace else None,
                 "value_thresholds": advantages.thresholds if advantages else {},
+                "value_estimates": advantages.value_estimates() if advantages else {},
             }  # fmt: skip
             write_status(out / STATUS, status)
             write_scalars(writer, status, step)
@@ -709,6 +719,8 @@ def write_scalars(writer, status: dict, step: int) -> None:
         writer.add_scalar(f"fleet/version_lag/{robot}", lag, step)
     for task, threshold in status["value_thresholds"].items():
         writer.add_scalar(f"value/advantage_threshold/{task}", threshold, step)
+    for task, value in status["value_estimates"].items():
+        writer.add_scalar(f"value/initial_state/{task}", value, step)
     writer.flush()
 
 

@@ -15,7 +15,7 @@ from rclpy.node import Node
 from rclpy.serialization import serialize_message
 
 from sop_ros.configs.robot import RecorderConfig
-from sop_ros.msg import EpisodeEvent, InterventionState
+from sop_ros.msg import ActionChunk, EpisodeEvent, InterventionState
 from sop_ros.robot import topics
 from sop_ros.robot.episode_files import WriterOptions
 from sop_ros.robot.params import declare_config
@@ -66,6 +66,8 @@ class RecorderNode(Node):
             self.create_subscription(msg_type, topic, lambda data, t=full, cb=callback: cb(t, data), qos, raw=True)
         self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
         self.create_subscription(InterventionState, topics.INTERVENTION_STATE, self.on_intervention, topics.EVENTS)
+        # Which weights drove an episode: the version its chunks carry (the learner credits its data by it).
+        self.create_subscription(ActionChunk, topics.POLICY_CHUNK, self.on_chunk, topics.STREAM)
         # Steady time, not sim time: ended episodes must be closed even after the simulator stops its clock.
         self.create_timer(0.2, self.recorder.tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
         self.get_logger().info(f"recording {len(recorded)} topics into {self.root}")
@@ -104,6 +106,9 @@ class RecorderNode(Node):
     def on_intervention(self, msg: InterventionState) -> None:
         self.recorder.write(self.intervention_topic, serialize_message(msg), self.now_ns(), msg.episode_id or None)
         self.recorder.interventions(msg.episode_id, msg.interventions_in_episode)
+
+    def on_chunk(self, msg: ActionChunk) -> None:
+        self.recorder.policy_version(stamp_ns(msg), msg.policy_version)
 
     def destroy_node(self) -> None:
         self.recorder.close()

@@ -152,6 +152,13 @@ class EpisodeRecorder:
         if record is not None:
             record.episode.interventions = max(record.episode.interventions, count)
 
+    def policy_version(self, time_ns: int, version: str) -> None:
+        """The policy that produced a chunk at `time_ns`: the episode then running names it, unless its START did
+        (weights change only between episodes)."""
+        record = self._episode_at(time_ns)
+        if record is not None and not record.episode.policy_version:
+            record.episode.policy_version = version
+
     # -- data -------------------------------------------------------------------------------------------------
     def write(self, topic: str, data: bytes, time_ns: int, episode_id: str | None = None) -> None:
         """A message at `time_ns`, for the episode whose time span holds it (or the named one, for events)."""
