@@ -137,6 +137,10 @@ def _start(cmd: list[str], log: Path, niceness: int = 0) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT)  # fmt: skip
 
 
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
+
+
 def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -182,6 +186,10 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     print(f"fleet run: {robots} robots on {', '.join(tasks)} for {span}; base policy "
           f"{publish_base(learner)}; {'frozen' if frozen else 'learner ' + learner.algorithm} -> {out}",
           flush=True)  # fmt: skip
+    # Ctrl-C and SIGTERM both stop the fleet and the learner first (SIGINT may come in ignored when started in
+    # the background).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     start = time.time()
     cloud = ["cloud"] if frozen else ["learner"]
     learner_proc = _start([sys.executable, "-m", "sop_ros.cli", *cloud, "--config",

@@ -30,6 +30,7 @@ class ScriptedOperatorNode(Node):
         self.monitor = TakeoverMonitor(cfg)
         self.in_control = cfg.mode == "demo"
         self.between_episodes = False  # from an END to the next START (a START may be missed at start-up)
+        self.takeover_reason = ""  # the policy was judged failing on the last state: take over on the next
         self.executed: np.ndarray | None = None
         self.command_pub = self.create_publisher(Float64MultiArray, topics.OPERATOR_COMMAND, topics.STREAM)
         self.create_subscription(Float64MultiArray, topics.SIM_STATE, self.on_state, topics.LATEST)
@@ -46,10 +47,12 @@ class ScriptedOperatorNode(Node):
         if not self.in_control:
             if self.between_episodes or self.executed is None:
                 return  # a robot being reset, or not yet commanded at all, is not failing: nothing to judge
-            reason = self.monitor.observe(state[HAND_XYZ], self.executed, action)
-            if reason is None:
+            if not self.takeover_reason:
+                self.takeover_reason = self.monitor.observe(state[HAND_XYZ], self.executed, action) or ""
                 return
-            self.get_logger().info(f"taking over: {reason}")
+            # Judged on the last state and still in its episode: take over. (Acting on the judged state itself
+            # could answer an episode's last state after its END, and take over the next episode.)
+            self.get_logger().info(f"taking over: {self.takeover_reason}")
             self.in_control = True
         self.command_pub.publish(Float64MultiArray(data=action.tolist()))
 
@@ -59,6 +62,7 @@ class ScriptedOperatorNode(Node):
     def on_episode_event(self, msg: EpisodeEvent) -> None:
         if msg.event in (EpisodeEvent.EVENT_START, EpisodeEvent.EVENT_END):
             self.between_episodes = msg.event == EpisodeEvent.EVENT_END
+            self.takeover_reason = ""
         if msg.event == EpisodeEvent.EVENT_START:
             self.monitor.reset()
             self.executed = None
