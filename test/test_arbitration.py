@@ -37,12 +37,15 @@ def test_a_takeover_ends_with_its_episode_even_on_a_clock_that_stands_still():
     arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.0)
     assert arb.tick(1.0).controller == Controller.POLICY
     arb.new_episode()
-    arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.03)
-    arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=1.03)
-    assert arb.tick(1.03).controller == Controller.POLICY and arb.interventions == 0
-    # Once the policy has driven in the new episode, the operator takes over again at once.
-    arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.07)
-    out = arb.tick(1.07)
+    for now in (1.03, 1.07, 1.1):  # ... and in the new episode's first operator_timeout_s (0.3 s) of policy
+        arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=now)
+        arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=now)
+        assert arb.tick(now).controller == Controller.POLICY and arb.interventions == 0
+    arb.submit(Controller.POLICY, [0.1, 0, 0, 0], now=1.33)
+    assert arb.tick(1.33).controller == Controller.POLICY
+    # Once the policy has driven the new episode that long, the operator takes over again at once.
+    arb.submit(Controller.OPERATOR, [-0.2, 0, 0, 1], now=1.37)
+    out = arb.tick(1.37)
     assert out.controller == Controller.OPERATOR and out.changed and arb.interventions == 1
 
 

@@ -101,8 +101,9 @@ class TeleopArbiterConfig:
     # Name recorded for commands on teleop/operator_command (keyboard node, scripted operator, custom devices).
     operator_device: str = "teleop"
     # true: a takeover ends with its episode (operator commands are dropped from the episode's end until the
-    # policy has driven in the next), so every episode starts with the policy; needed on a lockstep simulator,
-    # whose clock stands still until the robot is commanded, when an intervening operator lets go at the end.
+    # policy has driven the next for operator_timeout_s), so every episode starts with the policy; needed on a
+    # lockstep simulator, whose clock stands still until the robot is commanded, when an intervening operator
+    # lets go at the end.
     end_takeover_with_episode: bool = False
     state_hz: float = 5.0
     command_interface: Literal["float64_multi_array", "joint_trajectory"] = "float64_multi_array"

@@ -48,6 +48,7 @@ class Arbiter:
         self.since = 0.0
         self.interventions = 0
         self._operator_released: Literal["", "at_end", "in_new_episode"] = ""  # see release_operator
+        self._policy_drove_since: float | None = None  # released: when the policy first drove the new episode
 
     def submit(self, source: Controller, command: np.ndarray, now: float, device: str = "") -> None:
         """Take a command from the policy or the operator (and their `device`).
@@ -77,17 +78,19 @@ class Arbiter:
         simulator's clock, which stands still until the robot is commanded, the operator's timeout would
         otherwise never run out.
 
-        Operator commands are ignored from here until the policy has commanded in the next episode: the
-        operator's answer to the episode's last state can arrive after the end (and even after the next start),
-        and would take the robot back for an operator who has let go. A real takeover needs the policy to have
-        driven first."""
+        Operator commands are ignored from here until the policy has driven the next episode for
+        operator_timeout_s: the operator's answer to the episode's last state can arrive after the end (and even
+        a few steps into the next episode), and would take the robot back for an operator who has let go."""
         self._inputs.pop(Controller.OPERATOR, None)
-        self._operator_released = "at_end"
+        self._operator_released, self._policy_drove_since = "at_end", None
 
     def tick(self, now: float) -> ArbiterOutput:
         controller = self._select(now)
         if controller == Controller.POLICY and self._operator_released == "in_new_episode":
-            self._operator_released = ""
+            if self._policy_drove_since is None:
+                self._policy_drove_since = now
+            elif now - self._policy_drove_since >= self.config.operator_timeout_s:
+                self._operator_released = ""
         changed = controller != self.controller
         if changed:
             self.controller, self.since = controller, now
