@@ -7,6 +7,7 @@ import yaml
 from conftest import DEMO_TASKS, REPO
 from test_learner import learner_yaml, run_sop
 
+from sop_ros.learner.episode_store import stored_episodes
 from sop_ros.sim.demo import hot_swaps, short_version
 
 
@@ -33,18 +34,9 @@ def test_a_paced_fleet_run_spends_its_learner_budget_and_the_robot_takes_new_pol
     assert set(report["tasks"]) == set(DEMO_TASKS)
     # Episodes ended on the fleet's clock, which went on across the robot's blocks of episodes, and no further
     # than lead_steps past the learner's last step: (24 + 2) steps of 0.5 s.
-    ended = sorted(ended_ns(out))
+    ended = sorted(e.ended_ns for e in stored_episodes(out / "store"))
     assert len(set(ended)) == len(ended) and 0 < ended[0] and ended[-1] <= 13e9
     versions = hot_swaps(out / "store")["robot_0"]
     assert short_version(versions[0]) == "base" and len(versions) >= 2, versions
     assert all(short_version(v).startswith("step ") for v in versions[1:])
 
-
-def ended_ns(run_dir) -> list[int]:
-    from sop_ros.learner.episode_store import EpisodeStore
-
-    store = EpisodeStore(run_dir / "store")
-    try:
-        return [e.ended_ns for e in store.episodes()]
-    finally:
-        store.close()

@@ -232,3 +232,12 @@ class EpisodeStore:
                 (*(getattr(episode, c.strip()) for c in _COLUMNS.split(",")), json.dumps(metadata)),
             )
         return episode
+
+
+def stored_episodes(root: Path | str) -> list[StoredEpisode]:
+    """Every episode indexed in the store at `root`, in the order stored (for reports after a run)."""
+    store = EpisodeStore(root)
+    try:
+        return store.episodes()
+    finally:
+        store.close()

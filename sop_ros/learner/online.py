@@ -693,10 +693,15 @@ def training_paths(store: EpisodeStore, pace: FleetPace | None, step: int, stop:
     in the order they ended, so a run's data do not depend on when uploads happened to land."""
     if pace is None:
         return [store.root / e.path for e in store.episodes()]
-    episodes = {e.episode_id: e for e in store.episodes()}
-    chosen = pace.training_episodes(step, lambda: {e.episode_id: e.ended_ns for e in store.episodes()}, stop)
-    episodes |= {e.episode_id: e for e in store.episodes()}  # what arrived while waiting
-    picked = sorted((episodes[e] for e in chosen), key=lambda e: (e.ended_ns, e.episode_id))
+    latest: dict[str, StoredEpisode] = {}  # the store as last read while waiting: what `chosen` comes from
+
+    def stored() -> dict[str, int]:
+        latest.clear()
+        latest.update((e.episode_id, e) for e in store.episodes())
+        return {e.episode_id: e.ended_ns for e in latest.values()}
+
+    chosen = pace.training_episodes(step, stored, stop)
+    picked = sorted((latest[e] for e in chosen), key=lambda e: (e.ended_ns, e.episode_id))
     return [store.root / e.path for e in picked]
 
 

@@ -50,15 +50,13 @@ def prepare(out: Path, learner: LearnerConfig) -> LearnerConfig:
 
 def hot_swaps(store_dir: Path) -> dict[str, list[str]]:
     """Per robot, the policy versions its stored episodes ran, in the order it first ran them."""
-    from sop_ros.learner.episode_store import EpisodeStore
+    from sop_ros.learner.episode_store import stored_episodes
 
-    store = EpisodeStore(store_dir)
     versions: dict[str, list[str]] = {}
-    for e in sorted(store.episodes(), key=lambda e: (e.robot_id, e.ended_ns)):
+    for e in sorted(stored_episodes(store_dir), key=lambda e: (e.robot_id, e.ended_ns)):
         ran = versions.setdefault(e.robot_id, [])
         if e.policy_version and e.policy_version not in ran:
             ran.append(e.policy_version)
-    store.close()
     return versions
 
 

@@ -90,11 +90,9 @@ def success_curve(store_dir: Path, start: float, bin_s: float, simulated: bool =
     """Per time bin: labelled episodes, success rate, and success without intervention. Bins of wall time since
     `start` (when each episode was stored), or with `simulated`, of the fleet's simulated clock (when each
     episode ended)."""
-    from sop_ros.learner.episode_store import EpisodeStore
+    from sop_ros.learner.episode_store import stored_episodes
 
-    store = EpisodeStore(store_dir)
-    episodes = [e for e in store.episodes() if e.outcome in ("success", "failure")]
-    store.close()
+    episodes = [e for e in stored_episodes(store_dir) if e.outcome in ("success", "failure")]
     bins: dict[int, list] = {}
     for e in episodes:
         at = e.ended_ns / 1e9 if simulated else e.stored_at - start
@@ -214,7 +212,7 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
                     cmd = [sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)]
                     running[robot_id] = _start(cmd, out / "logs" / f"{robot_id}_block{n:03d}.log", ROBOT_NICENESS)
             if time.monotonic() - last_print >= 30:
-                print(_progress(out, learner, start), flush=True)
+                print(_progress(learner, start), flush=True)
                 last_print = time.monotonic()
             time.sleep(1.0)
     except KeyboardInterrupt:
@@ -249,7 +247,7 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     return report
 
 
-def _progress(out: Path, learner: LearnerConfig, start: float) -> str:
+def _progress(learner: LearnerConfig, start: float) -> str:
     status = Path(learner.checkpoint_dir) / "status.json"
     minutes = (time.time() - start) / 60
     if not status.exists():

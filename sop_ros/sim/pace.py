@@ -217,9 +217,11 @@ class RobotPace:
                 self._changed.wait(0.2)
 
     def ended(self, episode_id: str, end_ns: int) -> None:
+        """An episode ended at `end_ns` (this robot's clock now): reported at once, for the learner to wait for."""
         self._ended[episode_id] = end_ns
         if len(self._ended) > ENDED_REPORTED:
             self._ended.pop(next(iter(self._ended)))
+        self.report(end_ns)
 
     def report(self, time_ns: int) -> None:
         report = {"time_ns": time_ns, "period_ns": self.period_ns, "ended": self._ended}

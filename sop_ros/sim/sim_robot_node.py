@@ -244,7 +244,6 @@ class SimRobotNode(Node):
         self.publish_event(EpisodeEvent.EVENT_END, outcome, source, steps)
         if self.pace is not None:
             self.pace.ended(self._episode_id, self._sim_time_ns)
-            self.pace.report(self._sim_time_ns)
         verdict = {EpisodeEvent.OUTCOME_SUCCESS: "success", EpisodeEvent.OUTCOME_FAILURE: "failure"}.get(
             outcome, "abort"
         )
