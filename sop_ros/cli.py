@@ -211,6 +211,25 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from sop_ros.sim.experiments import ExperimentConfig, run_experiment, write_report
+
+    try:
+        seeds = tuple(int(s) for s in args.seeds.split(",") if s)
+    except ValueError:
+        raise ConfigError(f"--seeds {args.seeds!r}: must be comma-separated integers, e.g. 0,1,2") from None
+    config = ExperimentConfig(args.experiment, seeds, args.sim_minutes, args.bin_minutes, args.final_minutes,
+                              block=args.block, learner_yaml=args.config, robot_yaml=args.robot_config, out=args.out,
+                              results=args.results)  # fmt: skip
+    if args.report_only:
+        write_report(config, Path(config.out) / config.experiment)
+    else:
+        require_ros("experiment")
+        run_experiment(config)
+    print(f"sop experiment {args.experiment}: {Path(args.results) / args.experiment}.md, .json, .png")
+    return 0
+
+
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     import json
 
@@ -423,6 +442,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frozen", action="store_true", help="no learner: the base policy throughout (baseline, and "
                    "offline HG-DAgger's collection)")  # fmt: skip
     p.set_defaults(func=cmd_fleet_run)
+
+    p = sub.add_parser("experiment", help="the SOP experiments on a simulated fleet: JSON, PNG and markdown reports")
+    p.add_argument("experiment", choices=["fleet-scaling", "pretrain-scale", "algorithms"])
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
+    p.add_argument("--sim-minutes", type=float, default=6.0, help="simulated minutes per run (default: %(default)s)")
+    p.add_argument("--bin-minutes", type=float, default=0.5, help="success per bin of simulated time")
+    p.add_argument("--final-minutes", type=float, default=1.0, help="success at the budget: over the last M minutes")
+    p.add_argument("--block", type=int, default=3, help="episodes a robot runs of one task before the next")
+    p.add_argument("--config", default="config/experiment_learner.yaml", help="paced learner YAML")
+    p.add_argument("--robot-config", default="config/fleet_sim.yaml", help="base robot YAML")
+    p.add_argument("--out", default="runs/experiments", help="runs (resumed from here) (default: %(default)s)")
+    p.add_argument("--results", default="docs/results", help="reports (default: %(default)s)")
+    p.add_argument("--report-only", action="store_true", help="write the report from the finished runs, run none")
+    p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("demo", help="the main job: a simulated fleet learning online (demos, base policy, SOP loop)")
     p.add_argument("--minutes", type=float, default=12.0, help="the loop's wall-time bound (default: %(default)s)")

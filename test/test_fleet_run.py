@@ -40,3 +40,18 @@ def test_a_paced_fleet_run_spends_its_learner_budget_and_the_robot_takes_new_pol
     assert short_version(versions[0]) == "base" and len(versions) >= 2, versions
     assert all(short_version(v).startswith("step ") for v in versions[1:])
 
+    # Same seeds, same result: a second run takes the same episodes, with the same outcomes, interventions and
+    # policies (each episode runs the policy the learner's schedule gives it, not whichever arrived first).
+    again = tmp_path / "again"
+    result = run_sop("fleet", "run", "--config", config, "--robot-config", str(robot_yaml), "--robots", "1",
+                     "--sim-minutes", "0.2", "--minutes", "8", "--block", "2", "--bin-minutes", "0.1",
+                     "--out", str(again), timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert episode_summary(again / "store") == episode_summary(out / "store")
+
+
+def episode_summary(store) -> list[tuple]:
+    """What a run did, episode by episode, without its names (versions name the learner's run)."""
+    return [(e.robot_id, e.task, e.ended_ns, e.outcome, e.interventions, short_version(e.policy_version))
+            for e in sorted(stored_episodes(store), key=lambda e: (e.ended_ns, e.robot_id))]  # fmt: skip
+

@@ -10,7 +10,7 @@ from sop_ros.bench.bridge import free_endpoint, zenoh_config
 from sop_ros.bridge.zenoh_session import open_session
 from sop_ros.configs import ConfigError
 from sop_ros.configs.learner import LearnerConfig, PaceConfig
-from sop_ros.sim.pace import Budget, FleetPace, RobotPace
+from sop_ros.sim.pace import Budget, FleetPace, RobotPace, scheduled_policy
 
 SECOND = 1_000_000_000
 
@@ -29,6 +29,16 @@ def test_the_budget_rules_on_hand_computed_clocks():
     assert not budget.learner_may_take(4, [(49_950_000_000, period), (10 * SECOND, period)], robots=2)
     # Step 4 trains on what ended by 50 s less the ingest delay.
     assert budget.data_cutoff_ns(4, 5 * SECOND) == 45 * SECOND
+    # A robot past 50 s implies at least 4 steps done (it may reach 50 s after 3), one at 50 s only 3.
+    assert budget.steps_done_by(50 * SECOND + 1) == 4 and budget.steps_done_by(50 * SECOND) == 3
+    assert budget.steps_done_by(SECOND) == 0
+
+
+def test_an_episode_runs_the_newest_policy_made_by_the_steps_its_start_implies():
+    policies = [(0, "base"), (4, "v4"), (8, "v8")]
+    assert [scheduled_policy(policies, steps) for steps in (0, 3, 4, 7, 8, 20)] == [
+        "base", "base", "v4", "v4", "v8", "v8"]  # fmt: skip
+    assert scheduled_policy([], 5) == "" and scheduled_policy([(4, "v4")], 3) == ""
 
 
 def test_pacing_is_checked_at_start():
@@ -70,10 +80,10 @@ def test_learner_and_robots_hold_each_other_to_the_budget_and_a_restarted_robot_
             t.start()
         steps_taken = 0
         for step in range(3):  # robot_1 stops at 3 s: enough for steps 0, 1, 2
-            learner.announce(step)
+            learner.announce(step, "base" if step < 2 else "v2")
             assert learner.wait_for_step(step, stop)
             steps_taken += 1
-        learner.announce(steps_taken)
+        learner.announce(steps_taken, "v2")
         threads[1].join(timeout=30)
         # The learner cannot take step 3 (it ends at 4 s; robot_1 stopped at 3 s).
         waiting = threading.Event()
@@ -85,6 +95,8 @@ def test_learner_and_robots_hold_each_other_to_the_budget_and_a_restarted_robot_
         blocked.join()
         # robot_0 runs at most lead_steps ahead of the learner's steps: to (3 + 2) s, and there it waits.
         wait_for(lambda: seen[0] and seen[0][-1][0] == 5 * SECOND, 30, what="robot_0 at 5 s")
+        # The learner's policies travel with its steps: v2 (made at step 2) is an episode's from past 3 s on.
+        assert robots[0].scheduled_policy(3 * SECOND) == "base" and robots[0].scheduled_policy(3 * SECOND + 1) == "v2"
         threads[0].join(timeout=1.0)
         assert threads[0].is_alive() and max(t for t, _ in seen[0]) == 5 * SECOND
         assert all(t <= (steps + 2) * SECOND for t, steps in seen[0])
@@ -94,7 +106,7 @@ def test_learner_and_robots_hold_each_other_to_the_budget_and_a_restarted_robot_
         assert robots[1].start(stop, timeout_s=30) == 3 * SECOND
         again = threading.Thread(target=robot_loop, args=(robots[1], 3 * SECOND, period, 8, stop, seen[1]))
         again.start()
-        learner.announce(3)
+        learner.announce(3, "v2")
         assert learner.wait_for_step(3, stop)
         again.join(timeout=30)
         # Both end at (3 + 2) s: robot_1 after its 8 periods, robot_0 held there.
@@ -121,7 +133,7 @@ def test_a_step_trains_on_the_episodes_that_ended_by_its_cutoff_once_they_are_st
         robot.ended("e2", 7 * SECOND)
         robot.ended("e3", 9 * SECOND)
         robot.report(9 * SECOND)
-        learner.announce(0)
+        learner.announce(0, "base")
         assert learner.wait_for_step(7, stop)  # step 7 ends at 8 s; its cutoff is 6 s
         # e1 ended by the cutoff but is not stored yet: the step waits for it, and leaves out e2 (7 s).
         threading.Timer(0.5, lambda: stored.update(e1=3 * SECOND, e2=7 * SECOND)).start()

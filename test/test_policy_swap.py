@@ -53,3 +53,69 @@ def test_swaps_under_load_leave_no_tick_unanswered(tmp_path):
     assert [r.running_version for r in replies] == ["bench-b", "bench-a"] * 3
     assert answered == ticks
     assert ran == ["bench-b", "bench-a"] * 3 and versions == {"bench-a", "bench-b"}
+
+
+def test_an_episode_runs_the_policy_its_start_names(tmp_path):
+    """A paced simulator's episodes name their policy: a newer one loaded meanwhile waits for its episode, an
+    older one still warm is swapped back in, and one not loaded yet is waited for with nothing commanded."""
+    from sop_ros.bench.inference import make_policies, node_config, robot_nodes
+    from sop_ros.model.export import export_onnx
+    from sop_ros.msg import EpisodeEvent
+    from sop_ros.robot import topics
+    from sop_ros.srv import LoadPolicy
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "tiny.pt", VLAPolicy(TINY).eval(), version="tiny", cameras=["corner", "gripperPOV"])
+    _, first, second = make_policies(tmp_path, str(tmp_path / "tiny.pt"))
+    save_checkpoint(tmp_path / "c.pt", VLAPolicy(TINY).eval(), version="bench-c", cameras=["corner", "gripperPOV"])
+    third = tmp_path / "bench-c.onnx"
+    export_onnx(tmp_path / "c.pt", third)
+    config = node_config(first, threads=1, control_hz=30.0, replan_steps=4, wait_for_chunk=True)
+    config["nodes"]["policy"] |= {"swap_at": "episode_boundary"}
+    with robot_nodes(tmp_path, config, "scheduled") as driver:
+        events = driver.node.create_publisher(EpisodeEvent, topics.EPISODE_EVENTS, topics.EVENTS)
+
+        def start(version: str, n: int) -> None:
+            events.publish(EpisodeEvent(event=EpisodeEvent.EVENT_START, episode_id=f"e{n}", instruction="reach",
+                                        policy_version=version))  # fmt: skip
+
+        def load(path) -> LoadPolicy.Response:
+            future = driver.load_client.call_async(LoadPolicy.Request(path=str(path)))
+            deadline = time.monotonic() + 60.0
+            while not future.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return future.result()
+
+        def answer(timeout_s: float = 10.0) -> str | None:
+            """Tick until one is answered; the version of the chunk that answered it (None: no answer)."""
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                with driver.lock:
+                    before = len(driver.command_times)
+                driver.publish_tick()
+                tick_deadline = time.monotonic() + 0.5
+                while time.monotonic() < tick_deadline:
+                    with driver.lock:
+                        if len(driver.command_times) > before:
+                            return driver.last_chunk_version
+                    time.sleep(0.005)
+            return None
+
+        ran = []
+        for n, (version, path) in enumerate([("bench-a", None), ("bench-b", second), ("bench-a", None)]):
+            reply = load(path) if path else None
+            if reply is not None:  # loaded while an episode runs another: kept for the episode scheduled to run it
+                assert reply.accepted and reply.running_version == "bench-a", reply.message
+                assert answer() == "bench-a"
+            start(version, n)
+            time.sleep(0.3)  # events and observations travel on different topics
+            ran.append(answer())
+        assert ran == ["bench-a", "bench-b", "bench-a"]
+
+        start("bench-c", 3)
+        time.sleep(0.3)
+        assert answer(timeout_s=2.0) is None  # not loaded: the episode waits for it
+        assert driver.status.awaited_version == "bench-c"
+        reply = load(third)
+        assert reply.accepted and reply.running_version == "bench-c", reply.message
+        assert answer() == "bench-c"

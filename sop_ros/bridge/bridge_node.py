@@ -122,6 +122,8 @@ class BridgeNode(Node):
 
     def on_policy_status(self, msg: PolicyStatus) -> None:
         self.policy_status = msg
+        if msg.awaited_version and self.fetcher is not None:
+            self.fetcher.want(msg.awaited_version)
 
     def policy_versions(self) -> tuple[str, str]:
         status = self.policy_status

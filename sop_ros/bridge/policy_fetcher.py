@@ -42,6 +42,7 @@ from sop_ros.configs.bridge import PolicyDownloadConfig
 
 STREAM_GAP_S = 0.5  # no streamed piece for this long: the stream is over or lost, ask for the rest
 NEWEST = "newest.json"  # the newest announcement accepted: older ones are refused, even after a restart
+WAKE = b""  # put among the offers to wake the loop early
 
 # Ask the policy node to load (path, announcement): None when it accepted, else its reason for refusing;
 # TimeoutError when it does not answer (asked again later).
@@ -83,6 +84,7 @@ class PolicyFetcher:
         self._stream_version = ""
         self._refused: dict[str, str] = {}  # version -> why (never tried again)
         self._refused_offers: set[str] = set()  # sha256 of announcements refused (asked again every period)
+        self._wanted, self._wanted_before = "", set()  # a cached version the policy node waits for (once each)
         self._target = self._read_newest()
         if self._target is not None:
             self.stats.newest = self._target.version
@@ -141,9 +143,48 @@ class PolicyFetcher:
     def _drain_offers(self) -> None:
         while True:
             try:
-                self.offer(self._offers.get_nowait())
+                data = self._offers.get_nowait()
             except queue.Empty:
                 return
+            if data != WAKE:
+                self.offer(data)
+
+    def want(self, version: str) -> None:
+        """The policy node waits for `version` (an episode is scheduled to run it): hand it over from the cache.
+
+        The newest version is fetched anyway; an older one is one this robot held before (a new robot process
+        whose episode is scheduled to run the version before the newest)."""
+        with self._lock:
+            if version in self._wanted_before:
+                return
+            self._wanted_before.add(version)
+            self._wanted = version
+        self._offers.put(WAKE)
+
+    def _hand_over_wanted(self) -> None:
+        with self._lock:
+            version, self._wanted = self._wanted, ""
+        newest = self._target.version if self._target else ""
+        if not version or version == newest or version in self.policy_versions():
+            return  # the newest is fetched and handed over anyway
+        try:
+            announcement = PolicyAnnouncement.decode((self.cache / f"{version}.json").read_bytes())
+            verify(announcement, self.public_key)
+        except FileNotFoundError:
+            self._note_error(f"an episode is scheduled to run {version}, which this robot does not hold")
+            return
+        except (ProtocolError, VerificationError) as err:
+            self._note_error(f"an episode is scheduled to run {version}; its cached announcement is refused: {err}")
+            return
+        if not self._holds(announcement):
+            return
+        try:
+            reason = self.load(self.artifact(version), announcement)
+        except TimeoutError as err:
+            self._note_error(f"policy node did not take {version}: {err}")
+            return
+        if reason is not None:
+            self._refuse(version, f"the policy node refused {version}: {reason}")
 
     def offer(self, data: bytes) -> PolicyAnnouncement | None:
         """Take an announcement if it is well formed, signed by the fleet's key and newer than the newest taken."""
@@ -171,6 +212,7 @@ class PolicyFetcher:
 
     def step(self, stop: threading.Event | None = None) -> None:
         """Bring the robot to the newest accepted version: download it if needed, then ask the policy node."""
+        self._hand_over_wanted()
         target = self._target
         if target is None or target.version in self._refused:
             return

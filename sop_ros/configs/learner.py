@@ -88,6 +88,7 @@ class LearnerConfig:
     tasks: tuple[str, ...] = ("reach-v3", "push-v3", "pick-place-v3", "drawer-open-v3", "window-open-v3")
     base_policy: str = "runs/base.pt"  # the checkpoint training starts from (`sop pretrain`); "": from scratch
     demos_dir: str = "runs/demos"
+    demos_per_task: int = 0  # mix in only the first N demonstrations of each task (0: all), as pretraining did
     store_dir: str = "runs/store"
     checkpoint_dir: str = "runs/learner"  # checkpoint, status.json, TensorBoard events (tensorboard/)
     batch_size: int = 64  # the global batch, split over data-parallel ranks
@@ -121,6 +122,7 @@ class LearnerConfig:
             f"must be >= the number of tasks ({len(self.tasks)}): each batch is split across tasks",
         )
         require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        require(self.demos_per_task >= 0, "demos_per_task", self.demos_per_task, "must be >= 0 (0: all)")
         require(self.publish_every_steps >= 1, "publish_every_steps", self.publish_every_steps, "must be >= 1")
         require(self.publish_every_s >= 0, "publish_every_s", self.publish_every_s, "must be >= 0 (0: off)")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")

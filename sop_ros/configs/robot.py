@@ -243,6 +243,9 @@ class PolicyConfig:
     swap_at: Literal["episode_boundary", "immediate"] = "episode_boundary"
     # Lockstep simulators wait for an answer to every state, also before the first episode: answer those too.
     act_between_episodes: bool = False
+    # An episode whose START names its policy (a paced simulator) waits this long for a version not yet loaded,
+    # then runs the one it has, and says so.
+    scheduled_policy_wait_s: float = 20.0
     advantage_conditioned: bool = False  # RECAP policies: ask for the positive-advantage behaviour
     seed: int = 0
     inference_threads: int = 0  # ONNX Runtime intra-op threads (0: its default)
@@ -258,6 +261,8 @@ class PolicyConfig:
         require(self.ensemble_decay >= 0, "ensemble_decay", self.ensemble_decay, "must be >= 0")
         require(self.inference_threads >= 0, "inference_threads", self.inference_threads, "must be >= 0")
         require(self.status_hz > 0, "status_hz", self.status_hz, "must be > 0")
+        require(self.scheduled_policy_wait_s >= 0, "scheduled_policy_wait_s", self.scheduled_policy_wait_s,
+                "must be >= 0")  # fmt: skip
         require(self.marker_step_m > 0, "marker_step_m", self.marker_step_m, "must be > 0")
 
 

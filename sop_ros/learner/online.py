@@ -54,6 +54,7 @@ from sop_ros.model.vla import VLAPolicy, load_checkpoint, parameter_count, save_
 from sop_ros.sim.pace import FleetPace
 
 STATE = "learner.pt"  # in checkpoint_dir: everything a restart needs
+FINAL_POLICY = "policy.pt"  # in checkpoint_dir: the last policy, a checkpoint like `sop pretrain` writes
 STATUS = "status.json"  # in checkpoint_dir: what `sop learner status` shows
 Row = tuple[str, str, int, int]  # (task, source, episode index in that source's dataset, step)
 
@@ -128,7 +129,8 @@ class TrainingData:
             raise ConfigError(f"demos_dir={config.demos_dir!r}: no such directory (record demonstrations with "
                               "`sop collect-demos`)")  # fmt: skip
         offline_outcomes = ("success", "failure") if config.algorithm == "recap" else ("success",)
-        self.offline = EpisodeDataset(config.demos_dir, replace(dataset_config, outcomes=offline_outcomes),
+        self.offline = EpisodeDataset(config.demos_dir, replace(dataset_config, outcomes=offline_outcomes,
+                                                                episodes_per_task=config.demos_per_task),
                                       log=lambda _: None)  # fmt: skip
         outcomes, self.select = online_selection(config)
         self.learns_online = bool(outcomes)
@@ -394,6 +396,13 @@ class Publisher:
         if self.thread is not None:
             self.thread.join()
 
+    def newest(self) -> str:
+        """The newest policy published: this learner's, or the one the fleet started on."""
+        if self.published:
+            return self.published[-1]
+        latest = self.registry.latest()
+        return latest.version if latest else ""
+
 
 # ---------------------------------------------------------------------------------------------------------
 # Metrics
@@ -583,7 +592,9 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     policy.train()
     while not stop.is_set() and (not config.max_steps or step < config.max_steps):
         if pace is not None:
-            pace.announce(step)
+            # Robots may now start episodes scheduled for this step's policy: it must be published first.
+            publisher.wait()
+            pace.announce(step, publisher.newest())
             if not pace.wait_for_step(step, stop):
                 break
         if step % config.refresh_every_steps == 0 or step == first:
@@ -680,6 +691,9 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     # ---- stop (the exit stack closes the rest) ---------------------------------------------------------------
     if publisher:
         publisher.wait()
+        # The last policy as a checkpoint too: a base policy for another run (an offline baseline's deployment).
+        save_checkpoint(out / FINAL_POLICY, policy.cpu().eval(), version=publisher.newest(), tasks=list(config.tasks),
+                        cameras=list(cameras), indicator=publisher.indicator)  # fmt: skip
     loop_s = time.monotonic() - loop_start
     result = {"step": step, "published": list(publisher.published) if publisher else [], "loop_s": loop_s,
               "samples_per_s": trained_rows / loop_s if loop_s > 0 else 0.0,

@@ -5,6 +5,9 @@ every `replan_steps` steps the next chunk is computed by the inference thread fr
 invalid observation (stale sensors), a failed inference or no policy: nothing is commanded, the chunk is dropped,
 and the teleop arbiter holds the robot. New weights arrive through the policy/load service: loaded, checked and
 warmed on a thread of their own, then swapped in at the next episode boundary (or at once, if asked).
+
+An episode whose START names a policy version (a paced simulator: the learner's schedule) runs exactly that one:
+a recently loaded one is swapped back in, one not yet loaded is waited for, with nothing commanded meanwhile.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import dataclasses
 import os
 import queue
 import threading
+import time
 from collections import deque
 
 import numpy as np
@@ -40,6 +44,7 @@ from sop_ros.srv import LoadPolicy
 
 XYZ = ("x", "y", "z")
 LOADER_NICENESS = 10  # added to the loading thread's nice value (lower CPU priority than control and inference)
+KEEP_LOADED = 3  # recently loaded policies kept warm, for episodes scheduled to run one of them
 
 
 def to_observation(msg: ObservationMsg) -> Observation:
@@ -81,6 +86,9 @@ class PolicyNode(Node):
         self.chunks = ChunkExecutor(self.period_ns, cfg.execution, cfg.blend_steps, cfg.ensemble_decay)
         self.policy: ChunkPolicy | None = None
         self.pending: ChunkPolicy | None = None
+        self.recent: dict[str, ChunkPolicy] = {}  # version -> loaded policy, oldest first (running included)
+        self.scheduled = False  # episodes name their policy: swaps follow the names, not the loads
+        self.awaited, self.awaited_since = "", 0.0  # the version this episode is scheduled to run, not loaded yet
         self.state, self.message = PolicyStatus.STATE_LOADING, "no policy loaded yet"
         self.episode_active, self.instruction, self.episode_start_ns = False, "", 0
         self.latest: Observation | None = None  # the newest valid observation, and its stamp
@@ -145,6 +153,14 @@ class PolicyNode(Node):
         """Answer the observation at `stamp` (lock held): from the running chunk, starting the next as due."""
         if self.policy is None or self.state == PolicyStatus.STATE_ERROR:
             return
+        if self.awaited:
+            if time.monotonic() - self.awaited_since < self.config.scheduled_policy_wait_s:
+                self.waiting_tick = stamp  # answered once the scheduled policy is loaded
+                return
+            waited = self.config.scheduled_policy_wait_s
+            self.get_logger().warning(f"the episode's scheduled policy {self.awaited} did not come within "
+                                      f"{waited:g} s: it runs {self.policy.version}")  # fmt: skip
+            self.awaited = ""
         steps = self.chunks.steps_into_newest(stamp)
         due = steps is None or steps >= self.config.replan_steps
         if due and self.config.wait_for_chunk:
@@ -156,7 +172,7 @@ class PolicyNode(Node):
 
     def request_chunk(self) -> None:
         """Have the inference thread compute a chunk from the newest observation, unless one is in flight."""
-        if self.inflight:
+        if self.inflight or self.awaited:
             return
         self.inflight = True
         obs = dataclasses.replace(self.latest, instruction=self.instruction)
@@ -180,7 +196,10 @@ class PolicyNode(Node):
         if msg.event not in (EpisodeEvent.EVENT_START, EpisodeEvent.EVENT_END):
             return
         with self._lock:
-            if self.pending is not None:
+            if msg.event == EpisodeEvent.EVENT_START and msg.policy_version:
+                self.scheduled = True
+                self.run_scheduled(msg.policy_version)
+            elif self.pending is not None and not self.scheduled:
                 self.swap()  # an episode boundary: where new weights take over
             self.chunks.clear()
             self.waiting_tick = None
@@ -280,16 +299,44 @@ class PolicyNode(Node):
             return
         with self._lock:
             self.pending = policy
+            self.remember(policy)
             self.swap()
 
-    def swap(self) -> None:
-        """The pending policy runs from now on (lock held)."""
+    def swap(self, policy: ChunkPolicy | None = None) -> None:
+        """`policy` (by default the pending one) runs from now on (lock held)."""
+        policy = policy or self.pending
+        if policy is None or policy is self.policy:
+            return
         old = self.policy.version if self.policy else "none"
-        if self.policy is not None:
+        if self.policy is not None and self.policy.version not in self.recent:
             self.retired.append(self.policy)
-        self.policy, self.pending = self.pending, None
+        if policy is self.pending:
+            self.pending = None
+        self.policy = policy
         self.state, self.message = PolicyStatus.STATE_READY, ""
         self.get_logger().info(f"policy {self.policy.version} ({self.policy.runtime.backend}) replaces {old}")
+
+    def remember(self, policy: ChunkPolicy) -> None:
+        """Keep `policy` warm among the recently loaded (lock held); the oldest not running is released."""
+        self.recent.pop(policy.version, None)
+        self.recent[policy.version] = policy
+        for version in list(self.recent)[: max(0, len(self.recent) - KEEP_LOADED)]:
+            if self.recent[version] not in (self.policy, self.pending):
+                self.retired.append(self.recent.pop(version))
+
+    def run_scheduled(self, version: str) -> None:
+        """The starting episode runs `version` (lock held): swapped in if loaded, else waited for."""
+        if self.policy is not None and self.policy.version == version:
+            self.awaited = ""
+            return
+        loaded = self.pending if self.pending is not None and self.pending.version == version else None
+        loaded = loaded or self.recent.get(version)
+        if loaded is None:
+            self.awaited, self.awaited_since = version, time.monotonic()
+            self.get_logger().info(f"the episode is scheduled to run {version}: waiting for it to be loaded")
+            return
+        self.awaited = ""
+        self.swap(loaded)
 
     async def on_load(self, request: LoadPolicy.Request, response: LoadPolicy.Response) -> LoadPolicy.Response:
         done = Future()
@@ -309,12 +356,8 @@ class PolicyNode(Node):
                     self.message = response.message
                 else:
                     self.pending = policy
-                    immediate = request.immediate or self.config.swap_at == "immediate" or self.policy is None
-                    if immediate or not self.episode_active:
-                        self.swap()
-                        response.message = f"running {policy.version}"
-                    else:
-                        response.message = f"{policy.version} verified, swaps in at the next episode boundary"
+                    self.remember(policy)
+                    response.message = self.take_loaded(policy, request.immediate)
                     response.accepted = True
         with self._lock:
             response.running_version = self.policy.version if self.policy else ""
@@ -323,6 +366,25 @@ class PolicyNode(Node):
         else:
             self.get_logger().error(f"load {request.path}: {response.message}")
         return response
+
+    def take_loaded(self, policy: ChunkPolicy, immediate: bool) -> str:
+        """A policy just loaded (and pending): swapped in now, or kept for its swap point (lock held)."""
+        if policy.version == self.awaited:  # the running episode waits for it
+            self.awaited = ""
+            self.swap()
+            if self.waiting_tick is not None:
+                tick, self.waiting_tick = self.waiting_tick, None
+                self.tick(tick)
+            return f"running {policy.version} (the episode's scheduled policy)"
+        if self.policy is None or immediate or self.config.swap_at == "immediate":
+            self.swap()
+            return f"running {policy.version}"
+        if self.scheduled:
+            return f"{policy.version} verified, runs from the first episode scheduled to run it"
+        if not self.episode_active:
+            self.swap()
+            return f"running {policy.version}"
+        return f"{policy.version} verified, swaps in at the next episode boundary"
 
     def load_for(self, request: LoadPolicy.Request, done: Future) -> None:
         try:
@@ -341,6 +403,7 @@ class PolicyNode(Node):
                 version=self.policy.version if self.policy else "",
                 backend=self.policy.runtime.backend if self.policy else "",
                 pending_version=self.pending.version if self.pending else "",
+                awaited_version=self.awaited,
                 latency_last_ms=float(latencies[-1]),
                 latency_p50_ms=float(np.percentile(latencies, 50)),
                 latency_p99_ms=float(np.percentile(latencies, 99)),

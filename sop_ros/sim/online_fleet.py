@@ -34,6 +34,7 @@ from sop_ros.sim.collect_demos import WorkUnit, unit_config
 # otherwise run as fast as the cores allow and starve it (20 samples/s instead of 60 on 2 cores).
 ROBOT_NICENESS = 10
 BLOCK_SEED = 200_000  # seeds of fleet episodes: clear of demonstrations (0...) and evaluation (100000...)
+RUN_SEEDS = 1_000_000  # a run's seed shifts its episodes' seeds by this much
 
 
 def learner_config(base: LearnerConfig, tasks: list[str], out: Path, endpoint: str) -> LearnerConfig:
@@ -108,7 +109,12 @@ def success_curve(store_dir: Path, start: float, bin_s: float, simulated: bool =
             "interventions_per_episode": round(sum(e.interventions for e in es) / len(es), 3),
             "tasks": sorted({e.task for e in es}), "policy_versions": sorted({e.policy_version for e in es}),
         })  # fmt: skip
-    return {"clock": "simulated" if simulated else "wall", "bin_s": bin_s, "episodes": len(episodes), "curve": curve}
+    tasks = {t: [e for e in episodes if e.task == t] for t in sorted({e.task for e in episodes})}
+    per_task = {t: {"episodes": len(es), "success_rate": round(sum(e.outcome == "success" for e in es) / len(es), 3),
+                    "autonomous_success_rate": round(sum(e.outcome == "success" and e.interventions == 0 for e in es)
+                                                     / len(es), 3)} for t, es in tasks.items()}  # fmt: skip
+    return {"clock": "simulated" if simulated else "wall", "bin_s": bin_s, "episodes": len(episodes), "curve": curve,
+            "per_task": per_task}  # fmt: skip
 
 
 def plot_success(curve: list[dict], path: Path, title: str, clock: str = "wall") -> None:
@@ -151,12 +157,13 @@ def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minutes: float, block: int, out: Path,
         results: Path | None, bin_minutes: float = 5.0, frozen: bool = False,
-        sim_minutes: float = 0.0) -> dict:  # fmt: skip
+        sim_minutes: float = 0.0, seed: int = 0) -> dict:  # fmt: skip
     """Run for `minutes` of wall time, or paced (the learner config's pace.steps_per_sim_minute > 0) until the
     fleet's simulated clock reaches `sim_minutes` (the learner stops at its budget for them).
 
     `frozen`: the cloud serves the base policy and stores episodes, nothing trains (offline HG-DAgger's
-    collection phase, and the no-learning baseline)."""
+    collection phase, and the no-learning baseline). `seed`: the learner's, and the fleet's episodes' (the same seed,
+    the same run)."""
     from sop_ros.bench.bridge import free_endpoint
     from sop_ros.bridge.artifacts import make_signing_keys
 
@@ -170,6 +177,7 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     if sim_minutes and not paced:
         raise ConfigError("--sim-minutes needs a paced learner: pace.steps_per_sim_minute > 0 in its config "
                           "(and no --frozen)")  # fmt: skip
+    base_learner = dataclasses.replace(base_learner, seed=seed)
     if paced:
         base_learner = dataclasses.replace(base_learner, max_steps=round(sim_minutes * rate),
                                            pace=dataclasses.replace(base_learner.pace, robots=robots))  # fmt: skip
@@ -205,7 +213,7 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
                 robot_id = f"robot_{i}"
                 if robot_id not in running or running[robot_id].poll() is not None:
                     n = next(blocks[i])
-                    unit = WorkUnit(tasks[n % len(tasks)], block, BLOCK_SEED + 1000 * n)
+                    unit = WorkUnit(tasks[n % len(tasks)], block, BLOCK_SEED + RUN_SEEDS * seed + 1000 * n)
                     config = robot_config(base_robot, robot_id, unit, out, endpoint, paced)
                     path = out / "configs" / f"{robot_id}_block{n:03d}.yaml"
                     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -223,7 +231,8 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
         time.sleep(5.0)  # the last episodes' uploads
         _stop(learner_proc, timeout=120)
     report = {
-        "robots": robots, "tasks": tasks, "minutes": minutes, "sim_minutes": sim_minutes if paced else None,
+        "robots": robots, "tasks": tasks, "seed": seed, "minutes": minutes,
+        "sim_minutes": sim_minutes if paced else None,
         "block": block, "wall_minutes": round((time.time() - start) / 60, 2),
         "algorithm": "none (frozen base policy)" if frozen else learner.algorithm,
         "base_policy": base_learner.base_policy,

@@ -14,8 +14,8 @@ Robots' clocks are fleet time: a robot's next process (its next block of episode
 its last one stopped and goes on from there. Everything travels on the robots' Zenoh session with the
 learner, on these keys:
 
-    sop/pace/learner          the learner's state, {"steps", "interval_ns", "lead_steps"}: put on each step,
-                              and answered to a query (a robot starting while the learner waits for it)
+    sop/pace/learner          the learner's state, {"steps", "interval_ns", "lead_steps", "policies"}: put on
+                              each step, and answered to a query (a robot starting while the learner waits for it)
     sop/pace/robots/<id>      a robot's clock, {"time_ns", "period_ns", "ended": {episode id: end ns}}: put on
                               each step; a query answers the last clock the learner heard from that robot
 """
@@ -23,6 +23,7 @@ learner, on these keys:
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -37,6 +38,7 @@ from sop_ros.configs.learner import PaceConfig
 LEARNER_KEY = "sop/pace/learner"
 ROBOT_CLOCKS = "sop/pace/robots"
 ENDED_REPORTED = 50  # a robot's report names its last this many ended episodes: enough to survive lost puts
+POLICIES_ANNOUNCED = 8  # the learner's state names its last this many policies (a robot needs the newest due)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,20 @@ class Budget:
         """Step `step` trains on the episodes that ended by this simulated time."""
         return (step + 1) * self.interval_ns - delay_ns
 
+    def steps_done_by(self, time_ns: int) -> int:
+        """Learner steps certainly done when a robot's clock is at `time_ns` (it could not be there otherwise)."""
+        return max(0, math.ceil(time_ns / self.interval_ns) - self.lead_steps)
+
+
+def scheduled_policy(policies: Iterable[tuple[int, str]], steps_done: int) -> str:
+    """The policy an episode runs: the newest made at a learner step <= `steps_done` ("" if none is known).
+
+    Which policy a robot has fetched by then depends on the host; which one was made by then does not. So an
+    episode starting at simulated time t runs the one scheduled for t, the same in every run with the same seeds.
+    """
+    made = [(step, version) for step, version in policies if step <= steps_done]
+    return max(made)[1] if made else ""
+
 
 class FleetPace:
     """The learner's side: hears the robots' clocks, announces its steps, waits for the fleet."""
@@ -73,6 +89,7 @@ class FleetPace:
         self.budget = Budget.of(config)
         self.log = log
         self.steps = 0
+        self.policies: list[tuple[int, str]] = []  # (learner step that made it, version)
         self._clocks: dict[str, tuple[int, int]] = {}
         self._ended: dict[str, int] = {}  # episode id -> end of episode, simulated ns
         self._changed = threading.Condition()
@@ -85,7 +102,8 @@ class FleetPace:
 
     def _state(self) -> bytes:
         b = self.budget
-        return json.dumps({"steps": self.steps, "interval_ns": b.interval_ns, "lead_steps": b.lead_steps}).encode()
+        return json.dumps({"steps": self.steps, "interval_ns": b.interval_ns, "lead_steps": b.lead_steps,
+                           "policies": self.policies[-POLICIES_ANNOUNCED:]}).encode()  # fmt: skip
 
     def _on_clock(self, sample: zenoh.Sample) -> None:
         robot = str(sample.key_expr).rsplit("/", 1)[-1]
@@ -109,9 +127,12 @@ class FleetPace:
             time_ns = self._clocks.get(robot, (0, 0))[0]
         query.reply(query.key_expr, json.dumps({"time_ns": time_ns}).encode())
 
-    def announce(self, steps: int) -> None:
-        """The learner has done `steps` steps: robots may run on to (steps + lead_steps) intervals."""
+    def announce(self, steps: int, policy: str) -> None:
+        """The learner has done `steps` steps and `policy` is its newest policy, published (robots can fetch it):
+        robots may run on to (steps + lead_steps) intervals."""
         self.steps = steps
+        if policy and (not self.policies or self.policies[-1][1] != policy):
+            self.policies.append((steps, policy))
         self._session.put(LEARNER_KEY, self._state())
 
     @property
@@ -175,6 +196,7 @@ class RobotPace:
         self._key = f"{ROBOT_CLOCKS}/{robot_id}"
         self._budget: Budget | None = None
         self._steps = 0
+        self._policies: list[tuple[int, str]] = []
         self._ended: dict[str, int] = {}
         self._changed = threading.Condition()
         self._subscriber = self._session.declare_subscriber(LEARNER_KEY, self._on_learner)
@@ -185,7 +207,9 @@ class RobotPace:
     def _take(self, state: dict) -> None:
         with self._changed:
             self._budget = Budget(int(state["interval_ns"]), int(state["lead_steps"]))
-            self._steps = max(self._steps, int(state["steps"]))
+            if int(state["steps"]) >= self._steps:  # not a late put of an older state
+                self._steps = int(state["steps"])
+                self._policies = [(int(step), str(version)) for step, version in state.get("policies", [])]
             self._changed.notify_all()
 
     def start(self, stop: threading.Event, timeout_s: float) -> int:
@@ -215,6 +239,13 @@ class RobotPace:
         with self._changed:
             while not stop.is_set() and not (self._budget and self._budget.robot_may_reach(time_ns, self._steps)):
                 self._changed.wait(0.2)
+
+    def scheduled_policy(self, time_ns: int) -> str:
+        """The policy an episode starting at `time_ns` runs (see `scheduled_policy`)."""
+        with self._changed:
+            if self._budget is None:
+                return ""
+            return scheduled_policy(self._policies, self._budget.steps_done_by(time_ns))
 
     def ended(self, episode_id: str, end_ns: int) -> None:
         """An episode ended at `end_ns` (this robot's clock now): reported at once, for the learner to wait for."""

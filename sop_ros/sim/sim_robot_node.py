@@ -235,7 +235,9 @@ class SimRobotNode(Node):
         self._abort_requested.clear()
         # Unique over robots and time (the cloud store is keyed by it): robot, node start (UTC, ms), counter.
         self._episode_id = f"{self.robot_id}-{self._started_utc}-{self._episodes_done:05d}"
-        self.publish_event(EpisodeEvent.EVENT_START, EpisodeEvent.OUTCOME_UNKNOWN, "", 0)
+        # Paced: the episode names the policy the learner's schedule gives it, for the policy node to run.
+        scheduled = self.pace.scheduled_policy(self._sim_time_ns) if self.pace is not None else ""
+        self.publish_event(EpisodeEvent.EVENT_START, EpisodeEvent.OUTCOME_UNKNOWN, "", 0, scheduled)
         self.publish_clock()
         self.publish_state(state)
         self.publish_images()
@@ -293,7 +295,7 @@ class SimRobotNode(Node):
             for pub, msg in zip(pubs, msgs, strict=True):
                 pub.publish(msg)
 
-    def publish_event(self, event: int, outcome: int, source: str, steps: int) -> None:
+    def publish_event(self, event: int, outcome: int, source: str, steps: int, policy_version: str = "") -> None:
         self.event_pub.publish(
             EpisodeEvent(
                 header=self.header(),
@@ -305,6 +307,7 @@ class SimRobotNode(Node):
                 outcome=outcome,
                 outcome_source=source,
                 steps=steps,
+                policy_version=policy_version,
             )
         )
 
