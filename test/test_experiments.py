@@ -17,6 +17,7 @@ def fleet_run(robots: int, seed: int, success: list[float], episodes: int = 10) 
     curve.append({"minute": 0.5 * (len(success) + 1), "episodes": 1, "success_rate": 0.0,
                   "autonomous_success_rate": 0.0, "interventions_per_episode": 1.0})  # fmt: skip
     return {"robots": robots, "seed": seed, "curve": curve, "learner_steps": 120, "wall_minutes": 5.0,
+            "learner": {"batch_size": 32},
             "per_task": {"reach-v3": {"episodes": 10, "autonomous_success_rate": 0.5}}}  # fmt: skip
 
 
@@ -44,6 +45,7 @@ def test_a_sweep_resumes_past_its_finished_runs_and_reports_them(tmp_path):
     assert one["minutes_to"]["0.8"] == {"mean": 1.75, "std": 0.25, "n": 2, "reached": 2}
     assert four["minutes_to"]["0.8"]["mean"] == 0.5 and four["speedup"]["0.8"] == 3.5
     assert one["episodes_per_sim_hour"]["mean"] == 40 * 30  # 40 episodes in 2 simulated minutes
+    assert one["samples_per_episode"]["mean"] == 120 * 32 / 40  # the learner's draws per episode brought
     written = json.loads((tmp_path / "results" / "fleet-scaling.json").read_text())
     assert written["arms"]["2 robots"]["runs"][0]["curve"][-1][0] == 2.0  # the bin past the budget left out
     markdown = (tmp_path / "results" / "fleet-scaling.md").read_text()

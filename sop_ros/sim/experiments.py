@@ -203,6 +203,9 @@ def run_summary(report: dict, config: ExperimentConfig) -> dict:
         "labelled_success": round(sum(p["success_rate"] * p["episodes"] for p in curve)
                                   / max(1, sum(p["episodes"] for p in curve)), 3),
         "minutes_to": reached, "learner_steps": report.get("learner_steps"), "wall_minutes": report["wall_minutes"],
+        # Learner-bound or data-bound: how many training samples the learner drew per episode the fleet brought.
+        "samples_per_episode": round((report.get("learner_steps") or 0) * report["learner"]["batch_size"]
+                                     / max(1, sum(p["episodes"] for p in curve)), 1),
         "curve": [(p["minute"], p["autonomous_success_rate"], p["episodes"]) for p in curve],
         "per_task": report["per_task"],
     }  # fmt: skip
@@ -222,6 +225,7 @@ def arm_summary(runs: list[dict], config: ExperimentConfig) -> dict:
         "success_at_budget": spread([r["success_at_budget"] for r in runs]),
         "episodes_per_sim_hour": spread([r["episodes_per_sim_hour"] for r in runs]),
         "interventions_per_episode": spread([r["interventions_per_episode"] for r in runs]),
+        "samples_per_episode": spread([r["samples_per_episode"] for r in runs]),
         # Time to a threshold, over the seeds that reached it (and how many did).
         "minutes_to": {t: spread(v) | {"reached": sum(x is not None for x in v)} for t, v in reached.items()},
         "runs": runs,
@@ -296,15 +300,16 @@ def markdown(report: dict) -> str:
     seeds = ",".join(str(s) for s in c["seeds"])
     lines = [
         f"# {report['experiment']}", "",
-        f"Made by `sop experiment {report['experiment']} --seeds {seeds} --sim-minutes {c['sim_minutes']:g}` "
-        f"(learner `{c['learner_yaml']}`, robots `{c['robot_yaml']}`), on: {report['machine']['summary']}.", "",
+        f"Made by `sop experiment {report['experiment']} --seeds {seeds} --sim-minutes {c['sim_minutes']:g} "
+        f"--bin-minutes {c['bin_minutes']:g} --final-minutes {c['final_minutes']:g} --block {c['block']} --config "
+        f"{c['learner_yaml']} --robot-config {c['robot_yaml']}`, on {report['machine']['summary']}.", "",
         "Every run went through the real robot nodes, topics, Zenoh bridge and learner, paced by simulated time. "
         "Success: episodes that succeeded without an operator's intervention (mean ± std over seeds). "
         f"At the budget: over the last {c['final_minutes']:g} of {c['sim_minutes']:g} simulated minutes.", "",
         "| arm | seeds | success at the budget | " + " | ".join(f"min to {float(t):.0%} (reached)"
                                                            for t in map(str, c["thresholds"])) +
-        " | speed-up | episodes / sim h | interventions / episode |",
-        "|---|---|---|" + "---|" * len(c["thresholds"]) + "---|---|---|",
+        " | speed-up | episodes / sim h | interventions / episode | learner samples / episode |",
+        "|---|---|---|" + "---|" * len(c["thresholds"]) + "---|---|---|---|",
     ]  # fmt: skip
     for name, arm in report["arms"].items():
         to = [f"{_cell(arm['minutes_to'][f'{t:g}'], False)} ({arm['minutes_to'][f'{t:g}']['reached']}/"
@@ -312,7 +317,8 @@ def markdown(report: dict) -> str:
         speedup = ", ".join(f"{v:g}x to {float(t):.0%}" for t, v in arm.get("speedup", {}).items() if v) or "-"
         lines.append(f"| {name} | {len(arm['runs'])} | {_cell(arm['success_at_budget'])} | " + " | ".join(to) +
                      f" | {speedup} | {_cell(arm['episodes_per_sim_hour'], False)} | "
-                     f"{_cell(arm['interventions_per_episode'], False)} |")  # fmt: skip
+                     f"{_cell(arm['interventions_per_episode'], False)} | "
+                     f"{_cell(arm['samples_per_episode'], False)} |")  # fmt: skip
     lines += ["", f"![success over simulated time]({report['experiment']}.png)", ""]
     return "\n".join(lines)
 
