@@ -168,8 +168,7 @@ class PolicyFetcher:
         if not version or version == newest or version in self.policy_versions():
             return  # the newest is fetched and handed over anyway
         try:
-            announcement = PolicyAnnouncement.decode((self.cache / f"{version}.json").read_bytes())
-            verify(announcement, self.public_key)
+            announcement = self._cached_announcement(f"{version}.json")
         except FileNotFoundError:
             self._note_error(f"an episode is scheduled to run {version}, which this robot does not hold")
             return
@@ -363,11 +362,15 @@ class PolicyFetcher:
         path.unlink()
         return False
 
+    def _cached_announcement(self, name: str) -> PolicyAnnouncement:
+        """An announcement kept in the cache, checked again against the fleet's key."""
+        announcement = PolicyAnnouncement.decode((self.cache / name).read_bytes())
+        verify(announcement, self.public_key)
+        return announcement
+
     def _read_newest(self) -> PolicyAnnouncement | None:
         try:
-            announcement = PolicyAnnouncement.decode((self.cache / NEWEST).read_bytes())
-            verify(announcement, self.public_key)
-            return announcement
+            return self._cached_announcement(NEWEST)
         except FileNotFoundError:
             return None
         except (ProtocolError, VerificationError) as err:  # e.g. the fleet's key changed: start afresh

@@ -329,8 +329,7 @@ class PolicyNode(Node):
         if self.policy is not None and self.policy.version == version:
             self.awaited = ""
             return
-        loaded = self.pending if self.pending is not None and self.pending.version == version else None
-        loaded = loaded or self.recent.get(version)
+        loaded = self.recent.get(version)  # every policy loaded passes through `remember`, the pending one too
         if loaded is None:
             self.awaited, self.awaited_since = version, time.monotonic()
             self.get_logger().info(f"the episode is scheduled to run {version}: waiting for it to be loaded")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from sop_ros.configs import ConfigError, load_config, to_dict
+from sop_ros.configs import ConfigError, load_config, require, to_dict
 from sop_ros.configs.learner import LearnerConfig, PaceConfig
 
 NEVER = 10**9  # publish_every_steps of a learner whose robots keep the base policy
@@ -73,12 +72,13 @@ class ExperimentConfig:
     results: str = "docs/results"
 
     def __post_init__(self) -> None:
-        if self.experiment not in ARMS:
-            raise ConfigError(f"experiment {self.experiment!r}: must be one of {', '.join(ARMS)}")
-        if not self.seeds or self.sim_minutes <= 0 or self.bin_minutes <= 0 or self.block < 1:
-            raise ConfigError("--seeds must name at least one seed; --sim-minutes and --bin-minutes must be > 0")
-        if not 0 < self.final_minutes <= self.sim_minutes:
-            raise ConfigError(f"final_minutes={self.final_minutes}: must be in (0, sim_minutes={self.sim_minutes}]")
+        require(self.experiment in ARMS, "experiment", self.experiment, f"must be one of {', '.join(ARMS)}")
+        require(bool(self.seeds), "seeds", self.seeds, "must name at least one seed")
+        require(self.sim_minutes > 0, "sim_minutes", self.sim_minutes, "must be > 0")
+        require(self.bin_minutes > 0, "bin_minutes", self.bin_minutes, "must be > 0")
+        require(self.block >= 1, "block", self.block, "must be >= 1")
+        require(0 < self.final_minutes <= self.sim_minutes, "final_minutes", self.final_minutes,
+                f"must be in (0, sim_minutes={self.sim_minutes:g}]")  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def spread(values: list) -> dict:
     return {"mean": round(float(np.mean(values)), 3), "std": round(float(np.std(values)), 3), "n": len(values)}
 
 
-def arm_summary(runs: list[dict], config: ExperimentConfig) -> dict:
+def arm_summary(runs: list[dict]) -> dict:
     reached = {t: [r["minutes_to"][t] for r in runs] for t in runs[0]["minutes_to"]} if runs else {}
     return {
         "seeds": [r["seed"] for r in runs],
@@ -240,7 +240,7 @@ def write_report(config: ExperimentConfig, out: Path) -> dict:
             path = out / arm.slug / f"seed{seed}" / "fleet_run.json"
             if path.exists():
                 runs.append(run_summary(json.loads(path.read_text()), config))
-        arms[arm.name] = arm_summary(runs, config)
+        arms[arm.name] = arm_summary(runs)
     first = next(iter(arms.values()))
     for summary in arms.values():  # speed-up to each threshold over the first arm (1 robot, smallest, baseline)
         summary["speedup"] = {
@@ -248,6 +248,8 @@ def write_report(config: ExperimentConfig, out: Path) -> dict:
             if first.get("minutes_to", {}).get(t, {}).get("mean") and summary["minutes_to"].get(t, {}).get("mean")
             else None for t in summary["minutes_to"]
         }  # fmt: skip
+    from sop_ros.bench.inference import machine
+
     report = {"experiment": config.experiment, "config": dataclasses.asdict(config), "arms": arms,
               "machine": machine()}  # fmt: skip
     results = Path(config.results)
@@ -296,18 +298,18 @@ def _cell(s: dict, percent: bool = True) -> str:
 
 
 def markdown(report: dict) -> str:
-    c = report["config"]
+    c, m = report["config"], report["machine"]
     seeds = ",".join(str(s) for s in c["seeds"])
     lines = [
         f"# {report['experiment']}", "",
         f"Made by `sop experiment {report['experiment']} --seeds {seeds} --sim-minutes {c['sim_minutes']:g} "
         f"--bin-minutes {c['bin_minutes']:g} --final-minutes {c['final_minutes']:g} --block {c['block']} --config "
-        f"{c['learner_yaml']} --robot-config {c['robot_yaml']}`, on {report['machine']['summary']}.", "",
+        f"{c['learner_yaml']} --robot-config {c['robot_yaml']}`, on {m['cores']} CPU cores ({m['cpu']}), "
+        f"{m['system']}, Python {m['python']}, torch {m['torch']}, GPU: {m['gpu'] or 'none'}.", "",
         "Every run went through the real robot nodes, topics, Zenoh bridge and learner, paced by simulated time. "
         "Success: episodes that succeeded without an operator's intervention (mean ± std over seeds). "
         f"At the budget: over the last {c['final_minutes']:g} of {c['sim_minutes']:g} simulated minutes.", "",
-        "| arm | seeds | success at the budget | " + " | ".join(f"min to {float(t):.0%} (reached)"
-                                                           for t in map(str, c["thresholds"])) +
+        "| arm | seeds | success at the budget | " + " | ".join(f"min to {t:.0%} (reached)" for t in c["thresholds"]) +
         " | speed-up | episodes / sim h | interventions / episode | learner samples / episode |",
         "|---|---|---|" + "---|" * len(c["thresholds"]) + "---|---|---|---|",
     ]  # fmt: skip
@@ -321,11 +323,3 @@ def markdown(report: dict) -> str:
                      f"{_cell(arm['samples_per_episode'], False)} |")  # fmt: skip
     lines += ["", f"![success over simulated time]({report['experiment']}.png)", ""]
     return "\n".join(lines)
-
-
-def machine() -> dict:
-    import os
-
-    cores = os.cpu_count()
-    summary = f"{cores} CPU cores ({platform.machine()}), {platform.system()}, Python {platform.python_version()}"
-    return {"cpu_cores": cores, "arch": platform.machine(), "python": platform.python_version(), "summary": summary}

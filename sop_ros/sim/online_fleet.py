@@ -98,23 +98,22 @@ def success_curve(store_dir: Path, start: float, bin_s: float, simulated: bool =
     for e in episodes:
         at = e.ended_ns / 1e9 if simulated else e.stored_at - start
         bins.setdefault(int(at // bin_s), []).append(e)
-    curve = []
-    for b in sorted(bins):
-        es = bins[b]
-        curve.append({
-            "minute": round((b + 1) * bin_s / 60, 2), "episodes": len(es),
-            "success_rate": round(sum(e.outcome == "success" for e in es) / len(es), 3),
-            "autonomous_success_rate": round(sum(e.outcome == "success" and e.interventions == 0 for e in es)
-                                             / len(es), 3),
-            "interventions_per_episode": round(sum(e.interventions for e in es) / len(es), 3),
-            "tasks": sorted({e.task for e in es}), "policy_versions": sorted({e.policy_version for e in es}),
-        })  # fmt: skip
-    tasks = {t: [e for e in episodes if e.task == t] for t in sorted({e.task for e in episodes})}
-    per_task = {t: {"episodes": len(es), "success_rate": round(sum(e.outcome == "success" for e in es) / len(es), 3),
-                    "autonomous_success_rate": round(sum(e.outcome == "success" and e.interventions == 0 for e in es)
-                                                     / len(es), 3)} for t, es in tasks.items()}  # fmt: skip
+    curve = [{"minute": round((b + 1) * bin_s / 60, 2)} | rates(bins[b]) | {
+        "interventions_per_episode": round(sum(e.interventions for e in bins[b]) / len(bins[b]), 3),
+        "tasks": sorted({e.task for e in bins[b]}), "policy_versions": sorted({e.policy_version for e in bins[b]}),
+    } for b in sorted(bins)]  # fmt: skip
+    tasks = sorted({e.task for e in episodes})
+    per_task = {t: rates([e for e in episodes if e.task == t]) for t in tasks}
     return {"clock": "simulated" if simulated else "wall", "bin_s": bin_s, "episodes": len(episodes), "curve": curve,
             "per_task": per_task}  # fmt: skip
+
+
+def rates(episodes: list) -> dict:
+    """Labelled episodes: how many, the success rate, and the rate of successes without any intervention."""
+    n = len(episodes)
+    return {"episodes": n, "success_rate": round(sum(e.outcome == "success" for e in episodes) / n, 3),
+            "autonomous_success_rate": round(sum(e.outcome == "success" and e.interventions == 0 for e in episodes)
+                                             / n, 3)}  # fmt: skip
 
 
 def plot_success(curve: list[dict], path: Path, title: str, clock: str = "wall") -> None:
