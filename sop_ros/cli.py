@@ -207,7 +207,8 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/fleet-run/{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
     tasks = [t for t in args.tasks.split(",") if t]
     run(args.config, args.robot_config, tasks, args.robots, args.minutes, args.block, out,
-        Path(args.results) if args.results else None, args.bin_minutes, args.frozen, args.sim_minutes)  # fmt: skip
+        Path(args.results) if args.results else None, args.bin_minutes, args.frozen, args.sim_minutes,
+        single_process=not args.process_per_node)  # fmt: skip
     return 0
 
 
@@ -441,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default=None, help="also write fleet_run.json and .png here")
     p.add_argument("--frozen", action="store_true", help="no learner: the base policy throughout (baseline, and "
                    "offline HG-DAgger's collection)")  # fmt: skip
+    p.add_argument("--process-per-node", action="store_true", help="each node of a robot in its own process, as "
+                   "`ros2 launch` starts them (default: a robot's nodes share one process and executor: less CPU)")
     p.set_defaults(func=cmd_fleet_run)
 
     p = sub.add_parser("experiment", help="the SOP experiments on a simulated fleet: JSON, PNG and markdown reports")

@@ -21,6 +21,17 @@ def test_shipped_robot_configs_are_valid(name):
     assert plan(config)
 
 
+def test_a_lockstep_simulator_gives_its_ingest_the_camera_rate_and_a_long_frame_wait():
+    sim = {"task": "reach-v3", "camera_hz": 10.0}
+    ingest = {"sync_timeout_s": 0.05}
+    lockstep = plan(from_dict(RobotLaunchConfig, robot(sim_robot=sim | {"step_mode": "lockstep"}, ingest=ingest)))
+    realtime = plan(from_dict(RobotLaunchConfig, robot(sim_robot=sim, ingest=ingest)))
+    (lockstep_ingest,) = [s.parameters for s in lockstep if s.name == "ingest"]
+    (realtime_ingest,) = [s.parameters for s in realtime if s.name == "ingest"]
+    assert lockstep_ingest["camera_hz"] == 10.0 and lockstep_ingest["sync_timeout_s"] == 2.0
+    assert realtime_ingest["camera_hz"] == 0.0 and realtime_ingest["sync_timeout_s"] == 0.05
+
+
 def test_shipped_learner_config_is_valid():
     assert load_config(LearnerConfig, REPO / "config" / "learner.yaml").publish_every_steps == 25
 

@@ -55,6 +55,26 @@ def test_a_joint_state_waits_only_for_a_frame_that_is_due():
     assert [(r.stamp_ns, r.frames["cam"][1]) for r in ready] == [(200_000_000, "f200"), (233_333_333, "f200")]
 
 
+def test_a_known_camera_rate_makes_a_state_wait_for_its_frame_from_the_start():
+    """A simulator's cameras tick every 100 ms on one grid. Right after a start only one frame has come, so no
+    rate can be estimated and nothing looks due: the 100 ms state would take whichever frame is there. Told
+    the rate, it waits for its own frame; between ticks nothing is due."""
+    estimated = ObservationSync(["cam"], max_age_ns=500 * MS)
+    known = ObservationSync(["cam"], max_age_ns=500 * MS, period_ns=100 * MS)
+    for sync in (estimated, known):
+        sync.add_frame("cam", 0, "f0")
+        sync.add_joint_state(100 * MS, "js100", now_s=0.0)
+    assert estimated.period_ns("cam") is None and not estimated.frame_due("cam", 100 * MS)
+    assert known.period_ns("cam") == 100 * MS and known.frame_due("cam", 100 * MS)
+    assert known.pop_ready(now_s=0.0, timeout_s=TIMEOUT_S) == []  # waits for the 100 ms frame ...
+    known.add_frame("cam", 100 * MS, "f100")
+    (ready,) = known.pop_ready(now_s=0.0, timeout_s=TIMEOUT_S)
+    assert ready.frames == {"cam": (100 * MS, "f100")}  # ... and gets it
+    known.add_joint_state(133 * MS, "js133", now_s=0.0)
+    (ready,) = known.pop_ready(now_s=0.0, timeout_s=TIMEOUT_S)
+    assert ready.frames == {"cam": (100 * MS, "f100")}
+
+
 def test_a_waiting_joint_state_is_released_after_the_timeout_with_the_older_frame():
     sync = ObservationSync(["cam"], max_age_ns=500 * MS)
     sync.add_frame("cam", 0, "f0")

@@ -206,6 +206,8 @@ class IngestConfig:
     # Per joint state, each camera's newest frame stamped at or before it (as the learner pairs them). A frame
     # due by the camera's own rate but not here yet is waited for up to sync_timeout_s (wall time).
     sync_timeout_s: float = 0.05
+    # The cameras' frame rate when it is known exactly (a simulator's); 0: estimated from the frames' stamps.
+    camera_hz: float = 0.0
     # Stale-sensor guard: a frame older than this relative to the joint state, or a joint state this much older
     # than the clock, makes the observation invalid, and the policy holds.
     max_sensor_age_s: float = 0.5
@@ -217,6 +219,7 @@ class IngestConfig:
         require(len(set(self.joint_names)) == len(self.joint_names), "joint_names", self.joint_names,
                 "must not repeat")  # fmt: skip
         require(self.sync_timeout_s >= 0, "sync_timeout_s", self.sync_timeout_s, "must be >= 0")
+        require(self.camera_hz >= 0, "camera_hz", self.camera_hz, "must be >= 0 (0: estimated)")
         require(self.max_sensor_age_s > 0, "max_sensor_age_s", self.max_sensor_age_s, "must be > 0")
 
 

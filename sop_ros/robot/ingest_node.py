@@ -46,7 +46,8 @@ class IngestNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("ingest", **kwargs)
         self.config = cfg = declare_config(self, IngestConfig)
-        self.sync = ObservationSync(cfg.cameras, round(cfg.max_sensor_age_s * 1e9))
+        period_ns = round(1e9 / cfg.camera_hz) if cfg.camera_hz else 0
+        self.sync = ObservationSync(cfg.cameras, round(cfg.max_sensor_age_s * 1e9), period_ns=period_ns)
         self._stale = False
         self.observation_pub = self.create_publisher(Observation, topics.OBSERVATION, topics.STREAM)
         for cam in cfg.cameras:

@@ -31,6 +31,8 @@ class NodeType:
     hears_episodes: bool = False
 
 
+LOCKSTEP_SYNC_S = 2.0  # how long a lockstep ingest waits for a due frame (wall time; a frame may still be lost)
+
 NODE_TYPES = {
     "sim_robot": NodeType("sim_robot", "sop_ros.sim.sim_robot_node", "SimRobotNode", SimRobotConfig, clock_source=True),
     "scripted_operator": NodeType(
@@ -71,6 +73,16 @@ class NodeSpec:
         return args + ["--log-level", self.log_level]
 
 
+def lockstep_ingest(config: RobotLaunchConfig) -> dict:
+    """A simulator in lockstep waits for its commands, so its ingest can wait for every frame: it knows the
+    cameras' exact rate and waits for a due frame as long as the simulator waits, so that each state goes with
+    the same frames however loaded the host (the same seeds, the same run)."""
+    sim = config.nodes.sim_robot
+    if sim is None or sim.step_mode != "lockstep":
+        return {}
+    return {"camera_hz": sim.camera_hz, "sync_timeout_s": max(config.nodes.ingest.sync_timeout_s, LOCKSTEP_SYNC_S)}
+
+
 def plan(config: RobotLaunchConfig) -> list[NodeSpec]:
     robot = config.robot
     remappings = tuple(robot.remappings.items())
@@ -81,6 +93,8 @@ def plan(config: RobotLaunchConfig) -> list[NodeSpec]:
         node_type = NODE_TYPES[name]
         parameters = to_dict(node_config)
         parameters["use_sim_time"] = robot.use_sim_time and not node_type.clock_source
+        if name == "ingest":
+            parameters |= lockstep_ingest(config)
         if name == "sim_robot" and not parameters["wait_for_nodes"]:
             listeners = [other for other in config.nodes.enabled() if NODE_TYPES[other].hears_episodes]
             parameters["wait_for_nodes"] = listeners

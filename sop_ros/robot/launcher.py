@@ -119,11 +119,14 @@ def run_single_process(specs: list[NodeSpec], duration_s: float | None = None) -
     from sop_ros.robot.params import parameter_overrides
     from sop_ros.robot.spin import init, spin_until_done
 
+    # Every module is imported here, in this thread, before any node starts one of its own: a simulator's
+    # thread importing while this one still imports the policy's modules met a partially initialised torch.
+    classes = {spec.name: getattr(importlib.import_module(spec.type.module), spec.type.node_class) for spec in specs}
     stop = init(["--ros-args", "--log-level", specs[0].log_level])
     nodes = []
     try:
         for spec in specs:
-            cls = getattr(importlib.import_module(spec.type.module), spec.type.node_class)
+            cls = classes[spec.name]
             overrides = parameter_overrides(spec.type.config, spec.parameters)
             remaps = [a for src, dst in spec.remappings for a in ("-r", f"{src}:={dst}")]
             nodes.append(

@@ -3,7 +3,7 @@
 Plain Python (no ROS), so it is tested on stamps alone. The pairing is the learner's (sop_ros.learner.dataset):
 joint state k at time t_k goes with each camera's newest frame stamped at or before t_k. Cameras run slower than
 joint states and their frames may arrive after the joint state they belong with, so a joint state waits while a
-frame is due by the camera's own rate (estimated from its stamps) but not here yet, for at most a timeout.
+frame is due by the camera's rate (nominal, or estimated from its stamps) but not here yet, for at most a timeout.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ class Synced:
 
 
 class ObservationSync:
-    def __init__(self, cameras: Sequence[str], max_age_ns: int, history: int = 16) -> None:
+    def __init__(self, cameras: Sequence[str], max_age_ns: int, history: int = 16, period_ns: int = 0) -> None:
         self.cameras = tuple(cameras)
         self.max_age_ns = max_age_ns
+        self.nominal_period_ns = period_ns  # the cameras' known frame interval (0: estimated from their stamps)
         self._frames: dict[str, deque[tuple[int, Any]]] = {cam: deque(maxlen=history) for cam in self.cameras}
         self._pending: deque[tuple[int, Any, float]] = deque()  # (stamp_ns, joint, arrival time s)
 
@@ -44,7 +45,10 @@ class ObservationSync:
         self._pending.append((stamp_ns, joint, now_s))
 
     def period_ns(self, camera: str) -> int | None:
-        """The camera's frame interval: the median of its recent intervals (None until two frames)."""
+        """The camera's frame interval: the nominal one if known, else the median of its recent intervals (None
+        until two frames)."""
+        if self.nominal_period_ns:
+            return self.nominal_period_ns
         stamps = [s for s, _ in list(self._frames[camera])[-PERIOD_WINDOW - 1 :]]
         intervals = sorted(b - a for a, b in zip(stamps, stamps[1:], strict=False) if b > a)
         return intervals[len(intervals) // 2] if intervals else None

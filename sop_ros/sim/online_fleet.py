@@ -156,13 +156,14 @@ def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> None:
 
 def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minutes: float, block: int, out: Path,
         results: Path | None, bin_minutes: float = 5.0, frozen: bool = False,
-        sim_minutes: float = 0.0, seed: int = 0) -> dict:  # fmt: skip
+        sim_minutes: float = 0.0, seed: int = 0, single_process: bool = True) -> dict:  # fmt: skip
     """Run for `minutes` of wall time, or paced (the learner config's pace.steps_per_sim_minute > 0) until the
     fleet's simulated clock reaches `sim_minutes` (the learner stops at its budget for them).
 
     `frozen`: the cloud serves the base policy and stores episodes, nothing trains (offline HG-DAgger's
     collection phase, and the no-learning baseline). `seed`: the learner's, and the fleet's episodes' (the same seed,
-    the same run)."""
+    the same run). `single_process`: each robot's nodes share one process and one executor (`sop robot
+    --single-process`): the same nodes and topics, one interpreter's imports and start-up instead of seven."""
     from sop_ros.bench.bridge import free_endpoint
     from sop_ros.bridge.artifacts import make_signing_keys
 
@@ -217,6 +218,7 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
                     path = out / "configs" / f"{robot_id}_block{n:03d}.yaml"
                     path.write_text(yaml.safe_dump(config, sort_keys=False))
                     cmd = [sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)]
+                    cmd += ["--single-process"] if single_process else []
                     running[robot_id] = _start(cmd, out / "logs" / f"{robot_id}_block{n:03d}.log", ROBOT_NICENESS)
             if time.monotonic() - last_print >= 30:
                 print(_progress(learner, start), flush=True)

@@ -201,7 +201,7 @@ class SimRobotNode(Node):
         result = self.sim.step(self.current_action())
         self.publish_clock()
         self.publish_state(result.state)
-        if result.steps % self._render_every == 0:
+        if self.on_camera_tick():
             self.publish_images()
         if result.success:
             self.end_episode(EpisodeEvent.OUTCOME_SUCCESS, "sim_success", result.steps)
@@ -218,6 +218,10 @@ class SimRobotNode(Node):
         if self.pace is not None:
             self.pace.report(self._sim_time_ns)
 
+    def on_camera_tick(self) -> bool:
+        """The cameras capture every `render_every` control periods of the simulated clock."""
+        return round(self._sim_time_ns / self._period_ns) % self._render_every == 0
+
     def current_action(self) -> np.ndarray:
         fresh_for = (
             self.config.lockstep_timeout_s if self.config.step_mode == "lockstep" else self.config.command_timeout_s
@@ -230,8 +234,12 @@ class SimRobotNode(Node):
     def start_episode(self) -> None:
         self._episode, state = self._first_reset or self.sim.reset()
         self._first_reset = None
-        # A reset takes a control period, so no instant belongs to two episodes (recorders split by time).
+        # A reset takes a control period, so no instant belongs to two episodes (recorders split by time), and
+        # up to a camera period more: an episode starts on the cameras' tick, so its first state has its own frames
+        # and every frame of the run is on one grid (the ingest pairs states with frames exactly, in lockstep).
         self.advance_clock()
+        while not self.on_camera_tick():
+            self.advance_clock()
         self._abort_requested.clear()
         # Unique over robots and time (the cloud store is keyed by it): robot, node start (UTC, ms), counter.
         self._episode_id = f"{self.robot_id}-{self._started_utc}-{self._episodes_done:05d}"
