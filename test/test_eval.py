@@ -39,6 +39,17 @@ def test_eval_runs_the_policy_through_the_nodes_and_reports_success_per_task(tmp
         reader = make_reader(f, decoder_factories=[DecoderFactory()])
         chunks = [d for _, _, _, d in reader.iter_decoded_messages(topics=["/robot_0/policy/chunk"])]
     assert chunks and {c.policy_version for c in chunks} == {"tiny-v1"}
+    # Every camera frame of the run is on one grid of the simulated clock (30 Hz control, 10 Hz cameras: every
+    # 3rd step), the second episode's too: each episode starts on a camera tick, so its first state has its frames.
+    step_ns = round(1e9 / 30)
+    ticks = set()
+    for path in files:
+        with open(path, "rb") as f:
+            reader = make_reader(f, decoder_factories=[DecoderFactory()])
+            topic = "/robot_0/cameras/corner/image_raw/compressed"
+            ticks |= {round((d.header.stamp.sec * 10**9 + d.header.stamp.nanosec) / step_ns)
+                      for _, _, _, d in reader.iter_decoded_messages(topics=[topic])}  # fmt: skip
+    assert len(ticks) >= 20 and {t % 3 for t in ticks} == {0}, sorted(ticks)
     logs = "".join(p.read_text() for p in (out / "logs").glob("*.log"))
     assert "no command for" not in logs  # lockstep never waited in vain: every state was answered
 

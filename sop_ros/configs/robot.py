@@ -81,6 +81,16 @@ class SimRobotConfig:
         require(not self.pace_connect or self.step_mode == "lockstep", "pace_connect", self.pace_connect,
                 "needs step_mode: lockstep (a paced clock cannot keep wall time)")  # fmt: skip
 
+    @property
+    def camera_every_steps(self) -> int:
+        """The cameras capture every this many control steps: camera_hz rounded to a whole divisor of control_hz."""
+        return max(1, round(self.control_hz / self.camera_hz))
+
+    @property
+    def frame_hz(self) -> float:
+        """The rate the cameras actually run at (camera_hz, unless it does not divide control_hz)."""
+        return self.control_hz / self.camera_every_steps
+
 
 @dataclass(frozen=True)
 class TeleopArbiterConfig:

@@ -73,14 +73,13 @@ class NodeSpec:
         return args + ["--log-level", self.log_level]
 
 
-def lockstep_ingest(config: RobotLaunchConfig) -> dict:
+def lockstep_ingest(sim: SimRobotConfig | None, ingest: IngestConfig) -> dict:
     """A simulator in lockstep waits for its commands, so its ingest can wait for every frame: it knows the
     cameras' exact rate and waits for a due frame as long as the simulator waits, so that each state goes with
     the same frames however loaded the host (the same seeds, the same run)."""
-    sim = config.nodes.sim_robot
     if sim is None or sim.step_mode != "lockstep":
         return {}
-    return {"camera_hz": sim.camera_hz, "sync_timeout_s": max(config.nodes.ingest.sync_timeout_s, LOCKSTEP_SYNC_S)}
+    return {"camera_hz": sim.frame_hz, "sync_timeout_s": max(ingest.sync_timeout_s, LOCKSTEP_SYNC_S)}
 
 
 def plan(config: RobotLaunchConfig) -> list[NodeSpec]:
@@ -94,7 +93,7 @@ def plan(config: RobotLaunchConfig) -> list[NodeSpec]:
         parameters = to_dict(node_config)
         parameters["use_sim_time"] = robot.use_sim_time and not node_type.clock_source
         if name == "ingest":
-            parameters |= lockstep_ingest(config)
+            parameters |= lockstep_ingest(config.nodes.sim_robot, node_config)
         if name == "sim_robot" and not parameters["wait_for_nodes"]:
             listeners = [other for other in config.nodes.enabled() if NODE_TYPES[other].hears_episodes]
             parameters["wait_for_nodes"] = listeners

@@ -74,7 +74,6 @@ class SimRobotNode(Node):
         self._sim_time_ns = 0
         self._period_ns = round(1e9 / cfg.control_hz)
         self._episodes_done = 0
-        self._render_every = max(1, round(cfg.control_hz / cfg.camera_hz))
         self._episode = None
         self._episode_id = ""
         self._started_utc = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")[:-3]
@@ -219,8 +218,8 @@ class SimRobotNode(Node):
             self.pace.report(self._sim_time_ns)
 
     def on_camera_tick(self) -> bool:
-        """The cameras capture every `render_every` control periods of the simulated clock."""
-        return round(self._sim_time_ns / self._period_ns) % self._render_every == 0
+        """The cameras capture every `camera_every_steps` control periods of the simulated clock."""
+        return round(self._sim_time_ns / self._period_ns) % self.config.camera_every_steps == 0
 
     def current_action(self) -> np.ndarray:
         fresh_for = (
