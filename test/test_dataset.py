@@ -172,12 +172,12 @@ def test_images_are_the_latest_frame_of_each_camera_decoded_at_the_configured_si
     for step in (0, 1, 3, episode.steps - 1):
         sample = dataset.get(0, step)
         images = sample["images"]
-        assert images.shape == (2, 3, 96, 96) and images.dtype == np.float32
+        assert images.shape == (2, 3, 64, 64) and images.dtype == np.float32
         assert 0.0 <= images.min() and images.max() <= 1.0 and images.std() > 0.02
         for c, camera in enumerate(("corner", "gripperPOV")):
             # Camera frames are best-effort: on a busy host an episode's first may be lost; then the first one counts.
             latest = ([jpeg for t, jpeg in frames[camera] if t <= episode.step_ns[step]] or [frames[camera][0][1]])[-1]
-            np.testing.assert_array_equal(images[c], image_to_input(decode_jpeg_rgb(latest), 96))
+            np.testing.assert_array_equal(images[c], image_to_input(decode_jpeg_rgb(latest), 64))
         np.testing.assert_array_equal(sample["proprio"], episode.proprio[step])
     small = EpisodeDataset(demos, DatasetConfig(cameras=("gripperPOV",), image_size=32), log=lambda _: None)
     assert small.get(0, 0)["images"].shape == (1, 3, 32, 32)
@@ -203,7 +203,7 @@ def test_batches_are_task_balanced_and_uniform_over_a_tasks_steps(indexed):
     dataset, _ = indexed
     batch = dataset.sample(np.random.default_rng(0), 64)
     assert Counter(batch["task"]) == {"push-v3": 32, "reach-v3": 32}
-    assert batch["images"].shape == (64, 2, 3, 96, 96) and batch["images"].dtype == np.float32
+    assert batch["images"].shape == (64, 2, 3, 64, 64) and batch["images"].dtype == np.float32
     assert batch["proprio"].shape == (64, 9) and batch["actions"].shape == (64, 16, 4)
     assert batch["action_mask"].shape == (64, 16) and batch["action_mask"].dtype == bool
     assert batch["operator"].dtype == bool and batch["step"].dtype == np.int64

@@ -18,7 +18,7 @@ def test_swaps_under_load_leave_no_tick_unanswered(tmp_path):
     save_checkpoint(tmp_path / "tiny.pt", VLAPolicy(TINY).eval(), version="tiny", cameras=["corner", "gripperPOV"])
     _, first, second = make_policies(tmp_path, str(tmp_path / "tiny.pt"))
     # Each tick that needs a new chunk waits for it, so every tick must be answered however slow the host is.
-    config = node_config(first, threads=1, control_hz=30.0, replan_steps=4, wait_for_chunk=True)
+    config = node_config(first, TINY.image_size, threads=1, control_hz=30.0, replan_steps=4, wait_for_chunk=True)
     with robot_nodes(tmp_path, config, "swap") as driver:
         replies, ran = [], []
 
@@ -70,7 +70,7 @@ def test_an_episode_runs_the_policy_its_start_names(tmp_path):
     save_checkpoint(tmp_path / "c.pt", VLAPolicy(TINY).eval(), version="bench-c", cameras=["corner", "gripperPOV"])
     third = tmp_path / "bench-c.onnx"
     export_onnx(tmp_path / "c.pt", third)
-    config = node_config(first, threads=1, control_hz=30.0, replan_steps=4, wait_for_chunk=True)
+    config = node_config(first, TINY.image_size, threads=1, control_hz=30.0, replan_steps=4, wait_for_chunk=True)
     config["nodes"]["policy"] |= {"swap_at": "episode_boundary"}
     with robot_nodes(tmp_path, config, "scheduled") as driver:
         events = driver.node.create_publisher(EpisodeEvent, topics.EPISODE_EVENTS, topics.EVENTS)

@@ -203,11 +203,13 @@ class Driver:
         self.node.destroy_node()
 
 
-def node_config(policy: Path, threads: int, control_hz: float, replan_steps: int, wait_for_chunk: bool = False) -> dict:
+def node_config(policy: Path, image_size: int, threads: int, control_hz: float, replan_steps: int,
+                wait_for_chunk: bool = False) -> dict:
     return {
         "robot": {"id": "bench", "use_sim_time": False},
         "nodes": {
-            "ingest": {"cameras": list(CAMERAS), "camera_transport": "compressed", "image_size": 96},
+            "ingest": {"cameras": list(CAMERAS), "camera_transport": "compressed",
+                       "image_size": image_size},
             "policy": {"policy_path": str(policy), "control_hz": control_hz, "replan_steps": replan_steps,
                        "inference_threads": threads, "swap_at": "immediate", "act_between_episodes": True,
                        "wait_for_chunk": wait_for_chunk},
@@ -310,16 +312,19 @@ def robot_nodes(workdir: Path, config: dict, name: str):
 def run(out: Path, checkpoint: str | None, iterations: int, swaps: int, threads: int, control_hz: float,
         model_config=None) -> dict:  # fmt: skip
     from sop_ros.model.runtime import OnnxRuntime
+    from sop_ros.model.vla import load_checkpoint
 
     workdir = Path(tempfile.mkdtemp(prefix="sop_bench_"))
     ckpt, onnx_a, onnx_b = make_policies(workdir, checkpoint, model_config)
+    image_size = load_checkpoint(ckpt)[0].config.image_size  # the ingest resizes frames to the policy's input
     print(f"bench inference: runtimes ({iterations} inferences each) ...", flush=True)
     runtimes = bench_runtimes(ckpt, onnx_a, iterations, threads)
     for name, r in runtimes.items():
         print(f"  {name:40s} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms", flush=True)
 
     print(f"bench inference: node path ({iterations} observations, each answered by a fresh chunk) ...", flush=True)
-    with robot_nodes(workdir, node_config(onnx_a, threads, control_hz, replan_steps=1), "node") as driver:
+    config = node_config(onnx_a, image_size, threads, control_hz, replan_steps=1)
+    with robot_nodes(workdir, config, "node") as driver:
         bench_node(driver, 20, 1.0 / control_hz)  # warm-up
         node = bench_node(driver, iterations, 1.0 / control_hz)
         backend = driver.status.backend
@@ -333,7 +338,8 @@ def run(out: Path, checkpoint: str | None, iterations: int, swaps: int, threads:
           f"ratio {n['overhead_ratio_p99']:.3f}", flush=True)  # fmt: skip
 
     print(f"bench inference: {swaps} hot-swaps at {control_hz:g} Hz ...", flush=True)
-    with robot_nodes(workdir, node_config(onnx_a, threads, control_hz, replan_steps=8), "swap") as driver:
+    config = node_config(onnx_a, image_size, threads, control_hz, replan_steps=8)
+    with robot_nodes(workdir, config, "swap") as driver:
         hot_swap = bench_swaps(driver, (onnx_a, onnx_b), swaps, control_hz)
     print(f"  {hot_swap['swaps']} swaps, {hot_swap['missed_ticks']} missed of {hot_swap['ticks']} ticks, "
           f"activation p99 {hot_swap['activate_p99_ms']} ms", flush=True)  # fmt: skip

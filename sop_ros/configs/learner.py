@@ -41,7 +41,7 @@ class RecapConfig:
     indicator_dropout: float = 0.3
     guidance_beta: float = 1.0
     value_training: Literal["frozen", "cotrain"] = "frozen"
-    max_episode_steps: int = 150  # L: a task's longest episode (the simulator's limit); returns are scaled by L + C
+    max_episode_steps: int = 250  # L: a task's longest episode (the fleet simulator's limit); returns scale by L + C
     value_pretrain_steps: int = 300  # on the offline data, before the policy's training starts
     value_learning_rate: float = 3e-4
 

@@ -10,7 +10,9 @@ from sop_ros.configs import require
 @dataclass(frozen=True)
 class ModelConfig:
     cameras: int = 2
-    image_size: int = 96  # square inputs, after preprocessing
+    # 64 px and a light CNN: a training step ~2.5x cheaper than 96 px with (32, 64, 96, 128), at the same
+    # success after pretraining (measured on three tasks), so the learner gets more steps per simulated minute.
+    image_size: int = 64  # square inputs, after preprocessing
     proprio_dim: int = 9  # the arm's joint positions
     action_dim: int = 4
     chunk: int = 16  # actions predicted per inference step
@@ -18,7 +20,7 @@ class ModelConfig:
     depth: int = 2  # context transformer layers
     head_depth: int = 2  # action-head (flow) transformer layers
     heads: int = 4
-    cnn_channels: tuple[int, ...] = (32, 64, 96, 128)  # one stride-2 stage each
+    cnn_channels: tuple[int, ...] = (16, 32, 64, 128)  # one stride-2 stage each
     instruction_bytes: int = 96  # UTF-8 bytes of the instruction kept
     flow_steps: int = 10  # Euler steps from noise to an action chunk at inference
     dropout: float = 0.0

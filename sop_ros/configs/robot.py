@@ -211,7 +211,7 @@ class IngestConfig:
 
     cameras: tuple[str, ...] = ("corner", "gripperPOV")  # the policy's camera order
     camera_transport: Literal["compressed", "raw"] = "compressed"
-    image_size: int = 96  # square model input after resizing, pixels
+    image_size: int = 64  # square model input after resizing, pixels (the policy's ModelConfig.image_size)
     joint_names: tuple[str, ...] = ()  # proprioception, in this order; empty: every joint, in message order
     # Per joint state, each camera's newest frame stamped at or before it (as the learner pairs them). A frame
     # due by the camera's own rate but not here yet is waited for up to sync_timeout_s (wall time).

@@ -71,7 +71,7 @@ class DatasetConfig:
     """What a sample holds and which episodes are kept."""
 
     cameras: tuple[str, ...] = ("corner", "gripperPOV")  # model input order; every episode must have them all
-    image_size: int = 96  # square model input, pixels
+    image_size: int = 64  # square model input, pixels (the policy's ModelConfig.image_size)
     chunk: int = 16  # action horizon H: actions per sample
     outcomes: tuple[str, ...] = OUTCOMES  # episodes kept; demos for pretraining use ("success",)
     command_delay_steps: int = 10  # control periods a command may be logged late (0: the plain window rule)

@@ -24,12 +24,21 @@ LEARNER_YAML = "config/demo_learner.yaml"
 ROBOT_YAML = "config/fleet_sim.yaml"
 DEMO_ROBOT_YAML = "config/sim.yaml"
 DEMOS_PER_TASK = 10
-PRETRAIN_STEPS = 600
+# The base policies of the demo and the experiments: ~3 minutes on 2 CPU cores for the default model.
+PRETRAIN_STEPS = 1500
+PRETRAIN_BATCH = 32
+
+
+def pretrain_base(demos: Path, out: Path, demos_per_task: int = 0) -> None:
+    """A base policy by behaviour cloning on `demos` (the first `demos_per_task` of each task; 0: all)."""
+    from sop_ros.learner.pretrain import PretrainConfig, pretrain
+
+    pretrain(PretrainConfig(demos=str(demos), out=str(out), steps=PRETRAIN_STEPS, batch_size=PRETRAIN_BATCH,
+                            demos_per_task=demos_per_task))  # fmt: skip
 
 
 def prepare(out: Path, learner: LearnerConfig) -> LearnerConfig:
     """Demonstrations and base policy under `out`, made if missing; the learner's config pointed at them."""
-    from sop_ros.learner.pretrain import PretrainConfig, pretrain
     from sop_ros.sim.collect_demos import collect
 
     demos, base = out / "demos", out / "base.pt"
@@ -42,7 +51,7 @@ def prepare(out: Path, learner: LearnerConfig) -> LearnerConfig:
         print(f"sop demo [1/3]: demonstrations in {demos} (delete it to record them again)")
     if not base.exists():
         print(f"sop demo [2/3]: pretraining the base policy on them, {PRETRAIN_STEPS} steps -> {base}", flush=True)
-        pretrain(PretrainConfig(demos=str(demos), out=str(base), steps=PRETRAIN_STEPS))
+        pretrain_base(demos, base)
     else:
         print(f"sop demo [2/3]: base policy {base} (delete it to pretrain again)")
     return dataclasses.replace(learner, demos_dir=str(demos), base_policy=str(base))

@@ -140,14 +140,12 @@ def arm_learner(arm: Arm, learner: LearnerConfig, shared: Path) -> LearnerConfig
     learner = dataclasses.replace(learner, algorithm=arm.algorithm or "hg_dagger")
     if not arm.demos_per_task:
         return learner
-    from sop_ros.learner.pretrain import PretrainConfig, pretrain
-    from sop_ros.sim.demo import PRETRAIN_STEPS
+    from sop_ros.sim.demo import pretrain_base
 
     base = shared / f"base_{arm.demos_per_task}_per_task.pt"
     if not base.exists():
         print(f"pretraining a base policy on {arm.demos_per_task} demonstrations per task -> {base}", flush=True)
-        pretrain(PretrainConfig(demos=learner.demos_dir, out=str(base), steps=PRETRAIN_STEPS,
-                                demos_per_task=arm.demos_per_task))  # fmt: skip
+        pretrain_base(Path(learner.demos_dir), base, arm.demos_per_task)
     return dataclasses.replace(learner, base_policy=str(base), demos_per_task=arm.demos_per_task)
 
 
