@@ -161,15 +161,17 @@ class ScriptedOperatorConfig:
     """An operator played by Meta-World's scripted expert, driving through the teleop path."""
 
     # demo: in control for whole episodes (demonstrations). intervene: watches the policy drive and takes over,
-    # as an HG-DAgger expert, when it stalls, drifts from what the expert would do, or runs past a step budget;
+    # as an HG-DAgger expert, when it stalls, heads elsewhere than the expert would, or runs past a step budget;
     # then keeps control until the episode ends.
     mode: Literal["demo", "intervene"] = "demo"
     device: str = "scripted_expert"
     task: str = "reach-v3"
     stall_steps: int = 15  # the hand moved less than stall_distance_m over this many steps
     stall_distance_m: float = 0.005
-    drift_window: int = 10  # mean xyz distance between executed and expert actions over this many steps
-    drift_threshold: float = 0.6  # in action units (Meta-World: 1 = 1 cm per step)
+    # Heading elsewhere: the mean cosine between the executed and the expert's xyz commands, over the last
+    # drift_window steps in which both move, below drift_min_cosine (0: on average more than 90 degrees off).
+    drift_window: int = 20
+    drift_min_cosine: float = 0.0
     time_budget_steps: int = 120  # no success by then: take over
     label_outcomes: bool = True  # label every episode at its end, through the arbiter's label service
 
@@ -179,7 +181,7 @@ class ScriptedOperatorConfig:
         require(self.stall_steps >= 2, "stall_steps", self.stall_steps, "must be >= 2")
         require(self.stall_distance_m >= 0, "stall_distance_m", self.stall_distance_m, "must be >= 0")
         require(self.drift_window >= 1, "drift_window", self.drift_window, "must be >= 1")
-        require(self.drift_threshold > 0, "drift_threshold", self.drift_threshold, "must be > 0")
+        require(-1.0 <= self.drift_min_cosine <= 1.0, "drift_min_cosine", self.drift_min_cosine, "must be in [-1, 1]")
         require(self.time_budget_steps >= 1, "time_budget_steps", self.time_budget_steps, "must be >= 1")
 
 

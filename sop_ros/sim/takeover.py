@@ -1,7 +1,8 @@
 """When a scripted operator takes over from the policy, as an HG-DAgger expert would. Plain Python, no ROS.
 
-Three signs that the policy is failing, each configurable: the hand stalls, the executed actions drift from
-what the expert would do, or the episode runs past a step budget.
+Three signs that the policy is failing, each configurable: the hand stalls, the executed actions head
+elsewhere than the expert's, or the episode runs past a step budget. Heading is compared by direction, not by
+distance: the experts command saturated moves where a policy that will succeed moves slower the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +13,17 @@ import numpy as np
 
 from sop_ros.configs.robot import ScriptedOperatorConfig
 
+# Below this speed (action units: Meta-World's cm per step) a command has no direction to compare.
+MIN_MOVE = 0.1
+
+
+def heading_agreement(executed_xyz: np.ndarray, expert_xyz: np.ndarray) -> float | None:
+    """Cosine of the angle between two xyz commands: 1 the same way, -1 opposite; None if either barely moves."""
+    executed_norm, expert_norm = float(np.linalg.norm(executed_xyz)), float(np.linalg.norm(expert_xyz))
+    if executed_norm < MIN_MOVE or expert_norm < MIN_MOVE:
+        return None
+    return float(np.dot(executed_xyz, expert_xyz)) / (executed_norm * expert_norm)
+
 
 class TakeoverMonitor:
     def __init__(self, config: ScriptedOperatorConfig) -> None:
@@ -21,7 +33,7 @@ class TakeoverMonitor:
     def reset(self) -> None:
         self.steps = 0
         self._hand: deque[np.ndarray] = deque(maxlen=self.config.stall_steps)
-        self._drift: deque[float] = deque(maxlen=self.config.drift_window)
+        self._heading: deque[float] = deque(maxlen=self.config.drift_window)
 
     def observe(self, hand_xyz: np.ndarray, executed: np.ndarray | None, expert: np.ndarray) -> str | None:
         """One control step: the hand position now, the last executed command and the expert's action.
@@ -32,15 +44,18 @@ class TakeoverMonitor:
         self.steps += 1
         self._hand.append(np.asarray(hand_xyz, dtype=np.float64))
         if executed is not None:
-            self._drift.append(float(np.linalg.norm(np.asarray(executed[:3]) - np.asarray(expert[:3]))))
+            agreement = heading_agreement(np.asarray(executed[:3]), np.asarray(expert[:3]))
+            if agreement is not None:
+                self._heading.append(agreement)
         if self.steps >= cfg.time_budget_steps:
             return f"no success within {cfg.time_budget_steps} steps"
         if len(self._hand) == cfg.stall_steps:
             moved = float(np.linalg.norm(self._hand[-1] - self._hand[0]))
             if moved < cfg.stall_distance_m:
                 return f"stalled: the hand moved {moved * 1000:.1f} mm in {cfg.stall_steps} steps"
-        if len(self._drift) == cfg.drift_window:
-            drift = float(np.mean(self._drift))
-            if drift > cfg.drift_threshold:
-                return f"drifting from the expert: mean action distance {drift:.2f} over {cfg.drift_window} steps"
+        if len(self._heading) == cfg.drift_window:
+            agreement = float(np.mean(self._heading))
+            if agreement < cfg.drift_min_cosine:
+                return (f"heading elsewhere than the expert: mean cosine {agreement:.2f} over the last "
+                        f"{cfg.drift_window} moving steps")  # fmt: skip
         return None
