@@ -169,9 +169,11 @@ class ScriptedOperatorConfig:
     stall_steps: int = 15  # the hand moved less than stall_distance_m over this many steps
     stall_distance_m: float = 0.005
     # Heading elsewhere: the mean cosine between the executed and the expert's xyz commands, over the last
-    # drift_window steps in which both move, below drift_min_cosine (0: on average more than 90 degrees off).
+    # drift_window steps in which both move, below drift_min_cosine (-0.5: on average more than 120 degrees off,
+    # moving away; a policy that takes another path than the expert's, as one that will succeed often does,
+    # averages near 0).
     drift_window: int = 20
-    drift_min_cosine: float = 0.0
+    drift_min_cosine: float = -0.5
     time_budget_steps: int = 120  # no success by then: take over
     label_outcomes: bool = True  # label every episode at its end, through the arbiter's label service
 
