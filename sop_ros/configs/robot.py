@@ -12,6 +12,7 @@ from typing import Literal
 
 from sop_ros.configs import ConfigError, require
 from sop_ros.configs.bridge import BridgeConfig
+from sop_ros.configs.model import ModelConfig
 
 # Kept free of Meta-World imports so that a robot config is validated in milliseconds.
 from sop_ros.sim.catalog import CAMERAS, MT50
@@ -215,7 +216,7 @@ class IngestConfig:
 
     cameras: tuple[str, ...] = ("corner", "gripperPOV")  # the policy's camera order
     camera_transport: Literal["compressed", "raw"] = "compressed"
-    image_size: int = 64  # square model input after resizing, pixels (the policy's ModelConfig.image_size)
+    image_size: int = ModelConfig.image_size  # square model input after resizing, pixels: the policy's
     joint_names: tuple[str, ...] = ()  # proprioception, in this order; empty: every joint, in message order
     # Per joint state, each camera's newest frame stamped at or before it (as the learner pairs them). A frame
     # due by the camera's own rate but not here yet is waited for up to sync_timeout_s (wall time).

@@ -47,6 +47,7 @@ from mcap.writer import Writer
 from mcap_ros2.decoder import DecoderFactory
 
 from sop_ros.configs import require
+from sop_ros.configs.model import ModelConfig
 from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
 
 OUTCOMES = ("success", "failure", "abort", "unknown")
@@ -71,7 +72,7 @@ class DatasetConfig:
     """What a sample holds and which episodes are kept."""
 
     cameras: tuple[str, ...] = ("corner", "gripperPOV")  # model input order; every episode must have them all
-    image_size: int = 64  # square model input, pixels (the policy's ModelConfig.image_size)
+    image_size: int = ModelConfig.image_size  # square model input, pixels
     chunk: int = 16  # action horizon H: actions per sample
     outcomes: tuple[str, ...] = OUTCOMES  # episodes kept; demos for pretraining use ("success",)
     command_delay_steps: int = 10  # control periods a command may be logged late (0: the plain window rule)
