@@ -421,7 +421,8 @@ def test_pretrain_and_export_on_recorded_demos(demos, tmp_path):
 
     from sop_ros.configs.model import ModelConfig
     from sop_ros.learner.pretrain import PretrainConfig, pretrain, to_torch
-    from sop_ros.model.export import INPUTS, export_onnx, parity
+    from sop_ros.model.export import export_onnx, parity
+    from sop_ros.model.inputs import INPUTS
     from sop_ros.model.vla import load_checkpoint
 
     small = ModelConfig(image_size=32, cnn_channels=(8, 16), width=32, heads=2, depth=1, head_depth=1, chunk=16)

@@ -10,7 +10,7 @@ from sop_ros.learner import recap
 from sop_ros.learner.dataset import EpisodeIndex
 from sop_ros.learner.hg_dagger import training_steps
 from sop_ros.learner.sampling import OFFLINE, ONLINE, OnlineShare, online_share, split_rows, task_rows
-from sop_ros.model.vla import INDICATOR_NEGATIVE, INDICATOR_NONE, INDICATOR_POSITIVE
+from sop_ros.model.inputs import INDICATOR_NEGATIVE, INDICATOR_NONE, INDICATOR_POSITIVE
 
 SOP = SamplingConfig(online_share_alpha=1.5, online_share_min=0.2, online_share_max=0.8, loss_window_steps=3)
 

@@ -46,3 +46,14 @@ def test_a_file_that_is_not_a_policy_is_refused(tmp_path):
         load_runtime(tmp_path / "junk.onnx")
     with pytest.raises(FileNotFoundError, match="no such policy file"):
         load_runtime(tmp_path / "missing.onnx")
+
+
+def test_a_robot_running_an_exported_policy_does_not_import_torch():
+    """torch costs seconds at a node's start and ~150 ms per full garbage collection of its objects: the policy
+    node (ONNX Runtime) must not pull it in."""
+    import subprocess
+    import sys
+
+    code = "import sys, sop_ros.robot.policy_node; print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -23,6 +23,7 @@ def main() -> None:
         per_task = checkpoint.get("demos_per_task") or round(checkpoint["episodes"] / len(checkpoint["tasks"]), 1)
         rows.append({"demos_per_task": per_task, "episodes": checkpoint["episodes"],
                      "train_steps": checkpoint["train_steps"], "final_loss": round(checkpoint["curve"][-1]["loss"], 4),
+                     "pretrain_minutes": round(checkpoint["elapsed_s"] / 60, 1),
                      "version": report["version"], "eval_episodes_per_task": report["episodes_per_task"],
                      "success": {t: v["success_rate"] for t, v in report["tasks"].items()},
                      "mean_success": report["mean_success_rate"]})  # fmt: skip
@@ -30,11 +31,12 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scale.json").write_text(json.dumps(rows, indent=2) + "\n")
     tasks = sorted({t for r in rows for t in r["success"]})
-    print("| demos per task | " + " | ".join(tasks) + " | mean |")
-    print("|" + " --- |" * (len(tasks) + 2))
+    print("| demos per task | " + " | ".join(tasks) + " | mean | pretraining |")
+    print("|" + " --- |" * (len(tasks) + 3))
     for r in rows:
         cells = [f"{100 * r['success'].get(t, 0):.0f}%" for t in tasks]
-        print(f"| {r['demos_per_task']} | " + " | ".join(cells) + f" | {100 * r['mean_success']:.0f}% |")
+        print(f"| {r['demos_per_task']} | " + " | ".join(cells) + f" | {100 * r['mean_success']:.0f}% | "
+              f"{r['train_steps']} steps, {r['pretrain_minutes']} min, loss {r['final_loss']} |")
     plot(rows, tasks, args.out / "scale.png")
 
 

@@ -6,7 +6,8 @@
               plays the robot driver: it publishes two JPEG camera frames and a joint state (one stamp) and
               times until the ActionChunk computed from them arrives. bare_p99_ms: the same runtime alone,
               measured here afterwards at the same pace (one step per control period), so the ratio is what ROS,
-              synchronisation and preprocessing add.
+              synchronisation and preprocessing add. floor_p99_ms: the same hops through relays that do nothing
+              (sop_ros.bench.relays), what ROS alone costs on this host.
 3. hot_swap   the driver ticks at control_hz and counts ticks that got no command before the next one, while
               the policy/load service swaps between two policy files `swaps` times (immediately); activation is
               the time from the request to the reply that the new version runs.
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import platform
@@ -248,7 +250,9 @@ def bench_swaps(driver: Driver, policies: tuple[Path, Path], swaps: int, control
         while not stop.is_set():
             ticks.append(time.perf_counter())
             driver.publish_tick()
-            next_tick += period
+            # A driver that fell behind skips the slots it missed: a burst of late ticks microseconds apart
+            # would count as ticks the policy missed.
+            next_tick = max(next_tick + period, time.perf_counter())
             time.sleep(max(0.0, next_tick - time.perf_counter()))
 
     ticker = threading.Thread(target=tick, daemon=True)
@@ -287,16 +291,14 @@ def bench_swaps(driver: Driver, policies: tuple[Path, Path], swaps: int, control
 
 
 @contextlib.contextmanager
-def robot_nodes(workdir: Path, config: dict, name: str):
-    """The ingest and policy nodes as `sop robot` starts them, and this process as their robot driver."""
+def driven(workdir: Path, commands: list[list[str]], name: str):
+    """Processes started from `commands` (their output in `name`.log), and this process as their robot driver."""
     import rclpy
-    import yaml
 
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    with open(workdir / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen([sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)],
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    procs = []
+    with open(workdir / f"{name}.log", "w") as log:  # the children keep their own copies of the descriptor
+        for command in commands:
+            procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
     rclpy.init()
     driver = Driver("/bench")
     try:
@@ -305,8 +307,26 @@ def robot_nodes(workdir: Path, config: dict, name: str):
     finally:
         driver.close()
         rclpy.try_shutdown()
-        proc.terminate()
-        proc.wait(timeout=30)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=30)
+
+
+def robot_nodes(workdir: Path, config: dict, name: str):
+    """The ingest and policy nodes as `sop robot` starts them, driven by this process."""
+    import yaml
+
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return driven(workdir, [[sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)]], name)
+
+
+def relay_nodes(workdir: Path, image_size: int):
+    """The node path's floor (sop_ros.bench.relays): the same topics and hops with nothing behind them."""
+    relay = [sys.executable, "-m", "sop_ros.bench.relays"]
+    sizes = ["--cameras", str(len(CAMERAS)), "--image-size", str(image_size), "--ros-args", "-r", "__ns:=/bench"]
+    return driven(workdir, [[*relay, "ingest", *sizes], [*relay, "policy", *sizes]], "floor")
 
 
 def run(out: Path, checkpoint: str | None, iterations: int, swaps: int, threads: int, control_hz: float,
@@ -316,6 +336,10 @@ def run(out: Path, checkpoint: str | None, iterations: int, swaps: int, threads:
 
     workdir = Path(tempfile.mkdtemp(prefix="sop_bench_"))
     ckpt, onnx_a, onnx_b = make_policies(workdir, checkpoint, model_config)
+    # This process is the robot driver and the stopwatch: what torch and the exports left must not make its
+    # garbage collections long pauses (as the robot's own nodes, sop_ros.robot.spin).
+    gc.collect()
+    gc.freeze()
     image_size = load_checkpoint(ckpt)[0].config.image_size  # the ingest resizes frames to the policy's input
     print(f"bench inference: runtimes ({iterations} inferences each) ...", flush=True)
     runtimes = bench_runtimes(ckpt, onnx_a, iterations, threads)
@@ -336,6 +360,12 @@ def run(out: Path, checkpoint: str | None, iterations: int, swaps: int, threads:
     n["overhead_ratio_p99"] = round(n["p99_ms"] / n["bare_p99_ms"], 3)
     print(f"  node p50 {n['p50_ms']:.2f} ms p99 {n['p99_ms']:.2f} ms; bare p99 {n['bare_p99_ms']:.2f} ms; "
           f"ratio {n['overhead_ratio_p99']:.3f}", flush=True)  # fmt: skip
+    # The same hops with nothing behind them: the part of the overhead that is ROS's on this host.
+    with relay_nodes(workdir, image_size) as driver:
+        bench_node(driver, 20, 1.0 / control_hz)
+        floor = percentiles(bench_node(driver, iterations, 1.0 / control_hz))
+    n["floor_p50_ms"], n["floor_p99_ms"] = floor["p50_ms"], floor["p99_ms"]
+    print(f"  floor (relays, no work) p50 {floor['p50_ms']:.2f} ms p99 {floor['p99_ms']:.2f} ms", flush=True)
 
     print(f"bench inference: {swaps} hot-swaps at {control_hz:g} Hz ...", flush=True)
     config = node_config(onnx_a, image_size, threads, control_hz, replan_steps=8)

@@ -21,8 +21,9 @@ import torch
 from sop_ros.configs import require
 from sop_ros.configs.model import ModelConfig
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset
+from sop_ros.model.inputs import INDICATOR_NONE
 from sop_ros.model.tokens import instruction_tokens
-from sop_ros.model.vla import INDICATOR_NONE, VLAPolicy, parameter_count, save_checkpoint
+from sop_ros.model.vla import VLAPolicy, parameter_count, save_checkpoint
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sop_ros.model.vla import INDICATOR_NEGATIVE, INDICATOR_NONE, INDICATOR_POSITIVE
+from sop_ros.model.inputs import INDICATOR_NEGATIVE, INDICATOR_NONE, INDICATOR_POSITIVE
 
 
 def rewards(steps: int, success: bool, failure_penalty: float) -> np.ndarray:

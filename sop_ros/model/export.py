@@ -15,10 +15,9 @@ import numpy as np
 import onnx
 import torch
 
+from sop_ros.model.inputs import INPUTS, OUTPUT
 from sop_ros.model.vla import VLAPolicy, load_checkpoint
 
-INPUTS = ("images", "proprio", "instruction", "indicator", "noise")
-OUTPUT = "actions"
 ACTION_NAMES = ("x", "y", "z", "gripper")
 
 
@@ -69,23 +68,17 @@ def export_onnx(checkpoint: str | Path, out: str | Path, guidance: float = 1.0, 
     """Write `out` and return its metadata."""
     model, extra = load_checkpoint(checkpoint)
     step = InferenceStep(model, guidance).eval()
-    # Traced with a batch of 2: a batch-1 example would fix the batch dimension to 1. The transformers' fused
-    # inference fast path has no ONNX equivalent: trace the plain operators.
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        torch.onnx.export(
-            step,
-            example_inputs(model, 2),
-            str(out),
-            input_names=list(INPUTS),
-            output_names=[OUTPUT],
-            dynamic_axes={name: {0: "batch"} for name in (*INPUTS, OUTPUT)},
-            opset_version=opset,
-            dynamo=False,
-        )
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    # Traced with a batch of 2: a batch-1 example would fix the batch dimension to 1.
+    torch.onnx.export(
+        step,
+        example_inputs(model, 2),
+        str(out),
+        input_names=list(INPUTS),
+        output_names=[OUTPUT],
+        dynamic_axes={name: {0: "batch"} for name in (*INPUTS, OUTPUT)},
+        opset_version=opset,
+        dynamo=False,
+    )
     metadata = policy_metadata(model, extra, guidance)
     proto = onnx.load(str(out))
     for key, value in metadata.items():

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from sop_ros.checksums import file_sha256
+from sop_ros.model.inputs import INDICATOR_NONE, INDICATOR_POSITIVE
 from sop_ros.model.runtime import Runtime, load_runtime
 from sop_ros.model.tokens import instruction_tokens
-from sop_ros.model.vla import INDICATOR_NONE, INDICATOR_POSITIVE
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
-from sop_ros.model.export import INPUTS, OUTPUT, policy_metadata
+from sop_ros.model.inputs import INPUTS, OUTPUT
 
 PROVIDER_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
@@ -68,6 +68,7 @@ class TorchRuntime:
     def __init__(self, checkpoint: str | Path, device: str = "cpu", guidance: float = 1.0) -> None:
         import torch
 
+        from sop_ros.model.export import policy_metadata
         from sop_ros.model.vla import load_checkpoint
 
         self._torch = torch

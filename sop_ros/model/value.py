@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from sop_ros.configs.model import ModelConfig
+from sop_ros.model.transformer import Encoder
 from sop_ros.model.vla import ImageEncoder, InstructionEncoder
 
 
@@ -23,9 +24,7 @@ class ValueNetwork(nn.Module):
         self.instruction = InstructionEncoder(config)
         self.proprio = nn.Linear(config.proprio_dim, config.width)
         self.summary = nn.Parameter(torch.randn(1, 1, config.width) * 0.02)  # the token the value is read from
-        layer = nn.TransformerEncoderLayer(config.width, config.heads, 4 * config.width, config.dropout,
-                                           batch_first=True, norm_first=True)  # fmt: skip
-        self.trunk = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
+        self.trunk = Encoder(config.width, config.heads, config.depth, config.dropout)
         self.readout = nn.Sequential(nn.LayerNorm(config.width), nn.Linear(config.width, bins))
         self.register_buffer("support", torch.linspace(-1.0, 0.0, bins))
         self.register_buffer("proprio_mean", torch.zeros(config.proprio_dim))

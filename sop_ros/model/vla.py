@@ -4,7 +4,8 @@ Action head: flow matching, as in pi0. A chunk is drawn by integrating a learned
 noise to actions in `flow_steps` Euler steps. Chosen over chunked regression (ACT) because RECAP's
 classifier-free guidance is defined on exactly this field (v = v_none + beta * (v_positive - v_none)), and
 because operator corrections are multimodal in a way a regression head averages away. The image encoder
-and context run once per inference; only the small action head iterates.
+and context run once per inference (the head's keys and values of the context too); only the small action
+head iterates.
 
 Inputs (what the ONNX graph takes, too):
     images       float32 (B, cameras, 3, S, S), values in [0, 1] (sop_ros.model.preprocess.image_to_input)
@@ -25,8 +26,7 @@ from torch import Tensor, nn
 from sop_ros.configs import from_dict
 from sop_ros.configs.model import ModelConfig
 from sop_ros.model.tokens import PAD
-
-INDICATOR_NONE, INDICATOR_NEGATIVE, INDICATOR_POSITIVE = 0, 1, 2
+from sop_ros.model.transformer import Decoder, Encoder, KeysValues
 
 
 def _groups(channels: int) -> int:
@@ -38,6 +38,7 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.config = config
         layers, previous = [], 3
         for channels in config.cnn_channels:
             layers += [
@@ -53,10 +54,12 @@ class ImageEncoder(nn.Module):
         self.camera = nn.Parameter(torch.randn(1, config.cameras, 1, config.width) * 0.02)
 
     def forward(self, images: Tensor) -> Tensor:
-        b, n, c, h, w = images.shape
-        features = self.project(self.cnn((images.reshape(b * n, c, h, w) - 0.5) / 0.25))
-        tokens = features.flatten(2).transpose(1, 2).reshape(b, n, -1, features.shape[1])
-        return (tokens + self.position + self.camera).reshape(b, -1, features.shape[1])
+        # Reshapes by the config's constants, the batch as -1: the exported graph computes no shapes.
+        c = self.config
+        flat = images.reshape(-1, 3, c.image_size, c.image_size)
+        features = self.project(self.cnn((flat - 0.5) / 0.25))  # (B * cameras, width, f, f)
+        tokens = features.reshape(-1, c.cameras, c.width, c.feature_size**2).transpose(2, 3)
+        return (tokens + self.position + self.camera).reshape(-1, c.cameras * c.feature_size**2, c.width)
 
 
 class InstructionEncoder(nn.Module):
@@ -91,13 +94,11 @@ class VLAPolicy(nn.Module):
         self.instruction = InstructionEncoder(c)
         self.proprio = nn.Linear(c.proprio_dim, c.width)
         self.indicator = nn.Embedding(3, c.width)
-        layer = nn.TransformerEncoderLayer(c.width, c.heads, 4 * c.width, c.dropout, batch_first=True, norm_first=True)
-        self.context = nn.TransformerEncoder(layer, c.depth, enable_nested_tensor=False)
+        self.context = Encoder(c.width, c.heads, c.depth, c.dropout)
         self.action_in = nn.Linear(c.action_dim, c.width)
         self.action_position = nn.Parameter(torch.randn(1, c.chunk, c.width) * 0.02)
         self.time = nn.Sequential(nn.Linear(c.width, c.width), nn.SiLU(), nn.Linear(c.width, c.width))
-        head = nn.TransformerDecoderLayer(c.width, c.heads, 4 * c.width, c.dropout, batch_first=True, norm_first=True)
-        self.head = nn.TransformerDecoder(head, c.head_depth)
+        self.head = Decoder(c.width, c.heads, c.head_depth, c.dropout)
         self.action_out = nn.Sequential(nn.LayerNorm(c.width), nn.Linear(c.width, c.action_dim))
         # Normalisation of proprioception and actions, set from the training data (set_normalisation).
         self.register_buffer("proprio_mean", torch.zeros(c.proprio_dim))
@@ -124,8 +125,9 @@ class VLAPolicy(nn.Module):
         )
         return self.context(tokens)
 
-    def velocity(self, noisy_actions: Tensor, t: Tensor, context: Tensor) -> Tensor:
-        """The flow's velocity at normalised actions `noisy_actions` (B, H, D) and time t (B,)."""
+    def velocity(self, noisy_actions: Tensor, t: Tensor, context: KeysValues) -> Tensor:
+        """The flow's velocity at normalised actions `noisy_actions` (B, H, D) and time t ((B,) or (1,) for all),
+        attending to the context's `self.head.keys_values`."""
         x = self.action_in(noisy_actions) + self.action_position
         x = x + self.time(time_embedding(t, self.config.width)).unsqueeze(1)
         return self.action_out(self.head(x, context))
@@ -145,7 +147,8 @@ class VLAPolicy(nn.Module):
         noise = batch["noise"] if "noise" in batch else torch.randn_like(target)
         t = batch["flow_time"] if "flow_time" in batch else torch.rand(target.shape[0], device=target.device)
         noisy = t[:, None, None] * target + (1 - t[:, None, None]) * noise
-        error = ((self.velocity(noisy, t, context) - (target - noise)) ** 2).mean(dim=-1)  # (B, H)
+        velocity = self.velocity(noisy, t, self.head.keys_values(context))
+        error = ((velocity - (target - noise)) ** 2).mean(dim=-1)  # (B, H)
         mask = batch["action_mask"].float()
         actions = mask.sum(dim=1)
         return (error * mask).sum(dim=1) / actions.clamp(min=1.0), actions
@@ -163,12 +166,14 @@ class VLAPolicy(nn.Module):
 
         With guidance != 1 (RECAP), the velocity is v_none + guidance * (v_indicator - v_none).
         """
-        context = self.encode(images, proprio, instruction, indicator)
+        # The context's keys and values, once: every flow step attends to the same context.
+        context = self.head.keys_values(self.encode(images, proprio, instruction, indicator))
         if guidance != 1.0:
-            unconditioned = self.encode(images, proprio, instruction, torch.zeros_like(indicator))
+            none = torch.zeros_like(indicator)
+            unconditioned = self.head.keys_values(self.encode(images, proprio, instruction, none))
         x, dt = noise, 1.0 / self.config.flow_steps
         for i in range(self.config.flow_steps):
-            t = torch.full((x.shape[0],), i * dt, dtype=x.dtype, device=x.device)
+            t = torch.full((1,), i * dt, dtype=x.dtype, device=x.device)  # one time for the batch: a constant
             v = self.velocity(x, t, context)
             if guidance != 1.0:
                 v_none = self.velocity(x, t, unconditioned)

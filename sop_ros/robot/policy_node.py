@@ -308,7 +308,7 @@ class PolicyNode(Node):
         if policy is None or policy is self.policy:
             return
         old = self.policy.version if self.policy else "none"
-        if self.policy is not None and self.policy.version not in self.recent:
+        if self.policy is not None and self.policy not in self.recent.values():  # a reload may replace its version
             self.retired.append(self.policy)
         if policy is self.pending:
             self.pending = None
@@ -317,8 +317,11 @@ class PolicyNode(Node):
         self.get_logger().info(f"policy {self.policy.version} ({self.policy.runtime.backend}) replaces {old}")
 
     def remember(self, policy: ChunkPolicy) -> None:
-        """Keep `policy` warm among the recently loaded (lock held); the oldest not running is released."""
-        self.recent.pop(policy.version, None)
+        """Keep `policy` warm among the recently loaded (lock held); the oldest not running is released, as is a
+        copy of the same version loaded before (released by the control path, between two ticks, like all)."""
+        replaced = self.recent.pop(policy.version, None)
+        if replaced is not None and replaced not in (self.policy, self.pending):
+            self.retired.append(replaced)
         self.recent[policy.version] = policy
         for version in list(self.recent)[: max(0, len(self.recent) - KEEP_LOADED)]:
             if self.recent[version] not in (self.policy, self.pending):
