@@ -220,8 +220,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     except ValueError:
         raise ConfigError(f"--seeds {args.seeds!r}: must be comma-separated integers, e.g. 0,1,2") from None
     config = ExperimentConfig(args.experiment, seeds, args.sim_minutes, args.bin_minutes, args.final_minutes,
-                              block=args.block, learner_yaml=args.config, robot_yaml=args.robot_config, out=args.out,
-                              results=args.results)  # fmt: skip
+                              block=args.block, eval_every_minutes=args.eval_every,
+                              eval_episodes_per_task=args.eval_episodes, learner_yaml=args.config,
+                              robot_yaml=args.robot_config, out=args.out, results=args.results)  # fmt: skip
     if args.report_only:
         write_report(config, Path(config.out) / config.experiment)
     else:
@@ -450,9 +451,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("experiment", choices=["fleet-scaling", "pretrain-scale", "algorithms"])
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     p.add_argument("--sim-minutes", type=float, default=6.0, help="simulated minutes per run (default: %(default)s)")
-    p.add_argument("--bin-minutes", type=float, default=0.5, help="success per bin of simulated time")
-    p.add_argument("--final-minutes", type=float, default=1.0, help="success at the budget: over the last M minutes")
+    p.add_argument("--bin-minutes", type=float, default=0.5, help="the fleet's success per bin of simulated time")
+    p.add_argument("--final-minutes", type=float, default=1.0,
+                   help="the fleet's success at the budget: over the last M minutes")
     p.add_argument("--block", type=int, default=3, help="episodes a robot runs of one task before the next")
+    p.add_argument("--eval-every", type=float, default=1.0, metavar="MIN",
+                   help="score the learner's policy by `sop eval` every MIN simulated minutes (default: %(default)s)")
+    p.add_argument("--eval-episodes", type=int, default=10, metavar="N",
+                   help="episodes per task of each scoring, on the same seeds (default: %(default)s)")
     p.add_argument("--config", default="config/experiment_learner.yaml", help="paced learner YAML")
     p.add_argument("--robot-config", default="config/fleet_sim.yaml", help="base robot YAML")
     p.add_argument("--out", default="runs/experiments", help="runs (resumed from here) (default: %(default)s)")

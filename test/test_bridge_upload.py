@@ -303,3 +303,22 @@ def test_sop_ingest_serves_uploads_into_the_learners_store(tmp_path, endpoint):
         sop("ingest", "--config", str(tmp_path / "none.yaml")), capture_output=True, text=True, check=False
     )
     assert missing.returncode == 2 and "none.yaml: no such config file" in missing.stderr
+
+
+def test_a_file_being_received_is_flushed_to_disk_as_it_grows(tmp_path):
+    """The store's uploads flush their pages on a thread every `every` bytes, so the commit's fsync is short;
+    a flush never runs on a closed descriptor, and the bytes are the ones written."""
+    from sop_ros.robot.episode_files import BackgroundSync
+
+    flushed = []
+    with open(tmp_path / "part", "wb") as f:
+        sync = BackgroundSync(f, every=1000)
+        for i in range(10):
+            f.write(bytes([i]) * 400)
+            sync.wrote()
+            if sync._last is not None and sync._last not in flushed:
+                flushed.append(sync._last)
+            sync.wait()  # done before the next write: the count below does not depend on the disk's speed
+    assert len(flushed) == 3  # at 1200, 2400 and 3600 bytes: each once 1000 more were written
+    assert all(future.done() and future.exception() is None for future in flushed)
+    assert (tmp_path / "part").read_bytes() == b"".join(bytes([i]) * 400 for i in range(10))

@@ -21,6 +21,12 @@ def fleet_run(robots: int, seed: int, success: list[float], episodes: int = 10) 
             "per_task": {"reach-v3": {"episodes": 10, "autonomous_success_rate": 0.5}}}  # fmt: skip
 
 
+def scores(success: list[float]) -> list[dict]:
+    """A scored run's scores.json: `sop eval` of its policy at 0, 0.5, 1, ... simulated minutes."""
+    return [{"minute": 0.5 * i, "version": f"v{i}", "success": s, "per_task": {"reach-v3": s}}
+            for i, s in enumerate(success)]  # fmt: skip
+
+
 def test_a_sweep_resumes_past_its_finished_runs_and_reports_them(tmp_path):
     shared = tmp_path / "runs" / "shared"  # demonstrations and base policy made before: not made again
     (shared / "demos" / "robot_0").mkdir(parents=True)
@@ -33,21 +39,25 @@ def test_a_sweep_resumes_past_its_finished_runs_and_reports_them(tmp_path):
             run.mkdir(parents=True)
             shifted = [min(1.0, s + 0.2 * seed) for s in success]
             (run / "fleet_run.json").write_text(json.dumps(fleet_run(int(slug[0]), seed, shifted)))
+            (run / "scores.json").write_text(json.dumps(scores([0.1, *shifted])))  # the base at minute 0
     config = ExperimentConfig("fleet-scaling", seeds=(0, 1), sim_minutes=2.0, final_minutes=1.0,
                               learner_yaml=str(REPO / "config" / "experiment_learner.yaml"),
                               out=str(tmp_path / "runs"), results=str(tmp_path / "results"))  # fmt: skip
-    report = run_experiment(config)  # every run finished: nothing runs (no ROS, no simulator needed)
+    report = run_experiment(config)  # every run finished and scored: nothing runs (no ROS, no simulator needed)
 
     one, four = report["arms"]["1 robot"], report["arms"]["4 robots"]
-    # At the budget: the last minute's two bins. Seed 0: (0.6 + 0.8) / 2 = 0.7; seed 1: (0.8 + 1.0) / 2 = 0.9.
-    assert one["success_at_budget"] == {"mean": 0.8, "std": 0.1, "n": 2}
-    # To 80%: 1 robot at 2.0 and 1.5 min; 4 robots in the first bin (0.5 min): 3.5x faster.
+    # At the budget: the final policy's score. Seed 0: 0.8; seed 1: 1.0.
+    assert one["success_at_budget"] == {"mean": 0.9, "std": 0.1, "n": 2}
+    assert one["per_task_at_budget"]["reach-v3"] == {"mean": 0.9, "std": 0.1, "n": 2}
+    # The fleet's own episodes without intervention, over the last minute's two bins: (0.6 + 0.8) / 2, (0.8 + 1) / 2.
+    assert one["fleet_autonomous_at_budget"] == {"mean": 0.8, "std": 0.1, "n": 2}
+    # To 80%: 1 robot at 2.0 and 1.5 min; 4 robots at the first scoring after the base (0.5 min): 3.5x faster.
     assert one["minutes_to"]["0.8"] == {"mean": 1.75, "std": 0.25, "n": 2, "reached": 2}
-    assert four["minutes_to"]["0.8"]["mean"] == 0.5 and four["speedup"]["0.8"] == 3.5
+    assert four["minutes_to"]["0.8"]["mean"] == 0.5 and four["speedup"]["0.8"] == "3.5"
     assert one["episodes_per_sim_hour"]["mean"] == 40 * 30  # 40 episodes in 2 simulated minutes
     assert one["samples_per_episode"]["mean"] == 120 * 32 / 40  # the learner's draws per episode brought
     written = json.loads((tmp_path / "results" / "fleet-scaling.json").read_text())
-    assert written["arms"]["2 robots"]["runs"][0]["curve"][-1][0] == 2.0  # the bin past the budget left out
+    assert written["arms"]["2 robots"]["runs"][0]["fleet_curve"][-1][0] == 2.0  # the bin past the budget left out
     markdown = (tmp_path / "results" / "fleet-scaling.md").read_text()
     assert "| 4 robots | 2 | 100% ± 0% |" in markdown and "3.5x to 80%" in markdown
     assert (tmp_path / "results" / "fleet-scaling.png").stat().st_size > 0
@@ -58,5 +68,41 @@ def test_experiment_settings_are_checked():
         ExperimentConfig("robots")
     with pytest.raises(ConfigError, match="final_minutes"):
         ExperimentConfig("algorithms", sim_minutes=1.0, final_minutes=2.0)
+    with pytest.raises(ConfigError, match="eval_every_minutes"):
+        ExperimentConfig("algorithms", sim_minutes=1.0, final_minutes=1.0, eval_every_minutes=0.0)
     assert [a.slug for a in ARMS["algorithms"]] == ["pretrained-only", "offline-hg-dagger", "sop-hg-dagger",
                                                      "sop-recap"]  # fmt: skip
+
+
+def test_a_run_is_scored_by_the_policy_the_learner_had_made_at_each_time(tmp_path):
+    """The policy at simulated minute t is the newest published at a learner step <= t x rate; each is scored
+    by `sop eval` once (kept by its sha256: the base, shared by every run, is not scored again)."""
+    import torch
+    from test_model import TINY
+
+    from sop_ros.bridge.artifacts import load_private_key, make_signing_keys
+    from sop_ros.checksums import file_sha256
+    from sop_ros.learner.policy_registry import PolicyRegistry
+    from sop_ros.model.export import export_onnx
+    from sop_ros.model.vla import VLAPolicy, save_checkpoint
+    from sop_ros.sim.experiments import score_run
+
+    make_signing_keys(tmp_path / "keys")
+    key = load_private_key(tmp_path / "keys" / "policy_signing.key")
+    registry = PolicyRegistry(tmp_path / "run" / "fleet" / "policies")
+    config = ExperimentConfig("fleet-scaling", sim_minutes=2.5, eval_every_minutes=1.0, eval_episodes_per_task=4,
+                              learner_yaml=str(REPO / "config" / "experiment_learner.yaml"),
+                              out=str(tmp_path / "runs"))  # fmt: skip
+    for i, (version, step) in enumerate([("base", None), ("sop-r-0000300", 300), ("sop-r-0000600", 600)]):
+        torch.manual_seed(i)
+        save_checkpoint(tmp_path / f"{version}.pt", VLAPolicy(TINY), version=version)
+        export_onnx(tmp_path / f"{version}.pt", tmp_path / f"{version}.onnx")
+        registry.publish(tmp_path / f"{version}.onnx", key, None if step is None else {"step": float(step)})
+        cached = tmp_path / "runs" / "scores" / f"{file_sha256(tmp_path / f'{version}.onnx')[:16]}-4x3"
+        cached.mkdir(parents=True)  # scored before: `sop eval` is not run again (no ROS needed here)
+        (cached / "eval.json").write_text(json.dumps({"mean_success_rate": 0.25 * i, "tasks": {
+            "reach-v3": {"success_rate": 0.25 * i}}}))  # fmt: skip
+    points = score_run(config, tmp_path / "run", steps_per_sim_minute=300)
+    assert [(p["minute"], p["version"], p["success"]) for p in points] == [
+        (0.0, "base", 0.0), (1.0, "sop-r-0000300", 0.25), (2.0, "sop-r-0000600", 0.5), (2.5, "sop-r-0000600", 0.5)]
+    assert json.loads((tmp_path / "run" / "scores.json").read_text()) == points

@@ -10,9 +10,11 @@
               with a bridge and a policy node (swap immediate, starting without a policy). all_verified_s: from
               the announcement to the last robot holding the verified artifact; all_running_s: to the last
               policy node running it.
-4. floor      the same 100 MB put once to `robots` bare receivers (no ROS, no protocol) that only copy each
-              byte out of Zenoh, write it to a file and hash it: what holding a verified artifact costs on this
-              host, whatever the bridge does.
+4. floors     what the host allows whatever the bridge does, with nothing of sop_ros but the session config:
+              the upload's bytes as acknowledged 1 MB queries (the uploader's window in flight) to a bare store
+              that copies, writes and hashes them; and the same 100 MB put once to `robots` bare receivers that
+              copy, write and hash it (holding a verified artifact). And the store's disk: the upload's bytes
+              written and fsynced per episode, the ceiling of any upload acknowledged once durable.
 
 MB is 10^6 bytes throughout.
 """
@@ -254,6 +256,78 @@ def episode_upload(workdir: Path, episodes: int, episode_mb: float) -> dict:
             "MBps": round(total / MB / elapsed, 1)}  # fmt: skip
 
 
+def _bare_store(endpoint: str, sink: str, stop: mp.Event, events: mp.Queue) -> None:
+    """A cloud cut down to what an acknowledged upload costs: each piece copied out of Zenoh, written to a file
+    and hashed (on a second thread, as the store does), then answered. No validation, fsync or index."""
+    from sop_ros.bridge.zenoh_session import open_session
+    from sop_ros.checksums import BackgroundSha256
+
+    digest = BackgroundSha256()
+    with open(sink, "wb") as file, open_session(zenoh_config(listen=endpoint)) as session:
+
+        def take(query) -> None:
+            data = query.payload.to_bytes()
+            file.write(data)
+            digest.update(data)
+            query.reply(query.key_expr, b"ok")
+
+        queryable = session.declare_queryable("bench/bare_upload", take)
+        events.put("ready")
+        stop.wait(600)
+        queryable.undeclare()
+        digest.hexdigest()
+
+
+def durable_write(workdir: Path, megabytes: int, files: int) -> float:
+    """MB/s of writing `megabytes` MB as `files` files on the store's disk, each fsynced as a stored episode is:
+    a ceiling for any upload acknowledged only once durable, whatever the network does."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    payload, per_file = os.urandom(MB), megabytes // files
+    start = time.monotonic()
+    for i in range(files):
+        with open(workdir / f"{i}.bin", "wb") as f:
+            for _ in range(per_file):
+                f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+    elapsed = time.monotonic() - start
+    shutil.rmtree(workdir)
+    return round(per_file * files / elapsed, 1)
+
+
+def bare_upload(workdir: Path, megabytes: int) -> float:
+    """MB/s of `megabytes` MB sent as 1 MB queries, `window` in flight (the uploader's), to a bare store: the
+    ceiling under episode_upload_MBps on this host, with nothing of sop_ros but the session config."""
+    from collections import deque
+
+    from sop_ros.bridge.zenoh_session import open_session
+    from sop_ros.configs.bridge import BridgeConfig
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    endpoint, ctx = free_endpoint(), mp.get_context("spawn")
+    stop, events = ctx.Event(), ctx.Queue()
+    store = ctx.Process(target=_bare_store, args=(endpoint, str(workdir / "sink.bin"), stop, events), daemon=True)
+    store.start()
+    assert events.get(timeout=60) == "ready"
+    window, payload = BridgeConfig().window, os.urandom(MB)
+    with open_session(zenoh_config(connect=endpoint)) as session:
+        for _ in range(600):  # until the store answers
+            if any(r.ok is not None for r in session.get("bench/bare_upload", payload=b"", timeout=1.0)):
+                break
+        in_flight: deque = deque()
+        start = time.monotonic()
+        for _ in range(megabytes):
+            in_flight.append(session.get("bench/bare_upload", payload=payload, timeout=10.0))
+            if len(in_flight) >= window:
+                next(iter(in_flight.popleft()))
+        while in_flight:
+            next(iter(in_flight.popleft()))
+        elapsed = time.monotonic() - start
+    stop.set()
+    store.join(timeout=30)
+    return round(megabytes / elapsed, 1)
+
+
 # -- 3. weights -----------------------------------------------------------------------------------------------------
 
 
@@ -388,6 +462,16 @@ def run(out: Path, episodes: int = 4, episode_mb: float = 64.0, robots: int = 8,
     print(f"bench bridge: {episodes} episodes of {episode_mb:g} MB, outbox -> ingest ...", flush=True)
     upload = episode_upload(workdir / "upload", episodes, episode_mb)
     print(f"  {upload['MBps']} MB/s", flush=True)
+    megabytes = round(upload["episodes"] * upload["episode_MB"])
+    print(f"bench bridge: floor: {megabytes} MB as acknowledged 1 MB queries to a bare store that writes and "
+          "hashes ...", flush=True)  # fmt: skip
+    upload_floor = {"MBps": bare_upload(workdir / "upload_floor", megabytes)}
+    upload_floor["ratio_to_raw"] = round(upload_floor["MBps"] / raw["MBps"], 3)
+    print(f"  {upload_floor['MBps']} MB/s, ratio_to_raw {upload_floor['ratio_to_raw']}", flush=True)
+    disk = durable_write(workdir / "disk", megabytes, upload["episodes"])
+    upload_floor |= {"durable_write_MBps": disk, "durable_write_ratio_to_raw": round(disk / raw["MBps"], 3)}
+    print(f"bench bridge: the store's disk, the same bytes written and fsynced per episode: {disk} MB/s, "
+          f"ratio_to_raw {upload_floor['durable_write_ratio_to_raw']}", flush=True)  # fmt: skip
     print(f"bench bridge: a ~100 MB signed policy to {robots} robots (bridge + policy node each) ...", flush=True)
     weights = weight_distribution(workdir / "weights", robots)
     weights["ratio_to_raw"] = round(weights["effective_MBps"] / raw["MBps"], 3)
@@ -406,6 +490,7 @@ def run(out: Path, episodes: int = 4, episode_mb: float = 64.0, robots: int = 8,
         "weights": weights,
         "raw": raw,
         "upload": upload,
+        "upload_floor_bare_store": upload_floor,
         "weights_floor_bare_receivers": floor,
         "targets": {"upload_ratio": 0.5, "weights.ratio_to_raw": 0.5},
     }

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sop_ros.checksums import BackgroundSha256, file_sha256
-from sop_ros.robot.episode_files import check_episode_file, fsync_dir, sync_file
+from sop_ros.robot.episode_files import BackgroundSync, check_episode_file, fsync_dir, sync_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (
@@ -70,6 +70,7 @@ class DamagedUpload(ValueError):
 class _Upload:
     file: BinaryIO  # incoming/<robot id>/<episode id>.part, appended to
     digest: BackgroundSha256  # of the bytes written
+    sync: BackgroundSync  # flushing them to disk as they come
 
 
 def _int(value: str | None) -> int:
@@ -155,11 +156,12 @@ class EpisodeStore:
             file.seek(0)
             for block in iter(lambda: file.read(1 << 20), b""):
                 digest.update(block)
-            upload = self._uploads[path] = _Upload(file, digest)
+            upload = self._uploads[path] = _Upload(file, digest, BackgroundSync(file))
         if upload.file.tell() != offset:
             return upload.file.tell()
         upload.file.write(data)
         upload.digest.update(data)
+        upload.sync.wrote()
         return upload.file.tell()
 
     def discard(self, robot_id: str, episode_id: str) -> None:
@@ -170,6 +172,10 @@ class EpisodeStore:
     def _close_upload(self, path: Path) -> None:
         upload = self._uploads.pop(path, None)
         if upload is not None:
+            try:
+                upload.sync.wait()  # never close the descriptor under a flush in progress
+            except OSError:
+                pass  # the file is being discarded or was made durable by the commit's own fsync
             upload.file.close()
 
     def commit(self, robot_id: str, episode_id: str, sha256: str,
@@ -180,6 +186,7 @@ class EpisodeStore:
         upload = self._uploads.get(part)
         try:
             if upload is not None:
+                upload.sync.wait()
                 sync_file(upload.file)
             actual = upload.digest.hexdigest() if upload is not None else file_sha256(part)
             if actual != sha256:

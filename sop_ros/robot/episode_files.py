@@ -24,6 +24,7 @@ import re
 import struct
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +215,32 @@ def fsync_dir(directory: Path) -> None:
 def sync_file(file: IO[Any]) -> None:
     file.flush()
     os.fsync(file.fileno())
+
+
+class BackgroundSync:
+    """A file being written in pieces has its dirty pages flushed to disk on a thread every `every` bytes, so the
+    fsync that makes it durable at the end has little left: writing and flushing overlap instead of taking turns
+    (an upload acknowledged only once durable waited for its whole file's flush). One thread for the process."""
+
+    _thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fdatasync")
+
+    def __init__(self, file: IO[bytes], every: int = 8 << 20) -> None:
+        self.file, self.every = file, every
+        self._flushed_to = file.tell()
+        self._last: Future[None] | None = None
+
+    def wrote(self) -> None:
+        """After each write: start a flush when `every` more bytes are written and none is running."""
+        if self.file.tell() - self._flushed_to < self.every or (self._last is not None and not self._last.done()):
+            return
+        self.file.flush()  # Python's buffer, on this thread; the kernel's pages then on the other
+        self._flushed_to = self.file.tell()
+        self._last = self._thread.submit(os.fdatasync, self.file.fileno())
+
+    def wait(self) -> None:
+        """Wait for the flush in progress (before the final fsync, or before the file is closed)."""
+        if self._last is not None:
+            self._last.result()
 
 
 def _check_metadata(metadata: Mapping[str, str], what: str) -> dict[str, str]:

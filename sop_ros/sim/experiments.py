@@ -10,9 +10,13 @@ and the learner, paced by simulated time so that results do not depend on this h
 sweep resumes at its first unfinished run (which starts over). After every run the report is written again:
 <results>/<experiment>.json, .png and .md.
 
-Success is the policy's own: the share of the fleet's episodes that succeeded without an intervention, per bin
-of simulated time. "At the budget" is that share over the run's last `final_minutes`; "time to X" is the end of
-the first bin at which it reached X.
+Success is the policy's own, as `sop eval` scores it: every `eval_every_minutes` of simulated time, the policy the
+learner had made by then runs on the simulated robots with no operator, on the same evaluation seeds for every arm
+and run (so runs differ only by their policies; a policy scored once, by its sha256, is not scored again). "At the
+budget" is the score of the run's final policy; "time to X" is the first scoring time at which it reached X. The
+fleet's own episodes give the secondary figures: their success without intervention (the scripted operator takes
+over when it judges the policy failing, so it reads lower than the policy's own score), episodes per simulated
+hour, interventions per episode.
 """
 
 from __future__ import annotations
@@ -66,6 +70,10 @@ class ExperimentConfig:
     thresholds: tuple[float, ...] = (0.8, 0.5)  # time to each, and its speed-up over the first arm
     block: int = 3  # episodes of one task a robot runs before the next
     wall_minutes: float = 180.0  # bound on any one run
+    eval_every_minutes: float = 1.0  # the learner's policy is scored at 0, this, 2 x this, ... simulated minutes
+    eval_episodes_per_task: int = 10
+    eval_robots: int = 2
+    eval_robot_yaml: str = "config/sim_policy.yaml"
     learner_yaml: str = "config/experiment_learner.yaml"
     robot_yaml: str = "config/fleet_sim.yaml"
     out: str = "runs/experiments"
@@ -79,6 +87,17 @@ class ExperimentConfig:
         require(self.block >= 1, "block", self.block, "must be >= 1")
         require(0 < self.final_minutes <= self.sim_minutes, "final_minutes", self.final_minutes,
                 f"must be in (0, sim_minutes={self.sim_minutes:g}]")  # fmt: skip
+        require(0 < self.eval_every_minutes <= self.sim_minutes, "eval_every_minutes", self.eval_every_minutes,
+                f"must be in (0, sim_minutes={self.sim_minutes:g}]")  # fmt: skip
+        require(self.eval_episodes_per_task >= 1, "eval_episodes_per_task", self.eval_episodes_per_task, "must be >= 1")
+        require(self.eval_robots >= 1, "eval_robots", self.eval_robots, "must be >= 1")
+
+    @property
+    def eval_minutes(self) -> list[float]:
+        """When the learner's policy is scored: 0 (the base), every eval_every_minutes, and the budget's end."""
+        n = int(self.sim_minutes / self.eval_every_minutes + 1e-9)
+        minutes = [round(k * self.eval_every_minutes, 6) for k in range(n + 1)]
+        return minutes if minutes[-1] >= self.sim_minutes - 1e-9 else [*minutes, self.sim_minutes]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -99,14 +118,17 @@ def run_experiment(config: ExperimentConfig) -> dict:
     started = time.monotonic()
     for i, (arm, seed) in enumerate(runs):
         run_dir = out / arm.slug / f"seed{seed}"
-        if (run_dir / "fleet_run.json").exists():
-            print(f"sop experiment {config.experiment}: [{i + 1}/{len(runs)}] {arm.name}, seed {seed}: done before")
+        name = f"sop experiment {config.experiment}: [{i + 1}/{len(runs)}] {arm.name}, seed {seed}"
+        if (run_dir / SCORES).exists():
+            print(f"{name}: done before")
             continue
         elapsed = (time.monotonic() - started) / 60
-        print(f"sop experiment {config.experiment}: [{i + 1}/{len(runs)}] {arm.name}, seed {seed} -> {run_dir} "
-              f"({elapsed:.0f} min into this sweep)", flush=True)  # fmt: skip
-        shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts over
-        run_arm(config, arm, seed, learner, run_dir)
+        if not (run_dir / "fleet_run.json").exists():
+            print(f"{name} -> {run_dir} ({elapsed:.0f} min into this sweep)", flush=True)
+            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts over
+            run_arm(config, arm, seed, learner, run_dir)
+        print(f"{name}: scoring its policies over simulated time", flush=True)
+        score_run(config, run_dir, learner.pace.steps_per_sim_minute)
         write_report(config, out)
     return write_report(config, out)
 
@@ -178,34 +200,90 @@ def learn_offline(learner_yaml: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Scoring: the learner's policy over simulated time, by `sop eval`
+# ---------------------------------------------------------------------------------------------------------
+
+SCORES = "scores.json"  # beside a run's fleet_run.json: its policy's score at every scoring time; the run is done
+
+
+def policies_made(registry_dir: Path) -> list[tuple[int, str]]:
+    """(learner step that made it, version) of every published policy; the base, published first, at step 0."""
+    from sop_ros.learner.policy_registry import LATEST, PolicyRegistry
+
+    registry = PolicyRegistry(registry_dir)
+    made = []
+    for path in sorted(registry_dir.glob("*.json")):
+        if path.name != LATEST:
+            announcement = registry.announcement(path.name)
+            made.append((int(announcement.metrics.get("step", 0)), announcement.version))
+    return made
+
+
+def score_run(config: ExperimentConfig, run_dir: Path, steps_per_sim_minute: float) -> list[dict]:
+    """The run's policy at each of `config.eval_minutes`: the newest the learner had made by then, scored."""
+    from sop_ros.sim.pace import scheduled_policy
+
+    registry = run_dir / "fleet" / "policies"
+    made = policies_made(registry)
+    if not made:
+        raise RuntimeError(f"{registry}: no published policy to score")
+    points = []
+    for minute in config.eval_minutes:
+        version = scheduled_policy(made, int(minute * steps_per_sim_minute + 1e-9))
+        score = evaluate_once(config, registry / f"{version}.onnx")
+        points.append({"minute": minute, "version": version, "success": score["mean_success_rate"],
+                       "per_task": {t: v["success_rate"] for t, v in score["tasks"].items()}})  # fmt: skip
+    (run_dir / SCORES).write_text(json.dumps(points, indent=2) + "\n")
+    return points
+
+
+def evaluate_once(config: ExperimentConfig, policy: Path) -> dict:
+    """`sop eval` of `policy` on the experiment's tasks and evaluation seeds, kept under the policy's sha256."""
+    from sop_ros.checksums import file_sha256
+    from sop_ros.sim.evaluate import evaluate
+
+    learner = load_config(LearnerConfig, config.learner_yaml)
+    key = f"{file_sha256(policy)[:16]}-{config.eval_episodes_per_task}x{len(learner.tasks)}"
+    out = Path(config.out) / "scores" / key
+    if (out / "eval.json").exists():
+        return json.loads((out / "eval.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    report = evaluate(str(policy), config.eval_robot_yaml, list(learner.tasks), config.eval_episodes_per_task,
+                      config.eval_robots, out)  # fmt: skip
+    if report["failed"] or report["missing_tasks"]:
+        raise RuntimeError(f"scoring {policy} failed ({report['failed']}, missing {report['missing_tasks']}): "
+                           f"see {out}")  # fmt: skip
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The report
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_summary(report: dict, config: ExperimentConfig) -> dict:
-    """One run: its success per bin of simulated time (the policy's own), at the budget, and time to thresholds.
-    Episodes that ended past the budget (robots run up to lead_steps beyond the learner's last step) are left out."""
+def run_summary(report: dict, scores: list[dict], config: ExperimentConfig) -> dict:
+    """One run: its policy's score over simulated time, at the budget and time to thresholds; and its fleet's
+    episodes (those that ended past the budget, as robots run up to lead_steps beyond the learner's last step, are
+    left out)."""
     curve = [p for p in report["curve"] if p["minute"] <= config.sim_minutes + 1e-9]
     final = [p for p in curve if p["minute"] > config.sim_minutes - config.final_minutes + 1e-9]
-    episodes = sum(p["episodes"] for p in final)
-    at_budget = sum(p["autonomous_success_rate"] * p["episodes"] for p in final) / episodes if episodes else None
-    reached = {}
-    for threshold in config.thresholds:
-        hit = next((p["minute"] for p in curve if p["autonomous_success_rate"] >= threshold), None)
-        reached[f"{threshold:g}"] = hit
+    episodes = sum(p["episodes"] for p in curve)
+    final_episodes = sum(p["episodes"] for p in final)
+    reached = {f"{t:g}": next((p["minute"] for p in scores if p["success"] >= t), None) for t in config.thresholds}
     return {
-        "seed": report.get("seed"), "robots": report["robots"], "episodes": sum(p["episodes"] for p in curve),
-        "episodes_per_sim_hour": round(sum(p["episodes"] for p in curve) / (config.sim_minutes / 60), 1),
+        "seed": report.get("seed"), "robots": report["robots"], "episodes": episodes,
+        "success_at_budget": scores[-1]["success"], "per_task_at_budget": scores[-1]["per_task"],
+        "minutes_to": reached, "scores": [(p["minute"], p["success"], p["version"]) for p in scores],
+        "fleet_autonomous_at_budget": round(sum(p["autonomous_success_rate"] * p["episodes"] for p in final)
+                                            / final_episodes, 3) if final_episodes else None,
+        "labelled_success": round(sum(p["success_rate"] * p["episodes"] for p in curve) / max(1, episodes), 3),
+        "episodes_per_sim_hour": round(episodes / (config.sim_minutes / 60), 1),
         "interventions_per_episode": round(np.mean([p["interventions_per_episode"] for p in curve]), 3),
-        "success_at_budget": None if at_budget is None else round(at_budget, 3),
-        "labelled_success": round(sum(p["success_rate"] * p["episodes"] for p in curve)
-                                  / max(1, sum(p["episodes"] for p in curve)), 3),
-        "minutes_to": reached, "learner_steps": report.get("learner_steps"), "wall_minutes": report["wall_minutes"],
+        "learner_steps": report.get("learner_steps"), "wall_minutes": report["wall_minutes"],
         # Learner-bound or data-bound: how many training samples the learner drew per episode the fleet brought.
         "samples_per_episode": round((report.get("learner_steps") or 0) * report["learner"]["batch_size"]
-                                     / max(1, sum(p["episodes"] for p in curve)), 1),
-        "curve": [(p["minute"], p["autonomous_success_rate"], p["episodes"]) for p in curve],
-        "per_task": report["per_task"],
+                                     / max(1, episodes), 1),
+        "fleet_curve": [(p["minute"], p["autonomous_success_rate"], p["episodes"]) for p in curve],
     }  # fmt: skip
 
 
@@ -221,6 +299,9 @@ def arm_summary(runs: list[dict]) -> dict:
     return {
         "seeds": [r["seed"] for r in runs],
         "success_at_budget": spread([r["success_at_budget"] for r in runs]),
+        "per_task_at_budget": {t: spread([r["per_task_at_budget"].get(t) for r in runs])
+                               for t in (runs[0]["per_task_at_budget"] if runs else {})},
+        "fleet_autonomous_at_budget": spread([r["fleet_autonomous_at_budget"] for r in runs]),
         "episodes_per_sim_hour": spread([r["episodes_per_sim_hour"] for r in runs]),
         "interventions_per_episode": spread([r["interventions_per_episode"] for r in runs]),
         "samples_per_episode": spread([r["samples_per_episode"] for r in runs]),
@@ -230,22 +311,33 @@ def arm_summary(runs: list[dict]) -> dict:
     }
 
 
+def speedup(first: dict, arm: dict, threshold: str, budget: float) -> str | None:
+    """How many times sooner `arm` reached `threshold` than `first` (means over seeds, every seed reaching it);
+    a lower bound (">") when `first` reached it in no seed within the budget."""
+    mine, theirs = arm["minutes_to"].get(threshold, {}), first["minutes_to"].get(threshold, {})
+    runs, first_runs = len(arm["runs"]), len(first["runs"])
+    if not runs or mine.get("reached") != runs or not mine["mean"]:
+        return None
+    if first_runs and theirs.get("reached") == first_runs and theirs["mean"]:
+        return f"{theirs['mean'] / mine['mean']:.2g}"
+    if first_runs and theirs.get("reached") == 0:
+        return f">{budget / mine['mean']:.2g}"
+    return None
+
+
 def write_report(config: ExperimentConfig, out: Path) -> dict:
     arms = {}
     for arm in ARMS[config.experiment]:
         runs = []
         for seed in config.seeds:
-            path = out / arm.slug / f"seed{seed}" / "fleet_run.json"
-            if path.exists():
-                runs.append(run_summary(json.loads(path.read_text()), config))
+            run_dir = out / arm.slug / f"seed{seed}"
+            if (run_dir / SCORES).exists():
+                runs.append(run_summary(json.loads((run_dir / "fleet_run.json").read_text()),
+                                        json.loads((run_dir / SCORES).read_text()), config))  # fmt: skip
         arms[arm.name] = arm_summary(runs)
     first = next(iter(arms.values()))
     for summary in arms.values():  # speed-up to each threshold over the first arm (1 robot, smallest, baseline)
-        summary["speedup"] = {
-            t: round(first["minutes_to"][t]["mean"] / summary["minutes_to"][t]["mean"], 2)
-            if first.get("minutes_to", {}).get(t, {}).get("mean") and summary["minutes_to"].get(t, {}).get("mean")
-            else None for t in summary["minutes_to"]
-        }  # fmt: skip
+        summary["speedup"] = {t: speedup(first, summary, t, config.sim_minutes) for t in summary["minutes_to"]}
     from sop_ros.bench.inference import machine
 
     report = {"experiment": config.experiment, "config": dataclasses.asdict(config), "arms": arms,
@@ -269,14 +361,13 @@ def plot(report: dict, path: Path) -> None:
     for name, arm in report["arms"].items():
         if not arm["runs"]:
             continue
-        minutes = sorted({m for r in arm["runs"] for m, _, _ in r["curve"]})
-        per_bin = [[s for r in arm["runs"] for m2, s, _ in r["curve"] if m2 == m] for m in minutes]
-        mean = np.array([np.mean(v) for v in per_bin])
-        std = np.array([np.std(v) for v in per_bin])
+        minutes, mean, std = _mean_curve([r["scores"] for r in arm["runs"]])
         line = curve_ax.plot(minutes, mean, "o-", label=f"{name} ({len(arm['runs'])} seeds)")[0]
         curve_ax.fill_between(minutes, mean - std, mean + std, color=line.get_color(), alpha=0.15)
-    curve_ax.set(xlabel="simulated minutes", ylabel="success without intervention (per bin)", ylim=(-0.02, 1.02),
-                 title=f"{report['experiment']}: success over simulated time")  # fmt: skip
+        fleet_minutes, fleet_mean, _ = _mean_curve([r["fleet_curve"] for r in arm["runs"]])
+        curve_ax.plot(fleet_minutes, fleet_mean, ":", color=line.get_color(), alpha=0.7)
+    curve_ax.set(xlabel="simulated minutes", ylabel="success (sop eval; dotted: fleet, no intervention)",
+                 ylim=(-0.02, 1.02), title=f"{report['experiment']}: success over simulated time")  # fmt: skip
     curve_ax.grid(alpha=0.3)
     curve_ax.legend(fontsize=8)
     final = [report["arms"][n]["success_at_budget"] for n in names]
@@ -289,6 +380,13 @@ def plot(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _mean_curve(curves: list[list]) -> tuple[list[float], np.ndarray, np.ndarray]:
+    """Mean and std over runs of (minute, value, ...) points, at every minute any run has."""
+    minutes = sorted({point[0] for curve in curves for point in curve})
+    values = [[point[1] for curve in curves for point in curve if point[0] == m] for m in minutes]
+    return minutes, np.array([np.mean(v) for v in values]), np.array([np.std(v) for v in values])
+
+
 def _cell(s: dict, percent: bool = True) -> str:
     if s["mean"] is None:
         return "-"
@@ -298,26 +396,38 @@ def _cell(s: dict, percent: bool = True) -> str:
 def markdown(report: dict) -> str:
     c, m = report["config"], report["machine"]
     seeds = ",".join(str(s) for s in c["seeds"])
+    thresholds = [f"{t:g}" for t in c["thresholds"]]
     lines = [
         f"# {report['experiment']}", "",
         f"Made by `sop experiment {report['experiment']} --seeds {seeds} --sim-minutes {c['sim_minutes']:g} "
-        f"--bin-minutes {c['bin_minutes']:g} --final-minutes {c['final_minutes']:g} --block {c['block']} --config "
+        f"--bin-minutes {c['bin_minutes']:g} --final-minutes {c['final_minutes']:g} --block {c['block']} "
+        f"--eval-every {c['eval_every_minutes']:g} --eval-episodes {c['eval_episodes_per_task']} --config "
         f"{c['learner_yaml']} --robot-config {c['robot_yaml']}`, on {m['cores']} CPU cores ({m['cpu']}), "
         f"{m['system']}, Python {m['python']}, torch {m['torch']}, GPU: {m['gpu'] or 'none'}.", "",
         "Every run went through the real robot nodes, topics, Zenoh bridge and learner, paced by simulated time. "
-        "Success: episodes that succeeded without an operator's intervention (mean ± std over seeds). "
-        f"At the budget: over the last {c['final_minutes']:g} of {c['sim_minutes']:g} simulated minutes.", "",
-        "| arm | seeds | success at the budget | " + " | ".join(f"min to {t:.0%} (reached)" for t in c["thresholds"]) +
-        " | speed-up | episodes / sim h | interventions / episode | learner samples / episode |",
-        "|---|---|---|" + "---|" * len(c["thresholds"]) + "---|---|---|---|",
+        f"Success: `sop eval` of the learner's policy every {c['eval_every_minutes']:g} simulated minutes "
+        f"({c['eval_episodes_per_task']} episodes per task on the same evaluation seeds, no operator), mean ± std "
+        f"over seeds; at the budget: its final policy, after {c['sim_minutes']:g} simulated minutes. Fleet: the "
+        f"fleet's own episodes over the last {c['final_minutes']:g} simulated minutes that succeeded without an "
+        "intervention.", "",
+        "| arm | seeds | success at the budget | " + " | ".join(f"min to {float(t):.0%} (reached)" for t in thresholds)
+        + " | speed-up | fleet, no intervention | episodes / sim h | interventions / episode | "
+        "learner samples / episode |",
+        "|---|---|---|" + "---|" * len(thresholds) + "---|---|---|---|---|",
     ]  # fmt: skip
     for name, arm in report["arms"].items():
-        to = [f"{_cell(arm['minutes_to'][f'{t:g}'], False)} ({arm['minutes_to'][f'{t:g}']['reached']}/"
-              f"{len(arm['runs'])})" if arm["runs"] else "-" for t in c["thresholds"]]  # fmt: skip
-        speedup = ", ".join(f"{v:g}x to {float(t):.0%}" for t, v in arm.get("speedup", {}).items() if v) or "-"
+        to = [f"{_cell(arm['minutes_to'][t], False)} ({arm['minutes_to'][t]['reached']}/{len(arm['runs'])})"
+              if arm["runs"] else "-" for t in thresholds]  # fmt: skip
+        speedups = ", ".join(f"{v}x to {float(t):.0%}" for t, v in arm.get("speedup", {}).items() if v) or "-"
         lines.append(f"| {name} | {len(arm['runs'])} | {_cell(arm['success_at_budget'])} | " + " | ".join(to) +
-                     f" | {speedup} | {_cell(arm['episodes_per_sim_hour'], False)} | "
-                     f"{_cell(arm['interventions_per_episode'], False)} | "
-                     f"{_cell(arm['samples_per_episode'], False)} |")  # fmt: skip
+                     f" | {speedups} | {_cell(arm['fleet_autonomous_at_budget'])} | "
+                     f"{_cell(arm['episodes_per_sim_hour'], False)} | {_cell(arm['interventions_per_episode'], False)}"
+                     f" | {_cell(arm['samples_per_episode'], False)} |")  # fmt: skip
+    tasks = sorted({t for arm in report["arms"].values() for t in arm["per_task_at_budget"]})
+    lines += ["", "Success at the budget per task (`sop eval`, mean ± std over seeds):", "",
+              "| arm | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]  # fmt: skip
+    for name, arm in report["arms"].items():
+        cells = [_cell(arm["per_task_at_budget"][t]) if t in arm["per_task_at_budget"] else "-" for t in tasks]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"![success over simulated time]({report['experiment']}.png)", ""]
     return "\n".join(lines)
