@@ -374,7 +374,7 @@ def plot(report: dict, path: Path) -> None:
     bar_ax.bar(range(len(names)), [f["mean"] or 0 for f in final], yerr=[f["std"] or 0 for f in final], capsize=4)
     bar_ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
     bar_ax.set(ylabel="success at the budget", ylim=(0, 1.02),
-               title=f"last {report['config']['final_minutes']:g} simulated min")  # fmt: skip
+               title=f"final policy ({report['config']['sim_minutes']:g} simulated min, sop eval)")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
