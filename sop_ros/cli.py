@@ -213,7 +213,7 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from sop_ros.sim.experiments import ExperimentConfig, run_experiment, write_report
+    from sop_ros.sim.experiments import ExperimentConfig, run_experiment
 
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s)
@@ -223,11 +223,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                               block=args.block, eval_every_minutes=args.eval_every,
                               eval_episodes_per_task=args.eval_episodes, learner_yaml=args.config,
                               robot_yaml=args.robot_config, out=args.out, results=args.results)  # fmt: skip
-    if args.report_only:
-        write_report(config, Path(config.out) / config.experiment)
-    else:
+    if not args.report_only:
         require_ros("experiment")
-        run_experiment(config)
+    run_experiment(config, report_only=args.report_only)
     print(f"sop experiment {args.experiment}: {Path(args.results) / args.experiment}.md, .json, .png")
     return 0
 

@@ -1,12 +1,13 @@
 """The experiment sweeps: finished runs are not run again, and the report's figures are computed from the runs."""
 
+import dataclasses
 import json
 
 import pytest
 from conftest import REPO
 
 from sop_ros.configs import ConfigError
-from sop_ros.sim.experiments import ARMS, ExperimentConfig, run_experiment
+from sop_ros.sim.experiments import ARMS, SETUP, ExperimentConfig, committed_runs, run_experiment, setup_key
 
 
 def fleet_run(robots: int, seed: int, success: list[float], episodes: int = 10) -> dict:
@@ -27,22 +28,34 @@ def scores(success: list[float]) -> list[dict]:
             for i, s in enumerate(success)]  # fmt: skip
 
 
-def test_a_sweep_resumes_past_its_finished_runs_and_reports_them(tmp_path):
+def finished_sweep(tmp_path) -> ExperimentConfig:
+    """A fleet-scaling sweep of two seeds whose runs all finished and were scored, made with the config returned."""
+    from test_model import TINY
+
+    from sop_ros.model.vla import VLAPolicy, save_checkpoint
+
     shared = tmp_path / "runs" / "shared"  # demonstrations and base policy made before: not made again
     (shared / "demos" / "robot_0").mkdir(parents=True)
     (shared / "demos" / "robot_0" / "e.mcap").write_bytes(b"")
-    (shared / "base.pt").write_bytes(b"")
+    save_checkpoint(shared / "base.pt", VLAPolicy(TINY), version="base")
+    config = ExperimentConfig("fleet-scaling", seeds=(0, 1), sim_minutes=2.0, final_minutes=1.0,
+                              learner_yaml=str(REPO / "config" / "experiment_learner.yaml"),
+                              out=str(tmp_path / "runs"), results=str(tmp_path / "results"))  # fmt: skip
+    arms = {arm.slug: arm for arm in ARMS["fleet-scaling"]}
     curves = {"1-robot": [0.2, 0.5, 0.6, 0.8], "2-robots": [0.3, 0.8, 0.9, 0.9], "4-robots": [0.8, 0.9, 1.0, 1.0]}
     for seed in (0, 1):
         for slug, success in curves.items():
             run = tmp_path / "runs" / "fleet-scaling" / slug / f"seed{seed}"
             run.mkdir(parents=True)
             shifted = [min(1.0, s + 0.2 * seed) for s in success]
+            (run / SETUP).write_text(setup_key(config, arms[slug]))
             (run / "fleet_run.json").write_text(json.dumps(fleet_run(int(slug[0]), seed, shifted)))
             (run / "scores.json").write_text(json.dumps(scores([0.1, *shifted])))  # the base at minute 0
-    config = ExperimentConfig("fleet-scaling", seeds=(0, 1), sim_minutes=2.0, final_minutes=1.0,
-                              learner_yaml=str(REPO / "config" / "experiment_learner.yaml"),
-                              out=str(tmp_path / "runs"), results=str(tmp_path / "results"))  # fmt: skip
+    return config
+
+
+def test_a_sweep_resumes_past_its_finished_runs_and_reports_them(tmp_path):
+    config = finished_sweep(tmp_path)
     report = run_experiment(config)  # every run finished and scored: nothing runs (no ROS, no simulator needed)
 
     one, four = report["arms"]["1 robot"], report["arms"]["4 robots"]
@@ -60,7 +73,31 @@ def test_a_sweep_resumes_past_its_finished_runs_and_reports_them(tmp_path):
     assert written["arms"]["2 robots"]["runs"][0]["fleet_curve"][-1][0] == 2.0  # the bin past the budget left out
     markdown = (tmp_path / "results" / "fleet-scaling.md").read_text()
     assert "| 4 robots | 2 | 100% ± 0% |" in markdown and "3.5x to 80%" in markdown
+    assert "Target (4 robots at least 3x faster than 1 robot to 80%): 3.5x, met." in markdown
+    assert "| 1 robot | 10% | 30% | 60% | 70% | 90% |" in markdown  # over simulated time: the seeds' mean
     assert (tmp_path / "results" / "fleet-scaling.png").stat().st_size > 0
+
+
+def test_the_committed_reports_runs_count_in_a_sweep_of_the_same_setup_elsewhere(tmp_path, monkeypatch):
+    """Another clone, without the runs' directories: the report's runs of the same setup key are done."""
+    import shutil
+
+    config = finished_sweep(tmp_path)
+    run_experiment(config)
+    made = json.loads((tmp_path / "results" / "fleet-scaling.json").read_text())
+    shutil.rmtree(tmp_path / "runs" / "fleet-scaling")
+    again = run_experiment(config)  # nothing runs: every run is carried from the report
+    assert json.loads(json.dumps(again["arms"])) == made["arms"]
+    keys = {arm.name: setup_key(config, arm) for arm in ARMS["fleet-scaling"]}
+    assert len(committed_runs(config, keys)) == 6
+    assert len(committed_runs(dataclasses.replace(config, seeds=(1, 2)), keys)) == 3  # seed 1's only
+    # Other settings, another arm or another base policy's recipe: nothing carried (those runs are made again).
+    other = dataclasses.replace(config, eval_episodes_per_task=20)
+    assert not committed_runs(other, {arm.name: setup_key(other, arm) for arm in ARMS["fleet-scaling"]})
+    one = ARMS["fleet-scaling"][0]
+    assert setup_key(config, dataclasses.replace(one, demos_per_task=5)) != keys["1 robot"]
+    monkeypatch.setattr("sop_ros.sim.demo.PRETRAIN_STEPS", 3000)
+    assert setup_key(config, one) != keys["1 robot"]
 
 
 def test_experiment_settings_are_checked():
@@ -106,3 +143,18 @@ def test_a_run_is_scored_by_the_policy_the_learner_had_made_at_each_time(tmp_pat
     assert [(p["minute"], p["version"], p["success"]) for p in points] == [
         (0.0, "base", 0.0), (1.0, "sop-r-0000300", 0.25), (2.0, "sop-r-0000600", 0.5), (2.5, "sop-r-0000600", 0.5)]
     assert json.loads((tmp_path / "run" / "scores.json").read_text()) == points
+
+
+def test_the_fleet_scaling_report_says_whether_its_speed_up_target_was_met():
+    from sop_ros.sim.experiments import speedup_verdict
+
+    def arm(reached: int, speedup: str | None = None) -> dict:
+        return {"runs": [{}] * 3, "minutes_to": {"0.8": {"reached": reached}}, "speedup": {"0.8": speedup}}
+
+    report = {"experiment": "fleet-scaling", "arms": {"1 robot": arm(3), "2 robots": arm(3), "4 robots": arm(3, "2.4")}}
+    assert speedup_verdict(report).endswith(": 2.4x, missed.")
+    report["arms"]["4 robots"] = arm(3, ">4")
+    assert speedup_verdict(report).endswith(": >4x (a lower bound: the first arm never reached it), met.")
+    report["arms"]["4 robots"] = arm(1)
+    assert speedup_verdict(report).endswith("not measured: runs that reached 80% within the budget: 1 robot 3/3, "
+                                            "4 robots 1/3.")

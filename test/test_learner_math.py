@@ -130,11 +130,15 @@ def fleet_episode(outcome: str, operator: list[bool]) -> EpisodeIndex:
                         frames={}, frame_of_step={})  # fmt: skip
 
 
-def test_hg_dagger_learns_from_corrections_and_optionally_from_successful_autonomy():
+def test_hg_dagger_learns_from_corrections_and_optionally_from_autonomy_that_succeeded():
     corrected = [False, False, True, True, False]  # the policy, an operator's correction, the policy again
     success, failure = fleet_episode("success", corrected), fleet_episode("failure", corrected)
     corrections_only, with_autonomy = training_steps(False), training_steps(True)
     assert corrections_only(success).tolist() == corrected and corrections_only(failure).tolist() == corrected
-    assert with_autonomy(success).tolist() == [True] * 5  # the policy's own steps of a success count too
+    # A success after a correction: the policy's steps after it count, never those that made the operator take over.
+    assert with_autonomy(success).tolist() == [False, False, True, True, True]
+    assert with_autonomy(fleet_episode("success", [False] * 4)).tolist() == [True] * 4  # a success on its own
+    twice = [False, True, False, True, False, False]  # taken over again after handing back: only the last stretch
+    assert with_autonomy(fleet_episode("success", twice)).tolist() == [False, True, False, True, True, True]
     assert with_autonomy(failure).tolist() == corrected  # never the autonomous steps of a failure
     assert corrections_only(success) is not success.operator  # a mask of its own, not the episode's array

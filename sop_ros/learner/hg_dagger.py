@@ -1,10 +1,12 @@
 """HG-DAgger's training rows from fleet episodes: the operators' corrections, and optionally the policy's own
-successful driving.
+driving that ended in success.
 
 An intervention is recorded step by step (`EpisodeIndex.operator`): while an operator drives, the executed
-command is the operator's, so those steps are labelled by the correction itself. Steps the policy drove are
-added only from episodes that succeeded, and only with `use_autonomous_segments`: the autonomous steps of a
-failure are the behaviour the corrections are there to replace.
+command is the operator's, so those steps are labelled by the correction itself. With `use_autonomous_segments`,
+steps the policy drove are added too, but only those that led to a success with no one taking over again: a whole
+episode that succeeded on its own, or the policy's steps after the last correction of one that succeeded. The
+steps before a takeover are the behaviour the correction is there to replace, even when the episode then
+succeeded thanks to the operator (learning from those made a task's success fall to 0%).
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ def training_steps(use_autonomous_segments: bool) -> Callable[[EpisodeIndex], np
     """A step selection for EpisodeDataset(select=...) over fleet episodes."""
 
     def select(episode: EpisodeIndex) -> np.ndarray:
+        selected = episode.operator.astype(bool, copy=True)
         if use_autonomous_segments and episode.outcome == "success":
-            return np.ones(episode.steps, dtype=bool)
-        return episode.operator.astype(bool, copy=True)
+            corrected = np.flatnonzero(selected)
+            selected[corrected[-1] + 1 if len(corrected) else 0 :] = True
+        return selected
 
     return select

@@ -14,11 +14,15 @@ from __future__ import annotations
 import dataclasses
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from sop_ros.configs import load_config, to_dict
 from sop_ros.configs.learner import LearnerConfig
+
+if TYPE_CHECKING:
+    from sop_ros.learner.pretrain import PretrainConfig
 
 LEARNER_YAML = "config/demo_learner.yaml"
 ROBOT_YAML = "config/fleet_sim.yaml"
@@ -31,10 +35,28 @@ PRETRAIN_BATCH = 32
 
 def pretrain_base(demos: Path, out: Path, demos_per_task: int = 0) -> None:
     """A base policy by behaviour cloning on `demos` (the first `demos_per_task` of each task; 0: all)."""
-    from sop_ros.learner.pretrain import PretrainConfig, pretrain
+    from sop_ros.learner.pretrain import pretrain
 
-    pretrain(PretrainConfig(demos=str(demos), out=str(out), steps=PRETRAIN_STEPS, batch_size=PRETRAIN_BATCH,
-                            demos_per_task=demos_per_task))  # fmt: skip
+    pretrain(base_pretraining(demos, out, demos_per_task))
+
+
+def base_pretraining(demos: Path, out: Path, demos_per_task: int = 0) -> PretrainConfig:
+    from sop_ros.learner.pretrain import PretrainConfig
+
+    return PretrainConfig(demos=str(demos), out=str(out), steps=PRETRAIN_STEPS, batch_size=PRETRAIN_BATCH,
+                          demos_per_task=demos_per_task)  # fmt: skip
+
+
+def base_recipe(demos_per_task: int = 0) -> dict:
+    """How `prepare` and `pretrain_base` make a base policy: the demonstrations' robot config and count, and the
+    pretraining settings. Its weights are not bit-for-bit repeatable (made twice here by one recipe, they
+    differed), so results made on two machines are matched by the recipe, not the weights."""
+    from sop_ros.checksums import file_sha256
+
+    pretraining = to_dict(base_pretraining(Path(), Path(), demos_per_task))
+    del pretraining["demos"], pretraining["out"]
+    return {"demo_robot_yaml": file_sha256(DEMO_ROBOT_YAML), "demos_recorded_per_task": DEMOS_PER_TASK,
+            "pretraining": pretraining}  # fmt: skip
 
 
 def prepare(out: Path, learner: LearnerConfig) -> LearnerConfig:

@@ -8,7 +8,10 @@ Every run is `sop fleet run` (sop_ros/sim/online_fleet.py): the real robot nodes
 and the learner, paced by simulated time so that results do not depend on this host's speed. A run lives in
 <out>/<experiment>/<arm>/seed<k>; a finished one holds fleet_run.json and is not run again, so an interrupted
 sweep resumes at its first unfinished run (which starts over). After every run the report is written again:
-<results>/<experiment>.json, .png and .md.
+<results>/<experiment>.json, .png and .md. Each run in it carries its setup key (the settings, the YAMLs' contents,
+the arm and its base policy's recipe; the recipe rather than the weights, as pretraining is not bit-for-bit
+repeatable): a sweep on another clone or machine takes the committed report's runs with its own key as done, so
+seeds add up across sweeps; a run made with another setup is made again.
 
 Success is the policy's own, as `sop eval` scores it: every `eval_every_minutes` of simulated time, the policy the
 learner had made by then runs on the simulated robots with no operator, on the same evaluation seeds for every arm
@@ -22,6 +25,7 @@ hour, interventions per episode.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shutil
 import time
@@ -105,32 +109,82 @@ class ExperimentConfig:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_experiment(config: ExperimentConfig) -> dict:
+def run_experiment(config: ExperimentConfig, report_only: bool = False) -> dict:
+    """The sweep (its finished runs skipped), then its report; `report_only`: the report of the finished runs."""
     from sop_ros.sim.demo import prepare
 
     out = Path(config.out) / config.experiment
     learner = load_config(LearnerConfig, config.learner_yaml)
     if not learner.pace.steps_per_sim_minute:
         raise ConfigError(f"{config.learner_yaml}: pace.steps_per_sim_minute must be > 0 (experiments are paced)")
-    learner = prepare(Path(config.out) / "shared", learner)  # demonstrations and the base policy, once
     arms = ARMS[config.experiment]
+    keys = {arm.name: setup_key(config, arm) for arm in arms}
+    committed = committed_runs(config, keys)
+    if report_only:
+        return write_report(config, out, keys, committed)
+    learner = prepare(Path(config.out) / "shared", learner)  # demonstrations and the base policy, once
     runs = [(arm, seed) for seed in config.seeds for arm in arms]  # seed by seed: every arm has data early
     started = time.monotonic()
     for i, (arm, seed) in enumerate(runs):
         run_dir = out / arm.slug / f"seed{seed}"
         name = f"sop experiment {config.experiment}: [{i + 1}/{len(runs)}] {arm.name}, seed {seed}"
-        if (run_dir / SCORES).exists():
+        local = run_setup(run_dir)
+        if local == keys[arm.name] and (run_dir / SCORES).exists():
             print(f"{name}: done before")
             continue
+        if (arm.name, seed) in committed and local is None:
+            print(f"{name}: done before, in {Path(config.results) / config.experiment}.json (setup {keys[arm.name]})")
+            continue
         elapsed = (time.monotonic() - started) / 60
-        if not (run_dir / "fleet_run.json").exists():
+        if local != keys[arm.name] or not (run_dir / "fleet_run.json").exists():
             print(f"{name} -> {run_dir} ({elapsed:.0f} min into this sweep)", flush=True)
-            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run starts over
+            shutil.rmtree(run_dir, ignore_errors=True)  # an unfinished run, or one of another setup, starts over
+            run_dir.mkdir(parents=True)
+            (run_dir / SETUP).write_text(keys[arm.name] + "\n")
             run_arm(config, arm, seed, learner, run_dir)
         print(f"{name}: scoring its policies over simulated time", flush=True)
         score_run(config, run_dir, learner.pace.steps_per_sim_minute)
-        write_report(config, out)
-    return write_report(config, out)
+        write_report(config, out, keys, committed)
+    return write_report(config, out, keys, committed)
+
+
+SETUP = "setup.txt"  # in a run's directory: the setup key it was made with
+
+
+def setup_key(config: ExperimentConfig, arm: Arm) -> str:
+    """What a run's figures depend on besides its seed and the code: the sweep's settings, the contents of the YAML
+    files it names, the arm and the recipe of its base policy (16 hex digits of their sha256)."""
+    from sop_ros.checksums import file_sha256
+    from sop_ros.sim.demo import base_recipe
+
+    ignored = ("experiment", "seeds", "wall_minutes", "out", "results")
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+    for name in ("learner_yaml", "robot_yaml", "eval_robot_yaml"):
+        settings[name] = file_sha256(settings[name])
+    settings["arm"] = dataclasses.asdict(arm)
+    settings["base_policy"] = base_recipe(arm.demos_per_task)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_setup(run_dir: Path) -> str | None:
+    return (run_dir / SETUP).read_text().strip() if (run_dir / SETUP).exists() else None
+
+
+def committed_runs(config: ExperimentConfig, keys: dict[str, str]) -> dict[tuple[str, int], dict]:
+    """The runs of the report already in `config.results` that match this sweep's arms, seeds and setup keys."""
+    path = Path(config.results) / f"{config.experiment}.json"
+    if not path.exists():
+        return {}
+    carried, other = {}, 0
+    for name, arm in json.loads(path.read_text()).get("arms", {}).items():
+        for run in arm.get("runs", []):
+            if name in keys and run.get("setup") == keys[name] and run["seed"] in config.seeds:
+                carried[(name, run["seed"])] = run
+            else:
+                other += 1
+    if other:
+        print(f"{path}: {other} runs of other arms, seeds or setups are not carried into this report")
+    return carried
 
 
 def run_arm(config: ExperimentConfig, arm: Arm, seed: int, learner: LearnerConfig, run_dir: Path) -> dict:
@@ -261,7 +315,7 @@ def evaluate_once(config: ExperimentConfig, policy: Path) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_summary(report: dict, scores: list[dict], config: ExperimentConfig) -> dict:
+def run_summary(report: dict, scores: list[dict], config: ExperimentConfig, setup: str) -> dict:
     """One run: its policy's score over simulated time, at the budget and time to thresholds; and its fleet's
     episodes (those that ended past the budget, as robots run up to lead_steps beyond the learner's last step, are
     left out)."""
@@ -284,7 +338,15 @@ def run_summary(report: dict, scores: list[dict], config: ExperimentConfig) -> d
         "samples_per_episode": round((report.get("learner_steps") or 0) * report["learner"]["batch_size"]
                                      / max(1, episodes), 1),
         "fleet_curve": [(p["minute"], p["autonomous_success_rate"], p["episodes"]) for p in curve],
+        "setup": setup, "machine": machine_name(),
     }  # fmt: skip
+
+
+def machine_name() -> str:
+    from sop_ros.bench.inference import machine
+
+    m = machine()
+    return f"{m['cores']} CPU cores ({m['cpu']}), GPU: {m['gpu'] or 'none'}"
 
 
 def spread(values: list) -> dict:
@@ -325,15 +387,20 @@ def speedup(first: dict, arm: dict, threshold: str, budget: float) -> str | None
     return None
 
 
-def write_report(config: ExperimentConfig, out: Path) -> dict:
+def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str],
+                 committed: dict[tuple[str, int], dict]) -> dict:  # fmt: skip
+    """The report of this sweep's runs (each seed's: this clone's if made with the arm's setup key, else the
+    committed report's)."""
     arms = {}
     for arm in ARMS[config.experiment]:
         runs = []
         for seed in config.seeds:
             run_dir = out / arm.slug / f"seed{seed}"
-            if (run_dir / SCORES).exists():
-                runs.append(run_summary(json.loads((run_dir / "fleet_run.json").read_text()),
-                                        json.loads((run_dir / SCORES).read_text()), config))  # fmt: skip
+            if run_setup(run_dir) == keys[arm.name] and (run_dir / SCORES).exists():
+                report, scores = (json.loads((run_dir / name).read_text()) for name in ("fleet_run.json", SCORES))
+                runs.append(run_summary(report, scores, config, keys[arm.name]))
+            elif (arm.name, seed) in committed:
+                runs.append(committed[(arm.name, seed)])
         arms[arm.name] = arm_summary(runs)
     first = next(iter(arms.values()))
     for summary in arms.values():  # speed-up to each threshold over the first arm (1 robot, smallest, baseline)
@@ -393,6 +460,25 @@ def _cell(s: dict, percent: bool = True) -> str:
     return f"{s['mean']:.0%} ± {s['std']:.0%}" if percent else f"{s['mean']:g} ± {s['std']:g}"
 
 
+SPEEDUP_TARGET = {"fleet-scaling": ("4 robots", "0.8", 3.0)}  # arm, threshold, times faster than the first arm
+
+
+def speedup_verdict(report: dict) -> str:
+    """The target's line: met, missed, or not measured yet (and why)."""
+    name, threshold, target = SPEEDUP_TARGET[report["experiment"]]
+    first_name, first = next(iter(report["arms"].items()))
+    arm, goal = report["arms"][name], f"{name} at least {target:g}x faster than {first_name} to {float(threshold):.0%}"
+    value = arm.get("speedup", {}).get(threshold)
+    if value is None:
+        reached = {n: f"{a['minutes_to'][threshold]['reached']}/{len(a['runs'])}" for n, a in (
+            (first_name, first), (name, arm)) if a["runs"]}  # fmt: skip
+        return (f"Target ({goal}): not measured: runs that reached {float(threshold):.0%} within the budget: "
+                + (", ".join(f"{n} {r}" for n, r in reached.items()) or "none yet") + ".")
+    met = float(value.lstrip(">")) >= target
+    bound = " (a lower bound: the first arm never reached it)" if value.startswith(">") else ""
+    return f"Target ({goal}): {value}x{bound}, {'met' if met else 'missed'}."
+
+
 def markdown(report: dict) -> str:
     c, m = report["config"], report["machine"]
     seeds = ",".join(str(s) for s in c["seeds"])
@@ -423,6 +509,16 @@ def markdown(report: dict) -> str:
                      f" | {speedups} | {_cell(arm['fleet_autonomous_at_budget'])} | "
                      f"{_cell(arm['episodes_per_sim_hour'], False)} | {_cell(arm['interventions_per_episode'], False)}"
                      f" | {_cell(arm['samples_per_episode'], False)} |")  # fmt: skip
+    if report["experiment"] in SPEEDUP_TARGET:
+        lines += ["", speedup_verdict(report)]
+    minutes = sorted({p[0] for arm in report["arms"].values() for run in arm["runs"] for p in run["scores"]})
+    lines += ["", "Success over simulated time (`sop eval` of the learner's policy, mean over seeds; minute 0: the "
+              "base policy):", "", "| arm | " + " | ".join(f"{m:g} min" for m in minutes) + " |",
+              "|---|" + "---|" * len(minutes)]  # fmt: skip
+    for name, arm in report["arms"].items():
+        if arm["runs"]:
+            at = dict(zip(*_mean_curve([run["scores"] for run in arm["runs"]])[:2], strict=True))
+            lines.append(f"| {name} | " + " | ".join(f"{at[m]:.0%}" if m in at else "-" for m in minutes) + " |")
     tasks = sorted({t for arm in report["arms"].values() for t in arm["per_task_at_budget"]})
     lines += ["", "Success at the budget per task (`sop eval`, mean ± std over seeds):", "",
               "| arm | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]  # fmt: skip
