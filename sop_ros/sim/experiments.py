@@ -315,7 +315,7 @@ def evaluate_once(config: ExperimentConfig, policy: Path) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_summary(report: dict, scores: list[dict], config: ExperimentConfig, setup: str) -> dict:
+def run_summary(report: dict, scores: list[dict], config: ExperimentConfig, setup: str, made_on: str) -> dict:
     """One run: its policy's score over simulated time, at the budget and time to thresholds; and its fleet's
     episodes (those that ended past the budget, as robots run up to lead_steps beyond the learner's last step, are
     left out)."""
@@ -338,15 +338,8 @@ def run_summary(report: dict, scores: list[dict], config: ExperimentConfig, setu
         "samples_per_episode": round((report.get("learner_steps") or 0) * report["learner"]["batch_size"]
                                      / max(1, episodes), 1),
         "fleet_curve": [(p["minute"], p["autonomous_success_rate"], p["episodes"]) for p in curve],
-        "setup": setup, "machine": machine_name(),
+        "setup": setup, "machine": made_on,
     }  # fmt: skip
-
-
-def machine_name() -> str:
-    from sop_ros.bench.inference import machine
-
-    m = machine()
-    return f"{m['cores']} CPU cores ({m['cpu']}), GPU: {m['gpu'] or 'none'}"
 
 
 def spread(values: list) -> dict:
@@ -391,6 +384,10 @@ def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str],
                  committed: dict[tuple[str, int], dict]) -> dict:  # fmt: skip
     """The report of this sweep's runs (each seed's: this clone's if made with the arm's setup key, else the
     committed report's)."""
+    from sop_ros.bench.inference import machine
+
+    host = machine()
+    made_on = f"{host['cores']} CPU cores ({host['cpu']}), GPU: {host['gpu'] or 'none'}"  # this clone's runs
     arms = {}
     for arm in ARMS[config.experiment]:
         runs = []
@@ -398,17 +395,15 @@ def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str],
             run_dir = out / arm.slug / f"seed{seed}"
             if run_setup(run_dir) == keys[arm.name] and (run_dir / SCORES).exists():
                 report, scores = (json.loads((run_dir / name).read_text()) for name in ("fleet_run.json", SCORES))
-                runs.append(run_summary(report, scores, config, keys[arm.name]))
+                runs.append(run_summary(report, scores, config, keys[arm.name], made_on))
             elif (arm.name, seed) in committed:
                 runs.append(committed[(arm.name, seed)])
         arms[arm.name] = arm_summary(runs)
     first = next(iter(arms.values()))
     for summary in arms.values():  # speed-up to each threshold over the first arm (1 robot, smallest, baseline)
         summary["speedup"] = {t: speedup(first, summary, t, config.sim_minutes) for t in summary["minutes_to"]}
-    from sop_ros.bench.inference import machine
-
     report = {"experiment": config.experiment, "config": dataclasses.asdict(config), "arms": arms,
-              "machine": machine()}  # fmt: skip
+              "machine": host}  # fmt: skip
     results = Path(config.results)
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{config.experiment}.json").write_text(json.dumps(report, indent=2) + "\n")
