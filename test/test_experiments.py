@@ -2,12 +2,22 @@
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 from conftest import REPO
 
 from sop_ros.configs import ConfigError
-from sop_ros.sim.experiments import ARMS, SETUP, ExperimentConfig, committed_runs, run_experiment, setup_key
+from sop_ros.sim.experiments import (
+    ARMS,
+    PROBE,
+    SETUP,
+    ExperimentConfig,
+    committed_runs,
+    probe_dir,
+    run_experiment,
+    setup_key,
+)
 
 
 def fleet_run(robots: int, seed: int, success: list[float], episodes: int = 10) -> dict:
@@ -18,7 +28,7 @@ def fleet_run(robots: int, seed: int, success: list[float], episodes: int = 10) 
     curve.append({"minute": 0.5 * (len(success) + 1), "episodes": 1, "success_rate": 0.0,
                   "autonomous_success_rate": 0.0, "interventions_per_episode": 1.0})  # fmt: skip
     return {"robots": robots, "seed": seed, "curve": curve, "learner_steps": 120, "wall_minutes": 5.0,
-            "learner": {"batch_size": 32},
+            "learner": {"batch_size": 32, "publish_every_steps": 100},
             "per_task": {"reach-v3": {"episodes": 10, "autonomous_success_rate": 0.5}}}  # fmt: skip
 
 
@@ -47,6 +57,15 @@ def finished_sweep(tmp_path) -> ExperimentConfig:
             (run / SETUP).write_text(setup_key(config, arms[slug]))
             (run / "fleet_run.json").write_text(json.dumps(fleet_run(int(slug[0]), seed, shifted)))
             (run / "scores.json").write_text(json.dumps(scores([0.1, *shifted])))  # the base at minute 0
+    for name, times, success in (("1 robot", 1, 0.3), ("4 robots", 1, 0.9), ("4 robots", 2, 1.0)):  # made before
+        where = probe_dir(tmp_path / "runs" / "fleet-scaling", name, times)
+        where.mkdir(parents=True)
+        key = setup_key(config, next(a for a in ARMS["fleet-scaling"] if a.name == name))
+        (where / SETUP).write_text(key)
+        (where / PROBE).write_text(json.dumps({
+            "arm": name, "seed": 0, "times_budget": times, "learner_steps": 600 * times, "episodes": 40,
+            "online_success": 0.8 if name == "1 robot" else 1.0, "success": success,
+            "per_task": {"reach-v3": success}, "setup": key}))  # fmt: skip
     return config
 
 
@@ -71,13 +90,16 @@ def test_a_sweep_resumes_past_its_finished_runs_and_reports_them(tmp_path):
     assert "| 4 robots | 2 | 100% ± 0% |" in markdown and "3.5x to 80%" in markdown
     assert "Target (4 robots at least 3x faster than 1 robot to 80%): 3.5x, met." in markdown
     assert "| 1 robot | 10% | 30% | 60% | 70% | 90% |" in markdown  # over simulated time: the seeds' mean
+    # The probes: each comparison with the standard error of a difference of two 10-episode scores.
+    assert "| 4 robots | 0 | 40 | 1200 | 100% | 100% |" in markdown
+    assert "- 4 robots: its budget spent after all its data had come, against online: 90% vs 100% (-10% ± 9%, " \
+           "within the noise of 10 episodes a score)." in markdown
+    assert "store against 1 robot's: 90% vs 30% (+60% ± 17%, beyond the noise" in markdown
     assert (tmp_path / "results" / "fleet-scaling.png").stat().st_size > 0
 
 
 def test_the_committed_reports_runs_count_in_a_sweep_of_the_same_setup_elsewhere(tmp_path, monkeypatch):
     """Another clone, without the runs' directories: the report's runs of the same setup key are done."""
-    import shutil
-
     config = finished_sweep(tmp_path)
     run_experiment(config)
     made = json.loads((tmp_path / "results" / "fleet-scaling.json").read_text())
@@ -87,6 +109,7 @@ def test_the_committed_reports_runs_count_in_a_sweep_of_the_same_setup_elsewhere
     keys = {arm.name: setup_key(config, arm) for arm in ARMS["fleet-scaling"]}
     assert len(committed_runs(config, keys)) == 6
     assert len(committed_runs(dataclasses.replace(config, seeds=(1, 2)), keys)) == 3  # seed 1's only
+    assert again["probes"] == made["probes"] and len(made["probes"]) == 3
     # Other settings, another arm or another base policy's recipe: nothing carried (those runs are made again).
     other = dataclasses.replace(config, eval_episodes_per_task=20)
     assert not committed_runs(other, {arm.name: setup_key(other, arm) for arm in ARMS["fleet-scaling"]})
@@ -154,3 +177,34 @@ def test_the_fleet_scaling_report_says_whether_its_speed_up_target_was_met():
     report["arms"]["4 robots"] = arm(1)
     assert speedup_verdict(report).endswith("not measured: runs that reached 80% within the budget: 1 robot 3/3, "
                                             "4 robots 1/3.")
+
+
+def test_the_probes_retrain_the_first_finished_run_of_their_arm_and_are_not_run_again(tmp_path, monkeypatch):
+    """A sweep whose runs finished but not its probes: each probe trains on its arm's first finished seed's
+    store for the run's budget (or twice it) and is scored; a second sweep runs none."""
+    from sop_ros.learner.episode_store import EpisodeStore
+    from sop_ros.sim import experiments
+
+    config = finished_sweep(tmp_path)
+    out = tmp_path / "runs" / "fleet-scaling"
+    shutil.rmtree(out / "probes")
+    EpisodeStore(out / "4-robots" / "seed0" / "fleet" / "store").close()  # an empty store: 0 episodes
+    trained = []
+
+    def train_offline(learner, fleet_dir, where, steps):
+        trained.append((fleet_dir.parent.parent.name, fleet_dir.parent.name, steps))
+        where.mkdir(parents=True)
+        (where / "policy.pt").write_bytes(b"")
+        return where / "policy.pt"
+
+    monkeypatch.setattr(experiments, "train_offline", train_offline)
+    monkeypatch.setattr("sop_ros.model.export.export_onnx", lambda checkpoint, onnx: onnx.write_bytes(b""))
+    monkeypatch.setattr(experiments, "evaluate_once", lambda config, policy: {
+        "mean_success_rate": 0.5, "tasks": {"reach-v3": {"success_rate": 0.5}}})  # fmt: skip
+    report = run_experiment(config)
+    budget = 2 * 300  # 2 simulated minutes at config/experiment_learner.yaml's 300 steps per simulated minute
+    assert trained == [("1-robot", "seed0", budget), ("4-robots", "seed0", budget), ("4-robots", "seed0", 2 * budget)]
+    one = next(p for p in report["probes"] if p["arm"] == "1 robot")
+    assert (one["seed"], one["online_success"], one["success"]) == (0, 0.8, 0.5)  # seed 0's final score: 0.8
+    run_experiment(config)
+    assert len(trained) == 3

@@ -234,3 +234,23 @@ def test_the_offline_baselines_run_through_the_same_learner(tmp_path, recorded_d
         status = json.loads((tmp_path / name / "status.json").read_text())
         assert (status["step"], status["online_episodes"], status["fleet"]["episodes"]) == (3, online, 4)
         assert status["latest_policy"].endswith("-0000003")
+
+
+def test_with_ema_decay_robots_get_the_moving_average_of_the_weights(tmp_path, recorded_demos):
+    """ema_decay d: the policy published after step 2 is d x (step 1's weights) + (1 - d) x (step 2's); the
+    training itself is the same as without (step 1's weights: those of a one-step run without averaging)."""
+    from sop_ros.learner.online import FINAL_POLICY, STATE
+    from sop_ros.model.vla import load_checkpoint
+
+    runs = {}
+    for name, steps, decay in (("one_step", 1, 0.0), ("averaged", 2, 0.25)):
+        config = learner_yaml(tmp_path, recorded_demos, name=name, max_steps=steps, serve_robots=False,
+                              ema_decay=decay)  # fmt: skip
+        result = run_sop("learner", "--config", config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        runs[name] = load_checkpoint(tmp_path / name / FINAL_POLICY)[0].state_dict()
+    trained = torch.load(tmp_path / "averaged" / STATE, map_location="cpu", weights_only=False)["policy"]
+    weights = [k for k, v in trained.items() if v.is_floating_point() and not torch.equal(v, runs["one_step"][k])]
+    assert weights  # the second step moved them
+    for k in weights:
+        torch.testing.assert_close(runs["averaged"][k], 0.25 * runs["one_step"][k] + 0.75 * trained[k])

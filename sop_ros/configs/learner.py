@@ -94,6 +94,9 @@ class LearnerConfig:
     batch_size: int = 64  # the global batch, split over data-parallel ranks
     learning_rate: float = 1e-4
     weight_decay: float = 1e-4
+    # > 0: robots get an exponential moving average of the weights (this decay per step), not the last step's:
+    # successive policies then differ by many steps' drift rather than one batch's noise.
+    ema_decay: float = 0.0
     publish_every_steps: int = 25
     publish_every_s: float = 0.0  # > 0: also publish on this period
     max_steps: int = 0  # stop after this many learner steps (0: run until stopped)
@@ -122,6 +125,7 @@ class LearnerConfig:
             f"must be >= the number of tasks ({len(self.tasks)}): each batch is split across tasks",
         )
         require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        require(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "must be in [0, 1) (0: off)")
         require(self.demos_per_task >= 0, "demos_per_task", self.demos_per_task, "must be >= 0 (0: all)")
         require(self.publish_every_steps >= 1, "publish_every_steps", self.publish_every_steps, "must be >= 1")
         require(self.publish_every_s >= 0, "publish_every_s", self.publish_every_s, "must be >= 0 (0: off)")

@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn import functional
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sop_ros.configs import ConfigError, to_dict
 from sop_ros.configs.learner import LearnerConfig
@@ -545,6 +546,12 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
                                                      ranks.device.type == "cuda" else None)  # fmt: skip
     parameters = [p for p in module.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    # What the robots get: the weights themselves, or their moving average (from the starting weights on).
+    average = (AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+               if config.ema_decay else None)  # fmt: skip
+    if average is not None and resumed and resumed.get("average"):
+        average.load_state_dict(resumed["average"])
+    served = average.module if average is not None else policy
     shares = OnlineShare(config.tasks, config.sampling)
     step = 0
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -630,6 +637,8 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimiser.step()
+        if average is not None:
+            average.update_parameters(policy)
         # Per (task, source) mean losses over the whole global batch: SOP's w_on, the same on every rank.
         keys = torch.tensor([task_index[rows[i][0]] * 2 + SOURCES.index(rows[i][1]) for i in mine])
         stats = torch.zeros(2, 2 * len(config.tasks), dtype=torch.float64)
@@ -659,8 +668,9 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
                 "step": step, "run_id": run_id, "published": published, "policy": policy.state_dict(),
                 "value": value.state_dict() if value is not None else None, "optimiser": optimiser.state_dict(),
                 "online_share": shares.state_dict(), "config": to_dict(config),
+                "average": average.state_dict() if average is not None else None,
             })  # fmt: skip
-            publisher.publish(policy, version, {"step": float(step), "loss": float(np.mean(window_loss or [0]))})
+            publisher.publish(served, version, {"step": float(step), "loss": float(np.mean(window_loss or [0]))})
             last_publish = time.monotonic()
         if final:
             publisher.wait()  # the last status names the last policy
@@ -692,7 +702,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     if publisher:
         publisher.wait()
         # The last policy as a checkpoint too: a base policy for another run (an offline baseline's deployment).
-        save_checkpoint(out / FINAL_POLICY, policy.cpu().eval(), version=publisher.newest(), tasks=list(config.tasks),
+        save_checkpoint(out / FINAL_POLICY, served.cpu().eval(), version=publisher.newest(), tasks=list(config.tasks),
                         cameras=list(cameras), indicator=publisher.indicator)  # fmt: skip
     loop_s = time.monotonic() - loop_start
     result = {"step": step, "published": list(publisher.published) if publisher else [], "loop_s": loop_s,

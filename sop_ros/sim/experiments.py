@@ -20,6 +20,10 @@ budget" is the score of the run's final policy; "time to X" is the first scoring
 fleet's own episodes give the secondary figures: their success without intervention (the scripted operator takes
 over when it judges the policy failing, so it reads lower than the policy's own score), episodes per simulated
 hour, interventions per episode.
+
+fleet-scaling also runs probes, to show why a fleet did or did not learn faster: a finished run's whole store
+retrained offline from the same base with the run's learner steps, or twice as many, and scored the same way.
+They sit in <out>/<experiment>/probes/ and are carried across clones by setup key, as the runs are.
 """
 
 from __future__ import annotations
@@ -119,17 +123,19 @@ def run_experiment(config: ExperimentConfig, report_only: bool = False) -> dict:
         raise ConfigError(f"{config.learner_yaml}: pace.steps_per_sim_minute must be > 0 (experiments are paced)")
     arms = ARMS[config.experiment]
     keys = {arm.name: setup_key(config, arm) for arm in arms}
-    committed = committed_runs(config, keys)
+    committed, carried_probes = committed_runs(config, keys), committed_probes(config, keys)
     if report_only:
-        return write_report(config, out, keys, committed)
+        return write_report(config, out, keys, committed, carried_probes)
     learner = prepare(Path(config.out) / "shared", learner)  # demonstrations and the base policy, once
     runs = [(arm, seed) for seed in config.seeds for arm in arms]  # seed by seed: every arm has data early
     started = time.monotonic()
     for i, (arm, seed) in enumerate(runs):
+        if run_probes(config, out, keys, learner, carried_probes):
+            write_report(config, out, keys, committed, carried_probes)
         run_dir = out / arm.slug / f"seed{seed}"
         name = f"sop experiment {config.experiment}: [{i + 1}/{len(runs)}] {arm.name}, seed {seed}"
         local = run_setup(run_dir)
-        if local == keys[arm.name] and (run_dir / SCORES).exists():
+        if is_finished(run_dir, keys[arm.name]):
             print(f"{name}: done before")
             continue
         if (arm.name, seed) in committed and local is None:
@@ -144,8 +150,9 @@ def run_experiment(config: ExperimentConfig, report_only: bool = False) -> dict:
             run_arm(config, arm, seed, learner, run_dir)
         print(f"{name}: scoring its policies over simulated time", flush=True)
         score_run(config, run_dir, learner.pace.steps_per_sim_minute)
-        write_report(config, out, keys, committed)
-    return write_report(config, out, keys, committed)
+        write_report(config, out, keys, committed, carried_probes)
+    run_probes(config, out, keys, learner, carried_probes)
+    return write_report(config, out, keys, committed, carried_probes)
 
 
 SETUP = "setup.txt"  # in a run's directory: the setup key it was made with
@@ -170,6 +177,11 @@ def run_setup(run_dir: Path) -> str | None:
     return (run_dir / SETUP).read_text().strip() if (run_dir / SETUP).exists() else None
 
 
+def is_finished(run_dir: Path, key: str) -> bool:
+    """Whether the run in `run_dir` was made with setup `key` and scored."""
+    return run_setup(run_dir) == key and (run_dir / SCORES).exists()
+
+
 def committed_runs(config: ExperimentConfig, keys: dict[str, str]) -> dict[tuple[str, int], dict]:
     """The runs of the report already in `config.results` that match this sweep's arms, seeds and setup keys."""
     path = Path(config.results) / f"{config.experiment}.json"
@@ -189,23 +201,12 @@ def committed_runs(config: ExperimentConfig, keys: dict[str, str]) -> dict[tuple
 
 def run_arm(config: ExperimentConfig, arm: Arm, seed: int, learner: LearnerConfig, run_dir: Path) -> dict:
     """One paced fleet run of `arm` (two for offline HG-DAgger: the collection, then the deployment)."""
-    from sop_ros.learner.online import FINAL_POLICY
-
     learner = arm_learner(arm, learner, Path(config.out) / "shared")
     if arm.offline:  # collect with the base policy for the budget, retrain once on it, deploy the result
         collect = run_dir / "collection"
         fleet(config, dataclasses.replace(learner, publish_every_steps=NEVER), arm.robots, seed, collect)
-        trained = run_dir / "offline_learner"
-        offline = dataclasses.replace(
-            learner, store_dir=str(collect / "store"), serve_robots=False, checkpoint_dir=str(trained),
-            pace=PaceConfig(), max_steps=round(config.sim_minutes * learner.pace.steps_per_sim_minute),
-            publish_every_steps=NEVER, policies=dataclasses.replace(
-                learner.policies, registry_dir=str(trained / "policies"),
-                private_key=str(collect / "keys" / "policy_signing.key")))  # fmt: skip
-        offline_yaml = run_dir / "offline_learner.yaml"  # the same learner budget, on the collection's store
-        offline_yaml.write_text(yaml.safe_dump(to_dict(offline), sort_keys=False))
-        learn_offline(offline_yaml)
-        learner = dataclasses.replace(learner, base_policy=str(trained / FINAL_POLICY), publish_every_steps=NEVER)
+        trained = train_offline(learner, collect, run_dir / "offline_learner", budget_steps(config, learner))
+        learner = dataclasses.replace(learner, base_policy=str(trained), publish_every_steps=NEVER)
     if not arm.algorithm:
         learner = dataclasses.replace(learner, publish_every_steps=NEVER)
     return fleet(config, learner, arm.robots, seed, run_dir, results=True)
@@ -243,6 +244,27 @@ def fleet(config: ExperimentConfig, learner: LearnerConfig, robots: int, seed: i
     return report
 
 
+def budget_steps(config: ExperimentConfig, learner: LearnerConfig) -> int:
+    """A run's learner budget: its steps per simulated minute over the run's simulated minutes."""
+    return round(config.sim_minutes * learner.pace.steps_per_sim_minute)
+
+
+def train_offline(learner: LearnerConfig, fleet_dir: Path, out: Path, steps: int) -> Path:
+    """`learner` trained from its base for `steps` unpaced steps on the finished store of the fleet run in
+    `fleet_dir` (no robots served), into `out`; returns its final policy."""
+    from sop_ros.learner.online import FINAL_POLICY
+
+    offline = dataclasses.replace(
+        learner, store_dir=str(fleet_dir / "store"), serve_robots=False, checkpoint_dir=str(out),
+        pace=PaceConfig(), max_steps=steps, publish_every_steps=NEVER, policies=dataclasses.replace(
+            learner.policies, registry_dir=str(out / "policies"),
+            private_key=str(fleet_dir / "keys" / "policy_signing.key")))  # fmt: skip
+    learner_yaml = out.parent / f"{out.name}.yaml"
+    learner_yaml.write_text(yaml.safe_dump(to_dict(offline), sort_keys=False))
+    learn_offline(learner_yaml)
+    return out / FINAL_POLICY
+
+
 def learn_offline(learner_yaml: Path) -> None:
     import subprocess
     import sys
@@ -251,6 +273,78 @@ def learn_offline(learner_yaml: Path) -> None:
     result = subprocess.run(command, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"offline training with {learner_yaml} failed (exit {result.returncode})")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Probes: why a fleet did (not) learn faster, from a finished run's store retrained offline
+# ---------------------------------------------------------------------------------------------------------
+
+# (arm, times a run's learner budget): the largest fleet's store with the same steps (online, did the learner
+# spend them before the data came?) and twice as many (learner-bound?), the smallest fleet's with the same steps
+# (what the larger fleet's data is worth once the learner has time for it).
+PROBES = {"fleet-scaling": (("1 robot", 1), ("4 robots", 1), ("4 robots", 2))}
+PROBE = "probe.json"  # in <out>/<experiment>/probes/<arm>-x<times>: the probe's result; it is done
+
+
+def probe_dir(out: Path, arm: str, times: int) -> Path:
+    return out / "probes" / f"{Arm(arm).slug}-x{times}"
+
+
+def run_probes(config: ExperimentConfig, out: Path, keys: dict[str, str], learner: LearnerConfig,
+               carried: dict[tuple[str, int], dict]) -> bool:  # fmt: skip
+    """Run every probe of the experiment whose arm has a finished run here and that is not done or carried;
+    whether any ran."""
+    from sop_ros.learner.episode_store import stored_episodes
+    from sop_ros.model.export import export_onnx
+
+    arms, ran = {arm.name: arm for arm in ARMS[config.experiment]}, False
+    for name, times in PROBES.get(config.experiment, ()):
+        where = probe_dir(out, name, times)
+        if (name, times) in carried or run_setup(where) == keys[name] and (where / PROBE).exists():
+            continue
+        finished = [s for s in config.seeds if is_finished(out / arms[name].slug / f"seed{s}", keys[name])]
+        if not finished:
+            continue  # no finished run of this arm here yet
+        seed, run_dir = finished[0], out / arms[name].slug / f"seed{finished[0]}"
+        steps = times * budget_steps(config, learner)
+        print(f"sop experiment {config.experiment}: probe: {name} seed {seed}'s store retrained offline for {steps} "
+              f"learner steps -> {where}", flush=True)  # fmt: skip
+        shutil.rmtree(where, ignore_errors=True)
+        where.mkdir(parents=True)
+        (where / SETUP).write_text(keys[name] + "\n")
+        policy = train_offline(arm_learner(arms[name], learner, Path(config.out) / "shared"), run_dir / "fleet",
+                               where / "learner", steps)  # fmt: skip
+        export_onnx(policy, policy.with_suffix(".onnx"))  # scored as the online runs' policies are: ONNX
+        score = evaluate_once(config, policy.with_suffix(".onnx"))
+        online = json.loads((run_dir / SCORES).read_text())[-1]
+        (where / PROBE).write_text(json.dumps({
+            "arm": name, "seed": seed, "times_budget": times, "learner_steps": steps,
+            "episodes": len(stored_episodes(run_dir / "fleet" / "store")), "online_success": online["success"],
+            "success": score["mean_success_rate"],
+            "per_task": {t: v["success_rate"] for t, v in score["tasks"].items()}, "setup": keys[name],
+        }, indent=2) + "\n")  # fmt: skip
+        ran = True
+    return ran
+
+
+def probes_made(config: ExperimentConfig, out: Path, keys: dict[str, str],
+                carried: dict[tuple[str, int], dict]) -> list[dict]:  # fmt: skip
+    """The experiment's probes done: here with the arm's setup key, else carried from the committed report."""
+    made = []
+    for name, times in PROBES.get(config.experiment, ()):
+        where = probe_dir(out, name, times)
+        if run_setup(where) == keys[name] and (where / PROBE).exists():
+            made.append(json.loads((where / PROBE).read_text()))
+        elif (name, times) in carried:
+            made.append(carried[(name, times)])
+    return made
+
+
+def committed_probes(config: ExperimentConfig, keys: dict[str, str]) -> dict[tuple[str, int], dict]:
+    """The committed report's probes made with this sweep's setup keys."""
+    path = Path(config.results) / f"{config.experiment}.json"
+    probes = json.loads(path.read_text()).get("probes", []) if path.exists() else []
+    return {(p["arm"], p["times_budget"]): p for p in probes if p.get("setup") == keys.get(p["arm"])}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -334,9 +428,11 @@ def run_summary(report: dict, scores: list[dict], config: ExperimentConfig, setu
         "episodes_per_sim_hour": round(episodes / (config.sim_minutes / 60), 1),
         "interventions_per_episode": round(np.mean([p["interventions_per_episode"] for p in curve]), 3),
         "learner_steps": report.get("learner_steps"), "wall_minutes": report["wall_minutes"],
-        # Learner-bound or data-bound: how many training samples the learner drew per episode the fleet brought.
+        # Learner-bound or data-bound: how many training samples the learner drew per episode the fleet brought
+        # (none for a learner that only paces a fleet on its base policy, publishing nothing).
         "samples_per_episode": round((report.get("learner_steps") or 0) * report["learner"]["batch_size"]
-                                     / max(1, episodes), 1),
+                                     / max(1, episodes), 1)
+                               if report["learner"]["publish_every_steps"] < NEVER else None,
         "fleet_curve": [(p["minute"], p["autonomous_success_rate"], p["episodes"]) for p in curve],
         "setup": setup, "machine": made_on,
     }  # fmt: skip
@@ -380,9 +476,9 @@ def speedup(first: dict, arm: dict, threshold: str, budget: float) -> str | None
     return None
 
 
-def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str],
-                 committed: dict[tuple[str, int], dict]) -> dict:  # fmt: skip
-    """The report of this sweep's runs (each seed's: this clone's if made with the arm's setup key, else the
+def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str], committed: dict[tuple[str, int], dict],
+                 carried_probes: dict[tuple[str, int], dict]) -> dict:  # fmt: skip
+    """The report of this sweep's runs and probes (each: this clone's if made with the arm's setup key, else the
     committed report's)."""
     from sop_ros.bench.inference import machine
 
@@ -393,7 +489,7 @@ def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str],
         runs = []
         for seed in config.seeds:
             run_dir = out / arm.slug / f"seed{seed}"
-            if run_setup(run_dir) == keys[arm.name] and (run_dir / SCORES).exists():
+            if is_finished(run_dir, keys[arm.name]):
                 report, scores = (json.loads((run_dir / name).read_text()) for name in ("fleet_run.json", SCORES))
                 runs.append(run_summary(report, scores, config, keys[arm.name], made_on))
             elif (arm.name, seed) in committed:
@@ -403,7 +499,7 @@ def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str],
     for summary in arms.values():  # speed-up to each threshold over the first arm (1 robot, smallest, baseline)
         summary["speedup"] = {t: speedup(first, summary, t, config.sim_minutes) for t in summary["minutes_to"]}
     report = {"experiment": config.experiment, "config": dataclasses.asdict(config), "arms": arms,
-              "machine": host}  # fmt: skip
+              "probes": probes_made(config, out, keys, carried_probes), "machine": host}  # fmt: skip
     results = Path(config.results)
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{config.experiment}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -452,7 +548,7 @@ def _mean_curve(curves: list[list]) -> tuple[list[float], np.ndarray, np.ndarray
 def _cell(s: dict, percent: bool = True) -> str:
     if s["mean"] is None:
         return "-"
-    return f"{s['mean']:.0%} ± {s['std']:.0%}" if percent else f"{s['mean']:g} ± {s['std']:g}"
+    return f"{s['mean']:.0%} ± {s['std']:.0%}" if percent else f"{s['mean']:.4g} ± {s['std']:.3g}"
 
 
 SPEEDUP_TARGET = {"fleet-scaling": ("4 robots", "0.8", 3.0)}  # arm, threshold, times faster than the first arm
@@ -472,6 +568,41 @@ def speedup_verdict(report: dict) -> str:
     met = float(value.lstrip(">")) >= target
     bound = " (a lower bound: the first arm never reached it)" if value.startswith(">") else ""
     return f"Target ({goal}): {value}x{bound}, {'met' if met else 'missed'}."
+
+
+def probe_lines(report: dict) -> list[str]:
+    """The probes' table and what each comparison shows, beyond the scores' noise or within it."""
+    probes = {(p["arm"], p["times_budget"]): p for p in report.get("probes", [])}
+    if not probes:
+        return []
+    c = report["config"]
+    episodes = c["eval_episodes_per_task"] * max(len(p["per_task"]) for p in probes.values())
+    lines = ["", "Why: is the learner or the data the limit? A finished run's whole store (demonstrations mixed in, "
+             "as online) retrained offline from the same base with the run's learner steps or twice as many, "
+             "scored by `sop eval` as above:", "",
+             "| store of | seed | episodes | learner steps | online, at the budget | offline, after all its data |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for p in probes.values():
+        lines.append(f"| {p['arm']} | {p['seed']} | {p['episodes']} | {p['learner_steps']} | "
+                     f"{p['online_success']:.0%} | {p['success']:.0%} |")  # fmt: skip
+
+    def compare(a: float, b: float) -> str:  # a - b, with the standard error of a difference of two scores
+        se = ((a * (1 - a) + b * (1 - b)) / episodes) ** 0.5
+        noise = "beyond" if abs(a - b) > 2 * se else "within"
+        return f"{a:.0%} vs {b:.0%} ({a - b:+.0%} ± {se:.0%}, {noise} the noise of {episodes} episodes a score)"
+
+    (small, _), (large, _), _ = PROBES[report["experiment"]]
+    small_store, same, double = probes.get((small, 1)), probes.get((large, 1)), probes.get((large, 2))
+    if same:
+        lines.append(f"\n- {large}: its budget spent after all its data had come, against online: "
+                     + compare(same["success"], same["online_success"]) + ".")  # fmt: skip
+    if same and double:
+        lines.append(f"- {large}: twice the learner steps on the same store: "
+                     + compare(double["success"], same["success"]) + ".")  # fmt: skip
+    if same and small_store:
+        lines.append(f"- The same learner steps on {large}' store against {small}'s: "
+                     + compare(same["success"], small_store["success"]) + ".")  # fmt: skip
+    return lines
 
 
 def markdown(report: dict) -> str:
@@ -506,6 +637,7 @@ def markdown(report: dict) -> str:
                      f" | {_cell(arm['samples_per_episode'], False)} |")  # fmt: skip
     if report["experiment"] in SPEEDUP_TARGET:
         lines += ["", speedup_verdict(report)]
+    lines += probe_lines(report)
     minutes = sorted({p[0] for arm in report["arms"].values() for run in arm["runs"] for p in run["scores"]})
     lines += ["", "Success over simulated time (`sop eval` of the learner's policy, mean over seeds; minute 0: the "
               "base policy):", "", "| arm | " + " | ".join(f"{m:g} min" for m in minutes) + " |",
