@@ -3,6 +3,7 @@ itself when the fleet has simulated its span, with the learner's budget spent ex
 
 import json
 
+import pytest
 import yaml
 from conftest import DEMO_TASKS, REPO
 from test_learner import learner_yaml, run_sop
@@ -11,6 +12,8 @@ from sop_ros.learner.episode_store import stored_episodes
 from sop_ros.sim.demo import hot_swaps, short_version
 
 
+# Two whole runs of the loop, ~2.5 minutes each on two cores: more than the suite's default per-test bound.
+@pytest.mark.timeout(900)
 def test_a_paced_fleet_run_spends_its_learner_budget_and_the_robot_takes_new_policies(tmp_path, recorded_demos):
     base = tmp_path / "base.pt"
     pretrained = run_sop("pretrain", "--demos", str(recorded_demos), "--out", str(base), "--steps", "2",
