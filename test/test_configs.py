@@ -52,6 +52,8 @@ def test_shipped_learner_config_is_valid():
         ({"robot": {"id": "r"}, "nodes": {}}, "nodes={}: must start at least one node"),
         ({"robot": {"id": "r"}, "nodes": {"sim_robot": {}}}, "robot.use_sim_time=False: must be true"),
         (robot(sim_robot={"task": "push-v3"}, scripted_operator={"task": "reach-v3"}), "must equal sim_robot.task"),
+        (robot(sim_robot={"step_mode": "lockstep", "lockstep_timeout_s": 10}, policy={"scheduled_policy_wait_s": 10}),
+         "policy.scheduled_policy_wait_s=10.0: must be < sim_robot.lockstep_timeout_s (10)"),
     ],
 )
 def test_robot_config_errors_name_key_value_and_rule(data, message):

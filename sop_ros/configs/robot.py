@@ -324,6 +324,12 @@ class NodesConfig:
                 f"must equal sim_robot.task ({self.sim_robot.task!r})",
             )
 
+        if self.sim_robot and self.policy and self.sim_robot.step_mode == "lockstep":
+            # The policy must give up on a late scheduled policy before the simulator gives up on the policy:
+            # else the simulator steps on a hold, and the result depends on how fast the host is.
+            require(self.policy.scheduled_policy_wait_s < self.sim_robot.lockstep_timeout_s,
+                    "policy.scheduled_policy_wait_s", self.policy.scheduled_policy_wait_s,
+                    f"must be < sim_robot.lockstep_timeout_s ({self.sim_robot.lockstep_timeout_s:g})")  # fmt: skip
         if self.bridge and self.recorder:
             require(self.bridge.outbox_dir == self.recorder.output_dir, "bridge.outbox_dir", self.bridge.outbox_dir,
                     f"must equal recorder.output_dir ({self.recorder.output_dir!r}): its outbox")  # fmt: skip
