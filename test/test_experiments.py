@@ -10,6 +10,7 @@ from conftest import REPO
 from sop_ros.configs import ConfigError
 from sop_ros.sim.experiments import (
     ARMS,
+    NEVER,
     PROBE,
     SETUP,
     ExperimentConfig,
@@ -158,10 +159,17 @@ def test_a_run_is_scored_by_the_policy_the_learner_had_made_at_each_time(tmp_pat
         cached.mkdir(parents=True)  # scored before: `sop eval` is not run again (no ROS needed here)
         (cached / "eval.json").write_text(json.dumps({"mean_success_rate": 0.25 * i, "tasks": {
             "reach-v3": {"success_rate": 0.25 * i}}}))  # fmt: skip
+    fleet_run = tmp_path / "run" / "fleet_run.json"
+    fleet_run.write_text(json.dumps({"learner": {"publish_every_steps": 300}}))
     points = score_run(config, tmp_path / "run", steps_per_sim_minute=300)
     assert [(p["minute"], p["version"], p["success"]) for p in points] == [
         (0.0, "base", 0.0), (1.0, "sop-r-0000300", 0.25), (2.0, "sop-r-0000600", 0.5), (2.5, "sop-r-0000600", 0.5)]
     assert json.loads((tmp_path / "run" / "scores.json").read_text()) == points
+    # A learner that publishes nothing (pretrained only, offline HG-DAgger's deployment) still checkpoints a final
+    # policy when it stops; its robots never ran it, so every point is the policy they started on.
+    fleet_run.write_text(json.dumps({"learner": {"publish_every_steps": NEVER}}))
+    points = score_run(config, tmp_path / "run", steps_per_sim_minute=300)
+    assert {(p["version"], p["success"]) for p in points} == {("base", 0.0)}
 
 
 def test_the_fleet_scaling_report_says_whether_its_speed_up_target_was_met():
@@ -177,6 +185,28 @@ def test_the_fleet_scaling_report_says_whether_its_speed_up_target_was_met():
     report["arms"]["4 robots"] = arm(1)
     assert speedup_verdict(report).endswith("not measured: runs that reached 80% within the budget: 1 robot 3/3, "
                                             "4 robots 1/3.")
+
+
+def test_the_pretrain_scale_report_tests_the_published_claim_against_the_noise():
+    """Online experience on the smallest pretraining against the largest one's base policy: 3 seeds x 10 episodes
+    x 1 task a side at the budget, one score (10 episodes) for a base policy, the same in every seed."""
+    from sop_ros.sim.experiments import claim_lines
+
+    def arm(base: float, budget: list[float]) -> dict:
+        return {"runs": [{"scores": [(0.0, base, "b"), (6.0, s, "v")], "per_task_at_budget": {"reach-v3": s}}
+                         for s in budget]}  # fmt: skip
+
+    report = {"experiment": "pretrain-scale", "config": {"eval_episodes_per_task": 10},
+              "arms": {"2 demos per task": arm(0.2, [0.8, 0.9, 1.0]), "5 demos per task": {"runs": []},
+                       "10 demos per task": arm(0.5, [0.9, 0.9, 0.9])}}  # fmt: skip
+    first, second = claim_lines(report)[3:]
+    assert first == ("- online experience beats 5x more pretraining data (published: 4x): holds. 2 demos per task "
+                     "at the budget vs 10 demos per task its base policy, before any online training: 90% vs 50% "
+                     "(+40% ± 17%, beyond the noise of 30 and 10 episodes).")  # fmt: skip
+    assert second.startswith("- more pretraining still helps after the same online budget: not shown.")
+    assert "90% vs 90% (+0% ± 8%, within" in second
+    report["arms"]["2 demos per task"]["runs"] = []
+    assert claim_lines(report) == []  # no claim without runs of both its arms
 
 
 def test_the_probes_retrain_the_first_finished_run_of_their_arm_and_are_not_run_again(tmp_path, monkeypatch):

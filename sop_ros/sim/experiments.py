@@ -368,13 +368,16 @@ def policies_made(registry_dir: Path) -> list[tuple[int, str]]:
 
 
 def score_run(config: ExperimentConfig, run_dir: Path, steps_per_sim_minute: float) -> list[dict]:
-    """The run's policy at each of `config.eval_minutes`: the newest the learner had made by then, scored."""
+    """The run's policy at each of `config.eval_minutes`: the newest the learner had made by then, scored; for a
+    learner that publishes nothing to its robots, the policy they started on (its final checkpoint never ran)."""
     from sop_ros.sim.pace import scheduled_policy
 
     registry = run_dir / "fleet" / "policies"
     made = policies_made(registry)
     if not made:
         raise RuntimeError(f"{registry}: no published policy to score")
+    if json.loads((run_dir / "fleet_run.json").read_text())["learner"]["publish_every_steps"] >= NEVER:
+        made = made[:1]
     points = []
     for minute in config.eval_minutes:
         version = scheduled_policy(made, int(minute * steps_per_sim_minute + 1e-9))
@@ -570,6 +573,54 @@ def speedup_verdict(report: dict) -> str:
     return f"Target ({goal}): {value}x{bound}, {'met' if met else 'missed'}."
 
 
+def compare_scores(a: float, b: float, episodes_a: int, episodes_b: int, noise_of: str) -> str:
+    """a - b, with the binomial standard error of a difference of two success rates over so many episodes."""
+    se = (a * (1 - a) / episodes_a + b * (1 - b) / episodes_b) ** 0.5
+    noise = "beyond" if abs(a - b) > 2 * se else "within"
+    return f"{a:.0%} vs {b:.0%} ({a - b:+.0%} ± {se:.0%}, {noise} {noise_of})"
+
+
+# The published system's claims each experiment tests: (arm a, at the budget or at minute 0; arm b, ...; the claim).
+CLAIMS = {
+    "pretrain-scale": (
+        (("2 demos per task", "budget"), ("10 demos per task", "base"),
+         "online experience beats 5x more pretraining data (published: 4x)"),
+        (("10 demos per task", "budget"), ("2 demos per task", "budget"),
+         "more pretraining still helps after the same online budget"),
+    ),
+    "algorithms": (
+        (("SOP + HG-DAgger", "budget"), ("offline HG-DAgger", "budget"),
+         "online beats offline HG-DAgger on the same budget of experience"),
+        (("SOP + HG-DAgger", "budget"), ("pretrained only", "budget"), "SOP + HG-DAgger improves on the base policy"),
+        (("SOP + RECAP", "budget"), ("pretrained only", "budget"), "SOP + RECAP improves on the base policy"),
+        (("SOP + RECAP", "budget"), ("SOP + HG-DAgger", "budget"), "RECAP beats HG-DAgger online"),
+    ),
+}
+
+
+def claim_lines(report: dict) -> list[str]:
+    """Each claim of the experiment against its runs: the two arms' mean scores over seeds, and whether their
+    difference is beyond the scores' noise (over every seed's evaluation episodes; a base policy, the same in
+    every seed, is one score)."""
+    c, arms = report["config"], report["arms"]
+    lines = []
+    for (a, when_a), (b, when_b), claim in CLAIMS.get(report["experiment"], ()):
+        if not arms[a]["runs"] or not arms[b]["runs"]:
+            continue
+        score, episodes = {}, {}
+        for name, when in ((a, when_a), (b, when_b)):
+            runs = arms[name]["runs"]
+            score[name] = float(np.mean([r["scores"][-1 if when == "budget" else 0][1] for r in runs]))
+            scores = len(runs) if when == "budget" else 1
+            episodes[name] = c["eval_episodes_per_task"] * len(runs[0]["per_task_at_budget"]) * scores
+        label = {"budget": "at the budget", "base": "its base policy, before any online training"}
+        verdict = compare_scores(score[a], score[b], episodes[a], episodes[b],
+                                 f"the noise of {episodes[a]} and {episodes[b]} episodes")  # fmt: skip
+        holds = "holds" if score[a] > score[b] and "beyond" in verdict else "not shown"
+        lines.append(f"- {claim}: {holds}. {a} {label[when_a]} vs {b} {label[when_b]}: {verdict}.")
+    return ["", "The published system's claims, tested (mean over seeds):", "", *lines] if lines else []
+
+
 def probe_lines(report: dict) -> list[str]:
     """The probes' table and what each comparison shows, beyond the scores' noise or within it."""
     probes = {(p["arm"], p["times_budget"]): p for p in report.get("probes", [])}
@@ -586,10 +637,8 @@ def probe_lines(report: dict) -> list[str]:
         lines.append(f"| {p['arm']} | {p['seed']} | {p['episodes']} | {p['learner_steps']} | "
                      f"{p['online_success']:.0%} | {p['success']:.0%} |")  # fmt: skip
 
-    def compare(a: float, b: float) -> str:  # a - b, with the standard error of a difference of two scores
-        se = ((a * (1 - a) + b * (1 - b)) / episodes) ** 0.5
-        noise = "beyond" if abs(a - b) > 2 * se else "within"
-        return f"{a:.0%} vs {b:.0%} ({a - b:+.0%} ± {se:.0%}, {noise} the noise of {episodes} episodes a score)"
+    def compare(a: float, b: float) -> str:
+        return compare_scores(a, b, episodes, episodes, f"the noise of {episodes} episodes a score")
 
     (small, _), (large, _), _ = PROBES[report["experiment"]]
     small_store, same, double = probes.get((small, 1)), probes.get((large, 1)), probes.get((large, 2))
@@ -637,6 +686,7 @@ def markdown(report: dict) -> str:
                      f" | {_cell(arm['samples_per_episode'], False)} |")  # fmt: skip
     if report["experiment"] in SPEEDUP_TARGET:
         lines += ["", speedup_verdict(report)]
+    lines += claim_lines(report)
     lines += probe_lines(report)
     minutes = sorted({p[0] for arm in report["arms"].values() for run in arm["runs"] for p in run["scores"]})
     lines += ["", "Success over simulated time (`sop eval` of the learner's policy, mean over seeds; minute 0: the "
