@@ -187,6 +187,17 @@ def test_the_fleet_scaling_report_says_whether_its_speed_up_target_was_met():
                                             "4 robots 1/3.")
 
 
+def test_learner_samples_per_episode_count_the_training_that_made_the_deployed_policy():
+    from sop_ros.sim.experiments import samples_per_episode
+
+    online = fleet_run(2, 0, [0.5])  # 120 learner steps of batch 32
+    assert samples_per_episode(online, episodes=40) == 96.0
+    assert samples_per_episode(online | {"learner": {"batch_size": 32, "publish_every_steps": NEVER}}, 40) is None
+    offline = online | {"learner": {"batch_size": 32, "publish_every_steps": NEVER},
+                        "offline_training": {"learner_steps": 600, "episodes": 60}}  # fmt: skip
+    assert samples_per_episode(offline, episodes=40) == 320.0  # per episode collected, not deployed
+
+
 def test_the_pretrain_scale_report_tests_the_published_claim_against_the_noise():
     """Online experience on the smallest pretraining against the largest one's base policy: 3 seeds x 10 episodes
     x 1 task a side at the budget, one score (10 episodes) for a base policy, the same in every seed."""

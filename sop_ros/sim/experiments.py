@@ -201,15 +201,17 @@ def committed_runs(config: ExperimentConfig, keys: dict[str, str]) -> dict[tuple
 
 def run_arm(config: ExperimentConfig, arm: Arm, seed: int, learner: LearnerConfig, run_dir: Path) -> dict:
     """One paced fleet run of `arm` (two for offline HG-DAgger: the collection, then the deployment)."""
-    learner = arm_learner(arm, learner, Path(config.out) / "shared")
+    learner, offline = arm_learner(arm, learner, Path(config.out) / "shared"), None
     if arm.offline:  # collect with the base policy for the budget, retrain once on it, deploy the result
         collect = run_dir / "collection"
-        fleet(config, dataclasses.replace(learner, publish_every_steps=NEVER), arm.robots, seed, collect)
-        trained = train_offline(learner, collect, run_dir / "offline_learner", budget_steps(config, learner))
+        collected = fleet(config, dataclasses.replace(learner, publish_every_steps=NEVER), arm.robots, seed, collect)
+        steps = budget_steps(config, learner)
+        trained = train_offline(learner, collect, run_dir / "offline_learner", steps)
         learner = dataclasses.replace(learner, base_policy=str(trained), publish_every_steps=NEVER)
+        offline = {"learner_steps": steps, "episodes": collected["episodes"]}
     if not arm.algorithm:
         learner = dataclasses.replace(learner, publish_every_steps=NEVER)
-    return fleet(config, learner, arm.robots, seed, run_dir, results=True)
+    return fleet(config, learner, arm.robots, seed, run_dir, results=True, offline_training=offline)
 
 
 def arm_learner(arm: Arm, learner: LearnerConfig, shared: Path) -> LearnerConfig:
@@ -227,8 +229,9 @@ def arm_learner(arm: Arm, learner: LearnerConfig, shared: Path) -> LearnerConfig
 
 
 def fleet(config: ExperimentConfig, learner: LearnerConfig, robots: int, seed: int, run_dir: Path,
-          results: bool = False) -> dict:  # fmt: skip
-    """A paced `sop fleet run`; with `results` its fleet_run.json marks the run done."""
+          results: bool = False, offline_training: dict | None = None) -> dict:  # fmt: skip
+    """A paced `sop fleet run`; with `results` its fleet_run.json marks the run done (with `offline_training`: the
+    learner steps and collected episodes that made the policy it deployed)."""
     from sop_ros.sim.online_fleet import run
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -239,6 +242,8 @@ def fleet(config: ExperimentConfig, learner: LearnerConfig, robots: int, seed: i
                  config.bin_minutes, sim_minutes=config.sim_minutes, seed=seed)  # fmt: skip
     if report["sim_minutes"] is None or not report["episodes"]:
         raise RuntimeError(f"{work}: the run recorded no episodes (see its logs/)")
+    if offline_training:
+        report["offline_training"] = offline_training
     if results:
         (run_dir / "fleet_run.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
@@ -431,14 +436,21 @@ def run_summary(report: dict, scores: list[dict], config: ExperimentConfig, setu
         "episodes_per_sim_hour": round(episodes / (config.sim_minutes / 60), 1),
         "interventions_per_episode": round(np.mean([p["interventions_per_episode"] for p in curve]), 3),
         "learner_steps": report.get("learner_steps"), "wall_minutes": report["wall_minutes"],
-        # Learner-bound or data-bound: how many training samples the learner drew per episode the fleet brought
-        # (none for a learner that only paces a fleet on its base policy, publishing nothing).
-        "samples_per_episode": round((report.get("learner_steps") or 0) * report["learner"]["batch_size"]
-                                     / max(1, episodes), 1)
-                               if report["learner"]["publish_every_steps"] < NEVER else None,
+        "samples_per_episode": samples_per_episode(report, episodes),
         "fleet_curve": [(p["minute"], p["autonomous_success_rate"], p["episodes"]) for p in curve],
         "setup": setup, "machine": made_on,
     }  # fmt: skip
+
+
+def samples_per_episode(report: dict, episodes: int) -> float | None:
+    """Learner-bound or data-bound: the training samples the learner drew per episode the fleet brought (offline
+    HG-DAgger: per episode of its collection; none for a learner that publishes nothing to its robots)."""
+    batch, offline = report["learner"]["batch_size"], report.get("offline_training")
+    if offline:
+        return round(offline["learner_steps"] * batch / max(1, offline["episodes"]), 1)
+    if report["learner"]["publish_every_steps"] >= NEVER:
+        return None
+    return round((report.get("learner_steps") or 0) * batch / max(1, episodes), 1)
 
 
 def spread(values: list) -> dict:
