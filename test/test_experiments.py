@@ -200,12 +200,12 @@ def test_learner_samples_per_episode_count_the_training_that_made_the_deployed_p
 
 def test_the_pretrain_scale_report_tests_the_published_claim_against_the_noise():
     """Online experience on the smallest pretraining against the largest one's base policy: 3 seeds x 10 episodes
-    x 1 task a side at the budget, one score (10 episodes) for a base policy, the same in every seed."""
+    x 1 task at the budget (three policies), one score of 10 episodes for the base policy every seed shares."""
     from sop_ros.sim.experiments import claim_lines
 
     def arm(base: float, budget: list[float]) -> dict:
-        return {"runs": [{"scores": [(0.0, base, "b"), (6.0, s, "v")], "per_task_at_budget": {"reach-v3": s}}
-                         for s in budget]}  # fmt: skip
+        return {"runs": [{"scores": [(0.0, base, "b"), (6.0, s, f"v{i}")], "per_task_at_budget": {"reach-v3": s}}
+                         for i, s in enumerate(budget)]}  # fmt: skip
 
     report = {"experiment": "pretrain-scale", "config": {"eval_episodes_per_task": 10},
               "arms": {"2 demos per task": arm(0.2, [0.8, 0.9, 1.0]), "5 demos per task": {"runs": []},

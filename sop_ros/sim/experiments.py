@@ -612,8 +612,8 @@ CLAIMS = {
 
 def claim_lines(report: dict) -> list[str]:
     """Each claim of the experiment against its runs: the two arms' mean scores over seeds, and whether their
-    difference is beyond the scores' noise (over every seed's evaluation episodes; a base policy, the same in
-    every seed, is one score)."""
+    difference is beyond the scores' noise (over the evaluation episodes of every distinct policy scored: a base
+    policy, the same in every seed, is one score)."""
     c, arms = report["config"], report["arms"]
     lines = []
     for (a, when_a), (b, when_b), claim in CLAIMS.get(report["experiment"], ()):
@@ -622,9 +622,10 @@ def claim_lines(report: dict) -> list[str]:
         score, episodes = {}, {}
         for name, when in ((a, when_a), (b, when_b)):
             runs = arms[name]["runs"]
-            score[name] = float(np.mean([r["scores"][-1 if when == "budget" else 0][1] for r in runs]))
-            scores = len(runs) if when == "budget" else 1
-            episodes[name] = c["eval_episodes_per_task"] * len(runs[0]["per_task_at_budget"]) * scores
+            points = [r["scores"][-1 if when == "budget" else 0] for r in runs]  # (minute, success, version)
+            score[name] = float(np.mean([p[1] for p in points]))
+            policies = len({p[2] for p in points})
+            episodes[name] = c["eval_episodes_per_task"] * len(runs[0]["per_task_at_budget"]) * policies
         label = {"budget": "at the budget", "base": "its base policy, before any online training"}
         verdict = compare_scores(score[a], score[b], episodes[a], episodes[b],
                                  f"the noise of {episodes[a]} and {episodes[b]} episodes")  # fmt: skip
