@@ -372,6 +372,11 @@ def policies_made(registry_dir: Path) -> list[tuple[int, str]]:
     return made
 
 
+def publishes_nothing(report: dict) -> bool:
+    """Whether the learner of the fleet run in `report` sent its robots no policy: they ran the one they started on."""
+    return report["learner"]["publish_every_steps"] >= NEVER
+
+
 def score_run(config: ExperimentConfig, run_dir: Path, steps_per_sim_minute: float) -> list[dict]:
     """The run's policy at each of `config.eval_minutes`: the newest the learner had made by then, scored; for a
     learner that publishes nothing to its robots, the policy they started on (its final checkpoint never ran)."""
@@ -381,7 +386,7 @@ def score_run(config: ExperimentConfig, run_dir: Path, steps_per_sim_minute: flo
     made = policies_made(registry)
     if not made:
         raise RuntimeError(f"{registry}: no published policy to score")
-    if json.loads((run_dir / "fleet_run.json").read_text())["learner"]["publish_every_steps"] >= NEVER:
+    if publishes_nothing(json.loads((run_dir / "fleet_run.json").read_text())):
         made = made[:1]
     points = []
     for minute in config.eval_minutes:
@@ -448,7 +453,7 @@ def samples_per_episode(report: dict, episodes: int) -> float | None:
     batch, offline = report["learner"]["batch_size"], report.get("offline_training")
     if offline:
         return round(offline["learner_steps"] * batch / max(1, offline["episodes"]), 1)
-    if report["learner"]["publish_every_steps"] >= NEVER:
+    if publishes_nothing(report):
         return None
     return round((report.get("learner_steps") or 0) * batch / max(1, episodes), 1)
 
@@ -585,11 +590,13 @@ def speedup_verdict(report: dict) -> str:
     return f"Target ({goal}): {value}x{bound}, {'met' if met else 'missed'}."
 
 
-def compare_scores(a: float, b: float, episodes_a: int, episodes_b: int, noise_of: str) -> str:
-    """a - b, with the binomial standard error of a difference of two success rates over so many episodes."""
+def compare_scores(a: float, b: float, episodes_a: int, episodes_b: int, noise_of: str) -> tuple[str, bool]:
+    """a - b, with the binomial standard error of a difference of two success rates over so many episodes; and
+    whether the difference is beyond the noise (two standard errors)."""
     se = (a * (1 - a) / episodes_a + b * (1 - b) / episodes_b) ** 0.5
-    noise = "beyond" if abs(a - b) > 2 * se else "within"
-    return f"{a:.0%} vs {b:.0%} ({a - b:+.0%} ± {se:.0%}, {noise} {noise_of})"
+    beyond = abs(a - b) > 2 * se
+    noise = "beyond" if beyond else "within"
+    return f"{a:.0%} vs {b:.0%} ({a - b:+.0%} ± {se:.0%}, {noise} {noise_of})", beyond
 
 
 # The published system's claims each experiment tests: (arm a, at the budget or at minute 0; arm b, ...; the claim).
@@ -615,6 +622,7 @@ def claim_lines(report: dict) -> list[str]:
     difference is beyond the scores' noise (over the evaluation episodes of every distinct policy scored: a base
     policy, the same in every seed, is one score)."""
     c, arms = report["config"], report["arms"]
+    label = {"budget": "at the budget", "base": "its base policy, before any online training"}
     lines = []
     for (a, when_a), (b, when_b), claim in CLAIMS.get(report["experiment"], ()):
         if not arms[a]["runs"] or not arms[b]["runs"]:
@@ -626,10 +634,9 @@ def claim_lines(report: dict) -> list[str]:
             score[name] = float(np.mean([p[1] for p in points]))
             policies = len({p[2] for p in points})
             episodes[name] = c["eval_episodes_per_task"] * len(runs[0]["per_task_at_budget"]) * policies
-        label = {"budget": "at the budget", "base": "its base policy, before any online training"}
-        verdict = compare_scores(score[a], score[b], episodes[a], episodes[b],
-                                 f"the noise of {episodes[a]} and {episodes[b]} episodes")  # fmt: skip
-        holds = "holds" if score[a] > score[b] and "beyond" in verdict else "not shown"
+        verdict, beyond = compare_scores(score[a], score[b], episodes[a], episodes[b],
+                                         f"the noise of {episodes[a]} and {episodes[b]} episodes")  # fmt: skip
+        holds = "holds" if score[a] > score[b] and beyond else "not shown"
         lines.append(f"- {claim}: {holds}. {a} {label[when_a]} vs {b} {label[when_b]}: {verdict}.")
     return ["", "The published system's claims, tested (mean over seeds):", "", *lines] if lines else []
 
@@ -651,7 +658,7 @@ def probe_lines(report: dict) -> list[str]:
                      f"{p['online_success']:.0%} | {p['success']:.0%} |")  # fmt: skip
 
     def compare(a: float, b: float) -> str:
-        return compare_scores(a, b, episodes, episodes, f"the noise of {episodes} episodes a score")
+        return compare_scores(a, b, episodes, episodes, f"the noise of {episodes} episodes a score")[0]
 
     (small, _), (large, _), _ = PROBES[report["experiment"]]
     small_store, same, double = probes.get((small, 1)), probes.get((large, 1)), probes.get((large, 2))
