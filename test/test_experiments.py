@@ -91,6 +91,7 @@ def test_a_sweep_resumes_past_its_finished_runs_and_reports_them(tmp_path):
     assert "| 4 robots | 2 | 100% ± 0% |" in markdown and "3.5x to 80%" in markdown
     assert "Target (4 robots at least 3x faster than 1 robot to 80%): 3.5x, met." in markdown
     assert "| 1 robot | 10% | 30% | 60% | 70% | 90% |" in markdown  # over simulated time: the seeds' mean
+    assert "| 4 robots | 1 | 10% | 100% | 100% | 100% | 100% | 40 | 0.00 | 96 | 5.0 |" in markdown  # run by run
     # The probes: each comparison with the standard error of a difference of two 10-episode scores.
     assert "| 4 robots | 0 | 40 | 1200 | 100% | 100% |" in markdown
     assert "- 4 robots: its budget spent after all its data had come, against online: 90% vs 100% (-10% ± 9%, " \

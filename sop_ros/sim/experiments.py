@@ -716,6 +716,7 @@ def markdown(report: dict) -> str:
         if arm["runs"]:
             at = dict(zip(*_mean_curve([run["scores"] for run in arm["runs"]])[:2], strict=True))
             lines.append(f"| {name} | " + " | ".join(f"{at[m]:.0%}" if m in at else "-" for m in minutes) + " |")
+    lines += run_lines(report, minutes)
     tasks = sorted({t for arm in report["arms"].values() for t in arm["per_task_at_budget"]})
     lines += ["", "Success at the budget per task (`sop eval`, mean ± std over seeds):", "",
               "| arm | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]  # fmt: skip
@@ -724,3 +725,18 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"![success over simulated time]({report['experiment']}.png)", ""]
     return "\n".join(lines)
+
+
+def run_lines(report: dict, minutes: list[float]) -> list[str]:
+    """Run by run: the spread behind each mean, and what each run cost on the machine that made it."""
+    lines = ["", "Run by run (`sop eval` of the learner's policy at each simulated minute):", "",
+             "| arm | seed | " + " | ".join(f"{m:g} min" for m in minutes) + " | episodes | interventions / episode | "
+             "learner samples / episode | wall min |", "|---|---|" + "---|" * (len(minutes) + 4)]  # fmt: skip
+    for name, arm in report["arms"].items():
+        for run in arm["runs"]:
+            at = {p[0]: p[1] for p in run["scores"]}
+            samples = "-" if run["samples_per_episode"] is None else f"{run['samples_per_episode']:.0f}"
+            scored = " | ".join(f"{at[m]:.0%}" if m in at else "-" for m in minutes)
+            lines.append(f"| {name} | {run['seed']} | {scored} | {run['episodes']} | "
+                         f"{run['interventions_per_episode']:.2f} | {samples} | {run['wall_minutes']:.1f} |")
+    return lines
