@@ -250,3 +250,42 @@ def test_the_probes_retrain_the_first_finished_run_of_their_arm_and_are_not_run_
     assert (one["seed"], one["online_success"], one["success"]) == (0, 0.8, 0.5)  # seed 0's final score: 0.8
     run_experiment(config)
     assert len(trained) == 3
+
+
+def test_offline_hg_dagger_trains_on_the_base_policys_run_of_the_same_seed_when_there_is_one(tmp_path, monkeypatch):
+    """Its collection is the fleet on the base policy for the budget: the pretrained-only run of that seed, when
+    this sweep made it with its own setup; otherwise it is collected again."""
+    from sop_ros.configs import load_config
+    from sop_ros.configs.learner import LearnerConfig
+    from sop_ros.sim import experiments
+
+    config = ExperimentConfig("algorithms", seeds=(0, 1), sim_minutes=2.0, final_minutes=1.0,
+                              learner_yaml=str(REPO / "config" / "experiment_learner.yaml"),
+                              out=str(tmp_path / "runs"), results=str(tmp_path / "results"))  # fmt: skip
+    base_only, offline = ARMS["algorithms"][0], ARMS["algorithms"][1]
+    made = tmp_path / "runs" / "algorithms" / base_only.slug / "seed0"
+    made.mkdir(parents=True)
+    (made / SETUP).write_text(setup_key(config, base_only) + "\n")
+    (made / "fleet_run.json").write_text(json.dumps({"episodes": 40}))
+    fleets, trained = [], []
+
+    def fleet(config, learner, robots, seed, run_dir, results=False, offline_training=None):
+        fleets.append((run_dir.name, learner.publish_every_steps, offline_training))
+        return {"episodes": 30}
+
+    def train_offline(learner, fleet_dir, out, steps):
+        trained.append(fleet_dir.relative_to(tmp_path / "runs" / "algorithms"))
+        return out / "policy.pt"
+
+    monkeypatch.setattr(experiments, "fleet", fleet)
+    monkeypatch.setattr(experiments, "train_offline", train_offline)
+    learner = load_config(LearnerConfig, config.learner_yaml)
+    runs = tmp_path / "runs" / "algorithms" / offline.slug
+    for seed in (0, 1):
+        experiments.run_arm(config, offline, seed, learner, runs / f"s{seed}")
+    budget = {"learner_steps": 2 * 300, "episodes": 40}  # 2 simulated minutes at 300 learner steps a minute
+    assert [str(t) for t in trained] == ["pretrained-only/seed0/fleet", "offline-hg-dagger/s1/collection"]
+    assert fleets == [("s0", NEVER, budget),  # seed 0: only the deployment runs
+                      ("collection", NEVER, None), ("s1", NEVER, {**budget, "episodes": 30})]  # fmt: skip
+    (made / SETUP).write_text("another setup\n")  # made by other settings: not this sweep's collection
+    assert experiments.base_policy_run(config, offline, 0) is None

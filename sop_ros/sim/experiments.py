@@ -203,8 +203,14 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, learner: LearnerConfi
     """One paced fleet run of `arm` (two for offline HG-DAgger: the collection, then the deployment)."""
     learner, offline = arm_learner(arm, learner, Path(config.out) / "shared"), None
     if arm.offline:  # collect with the base policy for the budget, retrain once on it, deploy the result
-        collect = run_dir / "collection"
-        collected = fleet(config, dataclasses.replace(learner, publish_every_steps=NEVER), arm.robots, seed, collect)
+        base_run = base_policy_run(config, arm, seed)
+        if base_run is not None:  # the same fleet on the same seeds: its episodes are this collection's
+            collect, collected = base_run / "fleet", json.loads((base_run / "fleet_run.json").read_text())
+            print(f"offline HG-DAgger: collected by {base_run} (the base policy's run, same seed)", flush=True)
+        else:
+            collect = run_dir / "collection"
+            collected = fleet(config, dataclasses.replace(learner, publish_every_steps=NEVER), arm.robots, seed,
+                              collect)  # fmt: skip
         steps = budget_steps(config, learner)
         trained = train_offline(learner, collect, run_dir / "offline_learner", steps)
         learner = dataclasses.replace(learner, base_policy=str(trained), publish_every_steps=NEVER)
@@ -212,6 +218,18 @@ def run_arm(config: ExperimentConfig, arm: Arm, seed: int, learner: LearnerConfi
     if not arm.algorithm:
         learner = dataclasses.replace(learner, publish_every_steps=NEVER)
     return fleet(config, learner, arm.robots, seed, run_dir, results=True, offline_training=offline)
+
+
+def base_policy_run(config: ExperimentConfig, arm: Arm, seed: int) -> Path | None:
+    """This sweep's finished run whose robots kept the base policy (an arm with no online algorithm) with `arm`'s
+    fleet and base, on `seed`: its fleet's store is the collection offline training needs."""
+    for other in ARMS[config.experiment]:
+        if other.algorithm or other.offline or (other.robots, other.demos_per_task) != (arm.robots, arm.demos_per_task):
+            continue
+        run_dir = Path(config.out) / config.experiment / other.slug / f"seed{seed}"
+        if run_setup(run_dir) == setup_key(config, other) and (run_dir / "fleet_run.json").exists():
+            return run_dir
+    return None
 
 
 def arm_learner(arm: Arm, learner: LearnerConfig, shared: Path) -> LearnerConfig:
