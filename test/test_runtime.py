@@ -38,6 +38,10 @@ def test_onnx_and_torch_runtimes_agree_through_the_policy_contract(tmp_path):
     onnx_policy.reset()
     np.testing.assert_array_equal(onnx_policy.infer(obs).actions, a.actions)  # same noise after reset
     assert not np.array_equal(second, a.actions)
+    late = onnx_policy.next_noise()  # asked for at an episode's last state, computed after the next one began
+    onnx_policy.reset()
+    onnx_policy.infer(obs, late)
+    np.testing.assert_array_equal(onnx_policy.infer(obs).actions, a.actions)  # the new episode's first draw
 
 
 def test_a_file_that_is_not_a_policy_is_refused(tmp_path):

@@ -69,13 +69,18 @@ class ChunkPolicy:
                  if getattr(obs, k).shape != shape]  # fmt: skip
         return "; ".join(wrong)
 
-    def infer(self, obs: Observation) -> PolicyResult:
+    def next_noise(self) -> np.ndarray:
+        """The next draw of the episode's noise stream. A robot draws it when it asks for a chunk, so that a chunk
+        computed late, for an episode already over, does not take the next episode's draw."""
+        return self._rng.standard_normal((1, self.chunk, self.action_dim), dtype=np.float32)
+
+    def infer(self, obs: Observation, noise: np.ndarray | None = None) -> PolicyResult:
         inputs = {
             "images": obs.images[None].astype(np.float32, copy=False),
             "proprio": obs.proprio[None].astype(np.float32, copy=False),
             "instruction": instruction_tokens([obs.instruction], self.instruction_bytes),
             "indicator": np.array([self.indicator], dtype=np.int64),
-            "noise": self._rng.standard_normal((1, self.chunk, self.action_dim), dtype=np.float32),
+            "noise": self.next_noise() if noise is None else noise,
         }
         start = time.perf_counter()
         actions = self.runtime.run(inputs)[0]

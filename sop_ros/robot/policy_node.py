@@ -176,7 +176,7 @@ class PolicyNode(Node):
             return
         self.inflight = True
         obs = dataclasses.replace(self.latest, instruction=self.instruction)
-        self._requests.put((self.policy, obs, self.latest_ns, self.generation))
+        self._requests.put((self.policy, obs, self.policy.next_noise(), self.latest_ns, self.generation))
 
     def command(self, stamp: int) -> None:
         action = self.chunks.action(stamp)
@@ -227,11 +227,11 @@ class PolicyNode(Node):
     def infer_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                policy, obs, stamp, generation = self._requests.get(timeout=0.1)
+                policy, obs, noise, stamp, generation = self._requests.get(timeout=0.1)
             except queue.Empty:
                 continue
             try:
-                result = policy.infer(obs)
+                result = policy.infer(obs, noise)
                 del policy  # a replaced policy is released by the control path, between two ticks
             except Exception as err:  # a policy that fails must not move the robot: hold and say why
                 with self._lock:
