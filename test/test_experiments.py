@@ -158,8 +158,8 @@ def test_a_run_is_scored_by_the_policy_the_learner_had_made_at_each_time(tmp_pat
         registry.publish(tmp_path / f"{version}.onnx", key, None if step is None else {"step": float(step)})
         cached = tmp_path / "runs" / "scores" / f"{file_sha256(tmp_path / f'{version}.onnx')[:16]}-4x3"
         cached.mkdir(parents=True)  # scored before: `sop eval` is not run again (no ROS needed here)
-        (cached / "eval.json").write_text(json.dumps({"mean_success_rate": 0.25 * i, "tasks": {
-            "reach-v3": {"success_rate": 0.25 * i}}}))  # fmt: skip
+        (cached / "eval.json").write_text(json.dumps({"mean_success_rate": 0.25 * i, "missing_tasks": [], "tasks": {
+            "reach-v3": {"episodes": 4, "success_rate": 0.25 * i}}}))  # fmt: skip
     fleet_run = tmp_path / "run" / "fleet_run.json"
     fleet_run.write_text(json.dumps({"learner": {"publish_every_steps": 300}}))
     points = score_run(config, tmp_path / "run", steps_per_sim_minute=300)
@@ -289,3 +289,31 @@ def test_offline_hg_dagger_trains_on_the_base_policys_run_of_the_same_seed_when_
                       ("collection", NEVER, None), ("s1", NEVER, {**budget, "episodes": 30})]  # fmt: skip
     (made / SETUP).write_text("another setup\n")  # made by other settings: not this sweep's collection
     assert experiments.base_policy_run(config, offline, 0) is None
+
+
+def test_a_score_stands_when_every_episode_was_recorded_whatever_a_robots_exit_code(tmp_path, monkeypatch):
+    """A robot whose node had to be killed at its stop, after its last episode, still scored its episodes; a
+    score short of episodes is refused, and one kept from before is made again."""
+    from sop_ros.sim import experiments
+
+    config = ExperimentConfig("algorithms", eval_episodes_per_task=2, out=str(tmp_path / "runs"),
+                              learner_yaml=str(REPO / "config" / "experiment_learner.yaml"))  # fmt: skip
+    policy = tmp_path / "p.onnx"
+    policy.write_bytes(b"weights")
+    made = []
+
+    def evaluate(policy, robot_yaml, tasks, episodes, robots, out, recorded=2):
+        made.append(recorded)
+        report = {"tasks": {t: {"episodes": recorded, "success_rate": 0.5} for t in tasks}, "missing_tasks": [],
+                  "failed": ["robot_0 reach-v3: exit code 1"], "mean_success_rate": 0.5}  # fmt: skip
+        out.mkdir(parents=True)
+        (out / "eval.json").write_text(json.dumps(report))
+        return report
+
+    monkeypatch.setattr("sop_ros.sim.evaluate.evaluate", lambda *a: evaluate(*a, recorded=1))
+    with pytest.raises(RuntimeError, match="exit code 1"):
+        experiments.evaluate_once(config, policy)  # one episode of two per task
+    monkeypatch.setattr("sop_ros.sim.evaluate.evaluate", evaluate)
+    assert experiments.evaluate_once(config, policy)["mean_success_rate"] == 0.5  # the short one made again
+    assert experiments.evaluate_once(config, policy)["mean_success_rate"] == 0.5  # kept: not made again
+    assert made == [1, 2]
