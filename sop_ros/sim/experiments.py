@@ -592,6 +592,11 @@ def _mean_curve(curves: list[list]) -> tuple[list[float], np.ndarray, np.ndarray
     return minutes, np.array([np.mean(v) for v in values]), np.array([np.std(v) for v in values])
 
 
+def _minute_cells(success_at: dict[float, float], minutes: list[float]) -> str:
+    """A table row's success cells, one per scoring minute ("-" where this row has none)."""
+    return " | ".join(f"{success_at[m]:.0%}" if m in success_at else "-" for m in minutes)
+
+
 def _cell(s: dict, percent: bool = True) -> str:
     if s["mean"] is None:
         return "-"
@@ -742,7 +747,7 @@ def markdown(report: dict) -> str:
     for name, arm in report["arms"].items():
         if arm["runs"]:
             at = dict(zip(*_mean_curve([run["scores"] for run in arm["runs"]])[:2], strict=True))
-            lines.append(f"| {name} | " + " | ".join(f"{at[m]:.0%}" if m in at else "-" for m in minutes) + " |")
+            lines.append(f"| {name} | {_minute_cells(at, minutes)} |")
     lines += run_lines(report, minutes)
     tasks = sorted({t for arm in report["arms"].values() for t in arm["per_task_at_budget"]})
     lines += ["", "Success at the budget per task (`sop eval`, mean ± std over seeds):", "",
@@ -763,7 +768,6 @@ def run_lines(report: dict, minutes: list[float]) -> list[str]:
         for run in arm["runs"]:
             at = {p[0]: p[1] for p in run["scores"]}
             samples = "-" if run["samples_per_episode"] is None else f"{run['samples_per_episode']:.0f}"
-            scored = " | ".join(f"{at[m]:.0%}" if m in at else "-" for m in minutes)
-            lines.append(f"| {name} | {run['seed']} | {scored} | {run['episodes']} | "
+            lines.append(f"| {name} | {run['seed']} | {_minute_cells(at, minutes)} | {run['episodes']} | "
                          f"{run['interventions_per_episode']:.2f} | {samples} | {run['wall_minutes']:.1f} |")
     return lines
