@@ -32,6 +32,7 @@ def test_a_paced_fleet_run_spends_its_learner_budget_and_the_robot_takes_new_pol
                      "--out", str(out), timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((out / "fleet_run.json").read_text())
+    assert report["robot_failures"] == []  # else: which block's process failed, and the error its log names
     assert report["clock"] == "simulated" and report["learner_steps"] == 24
     assert report["episodes"] >= 2 and {p["minute"] for p in report["curve"]} <= {0.1, 0.2, 0.3}
     assert set(report["tasks"]) == set(DEMO_TASKS)
@@ -62,3 +63,23 @@ def episode_summary(store, ended_by_ns: float) -> list[tuple]:
             for e in sorted(stored_episodes(store), key=lambda e: (e.ended_ns, e.robot_id))
             if e.ended_ns <= ended_by_ns]  # fmt: skip
 
+
+
+def test_a_robot_block_that_fails_is_reported_with_the_error_its_log_names(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from sop_ros.sim.online_fleet import block_failure
+
+    log = tmp_path / "logs" / "robot_1_block003.log"
+    log.parent.mkdir()
+    with open(log, "w") as f:
+        script = "print('[INFO] started'); print('[FATAL] [sim_robot]: simulator failed: OSError: disk'); exit(1)"
+        failed = subprocess.Popen([sys.executable, "-c", script], stdout=f)
+        finished = subprocess.Popen([sys.executable, "-c", "exit(0)"], stdout=f)
+    failed.wait(), finished.wait()
+    assert block_failure("robot_1", log, finished, tmp_path) == []
+    assert block_failure("robot_1", log, failed, tmp_path) == [{
+        "robot": "robot_1", "block": "robot_1_block003", "exit_code": 1, "log": "logs/robot_1_block003.log",
+        "error": "[FATAL] [sim_robot]: simulator failed: OSError: disk"}]  # fmt: skip
+    assert "robot_1: robot_1_block003 exited with 1 ([FATAL]" in capsys.readouterr().out

@@ -89,6 +89,21 @@ def test_a_bounded_run_ends_by_itself(tmp_path):
     assert not [pid for pid in pids_started(output) if alive(pid)]
 
 
+@pytest.mark.parametrize("mode", [[], ["--single-process"]], ids=["processes", "single-process"])
+def test_a_robot_whose_simulator_fails_exits_non_zero_saying_why(tmp_path, mode):
+    from sop_ros.bench.bridge import free_endpoint
+
+    # Paced by a learner that is not there: the simulator gives up after ready_timeout_s.
+    config = tmp_path / "sim.yaml"
+    config.write_text(SIM.format(rid="r6").replace(
+        "camera_hz: 5.0}", f"camera_hz: 5.0, step_mode: lockstep, pace_connect: '{free_endpoint()}', "
+                           "ready_timeout_s: 1.0}"))  # fmt: skip
+    proc = start(sop("robot", "--config", str(config), *mode))
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 1, output
+    assert "simulator failed: RuntimeError: no learner answered on sop/pace/learner within 1 s" in output
+
+
 def test_node_with_bad_parameter_fails_at_start_naming_it():
     import subprocess
     import sys

@@ -6,7 +6,7 @@ import numpy as np
 from conftest import REPO
 
 from sop_ros.sim.catalog import instructions_for
-from sop_ros.sim.metaworld_sim import JOINT_NAMES, MetaWorldSim, expert_for
+from sop_ros.sim.metaworld_sim import JOINT_NAMES, MetaWorldSim, expert_for, sim_state, split_sim_state
 
 
 def run_episode(sim: MetaWorldSim, expert) -> tuple[bool, np.ndarray, str]:
@@ -41,3 +41,18 @@ def test_renders_each_camera_and_joint_names_match_the_urdf():
     urdf = ET.parse(REPO / "urdf" / "sawyer.urdf").getroot()
     movable = [j.get("name") for j in urdf.iter("joint") if j.get("type") != "fixed"]
     assert movable == list(JOINT_NAMES)
+
+
+def test_sim_state_carries_the_command_applied_to_reach_it():
+    sim = MetaWorldSim("reach-v3", seed=3, image_size=(24, 24))
+    _, first = sim.reset()
+    applied = np.array([0.5, -0.25, 1.0, -1.0])
+    reached = sim.step(applied).state
+    sim.close()
+    observation, none = split_sim_state(sim_state(first, None))  # an episode's first state: nothing applied yet
+    np.testing.assert_array_equal(observation, first)
+    assert none is None and observation.shape == (39,)
+    observation, executed = split_sim_state(sim_state(reached, applied))
+    np.testing.assert_array_equal(observation, reached)
+    np.testing.assert_array_equal(executed, applied)
+    assert expert_for("reach-v3")(observation).shape == (4,)  # the expert reads the observation as before

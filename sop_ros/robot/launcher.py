@@ -138,7 +138,8 @@ def run_single_process(specs: list[NodeSpec], duration_s: float | None = None) -
             )
             print(f"started {spec.namespace}/{spec.name} (in process {os.getpid()})")
         spin_until_done(nodes, stop, duration_s)
-        return 0
+        # A node that ended by itself may report failure (e.g. a simulator whose driver loop died), as alone.
+        return max((getattr(node, "exit_code", 0) for node in nodes), default=0)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -393,7 +393,9 @@ class PolicyNode(Node):
             done.set_result((self.load(request.path, request.sha256, request.version), ""))
         except ValueError as err:
             done.set_result((None, str(err)))
-        self._wake.trigger()
+        with self._lock:  # a load can outlive the node (a robot stopping): then nothing is left to wake
+            if not self._stop.is_set():
+                self._wake.trigger()
 
     # -- status ----------------------------------------------------------------------------------------------
 
@@ -416,7 +418,8 @@ class PolicyNode(Node):
         self.status_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        self._stop.set()
+        with self._lock:
+            self._stop.set()
         self._worker.join(timeout=5.0)
         super().destroy_node()
 

@@ -11,7 +11,7 @@ from rclpy.qos import (
 JOINT_STATES = "joint_states"
 CAMERA_IMAGE = "cameras/{camera}/image_raw"
 CAMERA_COMPRESSED = "cameras/{camera}/image_raw/compressed"
-SIM_STATE = "sim/state"  # privileged simulator state: only scripted operators read it
+SIM_STATE = "sim/state"  # privileged simulator state and the command applied to reach it: scripted operators
 EPISODE_EVENTS = "episode/events"
 OBSERVATION = "policy/observation"  # sop_ros/msg/Observation, from the ingest node
 POLICY_COMMAND = "policy/command"

@@ -28,9 +28,26 @@ JOINT_NAMES = (
 HAND_XYZ = slice(0, 3)
 # End-effector xyz delta (scaled by Meta-World to 1 cm per unit) and gripper effort (-1 open, +1 close).
 ACTION_NAMES = ("x", "y", "z", "gripper")
+# sim/state: Meta-World's observation, then the command the simulator applied to reach it (NaN where none was:
+# an episode's first state). One message: a scripted operator judges each state with the very command that led
+# to it, never with a command on another topic that may arrive before or after the state.
+APPLIED = slice(-len(ACTION_NAMES), None)
 # These cameras' MJCF up vector points down: rotate their images by 180 degrees, as for a camera mounted
 # upside down.
 UPSIDE_DOWN_CAMERAS = frozenset({"corner", "corner2", "corner3", "corner4"})
+
+
+def sim_state(observation: np.ndarray, applied: np.ndarray | None) -> list[float]:
+    """The sim/state message's data: `observation`, then the command `applied` to reach it (None: none was)."""
+    tail = np.full(len(ACTION_NAMES), np.nan) if applied is None else np.asarray(applied, dtype=np.float64)
+    return np.concatenate([np.asarray(observation, dtype=np.float64), tail]).tolist()
+
+
+def split_sim_state(data) -> tuple[np.ndarray, np.ndarray | None]:
+    """A sim/state message's data as (observation, the command applied to reach it or None)."""
+    data = np.asarray(data, dtype=np.float64)
+    applied = data[APPLIED]
+    return data[: APPLIED.start], None if np.isnan(applied).any() else applied
 
 
 @dataclass(frozen=True)

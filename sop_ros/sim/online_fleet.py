@@ -134,6 +134,19 @@ def plot_success(curve: list[dict], path: Path, title: str, clock: str = "wall")
     plt.close(fig)
 
 
+def block_failure(robot_id: str, log: Path, proc: subprocess.Popen, out: Path) -> list[dict]:
+    """A robot's finished block, as a failure to report if its process did not exit 0 (its episode then running
+    was cut short: kept by the recorder without an END), else nothing."""
+    if proc.returncode == 0:
+        return []
+    lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+    said = next((line for line in reversed(lines) if "fatal" in line.lower() or "error" in line.lower()), "")
+    print(f"{robot_id}: {log.stem} exited with {proc.returncode} ({said.strip() or 'no error logged'}); "
+          f"see {log}", flush=True)  # fmt: skip
+    return [{"robot": robot_id, "block": log.stem, "exit_code": proc.returncode, "log": str(log.relative_to(out)),
+             "error": said.strip()}]  # fmt: skip
+
+
 def _start(cmd: list[str], log: Path, niceness: int = 0) -> subprocess.Popen:
     with open(log, "w") as f:  # the child keeps its own copy of the descriptor
         return subprocess.Popen((["nice", "-n", str(niceness)] if niceness else []) + cmd, stdout=f,
@@ -201,7 +214,8 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     learner_proc = _start([sys.executable, "-m", "sop_ros.cli", *cloud, "--config",
                            str(out / "configs" / "learner.yaml")], out / "logs" / "learner.log")  # fmt: skip
     blocks = [count(i, robots) for i in range(robots)]  # robot i's blocks: i, i + R, ...: the same every run
-    running: dict[str, subprocess.Popen] = {}
+    running: dict[str, tuple[Path, subprocess.Popen]] = {}  # robot -> its block's log, its process
+    failed: list[dict] = []  # blocks whose robot process exited non-zero (the fleet goes on with the next)
     deadline, last_print = time.monotonic() + minutes * 60, 0.0
     try:
         while time.monotonic() < deadline:
@@ -211,15 +225,19 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
                 raise RuntimeError(f"the learner stopped (exit {learner_proc.returncode}): see {out}/logs/learner.log")
             for i in range(robots):
                 robot_id = f"robot_{i}"
-                if robot_id not in running or running[robot_id].poll() is not None:
-                    n = next(blocks[i])
-                    unit = WorkUnit(tasks[n % len(tasks)], block, BLOCK_SEED + RUN_SEEDS * seed + 1000 * n)
-                    config = robot_config(base_robot, robot_id, unit, out, endpoint, paced)
-                    path = out / "configs" / f"{robot_id}_block{n:03d}.yaml"
-                    path.write_text(yaml.safe_dump(config, sort_keys=False))
-                    cmd = [sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)]
-                    cmd += ["--single-process"] if single_process else []
-                    running[robot_id] = _start(cmd, out / "logs" / f"{robot_id}_block{n:03d}.log", ROBOT_NICENESS)
+                if robot_id in running and running[robot_id][1].poll() is None:
+                    continue
+                if robot_id in running:
+                    failed += block_failure(robot_id, *running[robot_id], out)
+                n = next(blocks[i])
+                unit = WorkUnit(tasks[n % len(tasks)], block, BLOCK_SEED + RUN_SEEDS * seed + 1000 * n)
+                config = robot_config(base_robot, robot_id, unit, out, endpoint, paced)
+                path = out / "configs" / f"{robot_id}_block{n:03d}.yaml"
+                path.write_text(yaml.safe_dump(config, sort_keys=False))
+                cmd = [sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)]
+                cmd += ["--single-process"] if single_process else []
+                log = out / "logs" / f"{robot_id}_block{n:03d}.log"
+                running[robot_id] = (log, _start(cmd, log, ROBOT_NICENESS))
             if time.monotonic() - last_print >= 30:
                 print(_progress(learner, start), flush=True)
                 last_print = time.monotonic()
@@ -227,14 +245,14 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the fleet and the learner")
     finally:
-        for proc in running.values():
+        for _, proc in running.values():
             _stop(proc)
         time.sleep(5.0)  # the last episodes' uploads
         _stop(learner_proc, timeout=120)
     report = {
         "robots": robots, "tasks": tasks, "seed": seed, "minutes": minutes,
         "sim_minutes": sim_minutes if paced else None,
-        "block": block, "wall_minutes": round((time.time() - start) / 60, 2),
+        "block": block, "wall_minutes": round((time.time() - start) / 60, 2), "robot_failures": failed,
         "algorithm": "none (frozen base policy)" if frozen else learner.algorithm,
         "base_policy": base_learner.base_policy,
         "learner": to_dict(learner) | {"store_dir": "store", "checkpoint_dir": "learner"},  # in the run directory

@@ -161,7 +161,9 @@ class FleetPace:
     def training_episodes(self, step: int, stored: Callable[[], dict[str, int]], stop: threading.Event) -> set[str]:
         """The episodes step `step` trains on: those that ended by its data cutoff, each waited for until it is
         in the store (`stored`: episode id -> end ns of what is stored); one that never comes within
-        episode_wait_s is left out, and said so."""
+        episode_wait_s is left out, and said so. A stored episode with no END (end 0: its robot stopped or
+        crashed mid-episode, the recorder kept what it had) has no place on the simulated clock: left out too,
+        or when it happened to be stored would decide which step first trains on it."""
         cutoff = self.budget.data_cutoff_ns(step, round(self.config.ingest_delay_s * 1e9))
         deadline = time.monotonic() + self.config.episode_wait_s
         while True:
@@ -179,7 +181,7 @@ class FleetPace:
                         self._ended.pop(e, None)  # not waited for again
                 break
             time.sleep(0.2)
-        return {e for e, end in have.items() if end <= cutoff}
+        return {e for e, end in have.items() if 0 < end <= cutoff}
 
     def close(self) -> None:
         for entity in self._declared:

@@ -8,7 +8,6 @@ it labels the outcome through the arbiter's label service, as a field operator w
 
 from __future__ import annotations
 
-import numpy as np
 from rclpy.node import Node
 from std_msgs.msg import Float64MultiArray
 
@@ -17,7 +16,7 @@ from sop_ros.msg import EpisodeEvent
 from sop_ros.robot import topics
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.spin import run_node
-from sop_ros.sim.metaworld_sim import HAND_XYZ, expert_for
+from sop_ros.sim.metaworld_sim import HAND_XYZ, expert_for, split_sim_state
 from sop_ros.sim.takeover import TakeoverMonitor
 from sop_ros.srv import LabelEpisode
 
@@ -31,24 +30,21 @@ class ScriptedOperatorNode(Node):
         self.in_control = cfg.mode == "demo"
         self.between_episodes = False  # from an END to the next START (a START may be missed at start-up)
         self.takeover_reason = ""  # the policy was judged failing on the last state: take over on the next
-        self.executed: np.ndarray | None = None
         self.command_pub = self.create_publisher(Float64MultiArray, topics.OPERATOR_COMMAND, topics.STREAM)
         self.create_subscription(Float64MultiArray, topics.SIM_STATE, self.on_state, topics.LATEST)
-        if cfg.mode == "intervene":
-            self.create_subscription(Float64MultiArray, topics.ROBOT_COMMAND, self.on_executed, topics.LATEST)
         self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
         self.label_client = self.create_client(LabelEpisode, topics.LABEL_EPISODE)
         self.pending_labels: list[LabelEpisode.Request] = []
         self.create_timer(0.5, self.send_pending_labels)
 
     def on_state(self, msg: Float64MultiArray) -> None:
-        state = np.asarray(msg.data)
+        state, executed = split_sim_state(msg.data)
         action = self.expert(state)
         if not self.in_control:
-            if self.between_episodes or self.executed is None:
-                return  # a robot being reset, or not yet commanded at all, is not failing: nothing to judge
+            if self.between_episodes or executed is None:
+                return  # a robot being reset, or not yet commanded this episode, is not failing: nothing to judge
             if not self.takeover_reason:
-                self.takeover_reason = self.monitor.observe(state[HAND_XYZ], self.executed, action) or ""
+                self.takeover_reason = self.monitor.observe(state[HAND_XYZ], executed, action) or ""
                 return
             # Judged on the last state and still in its episode: take over. (Acting on the judged state itself
             # could answer an episode's last state after its END, and take over the next episode.)
@@ -56,16 +52,12 @@ class ScriptedOperatorNode(Node):
             self.in_control = True
         self.command_pub.publish(Float64MultiArray(data=action.tolist()))
 
-    def on_executed(self, msg: Float64MultiArray) -> None:
-        self.executed = np.asarray(msg.data)
-
     def on_episode_event(self, msg: EpisodeEvent) -> None:
         if msg.event in (EpisodeEvent.EVENT_START, EpisodeEvent.EVENT_END):
             self.between_episodes = msg.event == EpisodeEvent.EVENT_END
             self.takeover_reason = ""
         if msg.event == EpisodeEvent.EVENT_START:
             self.monitor.reset()
-            self.executed = None
             self.in_control = self.config.mode == "demo"
         elif msg.event == EpisodeEvent.EVENT_END:
             # A demonstrator keeps control across the reset: the next episode's first state may arrive before

@@ -31,7 +31,7 @@ from sop_ros.msg import EpisodeEvent
 from sop_ros.robot import commands, topics
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.spin import run_node
-from sop_ros.sim.metaworld_sim import ACTION_NAMES, JOINT_NAMES, MetaWorldSim
+from sop_ros.sim.metaworld_sim import ACTION_NAMES, JOINT_NAMES, MetaWorldSim, sim_state
 from sop_ros.sim.pace import RobotPace
 
 # After the last episode, how long to wait for an operator's label of it before the run ends.
@@ -197,9 +197,10 @@ class SimRobotNode(Node):
             self.end_episode(EpisodeEvent.OUTCOME_ABORT, "operator", self.sim.steps)
             return
         self.advance_clock()
-        result = self.sim.step(self.current_action())
+        action = self.current_action()
+        result = self.sim.step(action)
         self.publish_clock()
-        self.publish_state(result.state)
+        self.publish_state(result.state, action)
         if self.on_camera_tick():
             self.publish_images()
         if result.success:
@@ -283,7 +284,8 @@ class SimRobotNode(Node):
         if self.clock_pub is not None:
             self.clock_pub.publish(Clock(clock=sim_stamp(self._sim_time_ns)))
 
-    def publish_state(self, state: np.ndarray) -> None:
+    def publish_state(self, state: np.ndarray, applied: np.ndarray | None = None) -> None:
+        """The robot's joints, and for scripted operators its full state with the command `applied` to reach it."""
         self._command_arrived.clear()  # lockstep waits for the command that answers this state
         self.joint_pub.publish(
             JointState(
@@ -293,7 +295,7 @@ class SimRobotNode(Node):
                 velocity=self.sim.joint_velocities().tolist(),
             )
         )
-        self.state_pub.publish(Float64MultiArray(data=state.tolist()))
+        self.state_pub.publish(Float64MultiArray(data=sim_state(state, applied)))
 
     def publish_images(self) -> None:
         cfg = self.config
