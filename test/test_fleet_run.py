@@ -83,3 +83,18 @@ def test_a_robot_block_that_fails_is_reported_with_the_error_its_log_names(tmp_p
         "robot": "robot_1", "block": "robot_1_block003", "exit_code": 1, "log": "logs/robot_1_block003.log",
         "error": "[FATAL] [sim_robot]: simulator failed: OSError: disk"}]  # fmt: skip
     assert "robot_1: robot_1_block003 exited with 1 ([FATAL]" in capsys.readouterr().out
+
+
+def test_hot_swaps_are_the_versions_in_the_order_run_with_a_cut_episode_last(tmp_path):
+    from test_bridge_upload import make_episode
+
+    from sop_ros.learner.episode_store import EpisodeStore
+
+    robot_dir = tmp_path / "episodes" / "robot_0"
+    robot_dir.mkdir(parents=True)
+    for episode, version, end in [("e1", "base-1", "2000"), ("e2", "sop-1-0000100", "4000"),
+                                  ("e3", "sop-1-0000200", ""), ("e0", "base-1", "1000")]:  # fmt: skip
+        make_episode(robot_dir, episode, frames=2, robot="robot_0", policy_version=version, end_ns=end)
+    EpisodeStore(tmp_path).close()  # indexes the files it finds
+    # e3 was cut short by the robot's stop (no END): it came last, not first.
+    assert [short_version(v) for v in hot_swaps(tmp_path)["robot_0"]] == ["base", "step 100", "step 200"]

@@ -80,11 +80,12 @@ def prepare(out: Path, learner: LearnerConfig) -> LearnerConfig:
 
 
 def hot_swaps(store_dir: Path) -> dict[str, list[str]]:
-    """Per robot, the policy versions its stored episodes ran, in the order it first ran them."""
+    """Per robot, the policy versions its stored episodes ran, in the order it first ran them (an episode cut short
+    by the robot's stop has no end time: it was the robot's last)."""
     from sop_ros.learner.episode_store import stored_episodes
 
     versions: dict[str, list[str]] = {}
-    for e in sorted(stored_episodes(store_dir), key=lambda e: (e.robot_id, e.ended_ns)):
+    for e in sorted(stored_episodes(store_dir), key=lambda e: (e.robot_id, e.ended_ns or float("inf"))):
         ran = versions.setdefault(e.robot_id, [])
         if e.policy_version and e.policy_version not in ran:
             ran.append(e.policy_version)
