@@ -25,6 +25,9 @@ def require_ros(command: str) -> None:
 
 
 def cmd_robot(args: argparse.Namespace) -> int:
+    from sop_ros.robot import stop_signals
+
+    stop_signals.exit_on_signal()  # Ctrl-C while the nodes' modules load: nothing started yet, exit 0
     require_ros("robot")
     from sop_ros.configs.robot import RobotLaunchConfig
     from sop_ros.robot.launch_plan import plan
@@ -260,6 +263,25 @@ def cmd_chaos_bridge(args: argparse.Namespace) -> int:
     return 0 if result["passed"] else 1
 
 
+def cmd_chaos_stops(args: argparse.Namespace) -> int:
+    require_ros("chaos stops")
+    from sop_ros.bench.chaos_stops import run
+
+    if args.cycles < 1 or args.burners < 0:
+        print("sop chaos stops: --cycles must be >= 1 and --burners >= 0", file=sys.stderr)
+        return 2
+    if not Path(args.robot_config).is_file():
+        print(f"sop chaos stops: --robot-config {args.robot_config}: no such file (run it from the repository "
+              "root, or name a robot YAML)", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        result = run(Path(args.json), args.cycles, args.seed, Path(args.out), args.burners, Path(args.robot_config))
+    except KeyboardInterrupt:
+        print("sop chaos stops: interrupted; the processes it started are stopped", file=sys.stderr)
+        return 130
+    return 0 if result["passed"] else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     require_ros("demo")
     from sop_ros.sim.demo import run_demo
@@ -392,6 +414,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/chaos", metavar="DIR", help="the run (store, outboxes, logs) goes to "
                    "DIR/bridge-<time> (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_chaos_bridge)
+    p = chaos.add_parser("stops", help="stop a robot's whole node set at random moments under CPU load: every "
+                         "node must exit 0 within 2 s")  # fmt: skip
+    p.add_argument("--json", required=True, metavar="FILE", help="where the results go (a PNG goes beside it)")
+    p.add_argument("--cycles", type=int, default=200, help="start-run-stop cycles (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="of the run times, signals and cloud (default %(default)s)")
+    p.add_argument("--burners", type=int, default=2, help="CPU burners running alongside (default %(default)s)")
+    p.add_argument("--robot-config", default="config/sim_policy.yaml",
+                   help="the simulated robot, driven by a policy (default: %(default)s)")  # fmt: skip
+    p.add_argument("--out", default="runs/chaos", metavar="DIR", help="logs of failed cycles go to "
+                   "DIR/stops-<time>/ (default: %(default)s)")  # fmt: skip
+    p.set_defaults(func=cmd_chaos_stops)
 
     p = sub.add_parser("keys", help="make the fleet's policy signing key pair (Ed25519)")
     p.add_argument("--out", required=True, metavar="DIR", help="writes policy_signing.key and policy_signing.pub")

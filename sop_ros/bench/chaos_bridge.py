@@ -331,8 +331,7 @@ def processes(run_dir: Path, robot_ids: list[str], ingest_limit_s: float) -> lis
         (config_dir / f"{robot}.yaml").write_text(yaml.safe_dump(robot_config))
         (spec,) = plan(from_dict(RobotLaunchConfig, robot_config))
         params = write_params_file(spec, config_dir)
-        procs.append(Proc(robot, [sys.executable, "-m", spec.type.module, *spec.ros_args(str(params))],
-                          logs / f"{robot}.log"))  # fmt: skip
+        procs.append(Proc(robot, spec.command(str(params)), logs / f"{robot}.log"))
     return procs
 
 
@@ -341,7 +340,7 @@ class Fleet:
     parent-death signal (DIE_WITH_PARENT_ENV) follows the thread that started it."""
 
     def __init__(self, procs: list[Proc], rng: random.Random, deadline: float) -> None:
-        from sop_ros.robot.spin import DIE_WITH_PARENT_ENV
+        from sop_ros.robot.node_process import DIE_WITH_PARENT_ENV
 
         self.procs = {p.name: p for p in procs}
         self.rng = rng  # restart delays
@@ -356,7 +355,7 @@ class Fleet:
             "ROS_LOG_DIR": str(log_dir / "ros"),
             "RCUTILS_LOGGING_BUFFERED_STREAM": "0",
             "PYTHONUNBUFFERED": "1",
-            DIE_WITH_PARENT_ENV: "1",  # the bridges stop if this process dies
+            DIE_WITH_PARENT_ENV: str(os.getpid()),  # the bridges stop if this process dies
         }
 
     def clock(self) -> float:

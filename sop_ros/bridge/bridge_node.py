@@ -31,6 +31,8 @@ from sop_ros.robot.spin import log_at, run_node
 from sop_ros.srv import LoadPolicy
 
 LOAD_TIMEOUT_S = 300.0  # loading and warming a large model (a TensorRT engine build) takes minutes
+SERVICE_WAIT_S = 5.0  # for the policy node's load service to be there
+POLL_S = 0.05  # waits on the fetcher's thread look this often whether the node stops
 
 
 def status_message(uploader: OutboxUploader, fetcher: PolicyFetcher | None, now: float) -> BridgeStatus:
@@ -130,20 +132,30 @@ class BridgeNode(Node):
         return (status.version, status.pending_version) if status else ("", "")
 
     def request_load(self, path: Path, announcement: PolicyAnnouncement) -> str | None:
-        """Called on the fetcher's thread: ask policy/load and wait (the executor completes the future)."""
-        if not self.load_client.wait_for_service(timeout_sec=5.0):
-            raise TimeoutError(f"no {self.load_client.srv_name} service (is the policy node running?)")
+        """Called on the fetcher's thread: ask policy/load and wait (the executor completes the future).
+
+        TimeoutError when the service is not there or does not answer, or when this node stops meanwhile (the policy
+        node may stop first and never answer): the fetcher asks again later, or at the next start.
+        """
         immediate = self.config.policies.swap == "immediate"
         request = LoadPolicy.Request(
             path=str(path.resolve()), version=announcement.version, sha256=announcement.sha256, immediate=immediate
         )
-        done = threading.Event()
+        self.wait_unless_stopped(self.load_client.service_is_ready, SERVICE_WAIT_S,
+                                 f"no {self.load_client.srv_name} service (is the policy node running?)")  # fmt: skip
         future = self.load_client.call_async(request)
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(LOAD_TIMEOUT_S):
-            raise TimeoutError(f"policy node did not answer within {LOAD_TIMEOUT_S:g} s")
+        self.wait_unless_stopped(future.done, LOAD_TIMEOUT_S, f"policy node did not answer within {LOAD_TIMEOUT_S:g} s")
         response = future.result()
         return None if response.accepted else response.message
+
+    def wait_unless_stopped(self, condition, timeout_s: float, timeout_message: str) -> None:
+        """Wait until `condition()`; TimeoutError after `timeout_s` or as soon as this node stops."""
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if self._stop.wait(POLL_S):
+                raise TimeoutError("the bridge is stopping")
+            if time.monotonic() > deadline:
+                raise TimeoutError(timeout_message)
 
     def publish_status(self) -> None:
         msg = status_message(self.uploader, self.fetcher, time.time())

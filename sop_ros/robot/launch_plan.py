@@ -5,6 +5,7 @@ No ROS imports, so launch files and tests can read the plan anywhere.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 from sop_ros.configs import to_dict
@@ -31,6 +32,7 @@ class NodeType:
     hears_episodes: bool = False
 
 
+NODE_PROCESS = "sop_ros.robot.node_process"  # runs a node module's main() in a process of its own
 LOCKSTEP_SYNC_S = 2.0  # how long a lockstep ingest waits for a due frame (wall time; a frame may still be lost)
 
 NODE_TYPES = {
@@ -71,6 +73,10 @@ class NodeSpec:
         if params_file:
             args += ["--params-file", params_file]
         return args + ["--log-level", self.log_level]
+
+    def command(self, params_file: str | None = None) -> list[str]:
+        """This node's process, as `ros2 run` starts it: through node_process, which catches stop signals first."""
+        return [sys.executable, "-m", NODE_PROCESS, self.type.module, *self.ros_args(params_file)]
 
 
 def lockstep_ingest(sim: SimRobotConfig | None, ingest: IngestConfig) -> dict:

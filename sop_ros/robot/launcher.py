@@ -13,12 +13,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from sop_ros.robot.launch_plan import NodeSpec
-from sop_ros.robot.spin import DIE_WITH_PARENT_ENV
+from sop_ros.robot.node_process import DIE_WITH_PARENT_ENV
 
 STOP_GRACE_S = 10.0
 
@@ -37,10 +38,22 @@ def write_params_file(spec: NodeSpec, directory: Path) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class NodeExit:
+    code: int  # the process's exit code; negative: ended by that signal (-9: killed after the grace period)
+    stop_s: float  # from the stop signal to the exit; 0 for a process that had ended before it
+    signalled: bool  # it was running when the stop signal was sent
+
+
 class ProcessLauncher:
-    def __init__(self, specs: list[NodeSpec], log=print) -> None:
+    """Every node in a process of its own, as `ros2 launch` starts them; `log_dir`: each one's output in
+    <log_dir>/<node>.log (default: this process's stdout and stderr); `env`: theirs (default: this process's)."""
+
+    def __init__(self, specs: list[NodeSpec], log=print, log_dir: Path | None = None, env: dict | None = None) -> None:
         self.specs = specs
         self.log = log
+        self.log_dir = log_dir
+        self.env = env
         self.procs: dict[str, subprocess.Popen] = {}
         self._stop_requested = False
 
@@ -48,28 +61,35 @@ class ProcessLauncher:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             with tempfile.TemporaryDirectory(prefix="sop_robot_") as tmp:
-                self._start(Path(tmp))
+                self.start(Path(tmp))
                 reason = self._wait(duration_s)
                 self.log(f"stopping {len(self.procs)} nodes: {reason}")
-                codes = self._stop()
+                exits = self.stop()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        for name, code in codes.items():
-            self.log(f"  {name}: exit code {code}")
-        return 0 if all(code == 0 for code in codes.values()) else 1
+        for name, end in exits.items():
+            self.log(f"  {name}: exit code {end.code}" + (f" (stopped in {end.stop_s:.2f} s)" if end.signalled else ""))
+        # Ended by our SIGTERM before its Python caught signals (its first ~0.1 s): stopped, not failed.
+        return 0 if all(end.code in (0, -signal.SIGTERM if end.signalled else 0) for end in exits.values()) else 1
 
     def _on_signal(self, signum: int, _frame) -> None:
         self._stop_requested = True
 
-    def _start(self, tmp: Path) -> None:
+    def start(self, params_dir: Path) -> None:
+        """Start every node, its parameters file written into `params_dir` (which must outlive the nodes' start)."""
         for spec in self.specs:
-            cmd = [sys.executable, "-m", spec.type.module, *spec.ros_args(str(write_params_file(spec, tmp)))]
+            cmd = spec.command(str(write_params_file(spec, params_dir)))
             # Own process group: a terminal's Ctrl-C reaches only the launcher, which forwards exactly one
-            # SIGINT to each node (a second SIGINT would interrupt a node's clean shutdown).
+            # signal to each node (a second SIGINT would interrupt a node's clean shutdown).
             # The node also asks the kernel for SIGTERM if the launcher dies (even by SIGKILL): no orphans.
-            env = {**os.environ, DIE_WITH_PARENT_ENV: "1"}
-            proc = subprocess.Popen(cmd, start_new_session=True, env=env)
+            env = {**(self.env or os.environ), DIE_WITH_PARENT_ENV: str(os.getpid())}
+            output = open(self.log_dir / f"{spec.name}.log", "wb") if self.log_dir else None  # noqa: SIM115
+            try:
+                proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=output, stderr=output)
+            finally:
+                if output is not None:
+                    output.close()  # the child holds its own copy
             self.procs[spec.name] = proc
             self.log(f"started {spec.namespace}/{spec.name} (pid {proc.pid})")
 
@@ -87,26 +107,34 @@ class ProcessLauncher:
                     return f"{name} finished" if name in ends_run and code == 0 else f"{name} exited with {code}"
             time.sleep(0.05)
 
-    def _stop(self) -> dict[str, int]:
-        # SIGTERM, not SIGINT: rclpy stops cleanly on either, and a node still importing (no handler yet)
-        # ends quietly instead of printing a KeyboardInterrupt traceback.
-        signalled = set()
-        for name, proc in self.procs.items():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                signalled.add(name)
-        deadline = time.monotonic() + STOP_GRACE_S
-        codes = {}
-        for name, proc in self.procs.items():
-            try:
-                code = proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            except subprocess.TimeoutExpired:
-                self.log(f"{name} did not stop within {STOP_GRACE_S:g} s of SIGTERM: killing it")
-                proc.kill()
-                code = proc.wait()
-            # Ended by our SIGTERM before rclpy was up: stopped, not failed.
-            codes[name] = 0 if code == -signal.SIGTERM and name in signalled else code
-        return codes
+    def stop(self, sig: int = signal.SIGTERM, grace_s: float = STOP_GRACE_S) -> dict[str, NodeExit]:
+        return stop_processes(self.procs, sig, grace_s, self.log)
+
+
+def stop_processes(procs: dict[str, subprocess.Popen], sig: int = signal.SIGTERM, grace_s: float = STOP_GRACE_S,
+                   log=print, on_hang=None) -> dict[str, NodeExit]:  # fmt: skip
+    """Send `sig` to every running process at once and wait for each; one still running after `grace_s` prints
+    its threads' stacks (SIGUSR1: see stop_signals), is handed to `on_hang(name, proc)` if given, and is killed."""
+    sent = time.monotonic()
+    running = {name for name, proc in procs.items() if proc.poll() is None}
+    for name in running:
+        procs[name].send_signal(sig)
+    ended: dict[str, float] = {}
+    while len(ended) < len(running) and time.monotonic() - sent < grace_s:
+        for name in running - ended.keys():
+            if procs[name].poll() is not None:
+                ended[name] = time.monotonic() - sent
+        time.sleep(0.005)
+    for name in sorted(running - ended.keys()):
+        log(f"{name} did not stop within {grace_s:g} s of {signal.Signals(sig).name}: its threads' stacks go to its "
+            "output; killing it")  # fmt: skip
+        procs[name].send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        if on_hang is not None:
+            on_hang(name, procs[name])
+        procs[name].kill()
+        ended[name] = time.monotonic() - sent
+    return {name: NodeExit(proc.wait(), ended.get(name, 0.0), name in running) for name, proc in procs.items()}
 
 
 def run_single_process(specs: list[NodeSpec], duration_s: float | None = None) -> int:

@@ -1,16 +1,13 @@
 """Running nodes: one per process (`ros2 run`) or several on one executor (`sop robot --single-process`).
 
-SIGINT and SIGTERM are handled here rather than by rclpy: rclpy's handler shuts the context down at once,
-so nodes could no longer log or publish while they clean up (a recorder closing its episode files).
+SIGINT and SIGTERM are handled by stop_signals rather than by rclpy: rclpy's handler shuts the context down at
+once, so nodes could no longer log or publish while they clean up (a recorder closing its episode files).
 Here a signal ends the spin loop; then nodes are destroyed with the context still valid; then it shuts down.
 """
 
 from __future__ import annotations
 
-import ctypes
 import gc
-import os
-import signal
 import sys
 import threading
 import time
@@ -22,19 +19,13 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from sop_ros.configs import ConfigError
-
-# Set by `sop robot` for the nodes it starts: they stop when it dies, even if it is SIGKILLed.
-DIE_WITH_PARENT_ENV = "SOP_ROS_DIE_WITH_PARENT"
-_PR_SET_PDEATHSIG = 1
+from sop_ros.robot import stop_signals
 
 
 def init(args: list[str] | None = None) -> threading.Event:
-    """rclpy.init without rclpy's signal handlers; returns the event that SIGINT / SIGTERM set."""
-    stop = threading.Event()
+    """rclpy.init without rclpy's signal handlers; returns the event that SIGINT / SIGTERM set from now on."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+    return stop_signals.stop_event_on_signal()
 
 
 def finished(nodes: Sequence[Node]) -> bool:
@@ -82,8 +73,6 @@ def log_at(node: Node, severity: str, message: str, warn_throttle_s: float = 0.0
 
 def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     """`main()` of a node executable: exit 0 on a clean stop, 2 on a bad parameter."""
-    if os.environ.get(DIE_WITH_PARENT_ENV) == "1" and sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     stop = init(args)
     node = None
     try:
