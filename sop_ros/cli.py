@@ -35,8 +35,9 @@ def cmd_robot(args: argparse.Namespace) -> int:
     specs = plan(load_config(RobotLaunchConfig, args.config))
     if args.single_process:
         from sop_ros.robot.launcher import run_single_process
+        from sop_ros.robot.node_process import end_process
 
-        return run_single_process(specs, args.duration)
+        end_process(run_single_process(specs, args.duration))
     from sop_ros.robot.launcher import ProcessLauncher
 
     return ProcessLauncher(specs).run(args.duration)

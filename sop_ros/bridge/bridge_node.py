@@ -33,6 +33,7 @@ from sop_ros.srv import LoadPolicy
 LOAD_TIMEOUT_S = 300.0  # loading and warming a large model (a TensorRT engine build) takes minutes
 SERVICE_WAIT_S = 5.0  # for the policy node's load service to be there
 POLL_S = 0.05  # waits on the fetcher's thread look this often whether the node stops
+STOP_JOIN_S = 0.5  # a stop waits this long for the upload and download threads, before and after closing Zenoh
 
 
 def status_message(uploader: OutboxUploader, fetcher: PolicyFetcher | None, now: float) -> BridgeStatus:
@@ -165,10 +166,14 @@ class BridgeNode(Node):
         self.session.put(robot_report_key(self.robot_id), json.dumps(report).encode())
 
     def destroy_node(self) -> None:
-        self._stop.set()
+        self._stop.set()  # uploads and downloads end at their next wait...
         for thread in self._threads:
-            thread.join(timeout=self.config.reply_timeout_s + 5.0)
+            thread.join(timeout=STOP_JOIN_S)
+        # ...but one may be waiting for the cloud's reply (up to reply_timeout_s): closing the session ends every
+        # pending query at once. (An upload cut short is resumed at the next start: the cloud keeps its pieces.)
         self.session.close()
+        for thread in self._threads:
+            thread.join(timeout=STOP_JOIN_S)
         super().destroy_node()
 
 

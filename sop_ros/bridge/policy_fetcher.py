@@ -315,7 +315,10 @@ class PolicyFetcher:
             while len(in_flight) < self.config.window and asked < size:
                 length = min(chunk, size - asked)
                 header = ArtifactRange(asked, length).encode()
-                replies = self.session.get(key, attachment=header, timeout=self.reply_timeout_s)
+                try:
+                    replies = self.session.get(key, attachment=header, timeout=self.reply_timeout_s)
+                except zenoh.ZError as err:  # e.g. the session closed: the node is stopping
+                    raise CloudUnavailable(f"range at {asked}: {err}") from None
                 in_flight.append((asked, length, replies))
                 asked += length
             start, length, replies = in_flight.popleft()

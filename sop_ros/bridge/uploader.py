@@ -103,6 +103,8 @@ class OutboxUploader:
             except CloudUnavailable as err:
                 with self._lock:
                     self.stats.last_error, self.stats.reachable = str(err), False
+                if stop.is_set():  # the node stops: its session closed under this upload
+                    return
                 self.log("warn", f"cloud unavailable, {len(files)} episodes wait; retrying in {backoff:.1f} s: {err}")
                 stop.wait(backoff)
                 backoff = min(backoff * 2, self.config.retry_max_s)

@@ -8,9 +8,11 @@ and, when started by a launcher, asks the kernel to stop it if that launcher die
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import sys
+from typing import NoReturn
 
 from sop_ros.robot import stop_signals
 
@@ -29,15 +31,28 @@ def die_with_parent() -> None:
         os._exit(0)
 
 
-def run(module: str) -> int:
-    """Import `module` (a node module with a `main()`) and run it."""
+def run(module: str) -> NoReturn:
+    """Catch stop signals, then import `module` (a node module with a `main()`), run it and end the process."""
     import importlib
 
-    return importlib.import_module(module).main()
+    stop_signals.exit_on_signal()
+    die_with_parent()
+    end_process(importlib.import_module(module).main())
 
 
-stop_signals.exit_on_signal()
-die_with_parent()
+def end_process(code: int) -> NoReturn:
+    """End this process with `code` now that its nodes are destroyed and rclpy has shut down.
+
+    Nothing of the nodes' is left to clean up, but native threads of libraries may still run: an ONNX Runtime
+    session being built for a policy load, a simulator being built (neither can be interrupted). The
+    interpreter's own finalization would wait for them (seconds) or free what they use under them (seen: a
+    policy node aborting with "terminate called without an active exception"). So the process ends here.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):

@@ -36,6 +36,9 @@ from sop_ros.sim.pace import RobotPace
 
 # After the last episode, how long to wait for an operator's label of it before the run ends.
 LABEL_WAIT_S = 2.0
+# A stop waits this long for the driver thread: it ends within a control period, except while it builds the
+# simulator (seconds on a busy host, and not interruptible), which the ending process then drops.
+DRIVER_JOIN_S = 1.0
 
 
 def sim_stamp(nanoseconds: int) -> Time:
@@ -122,6 +125,8 @@ class SimRobotNode(Node):
         cfg = self.config
         try:
             self.sim = MetaWorldSim(cfg.task, cfg.seed, (cfg.image_height, cfg.image_width))
+            if self._stop.is_set():  # stopped while the simulator was built: the node may be gone already
+                return
             if cfg.pace_connect:
                 self.pace = RobotPace(cfg.pace_connect, self.robot_id, self._period_ns)
                 self._sim_time_ns = self.pace.start(self._stop, cfg.ready_timeout_s)
@@ -323,7 +328,7 @@ class SimRobotNode(Node):
     def destroy_node(self) -> None:
         self._stop.set()
         self._command_arrived.set()  # wake a lockstep wait
-        self._driver.join(timeout=10.0)
+        self._driver.join(timeout=DRIVER_JOIN_S)
         super().destroy_node()
 
 

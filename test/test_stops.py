@@ -1,0 +1,108 @@
+"""Stopping: a node signalled at any moment of its life exits 0 without a traceback; a bridge does not wait for a
+cloud that will not answer; `sop chaos stops` on a few cycles."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, sop, start, wait_for
+from test_bridge_upload import ROBOT, make_episode
+
+from sop_ros.bridge.protocol import EPISODES
+from sop_ros.robot.launch_plan import NODE_PROCESS
+from sop_ros.robot.node_process import DIE_WITH_PARENT_ENV
+from sop_ros.robot.stop_signals import STOP_SIGNALS
+
+
+def catches(pid: int, sig: int) -> bool:
+    """The process has a handler of its own for `sig` (the kernel's SigCgt mask)."""
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():
+        return False
+    mask = next((line.split()[1] for line in status.read_text().splitlines() if line.startswith("SigCgt:")), "0")
+    return bool(int(mask, 16) & (1 << (sig - 1)))
+
+
+def arbiter(namespace: str) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", NODE_PROCESS, "sop_ros.robot.teleop_arbiter_node", "--ros-args", "-r",
+           f"__ns:=/{namespace}"]  # fmt: skip
+    return start(cmd)
+
+
+@pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: signal.Signals(s).name)
+@pytest.mark.parametrize("after_s", [0.0, 0.2, 1.0, 3.0])
+def test_a_node_stopped_at_any_moment_of_its_start_exits_0_without_a_traceback(sig, after_s):
+    """From the moment its process catches signals (first line, before any node module loads): whether the signal
+    meets it importing, making its node or spinning, the stop is clean."""
+    proc = arbiter("stops")
+    try:
+        # SIGTERM: Python itself catches SIGINT from its first instant (KeyboardInterrupt); only node_process
+        # catches SIGTERM, and both at once.
+        wait_for(lambda: catches(proc.pid, signal.SIGTERM), 30, what="the node process to catch stop signals")
+        time.sleep(after_s)
+        proc.send_signal(sig)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+
+
+def test_a_node_whose_launcher_died_before_it_started_does_not_stay(tmp_path):
+    """The parent-death request comes after the launcher may already be gone: then the node ends at once."""
+    env = {**os.environ, DIE_WITH_PARENT_ENV: "1"}  # pid 1 is never our parent: as if the launcher were gone
+    cmd = [sys.executable, "-m", NODE_PROCESS, "sop_ros.robot.teleop_arbiter_node"]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=60, check=False)
+    assert result.returncode == 0 and "teleop_arbiter" not in result.stdout + result.stderr
+
+
+def test_a_bridge_stops_without_waiting_for_a_cloud_that_does_not_answer(tmp_path):
+    """The cloud takes the upload's first piece and never replies; the bridge's reply timeout is a minute, yet a
+    SIGTERM ends it at once: closing its Zenoh session ends the pending query."""
+    from test_bridge_upload import free_port
+
+    from sop_ros.bridge.zenoh_session import open_session
+    from sop_ros.configs.bridge import ZenohConfig
+
+    endpoint = f"tcp/127.0.0.1:{free_port()}"
+    cloud = open_session(ZenohConfig(listen=(endpoint,)))
+    held = []  # queries kept unanswered (a dropped query would end the robot's wait)
+    queryable = cloud.declare_queryable(f"{EPISODES}/**", held.append)
+    make_episode(tmp_path / "episodes" / ROBOT, f"{ROBOT}-silent")
+    config = tmp_path / "robot.yaml"
+    config.write_text(yaml.safe_dump({"robot": {"id": ROBOT}, "nodes": {"bridge": {
+        "outbox_dir": str(tmp_path / "episodes"), "reply_timeout_s": 60.0, "zenoh": {"connect": [endpoint]}}}}))
+    robot = start(sop("robot", "--config", str(config)))
+    try:
+        wait_for(lambda: held, 60, what="the bridge's first upload piece")
+        robot.send_signal(signal.SIGINT)
+        output, _ = robot.communicate(timeout=30)  # waiting for the reply would take 60 s
+    finally:
+        if robot.poll() is None:
+            robot.kill()
+        held.clear()
+        queryable.undeclare()
+        cloud.close()
+    assert robot.returncode == 0, output
+    assert "cloud unavailable" not in output, output  # a stop is not the cloud's fault
+
+
+def test_chaos_stops_on_a_few_cycles_every_process_exits_0(tmp_path):
+    out = tmp_path / "stops.json"
+    cmd = sop("chaos", "stops", "--cycles", "2", "--json", str(out), "--burners", "1", "--out", str(tmp_path / "runs"))
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+    report = json.loads(out.read_text())
+    # processes: 7 robot nodes and keyboard_teleop; single-process: the composed robot and keyboard_teleop
+    assert report["cycles"] == 2 and report["stops_measured"] == 8 + 2, result.stdout
+    assert report["hangs"] == 0 and report["nonzero_exits"] == 0 and report["exited_before_signal"] == 0, (
+        json.dumps(report["failures"], indent=1) + result.stdout[-3000:]
+    )
+    assert {r["mode"] for r in report["stops"]} == {"processes", "single-process"}
+    assert out.with_suffix(".png").stat().st_size > 0
