@@ -167,6 +167,8 @@ class BridgeNode(Node):
 
     def destroy_node(self) -> None:
         self._stop.set()  # uploads and downloads end at their next wait...
+        if self.fetcher is not None:
+            self.fetcher.wake()  # (the wait for announcements is on a queue)
         for thread in self._threads:
             thread.join(timeout=STOP_JOIN_S)
         # ...but one may be waiting for the cloud's reply (up to reply_timeout_s): closing the session ends every

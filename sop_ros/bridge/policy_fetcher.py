@@ -149,6 +149,10 @@ class PolicyFetcher:
             if data != WAKE:
                 self.offer(data)
 
+    def wake(self) -> None:
+        """End the loop's wait for announcements now (its `stop` was just set)."""
+        self._offers.put(WAKE)
+
     def want(self, version: str) -> None:
         """The policy node waits for `version` (an episode is scheduled to run it): hand it over from the cache.
 
