@@ -36,8 +36,8 @@ from sop_ros.sim.pace import RobotPace
 
 # After the last episode, how long to wait for an operator's label of it before the run ends.
 LABEL_WAIT_S = 2.0
-# A stop waits this long for the driver thread: it ends within a control period, except while it builds the
-# simulator (seconds on a busy host, and not interruptible), which the ending process then drops.
+# A stop waits this long for the driver thread, which ends within a control period. (Not while it builds the
+# simulator: seconds on a busy host, and not interruptible. The ending process drops it.)
 DRIVER_JOIN_S = 1.0
 
 
@@ -328,7 +328,8 @@ class SimRobotNode(Node):
     def destroy_node(self) -> None:
         self._stop.set()
         self._command_arrived.set()  # wake a lockstep wait
-        self._driver.join(timeout=DRIVER_JOIN_S)
+        if self.sim is not None:
+            self._driver.join(timeout=DRIVER_JOIN_S)
         super().destroy_node()
 
 
