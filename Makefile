@@ -12,7 +12,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 export MUJOCO_GL ?= egl
 
-BUILD_INPUTS := CMakeLists.txt package.xml $(wildcard cmake/* msg/*.msg srv/*.srv) \
+BUILD_INPUTS := CMakeLists.txt package.xml $(wildcard cmake/* msg/*.msg srv/*.srv src/*) \
 	$(shell find sop_ros launch config urdf rviz -type f -not -path '*/__pycache__/*' 2>/dev/null)
 
 .PHONY: demo test lint build venv clean

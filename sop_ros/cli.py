@@ -507,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sop_ros.robot import fastdds_fix
+
+    fastdds_fix.load()  # before any command imports rclpy (nodes it composes, ROS clients of benches)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

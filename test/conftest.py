@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from sop_ros.robot import fastdds_fix
+
+fastdds_fix.load()  # before any test imports rclpy: the tests' own nodes stop as the robots' do
+
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "install" / "sop_ros"
 _domains = itertools.count(100 + (os.getpid() % 50) * 2)

@@ -15,6 +15,7 @@ from conftest import REPO, sop, start, wait_for
 from test_bridge_upload import ROBOT, make_episode
 
 from sop_ros.bridge.protocol import EPISODES
+from sop_ros.robot import fastdds_fix
 from sop_ros.robot.launch_plan import NODE_PROCESS
 from sop_ros.robot.node_process import DIE_WITH_PARENT_ENV
 from sop_ros.robot.stop_signals import STOP_SIGNALS
@@ -61,6 +62,23 @@ def test_a_node_whose_launcher_died_before_it_started_does_not_stay(tmp_path):
     cmd = [sys.executable, "-m", NODE_PROCESS, "sop_ros.robot.teleop_arbiter_node"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=60, check=False)
     assert result.returncode == 0 and "teleop_arbiter" not in result.stdout + result.stderr
+
+
+SET_LISTENER = "_ZN8eprosima7fastdds3dds17DomainParticipant12set_listenerEPNS1_25DomainParticipantListenerENSt6chrono8"
+
+
+@pytest.mark.skipif(fastdds_fix.library_path() is None, reason="the Fast DDS fix is not built (Fast DDS 2.x only)")
+def test_the_fastdds_fix_is_what_a_participant_deletion_calls(tmp_path):
+    """The dynamic linker binds Fast DDS's set_listener(listener, timeout), which rmw calls when a node's
+    participant goes, to the fix's definition (its own would spin)."""
+    script = ("from sop_ros.robot import fastdds_fix; fastdds_fix.load(); import rclpy; rclpy.init(); "
+              "rclpy.create_node('bound').destroy_node(); rclpy.shutdown()")  # fmt: skip
+    env = {**os.environ, "LD_DEBUG": "bindings", "LD_DEBUG_OUTPUT": str(tmp_path / "ld")}
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, timeout=60, check=True)
+    bindings = [line for log in tmp_path.glob("ld.*") for line in log.read_text().splitlines() if SET_LISTENER in line]
+    assert bindings and all(line.split(" to ")[1].split()[0].endswith(fastdds_fix.LIBRARY) for line in bindings), (
+        bindings
+    )
 
 
 def test_a_bridge_stops_without_waiting_for_a_cloud_that_does_not_answer(tmp_path):

@@ -339,14 +339,16 @@ def summarize(records: list[StopRecord], states: list[dict], cycles: int) -> dic
         "by_mode": group(lambda r: r.mode),
         "by_signal": group(lambda r: r.signal),
         "by_cloud": group(lambda r: "cloud present" if r.cloud else "cloud away"),
-        # How many cycles the signal met in each state (the last milestone the robot's logs show before it).
+        # How many cycles the signal met in each state (from what the robot's logs show before it; a cycle may be
+        # in several).
         "signal_met": {
-            "before_the_simulator_stepped": sum(not s["sim_stepping"] for s in states),
-            "before_the_policy_was_loaded": sum(not s["policy_loaded"] for s in states),
-            "while_commanding": sum(s["commanding"] for s in states),
-            "after_an_episode_ended": sum(s["episode_done"] for s in states),
-            "with_the_cloud_before_its_policy_was_loaded": sum(s["cloud"] and not s["hot_loaded"] for s in states),
-            "after_the_cloud's_policy_was_loaded": sum(s["hot_loaded"] for s in states),
+            "simulator_not_yet_stepping": sum(not s["sim_stepping"] for s in states),
+            "start_policy_not_yet_loaded": sum(not s["policy_loaded"] for s in states),
+            "cloud_policy_announced_not_yet_loaded": sum(s["announced"] and not s["hot_loaded"] for s in states),
+            "cloud_policy_loaded": sum(s["hot_loaded"] for s in states),
+            "commands_flowing": sum(s["commanding"] for s in states),
+            "an_episode_ended": sum(s["episode_done"] for s in states),
+            "cloud_away": sum(not s["cloud"] for s in states),
         },
         "failures": [asdict(r) for r in records if not stopped_cleanly(r)],
         "passed": not hangs and not nonzero and not slow and not early_exits,

@@ -1,8 +1,9 @@
 """A node's process: `python -m sop_ros.robot.node_process <node module> --ros-args ...`.
 
 What `ros2 run` (the executables CMakeLists.txt generates) and `sop robot` start. Before the node's module loads
-it catches stop signals, so that a node stopped while it is still starting exits 0 at once (see stop_signals),
-and, when started by a launcher, asks the kernel to stop it if that launcher dies (even by SIGKILL): no orphans.
+it catches stop signals, so that a node stopped while it is still starting exits 0 at once (see stop_signals);
+when started by a launcher, asks the kernel to stop it if that launcher dies (even by SIGKILL): no orphans; and
+loads the Fast DDS fix that lets a node stop while others leave (see fastdds_fix).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import signal
 import sys
 from typing import NoReturn
 
-from sop_ros.robot import stop_signals
+from sop_ros.robot import fastdds_fix, stop_signals
 
 # Set by a launcher for the nodes it starts, to its own pid: they stop when it dies.
 DIE_WITH_PARENT_ENV = "SOP_ROS_DIE_WITH_PARENT"
@@ -37,6 +38,7 @@ def run(module: str) -> NoReturn:
 
     stop_signals.exit_on_signal()
     die_with_parent()
+    fastdds_fix.load()  # before the node's module imports rclpy
     end_process(importlib.import_module(module).main())
 
 
