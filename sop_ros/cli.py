@@ -91,7 +91,13 @@ def cmd_bench_bridge(args: argparse.Namespace) -> int:
 
 def cmd_bench_learner(args: argparse.Namespace) -> int:
     from sop_ros.bench.learner import run
+    from sop_ros.learner.dataset import episode_files
 
+    if not episode_files(args.demos):
+        print(f"sop bench learner: no recorded episodes in {args.demos}: record them first, e.g. `sop collect-demos "
+              f"--tasks reach-v3,drawer-open-v3,window-open-v3 --episodes-per-task 10 --robots 2 --out {args.demos}` "
+              "(results/README.md, fleet/)", file=sys.stderr)  # fmt: skip
+        return 2
     report = run(Path(args.json), Path(args.demos), args.steps, args.batch_size, args.robots, args.threads)
     print(f"wrote {args.json}: ratio {report['ratio']} (target >= {report['target']})")
     return 0

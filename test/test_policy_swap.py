@@ -4,6 +4,7 @@ import threading
 import time
 
 import torch
+from conftest import wait_for
 
 from sop_ros.configs.model import ModelConfig
 from sop_ros.model.vla import VLAPolicy, save_checkpoint
@@ -101,6 +102,11 @@ def test_an_episode_runs_the_policy_its_start_names(tmp_path):
                     time.sleep(0.005)
             return None
 
+        def started(running: str = "", awaited: str = "") -> None:
+            """Wait until the policy node took the START (events and ticks travel on different topics)."""
+            wait_for(lambda: driver.status is not None and (driver.status.version, driver.status.awaited_version)
+                     == (running, awaited), 30, what=f"policy status running {running!r}, awaiting {awaited!r}")
+
         ran = []
         for n, (version, path) in enumerate([("bench-a", None), ("bench-b", second), ("bench-a", None)]):
             reply = load(path) if path else None
@@ -108,12 +114,12 @@ def test_an_episode_runs_the_policy_its_start_names(tmp_path):
                 assert reply.accepted and reply.running_version == "bench-a", reply.message
                 assert answer() == "bench-a"
             start(version, n)
-            time.sleep(0.3)  # events and observations travel on different topics
+            started(running=version)
             ran.append(answer())
         assert ran == ["bench-a", "bench-b", "bench-a"]
 
         start("bench-c", 3)
-        time.sleep(0.3)
+        started(running="bench-a", awaited="bench-c")
         assert answer(timeout_s=2.0) is None  # not loaded: the episode waits for it
         assert driver.status.awaited_version == "bench-c"
         reply = load(third)

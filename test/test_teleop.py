@@ -1,5 +1,6 @@
 """Teleop over real processes and topics: takeover and hand-back, hold on stale input, labels, interventions."""
 
+import select
 import signal
 import sys
 
@@ -10,6 +11,7 @@ from std_msgs.msg import Float64MultiArray
 
 from sop_ros.msg import EpisodeEvent, InterventionState
 from sop_ros.robot import topics
+from sop_ros.robot.teleop_devices import KEYBOARD_HELP
 from sop_ros.srv import LabelEpisode
 
 NS = "/tr"
@@ -211,7 +213,14 @@ def test_keyboard_teleop_in_a_terminal(rclpy_context):
     os.close(follower)
     try:
         wait_for(lambda: probe.node.count_publishers(f"{NS}/{topics.OPERATOR_COMMAND}") > 0, 30, probe.spin, "node")
-        time.sleep(0.5)  # past the node's start: its terminal is in cbreak mode once the help line is out
+        shown = bytearray()  # the help line comes once the terminal reads keys one by one (cbreak)
+
+        def help_shown() -> bool:
+            if select.select([leader], [], [], 0.1)[0]:
+                shown.extend(os.read(leader, 4096))
+            return KEYBOARD_HELP.split("\n")[0].encode() in shown
+
+        wait_for(help_shown, 30, what="the keyboard help")
         os.write(leader, b" w")
         wait_for(lambda: any(list(m.data) == [0.5, 0.0, 0.0, -1.0] for m in operator), 10, probe.spin, "+x command")
         # A key moves the arm for one period; engaged and idle, the operator keeps holding control.

@@ -41,10 +41,10 @@ class KeyboardTeleopNode(Node):
         """Raw terminal input on its own thread (a blocking read must not stall the executor)."""
         fd = sys.stdin.fileno()
         saved = termios.tcgetattr(fd) if os.isatty(fd) else None
-        print(KEYBOARD_HELP, end="\r\n", flush=True)
         try:
             if saved is not None:
                 tty.setcbreak(fd)
+            print(KEYBOARD_HELP, end="\r\n", flush=True)  # after cbreak: once it shows, keys count one by one
             while not self.finished.is_set():
                 if not select.select([fd], [], [], 0.1)[0]:
                     continue
