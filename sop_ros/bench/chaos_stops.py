@@ -78,6 +78,7 @@ def run(json_path: Path, cycles: int = 200, seed: int = 0, out_dir: Path = Path(
     from sop_ros.bench.bridge import free_endpoint
     from sop_ros.bench.chaos_bridge import code_version
     from sop_ros.bench.inference import machine
+    from sop_ros.robot.launcher import stop_processes
     from sop_ros.robot.node_process import DIE_WITH_PARENT_ENV
 
     run_dir = Path(out_dir) / f"stops-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
@@ -133,12 +134,7 @@ def run(json_path: Path, cycles: int = 200, seed: int = 0, out_dir: Path = Path(
         for proc in busy:
             proc.kill()
             proc.wait()
-        cloud.send_signal(signal.SIGTERM)
-        try:
-            cloud.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            cloud.kill()
-            cloud.wait()
+        stop_processes({"sop cloud": cloud}, signal.SIGTERM, grace_s=30.0)
 
     command = (f"sop chaos stops --cycles {cycles} --json {json_path} --seed {seed} --burners {burners} "
                f"--robot-config {robot_config} --out {out_dir}")  # fmt: skip
