@@ -497,6 +497,7 @@ def run(out: Path, episodes: int = 4, episode_mb: float = 64.0, robots: int = 8,
     result["met"] = result["upload_ratio"] >= 0.5 and weights["ratio_to_raw"] >= 0.5
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
+    shutil.rmtree(workdir, ignore_errors=True)  # gigabytes of test episodes and policies: nothing to keep
     print(f"wrote {out}; upload_ratio {result['upload_ratio']}, weights ratio_to_raw {weights['ratio_to_raw']}; "
           f"targets met: {result['met']}")  # fmt: skip
     return result

@@ -182,6 +182,9 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
 
     base_learner = load_config(LearnerConfig, learner_yaml)
     base_robot = load_config(RobotLaunchConfig, base_yaml)
+    if base_learner.base_policy and not Path(base_learner.base_policy).is_file():
+        raise ConfigError(f"{learner_yaml}: base_policy={base_learner.base_policy!r}: no such file; make it first: "
+                          f"`sop pretrain --demos <recorded demos> --out {base_learner.base_policy}`")  # fmt: skip
     tasks = tasks or list(base_learner.tasks)
     if robots < 1 or minutes <= 0 or block < 1 or sim_minutes < 0:
         raise ConfigError("--robots and --block must be >= 1, --minutes > 0, --sim-minutes >= 0")
@@ -201,7 +204,10 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     endpoint = free_endpoint()
     learner = learner_config(base_learner, tasks, out, endpoint)
     (out / "configs" / "learner.yaml").write_text(yaml.safe_dump(to_dict(learner), sort_keys=False))
-    span = f"{sim_minutes:g} simulated min ({rate:g} learner steps each)" if paced else f"{minutes:g} min"
+    if paced and sim_minutes:
+        span = f"{sim_minutes:g} simulated min ({rate:g} learner steps each)"
+    else:
+        span = f"{minutes:g} min" + (f", paced at {rate:g} learner steps per simulated min" if paced else "")
     print(f"fleet run: {robots} robots on {', '.join(tasks)} for {span}; base policy "
           f"{publish_base(learner)}; {'frozen' if frozen else 'learner ' + learner.algorithm} -> {out}",
           flush=True)  # fmt: skip
