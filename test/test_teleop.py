@@ -221,9 +221,12 @@ def test_keyboard_teleop_in_a_terminal(rclpy_context):
             return KEYBOARD_HELP.split("\n")[0].encode() in shown
 
         wait_for(help_shown, 30, what="the keyboard help")
-        os.write(leader, b" w")
+        # Engaged and idle, the operator keeps holding control: a hold command every period. Once one arrives, the
+        # topic is matched both ways (a key's single command could otherwise go out before the node sees us).
+        os.write(leader, b" ")
+        wait_for(lambda: operator and list(operator[-1].data) == [0.0, 0.0, 0.0, -1.0], 30, probe.spin, "holding")
+        os.write(leader, b"w")  # a key moves the arm for one period
         wait_for(lambda: any(list(m.data) == [0.5, 0.0, 0.0, -1.0] for m in operator), 10, probe.spin, "+x command")
-        # A key moves the arm for one period; engaged and idle, the operator keeps holding control.
         wait_for(lambda: list(operator[-1].data) == [0.0, 0.0, 0.0, -1.0], 10, probe.spin, "idle while engaged")
         os.write(leader, b" ")  # release: commands stop
         time.sleep(0.3)
