@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("robot", help="start the on-robot nodes described by a YAML config (no ros2 launch needed)")
     p.add_argument("--config", required=True, help="robot YAML, e.g. config/sim.yaml or config/robot.yaml")
-    p.add_argument("--single-process", action="store_true", help="compose all nodes on one executor in this process")
+    p.add_argument("--single-process", action="store_true", help="all nodes in this process, each on its own executor")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     p.set_defaults(func=cmd_robot)
 

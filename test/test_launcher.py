@@ -112,3 +112,41 @@ def test_node_with_bad_parameter_fails_at_start_naming_it():
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, timeout=60, env=os.environ)
     assert result.returncode == 2
     assert "parameter control_hz=-1.0: must be > 0" in result.stderr
+
+
+def test_nodes_in_one_process_spin_apart_and_a_failing_callback_ends_them_all(rclpy_context):
+    import threading
+
+    import rclpy
+
+    from sop_ros.robot.spin import spin_until_done
+
+    in_slow, stop = threading.Event(), threading.Event()
+    ticks_while_slow_blocks = []
+    slow, fast, failing = (rclpy.create_node(name) for name in ("slow", "fast", "failing"))
+
+    def slow_tick():
+        in_slow.set()
+        stop.wait(10.0)  # blocks until the fast node has ticked meanwhile: each node spins on its own executor
+
+    def fast_tick():
+        if in_slow.is_set():
+            ticks_while_slow_blocks.append(1)
+        if len(ticks_while_slow_blocks) == 5:
+            stop.set()
+
+    slow.create_timer(0.01, slow_tick)
+    fast.create_timer(0.01, fast_tick)
+    try:
+        spin_until_done([slow, fast], stop, duration_s=30.0)
+        assert len(ticks_while_slow_blocks) >= 5
+
+        def fail():
+            raise RuntimeError("callback failed")
+
+        failing.create_timer(0.01, fail)
+        with pytest.raises(RuntimeError, match="callback failed"):
+            spin_until_done([slow, fast, failing], threading.Event(), duration_s=30.0)
+    finally:
+        for node in (slow, fast, failing):
+            node.destroy_node()

@@ -1,7 +1,7 @@
 """`sop robot`: start a robot's nodes from its YAML config, here, without `ros2 launch`.
 
 By default every node runs in its own process, as `ros2 launch` would start them; `single_process`
-composes them on one executor instead. Either way SIGINT/SIGTERM stops every node cleanly, and the
+composes them in one process instead. Either way SIGINT/SIGTERM stops every node cleanly, and the
 launcher exits 0 when all of them did.
 """
 
@@ -138,7 +138,7 @@ def stop_processes(procs: dict[str, subprocess.Popen], sig: int = signal.SIGTERM
 
 
 def run_single_process(specs: list[NodeSpec], duration_s: float | None = None) -> int:
-    """Compose every node in this process on one executor."""
+    """Compose every node in this process, each on an executor of its own."""
     import importlib
 
     import rclpy

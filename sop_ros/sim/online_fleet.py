@@ -175,7 +175,7 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
 
     `frozen`: the cloud serves the base policy and stores episodes, nothing trains (offline HG-DAgger's
     collection phase, and the no-learning baseline). `seed`: the learner's, and the fleet's episodes' (the same seed,
-    the same run). `single_process`: each robot's nodes share one process and one executor (`sop robot
+    the same run). `single_process`: each robot's nodes share one process (`sop robot
     --single-process`): the same nodes and topics, one interpreter's imports and start-up instead of seven."""
     from sop_ros.bench.bridge import free_endpoint
     from sop_ros.bridge.artifacts import make_signing_keys
