@@ -44,6 +44,8 @@ def test_shipped_learner_config_is_valid():
         (robot(sim_robot={"control_hz": "fast"}), "nodes.sim_robot.control_hz='fast': must be a number"),
         (robot(sim_robot={"cameras": ["corner", "eye"]}), "nodes.sim_robot.cameras[1]='eye': must be one of"),
         (robot(sim_robot={"image_transport": "png"}), "image_transport='png': must be one of 'raw', 'compressed'"),
+        (robot(sim_robot={"goal_marker_radius_m": 0.5}), "goal_marker_radius_m=0.5: must be in 0..0.1 m"),
+        (robot(sim_robot={"goal_marker_rgba": [0, 1, 0]}), "goal_marker_rgba=(0.0, 1.0, 0.0): must be [] or 4 values"),
         (robot(teleop_arbiter={"action_min": [-1.0]}), "nodes.teleop_arbiter.action_min=(-1.0,): must have one"),
         (robot(teleop_arbiter={"action_max": [1, 1, -2, 1]}), "action_max[2]=-2.0: must be > action_min[2] (-1.0)"),
         (robot(teleop_arbiter={"control_hz": 0}), "nodes.teleop_arbiter.control_hz=0.0: must be > 0"),

@@ -14,7 +14,8 @@ from sop_ros.robot import topics
 SIM = """
 robot: {{id: {rid}, use_sim_time: true}}
 nodes:
-  sim_robot: {{task: reach-v3, cameras: [corner], image_width: 32, image_height: 32, camera_hz: 5.0}}
+  sim_robot: {{task: reach-v3, cameras: [corner], image_width: 32, image_height: 32,
+              goal_marker_radius_m: 0.04, goal_marker_rgba: [0.0, 1.0, 0.0, 1.0], camera_hz: 5.0}}
   teleop_arbiter: {{operator_device: scripted_expert}}
   scripted_operator: {{task: reach-v3}}
 """

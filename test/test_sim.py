@@ -6,7 +6,14 @@ import numpy as np
 from conftest import REPO
 
 from sop_ros.sim.catalog import instructions_for
-from sop_ros.sim.metaworld_sim import JOINT_NAMES, MetaWorldSim, expert_for, sim_state, split_sim_state
+from sop_ros.sim.metaworld_sim import (
+    JOINT_NAMES,
+    GoalMarker,
+    MetaWorldSim,
+    expert_for,
+    sim_state,
+    split_sim_state,
+)
 
 
 def run_episode(sim: MetaWorldSim, expert) -> tuple[bool, np.ndarray, str]:
@@ -56,3 +63,29 @@ def test_sim_state_carries_the_command_applied_to_reach_it():
     np.testing.assert_array_equal(observation, reached)
     np.testing.assert_array_equal(executed, applied)
     assert expert_for("reach-v3")(observation).shape == (4,)  # the expert reads the observation as before
+
+
+def green_pixels(sim: MetaWorldSim, camera: str) -> np.ndarray:
+    """Where the policy's input (the camera image resized to the model's 64 pixels) is marker-green."""
+    from sop_ros.model.preprocess import resize_chw
+
+    r, g, b = resize_chw(sim.render(camera), 64).astype(int)
+    return np.argwhere((g > 150) & (r < 90) & (b < 90))
+
+
+def test_a_goal_marker_shows_each_episodes_goal_in_the_policys_input():
+    plain = MetaWorldSim("reach-v3", seed=3, image_size=(96, 96))  # Meta-World's goal: a 2 cm red sphere
+    plain.reset()
+    assert plain.target_sites() == ["goal"] and len(green_pixels(plain, "corner")) == 0
+    plain.close()
+
+    sim = MetaWorldSim("reach-v3", seed=3, image_size=(96, 96), goal_marker=GoalMarker(0.04, (0.0, 1.0, 0.0, 1.0)))
+    centres = []
+    for _ in range(2):
+        _, state = sim.reset()
+        pixels = green_pixels(sim, "corner")
+        assert len(pixels) >= 6, len(pixels)  # a 4 cm sphere: a blob of pixels, not a speck
+        centres.append((pixels.mean(axis=0), state[-3:]))  # the observation ends with the goal's xyz
+    sim.close()
+    (first, goal_a), (second, goal_b) = centres
+    assert np.linalg.norm(goal_a - goal_b) > 0.05 and np.linalg.norm(first - second) > 2  # it follows the goal

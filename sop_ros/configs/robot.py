@@ -53,6 +53,11 @@ class SimRobotConfig:
     # Sim-time pacing for experiments (sop_ros/sim/pace.py): the learner's Zenoh endpoint. The clock then is
     # fleet time, and each step waits until the learner's budget of steps per simulated minute allows it.
     pace_connect: str = ""
+    # The task's goal as the cameras show it: Meta-World draws reach's goal as a 2 cm sphere, a few pixels of a
+    # 64-pixel policy input. A radius > 0 redraws every target site of the task (its goal, or goals) that big, in
+    # goal_marker_rgba (empty: Meta-World's own colour). Only the picture changes: success is Meta-World's.
+    goal_marker_radius_m: float = 0.0
+    goal_marker_rgba: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         require(self.task in MT50, "task", self.task, "must be a Meta-World MT50 task, e.g. 'pick-place-v3'")
@@ -81,6 +86,10 @@ class SimRobotConfig:
         require(self.lockstep_timeout_s > 0, "lockstep_timeout_s", self.lockstep_timeout_s, "must be > 0")
         require(not self.pace_connect or self.step_mode == "lockstep", "pace_connect", self.pace_connect,
                 "needs step_mode: lockstep (a paced clock cannot keep wall time)")  # fmt: skip
+        require(0 <= self.goal_marker_radius_m <= 0.1, "goal_marker_radius_m", self.goal_marker_radius_m,
+                "must be in 0..0.1 m (0: Meta-World's own goal sites)")  # fmt: skip
+        require(len(self.goal_marker_rgba) in (0, 4) and all(0 <= c <= 1 for c in self.goal_marker_rgba),
+                "goal_marker_rgba", self.goal_marker_rgba, "must be [] or 4 values in 0..1 (red, green, blue, alpha)")
 
     @property
     def camera_every_steps(self) -> int:

@@ -51,6 +51,14 @@ def split_sim_state(data) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 @dataclass(frozen=True)
+class GoalMarker:
+    """How the cameras draw the task's target sites: a sphere of this radius, in this colour (None: Meta-World's)."""
+
+    radius_m: float
+    rgba: tuple[float, float, float, float] | None = None
+
+
+@dataclass(frozen=True)
 class Episode:
     index: int
     task: str
@@ -68,7 +76,8 @@ class StepResult:
 class MetaWorldSim:
     """One Meta-World task; every episode draws a placement and an instruction from a seeded stream."""
 
-    def __init__(self, task: str, seed: int, image_size: tuple[int, int] = (96, 96)) -> None:
+    def __init__(self, task: str, seed: int, image_size: tuple[int, int] = (96, 96),
+                 goal_marker: GoalMarker | None = None) -> None:  # fmt: skip
         benchmark = metaworld.MT1(task, seed=seed)
         self.task = task
         self._variants = benchmark.train_tasks
@@ -83,6 +92,7 @@ class MetaWorldSim:
         model.vis.quality.offsamples = 0
         height, width = image_size
         self._renderer = mujoco.Renderer(model, height, width)
+        self._goal_marker = goal_marker
         self._qpos = np.array([model.joint(n).qposadr[0] for n in JOINT_NAMES])
         self._qvel = np.array([model.joint(n).dofadr[0] for n in JOINT_NAMES])
 
@@ -100,6 +110,8 @@ class MetaWorldSim:
         variant = self._rng.randrange(len(self._variants))
         self._env.set_task(self._variants[variant])
         state, _ = self._env.reset(seed=self._seed + self._episodes)
+        if self._goal_marker is not None:
+            self._draw_goal_marker(self._goal_marker)
         self.episode = Episode(self._episodes, self.task, pick_instruction(self.task, self._rng), variant)
         self._episodes += 1
         self._steps = 0
@@ -114,6 +126,19 @@ class MetaWorldSim:
         state, _, _, _, info = self._env.step(action)
         self._steps += 1
         return StepResult(np.asarray(state, dtype=np.float64), bool(info["success"]), self._steps)
+
+    def target_sites(self) -> list[str]:
+        """The sites where Meta-World shows the task's goal (none for tasks whose goal is a fixed part)."""
+        # Meta-World's own list of the sites it moves to each episode's targets (a private but stable property).
+        return [name for name, _ in self._env._target_site_config]
+
+    def _draw_goal_marker(self, marker: GoalMarker) -> None:
+        model = self._env.model
+        for name in self.target_sites():
+            site = model.site(name).id
+            model.site_size[site] = marker.radius_m
+            if marker.rgba is not None:
+                model.site_rgba[site] = marker.rgba
 
     def joint_positions(self) -> np.ndarray:
         return self._env.data.qpos[self._qpos].copy()
