@@ -151,3 +151,41 @@ def test_nodes_in_one_process_spin_apart_and_a_failing_callback_ends_them_all(rc
     finally:
         for node in (slow, fast, failing):
             node.destroy_node()
+
+
+def test_when_a_node_finishes_the_others_first_handle_what_had_reached_them(rclpy_context):
+    import threading
+
+    import rclpy
+    from rclpy.duration import Duration
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import Int32
+
+    from sop_ros.robot.spin import spin_until_done
+
+    qos = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    source, sink = rclpy.create_node("source"), rclpy.create_node("sink")
+    source.finished = threading.Event()
+    publisher = source.create_publisher(Int32, "numbers", qos)
+    handled = []
+
+    def handle(msg):
+        threading.Event().wait(0.02)  # a slow callback: messages queue up behind it
+        handled.append(msg.data)
+
+    sink.create_subscription(Int32, "numbers", handle, qos)
+
+    def publish_then_finish():
+        wait_for(lambda: publisher.get_subscription_count() == 1, 30.0, what="the sink's subscription")
+        for i in range(20):
+            publisher.publish(Int32(data=i))
+        publisher.wait_for_all_acked(Duration(seconds=10))  # every message is in the sink's queue
+        source.finished.set()  # as a simulator after its last episode
+
+    threading.Thread(target=publish_then_finish, daemon=True).start()
+    try:
+        spin_until_done([source, sink], threading.Event(), duration_s=60.0)
+        assert handled == list(range(20))
+    finally:
+        source.destroy_node()
+        sink.destroy_node()

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 import rclpy
-from rclpy.executors import SingleThreadedExecutor
+from rclpy.executors import Executor, ShutdownException, SingleThreadedExecutor, TimeoutException
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
@@ -26,6 +26,11 @@ def init(args: list[str] | None = None) -> threading.Event:
     """rclpy.init without rclpy's signal handlers; returns the event that SIGINT / SIGTERM set from now on."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     return stop_signals.stop_event_on_signal()
+
+
+# A node that finished ends the others, but first they handle what had already reached them (the recorder, the
+# last episode's END): at most this long, so that a node flooded with messages still stops.
+DRAIN_S = 1.0
 
 
 def finished(nodes: Sequence[Node]) -> bool:
@@ -62,6 +67,8 @@ def spin_until_done(nodes: Sequence[Node], stop: threading.Event, duration_s: fl
         try:
             while running():
                 executor.spin_once(timeout_sec=0.1)
+            if finished(nodes) and not stop.is_set():
+                drain(executor, time.monotonic() + DRAIN_S)
         except BaseException as err:  # raised again below, in the caller's thread, as with one executor
             failures.append(err)
         finally:
@@ -83,6 +90,27 @@ def spin_until_done(nodes: Sequence[Node], stop: threading.Event, duration_s: fl
             executor.shutdown()
     if failures:
         raise failures[0]
+
+
+def drain(executor: Executor, deadline: float) -> None:
+    """Run the callbacks that are ready now (messages already delivered, timers due), until none is or
+    `deadline` (time.monotonic()) passes."""
+    looked_again = False
+    while time.monotonic() < deadline:
+        try:
+            handler, _, _ = executor.wait_for_ready_callbacks(timeout_sec=0.0)
+        except ShutdownException:
+            return
+        except TimeoutException:
+            # With a zero timeout rclpy also raises this at the end of a pass that did yield work: only a
+            # second one in a row, from a fresh wait, means that nothing is ready.
+            if looked_again:
+                return
+            looked_again = True
+            continue
+        looked_again = False
+        handler()
+        handler.result()  # raises what the callback raised, as spin_once does
 
 
 def log_at(node: Node, severity: str, message: str, warn_throttle_s: float = 0.0) -> None:
