@@ -27,12 +27,23 @@ def test_every_task_gets_an_equal_part_of_the_batch():
         task_rows(8, [], rng)
 
 
-def test_the_online_share_follows_sops_formula_and_its_clip():
-    assert online_share(0.5, 0.5, SOP) == pytest.approx(1 / (1 + np.exp(-0.25)))  # 0.5622
-    assert online_share(0.4, 0.7, SOP) == pytest.approx(1 / (1 + np.exp(0.1)))  # 0.4750
-    assert online_share(1.0, 0.0, SOP) == 0.8  # 0.818, clipped
-    assert online_share(0.0, 2.0, SOP) == 0.2  # 0.119, clipped
+def test_the_online_share_follows_sops_formula_on_relative_losses_and_its_clip():
+    # Equal losses: sigmoid(alpha - 1) = sigmoid(0.5), at any scale of the loss.
+    for loss in (0.05, 0.5, 5.0):
+        assert online_share(loss, loss, SOP) == pytest.approx(1 / (1 + np.exp(-0.5)))  # 0.6225
+    assert online_share(0.0, 0.0, SOP) == pytest.approx(1 / (1 + np.exp(-0.5)))
+    # 0.4 and 0.7 relative to their mean 0.55: (1.5 * 0.4 - 0.7) / 0.55 = -0.1818.
+    assert online_share(0.4, 0.7, SOP) == pytest.approx(1 / (1 + np.exp(0.1 / 0.55)))  # 0.4547
+    assert online_share(1.0, 0.0, SOP) == 0.8  # sigmoid(3) = 0.953, clipped
+    assert online_share(0.0, 2.0, SOP) == 0.2  # sigmoid(-2) = 0.119, clipped
     assert (online_share(1e4, 0.0, SOP), online_share(0.0, 1e4, SOP)) == (0.8, 0.2)  # no overflow
+
+
+def test_a_task_whose_fleet_data_is_harder_gets_a_larger_online_share():
+    # Flow-matching losses as the learner sees them (0.05-0.3): on raw losses every task sat near 0.5.
+    harder, like, easier = online_share(0.2, 0.1, SOP), online_share(0.1, 0.1, SOP), online_share(0.05, 0.1, SOP)
+    assert 0.2 <= easier < like < harder <= 0.8
+    assert harder - easier > 0.3
 
 
 def test_losses_are_averaged_over_the_last_window_of_steps():
@@ -46,7 +57,7 @@ def test_losses_are_averaged_over_the_last_window_of_steps():
     assert shares.mean_loss("a", OFFLINE, 6) is None and shares.share("a", 6) == 0.5
     shares.record(7, "a", ONLINE, 0.3)
     shares.record(7, "a", OFFLINE, 0.6)
-    assert shares.shares(7) == {"a": pytest.approx(1 / (1 + np.exp(-(1.5 * 0.3 - 0.6)))), "b": 0.5}
+    assert shares.shares(7) == {"a": pytest.approx(1 / (1 + np.exp(-(1.5 * 0.3 - 0.6) / 0.45))), "b": 0.5}
     with pytest.raises(KeyError, match="unknown task 'c'"):
         shares.record(8, "c", ONLINE, 1.0)
     with pytest.raises(ValueError, match="not finite"):

@@ -8,6 +8,12 @@ the policy stays a generalist whatever the fleet happens to be doing. Within a t
 with l_on and l_off the task's training losses on its online and offline rows, averaged over the last W learner
 steps, and w_on clipped to [online_share_min, online_share_max]. alpha > 1 leans towards the fleet's data when
 the policy does as badly on it as on the demonstrations; the clip keeps both sources in every batch.
+
+The losses enter relative to their mean, l / ((l_on + l_off) / 2): the share then depends on how much harder the
+fleet's data is than the demonstrations, not on the loss's units. Taken raw, flow-matching losses of 0.05-0.3
+put alpha * l_on - l_off within +-0.3 of zero whatever the data, so every batch was close to a fixed 50/50 mix;
+relative, equal losses give sigmoid(alpha - 1) (0.62 at alpha 1.5), an online loss twice the offline one 0.79,
+half of it 0.42.
 """
 
 from __future__ import annotations
@@ -36,8 +42,12 @@ def task_rows(batch_size: int, tasks: Sequence[str], rng: np.random.Generator) -
 
 
 def online_share(loss_online: float, loss_offline: float, config: SamplingConfig) -> float:
-    """SOP's w_on for one task from its windowed mean losses, clipped to [online_share_min, online_share_max]."""
-    x = config.online_share_alpha * loss_online - loss_offline
+    """SOP's w_on for one task from its windowed mean losses (relative to their mean), clipped to
+    [online_share_min, online_share_max]."""
+    scale = (loss_online + loss_offline) / 2
+    if scale <= 0:  # both zero: as equal losses
+        loss_online = loss_offline = scale = 1.0
+    x = (config.online_share_alpha * loss_online - loss_offline) / scale
     share = 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))  # no overflow either way
     return min(max(share, config.online_share_min), config.online_share_max)
 
