@@ -70,6 +70,7 @@ def test_robot_config_errors_name_key_value_and_rule(data, message):
         ({"algorithm": "ppo"}, "algorithm='ppo': must be one of 'bc', 'hg_dagger', 'recap'"),
         ({"tasks": []}, "tasks=(): must list at least one task"),
         ({"batch_size": 2}, "batch_size=2: must be >= the number of tasks (5)"),
+        ({"min_learning_rate": 0.1}, "min_learning_rate=0.1: must be in 0..learning_rate (0.0001)"),
         ({"sampling": {"online_share_alpha": 0.5}}, "sampling.online_share_alpha=0.5: must be > 1"),
         ({"recap": {"indicator_dropout": 1.0}}, "recap.indicator_dropout=1.0: must be in [0, 1)"),
         ({"recap": {"value_bin": 201}}, "recap.value_bin: unknown key (did you mean 'value_bins'?)"),

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sop_ros.configs.learner import SamplingConfig
+from sop_ros.configs.learner import LearnerConfig, SamplingConfig
 from sop_ros.learner import recap
 from sop_ros.learner.dataset import EpisodeIndex
 from sop_ros.learner.hg_dagger import training_steps
@@ -153,3 +153,15 @@ def test_hg_dagger_learns_from_corrections_and_optionally_from_autonomy_that_suc
     assert with_autonomy(fleet_episode("success", twice)).tolist() == [False, True, False, True, True, True]
     assert with_autonomy(failure).tolist() == corrected  # never the autonomous steps of a failure
     assert corrections_only(success) is not success.operator  # a mask of its own, not the episode's array
+
+
+def test_the_learning_rate_warms_up_then_follows_a_cosine_to_its_minimum():
+    from sop_ros.learner.online import learning_rate_at
+
+    constant = LearnerConfig(learning_rate=1e-4)
+    assert [learning_rate_at(s, constant) for s in (0, 10, 10_000)] == [1e-4] * 3
+    config = LearnerConfig(learning_rate=1e-4, warmup_steps=4, decay_steps=10, min_learning_rate=1e-5)
+    assert [learning_rate_at(s, config) for s in range(4)] == pytest.approx([2.5e-5, 5e-5, 7.5e-5, 1e-4])
+    assert learning_rate_at(4, config) == pytest.approx(1e-4)  # the cosine starts at the top
+    assert learning_rate_at(9, config) == pytest.approx(5.5e-5)  # half way: the mean of 1e-4 and 1e-5
+    assert learning_rate_at(14, config) == learning_rate_at(1000, config) == pytest.approx(1e-5)

@@ -93,6 +93,12 @@ class LearnerConfig:
     checkpoint_dir: str = "runs/learner"  # checkpoint, status.json, TensorBoard events (tensorboard/)
     batch_size: int = 64  # the global batch, split over data-parallel ranks
     learning_rate: float = 1e-4
+    # The learning rate rises linearly from 0 over warmup_steps (a fresh optimiser's first updates are its
+    # largest), then, with decay_steps > 0, falls along a cosine to min_learning_rate over that many more steps
+    # and stays there. 0 and 0: constant.
+    warmup_steps: int = 0
+    decay_steps: int = 0
+    min_learning_rate: float = 0.0
     weight_decay: float = 1e-4
     # > 0: robots get an exponential moving average of the weights (this decay per step), not the last step's:
     # successive policies then differ by many steps' drift rather than one batch's noise.
@@ -125,6 +131,10 @@ class LearnerConfig:
             f"must be >= the number of tasks ({len(self.tasks)}): each batch is split across tasks",
         )
         require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0 (0: none)")
+        require(self.decay_steps >= 0, "decay_steps", self.decay_steps, "must be >= 0 (0: no decay)")
+        require(0 <= self.min_learning_rate <= self.learning_rate, "min_learning_rate", self.min_learning_rate,
+                f"must be in 0..learning_rate ({self.learning_rate})")  # fmt: skip
         require(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "must be in [0, 1) (0: off)")
         require(self.demos_per_task >= 0, "demos_per_task", self.demos_per_task, "must be >= 0 (0: all)")
         require(self.publish_every_steps >= 1, "publish_every_steps", self.publish_every_steps, "must be >= 1")

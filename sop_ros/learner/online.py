@@ -183,6 +183,17 @@ class TrainingData:
         self._indexer.shutdown(wait=True, cancel_futures=True)
 
 
+def learning_rate_at(step: int, config: LearnerConfig) -> float:
+    """The learning rate of learner step `step` (0-based): linear warm-up, then cosine decay to the minimum."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    if not config.decay_steps:
+        return config.learning_rate
+    progress = min(1.0, (step - config.warmup_steps) / config.decay_steps)
+    low, high = config.min_learning_rate, config.learning_rate
+    return float(low + (high - low) * 0.5 * (1.0 + np.cos(np.pi * progress)))
+
+
 def plan_rows(step: int, config: LearnerConfig, data: TrainingData, shares: dict[str, float]) -> list[Row]:
     """The global batch of learner step `step`: the same on every rank (its randomness is (seed, step))."""
     rng = np.random.default_rng([config.seed, step])
@@ -636,6 +647,8 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        for group in optimiser.param_groups:
+            group["lr"] = learning_rate_at(step, config)
         optimiser.step()
         if average is not None:
             average.update_parameters(policy)
@@ -652,6 +665,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         window_loss.append(float(stats[0].sum() / stats[1].sum()))
         if writer:
             writer.add_scalar("loss/step", window_loss[-1], step)  # every step: runs can be compared exactly
+            writer.add_scalar("learner/learning_rate", optimiser.param_groups[0]["lr"], step)
         window_rows += len(rows)
         trained_rows += len(rows)
         step += 1
