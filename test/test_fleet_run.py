@@ -98,3 +98,31 @@ def test_hot_swaps_are_the_versions_in_the_order_run_with_a_cut_episode_last(tmp
     EpisodeStore(tmp_path).close()  # indexes the files it finds
     # e3 was cut short by the robot's stop (no END): it came last, not first.
     assert [short_version(v) for v in hot_swaps(tmp_path)["robot_0"]] == ["base", "step 100", "step 200"]
+
+
+def test_the_curve_counts_autonomous_success_per_task_marks_a_partial_bin_and_finds_the_hot_swaps(tmp_path):
+    from sop_ros.learner.episode_store import StoredEpisode
+    from sop_ros.sim.online_fleet import curve_of, plot_success
+
+    def episode(robot, task, ended_s, outcome, interventions, version):
+        return StoredEpisode(f"{robot}-{ended_s}", robot, task, outcome, version, 60, interventions, 1, "", "", 0.0,
+                             int(ended_s * 1e9))  # fmt: skip
+
+    episodes = [
+        episode("r0", "reach-v3", 10, "success", 0, "base"),
+        episode("r1", "push-v3", 20, "success", 1, "base"),  # the operator finished it: not autonomous
+        episode("r0", "reach-v3", 40, "failure", 0, "base"),
+        episode("r0", "reach-v3", 70, "success", 0, "sop-x-0000100"),  # r0 swapped at its episode boundary, 40 s
+        episode("r1", "push-v3", 80, "aborted", 0, "sop-x-0000100"),  # unlabelled: not counted
+        episode("r1", "push-v3", 100, "success", 0, "sop-x-0000100"),
+    ]
+    report = curve_of(episodes, lambda e: e.ended_ns / 1e9, bin_s=60, end_s=100)
+    first, last = report["curve"]
+    assert (first["minute"], first["partial"], last["minute"], last["partial"]) == (1.0, False, 2.0, True)
+    assert first["per_task"] == {"push-v3": {"episodes": 1, "autonomous_successes": 0},
+                                 "reach-v3": {"episodes": 2, "autonomous_successes": 1}}  # fmt: skip
+    assert last["per_task"]["push-v3"] == {"episodes": 1, "autonomous_successes": 1}
+    assert report["hot_swaps"] == [{"minute": 0.333, "robot": "r1", "version": "sop-x-0000100"},
+                                   {"minute": 0.667, "robot": "r0", "version": "sop-x-0000100"}]  # fmt: skip
+    plot_success(report | {"clock": "simulated"}, tmp_path / "curve.png", "two robots")
+    assert (tmp_path / "curve.png").stat().st_size > 10_000

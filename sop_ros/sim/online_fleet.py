@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from itertools import count
 from pathlib import Path
 
@@ -87,25 +88,42 @@ def publish_base(learner: LearnerConfig) -> str:
     return registry.publish(onnx_path, load_private_key(learner.policies.private_key)).version
 
 
-def success_curve(store_dir: Path, start: float, bin_s: float, simulated: bool = False) -> dict:
-    """Per time bin: labelled episodes, success rate, and success without intervention. Bins of wall time since
-    `start` (when each episode was stored), or with `simulated`, of the fleet's simulated clock (when each
-    episode ended)."""
+def success_curve(store_dir: Path, start: float, bin_s: float, simulated: bool = False,
+                  end_s: float | None = None) -> dict:  # fmt: skip
+    """The run's curve (`curve_of`) from its store: bins of wall time since `start` (when each episode was
+    stored), or with `simulated`, of the fleet's simulated clock (when each episode ended)."""
     from sop_ros.learner.episode_store import stored_episodes
 
-    episodes = [e for e in stored_episodes(store_dir) if e.outcome in ("success", "failure")]
+    def at(e) -> float:
+        return e.ended_ns / 1e9 if simulated else e.stored_at - start
+
+    return {"clock": "simulated" if simulated else "wall"} | curve_of(stored_episodes(store_dir), at, bin_s, end_s)
+
+
+def curve_of(episodes: list, at: Callable[[object], float], bin_s: float, end_s: float | None = None) -> dict:
+    """Per time bin of `bin_s` seconds (`at(episode)`: when it ended): labelled episodes, success rate, success
+    without intervention, overall and per task; and the hot-swaps. A bin that reaches past `end_s` (the run's end)
+    is marked partial: it holds only the episodes that ended before the run did."""
+    episodes = sorted((e for e in episodes if e.outcome in ("success", "failure")), key=at)
     bins: dict[int, list] = {}
     for e in episodes:
-        at = e.ended_ns / 1e9 if simulated else e.stored_at - start
-        bins.setdefault(int(at // bin_s), []).append(e)
-    curve = [{"minute": round((b + 1) * bin_s / 60, 2)} | rates(bins[b]) | {
-        "interventions_per_episode": round(sum(e.interventions for e in bins[b]) / len(bins[b]), 3),
-        "tasks": sorted({e.task for e in bins[b]}), "policy_versions": sorted({e.policy_version for e in bins[b]}),
-    } for b in sorted(bins)]  # fmt: skip
+        bins.setdefault(int(at(e) // bin_s), []).append(e)
+    curve = []
+    for b in sorted(bins):
+        members, tasks = bins[b], sorted({e.task for e in bins[b]})
+        curve.append({
+            "minute": round((b + 1) * bin_s / 60, 2),
+            "partial": end_s is not None and (b + 1) * bin_s > end_s + 1e-6,
+            **rates(members),
+            "interventions_per_episode": round(sum(e.interventions for e in members) / len(members), 3),
+            "tasks": tasks,
+            "policy_versions": sorted({e.policy_version for e in members}),
+            "per_task": {t: autonomous_counts([e for e in members if e.task == t]) for t in tasks},
+        })  # fmt: skip
     tasks = sorted({e.task for e in episodes})
     per_task = {t: rates([e for e in episodes if e.task == t]) for t in tasks}
-    return {"clock": "simulated" if simulated else "wall", "bin_s": bin_s, "episodes": len(episodes), "curve": curve,
-            "per_task": per_task}  # fmt: skip
+    return {"bin_s": bin_s, "episodes": len(episodes), "curve": curve, "per_task": per_task,
+            "hot_swaps": hot_swap_times(episodes, at)}  # fmt: skip
 
 
 def rates(episodes: list) -> dict:
@@ -116,19 +134,77 @@ def rates(episodes: list) -> dict:
                                              / n, 3)}  # fmt: skip
 
 
-def plot_success(curve: list[dict], path: Path, title: str, clock: str = "wall") -> None:
+def autonomous_counts(episodes: list) -> dict:
+    """Episodes and how many of them succeeded without any intervention: what an interval is computed from."""
+    successes = sum(e.outcome == "success" and e.interventions == 0 for e in episodes)
+    return {"episodes": len(episodes), "autonomous_successes": successes}
+
+
+def hot_swap_times(episodes: list, at) -> list[dict]:
+    """When each robot began running a new policy: the end of its last episode on the previous one (robots swap
+    at episode boundaries). `episodes` in time order, `at(episode)` its end in seconds on the curve's clock."""
+    swaps, previous = [], {}
+    for e in episodes:
+        before = previous.get(e.robot_id)
+        if before is not None and e.policy_version and e.policy_version != before.policy_version:
+            swaps.append({"minute": round(at(before) / 60, 3), "robot": e.robot_id, "version": e.policy_version})
+        previous[e.robot_id] = e
+    return sorted(swaps, key=lambda s: (s["minute"], s["robot"]))
+
+
+def plot_success(report: dict, path: Path, title: str) -> None:
+    """Success without intervention per task (95% Wilson intervals), pooled over tasks, interventions per
+    episode, and the hot-swaps; a partial last bin is drawn hollow. Labelled success is not drawn: the operator
+    finishes what the policy fails, so it says more about the operator than about the policy."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    minutes = [p["minute"] for p in curve]
-    ax.plot(minutes, [p["success_rate"] for p in curve], "o-", label="success (labels)")
-    ax.plot(minutes, [p["autonomous_success_rate"] for p in curve], "s-", label="success without intervention")
-    ax.set(xlabel=f"minutes into the run ({clock} time)", ylabel="rate per bin", ylim=(-0.02, 1.02), title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    from sop_ros.sim.proportions import wilson_interval
+
+    curve = report["curve"]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1.2))
+    tasks = sorted({t for p in curve for t in p.get("per_task", {})})
+    width = report["bin_s"] / 60
+    for i, task in enumerate([*tasks, "all tasks"]):
+        points = []
+        for p in curve:
+            counts = list(p["per_task"].values()) if task == "all tasks" else [p["per_task"].get(task)]
+            n = sum(c["episodes"] for c in counts if c)
+            k = sum(c["autonomous_successes"] for c in counts if c)
+            if n:
+                low, high = wilson_interval(k, n)
+                points.append((p["minute"] - width / 2, k / n, low, high, p.get("partial", False)))
+        if not points:
+            continue
+        pooled = task == "all tasks"
+        style = {"color": "black", "linewidth": 2.2, "zorder": 3} if pooled else {"color": f"C{i}", "alpha": 0.85}
+        shift = 0.0 if pooled else (i - (len(tasks) - 1) / 2) * width * 0.06  # intervals side by side
+        full = [q for q in points if not q[4]]
+        xs = [q[0] + shift for q in full]
+        top.errorbar(xs, [q[1] for q in full], yerr=[[q[1] - q[2] for q in full], [q[3] - q[1] for q in full]],
+                     fmt="o-", capsize=2, markersize=4, label=task, **style)  # fmt: skip
+        for q in points:
+            if q[4]:
+                top.plot([q[0] + shift], [q[1]], "o", markerfacecolor="none", color=style["color"])
+    swaps = report.get("hot_swaps", [])
+    for j, minute in enumerate(sorted({s["minute"] for s in swaps})):
+        for ax in (top, bottom):
+            ax.axvline(minute, color="grey", linestyle=":", linewidth=0.8,
+                       label="a robot takes a new policy" if j == 0 and ax is top else None)  # fmt: skip
+    full = [p for p in curve if not p.get("partial", False)]
+    bottom.bar([p["minute"] - width / 2 for p in full], [p["interventions_per_episode"] for p in full],
+               width=width * 0.8, color="C7")  # fmt: skip
+    partial = [p for p in curve if p.get("partial", False)]
+    bottom.bar([p["minute"] - width / 2 for p in partial], [p["interventions_per_episode"] for p in partial],
+               width=width * 0.8, fill=False, hatch="//", edgecolor="C7")  # fmt: skip
+    note = " (hollow: a partial last bin)" if partial else ""
+    top.set(ylabel="success without intervention", ylim=(-0.02, 1.02), title=title)
+    top.legend(fontsize=8, loc="upper left", ncol=2)
+    bottom.set(xlabel=f"minutes into the run ({report['clock']} time){note}", ylabel="interventions\nper episode")
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -262,7 +338,8 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
         "algorithm": "none (frozen base policy)" if frozen else learner.algorithm,
         "base_policy": base_learner.base_policy,
         "learner": to_dict(learner) | {"store_dir": "store", "checkpoint_dir": "learner"},  # in the run directory
-        **success_curve(out / "store", start, bin_minutes * 60, simulated=paced),
+        **success_curve(out / "store", start, bin_minutes * 60, simulated=paced,
+                        end_s=sim_minutes * 60 if paced else time.time() - start),
     }  # fmt: skip
     report["learner"] = {k: v for k, v in report["learner"].items() if k not in ("ingest", "policies")}
     status = out / "learner" / "status.json"
@@ -272,11 +349,13 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     target = results or out
     target.mkdir(parents=True, exist_ok=True)
     (target / "fleet_run.json").write_text(json.dumps(report, indent=2) + "\n")
-    plot_success(report["curve"], target / "fleet_run.png", f"{robots} robots, " +
-                 ("frozen base policy" if frozen else f"SOP + {learner.algorithm}"), report["clock"])  # fmt: skip
+    plot_success(report, target / "fleet_run.png", f"{robots} robots, " +
+                 ("frozen base policy" if frozen else f"SOP + {learner.algorithm}"))  # fmt: skip
     for p in report["curve"]:
         print(f"  min {p['minute']:5.1f}: {p['episodes']:3d} episodes, success {p['success_rate']:.0%}, "
-              f"without intervention {p['autonomous_success_rate']:.0%}")  # fmt: skip
+              f"without intervention {p['autonomous_success_rate']:.0%}, "
+              f"{p['interventions_per_episode']:.2f} interventions/episode"
+              + (" (partial bin: the run ended in it)" if p["partial"] else ""))  # fmt: skip
     print(f"fleet run: {report['episodes']} labelled episodes; {target / 'fleet_run.json'}, {target / 'fleet_run.png'}")
     return report
 
