@@ -63,12 +63,27 @@ def cmd_collect_demos(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if args.in_process:
+        from sop_ros.sim.in_process_eval import evaluate_in_process
+
+        evaluate_in_process(args.policy, args.config, tasks, args.episodes_per_task, args.robots, Path(args.out),
+                            args.seed)  # fmt: skip
+        return 0
     require_ros("eval")
     from sop_ros.sim.evaluate import evaluate
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     report = evaluate(args.policy, args.config, tasks, args.episodes_per_task, args.robots, Path(args.out), args.seed)
     return 0 if not report["failed"] and not report["missing_tasks"] else 1
+
+
+def cmd_eval_check(args: argparse.Namespace) -> int:
+    require_ros("eval-check")
+    from sop_ros.sim.in_process_eval import check_agreement
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    check_agreement(args.policy, args.config, tasks, args.episodes_per_task, Path(args.out), args.seed)
+    return 0  # measured: whether the agreement target is met is in the JSON and the last line printed
 
 
 def cmd_bench_inference(args: argparse.Namespace) -> int:
@@ -371,7 +386,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/eval", metavar="DIR", help="episodes and eval.json (default: %(default)s)")
     p.add_argument("--config", default="config/sim_policy.yaml", help="base robot YAML (default: %(default)s)")
     p.add_argument("--seed", type=int, default=100_000, help="first seed; demos use 0.. (default: %(default)s)")
+    p.add_argument("--in-process", action="store_true",
+                   help="step the same policy, preprocessing, simulator and seeds in this process, without ROS "
+                        "(R worker processes); how often it agrees with the nodes: sop eval-check")  # fmt: skip
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("eval-check", help="the same episodes through the nodes and in process: how many agree")
+    p.add_argument("--policy", required=True, metavar="CKPT_OR_ONNX", help="a checkpoint (.pt) or an exported .onnx")
+    p.add_argument("--tasks", required=True, help="comma-separated Meta-World tasks")
+    p.add_argument("--episodes-per-task", type=int, required=True, metavar="N")
+    p.add_argument("--out", default="runs/eval-check", metavar="DIR", help="both runs and eval_check.json")
+    p.add_argument("--config", default="config/sim_policy.yaml", help="base robot YAML (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=100_000, help="first seed; demos use 0.. (default: %(default)s)")
+    p.set_defaults(func=cmd_eval_check)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -3,6 +3,7 @@
 import json
 import subprocess
 
+import numpy as np
 import torch
 from conftest import REPO, sop
 from mcap.reader import make_reader
@@ -52,6 +53,31 @@ def test_eval_runs_the_policy_through_the_nodes_and_reports_success_per_task(tmp
     assert len(ticks) >= 20 and {t % 3 for t in ticks} == {0}, sorted(ticks)
     logs = "".join(p.read_text() for p in (out / "logs").glob("*.log"))
     assert "no command for" not in logs  # lockstep never waited in vain: every state was answered
+
+    # Stepped in process (no ROS), the same episodes send the simulator the very same commands, step for step.
+    # A recording may also hold the answers to the states just before and just after its episode.
+    from sop_ros.configs import load_config
+    from sop_ros.configs.robot import RobotLaunchConfig
+    from sop_ros.sim.collect_demos import plan_units
+    from sop_ros.sim.in_process_eval import run_unit
+
+    commands = []
+    unit = plan_units(["reach-v3"], 2, 1, 100_000)[0]
+    results = run_unit(str(tmp_path / "tiny.onnx"), load_config(RobotLaunchConfig, str(config)), unit, commands)
+    assert [r.steps for r in results] == [40, 40] and [r.success for r in results] == [False, False]
+    for path, stepped in zip(files, commands, strict=True):
+        with open(path, "rb") as f:
+            reader = make_reader(f, decoder_factories=[DecoderFactory()])
+            sent = np.array([d.data for _, _, _, d in reader.iter_decoded_messages(topics=["/robot_0/command"])])
+        n = len(stepped)
+        assert any(np.array_equal(sent[o : o + n], np.array(stepped)) for o in range(len(sent) - n + 1))
+    cmd = sop("eval", "--in-process", "--policy", str(tmp_path / "tiny.onnx"), "--tasks", "reach-v3",
+              "--episodes-per-task", "2", "--robots", "1", "--out", str(tmp_path / "direct"), "--config", str(config))
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    direct = json.loads((tmp_path / "direct" / "eval.json").read_text())
+    assert direct["path"] == "in-process" and direct["tasks"]["reach-v3"] == reach
+    assert [(e["index"], e["steps"]) for e in direct["episodes"]] == [(0, 40), (1, 40)]
 
 
 def test_eval_refuses_a_file_that_is_not_a_policy(tmp_path):

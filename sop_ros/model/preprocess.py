@@ -11,6 +11,14 @@ import cv2
 import numpy as np
 
 
+def encode_jpeg_rgb(rgb: np.ndarray, quality: int) -> bytes:
+    """An (H, W, 3) uint8 RGB image as JPEG bytes (BGR inside, as sensor_msgs/CompressedImage carries them)."""
+    ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("OpenCV failed to JPEG-encode a camera frame")
+    return jpeg.tobytes()
+
+
 def decode_jpeg_rgb(data: bytes) -> np.ndarray:
     """A compressed frame (JPEG, as in a sensor_msgs/CompressedImage) as an (H, W, 3) uint8 RGB image.
 

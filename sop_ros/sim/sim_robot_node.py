@@ -15,7 +15,6 @@ import threading
 import time
 from datetime import datetime, timezone
 
-import cv2
 import numpy as np
 import rclpy.time
 from builtin_interfaces.msg import Time
@@ -27,6 +26,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, Header
 
 from sop_ros.configs.robot import SimRobotConfig
+from sop_ros.model.preprocess import encode_jpeg_rgb
 from sop_ros.msg import EpisodeEvent
 from sop_ros.robot import commands, topics
 from sop_ros.robot.params import declare_config
@@ -52,12 +52,8 @@ def image_messages(image: np.ndarray, header: Header, transport: str, jpeg_quali
         h, w, _ = image.shape
         out.append(Image(header=header, height=h, width=w, encoding="rgb8", step=w * 3, data=image.tobytes()))
     if transport in ("compressed", "both"):
-        ok, jpeg = cv2.imencode(
-            ".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality]
-        )
-        if not ok:
-            raise RuntimeError("OpenCV failed to JPEG-encode a camera frame")
-        out.append(CompressedImage(header=header, format="rgb8; jpeg compressed bgr8", data=jpeg.tobytes()))
+        jpeg = encode_jpeg_rgb(image, jpeg_quality)
+        out.append(CompressedImage(header=header, format="rgb8; jpeg compressed bgr8", data=jpeg))
     return out
 
 

@@ -1,0 +1,246 @@
+"""`sop eval --in-process`: the nodes' evaluation, stepped in this process without ROS, for scores of hundreds of
+episodes.
+
+Each step does what the lockstep robot does, with the same code: the simulator (MetaWorldSim, the same work
+units, seeds and episode limit), its cameras on their tick (JPEG at the simulator's quality when its transport is
+compressed, decoded and resized as the ingest node does), the policy (ChunkPolicy on the same exported file, its
+noise stream restarted each episode), chunk execution (ChunkExecutor, replanning every replan_steps and waiting
+for the chunk, as `sop eval` runs the policy node) and the teleop arbiter's clamp and rate limit (Arbiter), on
+the simulator's clock. What it leaves out is the transport: topics, Zenoh, processes and their timing.
+
+Whether that changes outcomes is measured, not assumed: `sop eval-check` runs the same episodes both ways and
+reports how many end the same (results/eval-check/).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sop_ros.configs import ConfigError, load_config
+from sop_ros.configs.robot import IngestConfig, PolicyConfig, RobotLaunchConfig
+from sop_ros.sim.collect_demos import WorkUnit, check_request, plan_units
+from sop_ros.sim.evaluate import EVAL_SEED
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    task: str
+    unit_seed: int  # the work unit's simulator seed
+    index: int  # the episode's place in its unit (the robot's episode counter)
+    success: bool
+    steps: int
+
+
+def camera_tick(t_ns: int, period_ns: int, every_steps: int) -> bool:
+    """The simulator's cameras capture on this tick of its clock (as SimRobotNode.on_camera_tick)."""
+    return round(t_ns / period_ns) % every_steps == 0
+
+
+def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
+             commands: list[list[np.ndarray]] | None = None) -> list[EpisodeResult]:  # fmt: skip
+    """One work unit's episodes, as one lockstep robot runs them under `sop eval`; with `commands`, each
+    episode's commands to the simulator are appended to it (a list per episode)."""
+    from sop_ros.model.policy import Observation, load_policy
+    from sop_ros.model.preprocess import decode_jpeg_rgb, encode_jpeg_rgb, resize_chw, to_unit_range
+    from sop_ros.robot.arbitration import Arbiter, Controller
+    from sop_ros.robot.chunks import ChunkExecutor
+    from sop_ros.sim.metaworld_sim import GoalMarker, MetaWorldSim
+
+    sim_cfg, arbiter_cfg = base.nodes.sim_robot, base.nodes.teleop_arbiter
+    ingest = base.nodes.ingest or IngestConfig(cameras=sim_cfg.cameras)
+    policy_cfg = base.nodes.policy or PolicyConfig()
+    policy = load_policy(policy_path, len(arbiter_cfg.action_names), seed=policy_cfg.seed,
+                         advantage_conditioned=policy_cfg.advantage_conditioned,
+                         threads=policy_cfg.inference_threads)  # fmt: skip
+    marker = (GoalMarker(sim_cfg.goal_marker_radius_m, tuple(sim_cfg.goal_marker_rgba) or None)
+              if sim_cfg.goal_marker_radius_m > 0 else None)  # fmt: skip
+    sim = MetaWorldSim(unit.task, unit.seed, (sim_cfg.image_height, sim_cfg.image_width), marker)
+    arbiter = Arbiter(arbiter_cfg)
+    chunks = ChunkExecutor(round(1e9 / policy_cfg.control_hz), policy_cfg.execution, policy_cfg.blend_steps,
+                           policy_cfg.ensemble_decay)  # fmt: skip
+    period_ns = round(1e9 / sim_cfg.control_hz)
+    compressed = sim_cfg.image_transport != "raw" and ingest.camera_transport == "compressed"
+
+    def frame(camera: str) -> np.ndarray:
+        rgb = sim.render(camera)
+        if compressed:
+            rgb = decode_jpeg_rgb(encode_jpeg_rgb(rgb, sim_cfg.jpeg_quality))
+        return resize_chw(rgb, ingest.image_size)
+
+    results, t_ns = [], 0
+    try:
+        for index in range(unit.episodes):
+            episode, _ = sim.reset()
+            # A reset takes a control period, and an episode starts on the cameras' tick (SimRobotNode).
+            t_ns += period_ns
+            while not camera_tick(t_ns, period_ns, sim_cfg.camera_every_steps):
+                t_ns += period_ns
+            policy.reset()
+            chunks.clear()
+            arbiter.new_episode()
+            frames = {cam: frame(cam) for cam in ingest.cameras}
+            success, steps = False, 0
+            if commands is not None:
+                commands.append([])
+            while True:
+                pixels = np.stack([frames[cam] for cam in ingest.cameras])
+                obs = Observation(to_unit_range(pixels), sim.joint_positions().astype(np.float32), episode.instruction)
+                due = chunks.steps_into_newest(t_ns)
+                if due is None or due >= policy_cfg.replan_steps:
+                    chunks.add(policy.infer(obs).actions, t_ns)
+                action = chunks.action(t_ns)
+                arbiter.submit(Controller.POLICY, action, t_ns * 1e-9)
+                command = arbiter.tick(t_ns * 1e-9).command
+                if commands is not None:
+                    commands[-1].append(command)
+                t_ns += period_ns
+                result = sim.step(command)
+                steps = result.steps
+                if camera_tick(t_ns, period_ns, sim_cfg.camera_every_steps):
+                    frames = {cam: frame(cam) for cam in ingest.cameras}
+                if result.success or steps >= sim_cfg.max_episode_steps:
+                    success = result.success
+                    break
+            results.append(EpisodeResult(unit.task, unit.seed, index, success, steps))
+    finally:
+        sim.close()
+    return results
+
+
+def _run_unit(args: tuple[str, RobotLaunchConfig, WorkUnit]) -> list[EpisodeResult]:
+    return run_unit(*args)
+
+
+def run_units(policy_path: str, base: RobotLaunchConfig, units: list[WorkUnit], workers: int) -> Iterator[list]:
+    """Each unit's results as it finishes, `workers` units at a time (one process each: the GIL and Mesa's
+    renderer are per process)."""
+    if workers <= 1:
+        for unit in units:
+            yield run_unit(policy_path, base, unit)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield from pool.map(_run_unit, [(policy_path, base, u) for u in units])
+
+
+def evaluate_in_process(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, workers: int,
+                        out: Path, seed: int = EVAL_SEED) -> dict:  # fmt: skip
+    """`sop eval`'s report, from episodes stepped in this process (see the module's note)."""
+    from sop_ros.model.policy import load_policy
+
+    check_request(tasks, episodes_per_task, workers)
+    base = load_config(RobotLaunchConfig, base_config)
+    if base.nodes.sim_robot is None or base.nodes.teleop_arbiter is None:
+        raise ConfigError(f"{base_config}: eval needs nodes.sim_robot and nodes.teleop_arbiter")
+    path = Path(policy).resolve()
+    try:
+        loaded = load_policy(path, len(base.nodes.teleop_arbiter.action_names))
+    except ValueError as err:
+        raise ConfigError(f"--policy: {err}") from None
+    # The units `sop eval` would give as many robots: the same seeds, episode for episode.
+    units = plan_units(tasks, episodes_per_task, workers, seed)
+    start, episodes = time.monotonic(), []
+    print(f"eval {loaded.version} in process: {episodes_per_task} episodes of each of {', '.join(tasks)} "
+          f"on {workers} workers")  # fmt: skip
+    for done in run_units(str(path), base, units, workers):
+        episodes += done
+        print(f"  {len(episodes)}/{sum(u.episodes for u in units)} episodes, "
+              f"{sum(e.success for e in episodes)} successes", flush=True)  # fmt: skip
+    report = in_process_report(policy, loaded.version, seed, episodes_per_task, tasks, episodes)
+    report["elapsed_s"] = round(time.monotonic() - start, 1)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"mean success over {len(tasks)} tasks: {report['mean_success_rate']}; report: {out / 'eval.json'}")
+    return report
+
+
+def in_process_report(policy: str, version: str, seed: int, episodes_per_task: int, tasks: list[str],
+                      episodes: list[EpisodeResult]) -> dict:  # fmt: skip
+    """The report `sop eval` writes (same keys), with every episode's result."""
+    per_task = {}
+    for task in tasks:
+        mine = [e for e in episodes if e.task == task]
+        successes = sum(e.success for e in mine)
+        per_task[task] = {
+            "episodes": len(mine),
+            "successes": successes,
+            "success_rate": round(successes / len(mine), 3) if mine else None,
+            "mean_steps": round(sum(e.steps for e in mine) / len(mine), 1) if mine else None,
+        }
+    rates = [t["success_rate"] for t in per_task.values() if t["success_rate"] is not None]
+    return {
+        "policy": policy,
+        "version": version,
+        "path": "in-process",
+        "seed": seed,
+        "episodes_per_task": episodes_per_task,
+        "tasks": per_task,
+        "mean_success_rate": round(sum(rates) / len(rates), 3) if rates else None,
+        "missing_tasks": [],
+        "failed": [],
+        "episodes": [asdict(e) for e in sorted(episodes, key=lambda e: (e.task, e.unit_seed, e.index))],
+    }
+
+
+AGREEMENT_TARGET = 0.95  # in-process scores stand in for the nodes' only if this share of paired episodes agree
+MIN_PAIRS = 100
+
+
+def check_agreement(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, out: Path,
+                    seed: int = EVAL_SEED) -> dict:  # fmt: skip
+    """The same episodes through the nodes (`sop eval`) and in process: how many end the same way.
+
+    One work unit per task (so that a recorded episode's task and counter name its pair), run on up to two robots.
+    """
+    from sop_ros.learner.dataset import episode_files
+    from sop_ros.robot.episode_files import episode_counts
+    from sop_ros.sim.evaluate import evaluate
+    from sop_ros.sim.proportions import Rate, compare
+
+    robots = min(2, len(tasks))
+    nodes = evaluate(policy, base_config, tasks, episodes_per_task, robots, out / "nodes", seed)
+    in_process = evaluate_in_process(policy, base_config, tasks, episodes_per_task, robots, out / "in_process", seed)
+    by_nodes = {}
+    for path in episode_files(out / "nodes"):
+        metadata, _ = episode_counts(path)
+        index = int(metadata["episode_id"].rsplit("-", 1)[1])
+        by_nodes[metadata["task"], index] = metadata["outcome"] == "success"
+    pairs = [(by_nodes[e["task"], e["index"]], e["success"], e["task"]) for e in in_process["episodes"]
+             if (e["task"], e["index"]) in by_nodes]  # fmt: skip
+    agree = sum(a == b for a, b, _ in pairs)
+    per_task = {}
+    for task in tasks:
+        mine = [(a, b) for a, b, t in pairs if t == task]
+        per_task[task] = {"pairs": len(mine), "agree": sum(a == b for a, b in mine),
+                          "nodes_success": sum(a for a, _ in mine), "in_process_success": sum(b for _, b in mine)}
+    nodes_rate = Rate(sum(a for a, _, _ in pairs), len(pairs)) if pairs else None
+    in_process_rate = Rate(sum(b for _, b, _ in pairs), len(pairs)) if pairs else None
+    report = {
+        "policy": policy,
+        "version": nodes["version"],
+        "config": base_config,
+        "seed": seed,
+        "episodes_per_task": episodes_per_task,
+        "pairs": len(pairs),
+        "agree": agree,
+        "agreement": round(agree / len(pairs), 4) if pairs else None,
+        "nodes_only_success": sum(a and not b for a, b, _ in pairs),
+        "in_process_only_success": sum(b and not a for a, b, _ in pairs),
+        "per_task": per_task,
+        "success_nodes_vs_in_process": str(compare(nodes_rate, in_process_rate)) if pairs else None,
+        "target": f">= {AGREEMENT_TARGET:.0%} of >= {MIN_PAIRS} paired episodes end the same way",
+        "passed": len(pairs) >= MIN_PAIRS and agree / len(pairs) >= AGREEMENT_TARGET if pairs else False,
+        "unpaired_node_episodes": len(by_nodes) - len(pairs),
+        "node_failures": nodes["failed"],
+    }
+    (out / "eval_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    verdict = "passed" if report["passed"] else "not passed"
+    print(f"eval check: {agree}/{len(pairs)} paired episodes end the same way ({report['agreement']}); "
+          f"target {report['target']}: {verdict}; {out / 'eval_check.json'}")  # fmt: skip
+    return report
