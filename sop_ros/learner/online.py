@@ -48,7 +48,7 @@ from sop_ros.learner import recap
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
 from sop_ros.learner.episode_store import EpisodeStore, StoredEpisode
 from sop_ros.learner.hg_dagger import training_steps
-from sop_ros.learner.pretrain import to_torch
+from sop_ros.learner.pretrain import to_torch, warmup_cosine
 from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, split_rows, task_rows
 from sop_ros.model.value import ValueNetwork
 from sop_ros.model.vla import VLAPolicy, load_checkpoint, parameter_count, save_checkpoint
@@ -185,13 +185,8 @@ class TrainingData:
 
 def learning_rate_at(step: int, config: LearnerConfig) -> float:
     """The learning rate of learner step `step` (0-based): linear warm-up, then cosine decay to the minimum."""
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    if not config.decay_steps:
-        return config.learning_rate
-    progress = min(1.0, (step - config.warmup_steps) / config.decay_steps)
-    low, high = config.min_learning_rate, config.learning_rate
-    return float(low + (high - low) * 0.5 * (1.0 + np.cos(np.pi * progress)))
+    return warmup_cosine(step, config.learning_rate, config.warmup_steps, config.decay_steps,
+                         config.min_learning_rate)  # fmt: skip
 
 
 def plan_rows(step: int, config: LearnerConfig, data: TrainingData, shares: dict[str, float]) -> list[Row]:

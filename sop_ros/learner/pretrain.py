@@ -76,11 +76,20 @@ def prefetch(dataset: EpisodeDataset, batch_size: int, seed: int, depth: int = 4
     return batches
 
 
+def warmup_cosine(step: int, peak: float, warmup_steps: int, decay_steps: int, floor: float = 0.0) -> float:
+    """The learning rate of step `step` (0-based): linear from 0 to `peak` over warmup_steps, then along a cosine
+    down to `floor` over decay_steps and there after (decay_steps 0: `peak` after the warm-up)."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    if not decay_steps:
+        return peak
+    progress = min(1.0, (step - warmup_steps) / decay_steps)
+    return float(floor + (peak - floor) * 0.5 * (1.0 + np.cos(np.pi * progress)))
+
+
 def learning_rate(step: int, config: PretrainConfig) -> float:
-    if step < config.warmup_steps:
-        return config.learning_rate * (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    return config.learning_rate * 0.5 * (1 + np.cos(np.pi * progress))
+    """Pretraining's: warm-up, then a cosine to zero at its last step."""
+    return warmup_cosine(step, config.learning_rate, config.warmup_steps, max(1, config.steps - config.warmup_steps))
 
 
 def pretrain(config: PretrainConfig) -> dict:
