@@ -71,6 +71,7 @@ def test_robot_config_errors_name_key_value_and_rule(data, message):
         ({"tasks": []}, "tasks=(): must list at least one task"),
         ({"batch_size": 2}, "batch_size=2: must be >= the number of tasks (5)"),
         ({"min_learning_rate": 0.1}, "min_learning_rate=0.1: must be in 0..learning_rate (0.0001)"),
+        ({"optimiser_from_base": True, "base_policy": ""}, "optimiser_from_base=True: needs a base_policy"),
         ({"sampling": {"online_share_alpha": 0.5}}, "sampling.online_share_alpha=0.5: must be > 1"),
         ({"recap": {"indicator_dropout": 1.0}}, "recap.indicator_dropout=1.0: must be in [0, 1)"),
         ({"recap": {"value_bin": 201}}, "recap.value_bin: unknown key (did you mean 'value_bins'?)"),

@@ -254,3 +254,31 @@ def test_with_ema_decay_robots_get_the_moving_average_of_the_weights(tmp_path, r
     assert weights  # the second step moved them
     for k in weights:
         torch.testing.assert_close(runs["averaged"][k], 0.25 * runs["one_step"][k] + 0.75 * trained[k])
+
+
+def test_optimiser_from_base_continues_pretrainings_adamw_moments(tmp_path, recorded_demos):
+    from sop_ros.learner.online import STATE
+
+    base = tmp_path / "base.pt"
+    pretrained = run_sop("pretrain", "--demos", str(recorded_demos), "--out", str(base), "--steps", "3",
+                         "--batch-size", "8")  # fmt: skip
+    assert pretrained.returncode == 0, pretrained.stderr
+    counts = {}
+    for carry in (False, True):
+        name = f"carry_{carry}"
+        config = learner_yaml(tmp_path, recorded_demos, name=name, base_policy=str(base), max_steps=2,
+                              serve_robots=False, optimiser_from_base=carry)  # fmt: skip
+        result = run_sop("learner", "--config", config)
+        assert result.returncode == 0, result.stdout + result.stderr
+        state = torch.load(tmp_path / name / STATE, map_location="cpu", weights_only=False)["optimiser"]["state"]
+        counts[carry] = {int(s["step"]) for s in state.values()}
+    assert counts == {False: {2}, True: {5}}  # AdamW's step count: 2 learner steps, after 3 of pretraining
+
+    old = tmp_path / "old.pt"  # a checkpoint saved without its optimiser
+    payload = torch.load(base, map_location="cpu", weights_only=True)
+    del payload["optimiser"]
+    torch.save(payload, old)
+    config = learner_yaml(tmp_path, recorded_demos, name="old", base_policy=str(old), max_steps=1,
+                          serve_robots=False, optimiser_from_base=True)  # fmt: skip
+    result = run_sop("learner", "--config", config)
+    assert result.returncode == 2 and "holds no optimiser state" in result.stderr, result.stdout + result.stderr

@@ -99,6 +99,9 @@ class LearnerConfig:
     warmup_steps: int = 0
     decay_steps: int = 0
     min_learning_rate: float = 0.0
+    # true: continue the base checkpoint's AdamW moments (`sop pretrain` saves them) rather than start a fresh
+    # optimiser, whose first updates are normalised by moments of a single batch.
+    optimiser_from_base: bool = False
     weight_decay: float = 1e-4
     # > 0: robots get an exponential moving average of the weights (this decay per step), not the last step's:
     # successive policies then differ by many steps' drift rather than one batch's noise.
@@ -131,6 +134,8 @@ class LearnerConfig:
             f"must be >= the number of tasks ({len(self.tasks)}): each batch is split across tasks",
         )
         require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
+        require(not self.optimiser_from_base or bool(self.base_policy), "optimiser_from_base",
+                self.optimiser_from_base, "needs a base_policy (a `sop pretrain` checkpoint) to take it from")
         require(self.warmup_steps >= 0, "warmup_steps", self.warmup_steps, "must be >= 0 (0: none)")
         require(self.decay_steps >= 0, "decay_steps", self.decay_steps, "must be >= 0 (0: no decay)")
         require(0 <= self.min_learning_rate <= self.learning_rate, "min_learning_rate", self.min_learning_rate,

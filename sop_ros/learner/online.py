@@ -324,15 +324,30 @@ class Losses(nn.Module):
         return losses, weights, value_loss
 
 
-def initial_policy(config: LearnerConfig) -> tuple[VLAPolicy, tuple[str, ...]]:
-    """The base checkpoint, or a fresh model (to be normalised to the demonstrations); and its camera order."""
+def initial_policy(config: LearnerConfig) -> tuple[VLAPolicy, tuple[str, ...], dict | None]:
+    """The base checkpoint, or a fresh model (to be normalised to the demonstrations); its camera order; and the
+    optimiser state it was saved with (None: none)."""
     cameras = DatasetConfig().cameras
     if not config.base_policy:
-        return VLAPolicy(ModelConfig(cameras=len(cameras))), cameras
+        return VLAPolicy(ModelConfig(cameras=len(cameras))), cameras, None
     if not Path(config.base_policy).is_file():
         raise ConfigError(f"base_policy={config.base_policy!r}: no such checkpoint (make one with `sop pretrain`)")
     policy, extra = load_checkpoint(config.base_policy)
-    return policy, tuple(extra.get("cameras") or cameras)
+    return policy, tuple(extra.get("cameras") or cameras), extra.get("optimiser")
+
+
+def continue_optimiser(optimiser: torch.optim.Optimizer, state: dict | None, config: LearnerConfig) -> None:
+    """optimiser_from_base: take over the base checkpoint's AdamW moments; this learner's own hyper-parameters."""
+    if state is None:
+        raise ConfigError(f"optimiser_from_base: base_policy={config.base_policy!r} holds no optimiser state "
+                          "(made before `sop pretrain` saved it: pretrain it again)")  # fmt: skip
+    try:
+        optimiser.load_state_dict(state)
+    except ValueError as err:  # another set of parameters (RECAP's value network trained alongside)
+        raise ConfigError(f"optimiser_from_base: the base's optimiser state does not fit this learner's "
+                          f"parameters: {err}") from None  # fmt: skip
+    for group in optimiser.param_groups:
+        group["weight_decay"] = config.weight_decay
 
 
 def save_state(path: Path, state: dict) -> None:
@@ -503,7 +518,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     resumed = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.exists() else None
 
     # ---- model and data -------------------------------------------------------------------------------------
-    policy, cameras = initial_policy(config)
+    policy, cameras, base_optimiser = initial_policy(config)
     model_cfg = policy.config
     data = TrainingData(config, DatasetConfig(cameras=cameras, image_size=model_cfg.image_size, chunk=model_cfg.chunk))
     cleanup.callback(data.close)
@@ -566,6 +581,8 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         shares.load_state_dict(resumed["online_share"])
         step, run_id = resumed["step"], resumed["run_id"]
         say(f"learner: resumed from {state_path} at step {step}")
+    elif config.optimiser_from_base:
+        continue_optimiser(optimiser, base_optimiser, config)
     say(f"learner: {config.algorithm} on {', '.join(config.tasks)}; {parameter_count(policy) / 1e6:.2f}M "
         f"parameters on {ranks.device} x {ranks.world}; {len(data.offline.episodes)} demonstrations"
         + (f" (none of {', '.join(missing)})" if missing else ""))  # fmt: skip

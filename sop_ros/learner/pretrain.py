@@ -153,6 +153,7 @@ def pretrain(config: PretrainConfig) -> dict:
         cameras=list(dataset.config.cameras),
         episodes=len(dataset.episodes),
         steps=config.steps,
+        optimiser=optimiser.state_dict(),  # the online learner may continue its moments (optimiser_from_base)
     )
     report = {
         "version": version,
