@@ -270,6 +270,19 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_headroom(args: argparse.Namespace) -> int:
+    require_ros("headroom")
+    from sop_ros.sim.headroom import HeadroomConfig, measure
+
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    config = HeadroomConfig(tasks, args.demos_per_task, args.pretrain_steps, episodes_per_task=args.episodes_per_task,
+                            workers=args.workers, demo_robot_yaml=args.demo_config, eval_robot_yaml=args.eval_config,
+                            out=args.out, results=args.results)  # fmt: skip
+    report = measure(config)
+    print(f"sop headroom: {report['verdict']}; {Path(args.results) / 'headroom'}.md, .json, .png")
+    return 0
+
+
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     import json
 
@@ -527,6 +540,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--process-per-node", action="store_true", help="each node of a robot in its own process, as "
                    "`ros2 launch` starts them (default: a robot's nodes share one process and executor: less CPU)")
     p.set_defaults(func=cmd_fleet_run)
+
+    p = sub.add_parser("headroom", help="which tasks leave a base policy room to improve: its success per task")
+    p.add_argument("--tasks", required=True, help="comma-separated candidate Meta-World tasks")
+    p.add_argument("--demos-per-task", type=int, default=10, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--pretrain-steps", type=int, default=1500, metavar="S", help="(default: %(default)s)")
+    p.add_argument("--episodes-per-task", type=int, default=100, metavar="N", help="scored (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, metavar="W", help="robots / processes (default: %(default)s)")
+    p.add_argument("--demo-config", default="config/sim.yaml", help="robot YAML of the demonstrations")
+    p.add_argument("--eval-config", default="config/sim_policy.yaml", help="robot YAML of the scoring")
+    p.add_argument("--out", default="runs/headroom", help="demonstrations, base policy, scores (default: %(default)s)")
+    p.add_argument("--results", default="docs/results", help="headroom.json, .md, .png go here")
+    p.set_defaults(func=cmd_headroom)
 
     p = sub.add_parser("experiment", help="the SOP experiments on a simulated fleet: JSON, PNG and markdown reports")
     p.add_argument("experiment", choices=["fleet-scaling", "pretrain-scale", "algorithms"])
