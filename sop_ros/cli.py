@@ -283,6 +283,15 @@ def cmd_headroom(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_observability(args: argparse.Namespace) -> int:
+    from sop_ros.sim.observability import measure
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    measure(args.config, tasks, args.train, args.test, Path(args.json), args.epochs)
+    print(f"sop observability: {args.json} and {Path(args.json).with_suffix('.png')}")
+    return 0
+
+
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     import json
 
@@ -540,6 +549,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--process-per-node", action="store_true", help="each node of a robot in its own process, as "
                    "`ros2 launch` starts them (default: a robot's nodes share one process and executor: less CPU)")
     p.set_defaults(func=cmd_fleet_run)
+
+    p = sub.add_parser("observability", help="can a probe find each task's goal in the policy's input? + frames")
+    p.add_argument("--config", default="config/sim_policy.yaml", help="robot YAML: cameras, resolution, marker")
+    p.add_argument("--tasks", required=True, help="comma-separated Meta-World tasks")
+    p.add_argument("--train", type=int, default=200, metavar="N", help="placements the probe learns from")
+    p.add_argument("--test", type=int, default=100, metavar="N", help="held-out placements it is scored on")
+    p.add_argument("--epochs", type=int, default=60, help="the probe's training epochs (default: %(default)s)")
+    p.add_argument("--json", required=True, metavar="FILE", help="the figures; the frames' panel goes beside it (.png)")
+    p.set_defaults(func=cmd_observability)
 
     p = sub.add_parser("headroom", help="which tasks leave a base policy room to improve: its success per task")
     p.add_argument("--tasks", required=True, help="comma-separated candidate Meta-World tasks")
