@@ -59,8 +59,10 @@ def run_sop(*args: str) -> subprocess.CompletedProcess:
         (["bench", "learner", "--demos", "{tmp}/demos", "--json", "{tmp}/learner.json"], "sop collect-demos"),
         (["publish", "--policy", "{tmp}/policy.onnx"], "sop export"),
         (["fleet", "run", "--config", "{tmp}/learner.yaml", "--minutes", "1"], "sop pretrain"),
+        (["eval", "--in-process", "--policy", "{tmp}/base.onnx", "--tasks", "reach-v3", "--episodes-per-task", "1"],
+         "sop export"),
     ],
-    ids=["export", "pretrain", "bench-learner", "publish", "fleet-run"],
+    ids=["export", "pretrain", "bench-learner", "publish", "fleet-run", "eval-in-process"],
 )
 def test_a_command_run_before_its_input_exists_names_the_command_that_makes_it(tmp_path, args, first):
     (tmp_path / "learner.yaml").write_text("base_policy: " + str(tmp_path / "base.pt") + "\n")

@@ -9,10 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sop_ros.configs import ConfigError, load_config
 from sop_ros.configs.robot import IngestConfig, PolicyConfig, RobotLaunchConfig
 from sop_ros.sim.collect_demos import ConfigMaker, WorkUnit, check_request, plan_units, run_fleet, unit_config
+
+if TYPE_CHECKING:
+    from sop_ros.model.policy import ChunkPolicy
 
 EVAL_SEED = 100_000  # collect-demos uses seeds from 0 (1000 apart per task): evaluation stays clear of them
 
@@ -32,19 +36,28 @@ def eval_config(policy_path: Path) -> ConfigMaker:
     return make
 
 
-def evaluate(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, robots: int, out: Path,
-             seed: int = EVAL_SEED) -> dict:  # fmt: skip
+def checked_policy(policy: str, action_dim: int) -> tuple[Path, ChunkPolicy]:
+    """The policy file's absolute path and the loaded policy; a bad file refused here, with the reason, rather
+    than in every robot's log."""
     from sop_ros.model.policy import load_policy
 
+    path = Path(policy).resolve()
+    if not path.exists():
+        raise ConfigError(f"--policy {policy}: no such file; make it first: `sop export --policy CKPT --out {policy}` "
+                          "(or give a `sop pretrain` checkpoint, .pt)")  # fmt: skip
+    try:
+        return path, load_policy(path, action_dim)
+    except ValueError as err:
+        raise ConfigError(f"--policy: {err}") from None
+
+
+def evaluate(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, robots: int, out: Path,
+             seed: int = EVAL_SEED) -> dict:  # fmt: skip
     check_request(tasks, episodes_per_task, robots)
     base = load_config(RobotLaunchConfig, base_config)
     if base.nodes.sim_robot is None or base.nodes.teleop_arbiter is None:
         raise ConfigError(f"{base_config}: eval needs nodes.sim_robot and nodes.teleop_arbiter")
-    path = Path(policy).resolve()
-    try:  # refuse a bad file here, with the reason, rather than in every robot's log
-        loaded = load_policy(path, len(base.nodes.teleop_arbiter.action_names))
-    except ValueError as err:
-        raise ConfigError(f"--policy: {err}") from None
+    path, loaded = checked_policy(policy, len(base.nodes.teleop_arbiter.action_names))
     units = plan_units(tasks, episodes_per_task, robots, seed)
     summary = run_fleet(f"eval {loaded.version}", base, units, robots, out, eval_config(path))
     per_task = {

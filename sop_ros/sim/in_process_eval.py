@@ -132,17 +132,13 @@ def run_units(policy_path: str, base: RobotLaunchConfig, units: list[WorkUnit], 
 def evaluate_in_process(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, workers: int,
                         out: Path, seed: int = EVAL_SEED) -> dict:  # fmt: skip
     """`sop eval`'s report, from episodes stepped in this process (see the module's note)."""
-    from sop_ros.model.policy import load_policy
+    from sop_ros.sim.evaluate import checked_policy
 
     check_request(tasks, episodes_per_task, workers)
     base = load_config(RobotLaunchConfig, base_config)
     if base.nodes.sim_robot is None or base.nodes.teleop_arbiter is None:
         raise ConfigError(f"{base_config}: eval needs nodes.sim_robot and nodes.teleop_arbiter")
-    path = Path(policy).resolve()
-    try:
-        loaded = load_policy(path, len(base.nodes.teleop_arbiter.action_names))
-    except ValueError as err:
-        raise ConfigError(f"--policy: {err}") from None
+    path, loaded = checked_policy(policy, len(base.nodes.teleop_arbiter.action_names))
     # The units `sop eval` would give as many robots: the same seeds, episode for episode.
     units = plan_units(tasks, episodes_per_task, workers, seed)
     start, episodes = time.monotonic(), []
