@@ -36,17 +36,20 @@ def eval_config(policy_path: Path) -> ConfigMaker:
     return make
 
 
-def checked_policy(policy: str, action_dim: int) -> tuple[Path, ChunkPolicy]:
-    """The policy file's absolute path and the loaded policy; a bad file refused here, with the reason, rather
-    than in every robot's log."""
+def eval_setup(policy: str, base_config: str) -> tuple[RobotLaunchConfig, Path, ChunkPolicy]:
+    """The robot config an evaluation runs on, and the policy file's absolute path and loaded policy; a bad
+    config or file is refused here, with the reason, rather than in every robot's log."""
     from sop_ros.model.policy import load_policy
 
+    base = load_config(RobotLaunchConfig, base_config)
+    if base.nodes.sim_robot is None or base.nodes.teleop_arbiter is None:
+        raise ConfigError(f"{base_config}: eval needs nodes.sim_robot and nodes.teleop_arbiter")
     path = Path(policy).resolve()
     if not path.exists():
         raise ConfigError(f"--policy {policy}: no such file; make it first: `sop export --policy CKPT --out {policy}` "
                           "(or give a `sop pretrain` checkpoint, .pt)")  # fmt: skip
     try:
-        return path, load_policy(path, action_dim)
+        return base, path, load_policy(path, len(base.nodes.teleop_arbiter.action_names))
     except ValueError as err:
         raise ConfigError(f"--policy: {err}") from None
 
@@ -54,10 +57,7 @@ def checked_policy(policy: str, action_dim: int) -> tuple[Path, ChunkPolicy]:
 def evaluate(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, robots: int, out: Path,
              seed: int = EVAL_SEED) -> dict:  # fmt: skip
     check_request(tasks, episodes_per_task, robots)
-    base = load_config(RobotLaunchConfig, base_config)
-    if base.nodes.sim_robot is None or base.nodes.teleop_arbiter is None:
-        raise ConfigError(f"{base_config}: eval needs nodes.sim_robot and nodes.teleop_arbiter")
-    path, loaded = checked_policy(policy, len(base.nodes.teleop_arbiter.action_names))
+    base, path, loaded = eval_setup(policy, base_config)
     units = plan_units(tasks, episodes_per_task, robots, seed)
     summary = run_fleet(f"eval {loaded.version}", base, units, robots, out, eval_config(path))
     per_task = {

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from sop_ros.configs import ConfigError, load_config
 from sop_ros.configs.robot import IngestConfig, PolicyConfig, RobotLaunchConfig
 from sop_ros.sim.collect_demos import WorkUnit, check_request, plan_units
 from sop_ros.sim.evaluate import EVAL_SEED
@@ -43,15 +42,32 @@ def camera_tick(t_ns: int, period_ns: int, every_steps: int) -> bool:
     return round(t_ns / period_ns) % every_steps == 0
 
 
+def policy_input(base: RobotLaunchConfig, sim, cameras: tuple[str, ...]) -> np.ndarray:
+    """The cameras' current frames as the policy gets them, uint8 (cameras, 3, S, S): the simulator's JPEG at its
+    quality when its transport is compressed, decoded and resized as the ingest node does."""
+    from sop_ros.model.preprocess import decode_jpeg_rgb, encode_jpeg_rgb, resize_chw
+
+    sim_cfg = base.nodes.sim_robot
+    ingest = base.nodes.ingest or IngestConfig(cameras=sim_cfg.cameras)
+    compressed = sim_cfg.image_transport != "raw" and ingest.camera_transport == "compressed"
+    views = []
+    for camera in cameras:
+        rgb = sim.render(camera)
+        if compressed:
+            rgb = decode_jpeg_rgb(encode_jpeg_rgb(rgb, sim_cfg.jpeg_quality))
+        views.append(resize_chw(rgb, ingest.image_size))
+    return np.stack(views)
+
+
 def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
              commands: list[list[np.ndarray]] | None = None) -> list[EpisodeResult]:  # fmt: skip
     """One work unit's episodes, as one lockstep robot runs them under `sop eval`; with `commands`, each
     episode's commands to the simulator are appended to it (a list per episode)."""
     from sop_ros.model.policy import Observation, load_policy
-    from sop_ros.model.preprocess import decode_jpeg_rgb, encode_jpeg_rgb, resize_chw, to_unit_range
+    from sop_ros.model.preprocess import to_unit_range
     from sop_ros.robot.arbitration import Arbiter, Controller
     from sop_ros.robot.chunks import ChunkExecutor
-    from sop_ros.sim.metaworld_sim import GoalMarker, MetaWorldSim
+    from sop_ros.sim.metaworld_sim import MetaWorldSim, goal_marker
 
     sim_cfg, arbiter_cfg = base.nodes.sim_robot, base.nodes.teleop_arbiter
     ingest = base.nodes.ingest or IngestConfig(cameras=sim_cfg.cameras)
@@ -59,20 +75,11 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
     policy = load_policy(policy_path, len(arbiter_cfg.action_names), seed=policy_cfg.seed,
                          advantage_conditioned=policy_cfg.advantage_conditioned,
                          threads=policy_cfg.inference_threads)  # fmt: skip
-    marker = (GoalMarker(sim_cfg.goal_marker_radius_m, tuple(sim_cfg.goal_marker_rgba) or None)
-              if sim_cfg.goal_marker_radius_m > 0 else None)  # fmt: skip
-    sim = MetaWorldSim(unit.task, unit.seed, (sim_cfg.image_height, sim_cfg.image_width), marker)
+    sim = MetaWorldSim(unit.task, unit.seed, (sim_cfg.image_height, sim_cfg.image_width), goal_marker(sim_cfg))
     arbiter = Arbiter(arbiter_cfg)
     chunks = ChunkExecutor(round(1e9 / policy_cfg.control_hz), policy_cfg.execution, policy_cfg.blend_steps,
                            policy_cfg.ensemble_decay)  # fmt: skip
     period_ns = round(1e9 / sim_cfg.control_hz)
-    compressed = sim_cfg.image_transport != "raw" and ingest.camera_transport == "compressed"
-
-    def frame(camera: str) -> np.ndarray:
-        rgb = sim.render(camera)
-        if compressed:
-            rgb = decode_jpeg_rgb(encode_jpeg_rgb(rgb, sim_cfg.jpeg_quality))
-        return resize_chw(rgb, ingest.image_size)
 
     results, t_ns = [], 0
     try:
@@ -85,12 +92,11 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
             policy.reset()
             chunks.clear()
             arbiter.new_episode()
-            frames = {cam: frame(cam) for cam in ingest.cameras}
+            pixels = policy_input(base, sim, ingest.cameras)
             success, steps = False, 0
             if commands is not None:
                 commands.append([])
             while True:
-                pixels = np.stack([frames[cam] for cam in ingest.cameras])
                 obs = Observation(to_unit_range(pixels), sim.joint_positions().astype(np.float32), episode.instruction)
                 due = chunks.steps_into_newest(t_ns)
                 if due is None or due >= policy_cfg.replan_steps:
@@ -104,7 +110,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
                 result = sim.step(command)
                 steps = result.steps
                 if camera_tick(t_ns, period_ns, sim_cfg.camera_every_steps):
-                    frames = {cam: frame(cam) for cam in ingest.cameras}
+                    pixels = policy_input(base, sim, ingest.cameras)
                 if result.success or steps >= sim_cfg.max_episode_steps:
                     success = result.success
                     break
@@ -132,13 +138,10 @@ def run_units(policy_path: str, base: RobotLaunchConfig, units: list[WorkUnit], 
 def evaluate_in_process(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, workers: int,
                         out: Path, seed: int = EVAL_SEED) -> dict:  # fmt: skip
     """`sop eval`'s report, from episodes stepped in this process (see the module's note)."""
-    from sop_ros.sim.evaluate import checked_policy
+    from sop_ros.sim.evaluate import eval_setup
 
     check_request(tasks, episodes_per_task, workers)
-    base = load_config(RobotLaunchConfig, base_config)
-    if base.nodes.sim_robot is None or base.nodes.teleop_arbiter is None:
-        raise ConfigError(f"{base_config}: eval needs nodes.sim_robot and nodes.teleop_arbiter")
-    path, loaded = checked_policy(policy, len(base.nodes.teleop_arbiter.action_names))
+    base, path, loaded = eval_setup(policy, base_config)
     # The units `sop eval` would give as many robots: the same seeds, episode for episode.
     units = plan_units(tasks, episodes_per_task, workers, seed)
     start, episodes = time.monotonic(), []

@@ -13,12 +13,16 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import metaworld
 import mujoco
 import numpy as np
 
 from sop_ros.sim.catalog import CAMERAS, pick_instruction
+
+if TYPE_CHECKING:
+    from sop_ros.configs.robot import SimRobotConfig
 
 # Movable joints of the Sawyer in Meta-World's model, in the order of urdf/sawyer.urdf and JointState.
 JOINT_NAMES = (
@@ -56,6 +60,13 @@ class GoalMarker:
 
     radius_m: float
     rgba: tuple[float, float, float, float] | None = None
+
+
+def goal_marker(config: SimRobotConfig) -> GoalMarker | None:
+    """The marker a simulated robot's config asks for (None: Meta-World's own goal sites)."""
+    if config.goal_marker_radius_m <= 0:
+        return None
+    return GoalMarker(config.goal_marker_radius_m, tuple(config.goal_marker_rgba) or None)
 
 
 @dataclass(frozen=True)

@@ -35,26 +35,17 @@ class Placements:
 
 def render_placements(base: RobotLaunchConfig, task: str, count: int, seed: int) -> Placements:
     """`count` resets of `task` as the policy sees them (cameras, preprocessing and marker from `base`)."""
-    from sop_ros.model.preprocess import decode_jpeg_rgb, encode_jpeg_rgb, resize_chw
-    from sop_ros.sim.metaworld_sim import GoalMarker, MetaWorldSim
+    from sop_ros.sim.in_process_eval import policy_input
+    from sop_ros.sim.metaworld_sim import MetaWorldSim, goal_marker
 
     sim_cfg = base.nodes.sim_robot
-    ingest = base.nodes.ingest or IngestConfig(cameras=sim_cfg.cameras)
-    marker = (GoalMarker(sim_cfg.goal_marker_radius_m, tuple(sim_cfg.goal_marker_rgba) or None)
-              if sim_cfg.goal_marker_radius_m > 0 else None)  # fmt: skip
-    sim = MetaWorldSim(task, seed, (sim_cfg.image_height, sim_cfg.image_width), marker)
-    compressed = sim_cfg.image_transport != "raw" and ingest.camera_transport == "compressed"
+    cameras = (base.nodes.ingest or IngestConfig(cameras=sim_cfg.cameras)).cameras
+    sim = MetaWorldSim(task, seed, (sim_cfg.image_height, sim_cfg.image_width), goal_marker(sim_cfg))
     frames, positions = [], {name: [] for name in TARGETS}
     try:
         for _ in range(count):
             _, state = sim.reset()
-            views = []
-            for camera in ingest.cameras:
-                rgb = sim.render(camera)
-                if compressed:
-                    rgb = decode_jpeg_rgb(encode_jpeg_rgb(rgb, sim_cfg.jpeg_quality))
-                views.append(resize_chw(rgb, ingest.image_size))
-            frames.append(np.stack(views))
+            frames.append(policy_input(base, sim, cameras))
             for name, where in TARGETS.items():
                 positions[name].append(state[where])
     finally:

@@ -31,7 +31,7 @@ from sop_ros.msg import EpisodeEvent
 from sop_ros.robot import commands, topics
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.spin import run_node
-from sop_ros.sim.metaworld_sim import ACTION_NAMES, JOINT_NAMES, GoalMarker, MetaWorldSim, sim_state
+from sop_ros.sim.metaworld_sim import ACTION_NAMES, JOINT_NAMES, MetaWorldSim, goal_marker, sim_state
 from sop_ros.sim.pace import RobotPace
 
 # After the last episode, how long to wait for an operator's label of it before the run ends.
@@ -120,9 +120,7 @@ class SimRobotNode(Node):
     def drive(self) -> None:
         cfg = self.config
         try:
-            marker = (GoalMarker(cfg.goal_marker_radius_m, tuple(cfg.goal_marker_rgba) or None)
-                      if cfg.goal_marker_radius_m > 0 else None)  # fmt: skip
-            self.sim = MetaWorldSim(cfg.task, cfg.seed, (cfg.image_height, cfg.image_width), marker)
+            self.sim = MetaWorldSim(cfg.task, cfg.seed, (cfg.image_height, cfg.image_width), goal_marker(cfg))
             if self._stop.is_set():  # stopped while the simulator was built: the node may be gone already
                 return
             if cfg.pace_connect:
