@@ -82,7 +82,8 @@ def cmd_eval_check(args: argparse.Namespace) -> int:
     from sop_ros.sim.in_process_eval import check_agreement
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    check_agreement(args.policy, args.config, tasks, args.episodes_per_task, Path(args.out), args.seed)
+    check_agreement(args.policy, args.config, tasks, args.episodes_per_task, Path(args.out), args.seed,
+                    Path(args.results) if args.results else None)  # fmt: skip
     return 0  # measured: whether the agreement target is met is in the JSON and the last line printed
 
 
@@ -138,6 +139,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     config = PretrainConfig(
         demos=args.demos, out=args.out, steps=args.steps, batch_size=args.batch_size,
         learning_rate=args.lr, seed=args.seed, device=args.device, model=model, demos_per_task=args.demos_per_task,
+        cameras=tuple(c.strip() for c in args.cameras.split(",") if c.strip()),
+        tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
     )  # fmt: skip
     pretrain(config)
     return 0
@@ -253,16 +256,18 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from sop_ros.sim.experiments import ExperimentConfig, run_experiment
+    from sop_ros.sim.experiments import THRESHOLD, ExperimentConfig, run_experiment
 
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s)
     except ValueError:
         raise ConfigError(f"--seeds {args.seeds!r}: must be comma-separated integers, e.g. 0,1,2") from None
     config = ExperimentConfig(args.experiment, seeds, args.sim_minutes, args.bin_minutes, args.final_minutes,
-                              block=args.block, eval_every_minutes=args.eval_every,
-                              eval_episodes_per_task=args.eval_episodes, learner_yaml=args.config,
-                              robot_yaml=args.robot_config, out=args.out, results=args.results)  # fmt: skip
+                              threshold=args.threshold or THRESHOLD, block=args.block,
+                              eval_every_minutes=args.eval_every,
+                              eval_episodes_per_task=args.eval_episodes, eval_in_process=not args.eval_nodes,
+                              learner_yaml=args.config, robot_yaml=args.robot_config, out=args.out,
+                              results=args.results)  # fmt: skip
     if not args.report_only:
         require_ros("experiment")
     run_experiment(config, report_only=args.report_only)
@@ -398,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--model-config", metavar="YAML", help="model size and shape (ModelConfig fields)")
+    p.add_argument("--cameras", default="", help="the policy's camera order, comma-separated, as the robots' ingest "
+                   "lists them (default: as the demonstrations were recorded)")
+    p.add_argument("--tasks", default="", help="comma-separated tasks to train on (default: every task in --demos)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("eval", help="run a policy on simulated robots through the real nodes; success per task")
@@ -420,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/eval-check", metavar="DIR", help="both runs and eval_check.json")
     p.add_argument("--config", default="config/sim_policy.yaml", help="base robot YAML (default: %(default)s)")
     p.add_argument("--seed", type=int, default=100_000, help="first seed; demos use 0.. (default: %(default)s)")
+    p.add_argument("--results", metavar="DIR", help="where eval_check.json and .md go (default: --out)")
     p.set_defaults(func=cmd_eval_check)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON")
@@ -572,17 +581,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_headroom)
 
     p = sub.add_parser("experiment", help="the SOP experiments on a simulated fleet: JSON, PNG and markdown reports")
-    p.add_argument("experiment", choices=["fleet-scaling", "pretrain-scale", "algorithms"])
+    from sop_ros.sim.experiments import ARMS
+
+    p.add_argument("experiment", choices=list(ARMS))
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
     p.add_argument("--sim-minutes", type=float, default=6.0, help="simulated minutes per run (default: %(default)s)")
     p.add_argument("--bin-minutes", type=float, default=0.5, help="the fleet's success per bin of simulated time")
     p.add_argument("--final-minutes", type=float, default=1.0,
                    help="the fleet's success at the budget: over the last M minutes")
     p.add_argument("--block", type=int, default=3, help="episodes a robot runs of one task before the next")
+    p.add_argument("--threshold", type=float, help="success whose time to reach is compared (default: the one fixed "
+                   "before the committed runs, sop_ros/sim/experiments.py)")
     p.add_argument("--eval-every", type=float, default=1.0, metavar="MIN",
-                   help="score the learner's policy by `sop eval` every MIN simulated minutes (default: %(default)s)")
-    p.add_argument("--eval-episodes", type=int, default=10, metavar="N",
+                   help="score the learner's policy every MIN simulated minutes (default: %(default)s)")
+    p.add_argument("--eval-episodes", type=int, default=50, metavar="N",
                    help="episodes per task of each scoring, on the same seeds (default: %(default)s)")
+    p.add_argument("--eval-nodes", action="store_true",
+                   help="score through the robot nodes (`sop eval`) rather than in process (as checked equal)")
     p.add_argument("--config", default="config/experiment_learner.yaml", help="paced learner YAML")
     p.add_argument("--robot-config", default="config/fleet_sim.yaml", help="base robot YAML")
     p.add_argument("--out", default="runs/experiments", help="runs (resumed from here) (default: %(default)s)")

@@ -27,6 +27,7 @@ def ros_env(monkeypatch):
 
 
 DEMO_TASKS = ["push-v3", "reach-v3"]
+DEMO_CAMERAS = ("corner", "topview")  # config/sim.yaml's, which `sop collect-demos` records with
 
 
 @pytest.fixture(scope="session")

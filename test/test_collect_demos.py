@@ -1,9 +1,11 @@
 """`sop collect-demos`: a fleet of simulated robots recording demonstrations, end to end."""
 
 import json
+import signal
 import subprocess
+from pathlib import Path
 
-from conftest import REPO, sop
+from conftest import REPO, sop, wait_for
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
@@ -33,6 +35,28 @@ def test_two_robots_record_demonstrations_that_stock_readers_decode(tmp_path):
         with open(path, "rb") as f:
             reader = make_reader(f, decoder_factories=[DecoderFactory()])
             assert sum(1 for _ in reader.iter_decoded_messages(topics=[f"/{path.parent.name}/joint_states"])) > 1
+
+
+def test_a_fleet_stopped_by_sigterm_stops_its_robots_first(tmp_path):
+    out = tmp_path / "demos"
+    cmd = sop("collect-demos", "--tasks", "reach-v3", "--episodes-per-task", "50", "--robots", "1", "--out", str(out))
+    fleet = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def robots() -> list[int]:  # this fleet's robot processes: their command names a config in out/configs
+        found = []
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if str(out / "configs") in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue  # ended while listed
+        return found
+
+    wait_for(robots, 60, what="the fleet's robot to start")
+    fleet.send_signal(signal.SIGTERM)
+    output, _ = fleet.communicate(timeout=60)
+    assert "interrupted: stopping the robots" in output
+    assert robots() == []  # none left running without its fleet
 
 
 def test_unknown_task_is_refused_by_name(tmp_path):

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from conftest import DEMO_TASKS
+from conftest import DEMO_CAMERAS, DEMO_TASKS
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
@@ -20,6 +20,7 @@ from sop_ros.learner.dataset import (
     copy_episode,
     episode_files,
     index_episode,
+    recorded_cameras,
 )
 from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
 from sop_ros.sim.metaworld_sim import MetaWorldSim
@@ -74,7 +75,7 @@ def test_every_episode_has_an_observation_per_state_and_an_action_per_step(index
         assert episode.actions.shape == (episode.steps, 4) and episode.actions.dtype == np.float32
         assert list(episode.step_ns) == states and np.all(np.diff(episode.step_ns) > 0)
         assert episode.joint_names[-2:] == ("r_close", "l_close")
-        for camera in ("corner", "gripperPOV"):
+        for camera in DEMO_CAMERAS:
             assert list(episode.frame_ns[camera]) == [t for t, _ in frames[camera]]
             assert len(episode.frame_of_step[camera]) == episode.steps + 1
     assert len(lines) == 1 and lines[0].startswith(f"dataset {demos}: 4 episodes, {dataset.num_steps} steps")
@@ -174,12 +175,12 @@ def test_images_are_the_latest_frame_of_each_camera_decoded_at_the_configured_si
         images = sample["images"]
         assert images.shape == (2, 3, 64, 64) and images.dtype == np.float32
         assert 0.0 <= images.min() and images.max() <= 1.0 and images.std() > 0.02
-        for c, camera in enumerate(("corner", "gripperPOV")):
+        for c, camera in enumerate(DEMO_CAMERAS):
             # Camera frames are best-effort: on a busy host an episode's first may be lost; then the first one counts.
             latest = ([jpeg for t, jpeg in frames[camera] if t <= episode.step_ns[step]] or [frames[camera][0][1]])[-1]
             np.testing.assert_array_equal(images[c], image_to_input(decode_jpeg_rgb(latest), 64))
         np.testing.assert_array_equal(sample["proprio"], episode.proprio[step])
-    small = EpisodeDataset(demos, DatasetConfig(cameras=("gripperPOV",), image_size=32), log=lambda _: None)
+    small = EpisodeDataset(demos, DatasetConfig(cameras=("topview",), image_size=32), log=lambda _: None)
     assert small.get(0, 0)["images"].shape == (1, 3, 32, 32)
 
 
@@ -278,8 +279,8 @@ def test_bad_files_are_skipped_with_a_reason_and_unfinished_ones_ignored(demos, 
     good = episode_files(demos)
     (root / "robot_0" / "garbage.mcap").write_bytes(b"not an mcap file at all" * 10)
     (root / "robot_0" / "truncated.mcap").write_bytes(good[0].read_bytes()[:5000])
-    wrist = "gripperPOV/image_raw/compressed"
-    copy_episode(good[1], root / "robot_0" / "no_wrist.mcap", drop_topic=wrist, episode_id="x1")
+    copy_episode(good[1], root / "robot_0" / "no_topview.mcap", drop_topic="topview/image_raw/compressed",
+                 episode_id="x1")  # fmt: skip
     shutil.copy(good[2], root / "robot_1" / "z_copy.mcap")  # the same episode twice, found after the original
     # The recorder's unfinished and quarantined files: never read, whatever they hold.
     copy_episode(good[0], root / "robot_0" / ".partial" / "p.mcap", episode_id="partial-0")
@@ -288,9 +289,11 @@ def test_bad_files_are_skipped_with_a_reason_and_unfinished_ones_ignored(demos, 
     dataset = EpisodeDataset(root, log=lines.append)
     assert sorted(e.episode_id for e in dataset.episodes) == sorted(p.stem for p in good)
     reasons = {path.name: reason for path, reason in dataset.skipped}
-    assert set(reasons) == {"garbage.mcap", "truncated.mcap", "no_wrist.mcap", "z_copy.mcap"}
+    assert set(reasons) == {"garbage.mcap", "truncated.mcap", "no_topview.mcap", "z_copy.mcap"}
     assert "not a readable MCAP episode file" in reasons["garbage.mcap"]
-    assert "no frames of camera 'gripperPOV'; the file has cameras: corner" in reasons["no_wrist.mcap"]
+    # The dataset takes the cameras most episodes have: the one without is refused, not the others.
+    assert dataset.config.cameras == DEMO_CAMERAS
+    assert "no frames of camera 'topview'; the file has cameras: corner" in reasons["no_topview.mcap"]
     assert reasons["z_copy.mcap"].startswith(f"episode {good[2].stem} again")
     assert "skipped 4 files" in lines[0] and "garbage.mcap" in lines[0]
 
@@ -300,10 +303,28 @@ def test_a_file_without_joint_states_or_a_camera_is_refused_by_name(demos, tmp_p
     no_states = copy_episode(source, tmp_path / "no_states.mcap", drop_topic="/joint_states")
     with pytest.raises(ValueError, match=r"no_states\.mcap: no joint states"):
         index_episode(no_states, DatasetConfig())
-    with pytest.raises(ValueError, match=r"no frames of camera 'wrist'; the file has cameras: corner, gripperPOV"):
+    with pytest.raises(ValueError, match=r"no frames of camera 'wrist'; the file has cameras: corner, topview"):
         index_episode(source, DatasetConfig(cameras=("corner", "wrist")))
     with pytest.raises(FileNotFoundError, match="no such episode directory"):
         EpisodeDataset(tmp_path / "nowhere")
+
+
+def test_a_dataset_keeps_only_the_tasks_it_is_given(demos):
+    lines = []
+    reach = EpisodeDataset(demos, DatasetConfig(tasks=("reach-v3",)), log=lines.append)
+    assert reach.tasks == ["reach-v3"] and len(reach.episodes) == 2
+    assert "left out: 2 another task" in lines[0]
+
+
+def test_an_episodes_cameras_are_read_in_its_recorders_order(demos, tmp_path):
+    source = episode_files(demos)[0]
+    assert recorded_cameras(source) == DEMO_CAMERAS  # the recorder's order, not the alphabet's
+    no_corner = copy_episode(source, tmp_path / "no_corner.mcap", drop_topic="corner/image_raw/compressed")
+    assert recorded_cameras(no_corner) == DEMO_CAMERAS[1:]
+    assert index_episode(source, DatasetConfig()).frame_ns.keys() == set(DEMO_CAMERAS)
+    (tmp_path / "empty.mcap").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty.mcap"):
+        recorded_cameras(tmp_path / "empty.mcap")
 
 
 def test_config_names_the_bad_key_and_value():
@@ -433,7 +454,8 @@ def test_pretrain_and_export_on_recorded_demos(demos, tmp_path):
     assert json.loads(ckpt.with_suffix(".loss.json").read_text())["version"] == report["version"]
     assert ckpt.with_suffix(".loss.png").stat().st_size > 0
     model, extra = load_checkpoint(ckpt)
-    assert extra["tasks"] == sorted(TASKS) and model.config.cameras == 2
+    # No cameras named: the policy takes the demonstrations' own, in the order their recorder listed them.
+    assert extra["tasks"] == sorted(TASKS) and extra["cameras"] == list(DEMO_CAMERAS) and model.config.cameras == 2
     export_onnx(ckpt, tmp_path / "base.onnx")
     dataset = EpisodeDataset(demos, DatasetConfig(image_size=32), log=lambda _: None)
     batch = to_torch(dataset.sample(np.random.default_rng(0), 2), model.config, torch.device("cpu"))

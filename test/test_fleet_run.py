@@ -36,6 +36,9 @@ def test_a_paced_fleet_run_spends_its_learner_budget_and_the_robot_takes_new_pol
     assert report["clock"] == "simulated" and report["learner_steps"] == 24
     assert report["episodes"] >= 2 and {p["minute"] for p in report["curve"]} <= {0.1, 0.2, 0.3}
     assert set(report["tasks"]) == set(DEMO_TASKS)
+    # SOP's online share of each task over the run, from the learner's TensorBoard scalars, within its bounds.
+    assert set(report["online_share"]) == set(DEMO_TASKS)
+    assert all(0.2 <= s["min"] <= s["last"] <= s["max"] <= 0.8 for s in report["online_share"].values())
     # Episodes ended on the fleet's clock, which went on across the robot's blocks of episodes, and no further
     # than lead_steps past the learner's last step: (24 + 2) steps of 0.5 s.
     ended = sorted(e.ended_ns for e in stored_episodes(out / "store"))

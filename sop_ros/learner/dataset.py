@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
@@ -71,19 +71,21 @@ STD_FLOOR = 1e-3  # normalisation: a joint or action that never moves must not d
 class DatasetConfig:
     """What a sample holds and which episodes are kept."""
 
-    cameras: tuple[str, ...] = ("corner", "gripperPOV")  # model input order; every episode must have them all
+    # The model's input order; every episode must have them all (empty: those most episodes were recorded with).
+    cameras: tuple[str, ...] = ()
     image_size: int = ModelConfig.image_size  # square model input, pixels
     chunk: int = 16  # action horizon H: actions per sample
     outcomes: tuple[str, ...] = OUTCOMES  # episodes kept; demos for pretraining use ("success",)
     command_delay_steps: int = 10  # control periods a command may be logged late (0: the plain window rule)
     # Keep at most this many episodes per task, the first by episode id (0: all); e.g. pretraining-scale runs.
     episodes_per_task: int = 0
+    tasks: tuple[str, ...] = ()  # keep only these tasks' episodes (empty: every task found)
 
     def __post_init__(self) -> None:
         # Lists (from code rather than YAML) are accepted: a frozen config must hold tuples to stay hashable.
         object.__setattr__(self, "cameras", tuple(self.cameras))
         object.__setattr__(self, "outcomes", tuple(self.outcomes))
-        require(bool(self.cameras), "cameras", self.cameras, "must name at least one camera")
+        object.__setattr__(self, "tasks", tuple(self.tasks))
         for i, camera in enumerate(self.cameras):
             ok = isinstance(camera, str) and bool(camera) and "/" not in camera
             require(ok, f"cameras[{i}]", camera, "must be a camera name (as in cameras/<name>/image_raw)")
@@ -255,6 +257,8 @@ def index_episode(path: Path | str, config: DatasetConfig) -> EpisodeIndex:
     """Read one finished episode file; ValueError naming the file and what is wrong if it cannot be used."""
     path = Path(path)
     try:
+        if not config.cameras:
+            config = replace(config, cameras=recorded_cameras(path))
         with open(path, "rb") as file:
             recorded = _read(path, file, config)
     except ValueError:
@@ -460,6 +464,41 @@ def episode_files(root: Path | str) -> list[Path]:
     )
 
 
+def recorded_cameras(path: Path | str) -> tuple[str, ...]:
+    """The cameras an episode file holds JPEG frames of, in the order its recorder listed them."""
+    try:
+        with open(path, "rb") as file:
+            summary = make_reader(file).get_summary()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
+    except Exception as err:  # the mcap reader's errors for a damaged file have no common base class
+        raise ValueError(f"{path}: not a readable MCAP episode file: {type(err).__name__}: {err}") from None
+    if summary is None:
+        raise ValueError(f"{path}: no MCAP summary section: not a finished episode file (unfinished or cut off)")
+    counts = summary.statistics.channel_message_counts if summary.statistics else None
+    cameras = []
+    for channel in sorted(summary.channels.values(), key=lambda c: c.id):  # ids in the order it opened them
+        name = channel.topic.partition("/cameras/")[2].partition("/")[0]
+        framed = counts is None or counts.get(channel.id, 0) > 0
+        if name and framed and channel.topic.endswith("/" + CAMERA_COMPRESSED.format(camera=name)):
+            cameras.append(name)
+    if not cameras:
+        raise ValueError(f"{path}: no camera's JPEG frames (cameras/<name>/image_raw/compressed)")
+    return tuple(cameras)
+
+
+def common_recorded_cameras(paths: Sequence[Path]) -> tuple[str, ...]:
+    """The cameras most of `paths` were recorded with, in their recorder's order (empty: no file names any); a
+    file that lacks one of them is then refused by name rather than deciding what every sample holds."""
+    found: Counter[tuple[str, ...]] = Counter()
+    for path in paths:
+        try:
+            found[recorded_cameras(path)] += 1
+        except Exception:  # noqa: BLE001 - an unreadable file is reported when it is indexed
+            continue
+    return found.most_common(1)[0][0] if found else ()
+
+
 def copy_episode(source: Path | str, target: Path | str, drop_topic: str | None = None, **metadata: str) -> Path:
     """A copy of an episode file with its episode metadata changed (e.g. a new episode_id), without the topics
     ending in `drop_topic`: test and benchmark data from real recordings."""
@@ -514,6 +553,8 @@ class EpisodeDataset:
             where = str(root)
         else:
             paths, where = [Path(p) for p in source], f"{len(source)} files"
+        if not config.cameras:  # one camera order for every sample
+            self.config = config = replace(config, cameras=common_recorded_cameras(paths))
         self.episodes: list[EpisodeIndex] = []
         self.skipped: list[tuple[Path, str]] = []
         left_out: Counter[str] = Counter()
@@ -529,6 +570,8 @@ class EpisodeDataset:
             reason = self._refusal(episode, seen)
             if reason:
                 self.skipped.append((path, reason))
+            elif config.tasks and episode.task not in config.tasks:
+                left_out["another task"] += 1
             elif episode.outcome not in config.outcomes:
                 left_out[episode.outcome] += 1
             else:

@@ -45,7 +45,12 @@ from sop_ros.configs import ConfigError, to_dict
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.model import ModelConfig
 from sop_ros.learner import recap
-from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
+from sop_ros.learner.dataset import (
+    DatasetConfig,
+    EpisodeDataset,
+    EpisodeIndex,
+    index_episode,
+)
 from sop_ros.learner.episode_store import EpisodeStore, StoredEpisode
 from sop_ros.learner.hg_dagger import training_steps
 from sop_ros.learner.pretrain import to_torch, warmup_cosine
@@ -135,7 +140,9 @@ class TrainingData:
                                       log=lambda _: None)  # fmt: skip
         outcomes, self.select = online_selection(config)
         self.learns_online = bool(outcomes)
-        self.online_config = replace(dataset_config, outcomes=outcomes or ("success",))
+        # The fleet's episodes in the same camera order as the demonstrations (resolved from them if not given).
+        self.online_config = replace(dataset_config, cameras=self.offline.config.cameras,
+                                     outcomes=outcomes or ("success",))  # fmt: skip
         self._cache: dict[Path, EpisodeIndex] = {}
         self.online = self._build([])
         self.listed: list[Path] = []  # the files the next refresh builds from
@@ -324,16 +331,15 @@ class Losses(nn.Module):
         return losses, weights, value_loss
 
 
-def initial_policy(config: LearnerConfig) -> tuple[VLAPolicy, tuple[str, ...], dict | None]:
-    """The base checkpoint, or a fresh model (to be normalised to the demonstrations); its camera order; and the
+def initial_policy(config: LearnerConfig) -> tuple[VLAPolicy | None, tuple[str, ...], dict | None]:
+    """The base checkpoint (None: train a fresh model); its camera order (empty: the demonstrations'); and the
     optimiser state it was saved with (None: none)."""
-    cameras = DatasetConfig().cameras
     if not config.base_policy:
-        return VLAPolicy(ModelConfig(cameras=len(cameras))), cameras, None
+        return None, (), None
     if not Path(config.base_policy).is_file():
         raise ConfigError(f"base_policy={config.base_policy!r}: no such checkpoint (make one with `sop pretrain`)")
     policy, extra = load_checkpoint(config.base_policy)
-    return policy, tuple(extra.get("cameras") or cameras), extra.get("optimiser")
+    return policy, tuple(extra.get("cameras") or ()), extra.get("optimiser")
 
 
 def continue_optimiser(optimiser: torch.optim.Optimizer, state: dict | None, config: LearnerConfig) -> None:
@@ -519,13 +525,16 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
 
     # ---- model and data -------------------------------------------------------------------------------------
     policy, cameras, base_optimiser = initial_policy(config)
-    model_cfg = policy.config
+    model_cfg = policy.config if policy else ModelConfig()
     data = TrainingData(config, DatasetConfig(cameras=cameras, image_size=model_cfg.image_size, chunk=model_cfg.chunk))
     cleanup.callback(data.close)
     missing = [t for t in config.tasks if t not in data.offline.tasks]
     if len(missing) == len(config.tasks):
         raise ConfigError(f"demos_dir={config.demos_dir!r}: no demonstrations of {', '.join(config.tasks)}")
-    if not config.base_policy:
+    cameras = data.offline.config.cameras  # a checkpoint's own, or the demonstrations' when it names none
+    if policy is None:  # a fresh model: the demonstrations' cameras, normalised to their states and actions
+        policy = VLAPolicy(replace(model_cfg, cameras=len(cameras)))
+        model_cfg = policy.config
         policy.set_normalisation(data.offline.proprio_stats(), data.offline.action_stats())
     value = ValueNetwork(model_cfg, config.recap.value_bins) if config.algorithm == "recap" else None
     if value is not None:

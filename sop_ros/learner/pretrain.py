@@ -37,6 +37,10 @@ class PretrainConfig:
     warmup_steps: int = 100
     seed: int = 0
     demos_per_task: int = 0  # use only the first N successful demonstrations of each task (0: all)
+    # The policy's camera order, which the robots' ingest must list alike (empty: as the demonstrations were
+    # recorded, in their recorder's order).
+    cameras: tuple[str, ...] = ()
+    tasks: tuple[str, ...] = ()  # train on these tasks' demonstrations only (empty: every task in `demos`)
     log_every: int = 50
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -101,10 +105,12 @@ def pretrain(config: PretrainConfig) -> dict:
     dataset = EpisodeDataset(
         config.demos,
         DatasetConfig(
+            cameras=config.cameras,
             image_size=model_cfg.image_size,
             chunk=model_cfg.chunk,
             outcomes=("success",),
             episodes_per_task=config.demos_per_task,
+            tasks=config.tasks,
         ),
     )
     if not dataset.episodes:

@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,6 +133,7 @@ def run_fleet(title: str, base: RobotLaunchConfig, units: list[WorkUnit], robots
     outcomes: dict[Path, str] = {}
     start, failed, last_print, robot_seconds = time.monotonic(), [], 0.0, 0.0
     interactive = sys.stdout.isatty()
+    interrupt_on_signals()
     try:
         while units or running:
             while units and free:
@@ -165,6 +167,18 @@ def run_fleet(title: str, base: RobotLaunchConfig, units: list[WorkUnit], robots
         print()
     paths = sorted(set(out.glob("*/*.mcap")) - before)
     return _summary(out, paths, time.monotonic() - start, robot_seconds, failed)
+
+
+def interrupt_on_signals() -> None:
+    """Ctrl-C and SIGTERM both raise KeyboardInterrupt in the main thread, so that a stopped run stops the robots
+    it started rather than leaving them running (SIGINT may come in ignored when started in the background)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
 
 def _time_bound(base: RobotLaunchConfig, unit: WorkUnit) -> float:

@@ -47,7 +47,7 @@ def base_pretraining(demos: Path, out: Path, demos_per_task: int = 0) -> Pretrai
                           demos_per_task=demos_per_task)  # fmt: skip
 
 
-def base_recipe(demos_per_task: int = 0) -> dict:
+def base_recipe(demos_per_task: int = 0, recorded_per_task: int = DEMOS_PER_TASK) -> dict:
     """How `prepare` and `pretrain_base` make a base policy: the demonstrations' robot config and count, and the
     pretraining settings. Its weights are not bit-for-bit repeatable (made twice here by one recipe, they
     differed), so results made on two machines are matched by the recipe, not the weights."""
@@ -55,28 +55,33 @@ def base_recipe(demos_per_task: int = 0) -> dict:
 
     pretraining = to_dict(base_pretraining(Path(), Path(), demos_per_task))
     del pretraining["demos"], pretraining["out"]
-    return {"demo_robot_yaml": file_sha256(DEMO_ROBOT_YAML), "demos_recorded_per_task": DEMOS_PER_TASK,
+    return {"demo_robot_yaml": file_sha256(DEMO_ROBOT_YAML), "demos_recorded_per_task": recorded_per_task,
             "pretraining": pretraining}  # fmt: skip
 
 
 def prepare(out: Path, learner: LearnerConfig) -> LearnerConfig:
     """Demonstrations and base policy under `out`, made if missing; the learner's config pointed at them."""
-    from sop_ros.sim.collect_demos import collect
-
     demos, base = out / "demos", out / "base.pt"
-    if not any(demos.glob("*/*.mcap")):
-        print(f"sop demo [1/3]: recording {DEMOS_PER_TASK} scripted demonstrations per task into {demos}", flush=True)
-        summary = collect(DEMO_ROBOT_YAML, list(learner.tasks), DEMOS_PER_TASK, 2, demos)
-        if summary["failed"] or not summary["total"]["episodes"]:
-            raise RuntimeError(f"recording demonstrations failed: see {demos}/logs")
-    else:
-        print(f"sop demo [1/3]: demonstrations in {demos} (delete it to record them again)")
+    record_demos(demos, list(learner.tasks), DEMOS_PER_TASK)
     if not base.exists():
         print(f"sop demo [2/3]: pretraining the base policy on them, {PRETRAIN_STEPS} steps -> {base}", flush=True)
         pretrain_base(demos, base)
     else:
         print(f"sop demo [2/3]: base policy {base} (delete it to pretrain again)")
     return dataclasses.replace(learner, demos_dir=str(demos), base_policy=str(base))
+
+
+def record_demos(demos: Path, tasks: list[str], per_task: int) -> None:
+    """`per_task` scripted demonstrations of each task into `demos`, unless it holds some already."""
+    from sop_ros.sim.collect_demos import collect
+
+    if any(demos.glob("*/*.mcap")):
+        print(f"sop demo [1/3]: demonstrations in {demos} (delete it to record them again)")
+        return
+    print(f"sop demo [1/3]: recording {per_task} scripted demonstrations per task into {demos}", flush=True)
+    summary = collect(DEMO_ROBOT_YAML, tasks, per_task, 2, demos)
+    if summary["failed"] or not summary["total"]["episodes"]:
+        raise RuntimeError(f"recording demonstrations failed: see {demos}/logs")
 
 
 def hot_swaps(store_dir: Path) -> dict[str, list[str]]:

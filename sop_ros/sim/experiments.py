@@ -1,8 +1,9 @@
-"""`sop experiment`: the published system's three questions on a simulated fleet, each a sweep of paced fleet runs.
+"""`sop experiment`: the published system's questions on a simulated fleet, each a sweep of paced fleet runs.
 
-    fleet-scaling    1, 2 and 4 robots: the same learner budget per simulated minute, more experience
-    pretrain-scale   base policies pretrained on three amounts of demonstrations, then the same online budget
-    algorithms       pretrained only, offline HG-DAgger, SOP + HG-DAgger, SOP + RECAP at equal budgets
+    fleet-scaling     1, 2 and 4 robots: the same learner budget per simulated minute, more experience
+    pretrain-scale    base policies pretrained on 10 and 40 demonstrations per task, then the same online budget
+    algorithms        pretrained only, offline HG-DAgger, SOP + HG-DAgger, SOP + RECAP at equal budgets
+    learner-settings  the learner's smoothing and optimiser choices, each against the settings before them
 
 Every run is `sop fleet run` (sop_ros/sim/online_fleet.py): the real robot nodes and topics, the Zenoh bridge
 and the learner, paced by simulated time so that results do not depend on this host's speed. A run lives in
@@ -13,13 +14,15 @@ the arm and its base policy's recipe; the recipe rather than the weights, as pre
 repeatable): a sweep on another clone or machine takes the committed report's runs with its own key as done, so
 seeds add up across sweeps; a run made with another setup is made again.
 
-Success is the policy's own, as `sop eval` scores it: every `eval_every_minutes` of simulated time, the policy the
-learner had made by then runs on the simulated robots with no operator, on the same evaluation seeds for every arm
-and run (so runs differ only by their policies; a policy scored once, by its sha256, is not scored again). "At the
-budget" is the score of the run's final policy; "time to X" is the first scoring time at which it reached X. The
-fleet's own episodes give the secondary figures: their success without intervention (the scripted operator takes
-over when it judges the policy failing, so it reads lower than the policy's own score), episodes per simulated
-hour, interventions per episode.
+Success is the policy's own: every `eval_every_minutes` of simulated time, the policy the learner had made by then
+is scored with no operator on `eval_episodes_per_task` episodes of each task, on the same evaluation seeds for every
+arm and run (so runs differ only by their policies; a policy scored once, by its sha256, is not scored again). It is
+stepped in process by default (the exported ONNX policy, runtime, preprocessing and Meta-World env the nodes use;
+`sop eval-check` measured that both end the same episodes the same way), or by `sop eval` through the nodes. An
+arm's figures pool its seeds' distinct policies into one count with a 95% Wilson interval; claims are two-proportion
+z-tests, each a line that begins `Target` and says met or missed. "At the budget" is the run's final policy; "time
+to the threshold" the first scoring at or above it. The fleet's own episodes give the secondary figures: their
+success without intervention, episodes per simulated hour, interventions per episode, and SOP's online share.
 
 fleet-scaling also runs probes, to show why a fleet did or did not learn faster: a finished run's whole store
 retrained offline from the same base with the run's learner steps, or twice as many, and scored the same way.
@@ -43,6 +46,11 @@ from sop_ros.configs import ConfigError, load_config, require, to_dict
 from sop_ros.configs.learner import LearnerConfig, PaceConfig
 
 NEVER = 10**9  # publish_every_steps of a learner whose robots keep the base policy
+# The suite's base: pretrained on this many demonstrations per task, as the headroom measurement that chose the
+# suite's tasks was (docs/results/headroom.md); pretrain-scale's other arm has 4x as many.
+BASE_DEMOS_PER_TASK = 10
+RECORDED_DEMOS_PER_TASK = 4 * BASE_DEMOS_PER_TASK
+THRESHOLD = 0.8  # fleet-scaling's success threshold, fixed before running
 
 
 @dataclass(frozen=True)
@@ -52,19 +60,29 @@ class Arm:
     name: str
     robots: int = 2
     algorithm: str = "hg_dagger"  # the online learner's; "" for none: the base policy runs throughout
-    demos_per_task: int = 0  # the base policy's pretraining size (0: the shared base, all demonstrations)
+    demos_per_task: int = BASE_DEMOS_PER_TASK  # the demonstrations per task its base policy is pretrained on
     offline: bool = False  # offline HG-DAgger: collect with the base policy, retrain once, deploy that
+    learner: tuple[tuple[str, object], ...] = ()  # (LearnerConfig key, value): this arm's own learner settings
 
     @property
     def slug(self) -> str:
-        return self.name.lower().replace(" + ", "-").replace(" ", "-")
+        return self.name.lower().replace(" + ", "-").replace(", ", "-").replace(" ", "-")
 
 
 ARMS = {
     "fleet-scaling": (Arm("1 robot", robots=1), Arm("2 robots", robots=2), Arm("4 robots", robots=4)),
-    "pretrain-scale": tuple(Arm(f"{n} demos per task", demos_per_task=n) for n in (2, 5, 10)),
+    "pretrain-scale": tuple(Arm(f"{n} demos per task", demos_per_task=n)
+                            for n in (BASE_DEMOS_PER_TASK, RECORDED_DEMOS_PER_TASK)),  # fmt: skip
     "algorithms": (Arm("pretrained only", algorithm=""), Arm("offline HG-DAgger", offline=True),
                    Arm("SOP + HG-DAgger"), Arm("SOP + RECAP", algorithm="recap")),
+    # The learner's settings, each against the experiments' learner YAML (the first arm: what it was before).
+    "learner-settings": (
+        Arm("constant lr, raw weights", learner=(("warmup_steps", 0), ("decay_steps", 0), ("ema_decay", 0.0),
+                                                 ("optimiser_from_base", False))),
+        Arm("EMA 0.98", learner=(("ema_decay", 0.98),)),
+        Arm("EMA 0.995", learner=(("ema_decay", 0.995),)),
+        Arm("EMA 0.98, base optimiser", learner=(("ema_decay", 0.98), ("optimiser_from_base", True))),
+    ),
 }  # fmt: skip
 
 
@@ -75,12 +93,13 @@ class ExperimentConfig:
     sim_minutes: float = 6.0  # each run's span of simulated time (the learner's budget: rate x this)
     bin_minutes: float = 0.5
     final_minutes: float = 1.0  # success at the budget: over this last stretch
-    thresholds: tuple[float, ...] = (0.8, 0.5)  # time to each, and its speed-up over the first arm
+    threshold: float = THRESHOLD  # time to it, and its speed-up over the first arm
     block: int = 3  # episodes of one task a robot runs before the next
     wall_minutes: float = 180.0  # bound on any one run
     eval_every_minutes: float = 1.0  # the learner's policy is scored at 0, this, 2 x this, ... simulated minutes
-    eval_episodes_per_task: int = 10
-    eval_robots: int = 2
+    eval_episodes_per_task: int = 50  # x 4 tasks: 200 episodes a policy, pooled over seeds at least 600 an arm
+    eval_robots: int = 2  # robots (or in-process workers) scoring a policy
+    eval_in_process: bool = True  # the same outcomes as through the nodes: docs/results/eval_check.md
     eval_robot_yaml: str = "config/sim_policy.yaml"
     learner_yaml: str = "config/experiment_learner.yaml"
     robot_yaml: str = "config/fleet_sim.yaml"
@@ -99,6 +118,7 @@ class ExperimentConfig:
                 f"must be in (0, sim_minutes={self.sim_minutes:g}]")  # fmt: skip
         require(self.eval_episodes_per_task >= 1, "eval_episodes_per_task", self.eval_episodes_per_task, "must be >= 1")
         require(self.eval_robots >= 1, "eval_robots", self.eval_robots, "must be >= 1")
+        require(0 < self.threshold <= 1, "threshold", self.threshold, "must be a success rate in (0, 1]")
 
     @property
     def eval_minutes(self) -> list[float]:
@@ -115,7 +135,7 @@ class ExperimentConfig:
 
 def run_experiment(config: ExperimentConfig, report_only: bool = False) -> dict:
     """The sweep (its finished runs skipped), then its report; `report_only`: the report of the finished runs."""
-    from sop_ros.sim.demo import prepare
+    from sop_ros.sim.demo import record_demos
 
     out = Path(config.out) / config.experiment
     learner = load_config(LearnerConfig, config.learner_yaml)
@@ -126,7 +146,9 @@ def run_experiment(config: ExperimentConfig, report_only: bool = False) -> dict:
     committed, carried_probes = committed_runs(config, keys), committed_probes(config, keys)
     if report_only:
         return write_report(config, out, keys, committed, carried_probes)
-    learner = prepare(Path(config.out) / "shared", learner)  # demonstrations and the base policy, once
+    demos = Path(config.out) / "shared" / "demos"
+    record_demos(demos, list(learner.tasks), RECORDED_DEMOS_PER_TASK)  # once, for every arm's base policy
+    learner = dataclasses.replace(learner, demos_dir=str(demos))
     runs = [(arm, seed) for seed in config.seeds for arm in arms]  # seed by seed: every arm has data early
     started = time.monotonic()
     for i, (arm, seed) in enumerate(runs):
@@ -169,7 +191,7 @@ def setup_key(config: ExperimentConfig, arm: Arm) -> str:
     for name in ("learner_yaml", "robot_yaml", "eval_robot_yaml"):
         settings[name] = file_sha256(settings[name])
     settings["arm"] = dataclasses.asdict(arm)
-    settings["base_policy"] = base_recipe(arm.demos_per_task)
+    settings["base_policy"] = base_recipe(arm.demos_per_task, RECORDED_DEMOS_PER_TASK)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -234,10 +256,9 @@ def base_policy_run(config: ExperimentConfig, arm: Arm, seed: int) -> Path | Non
 
 def arm_learner(arm: Arm, learner: LearnerConfig, shared: Path) -> LearnerConfig:
     """The learner of `arm`: its algorithm, and its base policy pretrained on its share of demonstrations."""
-    learner = dataclasses.replace(learner, algorithm=arm.algorithm or "hg_dagger")
-    if not arm.demos_per_task:
-        return learner
     from sop_ros.sim.demo import pretrain_base
+
+    learner = dataclasses.replace(learner, algorithm=arm.algorithm or "hg_dagger", **dict(arm.learner))
 
     base = shared / f"base_{arm.demos_per_task}_per_task.pt"
     if not base.exists():
@@ -338,13 +359,13 @@ def run_probes(config: ExperimentConfig, out: Path, keys: dict[str, str], learne
         policy = train_offline(arm_learner(arms[name], learner, Path(config.out) / "shared"), run_dir / "fleet",
                                where / "learner", steps)  # fmt: skip
         export_onnx(policy, policy.with_suffix(".onnx"))  # scored as the online runs' policies are: ONNX
-        score = evaluate_once(config, policy.with_suffix(".onnx"))
+        score = score_point(evaluate_once(config, policy.with_suffix(".onnx")))
         online = json.loads((run_dir / SCORES).read_text())[-1]
         (where / PROBE).write_text(json.dumps({
             "arm": name, "seed": seed, "times_budget": times, "learner_steps": steps,
-            "episodes": len(stored_episodes(run_dir / "fleet" / "store")), "online_success": online["success"],
-            "success": score["mean_success_rate"],
-            "per_task": {t: v["success_rate"] for t, v in score["tasks"].items()}, "setup": keys[name],
+            "episodes": len(stored_episodes(run_dir / "fleet" / "store")),
+            "online": {k: online[k] for k in ("success", "successes", "episodes")},
+            "offline": {k: score[k] for k in ("success", "successes", "episodes")}, "setup": keys[name],
         }, indent=2) + "\n")  # fmt: skip
         ran = True
     return ran
@@ -409,32 +430,43 @@ def score_run(config: ExperimentConfig, run_dir: Path, steps_per_sim_minute: flo
     points = []
     for minute in config.eval_minutes:
         version = scheduled_policy(made, int(minute * steps_per_sim_minute + 1e-9))
-        score = evaluate_once(config, registry / f"{version}.onnx")
-        points.append({"minute": minute, "version": version, "success": score["mean_success_rate"],
-                       "per_task": {t: v["success_rate"] for t, v in score["tasks"].items()}})  # fmt: skip
+        points.append({"minute": minute, "version": version} | score_point(evaluate_once(config,
+                                                                                      registry / f"{version}.onnx")))
     (run_dir / SCORES).write_text(json.dumps(points, indent=2) + "\n")
     return points
 
 
+def score_point(score: dict) -> dict:
+    """A scoring's counts: successes and episodes over all tasks and per task (rates are made from them)."""
+    per_task = {t: [v["successes"], v["episodes"]] for t, v in score["tasks"].items()}
+    successes, episodes = (sum(v[i] for v in per_task.values()) for i in (0, 1))
+    return {"success": round(successes / episodes, 4), "successes": successes, "episodes": episodes,
+            "per_task": per_task}  # fmt: skip
+
+
 def evaluate_once(config: ExperimentConfig, policy: Path) -> dict:
-    """`sop eval` of `policy` on the experiment's tasks and evaluation seeds, kept under the policy's sha256."""
+    """`policy` scored on the experiment's tasks and evaluation seeds (in process, or by `sop eval` through the
+    nodes), kept under the policy's sha256 and the scoring's settings: a policy is scored once."""
     from sop_ros.checksums import file_sha256
     from sop_ros.sim.evaluate import evaluate
+    from sop_ros.sim.in_process_eval import evaluate_in_process
 
     learner = load_config(LearnerConfig, config.learner_yaml)
-    key = f"{file_sha256(policy)[:16]}-{config.eval_episodes_per_task}x{len(learner.tasks)}"
+    how = "ip" if config.eval_in_process else "nodes"
+    key = f"{file_sha256(policy)[:16]}-{config.eval_episodes_per_task}x{len(learner.tasks)}-{how}"
     out = Path(config.out) / "scores" / key
     if (out / "eval.json").exists():
         report = json.loads((out / "eval.json").read_text())
         if scored_in_full(report, config.eval_episodes_per_task):
             return report
     shutil.rmtree(out, ignore_errors=True)
-    report = evaluate(str(policy), config.eval_robot_yaml, list(learner.tasks), config.eval_episodes_per_task,
-                      config.eval_robots, out)  # fmt: skip
+    score = evaluate_in_process if config.eval_in_process else evaluate
+    report = score(str(policy), config.eval_robot_yaml, list(learner.tasks), config.eval_episodes_per_task,
+                   config.eval_robots, out)  # fmt: skip
     if not scored_in_full(report, config.eval_episodes_per_task):
-        raise RuntimeError(f"scoring {policy} failed ({report['failed']}, missing {report['missing_tasks']}): "
+        raise RuntimeError(f"scoring {policy} failed ({report.get('failed')}, missing {report['missing_tasks']}): "
                            f"see {out}")  # fmt: skip
-    if report["failed"]:  # e.g. a node killed at its stop, after the last episode was recorded
+    if report.get("failed"):  # e.g. a node killed at its stop, after the last episode was recorded
         print(f"scoring {policy}: every episode recorded, though {'; '.join(report['failed'])}", flush=True)
     return report
 
@@ -449,24 +481,65 @@ def scored_in_full(report: dict, episodes_per_task: int) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def pooled(points: list[dict]) -> dict:
+    """The scorings of distinct policies pooled into one count, overall and per task. A policy scored in several
+    runs (the base, which every seed shares) counts once: the same policy on the same seeds is one measurement."""
+    seen, total, per_task = set(), [0, 0], {}
+    for p in points:
+        if p["version"] in seen:
+            continue
+        seen.add(p["version"])
+        total = [total[0] + p["successes"], total[1] + p["episodes"]]
+        for task, (k, n) in p["per_task"].items():
+            was = per_task.get(task, [0, 0])
+            per_task[task] = [was[0] + k, was[1] + n]
+    return {"policies": len(seen), **rate_summary(*total),
+            "per_task": {t: rate_summary(k, n) for t, (k, n) in sorted(per_task.items())}}
+
+
+def rate_summary(successes: int, episodes: int) -> dict:
+    from sop_ros.sim.proportions import Rate
+
+    if not episodes:
+        return {"successes": 0, "episodes": 0, "rate": None, "interval95": None}
+    rate = Rate(successes, episodes)
+    return {"successes": successes, "episodes": episodes, "rate": round(rate.value, 4),
+            "interval95": [round(x, 4) for x in rate.interval()]}  # fmt: skip
+
+
+def largest_drop(scores: list[dict]) -> dict | None:
+    """The largest fall of one task's success between consecutive scorings of a run (None: none fell)."""
+    worst = None
+    for before, after in zip(scores, scores[1:], strict=False):
+        for task, (k, n) in after["per_task"].items():
+            if task not in before["per_task"]:
+                continue
+            k0, n0 = before["per_task"][task]
+            points = round(100 * (k0 / n0 - k / n), 1)
+            if points > 0 and (worst is None or points > worst["points"]):
+                worst = {"points": points, "task": task, "from_minute": before["minute"], "to_minute": after["minute"]}
+    return worst
+
+
 def run_summary(report: dict, scores: list[dict], config: ExperimentConfig, setup: str, made_on: str) -> dict:
-    """One run: its policy's score over simulated time, at the budget and time to thresholds; and its fleet's
+    """One run: its policy's scorings over simulated time, at the budget and time to the threshold; and its fleet's
     episodes (those that ended past the budget, as robots run up to lead_steps beyond the learner's last step, are
     left out)."""
     curve = [p for p in report["curve"] if p["minute"] <= config.sim_minutes + 1e-9]
     final = [p for p in curve if p["minute"] > config.sim_minutes - config.final_minutes + 1e-9]
     episodes = sum(p["episodes"] for p in curve)
     final_episodes = sum(p["episodes"] for p in final)
-    reached = {f"{t:g}": next((p["minute"] for p in scores if p["success"] >= t), None) for t in config.thresholds}
     return {
         "seed": report.get("seed"), "robots": report["robots"], "episodes": episodes,
-        "success_at_budget": scores[-1]["success"], "per_task_at_budget": scores[-1]["per_task"],
-        "minutes_to": reached, "scores": [(p["minute"], p["success"], p["version"]) for p in scores],
+        "success_at_budget": scores[-1]["success"], "scores": scores,
+        "minutes_to_threshold": next((p["minute"] for p in scores if p["success"] >= config.threshold), None),
+        "largest_drop": largest_drop(scores),
         "fleet_autonomous_at_budget": round(sum(p["autonomous_success_rate"] * p["episodes"] for p in final)
                                             / final_episodes, 3) if final_episodes else None,
-        "labelled_success": round(sum(p["success_rate"] * p["episodes"] for p in curve) / max(1, episodes), 3),
         "episodes_per_sim_hour": round(episodes / (config.sim_minutes / 60), 1),
-        "interventions_per_episode": round(np.mean([p["interventions_per_episode"] for p in curve]), 3),
+        "interventions_per_episode": round(sum(p["interventions_per_episode"] * p["episodes"] for p in curve)
+                                           / max(1, episodes), 3),
+        "online_share": report.get("online_share", {}),
         "learner_steps": report.get("learner_steps"), "wall_minutes": report["wall_minutes"],
         "samples_per_episode": samples_per_episode(report, episodes),
         "fleet_curve": [(p["minute"], p["autonomous_success_rate"], p["episodes"]) for p in curve],
@@ -493,32 +566,41 @@ def spread(values: list) -> dict:
 
 
 def arm_summary(runs: list[dict]) -> dict:
-    reached = {t: [r["minutes_to"][t] for r in runs] for t in runs[0]["minutes_to"]} if runs else {}
+    """An arm's runs pooled: each scoring minute's policies (distinct ones) as one count with its 95% interval."""
+    minutes = sorted({p["minute"] for r in runs for p in r["scores"]})
+    reached = [r["minutes_to_threshold"] for r in runs]
+    drops = [r["largest_drop"] | {"seed": r["seed"]} for r in runs if r["largest_drop"]]
+    shares: dict[str, list[float]] = {}
+    for r in runs:
+        for task, share in r["online_share"].items():
+            low, high = shares.get(task, [share["min"], share["max"]])
+            shares[task] = [min(low, share["min"]), max(high, share["max"])]
     return {
         "seeds": [r["seed"] for r in runs],
-        "success_at_budget": spread([r["success_at_budget"] for r in runs]),
-        "per_task_at_budget": {t: spread([r["per_task_at_budget"].get(t) for r in runs])
-                               for t in (runs[0]["per_task_at_budget"] if runs else {})},
+        "at_budget": pooled([r["scores"][-1] for r in runs]),
+        "base": pooled([r["scores"][0] for r in runs]),
+        "curve": [{"minute": m} | pooled([p for r in runs for p in r["scores"] if p["minute"] == m]) for m in minutes],
+        "minutes_to_threshold": spread(reached) | {"reached": sum(x is not None for x in reached)},
+        "largest_drop": max(drops, key=lambda d: d["points"]) if drops else None,
+        "online_share": dict(sorted(shares.items())),
         "fleet_autonomous_at_budget": spread([r["fleet_autonomous_at_budget"] for r in runs]),
         "episodes_per_sim_hour": spread([r["episodes_per_sim_hour"] for r in runs]),
         "interventions_per_episode": spread([r["interventions_per_episode"] for r in runs]),
         "samples_per_episode": spread([r["samples_per_episode"] for r in runs]),
-        # Time to a threshold, over the seeds that reached it (and how many did).
-        "minutes_to": {t: spread(v) | {"reached": sum(x is not None for x in v)} for t, v in reached.items()},
         "runs": runs,
-    }
+    }  # fmt: skip
 
 
-def speedup(first: dict, arm: dict, threshold: str, budget: float) -> str | None:
-    """How many times sooner `arm` reached `threshold` than `first` (means over seeds, every seed reaching it);
+def speedup(first: dict, arm: dict, budget: float) -> str | None:
+    """How many times sooner `arm` reached the threshold than `first` (means over seeds, every seed reaching it);
     a lower bound (">") when `first` reached it in no seed within the budget."""
-    mine, theirs = arm["minutes_to"].get(threshold, {}), first["minutes_to"].get(threshold, {})
+    mine, theirs = arm["minutes_to_threshold"], first["minutes_to_threshold"]
     runs, first_runs = len(arm["runs"]), len(first["runs"])
-    if not runs or mine.get("reached") != runs or not mine["mean"]:
+    if not runs or mine["reached"] != runs or not mine["mean"]:
         return None
-    if first_runs and theirs.get("reached") == first_runs and theirs["mean"]:
+    if first_runs and theirs["reached"] == first_runs and theirs["mean"]:
         return f"{theirs['mean'] / mine['mean']:.2g}"
-    if first_runs and theirs.get("reached") == 0:
+    if first_runs and theirs["reached"] == 0:
         return f">{budget / mine['mean']:.2g}"
     return None
 
@@ -543,10 +625,12 @@ def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str], comm
                 runs.append(committed[(arm.name, seed)])
         arms[arm.name] = arm_summary(runs)
     first = next(iter(arms.values()))
-    for summary in arms.values():  # speed-up to each threshold over the first arm (1 robot, smallest, baseline)
-        summary["speedup"] = {t: speedup(first, summary, t, config.sim_minutes) for t in summary["minutes_to"]}
+    for summary in arms.values():  # speed-up to the threshold over the first arm (1 robot, smallest, baseline)
+        summary["speedup"] = speedup(first, summary, config.sim_minutes)
     report = {"experiment": config.experiment, "config": dataclasses.asdict(config), "arms": arms,
               "probes": probes_made(config, out, keys, carried_probes), "machine": host}  # fmt: skip
+    report["targets"] = target_lines(report)
+    report["comparisons"] = comparison_lines(report)
     results = Path(config.results)
     results.mkdir(parents=True, exist_ok=True)
     (results / f"{config.experiment}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -555,46 +639,207 @@ def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str], comm
     return report
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Targets: the published claims, each a line that says met or missed
+# ---------------------------------------------------------------------------------------------------------
+
+MAX_DROP_POINTS = 30  # no task may fall more than this between consecutive scorings of a run
+GAIN_POINTS = 25  # the best online arm's gain over its base within the budget (published: about +30)
+SPEEDUP = 3.0  # 4 robots to the threshold at least this many times faster than 1 (published: 2.4x)
+
+
+def _rate(summary: dict):
+    from sop_ros.sim.proportions import Rate
+
+    return Rate(summary["successes"], summary["episodes"])
+
+
+def _above(a: str, b: str, arms: dict, when_b: str = "at_budget") -> tuple[bool, str]:
+    """Whether arm a at the budget is above arm b (at the budget, or its base) beyond noise, and the evidence."""
+    from sop_ros.sim.proportions import compare
+
+    comparison = compare(_rate(arms[a]["at_budget"]), _rate(arms[b][when_b]))
+    return comparison.beyond_noise and comparison.difference > 0, str(comparison)
+
+
+def _verdict(goal: str, met: bool, evidence: str) -> str:
+    return f"Target ({goal}): {'met' if met else 'missed'}: {evidence}."
+
+
+def target_lines(report: dict) -> list[str]:
+    """One line per target of the experiment, each `Target (...): met|missed: evidence.`; a target whose arms have
+    no runs yet says so."""
+    arms, experiment = report["arms"], report["experiment"]
+    ready = {name for name, arm in arms.items() if arm["runs"]}
+    lines = []
+
+    def need(*names: str) -> bool:
+        missing = [n for n in names if n not in ready]
+        return not missing
+
+    if experiment == "fleet-scaling":
+        threshold = report["config"]["threshold"]
+        goal = f"4 robots reach {threshold:.0%} at least {SPEEDUP:g}x faster than 1 robot"
+        if need("1 robot", "4 robots"):
+            value, reached = arms["4 robots"]["speedup"], {n: arms[n]["minutes_to_threshold"]["reached"]
+                                                           for n in ("1 robot", "4 robots")}  # fmt: skip
+            if value is None:
+                lines.append(_verdict(goal, False, "not measured: seeds that reached it within the budget: "
+                                      + ", ".join(f"{n} {k}/{len(arms[n]['runs'])}" for n, k in reached.items())))
+            else:
+                bound = " (a lower bound: 1 robot never reached it)" if value.startswith(">") else ""
+                lines.append(_verdict(goal, float(value.lstrip(">")) >= SPEEDUP, f"{value}x{bound}"))
+        if need("1 robot", "2 robots", "4 robots"):
+            rates = {n: arms[n]["at_budget"]["rate"] for n in ("4 robots", "2 robots", "1 robot")}
+            ordered = rates["4 robots"] >= rates["2 robots"] >= rates["1 robot"]
+            lines.append(_verdict("success at the budget ordered 4 >= 2 >= 1 robots", ordered,
+                                  ", ".join(f"{n} {r:.1%}" for n, r in rates.items())))  # fmt: skip
+            met, evidence = _above("4 robots", "1 robot", arms)
+            lines.append(_verdict("4 robots above 1 robot at the budget, beyond noise", met, evidence))
+    if experiment == "algorithms":
+        if need("SOP + HG-DAgger", "offline HG-DAgger"):
+            met, evidence = _above("SOP + HG-DAgger", "offline HG-DAgger", arms)
+            goal = "SOP + HG-DAgger above offline HG-DAgger at equal budget, beyond noise"
+            lines.append(_verdict(goal, met, evidence))
+        if need("SOP + RECAP", "pretrained only"):
+            met, evidence = _above("SOP + RECAP", "pretrained only", arms)
+            lines.append(_verdict("SOP + RECAP above the base policy, beyond noise", met, evidence))
+        if need("SOP + RECAP", "SOP + HG-DAgger"):
+            met, evidence = _above("SOP + RECAP", "SOP + HG-DAgger", arms)
+            lines.append(_verdict("SOP + RECAP above SOP + HG-DAgger, beyond noise", met, evidence))
+    if experiment == "pretrain-scale":
+        small, large = (arm.name for arm in ARMS["pretrain-scale"])
+        if need(small, large):
+            met, evidence = _above(small, large, arms, when_b="base")
+            lines.append(_verdict(f"online, {small} at the budget above the base of {large} (4x the "
+                                  "demonstrations), beyond noise", met, evidence))  # fmt: skip
+            online = arms[small]["at_budget"]["rate"] - arms[small]["base"]["rate"]
+            offline = arms[large]["base"]["rate"] - arms[small]["base"]["rate"]
+            lines.append(_verdict(f"the online gain of {small} at the budget at least the gain from 4x the "
+                                  "demonstrations", online >= offline,
+                                  f"online {online:+.1%} against 4x demonstrations {offline:+.1%}"))  # fmt: skip
+    online_arms = [n for n in ready if any(r["scores"][-1]["version"] != r["scores"][0]["version"]
+                                           for r in arms[n]["runs"])]  # fmt: skip
+    if online_arms:
+        gains = {n: arms[n]["at_budget"]["rate"] - arms[n]["base"]["rate"] for n in online_arms}
+        best = max(gains, key=gains.get)
+        lines.append(_verdict(f"the best online arm gains at least {GAIN_POINTS} points over its base within the "
+                              "budget", gains[best] * 100 >= GAIN_POINTS,
+                              f"{best}: {arms[best]['base']['rate']:.1%} -> {arms[best]['at_budget']['rate']:.1%} "
+                              f"({gains[best] * 100:+.1f} points)"))  # fmt: skip
+    if ready:
+        drops = [arm["largest_drop"] | {"arm": n} for n, arm in arms.items() if arm["largest_drop"]]
+        worst = max(drops, key=lambda d: d["points"]) if drops else None
+        evidence = ("no task fell between scorings" if worst is None else
+                    f"largest fall {worst['points']:.0f} points: {worst['task']}, {worst['arm']} seed {worst['seed']}, "
+                    f"minute {worst['from_minute']:g} -> {worst['to_minute']:g}")  # fmt: skip
+        lines.append(_verdict(f"no task falls more than {MAX_DROP_POINTS} points between consecutive scorings of "
+                              "any run", worst is None or worst["points"] <= MAX_DROP_POINTS, evidence))  # fmt: skip
+    return lines
+
+
+def comparison_lines(report: dict) -> list[str]:
+    """Every arm at the budget against the first arm and against its own base, by the two-proportion test."""
+    from sop_ros.sim.proportions import compare
+
+    arms = {n: a for n, a in report["arms"].items() if a["runs"]}
+    if not arms:
+        return []
+    first_name, first = next(iter(arms.items()))
+    against_base = compare(_rate(first["at_budget"]), _rate(first["base"]))
+    lines = [f"- {first_name}: at the budget against its base: {against_base}"]
+    for name, arm in list(arms.items())[1:]:
+        lines.append(f"- {name}: against {first_name} at the budget: "
+                     f"{compare(_rate(arm['at_budget']), _rate(first['at_budget']))}; against its base: "
+                     f"{compare(_rate(arm['at_budget']), _rate(arm['base']))}")  # fmt: skip
+    return lines
+
+
+def probe_lines(report: dict) -> list[str]:
+    """The probes' table and what each comparison shows, by the two-proportion test."""
+    from sop_ros.sim.proportions import compare
+
+    probes = {(p["arm"], p["times_budget"]): p for p in report.get("probes", [])}
+    if not probes:
+        return []
+    lines = ["", "Why: is the learner or the data the limit? A finished run's whole store (demonstrations mixed in, "
+             "as online) retrained offline from the same base with the run's learner steps or twice as many, "
+             "scored as above:", "",
+             "| store of | seed | episodes | learner steps | online, at the budget | offline, after all its data |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for p in probes.values():
+        lines.append(f"| {p['arm']} | {p['seed']} | {p['episodes']} | {p['learner_steps']} | "
+                     f"{p['online']['success']:.0%} | {p['offline']['success']:.0%} |")  # fmt: skip
+    (small, _), (large, _), _ = PROBES[report["experiment"]]
+    small_store, same, double = probes.get((small, 1)), probes.get((large, 1)), probes.get((large, 2))
+    if same:
+        lines.append(f"\n- {large}: its budget spent after all its data had come, against online: "
+                     f"{compare(_rate(same['offline']), _rate(same['online']))}.")  # fmt: skip
+    if same and double:
+        lines.append(f"- {large}: twice the learner steps on the same store: "
+                     f"{compare(_rate(double['offline']), _rate(same['offline']))}.")  # fmt: skip
+    if same and small_store:
+        lines.append(f"- The same learner steps on {large}' store against {small}'s: "
+                     f"{compare(_rate(same['offline']), _rate(small_store['offline']))}.")  # fmt: skip
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figures and markdown
+# ---------------------------------------------------------------------------------------------------------
+
+
 def plot(report: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, (curve_ax, bar_ax) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]})
-    names = list(report["arms"])
-    for name, arm in report["arms"].items():
-        if not arm["runs"]:
-            continue
-        minutes, mean, std = _mean_curve([r["scores"] for r in arm["runs"]])
-        line = curve_ax.plot(minutes, mean, "o-", label=f"{name} ({len(arm['runs'])} seeds)")[0]
-        curve_ax.fill_between(minutes, mean - std, mean + std, color=line.get_color(), alpha=0.15)
-        fleet_minutes, fleet_mean, _ = _mean_curve([r["fleet_curve"] for r in arm["runs"]])
-        curve_ax.plot(fleet_minutes, fleet_mean, ":", color=line.get_color(), alpha=0.7)
-    curve_ax.set(xlabel="simulated minutes", ylabel="success (sop eval; dotted: fleet, no intervention)",
-                 ylim=(-0.02, 1.02), title=f"{report['experiment']}: success over simulated time")  # fmt: skip
+    arms = {n: a for n, a in report["arms"].items() if a["runs"]}
+    tasks = sorted({t for a in arms.values() for t in a["at_budget"]["per_task"]})
+    fig, (curve_ax, bar_ax, task_ax) = plt.subplots(1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [3, 2, 3]})
+    for i, (name, arm) in enumerate(arms.items()):
+        points = [p for p in arm["curve"] if p["episodes"]]
+        minutes = [p["minute"] for p in points]
+        colour = f"C{i}"
+        curve_ax.plot(minutes, [p["rate"] for p in points], "o-", color=colour,
+                      label=f"{name} ({len(arm['runs'])} seeds)")  # fmt: skip
+        curve_ax.fill_between(minutes, [p["interval95"][0] for p in points], [p["interval95"][1] for p in points],
+                              color=colour, alpha=0.15)  # fmt: skip
+        at = arm["at_budget"]
+        bar_ax.bar(i, at["rate"], color=colour, yerr=[[at["rate"] - at["interval95"][0]],
+                                                       [at["interval95"][1] - at["rate"]]], capsize=4)  # fmt: skip
+        width = 0.8 / len(arms)
+        for j, task in enumerate(tasks):
+            t = at["per_task"].get(task)
+            if t and t["episodes"]:
+                task_ax.bar(j + (i - (len(arms) - 1) / 2) * width, t["rate"], width, color=colour,
+                            yerr=[[t["rate"] - t["interval95"][0]], [t["interval95"][1] - t["rate"]]], capsize=2)
+    c = report["config"]
+    if report["experiment"] == "fleet-scaling":
+        curve_ax.axhline(c["threshold"], color="k", ls="--", lw=0.8, label=f"threshold {c['threshold']:.0%}")
+    curve_ax.set(xlabel="simulated minutes", ylabel="success of the learner's policy (95% interval)", ylim=(0, 1.02),
+                 title=f"{report['experiment']}: scored every {c['eval_every_minutes']:g} min, "
+                       f"{c['eval_episodes_per_task']} episodes per task")  # fmt: skip
     curve_ax.grid(alpha=0.3)
     curve_ax.legend(fontsize=8)
-    final = [report["arms"][n]["success_at_budget"] for n in names]
-    bar_ax.bar(range(len(names)), [f["mean"] or 0 for f in final], yerr=[f["std"] or 0 for f in final], capsize=4)
-    bar_ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
-    bar_ax.set(ylabel="success at the budget", ylim=(0, 1.02),
-               title=f"final policy ({report['config']['sim_minutes']:g} simulated min, sop eval)")  # fmt: skip
+    bar_ax.set_xticks(range(len(arms)), list(arms), rotation=20, fontsize=8)
+    bar_ax.set(ylabel="success at the budget (pooled seeds, 95%)", ylim=(0, 1.02),
+               title=f"final policies ({c['sim_minutes']:g} simulated min)")  # fmt: skip
+    bar_ax.grid(axis="y", alpha=0.3)
+    task_ax.set_xticks(range(len(tasks)), [t.removesuffix("-v3") for t in tasks], rotation=20, fontsize=8)
+    task_ax.set(ylabel="success at the budget per task", ylim=(0, 1.02), title="per task (bars: arms, as left)")
+    task_ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def _mean_curve(curves: list[list]) -> tuple[list[float], np.ndarray, np.ndarray]:
-    """Mean and std over runs of (minute, value, ...) points, at every minute any run has."""
-    minutes = sorted({point[0] for curve in curves for point in curve})
-    values = [[point[1] for curve in curves for point in curve if point[0] == m] for m in minutes]
-    return minutes, np.array([np.mean(v) for v in values]), np.array([np.std(v) for v in values])
-
-
-def _minute_cells(success_at: dict[float, float], minutes: list[float]) -> str:
-    """A table row's success cells, one per scoring minute ("-" where this row has none)."""
-    return " | ".join(f"{success_at[m]:.0%}" if m in success_at else "-" for m in minutes)
+def _rate_cell(summary: dict | None) -> str:
+    if not summary or not summary["episodes"]:
+        return "-"
+    low, high = summary["interval95"]
+    return f"{summary['rate']:.0%} [{low:.0%}, {high:.0%}]"
 
 
 def _cell(s: dict, percent: bool = True) -> str:
@@ -603,171 +848,83 @@ def _cell(s: dict, percent: bool = True) -> str:
     return f"{s['mean']:.0%} ± {s['std']:.0%}" if percent else f"{s['mean']:.4g} ± {s['std']:.3g}"
 
 
-SPEEDUP_TARGET = {"fleet-scaling": ("4 robots", "0.8", 3.0)}  # arm, threshold, times faster than the first arm
-
-
-def speedup_verdict(report: dict) -> str:
-    """The target's line: met, missed, or not measured yet (and why)."""
-    name, threshold, target = SPEEDUP_TARGET[report["experiment"]]
-    first_name, first = next(iter(report["arms"].items()))
-    arm, goal = report["arms"][name], f"{name} at least {target:g}x faster than {first_name} to {float(threshold):.0%}"
-    value = arm.get("speedup", {}).get(threshold)
-    if value is None:
-        reached = {n: f"{a['minutes_to'][threshold]['reached']}/{len(a['runs'])}" for n, a in (
-            (first_name, first), (name, arm)) if a["runs"]}  # fmt: skip
-        return (f"Target ({goal}): not measured: runs that reached {float(threshold):.0%} within the budget: "
-                + (", ".join(f"{n} {r}" for n, r in reached.items()) or "none yet") + ".")
-    met = float(value.lstrip(">")) >= target
-    bound = " (a lower bound: the first arm never reached it)" if value.startswith(">") else ""
-    return f"Target ({goal}): {value}x{bound}, {'met' if met else 'missed'}."
-
-
-def compare_scores(a: float, b: float, episodes_a: int, episodes_b: int, noise_of: str) -> tuple[str, bool]:
-    """a - b, with the binomial standard error of a difference of two success rates over so many episodes; and
-    whether the difference is beyond the noise (two standard errors)."""
-    se = (a * (1 - a) / episodes_a + b * (1 - b) / episodes_b) ** 0.5
-    beyond = abs(a - b) > 2 * se
-    noise = "beyond" if beyond else "within"
-    return f"{a:.0%} vs {b:.0%} ({a - b:+.0%} ± {se:.0%}, {noise} {noise_of})", beyond
-
-
-# The published system's claims each experiment tests: (arm a, at the budget or at minute 0; arm b, ...; the claim).
-CLAIMS = {
-    "pretrain-scale": (
-        (("2 demos per task", "budget"), ("10 demos per task", "base"),
-         "online experience beats 5x more pretraining data (published: 4x)"),
-        (("10 demos per task", "budget"), ("2 demos per task", "budget"),
-         "more pretraining still helps after the same online budget"),
-    ),
-    "algorithms": (
-        (("SOP + HG-DAgger", "budget"), ("offline HG-DAgger", "budget"),
-         "online beats offline HG-DAgger on the same budget of experience"),
-        (("SOP + HG-DAgger", "budget"), ("pretrained only", "budget"), "SOP + HG-DAgger improves on the base policy"),
-        (("SOP + RECAP", "budget"), ("pretrained only", "budget"), "SOP + RECAP improves on the base policy"),
-        (("SOP + RECAP", "budget"), ("SOP + HG-DAgger", "budget"), "RECAP beats HG-DAgger online"),
-    ),
-}
-
-
-def claim_lines(report: dict) -> list[str]:
-    """Each claim of the experiment against its runs: the two arms' mean scores over seeds, and whether their
-    difference is beyond the scores' noise (over the evaluation episodes of every distinct policy scored: a base
-    policy, the same in every seed, is one score)."""
-    c, arms = report["config"], report["arms"]
-    label = {"budget": "at the budget", "base": "its base policy, before any online training"}
-    lines = []
-    for (a, when_a), (b, when_b), claim in CLAIMS.get(report["experiment"], ()):
-        if not arms[a]["runs"] or not arms[b]["runs"]:
-            continue
-        score, episodes = {}, {}
-        for name, when in ((a, when_a), (b, when_b)):
-            runs = arms[name]["runs"]
-            points = [r["scores"][-1 if when == "budget" else 0] for r in runs]  # (minute, success, version)
-            score[name] = float(np.mean([p[1] for p in points]))
-            policies = len({p[2] for p in points})
-            episodes[name] = c["eval_episodes_per_task"] * len(runs[0]["per_task_at_budget"]) * policies
-        verdict, beyond = compare_scores(score[a], score[b], episodes[a], episodes[b],
-                                         f"the noise of {episodes[a]} and {episodes[b]} episodes")  # fmt: skip
-        holds = "holds" if score[a] > score[b] and beyond else "not shown"
-        lines.append(f"- {claim}: {holds}. {a} {label[when_a]} vs {b} {label[when_b]}: {verdict}.")
-    return ["", "The published system's claims, tested (mean over seeds):", "", *lines] if lines else []
-
-
-def probe_lines(report: dict) -> list[str]:
-    """The probes' table and what each comparison shows, beyond the scores' noise or within it."""
-    probes = {(p["arm"], p["times_budget"]): p for p in report.get("probes", [])}
-    if not probes:
-        return []
-    c = report["config"]
-    episodes = c["eval_episodes_per_task"] * max(len(p["per_task"]) for p in probes.values())
-    lines = ["", "Why: is the learner or the data the limit? A finished run's whole store (demonstrations mixed in, "
-             "as online) retrained offline from the same base with the run's learner steps or twice as many, "
-             "scored by `sop eval` as above:", "",
-             "| store of | seed | episodes | learner steps | online, at the budget | offline, after all its data |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
-    for p in probes.values():
-        lines.append(f"| {p['arm']} | {p['seed']} | {p['episodes']} | {p['learner_steps']} | "
-                     f"{p['online_success']:.0%} | {p['success']:.0%} |")  # fmt: skip
-
-    def compare(a: float, b: float) -> str:
-        return compare_scores(a, b, episodes, episodes, f"the noise of {episodes} episodes a score")[0]
-
-    (small, _), (large, _), _ = PROBES[report["experiment"]]
-    small_store, same, double = probes.get((small, 1)), probes.get((large, 1)), probes.get((large, 2))
-    if same:
-        lines.append(f"\n- {large}: its budget spent after all its data had come, against online: "
-                     + compare(same["success"], same["online_success"]) + ".")  # fmt: skip
-    if same and double:
-        lines.append(f"- {large}: twice the learner steps on the same store: "
-                     + compare(double["success"], same["success"]) + ".")  # fmt: skip
-    if same and small_store:
-        lines.append(f"- The same learner steps on {large}' store against {small}'s: "
-                     + compare(same["success"], small_store["success"]) + ".")  # fmt: skip
-    return lines
+def _share_cell(shares: dict[str, list[float]]) -> str:
+    return ", ".join(f"{t.removesuffix('-v3')} {low:.2f}-{high:.2f}" for t, (low, high) in shares.items()) or "-"
 
 
 def markdown(report: dict) -> str:
     c, m = report["config"], report["machine"]
     seeds = ",".join(str(s) for s in c["seeds"])
-    thresholds = [f"{t:g}" for t in c["thresholds"]]
+    how = "in process (the exported ONNX policy stepped on the Meta-World env as the nodes do; eval_check.md)" \
+        if c["eval_in_process"] else "by `sop eval` through the robot nodes"
     lines = [
         f"# {report['experiment']}", "",
         f"Made by `sop experiment {report['experiment']} --seeds {seeds} --sim-minutes {c['sim_minutes']:g} "
-        f"--bin-minutes {c['bin_minutes']:g} --final-minutes {c['final_minutes']:g} --block {c['block']} "
-        f"--eval-every {c['eval_every_minutes']:g} --eval-episodes {c['eval_episodes_per_task']} --config "
-        f"{c['learner_yaml']} --robot-config {c['robot_yaml']}`, on {m['cores']} CPU cores ({m['cpu']}), "
-        f"{m['system']}, Python {m['python']}, torch {m['torch']}, GPU: {m['gpu'] or 'none'}.", "",
-        "Every run went through the real robot nodes, topics, Zenoh bridge and learner, paced by simulated time. "
-        f"Success: `sop eval` of the learner's policy every {c['eval_every_minutes']:g} simulated minutes "
-        f"({c['eval_episodes_per_task']} episodes per task on the same evaluation seeds, no operator), mean ± std "
-        f"over seeds; at the budget: its final policy, after {c['sim_minutes']:g} simulated minutes. Fleet: the "
-        f"fleet's own episodes over the last {c['final_minutes']:g} simulated minutes that succeeded without an "
-        "intervention.", "",
-        "| arm | seeds | success at the budget | " + " | ".join(f"min to {float(t):.0%} (reached)" for t in thresholds)
-        + " | speed-up | fleet, no intervention | episodes / sim h | interventions / episode | "
-        "learner samples / episode |",
-        "|---|---|---|" + "---|" * len(thresholds) + "---|---|---|---|---|",
+        f"--threshold {c['threshold']:g} --eval-every {c['eval_every_minutes']:g} --eval-episodes "
+        f"{c['eval_episodes_per_task']} --config {c['learner_yaml']} --robot-config {c['robot_yaml']}`, on "
+        f"{m['cores']} CPU cores ({m['cpu']}), {m['system']}, Python {m['python']}, torch {m['torch']}, "
+        f"GPU: {m['gpu'] or 'none'}.", "",
+        "Every run went through the real robot nodes, topics, Zenoh bridge and learner, paced by simulated time, "
+        "with the same learner budget per simulated minute in every arm. Success: the learner's policy at every "
+        f"{c['eval_every_minutes']:g} simulated minutes, scored {how} on {c['eval_episodes_per_task']} episodes "
+        "per task (the same evaluation seeds for every arm and run), with no operator. An arm's figure pools its "
+        "seeds' distinct policies (the base, shared by every seed, counts once); intervals are 95% Wilson; a "
+        "difference is beyond noise when the pooled two-proportion z-test gives p < 0.05. The threshold was fixed "
+        "before any run.", "",
+        *report["targets"], "",
+        "| arm | seeds | base | at the budget | episodes scored | min to threshold (reached) | speed-up | "
+        "fleet, no intervention | episodes / sim h | interventions / episode | learner samples / episode | "
+        "online share per task (min-max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for name, arm in report["arms"].items():
-        to = [f"{_cell(arm['minutes_to'][t], False)} ({arm['minutes_to'][t]['reached']}/{len(arm['runs'])})"
-              if arm["runs"] else "-" for t in thresholds]  # fmt: skip
-        speedups = ", ".join(f"{v}x to {float(t):.0%}" for t, v in arm.get("speedup", {}).items() if v) or "-"
-        lines.append(f"| {name} | {len(arm['runs'])} | {_cell(arm['success_at_budget'])} | " + " | ".join(to) +
-                     f" | {speedups} | {_cell(arm['fleet_autonomous_at_budget'])} | "
-                     f"{_cell(arm['episodes_per_sim_hour'], False)} | {_cell(arm['interventions_per_episode'], False)}"
-                     f" | {_cell(arm['samples_per_episode'], False)} |")  # fmt: skip
-    if report["experiment"] in SPEEDUP_TARGET:
-        lines += ["", speedup_verdict(report)]
-    lines += claim_lines(report)
+        if not arm["runs"]:
+            lines.append(f"| {name} | 0 |" + " - |" * 10)
+            continue
+        to = arm["minutes_to_threshold"]
+        lines.append(f"| {name} | {len(arm['runs'])} | {_rate_cell(arm['base'])} | {_rate_cell(arm['at_budget'])} | "
+                     f"{arm['at_budget']['episodes']} | {_cell(to, False)} ({to['reached']}/{len(arm['runs'])}) | "
+                     f"{arm['speedup'] + 'x' if arm['speedup'] else '-'} | "
+                     f"{_cell(arm['fleet_autonomous_at_budget'])} | {_cell(arm['episodes_per_sim_hour'], False)} | "
+                     f"{_cell(arm['interventions_per_episode'], False)} | {_cell(arm['samples_per_episode'], False)} | "
+                     f"{_share_cell(arm['online_share'])} |")  # fmt: skip
+    if report["comparisons"]:
+        lines += ["", "Comparisons at the budget (two-proportion z-test; Newcombe's 95% interval of the difference):",
+                  "", *report["comparisons"]]  # fmt: skip
     lines += probe_lines(report)
-    minutes = sorted({p[0] for arm in report["arms"].values() for run in arm["runs"] for p in run["scores"]})
-    lines += ["", "Success over simulated time (`sop eval` of the learner's policy, mean over seeds; minute 0: the "
-              "base policy):", "", "| arm | " + " | ".join(f"{m:g} min" for m in minutes) + " |",
-              "|---|" + "---|" * len(minutes)]  # fmt: skip
+    minutes = sorted({p["minute"] for arm in report["arms"].values() for p in arm["curve"]})
+    lines += ["", "Success over simulated time (pooled over seeds, 95% interval; minute 0: the base policy):", "",
+              "| arm | " + " | ".join(f"{x:g} min" for x in minutes) + " |", "|---|" + "---|" * len(minutes)]
     for name, arm in report["arms"].items():
         if arm["runs"]:
-            at = dict(zip(*_mean_curve([run["scores"] for run in arm["runs"]])[:2], strict=True))
-            lines.append(f"| {name} | {_minute_cells(at, minutes)} |")
-    lines += run_lines(report, minutes)
-    tasks = sorted({t for arm in report["arms"].values() for t in arm["per_task_at_budget"]})
-    lines += ["", "Success at the budget per task (`sop eval`, mean ± std over seeds):", "",
+            at = {p["minute"]: p for p in arm["curve"]}
+            lines.append(f"| {name} | " + " | ".join(_rate_cell(at.get(x)) for x in minutes) + " |")
+    tasks = sorted({t for arm in report["arms"].values() for t in arm["at_budget"].get("per_task", {})})
+    lines += ["", "Success at the budget per task (pooled over seeds, 95% interval; in brackets: the base):", "",
               "| arm | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]  # fmt: skip
     for name, arm in report["arms"].items():
-        cells = [_cell(arm["per_task_at_budget"][t]) if t in arm["per_task_at_budget"] else "-" for t in tasks]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if arm["runs"]:
+            cells = [f"{_rate_cell(arm['at_budget']['per_task'].get(t))} ({_rate_cell(arm['base']['per_task'].get(t))})"
+                     for t in tasks]  # fmt: skip
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += run_lines(report, minutes)
     lines += ["", f"![success over simulated time]({report['experiment']}.png)", ""]
     return "\n".join(lines)
 
 
 def run_lines(report: dict, minutes: list[float]) -> list[str]:
-    """Run by run: the spread behind each mean, and what each run cost on the machine that made it."""
-    lines = ["", "Run by run (`sop eval` of the learner's policy at each simulated minute):", "",
-             "| arm | seed | " + " | ".join(f"{m:g} min" for m in minutes) + " | episodes | interventions / episode | "
-             "learner samples / episode | wall min |", "|---|---|" + "---|" * (len(minutes) + 4)]  # fmt: skip
+    """Run by run: the spread behind each pooled figure, the largest fall of a task, and what each run cost."""
+    lines = ["", "Run by run (the learner's policy at each scoring minute; largest fall of one task between two "
+             "scorings):", "", "| arm | seed | " + " | ".join(f"{x:g} min" for x in minutes) +
+             " | largest fall | episodes | interventions / episode | learner samples / episode | wall min |",
+             "|---|---|" + "---|" * (len(minutes) + 5)]  # fmt: skip
     for name, arm in report["arms"].items():
         for run in arm["runs"]:
-            at = {p[0]: p[1] for p in run["scores"]}
+            at = {p["minute"]: f"{p['success']:.0%}" for p in run["scores"]}
+            drop = run["largest_drop"]
+            fall = "-" if not drop else f"{drop['points']:.0f} ({drop['task']}, {drop['to_minute']:g} min)"
             samples = "-" if run["samples_per_episode"] is None else f"{run['samples_per_episode']:.0f}"
-            lines.append(f"| {name} | {run['seed']} | {_minute_cells(at, minutes)} | {run['episodes']} | "
-                         f"{run['interventions_per_episode']:.2f} | {samples} | {run['wall_minutes']:.1f} |")
+            lines.append(f"| {name} | {run['seed']} | " + " | ".join(at.get(x, "-") for x in minutes) +
+                         f" | {fall} | {run['episodes']} | {run['interventions_per_episode']:.2f} | {samples} | "
+                         f"{run['wall_minutes']:.1f} |")  # fmt: skip
     return lines

@@ -43,13 +43,15 @@ class HeadroomConfig:
 
 
 def measure(config: HeadroomConfig) -> dict:
+    from sop_ros.checksums import file_sha256
     from sop_ros.learner.pretrain import PretrainConfig, pretrain
     from sop_ros.model.export import export_onnx
     from sop_ros.sim.collect_demos import collect
     from sop_ros.sim.in_process_eval import evaluate_in_process
 
     out = Path(config.out)
-    demos = out / "demos"
+    # Demonstrations by the demo robot config's contents: another camera or marker records them again.
+    demos = out / f"demos-{file_sha256(config.demo_robot_yaml)[:12]}"
     for i, task in enumerate(config.tasks):
         recorded = recorded_episodes(demos, task)
         if sum(success for _, success in recorded) >= config.demos_per_task:
@@ -63,11 +65,13 @@ def measure(config: HeadroomConfig) -> dict:
             raise RuntimeError(f"recording demonstrations failed: {summary['failed']} (see {demos}/logs)")
     made_with = ("tasks", "demos_per_task", "pretrain_steps", "pretrain_batch", "demo_robot_yaml")
     recipe = json.loads(json.dumps({k: v for k, v in asdict(config).items() if k in made_with}))  # as read back
+    recipe["demo_robot_yaml_sha256"] = file_sha256(config.demo_robot_yaml)
     base, made_by = out / "base.pt", out / "base_recipe.json"
     if not base.exists() or not made_by.exists() or json.loads(made_by.read_text()) != recipe:
         print(f"sop headroom [2/3]: pretraining one base policy on all {len(config.tasks)} tasks -> {base}", flush=True)
         pretrain(PretrainConfig(demos=str(demos), out=str(base), steps=config.pretrain_steps,
-                                batch_size=config.pretrain_batch, demos_per_task=config.demos_per_task))  # fmt: skip
+                                batch_size=config.pretrain_batch, demos_per_task=config.demos_per_task,
+                                tasks=config.tasks))  # fmt: skip
         made_by.write_text(json.dumps(recipe, indent=2) + "\n")
         (out / "base.onnx").unlink(missing_ok=True)
         (out / "eval" / "eval.json").unlink(missing_ok=True)
@@ -111,7 +115,8 @@ def headroom_report(config: HeadroomConfig, scores: dict) -> dict:
     with_room = [t for t, v in tasks.items() if v["headroom"]]
     command = (f"sop headroom --tasks {','.join(config.tasks)} --demos-per-task {config.demos_per_task} "
                f"--pretrain-steps {config.pretrain_steps} --episodes-per-task {config.episodes_per_task} "
-               f"--demo-config {config.demo_robot_yaml} --eval-config {config.eval_robot_yaml}")  # fmt: skip
+               f"--demo-config {config.demo_robot_yaml} --eval-config {config.eval_robot_yaml} --out {config.out} "
+               f"--results {config.results}")  # fmt: skip
     return {
         "command": command,
         "machine": machine(),

@@ -192,11 +192,13 @@ MIN_PAIRS = 100
 
 
 def check_agreement(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, out: Path,
-                    seed: int = EVAL_SEED) -> dict:  # fmt: skip
-    """The same episodes through the nodes (`sop eval`) and in process: how many end the same way.
+                    seed: int = EVAL_SEED, results: Path | None = None) -> dict:  # fmt: skip
+    """The same episodes through the nodes (`sop eval`) and in process: how many end the same way. The report,
+    eval_check.json and .md, goes to `results` (default: `out`).
 
     One work unit per task (so that a recorded episode's task and counter name its pair), run on up to two robots.
     """
+    from sop_ros.bench.inference import machine
     from sop_ros.learner.dataset import episode_files
     from sop_ros.robot.episode_files import episode_counts
     from sop_ros.sim.evaluate import evaluate
@@ -221,6 +223,10 @@ def check_agreement(policy: str, base_config: str, tasks: list[str], episodes_pe
     nodes_rate = Rate(sum(a for a, _, _ in pairs), len(pairs)) if pairs else None
     in_process_rate = Rate(sum(b for _, b, _ in pairs), len(pairs)) if pairs else None
     report = {
+        "command": (f"sop eval-check --policy {policy} --tasks {','.join(tasks)} --episodes-per-task "
+                    f"{episodes_per_task} --config {base_config} --seed {seed} --out {out}"
+                    + (f" --results {results}" if results else "")),
+        "machine": machine(),
         "policy": policy,
         "version": nodes["version"],
         "config": base_config,
@@ -238,8 +244,31 @@ def check_agreement(policy: str, base_config: str, tasks: list[str], episodes_pe
         "unpaired_node_episodes": len(by_nodes) - len(pairs),
         "node_failures": nodes["failed"],
     }
-    (out / "eval_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    results = results or out
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "eval_check.json").write_text(json.dumps(report, indent=2) + "\n")
+    (results / "eval_check.md").write_text(agreement_markdown(report))
     verdict = "passed" if report["passed"] else "not passed"
     print(f"eval check: {agree}/{len(pairs)} paired episodes end the same way ({report['agreement']}); "
-          f"target {report['target']}: {verdict}; {out / 'eval_check.json'}")  # fmt: skip
+          f"target {report['target']}: {verdict}; {results / 'eval_check.json'}, .md")  # fmt: skip
     return report
+
+
+def agreement_markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        "# In-process scoring against the robot nodes", "",
+        f"Made by `{report['command']}`, on {m['cores']} CPU cores ({m['cpu']}), {m['system']}, Python "
+        f"{m['python']}, torch {m['torch']}.", "",
+        f"The policy {report['version']} ran the same episodes (task, seed, episode counter) through the robot nodes "
+        "(`sop eval`: ROS topics, lockstep) and in process (the same ONNX runtime, preprocessing and Meta-World env, "
+        "no ROS). A pair agrees when both end in success or both do not.", "",
+        f"Target {report['target']}: {'met' if report['passed'] else 'missed'}: {report['agree']} of "
+        f"{report['pairs']} pairs agree ({report['agreement']:.1%}); success only through the nodes "
+        f"{report['nodes_only_success']}, only in process {report['in_process_only_success']}.", "",
+        f"Success, nodes vs in process: {report['success_nodes_vs_in_process']}.", "",
+        "| task | pairs | agree | success, nodes | success, in process |", "|---|---|---|---|---|",
+    ]  # fmt: skip
+    for task, t in report["per_task"].items():
+        lines.append(f"| {task} | {t['pairs']} | {t['agree']} | {t['nodes_success']} | {t['in_process_success']} |")
+    return "\n".join(lines) + "\n"

@@ -162,7 +162,10 @@ class MetaWorldSim:
         if camera not in CAMERAS:
             raise ValueError(f"unknown camera {camera!r}; Meta-World's cameras: {', '.join(CAMERAS)}")
         self._renderer.update_scene(self._env.data, camera=camera)
-        self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+        # Shadows, the table's reflection (a second pass over the scene) and the sky cost half of CPU rendering
+        # time and show a policy nothing it needs.
+        for flag in ("mjRND_SHADOW", "mjRND_REFLECTION", "mjRND_SKYBOX"):
+            self._renderer.scene.flags[getattr(mujoco.mjtRndFlag, flag)] = 0
         image = self._renderer.render()
         return np.ascontiguousarray(image[::-1, ::-1]) if camera in UPSIDE_DOWN_CAMERAS else image
 

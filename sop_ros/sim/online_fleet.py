@@ -29,7 +29,7 @@ from sop_ros.configs import ConfigError, load_config, to_dict
 from sop_ros.configs.bridge import BridgeConfig, PolicyDownloadConfig, PolicyServingConfig, ZenohConfig
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.robot import IngestConfig, PolicyConfig, RobotLaunchConfig, ScriptedOperatorConfig
-from sop_ros.sim.collect_demos import WorkUnit, unit_config
+from sop_ros.sim.collect_demos import WorkUnit, interrupt_on_signals, unit_config
 
 # On one host the learner stands for the cloud's own machines: robots yield the CPU to it. Lockstep robots
 # otherwise run as fast as the cores allow and starve it (20 samples/s instead of 60 on 2 cores).
@@ -229,10 +229,6 @@ def _start(cmd: list[str], log: Path, niceness: int = 0) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT)  # fmt: skip
 
 
-def _interrupt(*_) -> None:
-    raise KeyboardInterrupt
-
-
 def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
@@ -287,10 +283,7 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     print(f"fleet run: {robots} robots on {', '.join(tasks)} for {span}; base policy "
           f"{publish_base(learner)}; {'frozen' if frozen else 'learner ' + learner.algorithm} -> {out}",
           flush=True)  # fmt: skip
-    # Ctrl-C and SIGTERM both stop the fleet and the learner first (SIGINT may come in ignored when started in
-    # the background).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _interrupt)
+    interrupt_on_signals()  # Ctrl-C and SIGTERM both stop the fleet and the learner first
     start = time.time()
     cloud = ["cloud"] if frozen else ["learner"]
     learner_proc = _start([sys.executable, "-m", "sop_ros.cli", *cloud, "--config",
@@ -346,6 +339,7 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     if status.exists():
         last = json.loads(status.read_text())
         report["learner_steps"], report["policies_published"] = last["step"], last["latest_policy"]
+    report["online_share"] = online_share_range(out / "learner" / "tensorboard")
     target = results or out
     target.mkdir(parents=True, exist_ok=True)
     (target / "fleet_run.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -358,6 +352,22 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
               + (" (partial bin: the run ended in it)" if p["partial"] else ""))  # fmt: skip
     print(f"fleet run: {report['episodes']} labelled episodes; {target / 'fleet_run.json'}, {target / 'fleet_run.png'}")
     return report
+
+
+def online_share_range(tensorboard: Path) -> dict[str, dict]:
+    """Per task, the share of online rows SOP gave it over the run (from the learner's TensorBoard scalars)."""
+    from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+    if not tensorboard.is_dir():
+        return {}
+    events = EventAccumulator(str(tensorboard), size_guidance={SCALARS: 0}).Reload()
+    shares = {}
+    for tag in events.Tags()[SCALARS]:
+        if tag.startswith("online_share/"):
+            values = [e.value for e in events.Scalars(tag)]
+            shares[tag.removeprefix("online_share/")] = {"min": round(min(values), 3), "max": round(max(values), 3),
+                                                         "last": round(values[-1], 3)}  # fmt: skip
+    return shares
 
 
 def _progress(learner: LearnerConfig, start: float) -> str:
