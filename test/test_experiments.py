@@ -49,7 +49,7 @@ def finished_sweep(tmp_path) -> ExperimentConfig:
     (shared / "demos" / "robot_0").mkdir(parents=True)
     (shared / "demos" / "robot_0" / "e.mcap").write_bytes(b"")
     (shared / f"base_{BASE_DEMOS_PER_TASK}_per_task.pt").write_bytes(b"")
-    config = ExperimentConfig("fleet-scaling", seeds=(0, 1), sim_minutes=2.0, final_minutes=1.0,
+    config = ExperimentConfig("fleet-scaling", seeds=(0, 1), sim_minutes=2.0, final_minutes=1.0, threshold=0.8,
                               learner_yaml=str(REPO / "config" / "experiment_learner.yaml"),
                               out=str(tmp_path / "runs"), results=str(tmp_path / "results"))  # fmt: skip
     arms = {arm.slug: arm for arm in ARMS["fleet-scaling"]}

@@ -135,9 +135,10 @@ class TrainingData:
             raise ConfigError(f"demos_dir={config.demos_dir!r}: no such directory (record demonstrations with "
                               "`sop collect-demos`)")  # fmt: skip
         offline_outcomes = ("success", "failure") if config.algorithm == "recap" else ("success",)
+        # The demonstrations of the learner's tasks: a base pretrained on more tasks leaves the others out.
         self.offline = EpisodeDataset(config.demos_dir, replace(dataset_config, outcomes=offline_outcomes,
-                                                                episodes_per_task=config.demos_per_task),
-                                      log=lambda _: None)  # fmt: skip
+                                                                episodes_per_task=config.demos_per_task,
+                                                                tasks=config.tasks), log=lambda _: None)  # fmt: skip
         outcomes, self.select = online_selection(config)
         self.learns_online = bool(outcomes)
         # The fleet's episodes in the same camera order as the demonstrations (resolved from them if not given).

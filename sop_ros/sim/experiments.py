@@ -1,7 +1,7 @@
 """`sop experiment`: the published system's questions on a simulated fleet, each a sweep of paced fleet runs.
 
     fleet-scaling     1, 2 and 4 robots: the same learner budget per simulated minute, more experience
-    pretrain-scale    base policies pretrained on 10 and 40 demonstrations per task, then the same online budget
+    pretrain-scale    base policies pretrained on 20 and 80 demonstrations per task, then the same online budget
     algorithms        pretrained only, offline HG-DAgger, SOP + HG-DAgger, SOP + RECAP at equal budgets
     learner-settings  the learner's smoothing and optimiser choices, each against the settings before them
 
@@ -44,13 +44,17 @@ import yaml
 
 from sop_ros.configs import ConfigError, load_config, require, to_dict
 from sop_ros.configs.learner import LearnerConfig, PaceConfig
+from sop_ros.sim.demo import DEMOS_PER_TASK
 
 NEVER = 10**9  # publish_every_steps of a learner whose robots keep the base policy
-# The suite's base: pretrained on this many demonstrations per task, as the headroom measurement that chose the
-# suite's tasks was (docs/results/headroom.md); pretrain-scale's other arm has 4x as many.
-BASE_DEMOS_PER_TASK = 10
+# The arms' base: the generalist of sop_ros.sim.demo, pretrained on this many demonstrations of each of its tasks as
+# in the headroom measurement that chose the learner's tasks (docs/results/headroom.md); pretrain-scale's other arm
+# has 4x as many.
+BASE_DEMOS_PER_TASK = DEMOS_PER_TASK
 RECORDED_DEMOS_PER_TASK = 4 * BASE_DEMOS_PER_TASK
-THRESHOLD = 0.8  # fleet-scaling's success threshold, fixed before running
+# fleet-scaling's success threshold, fixed before running: the learner's tasks' base is low (38% in
+# docs/results/headroom.md), so base + 30 points rather than 80%.
+THRESHOLD = 0.7
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ class ExperimentConfig:
 
 def run_experiment(config: ExperimentConfig, report_only: bool = False) -> dict:
     """The sweep (its finished runs skipped), then its report; `report_only`: the report of the finished runs."""
-    from sop_ros.sim.demo import record_demos
+    from sop_ros.sim.demo import demo_tasks, record_demos
 
     out = Path(config.out) / config.experiment
     learner = load_config(LearnerConfig, config.learner_yaml)
@@ -147,7 +151,7 @@ def run_experiment(config: ExperimentConfig, report_only: bool = False) -> dict:
     if report_only:
         return write_report(config, out, keys, committed, carried_probes)
     demos = Path(config.out) / "shared" / "demos"
-    record_demos(demos, list(learner.tasks), RECORDED_DEMOS_PER_TASK)  # once, for every arm's base policy
+    record_demos(demos, demo_tasks(learner), RECORDED_DEMOS_PER_TASK)  # once, for every arm's base policy
     learner = dataclasses.replace(learner, demos_dir=str(demos))
     runs = [(arm, seed) for seed in config.seeds for arm in arms]  # seed by seed: every arm has data early
     started = time.monotonic()
