@@ -35,6 +35,7 @@ def test_a_paced_fleet_run_spends_its_learner_budget_and_the_robot_takes_new_pol
     assert report["robot_failures"] == []  # else: which block's process failed, and the error its log names
     assert report["clock"] == "simulated" and report["learner_steps"] == 24
     assert report["episodes"] >= 2 and {p["minute"] for p in report["curve"]} <= {0.1, 0.2, 0.3}
+    assert [p["partial"] for p in report["curve"] if p["minute"] <= 0.2] == [False, False]  # before the budget's end
     assert set(report["tasks"]) == set(DEMO_TASKS)
     # SOP's online share of each task over the run, from the learner's TensorBoard scalars, within its bounds.
     assert set(report["online_share"]) == set(DEMO_TASKS)

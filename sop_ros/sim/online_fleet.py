@@ -324,6 +324,11 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
             _stop(proc)
         time.sleep(5.0)  # the last episodes' uploads
         _stop(learner_proc, timeout=120)
+    status = out / "learner" / "status.json"
+    last = json.loads(status.read_text()) if status.exists() else {}
+    # Where the run ended on the clock its episodes are binned by: a paced run stopped by wall time ends where the
+    # fleet's simulated clock last stood (the learner's status), not at a span it was never given.
+    end_s = (sim_minutes * 60 if sim_minutes else last.get("fleet_sim_s")) if paced else time.time() - start
     report = {
         "robots": robots, "tasks": tasks, "seed": seed, "minutes": minutes,
         "sim_minutes": sim_minutes if paced else None,
@@ -331,13 +336,10 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
         "algorithm": "none (frozen base policy)" if frozen else learner.algorithm,
         "base_policy": base_learner.base_policy,
         "learner": to_dict(learner) | {"store_dir": "store", "checkpoint_dir": "learner"},  # in the run directory
-        **success_curve(out / "store", start, bin_minutes * 60, simulated=paced,
-                        end_s=sim_minutes * 60 if paced else time.time() - start),
+        **success_curve(out / "store", start, bin_minutes * 60, simulated=paced, end_s=end_s),
     }  # fmt: skip
     report["learner"] = {k: v for k, v in report["learner"].items() if k not in ("ingest", "policies")}
-    status = out / "learner" / "status.json"
-    if status.exists():
-        last = json.loads(status.read_text())
+    if last:
         report["learner_steps"], report["policies_published"] = last["step"], last["latest_policy"]
     report["online_share"] = online_share_range(out / "learner" / "tensorboard")
     target = results or out
