@@ -51,7 +51,8 @@ def measure(config: HeadroomConfig) -> dict:
 
     out = Path(config.out)
     # Demonstrations by the demo robot config's contents: another camera or marker records them again.
-    demos = out / f"demos-{file_sha256(config.demo_robot_yaml)[:12]}"
+    demo_config = file_sha256(config.demo_robot_yaml)
+    demos = out / f"demos-{demo_config[:12]}"
     for i, task in enumerate(config.tasks):
         recorded = recorded_episodes(demos, task)
         if sum(success for _, success in recorded) >= config.demos_per_task:
@@ -65,7 +66,7 @@ def measure(config: HeadroomConfig) -> dict:
             raise RuntimeError(f"recording demonstrations failed: {summary['failed']} (see {demos}/logs)")
     made_with = ("tasks", "demos_per_task", "pretrain_steps", "pretrain_batch", "demo_robot_yaml")
     recipe = json.loads(json.dumps({k: v for k, v in asdict(config).items() if k in made_with}))  # as read back
-    recipe["demo_robot_yaml_sha256"] = file_sha256(config.demo_robot_yaml)
+    recipe["demo_robot_yaml_sha256"] = demo_config
     base, made_by = out / "base.pt", out / "base_recipe.json"
     if not base.exists() or not made_by.exists() or json.loads(made_by.read_text()) != recipe:
         print(f"sop headroom [2/3]: pretraining one base policy on all {len(config.tasks)} tasks -> {base}", flush=True)
