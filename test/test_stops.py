@@ -124,3 +124,53 @@ def test_chaos_stops_on_a_few_cycles_every_process_exits_0(tmp_path):
     )
     assert {r["mode"] for r in report["stops"]} == {"processes", "single-process"}
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+IN_PROCESS_SCORING = """
+import os, sys, time
+from sop_ros.sim import in_process_eval
+from sop_ros.sim.collect_demos import WorkUnit, interrupt_on_signals
+
+def endless_unit(policy_path, base, unit):
+    print("worker", os.getpid(), flush=True)
+    time.sleep(600)
+
+in_process_eval.run_unit = endless_unit  # the forked workers inherit it
+interrupt_on_signals()  # as the experiments have it: SIGTERM raises KeyboardInterrupt
+units = [WorkUnit("reach-v3", seed, 1) for seed in range(8)]
+try:
+    for _ in in_process_eval.run_units("policy.onnx", None, units, workers=2):
+        pass
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def runs_endless_units(pid: int) -> bool:
+    try:
+        return "endless_unit" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:  # it has ended
+        return False
+
+
+def test_in_process_scoring_stopped_by_sigterm_ends_its_workers_with_it():
+    """Eight units that never finish on two workers: a SIGTERM ends the scoring and both workers, rather than the
+    pool draining its queue (what an experiment stopped while scoring used to do)."""
+    proc = start([sys.executable, "-c", IN_PROCESS_SCORING])
+    workers = []
+    try:
+        while len(workers) < 2:
+            line = proc.stdout.readline()
+            assert line, "the scoring ended before both workers started"
+            if line.startswith("worker"):
+                workers.append(int(line.split()[1]))
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)  # a drained queue: 4 rounds of 600 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in filter(runs_endless_units, workers):  # what a failed stop leaves behind
+            os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == 0 and "interrupted" in output, output
+    assert "Traceback" not in output, output
+    wait_for(lambda: not any(map(runs_endless_units, workers)), 30, what="the workers to end")

@@ -15,9 +15,10 @@ reports how many end the same (results/eval-check/).
 from __future__ import annotations
 
 import json
+import multiprocessing
+import signal
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,15 +125,24 @@ def _run_unit(args: tuple[str, RobotLaunchConfig, WorkUnit]) -> list[EpisodeResu
     return run_unit(*args)
 
 
+def _leave_stop_signals_to_the_parent() -> None:
+    # Ctrl-C reaches the whole process group: a worker that raised KeyboardInterrupt mid-episode would print a
+    # traceback per worker. The parent decides; it ends the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def run_units(policy_path: str, base: RobotLaunchConfig, units: list[WorkUnit], workers: int) -> Iterator[list]:
-    """Each unit's results as it finishes, `workers` units at a time (one process each: the GIL and Mesa's
-    renderer are per process)."""
+    """Each unit's results in order as it finishes, `workers` units at a time (one process each: the GIL and
+    Mesa's renderer are per process). Interrupted (KeyboardInterrupt, which SIGTERM raises in the experiments),
+    the workers are terminated at once: a pool that drained its queue first would keep scoring for minutes."""
     if workers <= 1:
         for unit in units:
             yield run_unit(policy_path, base, unit)
         return
-    with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(_run_unit, [(policy_path, base, u) for u in units])
+    with multiprocessing.get_context("fork").Pool(workers, _leave_stop_signals_to_the_parent) as pool:
+        yield from pool.imap(_run_unit, [(policy_path, base, u) for u in units])
+    # leaving the block, normally or by an exception, terminates the workers (Pool.__exit__)
 
 
 def evaluate_in_process(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, workers: int,
