@@ -7,7 +7,7 @@ import shutil
 import pytest
 from conftest import REPO
 
-from sop_ros.configs import ConfigError
+from sop_ros.configs import ConfigError, load_config
 from sop_ros.sim.experiments import (
     ARMS,
     BASE_DEMOS_PER_TASK,
@@ -162,7 +162,6 @@ def test_a_run_is_scored_by_the_policy_the_learner_had_made_at_each_time(tmp_pat
 
     from sop_ros.bridge.artifacts import load_private_key, make_signing_keys
     from sop_ros.checksums import file_sha256
-    from sop_ros.configs import load_config
     from sop_ros.configs.learner import LearnerConfig
     from sop_ros.learner.policy_registry import PolicyRegistry
     from sop_ros.model.export import export_onnx
@@ -314,7 +313,6 @@ def test_the_probes_retrain_the_first_finished_run_of_their_arm_and_are_not_run_
 def test_offline_hg_dagger_trains_on_the_base_policys_run_of_the_same_seed_when_there_is_one(tmp_path, monkeypatch):
     """Its collection is the fleet on the base policy for the budget: the pretrained-only run of that seed, when
     this sweep made it with its own setup; otherwise it is collected again."""
-    from sop_ros.configs import load_config
     from sop_ros.configs.learner import LearnerConfig
     from sop_ros.sim import experiments
 
@@ -350,6 +348,22 @@ def test_offline_hg_dagger_trains_on_the_base_policys_run_of_the_same_seed_when_
                       ("collection", NEVER, None), ("s1", NEVER, {**budget, "episodes": 30})]  # fmt: skip
     (made / SETUP).write_text("another setup\n")  # made by other settings: not this sweep's collection
     assert experiments.base_policy_run(config, offline, 0) is None
+
+
+@pytest.mark.parametrize("ended", ["wall time", "interrupted"])
+def test_a_run_that_did_not_spend_its_learner_budget_is_not_marked_done(tmp_path, monkeypatch, ended):
+    """A fleet run cut short (its wall-time bound, or a stop whose report was still written) is refused, and no
+    fleet_run.json marks its directory done: the next sweep runs it again."""
+    from sop_ros.configs.learner import LearnerConfig
+    from sop_ros.sim import experiments, online_fleet
+
+    short = {"sim_minutes": 6.0, "episodes": 70, "ended": ended, "learner_steps": 369}
+    monkeypatch.setattr(online_fleet, "run", lambda *args, **kwargs: dict(short))
+    config = ExperimentConfig("learner-settings", out=str(tmp_path / "runs"), results=str(tmp_path / "results"))
+    learner = load_config(LearnerConfig, str(REPO / "config" / "experiment_learner.yaml"))
+    with pytest.raises(RuntimeError, match=f"ended by {ended} .*369 steps"):
+        experiments.fleet(config, learner, 2, 0, tmp_path / "run", results=True)
+    assert not (tmp_path / "run" / "fleet_run.json").exists()
 
 
 def test_a_score_stands_when_every_episode_was_recorded_whatever_a_robots_exit_code(tmp_path, monkeypatch):

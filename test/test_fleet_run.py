@@ -33,7 +33,7 @@ def test_a_paced_fleet_run_spends_its_learner_budget_and_the_robot_takes_new_pol
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads((out / "fleet_run.json").read_text())
     assert report["robot_failures"] == []  # else: which block's process failed, and the error its log names
-    assert report["clock"] == "simulated" and report["learner_steps"] == 24
+    assert report["clock"] == "simulated" and report["learner_steps"] == 24 and report["ended"] == "learner budget"
     assert report["episodes"] >= 2 and {p["minute"] for p in report["curve"]} <= {0.1, 0.2, 0.3}
     assert [p["partial"] for p in report["curve"] if p["minute"] <= 0.2] == [False, False]  # before the budget's end
     assert set(report["tasks"]) == set(DEMO_TASKS)

@@ -285,6 +285,9 @@ def fleet(config: ExperimentConfig, learner: LearnerConfig, robots: int, seed: i
                  config.bin_minutes, sim_minutes=config.sim_minutes, seed=seed)  # fmt: skip
     if report["sim_minutes"] is None or not report["episodes"]:
         raise RuntimeError(f"{work}: the run recorded no episodes (see its logs/)")
+    if report["ended"] != "learner budget":  # a run cut short by its wall-time bound is not one to score
+        raise RuntimeError(f"{work}: the run ended by {report['ended']} before its learner's budget was spent "
+                           f"({report.get('learner_steps')} steps; see its logs/)")  # fmt: skip
     if offline_training:
         report["offline_training"] = offline_training
     if results:

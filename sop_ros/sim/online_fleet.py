@@ -292,11 +292,13 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     running: dict[str, tuple[Path, subprocess.Popen]] = {}  # robot -> its block's log, its process
     failed: list[dict] = []  # blocks whose robot process exited non-zero (the fleet goes on with the next)
     deadline, last_print = time.monotonic() + minutes * 60, 0.0
+    ended = "wall time"  # or what else ended the run: a report says which (an experiment takes only whole runs)
     try:
         while time.monotonic() < deadline:
             if learner_proc.poll() is not None:
                 if paced and learner_proc.returncode == 0:
-                    break  # its budget for sim_minutes is spent
+                    ended = "learner budget"  # its budget for sim_minutes is spent
+                    break
                 raise RuntimeError(f"the learner stopped (exit {learner_proc.returncode}): see {out}/logs/learner.log")
             for i in range(robots):
                 robot_id = f"robot_{i}"
@@ -319,6 +321,7 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
             time.sleep(1.0)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the fleet and the learner")
+        ended = "interrupted"
     finally:
         for _, proc in running.values():
             _stop(proc)
@@ -332,7 +335,8 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     report = {
         "robots": robots, "tasks": tasks, "seed": seed, "minutes": minutes,
         "sim_minutes": sim_minutes if paced else None,
-        "block": block, "wall_minutes": round((time.time() - start) / 60, 2), "robot_failures": failed,
+        "block": block, "wall_minutes": round((time.time() - start) / 60, 2), "ended": ended,
+        "robot_failures": failed,
         "algorithm": "none (frozen base policy)" if frozen else learner.algorithm,
         "base_policy": base_learner.base_policy,
         "learner": to_dict(learner) | {"store_dir": "store", "checkpoint_dir": "learner"},  # in the run directory
@@ -353,6 +357,8 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
               f"{p['interventions_per_episode']:.2f} interventions/episode"
               + (" (partial bin: the run ended in it)" if p["partial"] else ""))  # fmt: skip
     print(f"fleet run: {report['episodes']} labelled episodes; {target / 'fleet_run.json'}, {target / 'fleet_run.png'}")
+    if ended == "interrupted":
+        raise KeyboardInterrupt  # the report covers what ran; the caller stops as it was told to
     return report
 
 
