@@ -107,6 +107,11 @@ def test_an_episode_runs_the_policy_its_start_names(tmp_path):
             wait_for(lambda: driver.status is not None and (driver.status.version, driver.status.awaited_version)
                      == (running, awaited), 30, what=f"policy status running {running!r}, awaiting {awaited!r}")
 
+        # The first START names the policy running since the node started: the status alone cannot show the node
+        # took it, and a load that overtook it would find no episode and swap at once. So an episode scheduled to
+        # run a version never loaded comes first: awaited, then cleared by that START.
+        start("bench-never-loaded", -1)
+        started(running="bench-a", awaited="bench-never-loaded")
         ran = []
         for n, (version, path) in enumerate([("bench-a", None), ("bench-b", second), ("bench-a", None)]):
             reply = load(path) if path else None
