@@ -18,7 +18,7 @@ TINY = ModelConfig(width=32, depth=1, head_depth=1, heads=2, cnn_channels=(8, 8,
 
 def test_eval_runs_the_policy_through_the_nodes_and_reports_success_per_task(tmp_path):
     torch.manual_seed(0)
-    save_checkpoint(tmp_path / "tiny.pt", VLAPolicy(TINY).eval(), version="tiny-v1", cameras=["corner", "gripperPOV"])
+    save_checkpoint(tmp_path / "tiny.pt", VLAPolicy(TINY).eval(), version="tiny-v1", cameras=["corner", "topview"])
     export_onnx(tmp_path / "tiny.pt", tmp_path / "tiny.onnx")
     config = tmp_path / "sim_policy.yaml"  # short episodes: an untrained policy runs each to its step limit
     config.write_text(
@@ -86,3 +86,16 @@ def test_eval_refuses_a_file_that_is_not_a_policy(tmp_path):
     cmd = sop("eval", "--policy", str(bad), "--tasks", "reach-v3", "--episodes-per-task", "1", "--out", str(tmp_path))
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2 and f"--policy: {bad}: cannot be loaded" in result.stderr, result.stderr
+
+
+def test_eval_refuses_a_policy_trained_on_other_cameras(tmp_path):
+    """Images of the right shape from other cameras would run and score in silence: the names are compared first."""
+    save_checkpoint(tmp_path / "tiny.pt", VLAPolicy(TINY).eval(), version="tiny-v1", cameras=["corner", "gripperPOV"])
+    export_onnx(tmp_path / "tiny.pt", tmp_path / "tiny.onnx")
+    cmd = sop("eval", "--policy", str(tmp_path / "tiny.onnx"), "--tasks", "reach-v3", "--episodes-per-task", "1",
+              "--out", str(tmp_path), "--config", "config/sim_policy.yaml")  # fmt: skip
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "trained on cameras ['corner', 'gripperPOV'], config/sim_policy.yaml gives it ['corner', 'topview']" in (
+        result.stderr
+    ), result.stderr

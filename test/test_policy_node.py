@@ -44,11 +44,13 @@ ARBITER = "  teleop_arbiter: {state_hz: 10.0}\n"
 
 @pytest.fixture(scope="module")
 def policies(tmp_path_factory):
-    """Tiny exported policies: v1 and v2 (same weights), one with 3 action dimensions, one with 1 camera, junk."""
+    """Tiny exported policies: v1 and v2 (same weights), one with 3 action dimensions, one with 1 camera, one
+    trained on other cameras, junk."""
     out = tmp_path_factory.mktemp("policies")
 
-    def export(name: str, model: VLAPolicy, version: str):
-        save_checkpoint(out / f"{name}.pt", model, version=version, cameras=list(CAMERAS[: model.config.cameras]))
+    def export(name: str, model: VLAPolicy, version: str, cameras: list[str] | None = None):
+        cameras = cameras or list(CAMERAS[: model.config.cameras])
+        save_checkpoint(out / f"{name}.pt", model, version=version, cameras=cameras)
         export_onnx(out / f"{name}.pt", out / f"{name}.onnx")
         return out / f"{name}.onnx"
 
@@ -57,6 +59,7 @@ def policies(tmp_path_factory):
     paths["v2"] = export("v2", load_checkpoint(out / "v1.pt")[0], "v2")
     paths["dim3"] = export("dim3", VLAPolicy(dataclasses.replace(TINY, action_dim=3)).eval(), "d3")
     paths["cam1"] = export("cam1", VLAPolicy(dataclasses.replace(TINY, cameras=1)).eval(), "c1")
+    paths["topview"] = export("topview", VLAPolicy(TINY).eval(), "tv", cameras=["corner", "topview"])
     paths["corrupt"] = out / "corrupt.onnx"
     paths["corrupt"].write_bytes(np.random.default_rng(0).bytes(4096))
     return paths
@@ -194,6 +197,8 @@ def test_bad_policy_files_are_refused_and_the_running_one_goes_on(tmp_path, poli
         (LoadPolicy.Request(path=str(policies["corrupt"])), "cannot be loaded: InvalidProtobuf"),
         (LoadPolicy.Request(path=str(policies["dim3"])), "3 action dimensions, this robot has 4"),
         (LoadPolicy.Request(path=str(policies["cam1"])), "images (2, 3, 32, 32), expected (1, 3, 32, 32)"),
+        (LoadPolicy.Request(path=str(policies["topview"])),
+         "cameras ['corner', 'gripperPOV'], the policy was trained on ['corner', 'topview']"),
         (LoadPolicy.Request(path=v2, sha256="0" * 64), f"differs from the expected {'0' * 64}"),
         (LoadPolicy.Request(path=v2, version="v9"), "holds version 'v2', the request names 'v9'"),
         (LoadPolicy.Request(path=str(tmp_path / "missing.onnx")), "no such file"),

@@ -350,6 +350,11 @@ class NodesConfig:
     def enabled(self) -> dict[str, object]:
         return {name: cfg for name, cfg in vars(self).items() if cfg is not None}
 
+    def sim_ingest(self) -> IngestConfig:
+        """The ingest node a simulated robot given a policy runs: this config's, else one reading every camera the
+        simulator publishes."""
+        return self.ingest or IngestConfig(cameras=self.sim_robot.cameras)
+
 
 @dataclass(frozen=True)
 class RobotConfig:

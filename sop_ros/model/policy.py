@@ -25,6 +25,7 @@ class Observation:
     images: np.ndarray  # float32 (cameras, 3, S, S) in [0, 1]
     proprio: np.ndarray  # float32 (proprio_dim,)
     instruction: str
+    cameras: tuple[str, ...] = ()  # the images' cameras in order, where known
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class ChunkPolicy:
         self.runtime = runtime
         config = json.loads(runtime.metadata.get("sop_ros.model_config", "{}"))
         self.version = runtime.metadata.get("sop_ros.version", "") or "unversioned"
+        # The cameras it was trained on, in its input's order ((): not recorded, as in policies made before it was)
+        self.cameras = tuple(json.loads(runtime.metadata.get("sop_ros.cameras", "[]")))
         self.chunk = int(config.get("chunk", 16))
         self.action_dim = int(config.get("action_dim", 4))
         self.instruction_bytes = int(config.get("instruction_bytes", 96))
@@ -67,6 +70,10 @@ class ChunkPolicy:
         """Why `obs` cannot be fed to this policy ("" when it can)."""
         wrong = [f"{k} {getattr(obs, k).shape}, expected {shape}" for k, shape in self.input_shapes.items()
                  if getattr(obs, k).shape != shape]  # fmt: skip
+        # Images of the right shape from other cameras would run, and fail in silence: the names are compared.
+        if self.cameras and obs.cameras and tuple(obs.cameras) != self.cameras:
+            wrong.append(f"cameras {list(obs.cameras)}, the policy was trained on {list(self.cameras)} (the ingest "
+                         f"node's cameras must name these, in this order)")  # fmt: skip
         return "; ".join(wrong)
 
     def next_noise(self) -> np.ndarray:

@@ -50,7 +50,7 @@ KEEP_LOADED = 3  # recently loaded policies kept warm, for episodes scheduled to
 def to_observation(msg: ObservationMsg) -> Observation:
     """The message's arrays as the policy's input; the instruction comes from the episode, later."""
     pixels = np.frombuffer(msg.images, dtype=np.uint8).reshape(len(msg.cameras), 3, msg.image_size, msg.image_size)
-    return Observation(to_unit_range(pixels), np.frombuffer(msg.proprio, dtype=np.float32), "")
+    return Observation(to_unit_range(pixels), np.frombuffer(msg.proprio, dtype=np.float32), "", tuple(msg.cameras))
 
 
 def trajectory_markers(actions: np.ndarray, names: tuple[str, ...], frame: str, step_m: float, stamp,

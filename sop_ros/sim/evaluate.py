@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sop_ros.configs import ConfigError, load_config
-from sop_ros.configs.robot import IngestConfig, PolicyConfig, RobotLaunchConfig
+from sop_ros.configs.robot import PolicyConfig, RobotLaunchConfig
 from sop_ros.sim.collect_demos import ConfigMaker, WorkUnit, check_request, plan_units, run_fleet, unit_config
 
 if TYPE_CHECKING:
@@ -23,8 +23,7 @@ EVAL_SEED = 100_000  # collect-demos uses seeds from 0 (1000 apart per task): ev
 
 def eval_config(policy_path: Path) -> ConfigMaker:
     def make(base: RobotLaunchConfig, robot_id: str, unit: WorkUnit, out: Path) -> dict:
-        sim = base.nodes.sim_robot
-        ingest = base.nodes.ingest or IngestConfig(cameras=sim.cameras)
+        ingest = base.nodes.sim_ingest()
         policy = dataclasses.replace(
             base.nodes.policy or PolicyConfig(),
             policy_path=str(policy_path),
@@ -49,9 +48,14 @@ def eval_setup(policy: str, base_config: str) -> tuple[RobotLaunchConfig, Path, 
         raise ConfigError(f"--policy {policy}: no such file; make it first: `sop export --policy CKPT --out {policy}` "
                           "(or give a `sop pretrain` checkpoint, .pt)")  # fmt: skip
     try:
-        return base, path, load_policy(path, len(base.nodes.teleop_arbiter.action_names))
+        loaded = load_policy(path, len(base.nodes.teleop_arbiter.action_names))
     except ValueError as err:
         raise ConfigError(f"--policy: {err}") from None
+    cameras = base.nodes.sim_ingest().cameras
+    if loaded.cameras and loaded.cameras != cameras:  # the robot would hold at its first observation
+        raise ConfigError(f"--policy {policy}: trained on cameras {list(loaded.cameras)}, {base_config} gives it "
+                          f"{list(cameras)}: use a robot config whose cameras are the policy's")  # fmt: skip
+    return base, path, loaded
 
 
 def evaluate(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, robots: int, out: Path,

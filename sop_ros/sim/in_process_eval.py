@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sop_ros.configs.robot import IngestConfig, PolicyConfig, RobotLaunchConfig
+from sop_ros.configs.robot import PolicyConfig, RobotLaunchConfig
 from sop_ros.sim.collect_demos import WorkUnit, check_request, plan_units
 from sop_ros.sim.evaluate import EVAL_SEED
 
@@ -49,7 +49,7 @@ def policy_input(base: RobotLaunchConfig, sim, cameras: tuple[str, ...]) -> np.n
     from sop_ros.model.preprocess import decode_jpeg_rgb, encode_jpeg_rgb, resize_chw
 
     sim_cfg = base.nodes.sim_robot
-    ingest = base.nodes.ingest or IngestConfig(cameras=sim_cfg.cameras)
+    ingest = base.nodes.sim_ingest()
     compressed = sim_cfg.image_transport != "raw" and ingest.camera_transport == "compressed"
     views = []
     for camera in cameras:
@@ -71,7 +71,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
     from sop_ros.sim.metaworld_sim import MetaWorldSim, goal_marker
 
     sim_cfg, arbiter_cfg = base.nodes.sim_robot, base.nodes.teleop_arbiter
-    ingest = base.nodes.ingest or IngestConfig(cameras=sim_cfg.cameras)
+    ingest = base.nodes.sim_ingest()
     policy_cfg = base.nodes.policy or PolicyConfig()
     policy = load_policy(policy_path, len(arbiter_cfg.action_names), seed=policy_cfg.seed,
                          advantage_conditioned=policy_cfg.advantage_conditioned,
@@ -98,7 +98,8 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
             if commands is not None:
                 commands.append([])
             while True:
-                obs = Observation(to_unit_range(pixels), sim.joint_positions().astype(np.float32), episode.instruction)
+                obs = Observation(to_unit_range(pixels), sim.joint_positions().astype(np.float32), episode.instruction,
+                                  ingest.cameras)  # fmt: skip
                 due = chunks.steps_into_newest(t_ns)
                 if due is None or due >= policy_cfg.replan_steps:
                     chunks.add(policy.infer(obs).actions, t_ns)

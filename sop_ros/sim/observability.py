@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from sop_ros.configs import load_config
-from sop_ros.configs.robot import IngestConfig, RobotLaunchConfig
+from sop_ros.configs.robot import RobotLaunchConfig
 
 # Where Meta-World's 39-dim observation holds each target: the first object's position, and the goal.
 TARGETS = {"object": slice(4, 7), "goal": slice(36, 39)}
@@ -40,7 +40,7 @@ def render_placements(base: RobotLaunchConfig, task: str, count: int, seed: int)
     from sop_ros.sim.metaworld_sim import MetaWorldSim, goal_marker
 
     sim_cfg = base.nodes.sim_robot
-    cameras = (base.nodes.ingest or IngestConfig(cameras=sim_cfg.cameras)).cameras
+    cameras = base.nodes.sim_ingest().cameras
     frames, positions = [], {name: [] for name in TARGETS}
     # One benchmark seed holds 50 placements of a task; a new seed every few resets gives distinct ones.
     for first in range(0, count, PLACEMENTS_PER_SEED):
@@ -123,7 +123,7 @@ def measure(base_config: str, tasks: list[str], train_count: int, test_count: in
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     json_path.with_suffix(".md").write_text(markdown(report, json_path.with_suffix(".png").name))
-    panel(panels, json_path.with_suffix(".png"), list((base.nodes.ingest or IngestConfig()).cameras))
+    panel(panels, json_path.with_suffix(".png"), list(base.nodes.sim_ingest().cameras))
     return report
 
 

@@ -28,7 +28,7 @@ import yaml
 from sop_ros.configs import ConfigError, load_config, to_dict
 from sop_ros.configs.bridge import BridgeConfig, PolicyDownloadConfig, PolicyServingConfig, ZenohConfig
 from sop_ros.configs.learner import LearnerConfig
-from sop_ros.configs.robot import IngestConfig, PolicyConfig, RobotLaunchConfig, ScriptedOperatorConfig
+from sop_ros.configs.robot import PolicyConfig, RobotLaunchConfig, ScriptedOperatorConfig
 from sop_ros.sim.collect_demos import WorkUnit, interrupt_on_signals, unit_config
 
 # On one host the learner stands for the cloud's own machines: robots yield the CPU to it. Lockstep robots
@@ -70,7 +70,7 @@ def robot_config(base: RobotLaunchConfig, robot_id: str, unit: WorkUnit, out: Pa
                                       cache_dir=str(out / "robot_policies"), swap="episode_boundary"),
     )  # fmt: skip
     return unit_config(base, robot_id, unit, outbox, scripted_operator=operator, policy=policy, bridge=bridge,
-                       ingest=base.nodes.ingest or IngestConfig(cameras=sim.cameras))  # fmt: skip
+                       ingest=base.nodes.sim_ingest())  # fmt: skip
 
 
 def publish_base(learner: LearnerConfig) -> str:
