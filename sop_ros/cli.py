@@ -267,7 +267,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                               eval_every_minutes=args.eval_every,
                               eval_episodes_per_task=args.eval_episodes, eval_in_process=not args.eval_nodes,
                               learner_yaml=args.config, robot_yaml=args.robot_config, out=args.out,
-                              results=args.results)  # fmt: skip
+                              results=args.results, only_arms=tuple(a for a in args.arms.split(",") if a))  # fmt: skip
     if not args.report_only:
         require_ros("experiment")
     run_experiment(config, report_only=args.report_only)
@@ -603,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/experiments", help="runs (resumed from here) (default: %(default)s)")
     p.add_argument("--results", default="docs/results", help="reports (default: %(default)s)")
     p.add_argument("--report-only", action="store_true", help="write the report from the finished runs, run none")
+    p.add_argument("--arms", default="", metavar="SLUG,...",
+                   help="run only these arms, in this order, named as their run folders (e.g. ema-0.98); "
+                   "the report has every arm's finished runs")
     p.set_defaults(func=cmd_experiment)
 
     p = sub.add_parser("demo", help="the main job: a simulated fleet learning online (demos, base policy, SOP loop)")

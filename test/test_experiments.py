@@ -139,6 +139,7 @@ def test_the_committed_reports_runs_count_in_a_sweep_of_the_same_setup_elsewhere
     assert setup_key(config, dataclasses.replace(one, demos_per_task=5)) != keys["1 robot"]
     monkeypatch.setattr("sop_ros.sim.demo.PRETRAIN_STEPS", 3000)
     assert setup_key(config, one) != keys["1 robot"]
+    assert setup_key(dataclasses.replace(config, only_arms=("4-robots",)), one) == setup_key(config, one)
 
 
 def test_experiment_settings_are_checked():
@@ -150,6 +151,8 @@ def test_experiment_settings_are_checked():
         ExperimentConfig("algorithms", sim_minutes=1.0, final_minutes=1.0, eval_every_minutes=0.0)
     with pytest.raises(ConfigError, match=r"threshold=80: must be a success rate in \(0, 1\]"):
         ExperimentConfig("fleet-scaling", threshold=80)
+    with pytest.raises(ConfigError, match="only_arms\\[1\\]='8-robots': must be one of 1-robot, 2-robots, 4-robots"):
+        ExperimentConfig("fleet-scaling", only_arms=("4-robots", "8-robots"))
     assert [a.slug for a in ARMS["algorithms"]] == ["pretrained-only", "offline-hg-dagger", "sop-hg-dagger",
                                                      "sop-recap"]  # fmt: skip
 

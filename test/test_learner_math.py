@@ -153,6 +153,10 @@ def test_hg_dagger_learns_from_corrections_and_optionally_from_autonomy_that_suc
     assert with_autonomy(fleet_episode("success", twice)).tolist() == [False, True, False, True, True, True]
     assert with_autonomy(failure).tolist() == corrected  # never the autonomous steps of a failure
     assert corrections_only(success) is not success.operator  # a mask of its own, not the episode's array
+    # Corrections of successes only: a failed episode gives nothing, whoever drove it.
+    successes_only = training_steps(True, use_failed_corrections=False)
+    assert successes_only(success).tolist() == [False, False, True, True, True]
+    assert successes_only(failure).tolist() == [False] * 5
 
 
 def test_the_learning_rate_warms_up_then_follows_a_cosine_to_its_minimum():

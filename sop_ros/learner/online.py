@@ -115,8 +115,9 @@ def same_on_all(value: object, ranks: Ranks) -> object:
 
 def online_selection(config: LearnerConfig) -> tuple[tuple[str, ...], Callable[[EpisodeIndex], np.ndarray] | None]:
     """The fleet episodes (by outcome) and steps each algorithm learns from."""
-    if config.algorithm == "hg_dagger":  # corrections count whatever the outcome; aborted episodes do not
-        return ("success", "failure", "unknown"), training_steps(config.use_autonomous_segments)
+    if config.algorithm == "hg_dagger":  # corrections count whatever the outcome, unless told; aborted ones never
+        return ("success", "failure", "unknown"), training_steps(config.use_autonomous_segments,
+                                                                 config.use_failed_corrections)  # fmt: skip
     if config.algorithm == "recap":  # every step, each conditioned on its advantage: returns need an outcome
         return ("success", "failure"), None
     return (), None  # bc: demonstrations only

@@ -86,6 +86,7 @@ ARMS = {
         Arm("EMA 0.98", learner=(("ema_decay", 0.98),)),
         Arm("EMA 0.995", learner=(("ema_decay", 0.995),)),
         Arm("EMA 0.98, base optimiser", learner=(("ema_decay", 0.98), ("optimiser_from_base", True))),
+        Arm("EMA 0.98, corrections of successes", learner=(("ema_decay", 0.98), ("use_failed_corrections", False))),
     ),
 }  # fmt: skip
 
@@ -109,9 +110,13 @@ class ExperimentConfig:
     robot_yaml: str = "config/fleet_sim.yaml"
     out: str = "runs/experiments"
     results: str = "docs/results"
+    only_arms: tuple[str, ...] = ()  # run just these arms (by slug), in this order; the report has every arm's runs
 
     def __post_init__(self) -> None:
         require(self.experiment in ARMS, "experiment", self.experiment, f"must be one of {', '.join(ARMS)}")
+        slugs = [arm.slug for arm in ARMS[self.experiment]]
+        for i, slug in enumerate(self.only_arms):
+            require(slug in slugs, f"only_arms[{i}]", slug, f"must be one of {', '.join(slugs)}")
         require(bool(self.seeds), "seeds", self.seeds, "must name at least one seed")
         require(self.sim_minutes > 0, "sim_minutes", self.sim_minutes, "must be > 0")
         require(self.bin_minutes > 0, "bin_minutes", self.bin_minutes, "must be > 0")
@@ -153,7 +158,9 @@ def run_experiment(config: ExperimentConfig, report_only: bool = False) -> dict:
     demos = Path(config.out) / "shared" / "demos"
     record_demos(demos, demo_tasks(learner), RECORDED_DEMOS_PER_TASK)  # once, for every arm's base policy
     learner = dataclasses.replace(learner, demos_dir=str(demos))
-    runs = [(arm, seed) for seed in config.seeds for arm in arms]  # seed by seed: every arm has data early
+    slugs = {arm.slug: arm for arm in arms}
+    running = [slugs[slug] for slug in config.only_arms] if config.only_arms else arms  # in the order asked
+    runs = [(arm, seed) for seed in config.seeds for arm in running]  # seed by seed: every arm has data early
     started = time.monotonic()
     for i, (arm, seed) in enumerate(runs):
         if run_probes(config, out, keys, learner, carried_probes):
@@ -190,7 +197,7 @@ def setup_key(config: ExperimentConfig, arm: Arm) -> str:
     from sop_ros.checksums import file_sha256
     from sop_ros.sim.demo import base_recipe
 
-    ignored = ("experiment", "seeds", "wall_minutes", "out", "results")
+    ignored = ("experiment", "seeds", "wall_minutes", "out", "results", "only_arms")
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
     for name in ("learner_yaml", "robot_yaml", "eval_robot_yaml"):
         settings[name] = file_sha256(settings[name])
