@@ -86,7 +86,7 @@ ARMS = {
         Arm("EMA 0.98", learner=(("ema_decay", 0.98),)),
         Arm("EMA 0.995", learner=(("ema_decay", 0.995),)),
         Arm("EMA 0.98, base optimiser", learner=(("ema_decay", 0.98), ("optimiser_from_base", True))),
-        Arm("EMA 0.98, corrections of successes", learner=(("ema_decay", 0.98), ("use_failed_corrections", False))),
+        Arm("EMA 0.995, corrections of successes", learner=(("ema_decay", 0.995), ("use_failed_corrections", False))),
     ),
 }  # fmt: skip
 
