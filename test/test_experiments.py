@@ -259,6 +259,20 @@ def test_the_pretrain_scale_targets_weigh_online_experience_against_4x_the_demon
                   "Target (no task falls more than 30 points between consecutive scorings of any run)"]  # fmt: skip
 
 
+def test_the_learner_settings_say_for_each_arm_whether_a_task_fell_more_than_30_points():
+    from sop_ros.sim.experiments import target_lines
+
+    fall = {"points": 68.0, "task": "window-open-v3", "seed": 0, "from_minute": 4.0, "to_minute": 5.0}
+    arms = {"raw": arm_of((40, 100), [(46, 100)], fall), "smoothed": arm_of((40, 100), [(50, 100)])}
+    lines = target_lines({"experiment": "learner-settings", "config": {}, "arms": arms})
+    assert lines[1:] == [
+        "Target (no task falls more than 30 points between consecutive scorings of the runs of raw): missed: "
+        "largest fall 68 points: window-open-v3, raw seed 0, minute 4 -> 5.",
+        "Target (no task falls more than 30 points between consecutive scorings of the runs of smoothed): met: "
+        "no task fell between scorings.",
+    ]  # fmt: skip
+
+
 def test_the_largest_fall_of_a_task_between_scorings_is_found():
     from sop_ros.sim.experiments import largest_drop
 

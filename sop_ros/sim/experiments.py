@@ -741,14 +741,17 @@ def target_lines(report: dict) -> list[str]:
                               "budget", gains[best] * 100 >= GAIN_POINTS,
                               f"{best}: {arms[best]['base']['rate']:.1%} -> {arms[best]['at_budget']['rate']:.1%} "
                               f"({gains[best] * 100:+.1f} points)"))  # fmt: skip
-    if ready:
-        drops = [arm["largest_drop"] | {"arm": n} for n, arm in arms.items() if arm["largest_drop"]]
+    # The learner's settings are compared on this very target: each arm gets its own line there.
+    groups = [[n] for n in arms if n in ready] if experiment == "learner-settings" else [list(ready)] if ready else []
+    for names in groups:
+        drops = [arms[n]["largest_drop"] | {"arm": n} for n in names if arms[n]["largest_drop"]]
         worst = max(drops, key=lambda d: d["points"]) if drops else None
         evidence = ("no task fell between scorings" if worst is None else
                     f"largest fall {worst['points']:.0f} points: {worst['task']}, {worst['arm']} seed {worst['seed']}, "
                     f"minute {worst['from_minute']:g} -> {worst['to_minute']:g}")  # fmt: skip
-        lines.append(_verdict(f"no task falls more than {MAX_DROP_POINTS} points between consecutive scorings of "
-                              "any run", worst is None or worst["points"] <= MAX_DROP_POINTS, evidence))  # fmt: skip
+        which = f"of the runs of {names[0]}" if experiment == "learner-settings" else "of any run"
+        lines.append(_verdict(f"no task falls more than {MAX_DROP_POINTS} points between consecutive scorings {which}",
+                              worst is None or worst["points"] <= MAX_DROP_POINTS, evidence))  # fmt: skip
     return lines
 
 
