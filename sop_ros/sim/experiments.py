@@ -644,7 +644,9 @@ def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str], comm
     first = next(iter(arms.values()))
     for summary in arms.values():  # speed-up to the threshold over the first arm (1 robot, smallest, baseline)
         summary["speedup"] = speedup(first, summary, config.sim_minutes)
-    report = {"experiment": config.experiment, "config": dataclasses.asdict(config), "arms": arms,
+    # Where this machine keeps its runs, and which it ran this time, say nothing about the figures.
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "only_arms")}
+    report = {"experiment": config.experiment, "config": settings, "arms": arms,
               "probes": probes_made(config, out, keys, carried_probes), "machine": host}  # fmt: skip
     report["targets"] = target_lines(report)
     report["comparisons"] = comparison_lines(report)
@@ -823,7 +825,7 @@ def plot(report: dict, path: Path) -> None:
         minutes = [p["minute"] for p in points]
         colour = f"C{i}"
         curve_ax.plot(minutes, [p["rate"] for p in points], "o-", color=colour,
-                      label=f"{name} ({len(arm['runs'])} seeds)")  # fmt: skip
+                      label=f"{name} ({len(arm['runs'])} seed{'s' if len(arm['runs']) != 1 else ''})")  # fmt: skip
         curve_ax.fill_between(minutes, [p["interval95"][0] for p in points], [p["interval95"][1] for p in points],
                               color=colour, alpha=0.15)  # fmt: skip
         at = arm["at_budget"]
