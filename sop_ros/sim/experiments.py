@@ -87,9 +87,9 @@ ARMS = {
         Arm("EMA 0.995", learner=(("ema_decay", 0.995),)),
         Arm("EMA 0.98, base optimiser", learner=(("ema_decay", 0.98), ("optimiser_from_base", True))),
         Arm("EMA 0.995, corrections of successes", learner=(("ema_decay", 0.995), ("use_failed_corrections", False))),
-        # The control: the same training on the demonstrations alone. What it does, the fleet's data did not.
-        Arm("EMA 0.995, demonstrations only", algorithm="bc", learner=(("ema_decay", 0.995),)),
-        Arm("EMA 0.995, lr 3e-5", learner=(("ema_decay", 0.995), ("learning_rate", 3e-5), ("min_learning_rate", 3e-6))),
+        # The control: the YAML's training on the demonstrations alone. What it does, the fleet's data did not.
+        Arm("demonstrations only", algorithm="bc"),
+        Arm("lr 3e-5", learner=(("learning_rate", 3e-5), ("min_learning_rate", 3e-6))),
     ),
 }  # fmt: skip
 
