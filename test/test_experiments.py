@@ -263,9 +263,13 @@ def test_the_learner_settings_say_for_each_arm_whether_a_task_fell_more_than_30_
     from sop_ros.sim.experiments import target_lines
 
     fall = {"points": 68.0, "task": "window-open-v3", "seed": 0, "from_minute": 4.0, "to_minute": 5.0}
-    arms = {"raw": arm_of((40, 100), [(46, 100)], fall), "smoothed": arm_of((40, 100), [(50, 100)])}
+    arms = {"raw": arm_of((40, 100), [(46, 100)], fall), "smoothed": arm_of((40, 100), [(50, 100)]),
+            "demonstrations only": arm_of((40, 100), [(90, 100)])}
     lines = target_lines({"experiment": "learner-settings", "config": {}, "arms": arms})
-    assert lines[1:] == [
+    # Training on the demonstrations alone is no online arm, however much it gains.
+    assert lines[0] == ("Target (the best online arm gains at least 25 points over its base within the budget): "
+                        "missed: smoothed: 40.0% -> 50.0% (+10.0 points).")  # fmt: skip
+    assert lines[1:3] == [
         "Target (no task falls more than 30 points between consecutive scorings of the runs of raw): missed: "
         "largest fall 68 points: window-open-v3, raw seed 0, minute 4 -> 5.",
         "Target (no task falls more than 30 points between consecutive scorings of the runs of smoothed): met: "

@@ -737,8 +737,11 @@ def target_lines(report: dict) -> list[str]:
             lines.append(_verdict(f"the online gain of {small} at the budget at least the gain from 4x the "
                                   "demonstrations", online >= offline,
                                   f"online {online:+.1%} against 4x demonstrations {offline:+.1%}"))  # fmt: skip
-    online_arms = [n for n in ready if any(r["scores"][-1]["version"] != r["scores"][0]["version"]
-                                           for r in arms[n]["runs"])]  # fmt: skip
+    # Online: a fleet's data trained the policy it ran while it ran (not offline HG-DAgger, not training on the
+    # demonstrations alone); an arm not of this experiment's ARMS (a test's) counts by whether its policy changed.
+    online = {arm.name: bool(arm.algorithm) and arm.algorithm != "bc" and not arm.offline for arm in ARMS[experiment]}
+    changed = {n: any(r["scores"][-1]["version"] != r["scores"][0]["version"] for r in arms[n]["runs"]) for n in ready}
+    online_arms = [n for n in ready if online.get(n, True) and changed[n]]
     if online_arms:
         gains = {n: arms[n]["at_budget"]["rate"] - arms[n]["base"]["rate"] for n in online_arms}
         best = max(gains, key=gains.get)
