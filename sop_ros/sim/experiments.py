@@ -848,7 +848,7 @@ def plot(report: dict, path: Path) -> None:
                        f"{c['eval_episodes_per_task']} episodes per task")  # fmt: skip
     curve_ax.grid(alpha=0.3)
     curve_ax.legend(fontsize=8)
-    bar_ax.set_xticks(range(len(arms)), list(arms), rotation=20, fontsize=8)
+    bar_ax.set_xticks(range(len(arms)), list(arms), rotation=30, ha="right", fontsize=8)  # long names, many arms
     bar_ax.set(ylabel="success at the budget (pooled seeds, 95%)", ylim=(0, 1.02),
                title=f"final policies ({c['sim_minutes']:g} simulated min)")  # fmt: skip
     bar_ax.grid(axis="y", alpha=0.3)
