@@ -689,7 +689,7 @@ def target_lines(report: dict) -> list[str]:
     """One line per target of the experiment, each `Target (...): met|missed: evidence.`; a target whose arms have
     no runs yet says so."""
     arms, experiment = report["arms"], report["experiment"]
-    ready = {name for name, arm in arms.items() if arm["runs"]}
+    ready = [name for name, arm in arms.items() if arm["runs"]]  # in the report's order: ties resolve the same way
     lines = []
 
     def need(*names: str) -> bool:
@@ -750,7 +750,7 @@ def target_lines(report: dict) -> list[str]:
                               f"{best}: {arms[best]['base']['rate']:.1%} -> {arms[best]['at_budget']['rate']:.1%} "
                               f"({gains[best] * 100:+.1f} points)"))  # fmt: skip
     # The learner's settings are compared on this very target: each arm gets its own line there.
-    groups = [[n] for n in arms if n in ready] if experiment == "learner-settings" else [list(ready)] if ready else []
+    groups = [[n] for n in ready] if experiment == "learner-settings" else [ready] if ready else []
     for names in groups:
         drops = [arms[n]["largest_drop"] | {"arm": n} for n in names if arms[n]["largest_drop"]]
         worst = max(drops, key=lambda d: d["points"]) if drops else None
