@@ -104,13 +104,14 @@ def load_policy(
     seed: int = 0,
     advantage_conditioned: bool = False,
     threads: int = 0,
+    cameras: tuple[str, ...] = (),
 ) -> ChunkPolicy:
     """Load a policy file, check that it can drive this robot, and warm it up; or a ValueError saying why not.
 
     Checked: the file's sha256 (when given), that the runtime accepts the file, the action space, and one
-    inference on `example` (the robot's own observation; else zeros shaped as the policy says) that must
-    give a finite (chunk, action_dim) result. Warming also builds TensorRT engines and CUDA kernels, so the
-    first real inference after a swap is not slow.
+    inference on `example` (the robot's own observation; else zeros shaped as the policy says, from `cameras`
+    when the robot's are known) that must give a finite (chunk, action_dim) result. Warming also builds TensorRT
+    engines and CUDA kernels, so the first real inference after a swap is not slow.
     """
     path = Path(path)
     if not path.is_file():
@@ -126,9 +127,10 @@ def load_policy(
         raise ValueError(f"{path}: {policy.action_dim} action dimensions, this robot has {action_dim}")
     if example is None:
         shapes = policy.input_shapes
-        example = Observation(np.zeros(shapes["images"], np.float32), np.zeros(shapes["proprio"], np.float32), "")
-    elif policy.input_mismatch(example):
-        raise ValueError(f"{path}: does not fit this robot's observation: {policy.input_mismatch(example)}")
+        example = Observation(np.zeros(shapes["images"], np.float32), np.zeros(shapes["proprio"], np.float32), "",
+                              tuple(cameras))  # fmt: skip
+    if mismatch := policy.input_mismatch(example):
+        raise ValueError(f"{path}: does not fit this robot's observation: {mismatch}")
     try:
         actions = policy.infer(example).actions
     except Exception as err:

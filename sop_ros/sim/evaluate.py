@@ -47,14 +47,10 @@ def eval_setup(policy: str, base_config: str) -> tuple[RobotLaunchConfig, Path, 
     if not path.exists():
         raise ConfigError(f"--policy {policy}: no such file; make it first: `sop export --policy CKPT --out {policy}` "
                           "(or give a `sop pretrain` checkpoint, .pt)")  # fmt: skip
-    try:
-        loaded = load_policy(path, len(base.nodes.teleop_arbiter.action_names))
+    try:  # checked against the robot's cameras too: with others, it would hold at its first observation
+        loaded = load_policy(path, len(base.nodes.teleop_arbiter.action_names), cameras=base.nodes.sim_ingest().cameras)
     except ValueError as err:
-        raise ConfigError(f"--policy: {err}") from None
-    cameras = base.nodes.sim_ingest().cameras
-    if loaded.cameras and loaded.cameras != cameras:  # the robot would hold at its first observation
-        raise ConfigError(f"--policy {policy}: trained on cameras {list(loaded.cameras)}, {base_config} gives it "
-                          f"{list(cameras)}: use a robot config whose cameras are the policy's")  # fmt: skip
+        raise ConfigError(f"--policy: {err} (robot config {base_config})") from None
     return base, path, loaded
 
 

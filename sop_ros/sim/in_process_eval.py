@@ -98,8 +98,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
             if commands is not None:
                 commands.append([])
             while True:
-                obs = Observation(to_unit_range(pixels), sim.joint_positions().astype(np.float32), episode.instruction,
-                                  ingest.cameras)  # fmt: skip
+                obs = Observation(to_unit_range(pixels), sim.joint_positions().astype(np.float32), episode.instruction)
                 due = chunks.steps_into_newest(t_ns)
                 if due is None or due >= policy_cfg.replan_steps:
                     chunks.add(policy.infer(obs).actions, t_ns)
