@@ -437,6 +437,7 @@ def test_undecodable_frames_and_wrong_images_are_refused():
 def test_pretrain_and_export_on_recorded_demos(demos, tmp_path):
     """A few steps of pretraining on the recorded demos; the exported graph matches torch on a recorded input."""
     import json
+    import threading
 
     import torch
 
@@ -451,6 +452,8 @@ def test_pretrain_and_export_on_recorded_demos(demos, tmp_path):
     report = pretrain(PretrainConfig(demos=str(demos), out=str(ckpt), steps=6, batch_size=8, log_every=3, model=small))
     assert report["episodes"] == 4 and sorted(report["tasks"]) == TASKS and len(report["curve"]) == 2
     assert all(np.isfinite(p["loss"]) for p in report["curve"])
+    # its batch producer ended with the training: a process that trains many times keeps no thread behind
+    assert not any(thread.name == "batches" for thread in threading.enumerate())
     assert json.loads(ckpt.with_suffix(".loss.json").read_text())["version"] == report["version"]
     assert ckpt.with_suffix(".loss.png").stat().st_size > 0
     model, extra = load_checkpoint(ckpt)

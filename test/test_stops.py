@@ -132,7 +132,7 @@ from sop_ros.sim import in_process_eval
 from sop_ros.sim.collect_demos import WorkUnit, interrupt_on_signals
 
 def endless_unit(policy_path, base, unit):
-    print("worker", os.getpid(), flush=True)
+    os.write(1, f"worker {os.getpid()}\\n".encode())  # one write: two workers' lines never interleave
     time.sleep(600)
 
 in_process_eval.run_unit = endless_unit  # the forked workers inherit it

@@ -11,6 +11,8 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -67,17 +69,43 @@ def to_torch(batch: dict, config: ModelConfig, device: torch.device) -> dict[str
     return {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
 
 
-def prefetch(dataset: EpisodeDataset, batch_size: int, seed: int, depth: int = 4) -> queue.Queue:
-    """Batches decoded on a background thread (JPEG decoding overlaps the training step, which frees the GIL)."""
+@contextmanager
+def prefetch(dataset: EpisodeDataset, batch_size: int, seed: int, depth: int = 4) -> Iterator[Callable[[], dict]]:
+    """Batches decoded on a background thread (JPEG decoding overlaps the training step, which frees the GIL);
+    yields the function that takes the next one. The thread ends with the block, so a process that trains many
+    times (the experiments) keeps no producer and no dataset behind; a failed sample is raised by the taker."""
     batches: queue.Queue = queue.Queue(maxsize=depth)
     rng = np.random.default_rng(seed)
+    stop = threading.Event()
 
     def produce() -> None:
-        while True:
-            batches.put(dataset.sample(rng, batch_size))
+        while not stop.is_set():
+            try:
+                item = dataset.sample(rng, batch_size)
+            except Exception as error:  # noqa: BLE001 - handed to the training loop, which raises it
+                item = error
+            while not stop.is_set():
+                try:
+                    batches.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item, Exception):
+                return
 
-    threading.Thread(target=produce, name="batches", daemon=True).start()
-    return batches
+    def take() -> dict:
+        item = batches.get()
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    producer = threading.Thread(target=produce, name="batches", daemon=True)
+    producer.start()
+    try:
+        yield take
+    finally:
+        stop.set()
+        producer.join()
 
 
 def warmup_cosine(step: int, peak: float, warmup_steps: int, decay_steps: int, floor: float = 0.0) -> float:
@@ -127,28 +155,28 @@ def pretrain(config: PretrainConfig) -> dict:
         f"{parameter_count(model) / 1e6:.2f}M parameters on {device}; {config.steps} steps of batch {config.batch_size}"
     )
     # ---- training loop ----------------------------------------------------------------------------------------
-    batches = prefetch(dataset, config.batch_size, config.seed)
     curve, window, start = [], [], time.monotonic()
     model.train()
-    for step in range(config.steps):
-        for group in optimiser.param_groups:
-            group["lr"] = learning_rate(step, config)
-        loss = model.loss(to_torch(batches.get(), model_cfg, device))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        window.append(loss.item())
-        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-            elapsed = time.monotonic() - start
-            rate = (step + 1) / elapsed
-            curve.append({"step": step + 1, "loss": float(np.mean(window)), "elapsed_s": round(elapsed, 1)})
-            print(
-                f"step {step + 1:6d}/{config.steps}  loss {curve[-1]['loss']:.4f}  {rate:.1f} steps/s  "
-                f"ETA {(config.steps - step - 1) / rate:5.0f} s",
-                flush=True,
-            )
-            window = []
+    with prefetch(dataset, config.batch_size, config.seed) as next_batch:
+        for step in range(config.steps):
+            for group in optimiser.param_groups:
+                group["lr"] = learning_rate(step, config)
+            loss = model.loss(to_torch(next_batch(), model_cfg, device))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimiser.step()
+            window.append(loss.item())
+            if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+                elapsed = time.monotonic() - start
+                rate = (step + 1) / elapsed
+                curve.append({"step": step + 1, "loss": float(np.mean(window)), "elapsed_s": round(elapsed, 1)})
+                print(
+                    f"step {step + 1:6d}/{config.steps}  loss {curve[-1]['loss']:.4f}  {rate:.1f} steps/s  "
+                    f"ETA {(config.steps - step - 1) / rate:5.0f} s",
+                    flush=True,
+                )
+                window = []
     # ---- outputs ------------------------------------------------------------------------------------------------
     version = "base-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     save_checkpoint(
