@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sop_ros.configs import ConfigError, load_config
+from sop_ros.sim.headroom import SELECTION_SEED
 
 
 def require_ros(command: str) -> None:
@@ -282,7 +283,7 @@ def cmd_headroom(args: argparse.Namespace) -> int:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     config = HeadroomConfig(tasks, args.demos_per_task, args.pretrain_steps, episodes_per_task=args.episodes_per_task,
                             workers=args.workers, demo_robot_yaml=args.demo_config, eval_robot_yaml=args.eval_config,
-                            out=args.out, results=args.results)  # fmt: skip
+                            out=args.out, results=args.results, seed=args.seed)  # fmt: skip
     report = measure(config)
     print(f"sop headroom: {report['verdict']}; {Path(args.results) / 'headroom'}.md, .json, .png")
     return 0
@@ -577,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-config", default="config/sim.yaml", help="robot YAML of the demonstrations")
     p.add_argument("--eval-config", default="config/sim_policy.yaml", help="robot YAML of the scoring")
     p.add_argument("--out", default="runs/headroom", help="demonstrations, base policy, scores (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=SELECTION_SEED, help="the first scoring seed: apart from the "
+                   "experiments' evaluation seeds, which choosing their tasks must not tune on (default: %(default)s)")
     p.add_argument("--results", default="docs/results", help="headroom.json, .md, .png go here")
     p.set_defaults(func=cmd_headroom)
 
