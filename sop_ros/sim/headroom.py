@@ -59,9 +59,11 @@ def measure(config: HeadroomConfig) -> dict:
     demos = out / f"demos-{demo_config[:12]}"
     for i, task in enumerate(config.tasks):
         recorded = recorded_episodes(demos, task)
-        if sum(success for _, success in recorded) >= config.demos_per_task:
+        # Recorded in full: as many episodes as asked, whatever the expert's outcomes (it fails a few of some tasks:
+        # recording again would only repeat them, the seeds being the same).
+        if len(recorded) >= config.demos_per_task:
             continue
-        for path, _ in recorded:  # an interrupted recording starts over: the same seeds, no duplicates
+        for path in recorded:  # an interrupted recording starts over: the same seeds, no duplicates
             path.unlink()
         print(f"sop headroom [1/3]: recording {config.demos_per_task} demonstrations of {task}", flush=True)
         # Seeds by the task's place in the list, whatever was recorded before: the same demonstrations every time.
@@ -92,16 +94,11 @@ def measure(config: HeadroomConfig) -> dict:
     return report
 
 
-def recorded_episodes(demos: Path, task: str) -> list[tuple[Path, bool]]:
-    """The episodes of `task` recorded so far, and whether each succeeded."""
+def recorded_episodes(demos: Path, task: str) -> list[Path]:
+    """The episodes of `task` recorded so far."""
     from sop_ros.robot.episode_files import episode_counts
 
-    found = []
-    for path in sorted(demos.glob("*/*.mcap")):
-        metadata, _ = episode_counts(path)
-        if metadata.get("task") == task:
-            found.append((path, metadata.get("outcome") == "success"))
-    return found
+    return [path for path in sorted(demos.glob("*/*.mcap")) if episode_counts(path)[0].get("task") == task]
 
 
 def headroom_report(config: HeadroomConfig, scores: dict) -> dict:
