@@ -88,6 +88,18 @@ def cmd_eval_check(args: argparse.Namespace) -> int:
     return 0  # measured: whether the agreement target is met is in the JSON and the last line printed
 
 
+def cmd_operator_check(args: argparse.Namespace) -> int:
+    from sop_ros.sim.operator_check import check_operator
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    report = check_operator(args.policy, args.config, tasks, args.episodes_per_task, args.workers,
+                            Path(args.results), args.seed)  # fmt: skip
+    for task, comparison in report["comparison"].items():
+        print(f"{task}: takeover success {comparison['text'] if comparison else 'not compared (no takeovers)'}")
+    print(f"report: {Path(args.results).with_suffix('.md')}")
+    return 0
+
+
 def cmd_bench_inference(args: argparse.Namespace) -> int:
     require_ros("bench inference")
     from sop_ros.bench.inference import run
@@ -431,6 +443,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=100_000, help="first seed; demos use 0.. (default: %(default)s)")
     p.add_argument("--results", metavar="DIR", help="where eval_check.json and .md go (default: --out)")
     p.set_defaults(func=cmd_eval_check)
+
+    p = sub.add_parser("operator-check", help="how often the scripted operator's takeovers succeed, with its "
+                       "back-off and without")  # fmt: skip
+    p.add_argument("--policy", required=True, metavar="ONNX", help="the policy that drives until a takeover")
+    p.add_argument("--tasks", required=True, help="comma-separated Meta-World tasks")
+    p.add_argument("--episodes-per-task", type=int, default=40, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--config", default="config/fleet_sim.yaml", help="robot YAML with an intervening operator "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, metavar="W", help="processes (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=SELECTION_SEED, help="first seed (default: %(default)s)")
+    p.add_argument("--results", default="docs/results/operator_back_off", metavar="PATH",
+                   help="the report, PATH.json and PATH.md (default: %(default)s)")
+    p.set_defaults(func=cmd_operator_check)
 
     p = sub.add_parser("bench", help="benchmarks that write JSON")
     bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")

@@ -100,3 +100,32 @@ def test_eval_refuses_a_policy_trained_on_other_cameras(tmp_path):
         result.stderr
     )
     assert "(robot config config/sim_policy.yaml)" in result.stderr, result.stderr
+
+
+def test_in_process_episodes_have_the_configs_operator_take_over_and_back_off_first(tmp_path):
+    """A fleet config's intervening operator, stepped in process: judged failing on the time budget's last state,
+    it is in control from the next, lifts the hand first (its back-off), and then its expert finishes the task."""
+    import dataclasses
+
+    from sop_ros.configs import load_config
+    from sop_ros.configs.robot import RobotLaunchConfig
+    from sop_ros.sim.collect_demos import plan_units
+    from sop_ros.sim.in_process_eval import run_unit
+    from sop_ros.sim.operator_check import takeover_counts
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "tiny.pt", VLAPolicy(TINY).eval(), version="tiny-v1", cameras=["corner", "topview"])
+    export_onnx(tmp_path / "tiny.pt", tmp_path / "tiny.onnx")
+    fleet = load_config(RobotLaunchConfig, REPO / "config" / "fleet_sim.yaml")
+    operator = dataclasses.replace(fleet.nodes.scripted_operator, time_budget_steps=10, stall_steps=50,
+                                   back_off_m=0.05, back_off_tasks=("reach-v3",))  # fmt: skip
+    config = dataclasses.replace(fleet, nodes=dataclasses.replace(fleet.nodes, scripted_operator=operator))
+    commands = []
+    [result] = run_unit(str(tmp_path / "tiny.onnx"), config, plan_units(["reach-v3"], 1, 1, 200_000)[0], commands)
+    # Observed from the second state on (the first answers no command): the 10th judgement is on state 10.
+    assert result.took_over_at == 11 and result.success and result.steps < 150
+    lifting = [c for c in commands[0][11:] if list(c[:3]) == [0.0, 0.0, 1.0]]
+    assert 3 <= len(lifting) <= 10 and list(commands[0][11][:3]) == [0.0, 0.0, 1.0]
+    assert takeover_counts([result]) | {"takeover_interval95": None} == {
+        "episodes": 1, "autonomous": 0, "autonomous_successes": 0, "takeovers": 1, "takeover_successes": 1,
+        "takeover_success_rate": 1.0, "takeover_interval95": None}  # fmt: skip

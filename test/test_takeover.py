@@ -1,9 +1,14 @@
-"""When the scripted operator takes over from the policy: stalls, heading elsewhere, and the time budget."""
+"""When the scripted operator takes over from the policy (stalls, heading elsewhere, the time budget), and how it
+backs off first."""
+
+import dataclasses
 
 import numpy as np
+import pytest
 
+from sop_ros.configs import ConfigError
 from sop_ros.configs.robot import ScriptedOperatorConfig
-from sop_ros.sim.takeover import TakeoverMonitor, heading_agreement
+from sop_ros.sim.takeover import BackOff, TakeoverMonitor, heading_agreement
 
 CONFIG = ScriptedOperatorConfig(mode="intervene", stall_steps=10, stall_distance_m=0.005, drift_window=5,
                                 drift_min_cosine=0.0, time_budget_steps=60)  # fmt: skip
@@ -45,3 +50,30 @@ def test_a_stalled_hand_and_the_time_budget():
     monitor.reset()
     verdicts = drive(monitor, EXPERT, 60)
     assert verdicts[:59] == [None] * 59 and verdicts[59] == "no success within 60 steps"
+
+
+def test_backing_off_lifts_the_hand_then_hands_over_to_the_expert():
+    back_off = BackOff(0.05)
+    back_off.start(np.array([0.1, 0.6, 0.15]))
+    assert back_off.command(np.array([0.1, 0.6, 0.15]), EXPERT).tolist() == [0.0, 0.0, 1.0, -1.0]  # gripper kept
+    assert back_off.command(np.array([0.1, 0.6, 0.19]), EXPERT).tolist() == EXPERT.tolist()  # within 1 cm: done
+    assert back_off.command(np.array([0.1, 0.6, 0.15]), EXPERT).tolist() == EXPERT.tolist()  # and stays done
+
+
+def test_a_blocked_back_off_is_given_up_and_none_is_configured_by_default():
+    back_off = BackOff(0.05)
+    back_off.start(np.zeros(3))
+    commands = [back_off.command(np.zeros(3), EXPERT)[2] for _ in range(12)]  # the hand never rises
+    assert commands == [1.0] * 10 + [0.0] * 2  # twice the 5 steps a free lift takes, then the expert
+    never = BackOff(ScriptedOperatorConfig(task="door-open-v3").back_off_lift_m)
+    never.start(np.zeros(3))
+    assert never.command(np.zeros(3), EXPERT).tolist() == EXPERT.tolist()
+
+
+def test_back_off_applies_to_the_tasks_named():
+    door = ScriptedOperatorConfig(task="door-open-v3", back_off_m=0.2, back_off_tasks=("door-open-v3",))
+    assert door.back_off_lift_m == 0.2
+    assert dataclasses.replace(door, task="window-open-v3").back_off_lift_m == 0.0
+    assert dataclasses.replace(door, task="window-open-v3", back_off_tasks=()).back_off_lift_m == 0.2
+    with pytest.raises(ConfigError, match=r"back_off_tasks\[0\]='door-v3': must be a Meta-World MT50 task"):
+        dataclasses.replace(door, back_off_tasks=("door-v3",))

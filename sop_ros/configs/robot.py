@@ -185,6 +185,12 @@ class ScriptedOperatorConfig:
     drift_window: int = 20
     drift_min_cosine: float = -0.5
     time_budget_steps: int = 120  # no success by then: take over
+    # On taking over a task in back_off_tasks (empty: every task), first lift the hand back_off_m straight up,
+    # then let the expert drive, as a person backs off before approaching again. Meta-World's door expert drops
+    # straight onto the handle from wherever it is: from behind it, where a failing policy often leaves the hand,
+    # it pushes the door shut and stays stuck (docs/results/operator_back_off.md).
+    back_off_m: float = 0.0
+    back_off_tasks: tuple[str, ...] = ()
     label_outcomes: bool = True  # label every episode at its end, through the arbiter's label service
 
     def __post_init__(self) -> None:
@@ -195,6 +201,14 @@ class ScriptedOperatorConfig:
         require(self.drift_window >= 1, "drift_window", self.drift_window, "must be >= 1")
         require(-1.0 <= self.drift_min_cosine <= 1.0, "drift_min_cosine", self.drift_min_cosine, "must be in [-1, 1]")
         require(self.time_budget_steps >= 1, "time_budget_steps", self.time_budget_steps, "must be >= 1")
+        require(0 <= self.back_off_m <= 0.3, "back_off_m", self.back_off_m, "must be in 0..0.3 m (0: none)")
+        for i, task in enumerate(self.back_off_tasks):
+            require(task in MT50, f"back_off_tasks[{i}]", task, "must be a Meta-World MT50 task")
+
+    @property
+    def back_off_lift_m(self) -> float:
+        """How far this operator lifts the hand on taking over its task (0: it does not)."""
+        return self.back_off_m if not self.back_off_tasks or self.task in self.back_off_tasks else 0.0
 
 
 @dataclass(frozen=True)

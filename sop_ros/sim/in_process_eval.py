@@ -14,6 +14,7 @@ reports how many end the same (results/eval-check/).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import signal
@@ -36,6 +37,7 @@ class EpisodeResult:
     index: int  # the episode's place in its unit (the robot's episode counter)
     success: bool
     steps: int
+    took_over_at: int | None = None  # the step an intervening operator took control at (None: it did not)
 
 
 def camera_tick(t_ns: int, period_ns: int, every_steps: int) -> bool:
@@ -63,12 +65,15 @@ def policy_input(base: RobotLaunchConfig, sim, cameras: tuple[str, ...]) -> np.n
 def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
              commands: list[list[np.ndarray]] | None = None) -> list[EpisodeResult]:  # fmt: skip
     """One work unit's episodes, as one lockstep robot runs them under `sop eval`; with `commands`, each
-    episode's commands to the simulator are appended to it (a list per episode)."""
+    episode's commands to the simulator are appended to it (a list per episode). A config with an intervening
+    scripted operator (a fleet's) has it watch and take over as ScriptedOperatorNode does: judged on one state,
+    in control from the next, backing off first if configured, until the episode ends."""
     from sop_ros.model.policy import Observation, load_policy
     from sop_ros.model.preprocess import to_unit_range
     from sop_ros.robot.arbitration import Arbiter, Controller
     from sop_ros.robot.chunks import ChunkExecutor
-    from sop_ros.sim.metaworld_sim import MetaWorldSim, goal_marker
+    from sop_ros.sim.metaworld_sim import HAND_XYZ, MetaWorldSim, expert_for, goal_marker
+    from sop_ros.sim.takeover import BackOff, TakeoverMonitor
 
     sim_cfg, arbiter_cfg = base.nodes.sim_robot, base.nodes.teleop_arbiter
     ingest = base.nodes.sim_ingest()
@@ -81,11 +86,17 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
     chunks = ChunkExecutor(round(1e9 / policy_cfg.control_hz), policy_cfg.execution, policy_cfg.blend_steps,
                            policy_cfg.ensemble_decay)  # fmt: skip
     period_ns = round(1e9 / sim_cfg.control_hz)
+    operator = base.nodes.scripted_operator
+    if operator is not None and operator.mode == "intervene":
+        operator = dataclasses.replace(operator, task=unit.task)
+        expert, monitor, back_off = expert_for(unit.task), TakeoverMonitor(operator), BackOff(operator.back_off_lift_m)
+    else:
+        operator = None
 
     results, t_ns = [], 0
     try:
         for index in range(unit.episodes):
-            episode, _ = sim.reset()
+            episode, state = sim.reset()
             # A reset takes a control period, and an episode starts on the cameras' tick (SimRobotNode).
             t_ns += period_ns
             while not camera_tick(t_ns, period_ns, sim_cfg.camera_every_steps):
@@ -94,28 +105,41 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
             chunks.clear()
             arbiter.new_episode()
             pixels = policy_input(base, sim, ingest.cameras)
-            success, steps = False, 0
+            success, steps, judged, took_over_at, executed = False, 0, None, None, None
+            if operator is not None:
+                monitor.reset()
+                back_off.reset()
             if commands is not None:
                 commands.append([])
             while True:
-                obs = Observation(to_unit_range(pixels), sim.joint_positions().astype(np.float32), episode.instruction)
-                due = chunks.steps_into_newest(t_ns)
-                if due is None or due >= policy_cfg.replan_steps:
-                    chunks.add(policy.infer(obs).actions, t_ns)
-                action = chunks.action(t_ns)
-                arbiter.submit(Controller.POLICY, action, t_ns * 1e-9)
-                command = arbiter.tick(t_ns * 1e-9).command
+                if judged and took_over_at is None:  # judged failing on the last state: in control from this one
+                    took_over_at = steps
+                    back_off.start(state[HAND_XYZ])
+                if took_over_at is not None:
+                    arbiter.submit(Controller.OPERATOR, back_off.command(state[HAND_XYZ], expert(state)), t_ns * 1e-9)
+                else:
+                    if operator is not None and executed is not None:
+                        judged = monitor.observe(state[HAND_XYZ], executed, expert(state))
+                    obs = Observation(to_unit_range(pixels), sim.joint_positions().astype(np.float32),
+                                      episode.instruction)  # fmt: skip
+                    due = chunks.steps_into_newest(t_ns)
+                    if due is None or due >= policy_cfg.replan_steps:
+                        chunks.add(policy.infer(obs).actions, t_ns)
+                    arbiter.submit(Controller.POLICY, chunks.action(t_ns), t_ns * 1e-9)
+                command = executed = arbiter.tick(t_ns * 1e-9).command
                 if commands is not None:
                     commands[-1].append(command)
                 t_ns += period_ns
                 result = sim.step(command)
-                steps = result.steps
+                steps, state = result.steps, result.state
                 if camera_tick(t_ns, period_ns, sim_cfg.camera_every_steps):
                     pixels = policy_input(base, sim, ingest.cameras)
                 if result.success or steps >= sim_cfg.max_episode_steps:
                     success = result.success
                     break
-            results.append(EpisodeResult(unit.task, unit.seed, index, success, steps))
+            if took_over_at is not None:
+                arbiter.release_operator()  # as the arbiter node does at an END (end_takeover_with_episode)
+            results.append(EpisodeResult(unit.task, unit.seed, index, success, steps, took_over_at))
     finally:
         sim.close()
     return results

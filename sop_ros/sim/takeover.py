@@ -1,8 +1,10 @@
-"""When a scripted operator takes over from the policy, as an HG-DAgger expert would. Plain Python, no ROS.
+"""When a scripted operator takes over from the policy, as an HG-DAgger expert would, and how it starts. Plain
+Python, no ROS.
 
 Three signs that the policy is failing, each configurable: the hand stalls, the executed actions head
 elsewhere than the expert's, or the episode runs past a step budget. Heading is compared by direction, not by
 distance: the experts command saturated moves where a policy that will succeed moves slower the same way.
+Having taken over, the operator may first back off (BackOff) before the expert drives.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from sop_ros.configs.robot import ScriptedOperatorConfig
 
 # Below this speed (action units: Meta-World's cm per step) a command has no direction to compare.
 MIN_MOVE = 0.1
+# Meta-World moves the hand at most this far per step (a full-scale command); a back-off that has not lifted
+# the hand in twice the steps that takes is blocked and given up.
+MAX_STEP_M = 0.01
+REACHED_M = 0.01  # a back-off this close to its height is done
 
 
 def heading_agreement(executed_xyz: np.ndarray, expert_xyz: np.ndarray) -> float | None:
@@ -59,3 +65,28 @@ class TakeoverMonitor:
                 return (f"heading elsewhere than the expert: mean cosine {agreement:.2f} over the last "
                         f"{cfg.drift_window} moving steps")  # fmt: skip
         return None
+
+
+class BackOff:
+    """Straight up by `lift_m` from where the hand is when the operator takes over, then the expert's commands."""
+
+    def __init__(self, lift_m: float) -> None:
+        self.lift_m = lift_m
+        self.reset()
+
+    def reset(self) -> None:
+        self._until_z: float | None = None
+        self._steps_left = 0
+
+    def start(self, hand_xyz: np.ndarray) -> None:
+        if self.lift_m > 0:
+            self._until_z = float(hand_xyz[2]) + self.lift_m
+            self._steps_left = 2 * int(np.ceil(self.lift_m / MAX_STEP_M))
+
+    def command(self, hand_xyz: np.ndarray, expert: np.ndarray) -> np.ndarray:
+        """What to command this step: up at full speed (the expert's gripper kept) while backing off."""
+        if self._until_z is not None and hand_xyz[2] < self._until_z - REACHED_M and self._steps_left > 0:
+            self._steps_left -= 1
+            return np.array([0.0, 0.0, 1.0, *expert[3:]])
+        self._until_z = None
+        return expert

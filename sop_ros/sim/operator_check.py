@@ -1,0 +1,116 @@
+"""`sop operator-check`: how often the scripted operator's takeovers end in success, per task, with its back-off
+as configured and without it.
+
+An online learner learns from the operator's corrections: a takeover that ends in failure is a correction that
+did not correct, and a task whose operator often fails teaches little or worse. The policy drives episodes in
+process (in_process_eval.run_unit, with the config's intervening operator, as ScriptedOperatorNode runs it) on
+seeds of their own, once with the operator as configured and once with back_off_m 0; the same policy and seeds,
+so the two arms differ only after a takeover. Each rate has its 95% interval and the two arms' takeover success
+is compared by a two-proportion test.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from sop_ros.configs import ConfigError
+from sop_ros.sim.collect_demos import check_request, plan_units
+from sop_ros.sim.headroom import SELECTION_SEED
+
+ARMS = ("as configured", "no back-off")
+
+
+def check_operator(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, workers: int,
+                   results: Path, seed: int = SELECTION_SEED) -> dict:  # fmt: skip
+    from sop_ros.bench.inference import machine
+    from sop_ros.sim.evaluate import eval_setup
+    from sop_ros.sim.in_process_eval import run_units
+
+    check_request(tasks, episodes_per_task, workers)
+    base, path, loaded = eval_setup(policy, base_config)
+    operator = base.nodes.scripted_operator
+    if operator is None or operator.mode != "intervene":
+        raise ConfigError(f"{base_config}: nodes.scripted_operator must be an intervening operator (mode: intervene)")
+    configs = {ARMS[0]: base, ARMS[1]: dataclasses.replace(base, nodes=dataclasses.replace(
+        base.nodes, scripted_operator=dataclasses.replace(operator, back_off_m=0.0)))}  # fmt: skip
+    units = plan_units(tasks, episodes_per_task, workers, seed)
+    arms = {}
+    for arm, config in configs.items():
+        print(f"operator-check [{arm}]: {episodes_per_task} episodes of each of {', '.join(tasks)}", flush=True)
+        episodes = [e for done in run_units(str(path), config, units, workers) for e in done]
+        arms[arm] = {task: takeover_counts([e for e in episodes if e.task == task]) for task in tasks}
+    report = {
+        "command": (f"sop operator-check --policy {policy} --config {base_config} --tasks {','.join(tasks)} "
+                    f"--episodes-per-task {episodes_per_task} --seed {seed} --results {results}"),
+        "machine": machine(),
+        "policy": loaded.version,
+        "operator": dataclasses.asdict(operator) | {"task": "per episode"},
+        "seed": seed,
+        "episodes_per_task": episodes_per_task,
+        "arms": arms,
+        "comparison": {task: takeover_comparison(arms[ARMS[0]][task], arms[ARMS[1]][task]) for task in tasks},
+    }
+    write_report(report, results)
+    return report
+
+
+def takeover_counts(episodes: list) -> dict:
+    """Episodes the policy finished alone, and those the operator took over, with how many of each succeeded."""
+    from sop_ros.sim.proportions import Rate
+
+    took = [e for e in episodes if e.took_over_at is not None]
+    alone = [e for e in episodes if e.took_over_at is None]
+    counts = {"episodes": len(episodes), "autonomous": len(alone),
+              "autonomous_successes": sum(e.success for e in alone), "takeovers": len(took),
+              "takeover_successes": sum(e.success for e in took)}  # fmt: skip
+    if took:
+        rate = Rate(counts["takeover_successes"], len(took))
+        counts["takeover_success_rate"] = round(rate.value, 3)
+        counts["takeover_interval95"] = [round(x, 3) for x in rate.interval()]
+    return counts
+
+
+def takeover_comparison(configured: dict, without: dict) -> dict | None:
+    from sop_ros.sim.proportions import Rate, compare
+
+    if not configured["takeovers"] or not without["takeovers"]:
+        return None
+    result = compare(Rate(configured["takeover_successes"], configured["takeovers"]),
+                     Rate(without["takeover_successes"], without["takeovers"]))  # fmt: skip
+    return {"difference": round(result.difference, 3), "p_value": round(result.p_value, 5),
+            "beyond_noise": result.beyond_noise, "text": str(result)}  # fmt: skip
+
+
+def write_report(report: dict, results: Path) -> None:
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    m, op = report["machine"], report["operator"]
+    lines = [
+        "# The scripted operator's takeovers: how many end in success",
+        "",
+        f"Made by `{report['command']}`, on {m['cores']} CPU cores ({m['cpu']}), {m['system']}, Python "
+        f"{m['python']}.",
+        "",
+        f"Policy {report['policy']} drives {report['episodes_per_task']} episodes per task (seeds from "
+        f"{report['seed']}, apart from the evaluation's); the operator takes over as configured (stall "
+        f"{op['stall_steps']} steps, heading window {op['drift_window']}, time budget {op['time_budget_steps']} "
+        f"steps) and keeps control to the episode's end. Back-off as configured: {op['back_off_m']} m for "
+        f"{', '.join(op['back_off_tasks']) or 'every task'}. Intervals: 95% Wilson; test: two-proportion z.",
+        "",
+        "| task | arm | autonomous successes | takeovers | takeover successes | 95% interval |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task in report["comparison"]:
+        for arm in ARMS:
+            t = report["arms"][arm][task]
+            low, high = t.get("takeover_interval95", (0, 0))
+            rate = (f"{t['takeover_success_rate']:.0%} ({t['takeover_successes']}/{t['takeovers']}) | "
+                    f"{low:.0%}-{high:.0%}" if t["takeovers"] else "- | -")  # fmt: skip
+            lines.append(f"| {task} | {arm} | {t['autonomous_successes']}/{t['autonomous']} | {t['takeovers']} | "
+                         f"{rate} |")  # fmt: skip
+    lines += ["", "Takeover success, as configured vs without the back-off:", ""]
+    for task, c in report["comparison"].items():
+        lines.append(f"- {task}: {c['text'] if c else 'no takeovers to compare'}")
+    results.with_suffix(".md").write_text("\n".join(lines) + "\n")
