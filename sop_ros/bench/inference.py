@@ -406,3 +406,9 @@ def machine() -> dict:
         "onnxruntime": onnxruntime.__version__,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+def described(m: dict) -> str:
+    """A machine() record as a report's sentence says it."""
+    return (f"{m['cores']} CPU cores ({m['cpu']}), {m['system']}, Python {m['python']}, torch {m['torch']}, "
+            f"GPU: {m['gpu'] or 'none'}")  # fmt: skip

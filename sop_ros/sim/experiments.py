@@ -878,6 +878,8 @@ def _share_cell(shares: dict[str, list[float]]) -> str:
 
 
 def markdown(report: dict) -> str:
+    from sop_ros.bench.inference import described
+
     c, m = report["config"], report["machine"]
     seeds = ",".join(str(s) for s in c["seeds"])
     how = "in process (the exported ONNX policy stepped on the Meta-World env as the nodes do; eval_check.md)" \
@@ -887,8 +889,7 @@ def markdown(report: dict) -> str:
         f"Made by `sop experiment {report['experiment']} --seeds {seeds} --sim-minutes {c['sim_minutes']:g} "
         f"--threshold {c['threshold']:g} --eval-every {c['eval_every_minutes']:g} --eval-episodes "
         f"{c['eval_episodes_per_task']} --config {c['learner_yaml']} --robot-config {c['robot_yaml']}`, on "
-        f"{m['cores']} CPU cores ({m['cpu']}), {m['system']}, Python {m['python']}, torch {m['torch']}, "
-        f"GPU: {m['gpu'] or 'none'}.", "",
+        f"{described(m)}.", "",
         "Every run went through the real robot nodes, topics, Zenoh bridge and learner, paced by simulated time, "
         "with the same learner budget per simulated minute in every arm. Success: the learner's policy at every "
         f"{c['eval_every_minutes']:g} simulated minutes, scored {how} on {c['eval_episodes_per_task']} episodes "

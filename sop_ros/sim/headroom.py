@@ -132,14 +132,15 @@ def headroom_report(config: HeadroomConfig, scores: dict) -> dict:
 
 
 def write_report(report: dict, results: Path) -> None:
+    from sop_ros.bench.inference import described
+
     results.mkdir(parents=True, exist_ok=True)
     (results / "headroom.json").write_text(json.dumps(report, indent=2) + "\n")
     c, m = report["config"], report["machine"]
     lines = [
         "# Task headroom: the base policy's success per task",
         "",
-        f"Made by `{report['command']}`, on {m['cores']} CPU cores ({m['cpu']}), {m['system']}, Python {m['python']}, "
-        f"torch {m['torch']}, GPU: {m['gpu'] or 'none'}.",
+        f"Made by `{report['command']}`, on {described(m)}.",
         "",
         f"One base policy pretrained on {c['demos_per_task']} scripted demonstrations of each task "
         f"({c['pretrain_steps']} steps, batch {c['pretrain_batch']}), scored in process on {c['episodes_per_task']} "

@@ -289,11 +289,12 @@ def check_agreement(policy: str, base_config: str, tasks: list[str], episodes_pe
 
 
 def agreement_markdown(report: dict) -> str:
+    from sop_ros.bench.inference import described
+
     m = report["machine"]
     lines = [
         "# In-process scoring against the robot nodes", "",
-        f"Made by `{report['command']}`, on {m['cores']} CPU cores ({m['cpu']}), {m['system']}, Python "
-        f"{m['python']}, torch {m['torch']}.", "",
+        f"Made by `{report['command']}`, on {described(m)}.", "",
         f"The policy {report['version']} ran the same episodes (task, seed, episode counter) through the robot nodes "
         "(`sop eval`: ROS topics, lockstep) and in process (the same ONNX runtime, preprocessing and Meta-World env, "
         "no ROS). A pair agrees when both end in success or both do not.", "",

@@ -128,11 +128,12 @@ def measure(base_config: str, tasks: list[str], train_count: int, test_count: in
 
 
 def markdown(report: dict, figure: str) -> str:
+    from sop_ros.bench.inference import described
+
     m = report["machine"]
     lines = [
         "# What the policy can see: a probe per task", "",
-        f"Made by `{report['command']}`, on {m['cores']} CPU cores ({m['cpu']}), {m['system']}, Python {m['python']}, "
-        f"torch {m['torch']}.", "",
+        f"Made by `{report['command']}`, on {described(m)}.", "",
         "Each task's placements rendered as the policy gets them (the config's cameras and goal marker, JPEG, the "
         "resize to the model's input); a probe (the project's image encoder with a linear head, trained from scratch "
         "on placements from many benchmark seeds) predicts each varying target on held-out placements. Within: the "

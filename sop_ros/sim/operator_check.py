@@ -84,14 +84,15 @@ def takeover_comparison(configured: dict, without: dict) -> dict | None:
 
 
 def write_report(report: dict, results: Path) -> None:
+    from sop_ros.bench.inference import described
+
     results.parent.mkdir(parents=True, exist_ok=True)
     results.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     m, op = report["machine"], report["operator"]
     lines = [
         "# The scripted operator's takeovers: how many end in success",
         "",
-        f"Made by `{report['command']}`, on {m['cores']} CPU cores ({m['cpu']}), {m['system']}, Python "
-        f"{m['python']}.",
+        f"Made by `{report['command']}`, on {described(m)}.",
         "",
         f"Policy {report['policy']} drives {report['episodes_per_task']} episodes per task (seeds from "
         f"{report['seed']}, apart from the evaluation's); the operator takes over as configured (stall "
