@@ -112,7 +112,7 @@ class LearnerConfig:
     refresh_every_steps: int = 10  # look for newly stored episodes this often
     log_every_s: float = 10.0  # progress line, status.json and TensorBoard scalars
     serve_robots: bool = True  # ingest and policy serving in the learner (false: `sop cloud` runs them)
-    use_autonomous_segments: bool = True  # HG-DAgger: also learn from segments the policy drove
+    use_autonomous_segments: bool = False  # HG-DAgger: also learn from the policy's own driving that succeeded
     use_failed_corrections: bool = True  # HG-DAgger: also learn from corrections whose episode did not succeed
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = 0  # intra-op threads per rank (0: torch's default)

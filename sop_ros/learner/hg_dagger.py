@@ -6,11 +6,14 @@ command is the operator's, so those steps are labelled by the correction itself.
 steps the policy drove are added too, but only those that led to a success with no one taking over again: a whole
 episode that succeeded on its own, or the policy's steps after the last correction of one that succeeded. The
 steps before a takeover are the behaviour the correction is there to replace, even when the episode then
-succeeded thanks to the operator (learning from those made a task's success fall to 0%).
+succeeded thanks to the operator (learning from those made a task's success fall to 0%). Off by default, as
+HG-DAgger aggregates the expert's labels only: a policy's successful driving is slower than its operator's
+(faucet-open: about 100 steps against the expert's 60), and learning from it teaches the slowness.
 
 Without `use_failed_corrections`, a correction counts only when its episode ended in success: one that did not
-finish the task is no demonstration of it. A scripted operator shows why it matters: taking over door-open where
-the policy left the arm, it failed 16 of 29 corrections (each flailing to the step limit).
+finish the task is no demonstration of it. A scripted operator showed why it matters: taking over door-open where
+the policy left the arm, it failed 16 of 29 corrections (each flailing to the step limit), until it learned to back
+off first (docs/results/operator_back_off.md).
 """
 
 from __future__ import annotations
