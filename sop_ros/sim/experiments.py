@@ -86,10 +86,9 @@ ARMS = {
         Arm("EMA 0.98", learner=(("ema_decay", 0.98),)),
         Arm("EMA 0.995", learner=(("ema_decay", 0.995),)),
         Arm("EMA 0.98, base optimiser", learner=(("ema_decay", 0.98), ("optimiser_from_base", True))),
-        Arm("EMA 0.995, corrections of successes", learner=(("ema_decay", 0.995), ("use_failed_corrections", False))),
+        Arm("EMA 0.98, autonomous successes too", learner=(("ema_decay", 0.98), ("use_autonomous_segments", True))),
         # The control: the YAML's training on the demonstrations alone. What it does, the fleet's data did not.
         Arm("demonstrations only", algorithm="bc"),
-        Arm("lr 3e-5", learner=(("learning_rate", 3e-5), ("min_learning_rate", 3e-6))),
     ),
 }  # fmt: skip
 
