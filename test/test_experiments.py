@@ -19,6 +19,8 @@ from sop_ros.sim.experiments import (
     probe_dir,
     run_experiment,
     setup_key,
+    shared_base,
+    shared_demos,
 )
 
 
@@ -46,9 +48,9 @@ def scores(success: list[float], run: str = "run") -> list[dict]:
 def finished_sweep(tmp_path) -> ExperimentConfig:
     """A fleet-scaling sweep of two seeds whose runs all finished and were scored, made with the config returned."""
     shared = tmp_path / "runs" / "shared"  # demonstrations and base policy made before: not made again
-    (shared / "demos" / "robot_0").mkdir(parents=True)
-    (shared / "demos" / "robot_0" / "e.mcap").write_bytes(b"")
-    (shared / f"base_{BASE_DEMOS_PER_TASK}_per_task.pt").write_bytes(b"")
+    (shared_demos(shared) / "robot_0").mkdir(parents=True)
+    (shared_demos(shared) / "robot_0" / "e.mcap").write_bytes(b"")
+    shared_base(shared, BASE_DEMOS_PER_TASK).write_bytes(b"")
     config = ExperimentConfig("fleet-scaling", seeds=(0, 1), sim_minutes=2.0, final_minutes=1.0, threshold=0.8,
                               learner_yaml=str(REPO / "config" / "experiment_learner.yaml"),
                               out=str(tmp_path / "runs"), results=str(tmp_path / "results"))  # fmt: skip
@@ -342,7 +344,7 @@ def test_offline_hg_dagger_trains_on_the_base_policys_run_of_the_same_seed_when_
                               out=str(tmp_path / "runs"), results=str(tmp_path / "results"))  # fmt: skip
     base_only, offline = ARMS["algorithms"][0], ARMS["algorithms"][1]
     (tmp_path / "runs" / "shared").mkdir(parents=True)  # the arms' base policy, pretrained before
-    (tmp_path / "runs" / "shared" / f"base_{BASE_DEMOS_PER_TASK}_per_task.pt").write_bytes(b"")
+    shared_base(tmp_path / "runs" / "shared", BASE_DEMOS_PER_TASK).write_bytes(b"")
     made = tmp_path / "runs" / "algorithms" / base_only.slug / "seed0"
     made.mkdir(parents=True)
     (made / SETUP).write_text(setup_key(config, base_only) + "\n")

@@ -157,7 +157,7 @@ def run_experiment(config: ExperimentConfig, report_only: bool = False) -> dict:
     committed, carried_probes = committed_runs(config, keys), committed_probes(config, keys)
     if report_only:
         return write_report(config, out, keys, committed, carried_probes)
-    demos = Path(config.out) / "shared" / "demos"
+    demos = shared_demos(Path(config.out) / "shared")
     record_demos(demos, demo_tasks(learner), RECORDED_DEMOS_PER_TASK)  # once, for every arm's base policy
     learner = dataclasses.replace(learner, demos_dir=str(demos))
     slugs = {arm.slug: arm for arm in arms}
@@ -267,13 +267,29 @@ def base_policy_run(config: ExperimentConfig, arm: Arm, seed: int) -> Path | Non
     return None
 
 
+def shared_demos(shared: Path) -> Path:
+    """The arms' demonstrations, named by their count and robot config: changing either records them anew."""
+    from sop_ros.checksums import file_sha256
+    from sop_ros.sim.demo import DEMO_ROBOT_YAML
+
+    return shared / f"demos-{RECORDED_DEMOS_PER_TASK}-{file_sha256(DEMO_ROBOT_YAML)[:12]}"
+
+
+def shared_base(shared: Path, demos_per_task: int) -> Path:
+    """An arm's base policy, named by its recipe: a changed recipe pretrains anew rather than reusing the last."""
+    from sop_ros.sim.demo import base_recipe
+
+    recipe = json.dumps(base_recipe(demos_per_task, RECORDED_DEMOS_PER_TASK), sort_keys=True)
+    return shared / f"base_{demos_per_task}_per_task-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.pt"
+
+
 def arm_learner(arm: Arm, learner: LearnerConfig, shared: Path) -> LearnerConfig:
     """The learner of `arm`: its algorithm, and its base policy pretrained on its share of demonstrations."""
     from sop_ros.sim.demo import pretrain_base
 
     learner = dataclasses.replace(learner, algorithm=arm.algorithm or "hg_dagger", **dict(arm.learner))
 
-    base = shared / f"base_{arm.demos_per_task}_per_task.pt"
+    base = shared_base(shared, arm.demos_per_task)
     if not base.exists():
         print(f"pretraining a base policy on {arm.demos_per_task} demonstrations per task -> {base}", flush=True)
         pretrain_base(Path(learner.demos_dir), base, arm.demos_per_task)
