@@ -85,7 +85,8 @@ def measure(config: HeadroomConfig) -> dict:
     if not (out / "base.onnx").exists():
         export_onnx(base, out / "base.onnx")
     scores = out / "eval" / "eval.json"
-    if not scores.exists() or json.loads(scores.read_text())["episodes_per_task"] != config.episodes_per_task:
+    scored = json.loads(scores.read_text()) if scores.exists() else {}
+    if (scored.get("episodes_per_task"), scored.get("seed")) != (config.episodes_per_task, config.seed):
         print(f"sop headroom [3/3]: scoring it in process, {config.episodes_per_task} episodes per task", flush=True)
         evaluate_in_process(str(out / "base.onnx"), config.eval_robot_yaml, list(config.tasks),
                             config.episodes_per_task, config.workers, out / "eval", config.seed)  # fmt: skip
