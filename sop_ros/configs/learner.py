@@ -16,16 +16,16 @@ class SamplingConfig:
 
     online_share_alpha: float = 1.5  # alpha > 1 favours online data when its loss is as high as offline's
     online_share_min: float = 0.2
-    online_share_max: float = 0.8
+    online_share_max: float = 0.8  # equal to online_share_min: a fixed share
     loss_window_steps: int = 200
 
     def __post_init__(self) -> None:
         require(self.online_share_alpha > 1.0, "online_share_alpha", self.online_share_alpha, "must be > 1")
         require(
-            0.0 <= self.online_share_min < self.online_share_max <= 1.0,
+            0.0 <= self.online_share_min <= self.online_share_max <= 1.0,
             "online_share_max",
             self.online_share_max,
-            f"need 0 <= online_share_min ({self.online_share_min}) < max <= 1",
+            f"need 0 <= online_share_min ({self.online_share_min}) <= max <= 1",
         )
         require(self.loss_window_steps > 0, "loss_window_steps", self.loss_window_steps, "must be > 0")
 

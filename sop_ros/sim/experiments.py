@@ -43,7 +43,7 @@ import numpy as np
 import yaml
 
 from sop_ros.configs import ConfigError, load_config, require, to_dict
-from sop_ros.configs.learner import LearnerConfig, PaceConfig
+from sop_ros.configs.learner import LearnerConfig, PaceConfig, SamplingConfig
 from sop_ros.sim.demo import DEMOS_PER_TASK
 
 NEVER = 10**9  # publish_every_steps of a learner whose robots keep the base policy
@@ -87,6 +87,9 @@ ARMS = {
         Arm("EMA 0.995", learner=(("ema_decay", 0.995),)),
         Arm("EMA 0.98, base optimiser", learner=(("ema_decay", 0.98), ("optimiser_from_base", True))),
         Arm("EMA 0.98, autonomous successes too", learner=(("ema_decay", 0.98), ("use_autonomous_segments", True))),
+        # SOP's adaptive share gives a task's fleet data more of its rows the harder they are to fit; here a fixed 20%.
+        Arm("EMA 0.98, online share 0.2", learner=(("ema_decay", 0.98), ("sampling", SamplingConfig(
+            online_share_min=0.2, online_share_max=0.2)))),
         # The control: the YAML's training on the demonstrations alone. What it does, the fleet's data did not.
         Arm("demonstrations only", algorithm="bc"),
     ),
