@@ -50,6 +50,7 @@ def finished_sweep(tmp_path) -> ExperimentConfig:
     shared = tmp_path / "runs" / "shared"  # demonstrations and base policy made before: not made again
     (shared_demos(shared) / "robot_0").mkdir(parents=True)
     (shared_demos(shared) / "robot_0" / "e.mcap").write_bytes(b"")
+    (shared_demos(shared) / "summary.json").write_text("{}")  # the recording finished
     shared_base(shared, BASE_DEMOS_PER_TASK).write_bytes(b"")
     config = ExperimentConfig("fleet-scaling", seeds=(0, 1), sim_minutes=2.0, final_minutes=1.0, threshold=0.8,
                               learner_yaml=str(REPO / "config" / "experiment_learner.yaml"),
@@ -416,3 +417,24 @@ def test_a_score_stands_when_every_episode_was_recorded_whatever_a_robots_exit_c
     assert experiments.evaluate_once(config, policy)["mean_success_rate"] == 0.5  # the short one made again
     assert experiments.evaluate_once(config, policy)["mean_success_rate"] == 0.5  # kept: not made again
     assert made == [1, 2]
+
+
+def test_demonstrations_are_recorded_again_unless_their_recording_finished(tmp_path, monkeypatch):
+    from sop_ros.sim import demo
+
+    calls = []
+
+    def collect(robot_yaml, tasks, per_task, robots, out, **kwargs):
+        calls.append(sorted(p.name for p in out.glob("*/*.mcap")))  # what an interrupted recording left is gone
+        (out / "robot_0").mkdir(parents=True)
+        (out / "robot_0" / "e.mcap").write_bytes(b"")
+        (out / "summary.json").write_text(json.dumps({"failed": [], "total": {"episodes": 1}}))
+        return json.loads((out / "summary.json").read_text())
+
+    monkeypatch.setattr("sop_ros.sim.collect_demos.collect", collect)
+    demos = tmp_path / "demos"
+    (demos / "robot_1").mkdir(parents=True)
+    (demos / "robot_1" / "cut-short.mcap").write_bytes(b"")  # killed before its summary was written
+    demo.record_demos(demos, ["reach-v3"], 2)
+    demo.record_demos(demos, ["reach-v3"], 2)  # finished: kept
+    assert calls == [[]] and not (demos / "robot_1").exists()

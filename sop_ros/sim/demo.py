@@ -83,12 +83,16 @@ def demo_tasks(learner: LearnerConfig) -> list[str]:
 
 
 def record_demos(demos: Path, tasks: list[str], per_task: int) -> None:
-    """`per_task` scripted demonstrations of each task into `demos`, unless it holds some already."""
+    """`per_task` scripted demonstrations of each task into `demos`, unless a recording there finished (its
+    summary.json is written last); an interrupted one starts over."""
+    import shutil
+
     from sop_ros.sim.collect_demos import collect
 
-    if any(demos.glob("*/*.mcap")):
+    if (demos / "summary.json").exists():
         print(f"sop demo [1/3]: demonstrations in {demos} (delete it to record them again)")
         return
+    shutil.rmtree(demos, ignore_errors=True)
     print(f"sop demo [1/3]: recording {per_task} scripted demonstrations per task into {demos}", flush=True)
     summary = collect(DEMO_ROBOT_YAML, tasks, per_task, 2, demos)
     if summary["failed"] or not summary["total"]["episodes"]:
