@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -85,8 +86,6 @@ def demo_tasks(learner: LearnerConfig) -> list[str]:
 def record_demos(demos: Path, tasks: list[str], per_task: int) -> None:
     """`per_task` scripted demonstrations of each task into `demos`, unless a recording there finished (its
     summary.json is written last); an interrupted one starts over."""
-    import shutil
-
     from sop_ros.sim.collect_demos import collect
 
     if (demos / "summary.json").exists():

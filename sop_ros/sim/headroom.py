@@ -57,8 +57,9 @@ def measure(config: HeadroomConfig) -> dict:
     # Demonstrations by the demo robot config's contents: another camera or marker records them again.
     demo_config = file_sha256(config.demo_robot_yaml)
     demos = out / f"demos-{demo_config[:12]}"
+    by_task = recorded_episodes(demos)  # read once: a task's recording below touches only its own files
     for i, task in enumerate(config.tasks):
-        recorded = recorded_episodes(demos, task)
+        recorded = by_task.get(task, [])
         # Recorded in full: as many episodes as asked, whatever the expert's outcomes (it fails a few of some tasks:
         # recording again would only repeat them, the seeds being the same).
         if len(recorded) >= config.demos_per_task:
@@ -95,11 +96,14 @@ def measure(config: HeadroomConfig) -> dict:
     return report
 
 
-def recorded_episodes(demos: Path, task: str) -> list[Path]:
-    """The episodes of `task` recorded so far."""
+def recorded_episodes(demos: Path) -> dict[str, list[Path]]:
+    """The episodes recorded so far, by task."""
     from sop_ros.robot.episode_files import episode_counts
 
-    return [path for path in sorted(demos.glob("*/*.mcap")) if episode_counts(path)[0].get("task") == task]
+    by_task: dict[str, list[Path]] = {}
+    for path in sorted(demos.glob("*/*.mcap")):
+        by_task.setdefault(episode_counts(path)[0].get("task", ""), []).append(path)
+    return by_task
 
 
 def headroom_report(config: HeadroomConfig, scores: dict) -> dict:
