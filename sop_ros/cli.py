@@ -120,7 +120,7 @@ def cmd_bench_bridge(args: argparse.Namespace) -> int:
 
 def cmd_bench_learner(args: argparse.Namespace) -> int:
     from sop_ros.bench.learner import run
-    from sop_ros.learner.dataset import episode_files
+    from sop_ros.episodes.reader import episode_files
 
     if not episode_files(args.demos):
         print(f"sop bench learner: no recorded episodes in {args.demos}: record them first, e.g. `sop collect-demos "
@@ -140,7 +140,7 @@ def collection_exit_code(summary: dict) -> int:
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from sop_ros.configs import from_dict
     from sop_ros.configs.model import ModelConfig
-    from sop_ros.learner.dataset import episode_files
+    from sop_ros.episodes.reader import episode_files
     from sop_ros.learner.pretrain import PretrainConfig, pretrain
 
     if not Path(args.demos).exists() or not episode_files(args.demos):

@@ -34,7 +34,7 @@ DEMO_CAMERAS = ("corner", "topview")  # config/sim.yaml's, which `sop collect-de
 def recorded_demos(tmp_path_factory):
     """Four real episodes (two of each of DEMO_TASKS) recorded by two simulated robots over ROS 2, made once:
     tests read them, never change them."""
-    from sop_ros.learner.dataset import episode_files
+    from sop_ros.episodes.reader import episode_files
 
     out = tmp_path_factory.mktemp("demos")
     # The autouse ros_env fixture is per test, so not yet in force here: the same settings, by hand.

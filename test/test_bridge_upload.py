@@ -14,9 +14,9 @@ from sop_ros.bridge.uploader import OutboxUploader
 from sop_ros.bridge.zenoh_session import open_session
 from sop_ros.checksums import file_sha256, recorded_sha256
 from sop_ros.configs.bridge import BridgeConfig, EpisodeIngestConfig, ZenohConfig
+from sop_ros.episodes.writer import EpisodeWriter, WriterOptions
 from sop_ros.learner.episode_ingest import EpisodeIngest, EpisodeIngestService
 from sop_ros.learner.episode_store import EpisodeStore
-from sop_ros.robot.episode_files import EpisodeWriter, WriterOptions
 
 ROBOT = "robot_7"
 
@@ -308,7 +308,7 @@ def test_sop_ingest_serves_uploads_into_the_learners_store(tmp_path, endpoint):
 def test_a_file_being_received_is_flushed_to_disk_as_it_grows(tmp_path):
     """The store's uploads flush their pages on a thread every `every` bytes, so the commit's fsync is short;
     a flush never runs on a closed descriptor, and the bytes are the ones written."""
-    from sop_ros.robot.episode_files import BackgroundSync
+    from sop_ros.episodes.durable import BackgroundSync
 
     flushed = []
     with open(tmp_path / "part", "wb") as f:

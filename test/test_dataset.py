@@ -12,16 +12,8 @@ from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
 from sop_ros.configs import ConfigError, from_dict
-from sop_ros.learner.dataset import (
-    DatasetConfig,
-    EpisodeDataset,
-    align_commands,
-    controller_at,
-    copy_episode,
-    episode_files,
-    index_episode,
-    recorded_cameras,
-)
+from sop_ros.episodes.reader import copy_episode, episode_files, recorded_cameras
+from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, align_commands, controller_at, index_episode
 from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
 from sop_ros.sim.metaworld_sim import MetaWorldSim
 

@@ -20,15 +20,13 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage, JointState
 from std_msgs.msg import Float64MultiArray
 
+from sop_ros.episodes.durable import RecordingError, atomic_file
+from sop_ros.episodes.format import Controller, Outcome
+from sop_ros.episodes.reader import read_episode
+from sop_ros.episodes.recovery import recover_partials
+from sop_ros.episodes.schemas import message_definition
+from sop_ros.episodes.writer import EpisodeWriter, WriterOptions
 from sop_ros.msg import EpisodeEvent, InterventionState
-from sop_ros.robot.episode_files import (
-    EpisodeWriter,
-    RecordingError,
-    WriterOptions,
-    message_definition,
-    read_episode,
-    recover_partials,
-)
 
 SEPARATOR = "=" * 80
 T0 = 1_700_000_000_000_000_000  # log times in ns
@@ -274,7 +272,7 @@ import sys, time
 from pathlib import Path
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import JointState
-from sop_ros.robot.episode_files import EpisodeWriter, WriterOptions
+from sop_ros.episodes.writer import EpisodeWriter, WriterOptions
 
 writer = EpisodeWriter(
     Path(sys.argv[1]), "crash-1", WriterOptions(chunk_size=2048, flush_period_s=0.02),
@@ -505,3 +503,27 @@ def test_disk_full_at_start_leaves_nothing_behind(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert list((tmp_path / ".partial").iterdir()) == []
     EpisodeWriter(tmp_path, "ep-10").abort("retry works")
+
+
+def test_outcomes_and_controllers_match_the_message_constants():
+    assert [Outcome.from_event(getattr(EpisodeEvent, f"OUTCOME_{o.name}")) for o in Outcome] == list(Outcome)
+    assert Outcome.from_event(99) == Outcome.UNKNOWN and Outcome.of("won") == Outcome.UNKNOWN
+    assert Outcome.of("failure") == "failure" and str(Outcome.ABORT) == "abort"  # metadata spells the value
+    assert {c.name: c.value for c in Controller} == {
+        name.removeprefix("CONTROLLER_"): getattr(InterventionState, name)
+        for name in dir(InterventionState)
+        if name.startswith("CONTROLLER_")
+    }
+
+
+def test_atomic_file_shows_the_new_bytes_or_the_old_never_a_part(tmp_path):
+    path = tmp_path / "latest.json"
+    with atomic_file(path) as f:
+        f.write(b"first")
+    with pytest.raises(RuntimeError), atomic_file(path) as f:
+        f.write(b"half of the sec")
+        raise RuntimeError("stopped mid-write")
+    assert path.read_bytes() == b"first" and sorted(p.name for p in tmp_path.iterdir()) == ["latest.json"]
+    with atomic_file(path, durable=False) as f:
+        f.write(b"second")
+    assert path.read_bytes() == b"second"

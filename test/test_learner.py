@@ -21,7 +21,8 @@ from sop_ros.bench.bridge import free_endpoint, zenoh_config
 from sop_ros.bridge.artifacts import make_signing_keys
 from sop_ros.configs import from_dict
 from sop_ros.configs.learner import LearnerConfig
-from sop_ros.learner.dataset import DatasetConfig, copy_episode, episode_files
+from sop_ros.episodes.reader import copy_episode, episode_files
+from sop_ros.learner.dataset import DatasetConfig
 from sop_ros.learner.episode_store import StoredEpisode
 from sop_ros.learner.online import TrainingData, fleet_metrics, plan_rows, version_lag
 from sop_ros.learner.policy_registry import PolicyRegistry

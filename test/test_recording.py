@@ -5,7 +5,8 @@ from pathlib import Path
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import JointState
 
-from sop_ros.robot.episode_files import WriterOptions, read_episode
+from sop_ros.episodes.reader import read_episode
+from sop_ros.episodes.writer import WriterOptions
 from sop_ros.robot.recording import Episode, EpisodeRecorder, header_stamp_ns
 
 TOPICS = {"/r/joint_states": "sensor_msgs/msg/JointState"}

@@ -204,7 +204,7 @@ def write_episode(outbox: Path, episode_id: str, megabytes: float, robot_id: str
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import CompressedImage, JointState
 
-    from sop_ros.robot.episode_files import EpisodeWriter, WriterOptions
+    from sop_ros.episodes.writer import EpisodeWriter, WriterOptions
 
     writer = EpisodeWriter(outbox, episode_id, WriterOptions(compression="none"))
     writer.add_topic("joint_states", "sensor_msgs/JointState")

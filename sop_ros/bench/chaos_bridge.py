@@ -446,7 +446,7 @@ class Producer(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from sop_ros.robot.episode_files import fsync_dir
+        from sop_ros.episodes.durable import fsync_dir
 
         staging = self.outbox_root.parent / "staging"
         try:
@@ -469,8 +469,8 @@ def write_episode(outbox: Path, robot: str, episode_id: str, rng: random.Random)
     from rclpy.serialization import serialize_message
     from sensor_msgs.msg import CompressedImage, JointState
 
+    from sop_ros.episodes.writer import EpisodeWriter
     from sop_ros.robot import topics
-    from sop_ros.robot.episode_files import EpisodeWriter
 
     steps = rng.randint(*STEPS)
     camera = topics.CAMERA_COMPRESSED.format(camera="corner")

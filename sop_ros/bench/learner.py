@@ -24,7 +24,8 @@ from sop_ros.configs import ConfigError
 from sop_ros.configs.bridge import ZenohConfig
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.robot import SimRobotConfig
-from sop_ros.learner.dataset import DatasetConfig, copy_episode, episode_files, index_episode
+from sop_ros.episodes.reader import copy_episode, episode_files
+from sop_ros.learner.dataset import DatasetConfig, index_episode
 
 
 def _fleet_process(endpoint: str, staged: str, robots: int, per_robot: int, period_s: float, stop, counts) -> None:

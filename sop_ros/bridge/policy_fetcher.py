@@ -39,6 +39,7 @@ from sop_ros.bridge.protocol import (
 from sop_ros.bridge.uploader import CloudUnavailable, Log
 from sop_ros.checksums import BackgroundSha256, file_sha256
 from sop_ros.configs.bridge import PolicyDownloadConfig
+from sop_ros.episodes.durable import atomic_file
 
 STREAM_GAP_S = 0.5  # no streamed piece for this long: the stream is over or lost, ask for the rest
 NEWEST = "newest.json"  # the newest announcement accepted: older ones are refused, even after a restart
@@ -385,9 +386,8 @@ class PolicyFetcher:
             return None
 
     def _write_newest(self, announcement: PolicyAnnouncement) -> None:
-        temp = self.cache / f".{NEWEST}.tmp"
-        temp.write_bytes(announcement.encode())
-        os.replace(temp, self.cache / NEWEST)
+        with atomic_file(self.cache / NEWEST, durable=False) as f:  # a lost write is fetched again
+            f.write(announcement.encode())
 
     def _refuse(self, version: str, reason: str) -> None:
         if version:

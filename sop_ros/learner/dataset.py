@@ -1,9 +1,8 @@
 """Recorded episodes as training samples: index episode files, align observations with actions, sample batches.
 
 Numpy only (no torch, no ROS): the learner's data loader, evaluation code and tools all read episodes through
-here. An episode file is one MCAP file written by the recorder (sop_ros/robot/recorder_node.py); it is read
-with the stock reader, the messages decoded from the definitions stored in the file. Camera frames stay JPEG
-in memory and are decoded only when a sample needs them.
+here. An episode file is one MCAP file in the episode format (sop_ros/episodes), read by its reader. Camera
+frames stay JPEG in memory and are decoded only when a sample needs them.
 
 Alignment, for an episode with joint states 0..N (N = steps) at times t_0 < ... < t_N:
 
@@ -37,33 +36,24 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from operator import itemgetter
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-from mcap.reader import McapReader, make_reader
-from mcap.writer import Writer
-from mcap_ros2.decoder import DecoderFactory
 
 from sop_ros.configs import require
 from sop_ros.configs.model import ModelConfig
+from sop_ros.episodes.format import JOINT_STATES, ROBOT_COMMAND, Controller, Outcome
+from sop_ros.episodes.reader import (
+    RecordedStreams,
+    common_recorded_cameras,
+    episode_files,
+    read_streams,
+    recorded_cameras,
+)
 from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
 
-OUTCOMES = ("success", "failure", "abort", "unknown")
-# Written by the recorder (sop_ros.robot.episode_files, which needs ROS to import): the finished episode's
-# metadata record, the one written at its start, and the directories that hold no finished episodes.
-EPISODE_METADATA = "episode"
-START_METADATA = "episode_start"
-SKIPPED_DIRS = (".partial", "quarantine")
-# Topics relative to the robot's namespace, as in sop_ros.robot.topics (which imports rclpy).
-JOINT_STATES = "joint_states"
-CAMERA_COMPRESSED = "cameras/{camera}/image_raw/compressed"
-CAMERA_IMAGE = "cameras/{camera}/image_raw"
-ROBOT_COMMAND = "command"
-INTERVENTION_STATE = "teleop/intervention"
-CONTROLLER_OPERATOR = 1  # sop_ros/msg/InterventionState: 0 policy, 1 operator, 2 hold
-
+OUTCOMES = tuple(outcome.value for outcome in Outcome)  # plain strings: configs are written as YAML
 STD_FLOOR = 1e-3  # normalisation: a joint or action that never moves must not divide by ~0
 
 
@@ -84,7 +74,8 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         # Lists (from code rather than YAML) are accepted: a frozen config must hold tuples to stay hashable.
         object.__setattr__(self, "cameras", tuple(self.cameras))
-        object.__setattr__(self, "outcomes", tuple(self.outcomes))
+        # Outcome members become their plain names: a config is written as YAML.
+        object.__setattr__(self, "outcomes", tuple(str(o) if isinstance(o, str) else o for o in self.outcomes))
         object.__setattr__(self, "tasks", tuple(self.tasks))
         for i, camera in enumerate(self.cameras):
             ok = isinstance(camera, str) and bool(camera) and "/" not in camera
@@ -256,115 +247,12 @@ class EpisodeIndex:
 def index_episode(path: Path | str, config: DatasetConfig) -> EpisodeIndex:
     """Read one finished episode file; ValueError naming the file and what is wrong if it cannot be used."""
     path = Path(path)
-    try:
-        if not config.cameras:
-            config = replace(config, cameras=recorded_cameras(path))
-        with open(path, "rb") as file:
-            recorded = _read(path, file, config)
-    except ValueError:
-        raise
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
-    except Exception as err:  # the mcap reader's errors for a damaged file have no common base class
-        raise ValueError(f"{path}: not a readable MCAP episode file: {type(err).__name__}: {err}") from None
-    return _build(path, recorded, config)
+    if not config.cameras:
+        config = replace(config, cameras=recorded_cameras(path))
+    return _build(path, read_streams(path, config.cameras), config)
 
 
-@dataclass
-class _Recorded:
-    """The messages of one file that the dataset uses, each list in time order (file order breaking ties)."""
-
-    metadata: dict[str, str]
-    topics: dict[str, str]
-    states: list[tuple[int, tuple[str, ...], list[float]]]  # (time, joint names, positions)
-    commands: list[tuple[int, list[float]]]  # (log time, values)
-    interventions: list[tuple[int, int, int]]  # (stamp, since, controller)
-    frames: dict[str, list[tuple[int, bytes]]]  # camera -> (time, JPEG)
-
-
-def _read(path: Path, file: BinaryIO, config: DatasetConfig) -> _Recorded:
-    reader = make_reader(file, decoder_factories=[DecoderFactory()])
-    summary = reader.get_summary()
-    if summary is None:
-        raise ValueError(f"{path}: no MCAP summary section: not a finished episode file (unfinished or cut off)")
-    metadata = _metadata(reader)
-    if not metadata.get("task"):
-        raise ValueError(f"{path}: the episode metadata names no task")
-    channels = {}  # topic -> (schema name, messages; 1 if the file does not count them)
-    for channel in summary.channels.values():
-        schema = summary.schemas.get(channel.schema_id)
-        count = summary.statistics.channel_message_counts.get(channel.id, 0) if summary.statistics else 1
-        channels[channel.topic] = (schema.name if schema else "", count)
-    topics = _topics(path, _namespace(path, channels), channels, config)
-
-    role = {topic: key for key, topic in topics.items() if topic}
-    states, commands, interventions = [], [], []
-    frames: dict[str, list] = {camera: [] for camera in config.cameras}
-    # File order, then a stable sort by time: one topic's messages are written in the order they came.
-    for _, channel, message, decoded in reader.iter_decoded_messages(topics=list(role), log_time_order=False):
-        key = role[channel.topic]
-        if key == JOINT_STATES:
-            states.append((message.log_time, tuple(decoded.name), list(decoded.position)))
-        elif key == ROBOT_COMMAND:
-            commands.append((message.log_time, list(decoded.data)))
-        elif key == INTERVENTION_STATE:
-            interventions.append((_stamp_ns(decoded.header.stamp), _stamp_ns(decoded.since), decoded.controller))
-        else:
-            frames[key].append((message.log_time, bytes(decoded.data)))
-    by_time = itemgetter(0)
-    for items in (states, commands, *frames.values()):
-        items.sort(key=by_time)
-    return _Recorded(metadata, topics, states, commands, interventions, frames)
-
-
-def _metadata(reader: McapReader) -> dict[str, str]:
-    """The finished episode's metadata; a file without it (never finished) falls back to what its start said."""
-    records = {record.name: dict(record.metadata) for record in reader.iter_metadata()}
-    return records.get(EPISODE_METADATA) or records.get(START_METADATA) or {}
-
-
-def _namespace(path: Path, channels: dict[str, tuple[str, int]]) -> str:
-    """The robot's namespace ("/robot_0/"), from the one topic holding its joint states."""
-    found = [
-        topic
-        for topic, (schema, count) in channels.items()
-        if topic.rsplit("/", 1)[-1] == JOINT_STATES and schema == "sensor_msgs/msg/JointState" and count
-    ]
-    if not found:
-        raise ValueError(f"{path}: no joint states (no sensor_msgs/msg/JointState on a .../{JOINT_STATES} topic)")
-    if len(found) > 1:
-        raise ValueError(f"{path}: joint states on several topics ({', '.join(sorted(found))}): which robot is it?")
-    return found[0][: -len(JOINT_STATES)]
-
-
-def _topics(path: Path, ns: str, channels: dict[str, tuple[str, int]], config: DatasetConfig) -> dict[str, str]:
-    """Role (JOINT_STATES, ROBOT_COMMAND, INTERVENTION_STATE or a camera name) -> full topic ("" if absent)."""
-    command = ns + ROBOT_COMMAND
-    schema, count = channels.get(command, ("", 0))
-    if not count:
-        raise ValueError(f"{path}: no executed commands on {command}")
-    if schema != "std_msgs/msg/Float64MultiArray":
-        raise ValueError(f"{path}: commands on {command} are {schema}; only std_msgs/msg/Float64MultiArray is read")
-    topics = {JOINT_STATES: ns + JOINT_STATES, ROBOT_COMMAND: command}
-    topics[INTERVENTION_STATE] = ns + INTERVENTION_STATE if ns + INTERVENTION_STATE in channels else ""
-    missing = []
-    for camera in config.cameras:
-        compressed, raw = ns + CAMERA_COMPRESSED.format(camera=camera), ns + CAMERA_IMAGE.format(camera=camera)
-        if channels.get(compressed, ("", 0))[1]:
-            topics[camera] = compressed
-        elif channels.get(raw, ("", 0))[1]:
-            missing.append(f"{camera!r} (recorded uncompressed on {raw}; the dataset reads JPEG frames)")
-        else:
-            missing.append(repr(camera))
-    if missing:
-        recorded = sorted({t.split("/cameras/", 1)[1].split("/", 1)[0] for t in channels if "/cameras/" in t})
-        raise ValueError(
-            f"{path}: no frames of camera {', '.join(missing)}; the file has cameras: {', '.join(recorded) or 'none'}"
-        )
-    return topics
-
-
-def _build(path: Path, recorded: _Recorded, config: DatasetConfig) -> EpisodeIndex:
+def _build(path: Path, recorded: RecordedStreams, config: DatasetConfig) -> EpisodeIndex:
     """Align what was read into observations and actions (the rules are in the module docstring)."""
     metadata, topics = recorded.metadata, recorded.topics
     if not recorded.states:
@@ -400,7 +288,7 @@ def _build(path: Path, recorded: _Recorded, config: DatasetConfig) -> EpisodeInd
             actions[k] = actions[k - 1]
     acted_ns = np.where(alignment.command >= 0, command_ns[np.maximum(alignment.command, 0)], step_ns[:-1])
     columns = np.array(recorded.interventions, dtype=np.int64).reshape(-1, 3).T
-    operator_flags = controller_at(columns[0], columns[1], columns[2], acted_ns) == CONTROLLER_OPERATOR
+    operator_flags = controller_at(columns[0], columns[1], columns[2], acted_ns) == Controller.OPERATOR
 
     frame_ns, frames, frame_of_step = {}, {}, {}
     for camera, items in recorded.frames.items():
@@ -408,12 +296,11 @@ def _build(path: Path, recorded: _Recorded, config: DatasetConfig) -> EpisodeInd
         frames[camera] = [jpeg for _, jpeg in items]
         frame_of_step[camera] = np.maximum(np.searchsorted(frame_ns[camera], step_ns, side="right") - 1, 0)
 
-    outcome = metadata.get("outcome", "unknown")
     return EpisodeIndex(
         episode_id=metadata.get("episode_id") or path.stem,
         task=metadata["task"],
         instruction=metadata.get("instruction", ""),
-        outcome=outcome if outcome in OUTCOMES else "unknown",
+        outcome=Outcome.of(metadata.get("outcome", "")).value,
         path=path,
         robot_id=metadata.get("robot_id", ""),
         joint_names=joint_names,
@@ -445,84 +332,9 @@ def _proprio(path: Path, states: list[tuple[int, tuple[str, ...], list[float]]])
     return names, proprio
 
 
-def _stamp_ns(stamp) -> int:
-    return stamp.sec * 1_000_000_000 + stamp.nanosec
-
-
 # ---------------------------------------------------------------------------------------------------------
 # The dataset
 # ---------------------------------------------------------------------------------------------------------
-
-
-def episode_files(root: Path | str) -> list[Path]:
-    """Every .mcap file under `root`, recursively, except in .partial/ and quarantine/ directories, sorted."""
-    root = Path(root)
-    return sorted(
-        path
-        for path in root.rglob("*.mcap")
-        if path.is_file() and not set(path.relative_to(root).parts[:-1]) & set(SKIPPED_DIRS)
-    )
-
-
-def recorded_cameras(path: Path | str) -> tuple[str, ...]:
-    """The cameras an episode file holds JPEG frames of, in the order its recorder listed them."""
-    try:
-        with open(path, "rb") as file:
-            summary = make_reader(file).get_summary()
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read: {err.strerror or err}") from None
-    except Exception as err:  # the mcap reader's errors for a damaged file have no common base class
-        raise ValueError(f"{path}: not a readable MCAP episode file: {type(err).__name__}: {err}") from None
-    if summary is None:
-        raise ValueError(f"{path}: no MCAP summary section: not a finished episode file (unfinished or cut off)")
-    counts = summary.statistics.channel_message_counts if summary.statistics else None
-    cameras = []
-    for channel in sorted(summary.channels.values(), key=lambda c: c.id):  # ids in the order it opened them
-        name = channel.topic.partition("/cameras/")[2].partition("/")[0]
-        framed = counts is None or counts.get(channel.id, 0) > 0
-        if name and framed and channel.topic.endswith("/" + CAMERA_COMPRESSED.format(camera=name)):
-            cameras.append(name)
-    if not cameras:
-        raise ValueError(f"{path}: no camera's JPEG frames (cameras/<name>/image_raw/compressed)")
-    return tuple(cameras)
-
-
-def common_recorded_cameras(paths: Sequence[Path]) -> tuple[str, ...]:
-    """The cameras most of `paths` were recorded with, in their recorder's order (empty: no file names any); a
-    file that lacks one of them is then refused by name rather than deciding what every sample holds."""
-    found: Counter[tuple[str, ...]] = Counter()
-    for path in paths:
-        try:
-            found[recorded_cameras(path)] += 1
-        except Exception:  # noqa: BLE001 - an unreadable file is reported when it is indexed
-            continue
-    return found.most_common(1)[0][0] if found else ()
-
-
-def copy_episode(source: Path | str, target: Path | str, drop_topic: str | None = None, **metadata: str) -> Path:
-    """A copy of an episode file with its episode metadata changed (e.g. a new episode_id), without the topics
-    ending in `drop_topic`: test and benchmark data from real recordings."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(source, "rb") as f, open(target, "wb") as out:
-        reader = make_reader(f)
-        summary = reader.get_summary()
-        writer = Writer(out)
-        writer.start(profile="ros2")
-        schemas = {i: writer.register_schema(s.name, s.encoding, s.data) for i, s in summary.schemas.items()}
-        channels = {
-            i: writer.register_channel(c.topic, c.message_encoding, schemas[c.schema_id])
-            for i, c in summary.channels.items()
-            if not (drop_topic and c.topic.endswith(drop_topic))
-        }
-        for _, channel, message in reader.iter_messages(log_time_order=False):
-            if channel.id in channels:
-                writer.add_message(channels[channel.id], message.log_time, message.data, message.publish_time)
-        for record in reader.iter_metadata():
-            extra = metadata if record.name == EPISODE_METADATA else {}
-            writer.add_metadata(record.name, {**record.metadata, **extra})
-        writer.finish()
-    return target
 
 
 class EpisodeDataset:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from sop_ros.checksums import BackgroundSha256, file_sha256
-from sop_ros.robot.episode_files import BackgroundSync, check_episode_file, fsync_dir, sync_file
+from sop_ros.episodes.durable import BackgroundSync, fsync_dir, sync_file
+from sop_ros.episodes.reader import check_episode_file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS episodes (

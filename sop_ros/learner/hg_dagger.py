@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from sop_ros.episodes.format import Outcome
 from sop_ros.learner.dataset import EpisodeIndex
 
 
@@ -30,10 +31,10 @@ def training_steps(use_autonomous_segments: bool, use_failed_corrections: bool =
     """A step selection for EpisodeDataset(select=...) over fleet episodes."""
 
     def select(episode: EpisodeIndex) -> np.ndarray:
-        if not use_failed_corrections and episode.outcome != "success":
+        if not use_failed_corrections and episode.outcome != Outcome.SUCCESS:
             return np.zeros(len(episode.operator), bool)
         selected = episode.operator.astype(bool, copy=True)
-        if use_autonomous_segments and episode.outcome == "success":
+        if use_autonomous_segments and episode.outcome == Outcome.SUCCESS:
             corrected = np.flatnonzero(selected)
             selected[corrected[-1] + 1 if len(corrected) else 0 :] = True
         return selected

@@ -44,13 +44,10 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from sop_ros.configs import ConfigError, to_dict
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.model import ModelConfig
+from sop_ros.episodes.durable import atomic_file
+from sop_ros.episodes.format import LABELLED, Outcome
 from sop_ros.learner import recap
-from sop_ros.learner.dataset import (
-    DatasetConfig,
-    EpisodeDataset,
-    EpisodeIndex,
-    index_episode,
-)
+from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
 from sop_ros.learner.episode_store import EpisodeStore, StoredEpisode
 from sop_ros.learner.hg_dagger import training_steps
 from sop_ros.learner.pretrain import to_torch, warmup_cosine
@@ -116,10 +113,10 @@ def same_on_all(value: object, ranks: Ranks) -> object:
 def online_selection(config: LearnerConfig) -> tuple[tuple[str, ...], Callable[[EpisodeIndex], np.ndarray] | None]:
     """The fleet episodes (by outcome) and steps each algorithm learns from."""
     if config.algorithm == "hg_dagger":  # corrections count whatever the outcome, unless told; aborted ones never
-        return ("success", "failure", "unknown"), training_steps(config.use_autonomous_segments,
-                                                                 config.use_failed_corrections)  # fmt: skip
+        return (*LABELLED, Outcome.UNKNOWN), training_steps(config.use_autonomous_segments,
+                                                            config.use_failed_corrections)  # fmt: skip
     if config.algorithm == "recap":  # every step, each conditioned on its advantage: returns need an outcome
-        return ("success", "failure"), None
+        return LABELLED, None
     return (), None  # bc: demonstrations only
 
 
@@ -135,7 +132,7 @@ class TrainingData:
         if not Path(config.demos_dir).is_dir():
             raise ConfigError(f"demos_dir={config.demos_dir!r}: no such directory (record demonstrations with "
                               "`sop collect-demos`)")  # fmt: skip
-        offline_outcomes = ("success", "failure") if config.algorithm == "recap" else ("success",)
+        offline_outcomes = LABELLED if config.algorithm == "recap" else (Outcome.SUCCESS,)
         # The demonstrations of the learner's tasks: a base pretrained on more tasks leaves the others out.
         self.offline = EpisodeDataset(config.demos_dir, replace(dataset_config, outcomes=offline_outcomes,
                                                                 episodes_per_task=config.demos_per_task,
@@ -144,7 +141,7 @@ class TrainingData:
         self.learns_online = bool(outcomes)
         # The fleet's episodes in the same camera order as the demonstrations (resolved from them if not given).
         self.online_config = replace(dataset_config, cameras=self.offline.config.cameras,
-                                     outcomes=outcomes or ("success",))  # fmt: skip
+                                     outcomes=outcomes or (Outcome.SUCCESS,))  # fmt: skip
         self._cache: dict[Path, EpisodeIndex] = {}
         self.online = self._build([])
         self.listed: list[Path] = []  # the files the next refresh builds from
@@ -257,7 +254,7 @@ class Advantages:
 
     def rewards(self, episode: EpisodeIndex) -> np.ndarray:
         c = self.config
-        return recap.normalised_rewards(episode.steps, episode.outcome == "success", c.max_episode_steps,
+        return recap.normalised_rewards(episode.steps, episode.outcome == Outcome.SUCCESS, c.max_episode_steps,
                                         c.failure_penalty)  # fmt: skip
 
     def value_target(self, episode: EpisodeIndex, step: int) -> int:
@@ -361,12 +358,8 @@ def continue_optimiser(optimiser: torch.optim.Optimizer, state: dict | None, con
 def save_state(path: Path, state: dict) -> None:
     """Atomically: a crash leaves the previous checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(".tmp")
-    with open(temp, "wb") as f:
+    with atomic_file(path) as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    temp.replace(path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -444,10 +437,10 @@ def fleet_metrics(stored: list[StoredEpisode], since: float, window: int = 20) -
     `window` episodes, and the fleet's interventions per hour since `since`."""
     per_task: dict[str, list[StoredEpisode]] = {}
     for e in stored:
-        if e.outcome in ("success", "failure"):
+        if e.outcome in LABELLED:
             per_task.setdefault(e.task, []).append(e)
-    success = {t: float(np.mean([e.outcome == "success" for e in es[-window:]])) for t, es in per_task.items()}
-    autonomous = {t: float(np.mean([e.outcome == "success" and e.interventions == 0 for e in es[-window:]]))
+    success = {t: float(np.mean([e.outcome == Outcome.SUCCESS for e in es[-window:]])) for t, es in per_task.items()}
+    autonomous = {t: float(np.mean([e.outcome == Outcome.SUCCESS and e.interventions == 0 for e in es[-window:]]))
                   for t, es in per_task.items()}  # fmt: skip
     recent = [e for e in stored if e.stored_at >= since]
     hours = max(time.time() - since, 1.0) / 3600

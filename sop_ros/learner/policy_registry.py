@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sop_ros.bridge.artifacts import VERSION, PolicyAnnouncement, sign
 from sop_ros.bridge.protocol import ProtocolError
 from sop_ros.checksums import file_sha256
-from sop_ros.robot.episode_files import fsync_dir
+from sop_ros.episodes.durable import atomic_file
 
 LATEST = "latest.json"
 
@@ -84,10 +84,5 @@ class PolicyRegistry:
         return self.directory / f"{version}.onnx"
 
     def _write(self, name: str, data: bytes) -> None:
-        temp = self.directory / f".{name}.tmp"
-        with open(temp, "wb") as f:
+        with atomic_file(self.directory / name) as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, self.directory / name)
-        fsync_dir(self.directory)

@@ -22,6 +22,7 @@ import torch
 
 from sop_ros.configs import require
 from sop_ros.configs.model import ModelConfig
+from sop_ros.episodes.format import Outcome
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset
 from sop_ros.model.inputs import INDICATOR_NONE
 from sop_ros.model.tokens import instruction_tokens
@@ -136,7 +137,7 @@ def pretrain(config: PretrainConfig) -> dict:
             cameras=config.cameras,
             image_size=model_cfg.image_size,
             chunk=model_cfg.chunk,
-            outcomes=("success",),
+            outcomes=(Outcome.SUCCESS,),
             episodes_per_task=config.demos_per_task,
             tasks=config.tasks,
         ),

@@ -8,20 +8,12 @@ configured range and rate-limited (at most max_rate / control_hz of change per c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Literal
 
 import numpy as np
 
 from sop_ros.configs.robot import TeleopArbiterConfig
-
-
-class Controller(IntEnum):
-    """Values match sop_ros/msg/InterventionState CONTROLLER_*."""
-
-    POLICY = 0
-    OPERATOR = 1
-    HOLD = 2
+from sop_ros.episodes.format import Controller
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The episode recorder: one crash-safe MCAP file per episode (recording.py, episode_files.py).
+"""The episode recorder: one crash-safe MCAP file per episode (recording.py, sop_ros/episodes).
 
 Records camera frames, joint states, the executed command, the policy's chunks, intervention states and
 episode events as ROS 2 CDR with full message definitions, so Foxglove, the mcap tools and `ros2 bag`
@@ -15,9 +15,9 @@ from rclpy.node import Node
 from rclpy.serialization import serialize_message
 
 from sop_ros.configs.robot import RecorderConfig
+from sop_ros.episodes.writer import WriterOptions
 from sop_ros.msg import ActionChunk, EpisodeEvent, InterventionState
 from sop_ros.robot import topics
-from sop_ros.robot.episode_files import WriterOptions
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.recording import Episode, EpisodeRecorder, header_stamp_ns, stamp_ns
 from sop_ros.robot.spin import log_at, run_node

@@ -17,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sop_ros.robot.episode_files import EpisodeWriter, RecordingError, RecoveryResult, WriterOptions, recover_partials
+from sop_ros.episodes.durable import RecordingError
+from sop_ros.episodes.format import Outcome
+from sop_ros.episodes.recovery import RecoveryResult, recover_partials
+from sop_ros.episodes.writer import EpisodeWriter, WriterOptions
 
-OUTCOMES = {0: "unknown", 1: "success", 2: "failure", 3: "abort"}  # EpisodeEvent.OUTCOME_*
 PENDING_LIMIT = 512  # messages kept while no episode is open, for the START that may be on its way
 
 
@@ -57,7 +59,7 @@ class Episode:
             "task": self.task,
             "instruction": self.instruction,
             "policy_version": self.policy_version,
-            "outcome": OUTCOMES.get(self.outcome, str(self.outcome)),
+            "outcome": Outcome.from_event(self.outcome).value,
             "outcome_source": self.outcome_source,
             "steps": str(self.steps),
             "interventions": str(self.interventions),
@@ -140,11 +142,11 @@ class EpisodeRecorder:
     def label(self, episode_id: str, outcome: int, source: str) -> bool:
         record = self._open.get(episode_id)
         if record is None:
-            self.log("warn", f"label {OUTCOMES.get(outcome)} for {episode_id} came after its file was finished")
+            self.log("warn", f"label {Outcome.from_event(outcome)} for {episode_id} came after its file was finished")
             return False
         episode = record.episode
         episode.outcome, episode.outcome_source = outcome, source
-        episode.labels.append(OUTCOMES.get(outcome, str(outcome)))
+        episode.labels.append(Outcome.from_event(outcome).value)
         return True
 
     def interventions(self, episode_id: str, count: int) -> None:
@@ -213,7 +215,7 @@ class EpisodeRecorder:
             self._fail(f"cannot finish {record.episode.episode_id}: {err} (kept in .partial/ for recovery)")
             return None
         stats = record.writer.stats()
-        outcome = "abort" if abort_reason else OUTCOMES.get(record.episode.outcome)
+        outcome = Outcome.ABORT if abort_reason else Outcome.from_event(record.episode.outcome)
         self.log("info", f"recorded {path.name}: {stats.messages} messages, {stats.bytes} bytes, {outcome}")
         self.finished.append(path)
         return path

@@ -16,16 +16,18 @@ from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray
 
 from sop_ros.configs.robot import TeleopArbiterConfig
+from sop_ros.episodes.format import Controller, Outcome
 from sop_ros.msg import EpisodeEvent, InterventionState
 from sop_ros.robot import commands, topics
-from sop_ros.robot.arbitration import Arbiter, ArbiterOutput, Controller
+from sop_ros.robot.arbitration import Arbiter, ArbiterOutput
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.spin import run_node
 from sop_ros.robot.teleop_devices import JoyTeleop, leader_arm_command
 from sop_ros.srv import LabelEpisode
 
-OUTCOME_NAMES = {EpisodeEvent.OUTCOME_SUCCESS: "success", EpisodeEvent.OUTCOME_FAILURE: "failure",
-                 EpisodeEvent.OUTCOME_ABORT: "abort"}  # fmt: skip
+# The outcomes an operator may give an episode (EpisodeEvent.OUTCOME_*).
+LABELS = {code: Outcome.from_event(code) for code in
+          (EpisodeEvent.OUTCOME_SUCCESS, EpisodeEvent.OUTCOME_FAILURE, EpisodeEvent.OUTCOME_ABORT)}  # fmt: skip
 
 
 class TeleopArbiterNode(Node):
@@ -130,8 +132,9 @@ class TeleopArbiterNode(Node):
         return response
 
     def label(self, outcome: int, episode_id: str, via: str) -> tuple[bool, str]:
-        if outcome not in OUTCOME_NAMES:
-            return False, f"outcome {outcome} is not one of {OUTCOME_NAMES} (EpisodeEvent.OUTCOME_*)"
+        if outcome not in LABELS:
+            allowed = ", ".join(f"{code} ({name})" for code, name in LABELS.items())
+            return False, f"outcome {outcome} is not one of {allowed} (EpisodeEvent.OUTCOME_*)"
         known = [e for e in (self.current, self.last_ended) if e is not None]
         target = next((e for e in known if e.episode_id == episode_id), None) if episode_id else next(iter(known), None)
         if target is None:
@@ -143,7 +146,7 @@ class TeleopArbiterNode(Node):
         )  # fmt: skip
         event.header.stamp = self.get_clock().now().to_msg()
         self.event_pub.publish(event)
-        message = f"labelled {target.episode_id} as {OUTCOME_NAMES[outcome]} (via {via})"
+        message = f"labelled {target.episode_id} as {LABELS[outcome]} (via {via})"
         self.get_logger().info(message)
         return True, message
 

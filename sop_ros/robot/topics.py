@@ -8,9 +8,16 @@ from rclpy.qos import (
     qos_profile_sensor_data,
 )
 
-JOINT_STATES = "joint_states"
-CAMERA_IMAGE = "cameras/{camera}/image_raw"
-CAMERA_COMPRESSED = "cameras/{camera}/image_raw/compressed"
+# What episodes record is named with the episode format; ROBOT_COMMAND: remap it to the controller's topic,
+# e.g. /arm_controller/commands.
+from sop_ros.episodes.format import (  # noqa: F401 - topic names used through this module
+    CAMERA_COMPRESSED,
+    CAMERA_IMAGE,
+    INTERVENTION_STATE,
+    JOINT_STATES,
+    ROBOT_COMMAND,
+)
+
 SIM_STATE = "sim/state"  # privileged simulator state and the command applied to reach it: scripted operators
 EPISODE_EVENTS = "episode/events"
 OBSERVATION = "policy/observation"  # sop_ros/msg/Observation, from the ingest node
@@ -20,8 +27,6 @@ POLICY_MARKERS = "policy/markers"
 LOAD_POLICY = "policy/load"  # service (sop_ros/srv/LoadPolicy)
 POLICY_CHUNK = "policy/chunk"
 OPERATOR_COMMAND = "teleop/operator_command"
-ROBOT_COMMAND = "command"  # remap to the controller's topic, e.g. /arm_controller/commands
-INTERVENTION_STATE = "teleop/intervention"
 JOY = "joy"
 LEADER_JOINT_STATES = "teleop/leader_joint_states"
 LABEL_EPISODE = "teleop/label_episode"  # service (sop_ros/srv/LabelEpisode)

@@ -22,7 +22,8 @@ import yaml
 
 from sop_ros.configs import ConfigError, load_config, to_dict
 from sop_ros.configs.robot import RecorderConfig, RobotLaunchConfig, ScriptedOperatorConfig
-from sop_ros.robot.episode_files import episode_counts
+from sop_ros.episodes.format import Outcome
+from sop_ros.episodes.reader import episode_counts
 from sop_ros.sim.catalog import MT50
 
 
@@ -78,7 +79,7 @@ def tally(paths: list[Path]) -> dict[str, TaskTally]:
         metadata, counts = episode_counts(path)
         t = tallies.setdefault(metadata.get("task", "?"), TaskTally())
         t.episodes += 1
-        t.successes += metadata.get("outcome") == "success"
+        t.successes += metadata.get("outcome") == Outcome.SUCCESS
         t.steps += int(metadata.get("steps") or 0)
         t.frames += sum(n for topic, n in counts.items() if "/cameras/" in topic)
         t.bytes += path.stat().st_size
@@ -154,7 +155,7 @@ def run_fleet(title: str, base: RobotLaunchConfig, units: list[WorkUnit], robots
             if now - last_print >= (0.5 if interactive else 10.0) or not (units or running):
                 for path in set(out.glob("*/*.mcap")) - before - outcomes.keys():
                     outcomes[path] = episode_counts(path)[0].get("outcome", "")
-                successes = sum(o == "success" for o in outcomes.values())
+                successes = sum(o == Outcome.SUCCESS for o in outcomes.values())
                 line = progress_line(len(outcomes), total, successes, now - start)
                 print(f"\r{line}" if interactive else line, end="" if interactive else "\n", flush=True)
                 last_print = now

@@ -98,7 +98,7 @@ def measure(config: HeadroomConfig) -> dict:
 
 def recorded_episodes(demos: Path) -> dict[str, list[Path]]:
     """The episodes recorded so far, by task."""
-    from sop_ros.robot.episode_files import episode_counts
+    from sop_ros.episodes.reader import episode_counts
 
     by_task: dict[str, list[Path]] = {}
     for path in sorted(demos.glob("*/*.mcap")):

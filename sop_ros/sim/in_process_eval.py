@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from sop_ros.configs.robot import PolicyConfig, RobotLaunchConfig
+from sop_ros.episodes.format import Outcome
 from sop_ros.sim.collect_demos import WorkUnit, check_request, plan_units
 from sop_ros.sim.evaluate import EVAL_SEED
 
@@ -68,9 +69,10 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
     episode's commands to the simulator are appended to it (a list per episode). A config with an intervening
     scripted operator (a fleet's) has it watch and take over as ScriptedOperatorNode does: judged on one state,
     in control from the next, backing off first if configured, until the episode ends."""
+    from sop_ros.episodes.format import Controller
     from sop_ros.model.policy import Observation, load_policy
     from sop_ros.model.preprocess import to_unit_range
-    from sop_ros.robot.arbitration import Arbiter, Controller
+    from sop_ros.robot.arbitration import Arbiter
     from sop_ros.robot.chunks import ChunkExecutor
     from sop_ros.sim.metaworld_sim import HAND_XYZ, MetaWorldSim, expert_for, goal_marker
     from sop_ros.sim.takeover import BackOff, TakeoverMonitor
@@ -233,8 +235,7 @@ def check_agreement(policy: str, base_config: str, tasks: list[str], episodes_pe
     One work unit per task (so that a recorded episode's task and counter name its pair), run on up to two robots.
     """
     from sop_ros.bench.inference import machine
-    from sop_ros.learner.dataset import episode_files
-    from sop_ros.robot.episode_files import episode_counts
+    from sop_ros.episodes.reader import episode_counts, episode_files
     from sop_ros.sim.evaluate import evaluate
     from sop_ros.sim.proportions import Rate, compare
 
@@ -245,7 +246,7 @@ def check_agreement(policy: str, base_config: str, tasks: list[str], episodes_pe
     for path in episode_files(out / "nodes"):
         metadata, _ = episode_counts(path)
         index = int(metadata["episode_id"].rsplit("-", 1)[1])
-        by_nodes[metadata["task"], index] = metadata["outcome"] == "success"
+        by_nodes[metadata["task"], index] = metadata["outcome"] == Outcome.SUCCESS
     pairs = [(by_nodes[e["task"], e["index"]], e["success"], e["task"]) for e in in_process["episodes"]
              if (e["task"], e["index"]) in by_nodes]  # fmt: skip
     agree = sum(a == b for a, b, _ in pairs)

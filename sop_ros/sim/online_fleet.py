@@ -29,6 +29,7 @@ from sop_ros.configs import ConfigError, load_config, to_dict
 from sop_ros.configs.bridge import BridgeConfig, PolicyDownloadConfig, PolicyServingConfig, ZenohConfig
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.robot import PolicyConfig, RobotLaunchConfig, ScriptedOperatorConfig
+from sop_ros.episodes.format import LABELLED, Outcome
 from sop_ros.sim.collect_demos import WorkUnit, interrupt_on_signals, unit_config
 
 # On one host the learner stands for the cloud's own machines: robots yield the CPU to it. Lockstep robots
@@ -104,7 +105,7 @@ def curve_of(episodes: list, at: Callable[[object], float], bin_s: float, end_s:
     """Per time bin of `bin_s` seconds (`at(episode)`: when it ended): labelled episodes, success rate, success
     without intervention, overall and per task; and the hot-swaps. A bin that reaches past `end_s` (the run's end)
     is marked partial: it holds only the episodes that ended before the run did."""
-    episodes = sorted((e for e in episodes if e.outcome in ("success", "failure")), key=at)
+    episodes = sorted((e for e in episodes if e.outcome in LABELLED), key=at)
     bins: dict[int, list] = {}
     for e in episodes:
         bins.setdefault(int(at(e) // bin_s), []).append(e)
@@ -128,15 +129,14 @@ def curve_of(episodes: list, at: Callable[[object], float], bin_s: float, end_s:
 
 def rates(episodes: list) -> dict:
     """Labelled episodes: how many, the success rate, and the rate of successes without any intervention."""
-    n = len(episodes)
-    return {"episodes": n, "success_rate": round(sum(e.outcome == "success" for e in episodes) / n, 3),
-            "autonomous_success_rate": round(sum(e.outcome == "success" and e.interventions == 0 for e in episodes)
-                                             / n, 3)}  # fmt: skip
+    n, autonomous = len(episodes), autonomous_counts(episodes)["autonomous_successes"]
+    return {"episodes": n, "success_rate": round(sum(e.outcome == Outcome.SUCCESS for e in episodes) / n, 3),
+            "autonomous_success_rate": round(autonomous / n, 3)}  # fmt: skip
 
 
 def autonomous_counts(episodes: list) -> dict:
     """Episodes and how many of them succeeded without any intervention: what an interval is computed from."""
-    successes = sum(e.outcome == "success" and e.interventions == 0 for e in episodes)
+    successes = sum(e.outcome == Outcome.SUCCESS and e.interventions == 0 for e in episodes)
     return {"episodes": len(episodes), "autonomous_successes": successes}
 
 

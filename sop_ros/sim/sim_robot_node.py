@@ -26,6 +26,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, Header
 
 from sop_ros.configs.robot import SimRobotConfig
+from sop_ros.episodes.format import Outcome
 from sop_ros.model.preprocess import encode_jpeg_rgb
 from sop_ros.msg import EpisodeEvent
 from sop_ros.robot import commands, topics
@@ -255,9 +256,7 @@ class SimRobotNode(Node):
         self.publish_event(EpisodeEvent.EVENT_END, outcome, source, steps)
         if self.pace is not None:
             self.pace.ended(self._episode_id, self._sim_time_ns)
-        verdict = {EpisodeEvent.OUTCOME_SUCCESS: "success", EpisodeEvent.OUTCOME_FAILURE: "failure"}.get(
-            outcome, "abort"
-        )
+        verdict = Outcome.from_event(outcome)
         self.get_logger().info(
             f'episode {self._episode_id} ({self._episode.task}, "{self._episode.instruction}"): '
             f"{verdict} after {steps} steps ({source})"
