@@ -176,8 +176,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_cloud(args: argparse.Namespace) -> int:
+    from sop_ros.cloud.services import run_cloud
     from sop_ros.configs.learner import LearnerConfig
-    from sop_ros.learner.cloud import run_cloud
 
     config = load_config(LearnerConfig, args.config)
     return run_cloud(config, args.duration, serve_policies=args.command == "cloud", name=args.command)
@@ -233,8 +233,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
     import json
 
     from sop_ros.bridge.artifacts import load_private_key
+    from sop_ros.cloud.policy_registry import PolicyRegistry
     from sop_ros.configs.learner import LearnerConfig
-    from sop_ros.learner.policy_registry import PolicyRegistry
 
     config = load_config(LearnerConfig, args.config).policies
     if not Path(args.policy).is_file():
@@ -313,8 +313,8 @@ def cmd_observability(args: argparse.Namespace) -> int:
 def cmd_fleet_status(args: argparse.Namespace) -> int:
     import json
 
+    from sop_ros.cloud.services import fetch_fleet_table, format_fleet_table
     from sop_ros.configs.learner import LearnerConfig
-    from sop_ros.learner.cloud import fetch_fleet_table, format_fleet_table
 
     try:
         table = fetch_fleet_table(load_config(LearnerConfig, args.config), args.timeout)

@@ -9,9 +9,9 @@ from sop_ros.bench.chaos_bridge import compare, run, write_episode
 from sop_ros.bridge.protocol import Piece, episode_key
 from sop_ros.checksums import file_sha256
 from sop_ros.cli import build_parser, cmd_chaos_bridge
+from sop_ros.cloud.episode_ingest import EpisodeIngest
+from sop_ros.cloud.episode_store import EpisodeStore
 from sop_ros.configs.bridge import EpisodeIngestConfig
-from sop_ros.learner.episode_ingest import EpisodeIngest
-from sop_ros.learner.episode_store import EpisodeStore
 
 
 def test_no_episode_is_lost_or_stored_twice_when_bridges_and_the_ingest_are_killed(tmp_path):

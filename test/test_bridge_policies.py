@@ -27,9 +27,9 @@ from sop_ros.bridge.policy_fetcher import PolicyFetcher
 from sop_ros.bridge.protocol import POLICY_ANNOUNCE, ProtocolError
 from sop_ros.bridge.zenoh_session import open_session
 from sop_ros.checksums import file_sha256
+from sop_ros.cloud.policy_server import PolicyServer
 from sop_ros.configs.bridge import PolicyDownloadConfig, PolicyServingConfig, ZenohConfig
 from sop_ros.configs.model import ModelConfig
-from sop_ros.learner.policy_server import PolicyServer
 from sop_ros.model.export import export_onnx
 from sop_ros.model.vla import VLAPolicy, save_checkpoint
 
@@ -318,9 +318,9 @@ def test_sop_publish_reaches_the_policy_node_through_sop_cloud_and_the_bridge(tm
 
 
 def fleet_table(learner) -> dict:
+    from sop_ros.cloud.services import fetch_fleet_table
     from sop_ros.configs import load_config
     from sop_ros.configs.learner import LearnerConfig
-    from sop_ros.learner.cloud import fetch_fleet_table
 
     table = fetch_fleet_table(load_config(LearnerConfig, learner))
     return table if table["robots"] else {"robots": [{"running_version": ""}]}

@@ -13,10 +13,10 @@ from sop_ros.bridge.protocol import Piece, Reply, episode_key
 from sop_ros.bridge.uploader import OutboxUploader
 from sop_ros.bridge.zenoh_session import open_session
 from sop_ros.checksums import file_sha256, recorded_sha256
+from sop_ros.cloud.episode_ingest import EpisodeIngest, EpisodeIngestService
+from sop_ros.cloud.episode_store import EpisodeStore
 from sop_ros.configs.bridge import BridgeConfig, EpisodeIngestConfig, ZenohConfig
 from sop_ros.episodes.writer import EpisodeWriter, WriterOptions
-from sop_ros.learner.episode_ingest import EpisodeIngest, EpisodeIngestService
-from sop_ros.learner.episode_store import EpisodeStore
 
 ROBOT = "robot_7"
 

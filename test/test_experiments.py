@@ -168,8 +168,8 @@ def test_a_run_is_scored_by_the_policy_the_learner_had_made_at_each_time(tmp_pat
 
     from sop_ros.bridge.artifacts import load_private_key, make_signing_keys
     from sop_ros.checksums import file_sha256
+    from sop_ros.cloud.policy_registry import PolicyRegistry
     from sop_ros.configs.learner import LearnerConfig
-    from sop_ros.learner.policy_registry import PolicyRegistry
     from sop_ros.model.export import export_onnx
     from sop_ros.model.vla import VLAPolicy, save_checkpoint
     from sop_ros.sim.experiments import score_run
@@ -305,7 +305,7 @@ def test_learner_samples_per_episode_count_the_training_that_made_the_deployed_p
 def test_the_probes_retrain_the_first_finished_run_of_their_arm_and_are_not_run_again(tmp_path, monkeypatch):
     """A sweep whose runs finished but not its probes: each probe trains on its arm's first finished seed's
     store for the run's budget (or twice it) and is scored; a second sweep runs none."""
-    from sop_ros.learner.episode_store import EpisodeStore
+    from sop_ros.cloud.episode_store import EpisodeStore
     from sop_ros.sim import experiments
 
     config = finished_sweep(tmp_path)

@@ -8,7 +8,7 @@ import yaml
 from conftest import DEMO_TASKS, REPO
 from test_learner import learner_yaml, run_sop
 
-from sop_ros.learner.episode_store import stored_episodes
+from sop_ros.cloud.episode_store import stored_episodes
 from sop_ros.sim.demo import hot_swaps, short_version
 
 
@@ -92,7 +92,7 @@ def test_a_robot_block_that_fails_is_reported_with_the_error_its_log_names(tmp_p
 def test_hot_swaps_are_the_versions_in_the_order_run_with_a_cut_episode_last(tmp_path):
     from test_bridge_upload import make_episode
 
-    from sop_ros.learner.episode_store import EpisodeStore
+    from sop_ros.cloud.episode_store import EpisodeStore
 
     robot_dir = tmp_path / "episodes" / "robot_0"
     robot_dir.mkdir(parents=True)
@@ -105,7 +105,7 @@ def test_hot_swaps_are_the_versions_in_the_order_run_with_a_cut_episode_last(tmp
 
 
 def test_the_curve_counts_autonomous_success_per_task_marks_a_partial_bin_and_finds_the_hot_swaps(tmp_path):
-    from sop_ros.learner.episode_store import StoredEpisode
+    from sop_ros.cloud.episode_store import StoredEpisode
     from sop_ros.sim.online_fleet import curve_of, plot_success
 
     def episode(robot, task, ended_s, outcome, interventions, version):

@@ -19,13 +19,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sop_ros.bench.bridge import free_endpoint, zenoh_config
 from sop_ros.bridge.artifacts import make_signing_keys
+from sop_ros.cloud.episode_store import StoredEpisode
+from sop_ros.cloud.policy_registry import PolicyRegistry
 from sop_ros.configs import from_dict
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.episodes.reader import copy_episode, episode_files
+from sop_ros.learner.algorithms import make_algorithm
 from sop_ros.learner.dataset import DatasetConfig
-from sop_ros.learner.episode_store import StoredEpisode
 from sop_ros.learner.online import TrainingData, fleet_metrics, plan_rows, version_lag
-from sop_ros.learner.policy_registry import PolicyRegistry
 
 
 def run_sop(*args: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
@@ -176,7 +177,7 @@ def test_recap_pretrains_its_value_network_and_publishes_an_advantage_conditione
 
 def test_each_batch_is_split_across_tasks_and_within_a_task_by_the_online_share(tmp_path, recorded_demos):
     config = from_dict(LearnerConfig, {"tasks": DEMO_TASKS, "demos_dir": str(recorded_demos), "batch_size": 64})
-    data = TrainingData(config, DatasetConfig())
+    data = TrainingData(config, DatasetConfig(), make_algorithm(config))
     files = episode_files(recorded_demos)
     data.refresh(files)
     assert not data.online.episodes  # indexed in the background, taken at the next refresh
@@ -185,8 +186,8 @@ def test_each_batch_is_split_across_tasks_and_within_a_task_by_the_online_share(
         rows = plan_rows(7, config, data, dict.fromkeys(DEMO_TASKS, share))
         assert len(rows) == 64
         for task in DEMO_TASKS:
-            mine = [r for r in rows if r[0] == task]
-            online = sum(r[1] == "online" for r in mine)
+            mine = [r for r in rows if r.task == task]
+            online = sum(r.source == "online" for r in mine)
             assert len(mine) == 32 and online in (int(32 * share), int(32 * share) + 1)
     assert plan_rows(7, config, data, dict.fromkeys(DEMO_TASKS, 0.5)) == plan_rows(7, config, data,
                                                                                     dict.fromkeys(DEMO_TASKS, 0.5))

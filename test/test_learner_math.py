@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from sop_ros.configs.learner import LearnerConfig, SamplingConfig
-from sop_ros.learner import recap
+from sop_ros.learner.algorithms import recap
+from sop_ros.learner.algorithms.hg_dagger import training_steps
 from sop_ros.learner.dataset import EpisodeIndex
-from sop_ros.learner.hg_dagger import training_steps
 from sop_ros.learner.sampling import OFFLINE, ONLINE, OnlineShare, online_share, split_rows, task_rows
 from sop_ros.model.inputs import INDICATOR_NEGATIVE, INDICATOR_NONE, INDICATOR_POSITIVE
 
@@ -169,3 +169,16 @@ def test_the_learning_rate_warms_up_then_follows_a_cosine_to_its_minimum():
     assert learning_rate_at(4, config) == pytest.approx(1e-4)  # the cosine starts at the top
     assert learning_rate_at(9, config) == pytest.approx(5.5e-5)  # half way: the mean of 1e-4 and 1e-5
     assert learning_rate_at(14, config) == learning_rate_at(1000, config) == pytest.approx(1e-5)
+
+
+def test_every_algorithm_a_config_can_name_has_its_module_and_each_learns_from_what_it_should():
+    from typing import get_args, get_type_hints
+
+    from sop_ros.learner.algorithms import ALGORITHMS, make_algorithm
+
+    assert set(ALGORITHMS) == set(get_args(get_type_hints(LearnerConfig)["algorithm"]))
+    kinds = {name: make_algorithm(LearnerConfig(algorithm=name, tasks=("reach-v3",))) for name in ALGORITHMS}
+    assert kinds["bc"].online_outcomes == () and kinds["bc"].offline_outcomes == ("success",)
+    assert set(kinds["hg_dagger"].online_outcomes) == {"success", "failure", "unknown"}  # never an aborted one
+    assert kinds["recap"].offline_outcomes == ("success", "failure") and kinds["recap"].indicator == "positive"
+    assert kinds["hg_dagger"].select() is not None and kinds["recap"].select() is None

@@ -186,9 +186,9 @@ def bare_fanout(workdir: Path, receivers: int, megabytes: int) -> float:
 
 def _ingest_process(endpoint: str, store_dir: str, stop: mp.Event, ready: mp.Event) -> None:
     from sop_ros.bridge.zenoh_session import open_session
+    from sop_ros.cloud.episode_ingest import EpisodeIngestService
+    from sop_ros.cloud.episode_store import EpisodeStore
     from sop_ros.configs.bridge import EpisodeIngestConfig
-    from sop_ros.learner.episode_ingest import EpisodeIngestService
-    from sop_ros.learner.episode_store import EpisodeStore
 
     store = EpisodeStore(store_dir)
     with open_session(zenoh_config(listen=endpoint)) as session:
@@ -374,8 +374,8 @@ def weight_distribution(workdir: Path, robots: int) -> dict:
 
     from sop_ros.bridge.artifacts import load_private_key, make_signing_keys
     from sop_ros.bridge.zenoh_session import open_session
+    from sop_ros.cloud.policy_server import PolicyServer
     from sop_ros.configs.bridge import PolicyServingConfig
-    from sop_ros.learner.policy_server import PolicyServer
     from sop_ros.msg import PolicyStatus
 
     artifact = export_policy(workdir, "bench-weights")

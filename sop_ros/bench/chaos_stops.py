@@ -264,7 +264,7 @@ def export_policies(run_dir: Path) -> tuple[Path, Path]:
 def publish(policy: Path, run_dir: Path) -> Path:
     """Sign `policy` into the cloud's registry (<run>/registry) with a fresh key pair; the public key's path."""
     from sop_ros.bridge.artifacts import load_private_key, make_signing_keys
-    from sop_ros.learner.policy_registry import PolicyRegistry
+    from sop_ros.cloud.policy_registry import PolicyRegistry
 
     private, public = make_signing_keys(run_dir / "keys")
     PolicyRegistry(run_dir / "registry").publish(policy, load_private_key(private))

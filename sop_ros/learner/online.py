@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import tempfile
 import threading
@@ -30,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -38,86 +37,31 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.nn import functional
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from sop_ros.cloud.episode_store import EpisodeStore, StoredEpisode
 from sop_ros.configs import ConfigError, to_dict
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.model import ModelConfig
 from sop_ros.episodes.durable import atomic_file
 from sop_ros.episodes.format import LABELLED, Outcome
-from sop_ros.learner import recap
+from sop_ros.learner.algorithms import make_algorithm
+from sop_ros.learner.algorithms.base import Algorithm
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
-from sop_ros.learner.episode_store import EpisodeStore, StoredEpisode
-from sop_ros.learner.hg_dagger import training_steps
 from sop_ros.learner.pretrain import to_torch, warmup_cosine
-from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, split_rows, task_rows
-from sop_ros.model.value import ValueNetwork
+from sop_ros.learner.ranks import Ranks, all_sum, same_on_all, start_ranks
+from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, Row, split_rows, task_rows
 from sop_ros.model.vla import VLAPolicy, load_checkpoint, parameter_count, save_checkpoint
 from sop_ros.sim.pace import FleetPace
 
 STATE = "learner.pt"  # in checkpoint_dir: everything a restart needs
 FINAL_POLICY = "policy.pt"  # in checkpoint_dir: the last policy, a checkpoint like `sop pretrain` writes
 STATUS = "status.json"  # in checkpoint_dir: what `sop learner status` shows
-Row = tuple[str, str, int, int]  # (task, source, episode index in that source's dataset, step)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Ranks
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Ranks:
-    rank: int
-    world: int
-    device: torch.device
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def start_ranks(device: str) -> Ranks:
-    """One rank, or this process's rank of a torchrun job (it sets WORLD_SIZE, RANK, LOCAL_RANK)."""
-    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    where = torch.device(f"cuda:{local}" if cuda else "cpu")
-    if world > 1:
-        if cuda:
-            torch.cuda.set_device(where)
-        dist.init_process_group("nccl" if cuda else "gloo")
-    return Ranks(int(os.environ.get("RANK", "0")), world, where)
-
-
-def all_sum(tensor: Tensor, ranks: Ranks) -> Tensor:
-    if ranks.world > 1:
-        dist.all_reduce(tensor)
-    return tensor
-
-
-def same_on_all(value: object, ranks: Ranks) -> object:
-    """Rank 0's `value` on every rank."""
-    if ranks.world == 1:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Data: demonstrations, and the fleet's episodes as they arrive
 # ---------------------------------------------------------------------------------------------------------
-
-
-def online_selection(config: LearnerConfig) -> tuple[tuple[str, ...], Callable[[EpisodeIndex], np.ndarray] | None]:
-    """The fleet episodes (by outcome) and steps each algorithm learns from."""
-    if config.algorithm == "hg_dagger":  # corrections count whatever the outcome, unless told; aborted ones never
-        return (*LABELLED, Outcome.UNKNOWN), training_steps(config.use_autonomous_segments,
-                                                            config.use_failed_corrections)  # fmt: skip
-    if config.algorithm == "recap":  # every step, each conditioned on its advantage: returns need an outcome
-        return LABELLED, None
-    return (), None  # bc: demonstrations only
 
 
 class TrainingData:
@@ -128,16 +72,15 @@ class TrainingData:
     parsing, and every rank builds the same dataset at the same step from the list rank 0 sent.
     """
 
-    def __init__(self, config: LearnerConfig, dataset_config: DatasetConfig) -> None:
+    def __init__(self, config: LearnerConfig, dataset_config: DatasetConfig, algorithm: Algorithm) -> None:
         if not Path(config.demos_dir).is_dir():
             raise ConfigError(f"demos_dir={config.demos_dir!r}: no such directory (record demonstrations with "
                               "`sop collect-demos`)")  # fmt: skip
-        offline_outcomes = LABELLED if config.algorithm == "recap" else (Outcome.SUCCESS,)
         # The demonstrations of the learner's tasks: a base pretrained on more tasks leaves the others out.
-        self.offline = EpisodeDataset(config.demos_dir, replace(dataset_config, outcomes=offline_outcomes,
+        self.offline = EpisodeDataset(config.demos_dir, replace(dataset_config, outcomes=algorithm.offline_outcomes,
                                                                 episodes_per_task=config.demos_per_task,
                                                                 tasks=config.tasks), log=lambda _: None)  # fmt: skip
-        outcomes, self.select = online_selection(config)
+        outcomes, self.select = algorithm.online_outcomes, algorithm.select()
         self.learns_online = bool(outcomes)
         # The fleet's episodes in the same camera order as the demonstrations (resolved from them if not given).
         self.online_config = replace(dataset_config, cameras=self.offline.config.cameras,
@@ -205,7 +148,7 @@ def plan_rows(step: int, config: LearnerConfig, data: TrainingData, shares: dict
         online = split_rows(n, shares[task], has_online, has_offline, rng)
         for source, count in ((ONLINE, online), (OFFLINE, n - online)):
             if count:
-                rows += [(task, source, e, k) for e, k in data.dataset(source).draw(rng, task, count)]
+                rows += [Row(task, source, e, k) for e, k in data.dataset(source).draw(rng, task, count)]
     return rows
 
 
@@ -225,10 +168,10 @@ def collate(data: TrainingData, rows: list[Row], mine: list[int]) -> dict:
     """This rank's rows decoded into one batch, in `mine`'s order."""
     parts = {}
     for source in SOURCES:
-        picks = [(rows[i][2], rows[i][3]) for i in mine if rows[i][1] == source]
+        picks = [(rows[i].episode, rows[i].step) for i in mine if rows[i].source == source]
         if picks:
             parts[source] = iter(range(len(picks))), data.dataset(source).collate(picks)
-    order = [(rows[i][1], next(parts[rows[i][1]][0])) for i in mine]
+    order = [(rows[i].source, next(parts[rows[i].source][0])) for i in mine]
     batch = {}
     for key in next(iter(parts.values()))[1]:
         values = [parts[source][1][key][j] for source, j in order]
@@ -238,96 +181,22 @@ def collate(data: TrainingData, rows: list[Row], mine: list[int]) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# RECAP: values, advantages and indicators
-# ---------------------------------------------------------------------------------------------------------
-
-
-class Advantages:
-    """Per episode, its steps' value targets and n-step advantages; per task, the indicator threshold."""
-
-    def __init__(self, config: LearnerConfig) -> None:
-        self.config = config.recap
-        self.advantages: dict[str, np.ndarray] = {}  # episode id -> (steps,)
-        self.thresholds: dict[str, float] = {}
-        self._bins: dict[str, np.ndarray] = {}  # episode id -> (steps,) its steps' value-target atoms
-        self.initial_values: dict[str, tuple[str, float]] = {}  # episode id -> (task, V of its first state)
-
-    def rewards(self, episode: EpisodeIndex) -> np.ndarray:
-        c = self.config
-        return recap.normalised_rewards(episode.steps, episode.outcome == Outcome.SUCCESS, c.max_episode_steps,
-                                        c.failure_penalty)  # fmt: skip
-
-    def value_target(self, episode: EpisodeIndex, step: int) -> int:
-        """The atom nearest to the step's normalised Monte-Carlo return (computed once per episode)."""
-        if episode.episode_id not in self._bins:
-            returns = recap.returns_to_go(self.rewards(episode))
-            self._bins[episode.episode_id] = recap.value_bin(returns, self.config.value_bins)
-        return int(self._bins[episode.episode_id][step])
-
-    def add(self, episode: EpisodeIndex, values: np.ndarray) -> None:
-        self.advantages[episode.episode_id] = recap.n_step_advantages(self.rewards(episode), values, self.config.n_step)
-        self.initial_values[episode.episode_id] = (episode.task, float(values[0]))
-
-    def value_estimates(self) -> dict[str, float]:
-        """Per task, the value network's mean estimate of its episodes' first states (normalised return)."""
-        by_task: dict[str, list[float]] = {}
-        for task, value in self.initial_values.values():
-            by_task.setdefault(task, []).append(value)
-        return {t: float(np.mean(v)) for t, v in by_task.items()}
-
-    def update_thresholds(self, episodes: list[EpisodeIndex]) -> None:
-        by_task: dict[str, list[np.ndarray]] = {}
-        for e in episodes:
-            if e.episode_id in self.advantages:
-                by_task.setdefault(e.task, []).append(self.advantages[e.episode_id])
-        self.thresholds = {t: recap.advantage_threshold(np.concatenate(a), self.config.advantage_percentile)
-                           for t, a in by_task.items()}  # fmt: skip
-
-    def indicators(self, batch: dict, rng: np.random.Generator) -> np.ndarray:
-        """The batch rows' indicators (operators' steps positive), dropped to 'none' at the configured rate."""
-        advantage = np.array([self.advantages[e][k] for e, k in zip(batch["episode_id"], batch["step"], strict=True)])
-        threshold = np.array([self.thresholds[t] for t in batch["task"]])
-        indicator = recap.indicators(advantage, threshold, batch["operator"])  # each row against its task's
-        return recap.drop_indicators(indicator, self.config.indicator_dropout, rng)
-
-
-@torch.no_grad()
-def episode_values(value: ValueNetwork, dataset: EpisodeDataset, index: int, device: torch.device) -> np.ndarray:
-    """V(s_k) for every step of one episode."""
-    episode = dataset.episodes[index]
-    out = []
-    for start in range(0, episode.steps, 64):
-        picks = [(index, k) for k in range(start, min(start + 64, episode.steps))]
-        batch = to_torch(dataset.collate(picks), value.config, device)
-        out.append(value.value(batch["images"], batch["proprio"], batch["instruction"]).cpu().numpy())
-    return np.concatenate(out)
-
-
-def score_episodes(value: ValueNetwork, advantages: Advantages, dataset: EpisodeDataset, device: torch.device) -> None:
-    """Advantages for the dataset's episodes that have none yet (thresholds: Advantages.update_thresholds)."""
-    value.eval()
-    for i, episode in enumerate(dataset.episodes):
-        if episode.episode_id not in advantages.advantages:
-            advantages.add(episode, episode_values(value, dataset, i, device))
-
-
-# ---------------------------------------------------------------------------------------------------------
 # The model being trained
 # ---------------------------------------------------------------------------------------------------------
 
 
 class Losses(nn.Module):
-    """The policy's per-row losses (and the value network's loss when co-trained), as one module that
-    DistributedDataParallel can wrap."""
+    """The policy's per-row losses (and the loss of the algorithm's network trained beside it), as one module
+    that DistributedDataParallel can wrap."""
 
-    def __init__(self, policy: VLAPolicy, value: ValueNetwork | None) -> None:
+    def __init__(self, policy: VLAPolicy, beside: nn.Module | None) -> None:
         super().__init__()
-        self.policy, self.value = policy, value
+        self.policy, self.beside = policy, beside
 
-    def forward(self, batch: dict[str, Tensor], value_bins: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    def forward(self, batch: dict[str, Tensor], targets: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
         losses, weights = self.policy.sample_losses(batch)
-        value_loss = self.value.loss(batch, value_bins) if value_bins is not None else None
-        return losses, weights, value_loss
+        beside_loss = self.beside.loss(batch, targets) if targets is not None else None
+        return losses, weights, beside_loss
 
 
 def initial_policy(config: LearnerConfig) -> tuple[VLAPolicy | None, tuple[str, ...], dict | None]:
@@ -375,7 +244,7 @@ class Publisher:
 
     def __init__(self, config: LearnerConfig, cameras: tuple[str, ...], indicator: str, published: list[str]) -> None:
         from sop_ros.bridge.artifacts import load_private_key
-        from sop_ros.learner.policy_registry import PolicyRegistry
+        from sop_ros.cloud.policy_registry import PolicyRegistry
 
         try:
             self.key = load_private_key(config.policies.private_key)
@@ -460,9 +329,8 @@ def version_lag(fleet_table: dict, published: list[str]) -> dict[str, int]:
 
 
 def write_status(path: Path, status: dict) -> None:
-    temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps(status, indent=2) + "\n")
-    temp.replace(path)
+    with atomic_file(path, durable=False) as f:  # read by `sop learner status` at any moment; rewritten often
+        f.write((json.dumps(status, indent=2) + "\n").encode())
 
 
 def format_status(status: dict, now: float) -> str:
@@ -521,7 +389,9 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     # ---- model and data -------------------------------------------------------------------------------------
     policy, cameras, base_optimiser = initial_policy(config)
     model_cfg = policy.config if policy else ModelConfig()
-    data = TrainingData(config, DatasetConfig(cameras=cameras, image_size=model_cfg.image_size, chunk=model_cfg.chunk))
+    algorithm = make_algorithm(config)
+    data = TrainingData(config, DatasetConfig(cameras=cameras, image_size=model_cfg.image_size, chunk=model_cfg.chunk),
+                        algorithm)  # fmt: skip
     cleanup.callback(data.close)
     missing = [t for t in config.tasks if t not in data.offline.tasks]
     if len(missing) == len(config.tasks):
@@ -531,18 +401,18 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         policy = VLAPolicy(replace(model_cfg, cameras=len(cameras)))
         model_cfg = policy.config
         policy.set_normalisation(data.offline.proprio_stats(), data.offline.action_stats())
-    value = ValueNetwork(model_cfg, config.recap.value_bins) if config.algorithm == "recap" else None
-    if value is not None:
-        value.set_normalisation((policy.proprio_mean, policy.proprio_std))
+    if resumed:
+        policy.load_state_dict(resumed["policy"])
+    algorithm.build(policy, resumed, ranks)
     published: list[str] = list(resumed["published"]) if resumed else []
-    publisher = Publisher(config, cameras, "positive" if value is not None else "", published) if ranks.main else None
+    publisher = Publisher(config, cameras, algorithm.indicator, published) if ranks.main else None
     if publisher:
         cleanup.callback(publisher.wait)
 
     # ---- the robots' side, on rank 0: ingest into the store, policy announcements ----------------------------
     store, server = None, None
     if ranks.main and config.serve_robots:
-        from sop_ros.learner.cloud import CloudServices
+        from sop_ros.cloud.services import CloudServices
 
         cloud = CloudServices(config, serve_policies=True)
         cleanup.callback(cloud.close)
@@ -555,17 +425,8 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     if ranks.main and config.serve_robots and config.pace.steps_per_sim_minute:
         pace = FleetPace(cloud.session, config.pace, say)
         cleanup.callback(pace.close)
-    if resumed:
-        policy.load_state_dict(resumed["policy"])
-        if value is not None and resumed.get("value"):
-            value.load_state_dict(resumed["value"])
     policy.to(ranks.device)
-    if value is not None:
-        value.to(ranks.device)
-    cotrain = value is not None and config.recap.value_training == "cotrain"
-    if value is not None and not cotrain:
-        value.requires_grad_(False)
-    module: nn.Module = Losses(policy, value if cotrain else None)
+    module: nn.Module = Losses(policy, algorithm.beside_policy())
     if ranks.world > 1:
         module = nn.parallel.DistributedDataParallel(module, device_ids=[ranks.device.index] if
                                                      ranks.device.type == "cuda" else None)  # fmt: skip
@@ -591,13 +452,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         f"parameters on {ranks.device} x {ranks.world}; {len(data.offline.episodes)} demonstrations"
         + (f" (none of {', '.join(missing)})" if missing else ""))  # fmt: skip
 
-    # ---- RECAP: the value network pre-trained on the offline data, then the advantages --------------------
-    advantages = Advantages(config) if value is not None else None
-    if value is not None and not (resumed and resumed.get("value")):
-        pretrain_value(value, data.offline, advantages, config, ranks, say)
-    if advantages is not None:
-        score_episodes(value, advantages, data.offline, ranks.device)
-        advantages.update_thresholds(data.offline.episodes)
+    algorithm.start(data, resumed, ranks, say)  # e.g. RECAP's value network pre-trained on the demonstrations
 
     # ---- metrics --------------------------------------------------------------------------------------------
     writer = None
@@ -635,10 +490,8 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
             paths = training_paths(store, pace, step, stop) if store else None
             if data.refresh(same_on_all(paths, ranks), at_once=step == first):
                 pending.clear()  # planned on the old online data: plan again
-                if advantages is not None:
-                    score_episodes(value, advantages, data.online, ranks.device)
-                    advantages.update_thresholds(data.offline.episodes + data.online.episodes)
-                    policy.train()
+                algorithm.data_grew(data, ranks)
+                policy.train()
         while len(pending) < 2:
             prepare(step + len(pending))
         _, rows, decoded = pending.popleft()
@@ -647,19 +500,12 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         batch = to_torch(batch_np, model_cfg, ranks.device)
         noise, flow_time = flow_draws(step, config, model_cfg)
         batch["noise"], batch["flow_time"] = noise[mine].to(ranks.device), flow_time[mine].to(ranks.device)
-        value_bins = None
-        if advantages is not None:
-            rng = np.random.default_rng([config.seed, step, 1])
-            batch["indicator"] = torch.from_numpy(advantages.indicators(batch_np, rng)).to(ranks.device)
-            if cotrain:
-                value_bins = torch.from_numpy(np.array([
-                    advantages.value_target(data.dataset(rows[i][1]).episodes[rows[i][2]], rows[i][3])
-                    for i in mine])).to(ranks.device)  # fmt: skip
-        losses, weights, value_loss = module(batch, value_bins)
+        targets = algorithm.add_inputs(batch, batch_np, rows, mine, data, step, ranks.device)
+        losses, weights, beside_loss = module(batch, targets)
         total = all_sum(weights.detach().sum(), ranks).clamp(min=1.0)
         loss = (losses * weights).sum() * ranks.world / total
-        if value_loss is not None:
-            loss = loss + value_loss
+        if beside_loss is not None:
+            loss = loss + beside_loss
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -669,7 +515,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         if average is not None:
             average.update_parameters(policy)
         # Per (task, source) mean losses over the whole global batch: SOP's w_on, the same on every rank.
-        keys = torch.tensor([task_index[rows[i][0]] * 2 + SOURCES.index(rows[i][1]) for i in mine])
+        keys = torch.tensor([task_index[rows[i].task] * 2 + SOURCES.index(rows[i].source) for i in mine])
         stats = torch.zeros(2, 2 * len(config.tasks), dtype=torch.float64)
         stats[0].index_add_(0, keys, (losses * weights).detach().cpu().double())
         stats[1].index_add_(0, keys, weights.detach().cpu().double())
@@ -696,7 +542,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
             published.append(version)  # in the checkpoint before it exists: a restart never reuses the name
             save_state(state_path, {
                 "step": step, "run_id": run_id, "published": published, "policy": policy.state_dict(),
-                "value": value.state_dict() if value is not None else None, "optimiser": optimiser.state_dict(),
+                "value": algorithm.state_dict(), "optimiser": optimiser.state_dict(),
                 "online_share": shares.state_dict(), "config": to_dict(config),
                 "average": average.state_dict() if average is not None else None,
             })  # fmt: skip
@@ -720,8 +566,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
                 "version_lag": version_lag(table, publisher.published),
                 "robot_versions": {r["robot"]: r["running_version"] for r in table.get("robots", [])},
                 "fleet_sim_s": pace.fleet_time_ns / 1e9 if pace else None,
-                "value_thresholds": advantages.thresholds if advantages else {},
-                "value_estimates": advantages.value_estimates() if advantages else {},
+                "value_thresholds": {}, "value_estimates": {}, **algorithm.status(),
             }  # fmt: skip
             write_status(out / STATUS, status)
             write_scalars(writer, status, step)
@@ -781,30 +626,3 @@ def write_scalars(writer, status: dict, step: int) -> None:
     for task, value in status["value_estimates"].items():
         writer.add_scalar(f"value/initial_state/{task}", value, step)
     writer.flush()
-
-
-def pretrain_value(value: ValueNetwork, offline: EpisodeDataset, advantages: Advantages, config: LearnerConfig,
-                   ranks: Ranks, say: Callable[[str], None]) -> None:  # fmt: skip
-    """RECAP's value network on the demonstrations' Monte-Carlo returns (cross-entropy over atoms)."""
-    value.requires_grad_(True)
-    trainable = list(value.parameters())
-    module = nn.parallel.DistributedDataParallel(value) if ranks.world > 1 else value
-    optimiser = torch.optim.AdamW(trainable, lr=config.recap.value_learning_rate)
-    value.train()
-    for step in range(config.recap.value_pretrain_steps):
-        rng = np.random.default_rng([config.seed, step, 2])
-        picks = [p for t in offline.tasks for p in offline.draw(rng, t, config.batch_size // len(offline.tasks))]
-        mine = picks[ranks.rank :: ranks.world]
-        batch_np = offline.collate(mine)
-        batch = to_torch(batch_np, value.config, ranks.device)
-        bins = torch.from_numpy(np.array([advantages.value_target(offline.episodes[e], k) for e, k in mine]))
-        bins = bins.to(ranks.device)
-        loss = functional.cross_entropy(module(batch["images"], batch["proprio"], batch["instruction"]), bins)
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        optimiser.step()
-        if (step + 1) % 50 == 0:
-            say(f"value pretraining {step + 1}/{config.recap.value_pretrain_steps}: cross-entropy {loss.item():.3f}")
-    if config.recap.value_training == "frozen":
-        value.requires_grad_(False)
-    value.eval()

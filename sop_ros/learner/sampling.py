@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -28,6 +29,15 @@ from sop_ros.configs.learner import SamplingConfig
 
 ONLINE, OFFLINE = "online", "offline"
 SOURCES = (ONLINE, OFFLINE)
+
+
+class Row(NamedTuple):
+    """One row of a batch: which task, from which source, and which step of which episode of that source."""
+
+    task: str
+    source: str  # ONLINE or OFFLINE
+    episode: int  # index in that source's dataset
+    step: int
 
 
 def task_rows(batch_size: int, tasks: Sequence[str], rng: np.random.Generator) -> dict[str, int]:

@@ -2,7 +2,8 @@
 
 It reads what the policy reads (cameras, instruction, joint positions) through encoders of the same kind, and
 is trained with cross-entropy against the atom nearest to each step's normalised Monte-Carlo return
-(sop_ros.learner.recap). The learner pre-trains it on the demonstrations, then freezes it or keeps training it.
+(sop_ros.learner.algorithms.recap). The learner pre-trains it on the demonstrations, then freezes it or keeps
+training it.
 """
 
 from __future__ import annotations

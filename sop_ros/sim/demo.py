@@ -101,7 +101,7 @@ def record_demos(demos: Path, tasks: list[str], per_task: int) -> None:
 def hot_swaps(store_dir: Path) -> dict[str, list[str]]:
     """Per robot, the policy versions its stored episodes ran, in the order it first ran them (an episode cut short
     by the robot's stop has no end time: it was the robot's last)."""
-    from sop_ros.learner.episode_store import stored_episodes
+    from sop_ros.cloud.episode_store import stored_episodes
 
     versions: dict[str, list[str]] = {}
     for e in sorted(stored_episodes(store_dir), key=lambda e: (e.robot_id, e.ended_ns or float("inf"))):

@@ -373,7 +373,7 @@ def run_probes(config: ExperimentConfig, out: Path, keys: dict[str, str], learne
                carried: dict[tuple[str, int], dict]) -> bool:  # fmt: skip
     """Run every probe of the experiment whose arm has a finished run here and that is not done or carried;
     whether any ran."""
-    from sop_ros.learner.episode_store import stored_episodes
+    from sop_ros.cloud.episode_store import stored_episodes
     from sop_ros.model.export import export_onnx
 
     arms, ran = {arm.name: arm for arm in ARMS[config.experiment]}, False
@@ -435,7 +435,7 @@ SCORES = "scores.json"  # beside a run's fleet_run.json: its policy's score at e
 
 def policies_made(registry_dir: Path) -> list[tuple[int, str]]:
     """(learner step that made it, version) of every published policy; the base, published first, at step 0."""
-    from sop_ros.learner.policy_registry import LATEST, PolicyRegistry
+    from sop_ros.cloud.policy_registry import LATEST, PolicyRegistry
 
     registry = PolicyRegistry(registry_dir)
     made = []

@@ -77,7 +77,7 @@ def robot_config(base: RobotLaunchConfig, robot_id: str, unit: WorkUnit, out: Pa
 def publish_base(learner: LearnerConfig) -> str:
     """The base policy, exported and signed as the fleet's first version."""
     from sop_ros.bridge.artifacts import load_private_key
-    from sop_ros.learner.policy_registry import PolicyRegistry
+    from sop_ros.cloud.policy_registry import PolicyRegistry
     from sop_ros.model.export import export_onnx
 
     registry = PolicyRegistry(learner.policies.registry_dir)
@@ -93,7 +93,7 @@ def success_curve(store_dir: Path, start: float, bin_s: float, simulated: bool =
                   end_s: float | None = None) -> dict:  # fmt: skip
     """The run's curve (`curve_of`) from its store: bins of wall time since `start` (when each episode was
     stored), or with `simulated`, of the fleet's simulated clock (when each episode ended)."""
-    from sop_ros.learner.episode_store import stored_episodes
+    from sop_ros.cloud.episode_store import stored_episodes
 
     def at(e) -> float:
         return e.ended_ns / 1e9 if simulated else e.stored_at - start

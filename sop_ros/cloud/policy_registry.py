@@ -5,7 +5,7 @@
     <registry>/latest.json       the announcement robots should run now
 
 Files are written whole (temporary name, fsync, rename) so that a crash leaves the registry as it was; the
-policy server (sop_ros.learner.policy_server) serves what is here and announces each new latest.json.
+policy server (sop_ros.cloud.policy_server) serves what is here and announces each new latest.json.
 """
 
 from __future__ import annotations

@@ -13,11 +13,11 @@ from dataclasses import replace
 
 from sop_ros.bridge.protocol import FLEET_TABLE
 from sop_ros.bridge.zenoh_session import open_session
+from sop_ros.cloud.episode_ingest import EpisodeIngestService
+from sop_ros.cloud.episode_store import EpisodeStore
+from sop_ros.cloud.policy_server import PolicyServer
 from sop_ros.configs.bridge import ZenohConfig
 from sop_ros.configs.learner import LearnerConfig
-from sop_ros.learner.episode_ingest import EpisodeIngestService
-from sop_ros.learner.episode_store import EpisodeStore
-from sop_ros.learner.policy_server import PolicyServer
 
 
 def cloud_zenoh(config: LearnerConfig) -> ZenohConfig:

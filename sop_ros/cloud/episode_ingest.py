@@ -17,9 +17,9 @@ import zenoh
 
 from sop_ros.bridge.protocol import EPISODES, Piece, ProtocolError, Reply, parse_episode_key
 from sop_ros.bridge.zenoh_session import open_session
+from sop_ros.cloud.episode_store import DamagedUpload, EpisodeStore
 from sop_ros.configs.bridge import EpisodeIngestConfig
 from sop_ros.episodes.reader import check_episode_file
-from sop_ros.learner.episode_store import DamagedUpload, EpisodeStore
 
 log = logging.getLogger("sop.ingest")
 

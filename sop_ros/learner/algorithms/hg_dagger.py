@@ -22,8 +22,17 @@ from collections.abc import Callable
 
 import numpy as np
 
-from sop_ros.episodes.format import Outcome
+from sop_ros.episodes.format import LABELLED, Outcome
+from sop_ros.learner.algorithms.base import Algorithm
 from sop_ros.learner.dataset import EpisodeIndex
+
+
+class HgDagger(Algorithm):
+    name = "hg_dagger"
+    online_outcomes = (*LABELLED, Outcome.UNKNOWN)  # corrections count whatever the outcome, unless told
+
+    def select(self) -> Callable[[EpisodeIndex], np.ndarray]:
+        return training_steps(self.config.use_autonomous_segments, self.config.use_failed_corrections)
 
 
 def training_steps(use_autonomous_segments: bool, use_failed_corrections: bool = True,

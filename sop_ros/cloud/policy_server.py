@@ -1,6 +1,6 @@
 """The cloud's side of weight distribution, and its view of the fleet.
 
-- Announces each new version of the registry (sop_ros.learner.policy_registry) on `sop/policies/announce`.
+- Announces each new version of the registry (sop_ros.cloud.policy_registry) on `sop/policies/announce`.
 - Answers `sop/policies/latest` with the latest signed announcement: a robot that starts or reconnects late
   asks for it (a put is not kept for peers that were away).
 - Serves artifacts in byte ranges on `sop/policies/artifacts/<version>`: robots download with several ranges in
@@ -34,8 +34,8 @@ from sop_ros.bridge.protocol import (
     artifact_key,
     json_object,
 )
+from sop_ros.cloud.policy_registry import LATEST, PolicyRegistry
 from sop_ros.configs.bridge import PolicyServingConfig
-from sop_ros.learner.policy_registry import LATEST, PolicyRegistry
 
 log = logging.getLogger("sop.policies")
 
