@@ -295,7 +295,7 @@ def cmd_headroom(args: argparse.Namespace) -> int:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     config = HeadroomConfig(tasks, args.demos_per_task, args.pretrain_steps, episodes_per_task=args.episodes_per_task,
                             workers=args.workers, demo_robot_yaml=args.demo_config, eval_robot_yaml=args.eval_config,
-                            out=args.out, results=args.results, seed=args.seed)  # fmt: skip
+                            out=args.out, results=args.results, seed=args.seed, base=args.base)  # fmt: skip
     report = measure(config)
     print(f"sop headroom: {report['verdict']}; {Path(args.results) / 'headroom'}.md, .json, .png")
     return 0
@@ -605,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/headroom", help="demonstrations, base policy, scores (default: %(default)s)")
     p.add_argument("--seed", type=int, default=SELECTION_SEED, help="the first scoring seed: apart from the "
                    "experiments' evaluation seeds, which choosing their tasks must not tune on (default: %(default)s)")
+    p.add_argument("--base", default="", metavar="CKPT", help="score this base checkpoint (e.g. an experiment's "
+                   "shared base) instead of recording demonstrations and pretraining one")  # fmt: skip
     p.add_argument("--results", default="docs/results", help="headroom.json, .md, .png go here")
     p.set_defaults(func=cmd_headroom)
 

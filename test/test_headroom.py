@@ -28,3 +28,13 @@ def test_a_task_has_headroom_when_its_base_success_is_within_the_bounds(tmp_path
 def test_bounds_out_of_order_are_refused():
     with pytest.raises(ConfigError, match="high=0.1: must be above low"):
         HeadroomConfig(("reach-v3",), low=0.2, high=0.1)
+
+
+def test_a_given_base_is_named_in_the_command_and_the_report(tmp_path):
+    config = HeadroomConfig(("reach-v3",), episodes_per_task=50, base="runs/experiments/shared/base.pt")
+    report = headroom_report(config, {"version": "base-y", "tasks": {"reach-v3": {"episodes": 50, "successes": 20}}})
+    assert "--base runs/experiments/shared/base.pt" in report["command"] and "--demos-per-task" not in report["command"]
+    write_report(report, tmp_path)
+    assert "The base policy `runs/experiments/shared/base.pt` (base-y), scored in process on 50 episodes" in (
+        tmp_path / "headroom.md"
+    ).read_text()

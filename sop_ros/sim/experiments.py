@@ -90,6 +90,12 @@ ARMS = {
         # SOP's adaptive share gives a task's fleet data more of its rows the harder they are to fit; here a fixed 20%.
         Arm("EMA 0.98, online share 0.2", learner=(("ema_decay", 0.98), ("sampling", SamplingConfig(
             online_share_min=0.2, online_share_max=0.2)))),
+        # A correction whose episode failed is no demonstration of the task: push-v3's operator fails 45% of its
+        # takeovers, each flailing to the step limit, and those steps were 2/3 of push's fleet rows.
+        Arm("EMA 0.98, successful corrections", learner=(("ema_decay", 0.98), ("use_failed_corrections", False))),
+        Arm("EMA 0.98, successful corrections, online share 0.2", learner=(
+            ("ema_decay", 0.98), ("use_failed_corrections", False),
+            ("sampling", SamplingConfig(online_share_min=0.2, online_share_max=0.2)))),
         # The control: the YAML's training on the demonstrations alone. What it does, the fleet's data did not.
         Arm("demonstrations only", algorithm="bc"),
     ),

@@ -6,6 +6,9 @@ multi-task base policy is pretrained on all of them together (the experiments' r
 and scored in process (`sop eval --in-process`) on evaluation seeds. A task has headroom when its base success is
 within [low, high] (20% and 70% by default); each score carries its 95% Wilson interval.
 
+With `--base`, the base is a checkpoint made elsewhere (the experiments' own, `sop experiment` prints it), scored
+the same way: the tasks an experiment runs are then chosen on the very policy it starts from.
+
 Every stage is kept in `--out` and skipped when done (demonstrations task by task, the base, the scores), so an
 interrupted measurement resumes. The report goes to `--results`: headroom.json, .md and .png.
 """
@@ -38,6 +41,7 @@ class HeadroomConfig:
     # Seeds of its own: choosing the experiments' tasks on their evaluation seeds (EVAL_SEED, 100000 on) would tune
     # on them. Demonstrations use 0 on.
     seed: int = SELECTION_SEED
+    base: str = ""  # a base checkpoint to score instead of recording demonstrations and pretraining one
 
     def __post_init__(self) -> None:
         require(bool(self.tasks), "tasks", self.tasks, "must name at least one task")
@@ -51,9 +55,10 @@ def measure(config: HeadroomConfig) -> dict:
     from sop_ros.learner.pretrain import PretrainConfig, pretrain
     from sop_ros.model.export import export_onnx
     from sop_ros.sim.collect_demos import collect
-    from sop_ros.sim.in_process_eval import evaluate_in_process
 
     out = Path(config.out)
+    if config.base:
+        return _score(config, _given_base(config.base, out))
     # Demonstrations by the demo robot config's contents: another camera or marker records them again.
     demo_config = file_sha256(config.demo_robot_yaml)
     demos = out / f"demos-{demo_config[:12]}"
@@ -85,12 +90,35 @@ def measure(config: HeadroomConfig) -> dict:
         (out / "eval" / "eval.json").unlink(missing_ok=True)
     if not (out / "base.onnx").exists():
         export_onnx(base, out / "base.onnx")
-    scores = out / "eval" / "eval.json"
+    return _score(config, out / "base.onnx")
+
+
+def _given_base(checkpoint: str, out: Path) -> Path:
+    """The given checkpoint exported once, named by its contents: another base is scored afresh."""
+    from sop_ros.checksums import file_sha256
+    from sop_ros.model.export import export_onnx
+
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"--base {checkpoint}: no such checkpoint")
+    onnx = out / f"base-{file_sha256(checkpoint)[:12]}.onnx"
+    if not onnx.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        export_onnx(checkpoint, onnx)
+    return onnx
+
+
+def _score(config: HeadroomConfig, onnx: Path) -> dict:
+    """Score the base `onnx` in process (kept in <out>/eval-<its name>/), then report."""
+    from sop_ros.sim.in_process_eval import evaluate_in_process
+
+    where = Path(config.out) / ("eval" if onnx.stem == "base" else f"eval-{onnx.stem}")
+    scores = where / "eval.json"
     scored = json.loads(scores.read_text()) if scores.exists() else {}
     if (scored.get("episodes_per_task"), scored.get("seed")) != (config.episodes_per_task, config.seed):
-        print(f"sop headroom [3/3]: scoring it in process, {config.episodes_per_task} episodes per task", flush=True)
-        evaluate_in_process(str(out / "base.onnx"), config.eval_robot_yaml, list(config.tasks),
-                            config.episodes_per_task, config.workers, out / "eval", config.seed)  # fmt: skip
+        print(f"sop headroom [3/3]: scoring {onnx} in process, {config.episodes_per_task} episodes per task",
+              flush=True)  # fmt: skip
+        evaluate_in_process(str(onnx), config.eval_robot_yaml, list(config.tasks), config.episodes_per_task,
+                            config.workers, where, config.seed)  # fmt: skip
     report = headroom_report(config, json.loads(scores.read_text()))
     write_report(report, Path(config.results))
     return report
@@ -120,9 +148,10 @@ def headroom_report(config: HeadroomConfig, scores: dict) -> dict:
                        "interval95": [round(low, 3), round(high, 3)],
                        "headroom": config.low <= rate.value <= config.high}  # fmt: skip
     with_room = [t for t, v in tasks.items() if v["headroom"]]
-    command = (f"sop headroom --tasks {','.join(config.tasks)} --demos-per-task {config.demos_per_task} "
-               f"--pretrain-steps {config.pretrain_steps} --episodes-per-task {config.episodes_per_task} "
-               f"--demo-config {config.demo_robot_yaml} --eval-config {config.eval_robot_yaml} --out {config.out} "
+    made = (f"--base {config.base}" if config.base else f"--demos-per-task {config.demos_per_task} --pretrain-steps "
+            f"{config.pretrain_steps} --demo-config {config.demo_robot_yaml}")  # fmt: skip
+    command = (f"sop headroom --tasks {','.join(config.tasks)} {made} --episodes-per-task "
+               f"{config.episodes_per_task} --eval-config {config.eval_robot_yaml} --out {config.out} "
                f"--seed {config.seed} --results {config.results}")  # fmt: skip
     return {
         "command": command,
@@ -142,15 +171,16 @@ def write_report(report: dict, results: Path) -> None:
     results.mkdir(parents=True, exist_ok=True)
     (results / "headroom.json").write_text(json.dumps(report, indent=2) + "\n")
     c, m = report["config"], report["machine"]
+    made = (f"The base policy `{c['base']}` ({report['base_policy']})" if c.get("base") else
+            f"One base policy pretrained on {c['demos_per_task']} scripted demonstrations of each task "
+            f"({c['pretrain_steps']} steps, batch {c['pretrain_batch']})")  # fmt: skip
     lines = [
         "# Task headroom: the base policy's success per task",
         "",
         f"Made by `{report['command']}`, on {described(m)}.",
         "",
-        f"One base policy pretrained on {c['demos_per_task']} scripted demonstrations of each task "
-        f"({c['pretrain_steps']} steps, batch {c['pretrain_batch']}), scored in process on {c['episodes_per_task']} "
-        f"episodes per task (seeds from {c['seed']}; the experiments score on their own, from 100000). "
-        "Intervals: 95% Wilson.",
+        f"{made}, scored in process on {c['episodes_per_task']} episodes per task (seeds from {c['seed']}; the "
+        "experiments score on their own, from 100000). Intervals: 95% Wilson.",
         "",
         "| task | success | 95% interval | headroom |",
         "|---|---|---|---|",
