@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sop_ros.configs import ConfigError, load_config
-from sop_ros.sim.headroom import SELECTION_SEED
+from sop_ros.fleet.headroom import SELECTION_SEED
 
 
 def require_ros(command: str) -> None:
@@ -56,7 +56,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def cmd_collect_demos(args: argparse.Namespace) -> int:
     require_ros("collect-demos")
-    from sop_ros.sim.collect_demos import collect
+    from sop_ros.fleet.collect_demos import collect
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     summary = collect(args.config, tasks, args.episodes_per_task, args.robots, Path(args.out), args.seed)
@@ -66,13 +66,13 @@ def cmd_collect_demos(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     if args.in_process:
-        from sop_ros.sim.in_process_eval import evaluate_in_process
+        from sop_ros.fleet.in_process_eval import evaluate_in_process
 
         evaluate_in_process(args.policy, args.config, tasks, args.episodes_per_task, args.robots, Path(args.out),
                             args.seed)  # fmt: skip
         return 0
     require_ros("eval")
-    from sop_ros.sim.evaluate import evaluate
+    from sop_ros.fleet.evaluate import evaluate
 
     report = evaluate(args.policy, args.config, tasks, args.episodes_per_task, args.robots, Path(args.out), args.seed)
     return 0 if not report["failed"] and not report["missing_tasks"] else 1
@@ -80,7 +80,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def cmd_eval_check(args: argparse.Namespace) -> int:
     require_ros("eval-check")
-    from sop_ros.sim.in_process_eval import check_agreement
+    from sop_ros.fleet.in_process_eval import check_agreement
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     check_agreement(args.policy, args.config, tasks, args.episodes_per_task, Path(args.out), args.seed,
@@ -89,7 +89,7 @@ def cmd_eval_check(args: argparse.Namespace) -> int:
 
 
 def cmd_operator_check(args: argparse.Namespace) -> int:
-    from sop_ros.sim.operator_check import check_operator
+    from sop_ros.fleet.operator_check import check_operator
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     report = check_operator(args.policy, args.config, tasks, args.episodes_per_task, args.workers,
@@ -258,7 +258,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 def cmd_fleet_run(args: argparse.Namespace) -> int:
     require_ros("fleet run")
-    from sop_ros.sim.online_fleet import run
+    from sop_ros.fleet.online_fleet import run
 
     out = Path(args.out or f"runs/fleet-run/{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}")
     tasks = [t for t in args.tasks.split(",") if t]
@@ -269,7 +269,7 @@ def cmd_fleet_run(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from sop_ros.sim.experiments import THRESHOLD, ExperimentConfig, run_experiment
+    from sop_ros.fleet.experiments import THRESHOLD, ExperimentConfig, run_experiment
 
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s)
@@ -290,7 +290,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def cmd_headroom(args: argparse.Namespace) -> int:
     require_ros("headroom")
-    from sop_ros.sim.headroom import HeadroomConfig, measure
+    from sop_ros.fleet.headroom import HeadroomConfig, measure
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     config = HeadroomConfig(tasks, args.demos_per_task, args.pretrain_steps, episodes_per_task=args.episodes_per_task,
@@ -302,7 +302,7 @@ def cmd_headroom(args: argparse.Namespace) -> int:
 
 
 def cmd_observability(args: argparse.Namespace) -> int:
-    from sop_ros.sim.observability import measure
+    from sop_ros.fleet.observability import measure
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     measure(args.config, tasks, args.train, args.test, Path(args.json), args.epochs)
@@ -361,7 +361,7 @@ def cmd_chaos_stops(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     require_ros("demo")
-    from sop_ros.sim.demo import run_demo
+    from sop_ros.fleet.demo import run_demo
 
     if args.minutes <= 0 or args.robots < 1:
         print("sop demo: --minutes must be > 0 and --robots >= 1", file=sys.stderr)
@@ -611,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_headroom)
 
     p = sub.add_parser("experiment", help="the SOP experiments on a simulated fleet: JSON, PNG and markdown reports")
-    from sop_ros.sim.experiments import ARMS
+    from sop_ros.fleet.experiments import ARMS
 
     p.add_argument("experiment", choices=list(ARMS))
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
@@ -621,7 +621,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the fleet's success at the budget: over the last M minutes")
     p.add_argument("--block", type=int, default=3, help="episodes a robot runs of one task before the next")
     p.add_argument("--threshold", type=float, help="success whose time to reach is compared (default: the one fixed "
-                   "before the committed runs, sop_ros/sim/experiments.py)")
+                   "before the committed runs, sop_ros/fleet/experiments.py)")
     p.add_argument("--eval-every", type=float, default=1.0, metavar="MIN",
                    help="score the learner's policy every MIN simulated minutes (default: %(default)s)")
     p.add_argument("--eval-episodes", type=int, default=50, metavar="N",

@@ -37,7 +37,7 @@ def test_wheel_holds_the_package_and_the_sop_command(tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, cwd=src, timeout=120)
     (wheel,) = (src / "dist").glob("sop_ros-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("sop_ros/cli.py", "sop_ros/configs/learner.py", "sop_ros/sim/catalog.py"):
+    for module in ("sop_ros/cli.py", "sop_ros/configs/learner.py", "sop_ros/configs/tasks.py"):
         assert module in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "sop = sop_ros.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -9,7 +9,7 @@ from conftest import REPO, sop, wait_for
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
-from sop_ros.sim.collect_demos import WorkUnit, plan_units
+from sop_ros.fleet.collect_demos import WorkUnit, plan_units
 
 
 def test_every_robot_gets_work_and_every_episode_is_planned():

@@ -58,8 +58,8 @@ def test_eval_runs_the_policy_through_the_nodes_and_reports_success_per_task(tmp
     # A recording may also hold the answers to the states just before and just after its episode.
     from sop_ros.configs import load_config
     from sop_ros.configs.robot import RobotLaunchConfig
-    from sop_ros.sim.collect_demos import plan_units
-    from sop_ros.sim.in_process_eval import run_unit
+    from sop_ros.fleet.collect_demos import plan_units
+    from sop_ros.fleet.in_process_eval import run_unit
 
     commands = []
     unit = plan_units(["reach-v3"], 2, 1, 100_000)[0]
@@ -109,9 +109,9 @@ def test_in_process_episodes_have_the_configs_operator_take_over_and_back_off_fi
 
     from sop_ros.configs import load_config
     from sop_ros.configs.robot import RobotLaunchConfig
-    from sop_ros.sim.collect_demos import plan_units
-    from sop_ros.sim.in_process_eval import run_unit
-    from sop_ros.sim.operator_check import takeover_counts
+    from sop_ros.fleet.collect_demos import plan_units
+    from sop_ros.fleet.in_process_eval import run_unit
+    from sop_ros.fleet.operator_check import takeover_counts
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "tiny.pt", VLAPolicy(TINY).eval(), version="tiny-v1", cameras=["corner", "topview"])

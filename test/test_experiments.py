@@ -8,7 +8,7 @@ import pytest
 from conftest import REPO
 
 from sop_ros.configs import ConfigError, load_config
-from sop_ros.sim.experiments import (
+from sop_ros.fleet.experiments import (
     ARMS,
     BASE_DEMOS_PER_TASK,
     NEVER,
@@ -140,7 +140,7 @@ def test_the_committed_reports_runs_count_in_a_sweep_of_the_same_setup_elsewhere
     assert not committed_runs(other, {arm.name: setup_key(other, arm) for arm in ARMS["fleet-scaling"]})
     one = ARMS["fleet-scaling"][0]
     assert setup_key(config, dataclasses.replace(one, demos_per_task=5)) != keys["1 robot"]
-    monkeypatch.setattr("sop_ros.sim.demo.PRETRAIN_STEPS", 3000)
+    monkeypatch.setattr("sop_ros.fleet.demo.PRETRAIN_STEPS", 3000)
     assert setup_key(config, one) != keys["1 robot"]
     assert setup_key(dataclasses.replace(config, only_arms=("4-robots",)), one) == setup_key(config, one)
 
@@ -170,9 +170,9 @@ def test_a_run_is_scored_by_the_policy_the_learner_had_made_at_each_time(tmp_pat
     from sop_ros.checksums import file_sha256
     from sop_ros.cloud.policy_registry import PolicyRegistry
     from sop_ros.configs.learner import LearnerConfig
+    from sop_ros.fleet.experiments import score_run
     from sop_ros.model.export import export_onnx
     from sop_ros.model.vla import VLAPolicy, save_checkpoint
-    from sop_ros.sim.experiments import score_run
 
     make_signing_keys(tmp_path / "keys")
     key = load_private_key(tmp_path / "keys" / "policy_signing.key")
@@ -208,7 +208,7 @@ def test_a_run_is_scored_by_the_policy_the_learner_had_made_at_each_time(tmp_pat
 def arm_of(base: tuple[int, int], budget: list[tuple[int, int]] | None = None, drop: dict | None = None) -> dict:
     """An arm's summary from its base's and its seeds' final scorings (successes, episodes), as arm_summary makes;
     no `budget`: three seeds that kept the base policy."""
-    from sop_ros.sim.experiments import arm_summary
+    from sop_ros.fleet.experiments import arm_summary
 
     runs = []
     for i, (k, n) in enumerate(budget or [base] * 3):
@@ -224,7 +224,7 @@ def arm_of(base: tuple[int, int], budget: list[tuple[int, int]] | None = None, d
 
 def test_the_algorithms_targets_are_two_proportion_tests_of_pooled_scores():
     """Three seeds x 100 episodes an arm at the budget; the base, shared, one score of 100."""
-    from sop_ros.sim.experiments import target_lines
+    from sop_ros.fleet.experiments import target_lines
 
     base = (40, 100)
     arms = {"pretrained only": arm_of(base), "offline HG-DAgger": arm_of(base, [(50, 100)] * 3),
@@ -247,7 +247,7 @@ def test_the_algorithms_targets_are_two_proportion_tests_of_pooled_scores():
 
 
 def test_the_pretrain_scale_targets_weigh_online_experience_against_4x_the_demonstrations():
-    from sop_ros.sim.experiments import target_lines
+    from sop_ros.fleet.experiments import target_lines
 
     small, large = (arm.name for arm in ARMS["pretrain-scale"])
     arms = {small: arm_of((30, 100), [(70, 100)] * 3), large: arm_of((50, 100), [(75, 100)] * 3)}
@@ -263,7 +263,7 @@ def test_the_pretrain_scale_targets_weigh_online_experience_against_4x_the_demon
 
 
 def test_the_learner_settings_say_for_each_arm_whether_a_task_fell_more_than_30_points():
-    from sop_ros.sim.experiments import target_lines
+    from sop_ros.fleet.experiments import target_lines
 
     fall = {"points": 68.0, "task": "window-open-v3", "seed": 0, "from_minute": 4.0, "to_minute": 5.0}
     arms = {"raw": arm_of((40, 100), [(46, 100)], fall), "smoothed": arm_of((40, 100), [(50, 100)]),
@@ -281,7 +281,7 @@ def test_the_learner_settings_say_for_each_arm_whether_a_task_fell_more_than_30_
 
 
 def test_the_largest_fall_of_a_task_between_scorings_is_found():
-    from sop_ros.sim.experiments import largest_drop
+    from sop_ros.fleet.experiments import largest_drop
 
     def at(minute: float, reach: int, push: int) -> dict:
         return {"minute": minute, "per_task": {"reach-v3": [reach, 50], "push-v3": [push, 50]}}
@@ -292,7 +292,7 @@ def test_the_largest_fall_of_a_task_between_scorings_is_found():
 
 
 def test_learner_samples_per_episode_count_the_training_that_made_the_deployed_policy():
-    from sop_ros.sim.experiments import samples_per_episode
+    from sop_ros.fleet.experiments import samples_per_episode
 
     online = fleet_run(2, 0, [0.5])  # 120 learner steps of batch 32
     assert samples_per_episode(online, episodes=40) == 96.0
@@ -306,7 +306,7 @@ def test_the_probes_retrain_the_first_finished_run_of_their_arm_and_are_not_run_
     """A sweep whose runs finished but not its probes: each probe trains on its arm's first finished seed's
     store for the run's budget (or twice it) and is scored; a second sweep runs none."""
     from sop_ros.cloud.episode_store import EpisodeStore
-    from sop_ros.sim import experiments
+    from sop_ros.fleet import experiments
 
     config = finished_sweep(tmp_path)
     out = tmp_path / "runs" / "fleet-scaling"
@@ -338,7 +338,7 @@ def test_offline_hg_dagger_trains_on_the_base_policys_run_of_the_same_seed_when_
     """Its collection is the fleet on the base policy for the budget: the pretrained-only run of that seed, when
     this sweep made it with its own setup; otherwise it is collected again."""
     from sop_ros.configs.learner import LearnerConfig
-    from sop_ros.sim import experiments
+    from sop_ros.fleet import experiments
 
     config = ExperimentConfig("algorithms", seeds=(0, 1), sim_minutes=2.0, final_minutes=1.0,
                               learner_yaml=str(REPO / "config" / "experiment_learner.yaml"),
@@ -379,7 +379,7 @@ def test_a_run_that_did_not_spend_its_learner_budget_is_not_marked_done(tmp_path
     """A fleet run cut short (its wall-time bound, or a stop whose report was still written) is refused, and no
     fleet_run.json marks its directory done: the next sweep runs it again."""
     from sop_ros.configs.learner import LearnerConfig
-    from sop_ros.sim import experiments, online_fleet
+    from sop_ros.fleet import experiments, online_fleet
 
     short = {"sim_minutes": 6.0, "episodes": 70, "ended": ended, "learner_steps": 369}
     monkeypatch.setattr(online_fleet, "run", lambda *args, **kwargs: dict(short))
@@ -393,7 +393,7 @@ def test_a_run_that_did_not_spend_its_learner_budget_is_not_marked_done(tmp_path
 def test_a_score_stands_when_every_episode_was_recorded_whatever_a_robots_exit_code(tmp_path, monkeypatch):
     """A robot whose node had to be killed at its stop, after its last episode, still scored its episodes; a
     score short of episodes is refused, and one kept from before is made again."""
-    from sop_ros.sim import experiments
+    from sop_ros.fleet import experiments
 
     config = ExperimentConfig("algorithms", eval_episodes_per_task=2, out=str(tmp_path / "runs"), eval_in_process=False,
                               learner_yaml=str(REPO / "config" / "experiment_learner.yaml"))  # fmt: skip
@@ -410,17 +410,17 @@ def test_a_score_stands_when_every_episode_was_recorded_whatever_a_robots_exit_c
         (out / "eval.json").write_text(json.dumps(report))
         return report
 
-    monkeypatch.setattr("sop_ros.sim.evaluate.evaluate", lambda *a: evaluate(*a, recorded=1))
+    monkeypatch.setattr("sop_ros.fleet.evaluate.evaluate", lambda *a: evaluate(*a, recorded=1))
     with pytest.raises(RuntimeError, match="exit code 1"):
         experiments.evaluate_once(config, policy)  # one episode of two per task
-    monkeypatch.setattr("sop_ros.sim.evaluate.evaluate", evaluate)
+    monkeypatch.setattr("sop_ros.fleet.evaluate.evaluate", evaluate)
     assert experiments.evaluate_once(config, policy)["mean_success_rate"] == 0.5  # the short one made again
     assert experiments.evaluate_once(config, policy)["mean_success_rate"] == 0.5  # kept: not made again
     assert made == [1, 2]
 
 
 def test_demonstrations_are_recorded_again_unless_their_recording_finished(tmp_path, monkeypatch):
-    from sop_ros.sim import demo
+    from sop_ros.fleet import demo
 
     calls = []
 
@@ -431,7 +431,7 @@ def test_demonstrations_are_recorded_again_unless_their_recording_finished(tmp_p
         (out / "summary.json").write_text(json.dumps({"failed": [], "total": {"episodes": 1}}))
         return json.loads((out / "summary.json").read_text())
 
-    monkeypatch.setattr("sop_ros.sim.collect_demos.collect", collect)
+    monkeypatch.setattr("sop_ros.fleet.collect_demos.collect", collect)
     demos = tmp_path / "demos"
     (demos / "robot_1").mkdir(parents=True)
     (demos / "robot_1" / "cut-short.mcap").write_bytes(b"")  # killed before its summary was written

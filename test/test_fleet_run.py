@@ -9,7 +9,7 @@ from conftest import DEMO_TASKS, REPO
 from test_learner import learner_yaml, run_sop
 
 from sop_ros.cloud.episode_store import stored_episodes
-from sop_ros.sim.demo import hot_swaps, short_version
+from sop_ros.fleet.demo import hot_swaps, short_version
 
 
 # Two whole runs of the loop, ~2.5 minutes each on two cores: more than the suite's default per-test bound.
@@ -73,7 +73,7 @@ def test_a_robot_block_that_fails_is_reported_with_the_error_its_log_names(tmp_p
     import subprocess
     import sys
 
-    from sop_ros.sim.online_fleet import block_failure
+    from sop_ros.fleet.online_fleet import block_failure
 
     log = tmp_path / "logs" / "robot_1_block003.log"
     log.parent.mkdir()
@@ -106,7 +106,7 @@ def test_hot_swaps_are_the_versions_in_the_order_run_with_a_cut_episode_last(tmp
 
 def test_the_curve_counts_autonomous_success_per_task_marks_a_partial_bin_and_finds_the_hot_swaps(tmp_path):
     from sop_ros.cloud.episode_store import StoredEpisode
-    from sop_ros.sim.online_fleet import curve_of, plot_success
+    from sop_ros.fleet.online_fleet import curve_of, plot_success
 
     def episode(robot, task, ended_s, outcome, interventions, version):
         return StoredEpisode(f"{robot}-{ended_s}", robot, task, outcome, version, 60, interventions, 1, "", "", 0.0,

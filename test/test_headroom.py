@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sop_ros.configs import ConfigError
-from sop_ros.sim.headroom import HeadroomConfig, headroom_report, write_report
+from sop_ros.fleet.headroom import HeadroomConfig, headroom_report, write_report
 
 
 def test_a_task_has_headroom_when_its_base_success_is_within_the_bounds(tmp_path):

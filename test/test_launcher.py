@@ -92,7 +92,7 @@ def test_a_bounded_run_ends_by_itself(tmp_path):
 
 @pytest.mark.parametrize("mode", [[], ["--single-process"]], ids=["processes", "single-process"])
 def test_a_robot_whose_simulator_fails_exits_non_zero_saying_why(tmp_path, mode):
-    from sop_ros.bench.bridge import free_endpoint
+    from sop_ros.host import free_endpoint
 
     # Paced by a learner that is not there: the simulator gives up after ready_timeout_s.
     config = tmp_path / "sim.yaml"

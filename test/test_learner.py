@@ -17,13 +17,14 @@ import yaml
 from conftest import DEMO_TASKS, REPO, sop, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sop_ros.bench.bridge import free_endpoint, zenoh_config
+from sop_ros.bench.bridge import zenoh_config
 from sop_ros.bridge.artifacts import make_signing_keys
 from sop_ros.cloud.episode_store import StoredEpisode
 from sop_ros.cloud.policy_registry import PolicyRegistry
 from sop_ros.configs import from_dict
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.episodes.reader import copy_episode, episode_files
+from sop_ros.host import free_endpoint
 from sop_ros.learner.algorithms import make_algorithm
 from sop_ros.learner.dataset import DatasetConfig
 from sop_ros.learner.online import TrainingData, fleet_metrics, plan_rows, version_lag
@@ -213,8 +214,8 @@ def test_fleet_metrics_come_from_the_labels_and_version_lag_from_the_robots_repo
 def test_a_fleet_robot_is_a_valid_robot_whose_operator_intervenes_and_whose_bridge_fetches_policies(tmp_path):
     from sop_ros.configs import load_config
     from sop_ros.configs.robot import RobotLaunchConfig
-    from sop_ros.sim.collect_demos import WorkUnit
-    from sop_ros.sim.online_fleet import robot_config
+    from sop_ros.fleet.collect_demos import WorkUnit
+    from sop_ros.fleet.online_fleet import robot_config
 
     base = load_config(RobotLaunchConfig, REPO / "config" / "fleet_sim.yaml")
     config = from_dict(RobotLaunchConfig, robot_config(base, "robot_1", WorkUnit("reach-v3", 5, 200_000), tmp_path,

@@ -7,7 +7,7 @@ from conftest import REPO
 
 from sop_ros.configs import load_config
 from sop_ros.configs.robot import RobotLaunchConfig
-from sop_ros.sim.observability import measure, render_placements
+from sop_ros.fleet.observability import measure, render_placements
 
 
 def test_placements_are_the_policys_input_and_the_report_names_each_varying_target(tmp_path):

@@ -6,11 +6,12 @@ import threading
 import pytest
 from conftest import wait_for
 
-from sop_ros.bench.bridge import free_endpoint, zenoh_config
+from sop_ros.bench.bridge import zenoh_config
+from sop_ros.bridge.pace import Budget, FleetPace, RobotPace, scheduled_policy
 from sop_ros.bridge.zenoh_session import open_session
 from sop_ros.configs import ConfigError
 from sop_ros.configs.learner import LearnerConfig, PaceConfig
-from sop_ros.sim.pace import Budget, FleetPace, RobotPace, scheduled_policy
+from sop_ros.host import free_endpoint
 
 SECOND = 1_000_000_000
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from sop_ros.sim.proportions import Rate, bootstrap_difference, compare, episodes_needed, wilson_interval
+from sop_ros.fleet.proportions import Rate, bootstrap_difference, compare, episodes_needed, wilson_interval
 
 
 def test_wilson_interval_matches_the_hand_computed_values_and_stays_inside_0_1():

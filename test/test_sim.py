@@ -5,7 +5,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 from conftest import REPO
 
-from sop_ros.sim.catalog import instructions_for
+from sop_ros.configs.tasks import instructions_for
 from sop_ros.sim.metaworld_sim import (
     JOINT_NAMES,
     GoalMarker,

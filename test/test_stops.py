@@ -128,8 +128,8 @@ def test_chaos_stops_on_a_few_cycles_every_process_exits_0(tmp_path):
 
 IN_PROCESS_SCORING = """
 import os, sys, time
-from sop_ros.sim import in_process_eval
-from sop_ros.sim.collect_demos import WorkUnit, interrupt_on_signals
+from sop_ros.fleet import in_process_eval
+from sop_ros.fleet.collect_demos import WorkUnit, interrupt_on_signals
 
 def endless_unit(policy_path, base, unit):
     os.write(1, f"worker {os.getpid()}\\n".encode())  # one write: two workers' lines never interleave

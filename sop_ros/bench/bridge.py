@@ -26,29 +26,17 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
-import socket
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from sop_ros.bench.inference import machine
+from sop_ros.host import free_endpoint, machine
 
 MB = 1_000_000
 MESSAGE_BYTES = 1 << 20
 RAW_MESSAGES = 512
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_endpoint() -> str:
-    return f"tcp/127.0.0.1:{free_port()}"
 
 
 def zenoh_config(listen: str = "", connect: str = ""):

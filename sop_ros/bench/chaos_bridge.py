@@ -47,9 +47,8 @@ from pathlib import Path
 
 import yaml
 
-from sop_ros.bench.bridge import free_port
-from sop_ros.bench.inference import machine
 from sop_ros.checksums import file_sha256
+from sop_ros.host import free_port, machine
 
 INGEST = "ingest"
 INGEST_SHARE = 0.3  # of the kills, this share hits the ingest, the rest a bridge (at least one of each kind)

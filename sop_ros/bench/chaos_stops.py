@@ -75,9 +75,8 @@ class StopRecord:
 def run(json_path: Path, cycles: int = 200, seed: int = 0, out_dir: Path = Path("runs/chaos"), burners: int = 2,
         robot_config: Path = Path("config/sim_policy.yaml"), run_s: tuple[float, float] = RUN_S) -> dict:  # fmt: skip
     """The whole stress run; writes the results (JSON, and a PNG beside it) and returns them."""
-    from sop_ros.bench.bridge import free_endpoint
     from sop_ros.bench.chaos_bridge import code_version
-    from sop_ros.bench.inference import machine
+    from sop_ros.host import free_endpoint, machine
     from sop_ros.robot.launcher import stop_processes
     from sop_ros.robot.node_process import DIE_WITH_PARENT_ENV
 

@@ -18,8 +18,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from sop_ros.host import machine
 
 CAMERAS = ("corner", "gripperPOV")
 
@@ -391,24 +391,3 @@ def run(out: Path, checkpoint: str | None, iterations: int, swaps: int, threads:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}; targets met: {result['met']}")
     return result
-
-
-def machine() -> dict:
-    import onnxruntime
-    import torch
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "system": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def described(m: dict) -> str:
-    """A machine() record as a report's sentence says it."""
-    return (f"{m['cores']} CPU cores ({m['cpu']}), {m['system']}, Python {m['python']}, torch {m['torch']}, "
-            f"GPU: {m['gpu'] or 'none'}")  # fmt: skip

@@ -18,13 +18,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from sop_ros.bench.bridge import free_endpoint, zenoh_config
-from sop_ros.bench.inference import machine
+from sop_ros.bench.bridge import zenoh_config
 from sop_ros.configs import ConfigError
 from sop_ros.configs.bridge import ZenohConfig
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.robot import SimRobotConfig
 from sop_ros.episodes.reader import copy_episode, episode_files
+from sop_ros.host import free_endpoint, machine
 from sop_ros.learner.dataset import DatasetConfig, index_episode
 
 

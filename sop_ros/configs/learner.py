@@ -7,7 +7,7 @@ from typing import Literal
 
 from sop_ros.configs import require
 from sop_ros.configs.bridge import EpisodeIngestConfig, PolicyServingConfig
-from sop_ros.sim.catalog import MT50
+from sop_ros.configs.tasks import MT50
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class RecapConfig:
 
 @dataclass(frozen=True)
 class PaceConfig:
-    """Sim-time pacing for experiments on a simulated fleet (sop_ros/sim/pace.py): a fixed budget of learner
+    """Sim-time pacing for experiments on a simulated fleet (sop_ros/bridge/pace.py): a fixed budget of learner
     steps per simulated minute, so results do not depend on how fast the host is. Off on a real fleet."""
 
     steps_per_sim_minute: float = 0.0  # > 0: paced; the robots' simulators must set pace_connect

@@ -15,7 +15,7 @@ from sop_ros.configs.bridge import BridgeConfig
 from sop_ros.configs.model import ModelConfig
 
 # Kept free of Meta-World imports so that a robot config is validated in milliseconds.
-from sop_ros.sim.catalog import CAMERAS, MT50
+from sop_ros.configs.tasks import CAMERAS, MT50
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -50,7 +50,7 @@ class SimRobotConfig:
     # files fill in the robot's other nodes.
     wait_for_nodes: tuple[str, ...] = ()
     ready_timeout_s: float = 60.0
-    # Sim-time pacing for experiments (sop_ros/sim/pace.py): the learner's Zenoh endpoint. The clock then is
+    # Sim-time pacing for experiments (sop_ros/bridge/pace.py): the learner's Zenoh endpoint. The clock then is
     # fleet time, and each step waits until the learner's budget of steps per simulated minute allows it.
     pace_connect: str = ""
     # The task's goal as the cameras show it: Meta-World draws reach's goal as a 2 cm sphere, a few pixels of a

@@ -39,6 +39,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from sop_ros.bridge.pace import FleetPace
 from sop_ros.cloud.episode_store import EpisodeStore, StoredEpisode
 from sop_ros.configs import ConfigError, to_dict
 from sop_ros.configs.learner import LearnerConfig
@@ -52,7 +53,6 @@ from sop_ros.learner.pretrain import to_torch, warmup_cosine
 from sop_ros.learner.ranks import Ranks, all_sum, same_on_all, start_ranks
 from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, Row, split_rows, task_rows
 from sop_ros.model.vla import VLAPolicy, load_checkpoint, parameter_count, save_checkpoint
-from sop_ros.sim.pace import FleetPace
 
 STATE = "learner.pt"  # in checkpoint_dir: everything a restart needs
 FINAL_POLICY = "policy.pt"  # in checkpoint_dir: the last policy, a checkpoint like `sop pretrain` writes

@@ -19,7 +19,7 @@ import metaworld
 import mujoco
 import numpy as np
 
-from sop_ros.sim.catalog import CAMERAS, pick_instruction
+from sop_ros.configs.tasks import CAMERAS, pick_instruction
 
 if TYPE_CHECKING:
     from sop_ros.configs.robot import SimRobotConfig

@@ -25,6 +25,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, Header
 
+from sop_ros.bridge.pace import RobotPace
 from sop_ros.configs.robot import SimRobotConfig
 from sop_ros.episodes.format import Outcome
 from sop_ros.model.preprocess import encode_jpeg_rgb
@@ -33,7 +34,6 @@ from sop_ros.robot import commands, topics
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.spin import run_node
 from sop_ros.sim.metaworld_sim import ACTION_NAMES, JOINT_NAMES, MetaWorldSim, goal_marker, sim_state
-from sop_ros.sim.pace import RobotPace
 
 # After the last episode, how long to wait for an operator's label of it before the run ends.
 LABEL_WAIT_S = 2.0

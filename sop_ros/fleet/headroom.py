@@ -2,7 +2,7 @@
 
 An online learner can only show its effect on tasks its base policy neither always solves nor never solves. For the
 candidate tasks: scripted experts record demonstrations of each through the robot nodes (`sop collect-demos`), one
-multi-task base policy is pretrained on all of them together (the experiments' recipe: sop_ros.sim.demo), exported,
+multi-task base policy is pretrained on all of them together (the experiments' recipe: sop_ros.fleet.demo), exported,
 and scored in process (`sop eval --in-process`) on evaluation seeds. A task has headroom when its base success is
 within [low, high] (20% and 70% by default); each score carries its 95% Wilson interval.
 
@@ -52,9 +52,9 @@ class HeadroomConfig:
 
 def measure(config: HeadroomConfig) -> dict:
     from sop_ros.checksums import file_sha256
+    from sop_ros.fleet.collect_demos import collect
     from sop_ros.learner.pretrain import PretrainConfig, pretrain
     from sop_ros.model.export import export_onnx
-    from sop_ros.sim.collect_demos import collect
 
     out = Path(config.out)
     if config.base:
@@ -109,7 +109,7 @@ def _given_base(checkpoint: str, out: Path) -> Path:
 
 def _score(config: HeadroomConfig, onnx: Path) -> dict:
     """Score the base `onnx` in process (kept in <out>/eval-<its name>/), then report."""
-    from sop_ros.sim.in_process_eval import evaluate_in_process
+    from sop_ros.fleet.in_process_eval import evaluate_in_process
 
     where = Path(config.out) / ("eval" if onnx.stem == "base" else f"eval-{onnx.stem}")
     scores = where / "eval.json"
@@ -136,8 +136,8 @@ def recorded_episodes(demos: Path) -> dict[str, list[Path]]:
 
 def headroom_report(config: HeadroomConfig, scores: dict) -> dict:
     """Per task: the base's success with its interval, and whether it is within [low, high]."""
-    from sop_ros.bench.inference import machine
-    from sop_ros.sim.proportions import Rate
+    from sop_ros.fleet.proportions import Rate
+    from sop_ros.host import machine
 
     tasks = {}
     for task in config.tasks:
@@ -166,7 +166,7 @@ def headroom_report(config: HeadroomConfig, scores: dict) -> dict:
 
 
 def write_report(report: dict, results: Path) -> None:
-    from sop_ros.bench.inference import described
+    from sop_ros.host import described
 
     results.mkdir(parents=True, exist_ok=True)
     (results / "headroom.json").write_text(json.dumps(report, indent=2) + "\n")

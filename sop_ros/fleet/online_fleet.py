@@ -30,7 +30,7 @@ from sop_ros.configs.bridge import BridgeConfig, PolicyDownloadConfig, PolicySer
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.robot import PolicyConfig, RobotLaunchConfig, ScriptedOperatorConfig
 from sop_ros.episodes.format import LABELLED, Outcome
-from sop_ros.sim.collect_demos import WorkUnit, interrupt_on_signals, unit_config
+from sop_ros.fleet.collect_demos import WorkUnit, interrupt_on_signals, unit_config
 
 # On one host the learner stands for the cloud's own machines: robots yield the CPU to it. Lockstep robots
 # otherwise run as fast as the cores allow and starve it (20 samples/s instead of 60 on 2 cores).
@@ -161,7 +161,7 @@ def plot_success(report: dict, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    from sop_ros.sim.proportions import wilson_interval
+    from sop_ros.fleet.proportions import wilson_interval
 
     curve = report["curve"]
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1.2))
@@ -249,8 +249,8 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     collection phase, and the no-learning baseline). `seed`: the learner's, and the fleet's episodes' (the same seed,
     the same run). `single_process`: each robot's nodes share one process (`sop robot
     --single-process`): the same nodes and topics, one interpreter's imports and start-up instead of seven."""
-    from sop_ros.bench.bridge import free_endpoint
     from sop_ros.bridge.artifacts import make_signing_keys
+    from sop_ros.host import free_endpoint
 
     base_learner = load_config(LearnerConfig, learner_yaml)
     base_robot = load_config(RobotLaunchConfig, base_yaml)

@@ -16,17 +16,17 @@ import json
 from pathlib import Path
 
 from sop_ros.configs import ConfigError
-from sop_ros.sim.collect_demos import check_request, plan_units
-from sop_ros.sim.headroom import SELECTION_SEED
+from sop_ros.fleet.collect_demos import check_request, plan_units
+from sop_ros.fleet.headroom import SELECTION_SEED
 
 ARMS = ("as configured", "no back-off")
 
 
 def check_operator(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, workers: int,
                    results: Path, seed: int = SELECTION_SEED) -> dict:  # fmt: skip
-    from sop_ros.bench.inference import machine
-    from sop_ros.sim.evaluate import eval_setup
-    from sop_ros.sim.in_process_eval import run_units
+    from sop_ros.fleet.evaluate import eval_setup
+    from sop_ros.fleet.in_process_eval import run_units
+    from sop_ros.host import machine
 
     check_request(tasks, episodes_per_task, workers)
     base, path, loaded = eval_setup(policy, base_config)
@@ -58,7 +58,7 @@ def check_operator(policy: str, base_config: str, tasks: list[str], episodes_per
 
 def takeover_counts(episodes: list) -> dict:
     """Episodes the policy finished alone, and those the operator took over, with how many of each succeeded."""
-    from sop_ros.sim.proportions import Rate
+    from sop_ros.fleet.proportions import Rate
 
     took = [e for e in episodes if e.took_over_at is not None]
     alone = [e for e in episodes if e.took_over_at is None]
@@ -73,7 +73,7 @@ def takeover_counts(episodes: list) -> dict:
 
 
 def takeover_comparison(configured: dict, without: dict) -> dict | None:
-    from sop_ros.sim.proportions import Rate, compare
+    from sop_ros.fleet.proportions import Rate, compare
 
     if not configured["takeovers"] or not without["takeovers"]:
         return None
@@ -84,7 +84,7 @@ def takeover_comparison(configured: dict, without: dict) -> dict | None:
 
 
 def write_report(report: dict, results: Path) -> None:
-    from sop_ros.bench.inference import described
+    from sop_ros.host import described
 
     results.parent.mkdir(parents=True, exist_ok=True)
     results.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")

@@ -22,9 +22,9 @@ import yaml
 
 from sop_ros.configs import ConfigError, load_config, to_dict
 from sop_ros.configs.robot import RecorderConfig, RobotLaunchConfig, ScriptedOperatorConfig
+from sop_ros.configs.tasks import MT50
 from sop_ros.episodes.format import Outcome
 from sop_ros.episodes.reader import episode_counts
-from sop_ros.sim.catalog import MT50
 
 
 @dataclass(frozen=True)

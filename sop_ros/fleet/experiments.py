@@ -5,7 +5,7 @@
     algorithms        pretrained only, offline HG-DAgger, SOP + HG-DAgger, SOP + RECAP at equal budgets
     learner-settings  the learner's smoothing and optimiser choices, each against the settings before them
 
-Every run is `sop fleet run` (sop_ros/sim/online_fleet.py): the real robot nodes and topics, the Zenoh bridge
+Every run is `sop fleet run` (sop_ros/fleet/online_fleet.py): the real robot nodes and topics, the Zenoh bridge
 and the learner, paced by simulated time so that results do not depend on this host's speed. A run lives in
 <out>/<experiment>/<arm>/seed<k>; a finished one holds fleet_run.json and is not run again, so an interrupted
 sweep resumes at its first unfinished run (which starts over). After every run the report is written again:
@@ -44,10 +44,10 @@ import yaml
 
 from sop_ros.configs import ConfigError, load_config, require, to_dict
 from sop_ros.configs.learner import LearnerConfig, PaceConfig, SamplingConfig
-from sop_ros.sim.demo import DEMOS_PER_TASK
+from sop_ros.fleet.demo import DEMOS_PER_TASK
 
 NEVER = 10**9  # publish_every_steps of a learner whose robots keep the base policy
-# The arms' base: the generalist of sop_ros.sim.demo, pretrained on this many demonstrations of each of its tasks as
+# The arms' base: the generalist of sop_ros.fleet.demo, pretrained on this many demonstrations of each of its tasks as
 # in the headroom measurement that chose the learner's tasks (docs/results/headroom.md); pretrain-scale's other arm
 # has 4x as many.
 BASE_DEMOS_PER_TASK = DEMOS_PER_TASK
@@ -155,7 +155,7 @@ class ExperimentConfig:
 
 def run_experiment(config: ExperimentConfig, report_only: bool = False) -> dict:
     """The sweep (its finished runs skipped), then its report; `report_only`: the report of the finished runs."""
-    from sop_ros.sim.demo import demo_tasks, record_demos
+    from sop_ros.fleet.demo import demo_tasks, record_demos
 
     out = Path(config.out) / config.experiment
     learner = load_config(LearnerConfig, config.learner_yaml)
@@ -206,7 +206,7 @@ def setup_key(config: ExperimentConfig, arm: Arm) -> str:
     """What a run's figures depend on besides its seed and the code: the sweep's settings, the contents of the YAML
     files it names, the arm and the recipe of its base policy (16 hex digits of their sha256)."""
     from sop_ros.checksums import file_sha256
-    from sop_ros.sim.demo import base_recipe
+    from sop_ros.fleet.demo import base_recipe
 
     ignored = ("experiment", "seeds", "wall_minutes", "out", "results", "only_arms")
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
@@ -279,14 +279,14 @@ def base_policy_run(config: ExperimentConfig, arm: Arm, seed: int) -> Path | Non
 def shared_demos(shared: Path) -> Path:
     """The arms' demonstrations, named by their count and robot config: changing either records them anew."""
     from sop_ros.checksums import file_sha256
-    from sop_ros.sim.demo import DEMO_ROBOT_YAML
+    from sop_ros.fleet.demo import DEMO_ROBOT_YAML
 
     return shared / f"demos-{RECORDED_DEMOS_PER_TASK}-{file_sha256(DEMO_ROBOT_YAML)[:12]}"
 
 
 def shared_base(shared: Path, demos_per_task: int) -> Path:
     """An arm's base policy, named by its recipe: a changed recipe pretrains anew rather than reusing the last."""
-    from sop_ros.sim.demo import base_recipe
+    from sop_ros.fleet.demo import base_recipe
 
     recipe = json.dumps(base_recipe(demos_per_task, RECORDED_DEMOS_PER_TASK), sort_keys=True)
     return shared / f"base_{demos_per_task}_per_task-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.pt"
@@ -294,7 +294,7 @@ def shared_base(shared: Path, demos_per_task: int) -> Path:
 
 def arm_learner(arm: Arm, learner: LearnerConfig, shared: Path) -> LearnerConfig:
     """The learner of `arm`: its algorithm, and its base policy pretrained on its share of demonstrations."""
-    from sop_ros.sim.demo import pretrain_base
+    from sop_ros.fleet.demo import pretrain_base
 
     learner = dataclasses.replace(learner, algorithm=arm.algorithm or "hg_dagger", **dict(arm.learner))
 
@@ -309,7 +309,7 @@ def fleet(config: ExperimentConfig, learner: LearnerConfig, robots: int, seed: i
           results: bool = False, offline_training: dict | None = None) -> dict:  # fmt: skip
     """A paced `sop fleet run`; with `results` its fleet_run.json marks the run done (with `offline_training`: the
     learner steps and collected episodes that made the policy it deployed)."""
-    from sop_ros.sim.online_fleet import run
+    from sop_ros.fleet.online_fleet import run
 
     run_dir.mkdir(parents=True, exist_ok=True)
     learner_yaml = run_dir / "experiment_learner.yaml"
@@ -460,7 +460,7 @@ def publishes_nothing(report: dict) -> bool:
 def score_run(config: ExperimentConfig, run_dir: Path, steps_per_sim_minute: float) -> list[dict]:
     """The run's policy at each of `config.eval_minutes`: the newest the learner had made by then, scored; for a
     learner that publishes nothing to its robots, the policy they started on (its final checkpoint never ran)."""
-    from sop_ros.sim.pace import scheduled_policy
+    from sop_ros.bridge.pace import scheduled_policy
 
     registry = run_dir / "fleet" / "policies"
     made = policies_made(registry)
@@ -489,8 +489,8 @@ def evaluate_once(config: ExperimentConfig, policy: Path) -> dict:
     """`policy` scored on the experiment's tasks and evaluation seeds (in process, or by `sop eval` through the
     nodes), kept under the policy's sha256 and the scoring's settings: a policy is scored once."""
     from sop_ros.checksums import file_sha256
-    from sop_ros.sim.evaluate import evaluate
-    from sop_ros.sim.in_process_eval import evaluate_in_process
+    from sop_ros.fleet.evaluate import evaluate
+    from sop_ros.fleet.in_process_eval import evaluate_in_process
 
     learner = load_config(LearnerConfig, config.learner_yaml)
     how = "ip" if config.eval_in_process else "nodes"
@@ -539,7 +539,7 @@ def pooled(points: list[dict]) -> dict:
 
 
 def rate_summary(successes: int, episodes: int) -> dict:
-    from sop_ros.sim.proportions import Rate
+    from sop_ros.fleet.proportions import Rate
 
     if not episodes:
         return {"successes": 0, "episodes": 0, "rate": None, "interval95": None}
@@ -650,7 +650,7 @@ def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str], comm
                  carried_probes: dict[tuple[str, int], dict]) -> dict:  # fmt: skip
     """The report of this sweep's runs and probes (each: this clone's if made with the arm's setup key, else the
     committed report's)."""
-    from sop_ros.bench.inference import machine
+    from sop_ros.host import machine
 
     host = machine()
     made_on = f"{host['cores']} CPU cores ({host['cpu']}), GPU: {host['gpu'] or 'none'}"  # this clone's runs
@@ -692,14 +692,14 @@ SPEEDUP = 3.0  # 4 robots to the threshold at least this many times faster than 
 
 
 def _rate(summary: dict):
-    from sop_ros.sim.proportions import Rate
+    from sop_ros.fleet.proportions import Rate
 
     return Rate(summary["successes"], summary["episodes"])
 
 
 def _above(a: str, b: str, arms: dict, when_b: str = "at_budget") -> tuple[bool, str]:
     """Whether arm a at the budget is above arm b (at the budget, or its base) beyond noise, and the evidence."""
-    from sop_ros.sim.proportions import compare
+    from sop_ros.fleet.proportions import compare
 
     comparison = compare(_rate(arms[a]["at_budget"]), _rate(arms[b][when_b]))
     return comparison.beyond_noise and comparison.difference > 0, str(comparison)
@@ -789,7 +789,7 @@ def target_lines(report: dict) -> list[str]:
 
 def comparison_lines(report: dict) -> list[str]:
     """Every arm at the budget against the first arm and against its own base, by the two-proportion test."""
-    from sop_ros.sim.proportions import compare
+    from sop_ros.fleet.proportions import compare
 
     arms = {n: a for n, a in report["arms"].items() if a["runs"]}
     if not arms:
@@ -806,7 +806,7 @@ def comparison_lines(report: dict) -> list[str]:
 
 def probe_lines(report: dict) -> list[str]:
     """The probes' table and what each comparison shows, by the two-proportion test."""
-    from sop_ros.sim.proportions import compare
+    from sop_ros.fleet.proportions import compare
 
     probes = {(p["arm"], p["times_budget"]): p for p in report.get("probes", [])}
     if not probes:
@@ -902,7 +902,7 @@ def _share_cell(shares: dict[str, list[float]]) -> str:
 
 
 def markdown(report: dict) -> str:
-    from sop_ros.bench.inference import described
+    from sop_ros.host import described
 
     c, m = report["config"], report["machine"]
     seeds = ",".join(str(s) for s in c["seeds"])

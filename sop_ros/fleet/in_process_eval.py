@@ -27,8 +27,8 @@ import numpy as np
 
 from sop_ros.configs.robot import PolicyConfig, RobotLaunchConfig
 from sop_ros.episodes.format import Outcome
-from sop_ros.sim.collect_demos import WorkUnit, check_request, plan_units
-from sop_ros.sim.evaluate import EVAL_SEED
+from sop_ros.fleet.collect_demos import WorkUnit, check_request, plan_units
+from sop_ros.fleet.evaluate import EVAL_SEED
 
 
 @dataclass(frozen=True)
@@ -174,7 +174,7 @@ def run_units(policy_path: str, base: RobotLaunchConfig, units: list[WorkUnit], 
 def evaluate_in_process(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, workers: int,
                         out: Path, seed: int = EVAL_SEED) -> dict:  # fmt: skip
     """`sop eval`'s report, from episodes stepped in this process (see the module's note)."""
-    from sop_ros.sim.evaluate import eval_setup
+    from sop_ros.fleet.evaluate import eval_setup
 
     check_request(tasks, episodes_per_task, workers)
     base, path, loaded = eval_setup(policy, base_config)
@@ -234,10 +234,10 @@ def check_agreement(policy: str, base_config: str, tasks: list[str], episodes_pe
 
     One work unit per task (so that a recorded episode's task and counter name its pair), run on up to two robots.
     """
-    from sop_ros.bench.inference import machine
     from sop_ros.episodes.reader import episode_counts, episode_files
-    from sop_ros.sim.evaluate import evaluate
-    from sop_ros.sim.proportions import Rate, compare
+    from sop_ros.fleet.evaluate import evaluate
+    from sop_ros.fleet.proportions import Rate, compare
+    from sop_ros.host import machine
 
     robots = min(2, len(tasks))
     nodes = evaluate(policy, base_config, tasks, episodes_per_task, robots, out / "nodes", seed)
@@ -290,7 +290,7 @@ def check_agreement(policy: str, base_config: str, tasks: list[str], episodes_pe
 
 
 def agreement_markdown(report: dict) -> str:
-    from sop_ros.bench.inference import described
+    from sop_ros.host import described
 
     m = report["machine"]
     lines = [

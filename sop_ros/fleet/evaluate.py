@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from sop_ros.configs import ConfigError, load_config
 from sop_ros.configs.robot import PolicyConfig, RobotLaunchConfig
-from sop_ros.sim.collect_demos import ConfigMaker, WorkUnit, check_request, plan_units, run_fleet, unit_config
+from sop_ros.fleet.collect_demos import ConfigMaker, WorkUnit, check_request, plan_units, run_fleet, unit_config
 
 if TYPE_CHECKING:
     from sop_ros.model.policy import ChunkPolicy

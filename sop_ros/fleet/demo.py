@@ -86,7 +86,7 @@ def demo_tasks(learner: LearnerConfig) -> list[str]:
 def record_demos(demos: Path, tasks: list[str], per_task: int) -> None:
     """`per_task` scripted demonstrations of each task into `demos`, unless a recording there finished (its
     summary.json is written last); an interrupted one starts over."""
-    from sop_ros.sim.collect_demos import collect
+    from sop_ros.fleet.collect_demos import collect
 
     if (demos / "summary.json").exists():
         print(f"sop demo [1/3]: demonstrations in {demos} (delete it to record them again)")
@@ -118,7 +118,7 @@ def short_version(version: str) -> str:
 
 
 def run_demo(out: Path, minutes: float, robots: int) -> int:
-    from sop_ros.sim.online_fleet import run
+    from sop_ros.fleet.online_fleet import run
 
     learner = load_config(LearnerConfig, LEARNER_YAML)
     learner = prepare(out, learner)

@@ -36,7 +36,7 @@ class Placements:
 
 def render_placements(base: RobotLaunchConfig, task: str, count: int, seed: int) -> Placements:
     """`count` resets of `task` as the policy sees them (cameras, preprocessing and marker from `base`)."""
-    from sop_ros.sim.in_process_eval import policy_input
+    from sop_ros.fleet.in_process_eval import policy_input
     from sop_ros.sim.metaworld_sim import MetaWorldSim, goal_marker
 
     sim_cfg = base.nodes.sim_robot
@@ -117,7 +117,7 @@ def measure(base_config: str, tasks: list[str], train_count: int, test_count: in
                   f"of {test_count} held-out placements (median error {found[target]['median_error_m'] * 100:.1f} cm; "
                   f"the training mean, blind: {found[target]['blind_within_radius']:.0%})", flush=True)  # fmt: skip
         report["tasks"][task] = found
-    from sop_ros.bench.inference import machine
+    from sop_ros.host import machine
 
     report["machine"] = machine()
     json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ def measure(base_config: str, tasks: list[str], train_count: int, test_count: in
 
 
 def markdown(report: dict, figure: str) -> str:
-    from sop_ros.bench.inference import described
+    from sop_ros.host import described
 
     m = report["machine"]
     lines = [
