@@ -128,6 +128,10 @@ class TrainingData:
     def dataset(self, source: str) -> EpisodeDataset:
         return self.online if source == ONLINE else self.offline
 
+    def by_source(self) -> dict[str, EpisodeDataset]:
+        """The datasets as they are now (the online one is rebuilt at each refresh that grows it)."""
+        return {source: self.dataset(source) for source in SOURCES}
+
     def close(self) -> None:
         self._indexer.shutdown(wait=True, cancel_futures=True)
 
@@ -452,7 +456,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         f"parameters on {ranks.device} x {ranks.world}; {len(data.offline.episodes)} demonstrations"
         + (f" (none of {', '.join(missing)})" if missing else ""))  # fmt: skip
 
-    algorithm.start(data, resumed, ranks, say)  # e.g. RECAP's value network pre-trained on the demonstrations
+    algorithm.start(data.by_source(), resumed, ranks, say)  # e.g. RECAP's value network pre-trained on the demos
 
     # ---- metrics --------------------------------------------------------------------------------------------
     writer = None
@@ -490,7 +494,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
             paths = training_paths(store, pace, step, stop) if store else None
             if data.refresh(same_on_all(paths, ranks), at_once=step == first):
                 pending.clear()  # planned on the old online data: plan again
-                algorithm.data_grew(data, ranks)
+                algorithm.data_grew(data.by_source(), ranks)
                 policy.train()
         while len(pending) < 2:
             prepare(step + len(pending))
@@ -500,7 +504,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         batch = to_torch(batch_np, model_cfg, ranks.device)
         noise, flow_time = flow_draws(step, config, model_cfg)
         batch["noise"], batch["flow_time"] = noise[mine].to(ranks.device), flow_time[mine].to(ranks.device)
-        targets = algorithm.add_inputs(batch, batch_np, rows, mine, data, step, ranks.device)
+        targets = algorithm.add_inputs(batch, batch_np, rows, mine, data.by_source(), step, ranks.device)
         losses, weights, beside_loss = module(batch, targets)
         total = all_sum(weights.detach().sum(), ranks).clamp(min=1.0)
         loss = (losses * weights).sum() * ranks.world / total

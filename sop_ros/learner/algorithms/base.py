@@ -4,21 +4,19 @@ it trains beside the policy. The loop does the rest the same for all: batches, l
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from torch import Tensor, nn
 
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.episodes.format import Outcome
-from sop_ros.learner.dataset import EpisodeIndex
+from sop_ros.learner.dataset import EpisodeDataset, EpisodeIndex
 from sop_ros.learner.ranks import Ranks
 from sop_ros.learner.sampling import Row
 from sop_ros.model.vla import VLAPolicy
 
-if TYPE_CHECKING:  # the loop's data, passed in; its module imports this one
-    from sop_ros.learner.online import TrainingData
+Sources = Mapping[str, EpisodeDataset]  # the loop's data by source: sampling.OFFLINE (demonstrations), ONLINE (fleet)
 
 
 class Algorithm:
@@ -43,13 +41,13 @@ class Algorithm:
         """A network trained in the policy's backward pass (wrapped with it for data parallel); None: none."""
         return None
 
-    def start(self, data: TrainingData, resumed: dict | None, ranks: Ranks, say: Callable[[str], None]) -> None:
+    def start(self, data: Sources, resumed: dict | None, ranks: Ranks, say: Callable[[str], None]) -> None:
         """Before the first step, with the demonstrations loaded (after a restart too)."""
 
-    def data_grew(self, data: TrainingData, ranks: Ranks) -> None:
+    def data_grew(self, data: Sources, ranks: Ranks) -> None:
         """The fleet's episodes were refreshed and there are new ones."""
 
-    def add_inputs(self, batch: dict, batch_np: dict, rows: list[Row], mine: list[int], data: TrainingData,
+    def add_inputs(self, batch: dict, batch_np: dict, rows: list[Row], mine: list[int], data: Sources,
                    step: int, device) -> Tensor | None:  # fmt: skip
         """Add its inputs to this rank's batch (`mine` of the global `rows`); returns the targets of the network
         beside the policy (None: none)."""

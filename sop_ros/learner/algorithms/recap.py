@@ -22,7 +22,6 @@ policy, and `Recap` plugs all of it into the learner's loop.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,17 +30,14 @@ from torch.nn import functional
 
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.episodes.format import LABELLED, Outcome
-from sop_ros.learner.algorithms.base import Algorithm
+from sop_ros.learner.algorithms.base import Algorithm, Sources
 from sop_ros.learner.dataset import EpisodeDataset, EpisodeIndex
 from sop_ros.learner.pretrain import to_torch
 from sop_ros.learner.ranks import Ranks
-from sop_ros.learner.sampling import Row
+from sop_ros.learner.sampling import OFFLINE, ONLINE, Row
 from sop_ros.model.inputs import INDICATOR_NEGATIVE, INDICATOR_NONE, INDICATOR_POSITIVE
 from sop_ros.model.value import ValueNetwork
 from sop_ros.model.vla import VLAPolicy
-
-if TYPE_CHECKING:
-    from sop_ros.learner.online import TrainingData
 
 
 def rewards(steps: int, success: bool, failure_penalty: float) -> np.ndarray:
@@ -250,23 +246,23 @@ class Recap(Algorithm):
     def beside_policy(self) -> nn.Module | None:
         return self.value if self.cotrain else None
 
-    def start(self, data: TrainingData, resumed: dict | None, ranks: Ranks, say: Callable[[str], None]) -> None:
+    def start(self, data: Sources, resumed: dict | None, ranks: Ranks, say: Callable[[str], None]) -> None:
         if not (resumed and resumed.get("value")):
-            pretrain_value(self.value, data.offline, self.advantages, self.config, ranks, say)
-        score_episodes(self.value, self.advantages, data.offline, ranks.device)
-        self.advantages.update_thresholds(data.offline.episodes)
+            pretrain_value(self.value, data[OFFLINE], self.advantages, self.config, ranks, say)
+        score_episodes(self.value, self.advantages, data[OFFLINE], ranks.device)
+        self.advantages.update_thresholds(data[OFFLINE].episodes)
 
-    def data_grew(self, data: TrainingData, ranks: Ranks) -> None:
-        score_episodes(self.value, self.advantages, data.online, ranks.device)
-        self.advantages.update_thresholds(data.offline.episodes + data.online.episodes)
+    def data_grew(self, data: Sources, ranks: Ranks) -> None:
+        score_episodes(self.value, self.advantages, data[ONLINE], ranks.device)
+        self.advantages.update_thresholds(data[OFFLINE].episodes + data[ONLINE].episodes)
 
-    def add_inputs(self, batch: dict, batch_np: dict, rows: list[Row], mine: list[int], data: TrainingData,
+    def add_inputs(self, batch: dict, batch_np: dict, rows: list[Row], mine: list[int], data: Sources,
                    step: int, device) -> Tensor | None:  # fmt: skip
         rng = np.random.default_rng([self.config.seed, step, 1])
         batch["indicator"] = torch.from_numpy(self.advantages.indicators(batch_np, rng)).to(device)
         if not self.cotrain:
             return None
-        targets = [self.advantages.value_target(data.dataset(rows[i].source).episodes[rows[i].episode], rows[i].step)
+        targets = [self.advantages.value_target(data[rows[i].source].episodes[rows[i].episode], rows[i].step)
                    for i in mine]  # fmt: skip
         return torch.from_numpy(np.array(targets)).to(device)
 
