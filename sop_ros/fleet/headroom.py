@@ -6,8 +6,9 @@ multi-task base policy is pretrained on all of them together (the experiments' r
 and scored in process (`sop eval --in-process`) on evaluation seeds. A task has headroom when its base success is
 within [low, high] (20% and 70% by default); each score carries its 95% Wilson interval.
 
-With `--base`, the base is a checkpoint made elsewhere (the experiments' own, `sop experiment` prints it), scored
-the same way: the tasks an experiment runs are then chosen on the very policy it starts from.
+With `--base`, the base is a checkpoint made elsewhere (the experiments' own: runs/experiments/shared/base_*.pt,
+the base_policy of a run's learner YAML), scored the same way: the tasks an experiment runs are then chosen on the
+very policy it starts from.
 
 Every stage is kept in `--out` and skipped when done (demonstrations task by task, the base, the scores), so an
 interrupted measurement resumes. The report goes to `--results`: headroom.json, .md and .png.
