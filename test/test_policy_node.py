@@ -181,6 +181,7 @@ def test_a_stale_camera_makes_the_robot_hold_until_it_comes_back(tmp_path, polic
         assert len(probe.commands) == commands
         assert all(f"camera {STALE}: frame" in p and "corner" not in p for p in probe.invalid[invalid:])
         assert all(s.message.startswith(f"holding: camera {STALE}: frame") for s in probe.statuses[statuses:])
+        assert all(s.state == PolicyStatus.STATE_HOLDING for s in probe.statuses[statuses:])
         assert probe.states[-1].controller == InterventionState.CONTROLLER_HOLD
 
         probe.cameras_on.add(STALE)  # back: the policy commands again and gets the robot back
@@ -188,6 +189,7 @@ def test_a_stale_camera_makes_the_robot_hold_until_it_comes_back(tmp_path, polic
         wait_for(lambda: probe.states[-1].controller == InterventionState.CONTROLLER_POLICY, 20,
                  what="the policy back in control")  # fmt: skip
         wait_for(lambda: not probe.statuses[-1].message, 10, what="the holding message to clear")
+        assert probe.statuses[-1].state == PolicyStatus.STATE_READY
 
 
 def test_bad_policy_files_are_refused_and_the_running_one_goes_on(tmp_path, policies, probe):

@@ -130,34 +130,3 @@ def test_an_episode_runs_the_policy_its_start_names(tmp_path):
         reply = load(third)
         assert reply.accepted and reply.running_version == "bench-c", reply.message
         assert answer() == "bench-c"
-
-
-def test_replaced_policies_are_released_by_the_control_path_only(rclpy_context):
-    """Freeing an ONNX Runtime session holds the GIL for 10-30 ms: every policy let go (the oldest of the warm
-    ones, a reload of a version already held, the one swapped out) waits in `retired` for the moment after a
-    command, never freed where it is let go (a load's reply, in the executor: measured, missed control ticks)."""
-    from sop_ros.robot.policy_node import KEEP_LOADED, PolicyNode
-
-    class Loaded:  # a loaded policy as the node holds it: equal only to itself, as ChunkPolicy
-        def __init__(self, version: str) -> None:
-            self.version, self.runtime = version, type("Runtime", (), {"backend": "test"})
-
-    node = PolicyNode()
-    try:
-        loaded = [Loaded(v) for v in ("a", "b", "a", "c", "d")]
-        with node._lock:
-            node.pending = loaded[0]
-            node.remember(loaded[0])
-            node.swap()  # "a" runs
-            for policy in loaded[1:3]:
-                node.remember(policy)  # "b", then a reload of "a"
-            assert node.retired == [] and list(node.recent) == ["b", "a"]  # the running "a" is kept
-            node.pending = loaded[2]
-            node.swap()  # the reloaded "a" runs: the first "a" is held by nobody now
-            assert node.retired == [loaded[0]]
-            for policy in loaded[3:]:
-                node.remember(policy)
-            assert list(node.recent) == ["a", "c", "d"][-KEEP_LOADED:] and loaded[1] in node.retired
-    finally:
-        node.retired.clear()
-        node.destroy_node()

@@ -26,6 +26,7 @@ from sop_ros.configs import ConfigError
 from sop_ros.configs.bridge import BridgeConfig
 from sop_ros.msg import BridgeStatus, PolicyStatus
 from sop_ros.robot import topics
+from sop_ros.robot.hot_swap import policy_state_name
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.spin import log_at, run_node
 from sop_ros.srv import LoadPolicy
@@ -63,7 +64,7 @@ def robot_report(status: BridgeStatus, policy: PolicyStatus | None) -> dict:
         "running_version": policy.version if policy else "",
         "pending_version": policy.pending_version if policy else "",
         "backend": policy.backend if policy else "",
-        "policy_state": {0: "loading", 1: "ready", 2: "error"}.get(policy.state, "?") if policy else "no status",
+        "policy_state": policy_state_name(policy.state) if policy else "no status",
         "newest_version": status.policy_newest,
         "held_version": status.policy_held,
         "outbox_episodes": status.outbox_episodes,

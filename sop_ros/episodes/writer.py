@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import IO
 
@@ -27,6 +28,12 @@ from sop_ros.episodes.format import EPISODE_METADATA, PARTIAL_DIR, START_METADAT
 from sop_ros.episodes.schemas import message_definition, schema_name
 
 _COMPRESSION = {"zstd": CompressionType.ZSTD, "lz4": CompressionType.LZ4, "none": CompressionType.NONE}
+
+
+class WriterState(Enum):
+    OPEN = "open"  # -> FINISHED, or FAILED after a disk error
+    FINISHED = "finished"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ class EpisodeWriter:
         self._start_metadata = _check_metadata(metadata or {}, "start metadata")
         self._clock = clock
         self._last_sync = clock()
-        self._state = "open"  # "open" -> "finished" | "failed"
+        self._state = WriterState.OPEN
         self._messages = 0
         self._flushed_messages = 0
         self._synced_bytes = 0
@@ -176,7 +183,7 @@ class EpisodeWriter:
             os.replace(self.partial_path, self.final_path)
             fsync_dir(self.root)
             fsync_dir(self.partial_path.parent)
-        self._state = "finished"
+        self._state = WriterState.FINISHED
         self._flushed_messages = self._messages
         self._synced_bytes = self.final_path.stat().st_size
         return self.final_path
@@ -235,9 +242,9 @@ class EpisodeWriter:
         self._last_sync = self._clock()
 
     def _check_open(self) -> None:
-        if self._state == "finished":
+        if self._state == WriterState.FINISHED:
             raise RuntimeError(f"episode {self.episode_id} is already finished ({self.final_path})")
-        if self._state == "failed":
+        if self._state == WriterState.FAILED:
             raise RecordingError(
                 f"episode {self.episode_id} stopped recording after a disk error; what reached the disk is in "
                 f"{self.partial_path} and recover_partials() will publish it at the next start",
@@ -251,7 +258,7 @@ class EpisodeWriter:
             with disk_errors(action, self.partial_path, self.root):
                 yield
         except RecordingError:
-            self._state = "failed"
+            self._state = WriterState.FAILED
             try:
                 self._file.close()  # flushing what is buffered may fail again; the fd is closed regardless
             except OSError:

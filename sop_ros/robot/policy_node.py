@@ -37,6 +37,7 @@ from sop_ros.msg import ActionChunk, EpisodeEvent, PolicyStatus
 from sop_ros.msg import Observation as ObservationMsg
 from sop_ros.robot import topics
 from sop_ros.robot.chunks import ChunkExecutor
+from sop_ros.robot.hot_swap import HotSwap, PolicyState, Swapped, Takeover
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.recording import stamp_ns
 from sop_ros.robot.spin import run_node
@@ -44,7 +45,6 @@ from sop_ros.srv import LoadPolicy
 
 XYZ = ("x", "y", "z")
 LOADER_NICENESS = 10  # added to the loading thread's nice value (lower CPU priority than control and inference)
-KEEP_LOADED = 3  # recently loaded policies kept warm, for episodes scheduled to run one of them
 
 
 def to_observation(msg: ObservationMsg) -> Observation:
@@ -84,12 +84,12 @@ class PolicyNode(Node):
         # Guards everything below that both the executor and the inference thread touch.
         self._lock = threading.Lock()
         self.chunks = ChunkExecutor(self.period_ns, cfg.execution, cfg.blend_steps, cfg.ensemble_decay)
-        self.policy: ChunkPolicy | None = None
-        self.pending: ChunkPolicy | None = None
-        self.recent: dict[str, ChunkPolicy] = {}  # version -> loaded policy, oldest first (running included)
-        self.scheduled = False  # episodes name their policy: swaps follow the names, not the loads
-        self.awaited, self.awaited_since = "", 0.0  # the version this episode is scheduled to run, not loaded yet
-        self.state, self.message = PolicyStatus.STATE_LOADING, "no policy loaded yet"
+        # Which policy runs, which waits for its swap point, which are kept warm. Replaced policies wait in its
+        # `retired` to be released right after a command goes out: destroying an ONNX Runtime session holds the
+        # GIL for ~20 ms, which must fall between two control ticks, not on one.
+        self.swaps: HotSwap[ChunkPolicy] = HotSwap(swap_at=cfg.swap_at)
+        self.state, self.message = PolicyState.LOADING, "no policy loaded yet"
+        self.held = False  # commanding nothing until a valid observation comes (stale sensors, a misfit)
         self.episode_active, self.instruction, self.episode_start_ns = False, "", 0
         self.latest: Observation | None = None  # the newest valid observation, and its stamp
         self.latest_ns = -1
@@ -100,9 +100,6 @@ class PolicyNode(Node):
         self.sequence = 0
         self.latencies: deque[float] = deque(maxlen=200)
         self.loading = ""  # path being loaded, while a load runs
-        # Replaced policies, released right after a command goes out: destroying an ONNX Runtime session holds
-        # the GIL for ~20 ms, which must fall between two control ticks, not on one.
-        self.retired: list[ChunkPolicy] = []
 
         self.command_pub = self.create_publisher(Float64MultiArray, topics.POLICY_COMMAND, topics.STREAM)
         self.chunk_pub = self.create_publisher(ActionChunk, topics.POLICY_CHUNK, topics.STREAM)
@@ -124,6 +121,11 @@ class PolicyNode(Node):
         if cfg.policy_path:
             threading.Thread(target=self.load_at_start, name="policy_load", daemon=True).start()
 
+    @property
+    def policy(self) -> ChunkPolicy | None:
+        """The running policy."""
+        return self.swaps.running
+
     # -- control ticks (executor thread) ---------------------------------------------------------------------
 
     def on_observation(self, msg: ObservationMsg) -> None:
@@ -142,25 +144,24 @@ class PolicyNode(Node):
                 self.hold(f"holding: policy {self.policy.version} does not fit this robot: {mismatch}")
                 return
             self.latest, self.latest_ns = obs, stamp
-            if self.message.startswith("holding"):
-                self.message = ""
+            if self.held:
+                self.held, self.message = False, ""
             if self.episode_active or self.config.act_between_episodes:
                 self.tick(stamp)
-            retired, self.retired = self.retired, []
+            retired = self.swaps.take_retired()
         del retired  # outside the lock, just after this tick's command
 
     def tick(self, stamp: int) -> None:
         """Answer the observation at `stamp` (lock held): from the running chunk, starting the next as due."""
-        if self.policy is None or self.state == PolicyStatus.STATE_ERROR:
+        if self.policy is None or self.state == PolicyState.ERROR:
             return
-        if self.awaited:
-            if time.monotonic() - self.awaited_since < self.config.scheduled_policy_wait_s:
-                self.waiting_tick = stamp  # answered once the scheduled policy is loaded
-                return
-            waited = self.config.scheduled_policy_wait_s
-            self.get_logger().warning(f"the episode's scheduled policy {self.awaited} did not come within "
-                                      f"{waited:g} s: it runs {self.policy.version}")  # fmt: skip
-            self.awaited = ""
+        awaited, wait_s = self.swaps.awaited, self.config.scheduled_policy_wait_s
+        if self.swaps.still_awaiting(time.monotonic(), wait_s):
+            self.waiting_tick = stamp  # answered once the scheduled policy is loaded
+            return
+        if awaited:
+            self.get_logger().warning(f"the episode's scheduled policy {awaited} did not come within {wait_s:g} s: "
+                                      f"it runs {self.policy.version}")  # fmt: skip
         steps = self.chunks.steps_into_newest(stamp)
         due = steps is None or steps >= self.config.replan_steps
         if due and self.config.wait_for_chunk:
@@ -172,7 +173,7 @@ class PolicyNode(Node):
 
     def request_chunk(self) -> None:
         """Have the inference thread compute a chunk from the newest observation, unless one is in flight."""
-        if self.inflight or self.awaited:
+        if self.inflight or self.swaps.awaited:
             return
         self.inflight = True
         obs = dataclasses.replace(self.latest, instruction=self.instruction)
@@ -185,9 +186,13 @@ class PolicyNode(Node):
             self.answered_ns = stamp
 
     def hold(self, reason: str) -> None:
-        """Drop the running chunk and whatever is in flight (lock held)."""
+        """Command nothing until a valid observation comes (lock held)."""
         self.get_logger().warning(reason, throttle_duration_sec=2.0)
-        self.message = reason
+        self.held, self.message = True, reason
+        self.drop_chunks()
+
+    def drop_chunks(self) -> None:
+        """Drop the running chunk and whatever is in flight (lock held)."""
         self.chunks.clear()
         self.waiting_tick = None
         self.generation += 1
@@ -195,16 +200,14 @@ class PolicyNode(Node):
     def on_episode_event(self, msg: EpisodeEvent) -> None:
         if msg.event not in (EpisodeEvent.EVENT_START, EpisodeEvent.EVENT_END):
             return
+        start = msg.event == EpisodeEvent.EVENT_START
         with self._lock:
-            if msg.event == EpisodeEvent.EVENT_START and msg.policy_version:
-                self.scheduled = True
-                self.run_scheduled(msg.policy_version)
-            elif self.pending is not None and not self.scheduled:
-                self.swap()  # an episode boundary: where new weights take over
-            self.chunks.clear()
-            self.waiting_tick = None
-            self.generation += 1
-            self.episode_active = msg.event == EpisodeEvent.EVENT_START
+            self.swapped(self.swaps.episode_event(start, msg.policy_version, time.monotonic()))
+            if self.swaps.awaited == msg.policy_version and start and msg.policy_version:
+                self.get_logger().info(f"the episode is scheduled to run {msg.policy_version}: waiting for it to "
+                                       "be loaded")  # fmt: skip
+            self.drop_chunks()
+            self.episode_active = start
             if self.episode_active:
                 self.instruction, self.episode_start_ns = msg.instruction, stamp_ns(msg)
                 if self.policy is not None:
@@ -234,10 +237,12 @@ class PolicyNode(Node):
                 result = policy.infer(obs, noise)
                 del policy  # a replaced policy is released by the control path, between two ticks
             except Exception as err:  # a policy that fails must not move the robot: hold and say why
+                reason = f"inference failed, holding: {type(err).__name__}: {err}"
+                self.get_logger().error(reason)
                 with self._lock:
                     self.inflight = False
-                    self.state = PolicyStatus.STATE_ERROR
-                    self.hold(f"inference failed, holding: {type(err).__name__}: {err}")
+                    self.state, self.message = PolicyState.ERROR, reason
+                    self.drop_chunks()
                 continue
             with self._lock:
                 self.inflight = False
@@ -298,47 +303,15 @@ class PolicyNode(Node):
             self.get_logger().error(f"refused the configured policy: {err}")
             return
         with self._lock:
-            self.pending = policy
-            self.remember(policy)
-            self.swap()
+            self.swapped(self.swaps.loaded(policy, immediate=True, episode_active=self.episode_active)[1])
 
-    def swap(self, policy: ChunkPolicy | None = None) -> None:
-        """`policy` (by default the pending one) runs from now on (lock held)."""
-        policy = policy or self.pending
-        if policy is None or policy is self.policy:
+    def swapped(self, change: Swapped[ChunkPolicy] | None) -> None:
+        """A new policy runs (lock held): ready, and said so."""
+        if change is None:
             return
-        old = self.policy.version if self.policy else "none"
-        if self.policy is not None and self.policy not in self.recent.values():  # a reload may replace its version
-            self.retired.append(self.policy)
-        if policy is self.pending:
-            self.pending = None
-        self.policy = policy
-        self.state, self.message = PolicyStatus.STATE_READY, ""
-        self.get_logger().info(f"policy {self.policy.version} ({self.policy.runtime.backend}) replaces {old}")
-
-    def remember(self, policy: ChunkPolicy) -> None:
-        """Keep `policy` warm among the recently loaded (lock held); the oldest not running is released, as is a
-        copy of the same version loaded before (released by the control path, between two ticks, like all)."""
-        replaced = self.recent.pop(policy.version, None)
-        if replaced is not None and replaced not in (self.policy, self.pending):
-            self.retired.append(replaced)
-        self.recent[policy.version] = policy
-        for version in list(self.recent)[: max(0, len(self.recent) - KEEP_LOADED)]:
-            if self.recent[version] not in (self.policy, self.pending):
-                self.retired.append(self.recent.pop(version))
-
-    def run_scheduled(self, version: str) -> None:
-        """The starting episode runs `version` (lock held): swapped in if loaded, else waited for."""
-        if self.policy is not None and self.policy.version == version:
-            self.awaited = ""
-            return
-        loaded = self.recent.get(version)  # every policy loaded passes through `remember`, the pending one too
-        if loaded is None:
-            self.awaited, self.awaited_since = version, time.monotonic()
-            self.get_logger().info(f"the episode is scheduled to run {version}: waiting for it to be loaded")
-            return
-        self.awaited = ""
-        self.swap(loaded)
+        self.state, self.message = PolicyState.READY, ""
+        old = change.old.version if change.old else "none"
+        self.get_logger().info(f"policy {change.new.version} ({change.new.runtime.backend}) replaces {old}")
 
     async def on_load(self, request: LoadPolicy.Request, response: LoadPolicy.Response) -> LoadPolicy.Response:
         done = Future()
@@ -357,10 +330,12 @@ class PolicyNode(Node):
                     response.accepted, response.message = False, f"refused: {error}"
                     self.message = response.message
                 else:
-                    self.pending = policy
-                    self.remember(policy)
-                    response.message = self.take_loaded(policy, request.immediate)
-                    response.accepted = True
+                    takeover, change = self.swaps.loaded(policy, request.immediate, self.episode_active)
+                    self.swapped(change)
+                    response.accepted, response.message = True, takeover.describe(policy.version)
+                    if takeover == Takeover.SCHEDULED_NOW and self.waiting_tick is not None:  # its tick waited
+                        tick, self.waiting_tick = self.waiting_tick, None
+                        self.tick(tick)
         with self._lock:
             response.running_version = self.policy.version if self.policy else ""
         if response.accepted:  # one call site per severity: rclpy refuses a call site whose severity changes
@@ -368,25 +343,6 @@ class PolicyNode(Node):
         else:
             self.get_logger().error(f"load {request.path}: {response.message}")
         return response
-
-    def take_loaded(self, policy: ChunkPolicy, immediate: bool) -> str:
-        """A policy just loaded (and pending): swapped in now, or kept for its swap point (lock held)."""
-        if policy.version == self.awaited:  # the running episode waits for it
-            self.awaited = ""
-            self.swap()
-            if self.waiting_tick is not None:
-                tick, self.waiting_tick = self.waiting_tick, None
-                self.tick(tick)
-            return f"running {policy.version} (the episode's scheduled policy)"
-        if self.policy is None or immediate or self.config.swap_at == "immediate":
-            self.swap()
-            return f"running {policy.version}"
-        if self.scheduled:
-            return f"{policy.version} verified, runs from the first episode scheduled to run it"
-        if not self.episode_active:
-            self.swap()
-            return f"running {policy.version}"
-        return f"{policy.version} verified, swaps in at the next episode boundary"
 
     def load_for(self, request: LoadPolicy.Request, done: Future) -> None:
         try:
@@ -402,12 +358,13 @@ class PolicyNode(Node):
     def publish_status(self) -> None:
         with self._lock:
             latencies = np.array(self.latencies) if self.latencies else np.zeros(1)
+            held = self.held and self.state == PolicyState.READY
             msg = PolicyStatus(
-                state=self.state,
+                state=PolicyState.HOLDING if held else self.state,
                 version=self.policy.version if self.policy else "",
                 backend=self.policy.runtime.backend if self.policy else "",
-                pending_version=self.pending.version if self.pending else "",
-                awaited_version=self.awaited,
+                pending_version=self.swaps.pending.version if self.swaps.pending else "",
+                awaited_version=self.swaps.awaited,
                 latency_last_ms=float(latencies[-1]),
                 latency_p50_ms=float(np.percentile(latencies, 50)),
                 latency_p99_ms=float(np.percentile(latencies, 99)),
