@@ -1,11 +1,16 @@
-"""This host, as reports and local runs need it: what machine a figure was measured on, and free loopback
-endpoints for the processes a run starts."""
+"""This host, as reports and local runs need it: what machine a figure was measured on, free loopback
+endpoints for the processes a run starts, and starting and stopping those processes."""
 
 from __future__ import annotations
 
 import os
 import platform
+import signal
 import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 
 def machine() -> dict:
@@ -40,3 +45,30 @@ def free_port() -> int:
 def free_endpoint() -> str:
     """A Zenoh endpoint on loopback that nothing listens on now."""
     return f"tcp/127.0.0.1:{free_port()}"
+
+
+def sop_command(*args: str) -> list[str]:
+    """The `sop` command line with `args`, run by this Python (its venv, not whatever `sop` is on the PATH)."""
+    return [sys.executable, "-m", "sop_ros.cli", *args]
+
+
+def start_logged(cmd: list[str], log: Path, *, env: Mapping[str, str] | None = None, niceness: int = 0,
+                 own_session: bool = False, append: bool = False, **popen_kwargs) -> subprocess.Popen:  # fmt: skip
+    """`cmd` started with its output and errors in `log`. `own_session`: a terminal's Ctrl-C reaches only this
+    process, which then stops its children in order."""
+    with open(log, "a" if append else "w") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen((["nice", "-n", str(niceness)] if niceness else []) + list(cmd), stdout=out,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=own_session,
+                                **popen_kwargs)  # fmt: skip
+
+
+def stop_process(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout_s: float = 60.0) -> int:
+    """Ask `proc` to stop with `sig` (a node's clean shutdown); killed if it has not within `timeout_s`. Its exit
+    code."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait()

@@ -2,12 +2,12 @@ import itertools
 import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from sop_ros.host import sop_command as sop  # noqa: F401  (tests import it from here)
 from sop_ros.robot import fastdds_fix
 
 fastdds_fix.load()  # before any test imports rclpy: the tests' own nodes stop as the robots' do
@@ -60,10 +60,6 @@ def rclpy_context():
     rclpy.init()
     yield
     rclpy.try_shutdown()
-
-
-def sop(*args: str) -> list[str]:
-    return [sys.executable, "-m", "sop_ros.cli", *args]
 
 
 def wait_for(predicate, timeout: float, spin=None, what: str = "condition") -> None:

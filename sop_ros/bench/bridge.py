@@ -26,13 +26,13 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
-import subprocess
+import signal
 import sys
 import threading
 import time
 from pathlib import Path
 
-from sop_ros.host import free_endpoint, machine
+from sop_ros.host import free_endpoint, machine, sop_command, start_logged, stop_process
 
 MB = 1_000_000
 MESSAGE_BYTES = 1 << 20
@@ -394,9 +394,7 @@ def weight_distribution(workdir: Path, robots: int) -> dict:
             for robot in names:
                 config = workdir / f"{robot}.yaml"
                 config.write_text(yaml.safe_dump(robot_yaml(robot, endpoint, workdir, public)))
-                with open(workdir / f"{robot}.log", "w") as log:
-                    procs.append(subprocess.Popen([sys.executable, "-m", "sop_ros.cli", "robot", "--config",
-                                                   str(config)], stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+                procs.append(start_logged(sop_command("robot", "--config", str(config)), workdir / f"{robot}.log"))
             deadline = time.monotonic() + 120
             while (ready := fleet_ready(server)) < robots:  # every bridge reporting, with its policy node up
                 if time.monotonic() > deadline:
@@ -421,9 +419,7 @@ def weight_distribution(workdir: Path, robots: int) -> dict:
             halt.set()
             spinner.join(timeout=5) if spinner.is_alive() else None
             for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                proc.wait(timeout=60)
+                stop_process(proc, signal.SIGTERM)
             server.close()
             watcher.destroy_node()
             rclpy.try_shutdown()

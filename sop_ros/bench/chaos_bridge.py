@@ -37,7 +37,6 @@ import random
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter, defaultdict
@@ -48,7 +47,7 @@ from pathlib import Path
 import yaml
 
 from sop_ros.checksums import file_sha256
-from sop_ros.host import free_port, machine
+from sop_ros.host import free_endpoint, machine, sop_command, start_logged
 
 INGEST = "ingest"
 INGEST_SHARE = 0.3  # of the kills, this share hits the ingest, the rest a bridge (at least one of each kind)
@@ -317,12 +316,12 @@ def processes(run_dir: Path, robot_ids: list[str], ingest_limit_s: float) -> lis
 
     config_dir, logs = run_dir / "config", run_dir / "logs"
     config_dir.mkdir()
-    endpoint = f"tcp/127.0.0.1:{free_port()}"
+    endpoint = free_endpoint()
     learner = config_dir / "learner.yaml"
     ingest = {"store_dir": str(run_dir / "store"), "ingest": {"zenoh": {"listen": [endpoint]}}}
     learner.write_text(yaml.safe_dump(ingest))
-    procs = [Proc(INGEST, [sys.executable, "-m", "sop_ros.cli", "ingest", "--config", str(learner),
-                           "--duration", f"{ingest_limit_s:.0f}"], logs / "ingest.log")]  # fmt: skip
+    procs = [Proc(INGEST, sop_command("ingest", "--config", str(learner), "--duration", f"{ingest_limit_s:.0f}"),
+                  logs / "ingest.log")]  # fmt: skip
     for robot in robot_ids:
         bridge = {**BRIDGE, "outbox_dir": str(run_dir / "outbox"), "zenoh": {"connect": [endpoint]}}
         robot_config = {"robot": {"id": robot}, "nodes": {"bridge": bridge}}
@@ -361,12 +360,9 @@ class Fleet:
         return time.monotonic() - self.t0
 
     def start(self, proc: Proc) -> None:
-        with open(proc.log, "a") as log:  # the child keeps its own copy of the descriptor
+        with open(proc.log, "a") as log:
             log.write(f"--- chaos: start {proc.starts + 1} at {self.clock():.2f} s ---\n")
-            log.flush()
-            # Own session: a terminal's Ctrl-C reaches only this process, which then stops the others.
-            proc.popen = subprocess.Popen(proc.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                          start_new_session=True)  # fmt: skip
+        proc.popen = start_logged(proc.cmd, proc.log, env=self.env, own_session=True, append=True)
         proc.starts += 1
         proc.started_at = time.monotonic()
         proc.restart_at = None

@@ -39,6 +39,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from sop_ros.host import sop_command, start_logged
+
 STOP_LIMIT_S = 2.0  # every node returns within this of the signal
 HANG_S = 10.0  # not exited by then: a hang (killed)
 RUN_S = (0.5, 8.0)  # from the start of the processes to the signal
@@ -192,8 +194,8 @@ def run_cycle(config: dict, endpoint: str, mode: str, sig: signal.Signals, wait_
                 launcher.start(Path(params_dir))
                 procs.update(launcher.procs)
             else:
-                cmd = [sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(config_path), "--single-process"]
-                procs[COMPOSED] = popen_logged(cmd, cycle_dir / "robot.log", env)
+                cmd = sop_command("robot", "--config", str(config_path), "--single-process")
+                procs[COMPOSED] = start_logged(cmd, cycle_dir / "robot.log", env=env, own_session=True)
             keyboard_input, procs[KEYBOARD] = start_keyboard(cycle_dir, env)
             time.sleep(wait_s)
             signalled_at = time.time()
@@ -218,11 +220,6 @@ def native_stacks(pid: int, out: Path) -> None:
                        stderr=subprocess.STDOUT, timeout=120, check=False)  # fmt: skip
 
 
-def popen_logged(cmd: list[str], log: Path, env: dict, **kwargs) -> subprocess.Popen:
-    with open(log, "wb") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, **kwargs)
-
-
 def start_keyboard(cycle_dir: Path, env: dict) -> tuple[int, subprocess.Popen]:
     """keyboard_teleop reading a pipe that stays open and silent (an operator's terminal nobody types in)."""
     from sop_ros.robot.launch_plan import NODE_PROCESS
@@ -231,7 +228,7 @@ def start_keyboard(cycle_dir: Path, env: dict) -> tuple[int, subprocess.Popen]:
     cmd = [sys.executable, "-m", NODE_PROCESS, "sop_ros.robot.keyboard_teleop_node", "--ros-args", "-r",
            f"__ns:=/{ROBOT}"]  # fmt: skip
     try:
-        proc = popen_logged(cmd, cycle_dir / f"{KEYBOARD}.log", env, stdin=read_end)
+        proc = start_logged(cmd, cycle_dir / f"{KEYBOARD}.log", env=env, own_session=True, stdin=read_end)
     finally:
         os.close(read_end)
     return write_end, proc
@@ -293,8 +290,8 @@ def start_cloud(run_dir: Path, endpoint: str, env: dict) -> subprocess.Popen:
     cloud = {"store_dir": str(run_dir / "store"), "ingest": {"zenoh": {"listen": [endpoint]}},
              "policies": {"registry_dir": str(run_dir / "registry")}}  # fmt: skip
     learner.write_text(yaml.safe_dump(cloud))
-    cmd = [sys.executable, "-m", "sop_ros.cli", "cloud", "--config", str(learner)]
-    return popen_logged(cmd, run_dir / "cloud.log", env)
+    return start_logged(sop_command("cloud", "--config", str(learner)), run_dir / "cloud.log", env=env,
+                        own_session=True)  # fmt: skip
 
 
 # -- results ------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
-import subprocess
+import signal
 import sys
 import tempfile
 import threading
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sop_ros.host import machine
+from sop_ros.host import machine, sop_command, start_logged, stop_process
 
 CAMERAS = ("corner", "gripperPOV")
 
@@ -295,10 +295,7 @@ def driven(workdir: Path, commands: list[list[str]], name: str):
     """Processes started from `commands` (their output in `name`.log), and this process as their robot driver."""
     import rclpy
 
-    procs = []
-    with open(workdir / f"{name}.log", "w") as log:  # the children keep their own copies of the descriptor
-        for command in commands:
-            procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
+    procs = [start_logged(command, workdir / f"{name}.log", append=True) for command in commands]
     rclpy.init()
     driver = Driver("/bench")
     try:
@@ -308,9 +305,7 @@ def driven(workdir: Path, commands: list[list[str]], name: str):
         driver.close()
         rclpy.try_shutdown()
         for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+            stop_process(proc, signal.SIGTERM, timeout_s=30.0)
 
 
 def robot_nodes(workdir: Path, config: dict, name: str):
@@ -319,7 +314,7 @@ def robot_nodes(workdir: Path, config: dict, name: str):
 
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
-    return driven(workdir, [[sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)]], name)
+    return driven(workdir, [sop_command("robot", "--config", str(path))], name)
 
 
 def relay_nodes(workdir: Path, image_size: int):

@@ -25,6 +25,7 @@ from sop_ros.configs.robot import RecorderConfig, RobotLaunchConfig, ScriptedOpe
 from sop_ros.configs.tasks import MT50
 from sop_ros.episodes.format import Outcome
 from sop_ros.episodes.reader import episode_counts
+from sop_ros.host import sop_command, start_logged, stop_process
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def run_fleet(title: str, base: RobotLaunchConfig, units: list[WorkUnit], robots
                 running[robot_id] = (_launch(config, robot_id, unit, out), unit, time.monotonic())
             for robot_id, (proc, unit, started) in list(running.items()):
                 if proc.poll() is None and time.monotonic() - started > _time_bound(base, unit):
-                    _stop(proc)
+                    stop_process(proc, timeout_s=30.0)
                     failed.append(f"{robot_id} {unit.task}: no end after {_time_bound(base, unit):.0f} s, stopped")
                 if proc.poll() is not None:
                     robot_seconds += time.monotonic() - started
@@ -163,7 +164,7 @@ def run_fleet(title: str, base: RobotLaunchConfig, units: list[WorkUnit], robots
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the robots")
         for proc, _, _ in running.values():
-            _stop(proc)
+            stop_process(proc, timeout_s=30.0)
     if interactive:
         print()
     paths = sorted(set(out.glob("*/*.mcap")) - before)
@@ -187,22 +188,11 @@ def _time_bound(base: RobotLaunchConfig, unit: WorkUnit) -> float:
     return 120.0 + unit.episodes * base.nodes.sim_robot.max_episode_steps / 5.0
 
 
-def _stop(proc: subprocess.Popen) -> None:
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 def _launch(config: dict, robot_id: str, unit: WorkUnit, out: Path) -> subprocess.Popen:
     name = f"{robot_id}_{unit.task}_s{unit.seed}"
     path = out / "configs" / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    with open(out / "logs" / f"{name}.log", "w") as log:  # the child keeps its own copy of the descriptor
-        cmd = [sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)]
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    return start_logged(sop_command("robot", "--config", str(path)), out / "logs" / f"{name}.log")
 
 
 def _summary(out: Path, paths: list[Path], elapsed: float, robot_seconds: float, failed: list[str]) -> dict:

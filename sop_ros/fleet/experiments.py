@@ -45,6 +45,7 @@ import yaml
 from sop_ros.configs import ConfigError, load_config, require, to_dict
 from sop_ros.configs.learner import LearnerConfig, PaceConfig, SamplingConfig
 from sop_ros.fleet.demo import DEMOS_PER_TASK
+from sop_ros.host import sop_command
 
 NEVER = 10**9  # publish_every_steps of a learner whose robots keep the base policy
 # The arms' base: the generalist of sop_ros.fleet.demo, pretrained on this many demonstrations of each of its tasks as
@@ -352,10 +353,8 @@ def train_offline(learner: LearnerConfig, fleet_dir: Path, out: Path, steps: int
 
 def learn_offline(learner_yaml: Path) -> None:
     import subprocess
-    import sys
 
-    command = [sys.executable, "-m", "sop_ros.cli", "learner", "--config", str(learner_yaml)]
-    result = subprocess.run(command, check=False)
+    result = subprocess.run(sop_command("learner", "--config", str(learner_yaml)), check=False)
     if result.returncode != 0:
         raise RuntimeError(f"offline training with {learner_yaml} failed (exit {result.returncode})")
 

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from itertools import count
@@ -31,6 +29,7 @@ from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.robot import PolicyConfig, RobotLaunchConfig, ScriptedOperatorConfig
 from sop_ros.episodes.format import LABELLED, Outcome
 from sop_ros.fleet.collect_demos import WorkUnit, interrupt_on_signals, unit_config
+from sop_ros.host import free_endpoint, sop_command, start_logged, stop_process
 
 # On one host the learner stands for the cloud's own machines: robots yield the CPU to it. Lockstep robots
 # otherwise run as fast as the cores allow and starve it (20 samples/s instead of 60 on 2 cores).
@@ -223,22 +222,6 @@ def block_failure(robot_id: str, log: Path, proc: subprocess.Popen, out: Path) -
              "error": said.strip()}]  # fmt: skip
 
 
-def _start(cmd: list[str], log: Path, niceness: int = 0) -> subprocess.Popen:
-    with open(log, "w") as f:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen((["nice", "-n", str(niceness)] if niceness else []) + cmd, stdout=f,
-                                stderr=subprocess.STDOUT)  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minutes: float, block: int, out: Path,
         results: Path | None, bin_minutes: float = 5.0, frozen: bool = False,
         sim_minutes: float = 0.0, seed: int = 0, single_process: bool = True) -> dict:  # fmt: skip
@@ -250,7 +233,6 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     the same run). `single_process`: each robot's nodes share one process (`sop robot
     --single-process`): the same nodes and topics, one interpreter's imports and start-up instead of seven."""
     from sop_ros.bridge.artifacts import make_signing_keys
-    from sop_ros.host import free_endpoint
 
     base_learner = load_config(LearnerConfig, learner_yaml)
     base_robot = load_config(RobotLaunchConfig, base_yaml)
@@ -286,8 +268,8 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     interrupt_on_signals()  # Ctrl-C and SIGTERM both stop the fleet and the learner first
     start = time.time()
     cloud = ["cloud"] if frozen else ["learner"]
-    learner_proc = _start([sys.executable, "-m", "sop_ros.cli", *cloud, "--config",
-                           str(out / "configs" / "learner.yaml")], out / "logs" / "learner.log")  # fmt: skip
+    learner_proc = start_logged(sop_command(*cloud, "--config", str(out / "configs" / "learner.yaml")),
+                                out / "logs" / "learner.log")  # fmt: skip
     blocks = [count(i, robots) for i in range(robots)]  # robot i's blocks: i, i + R, ...: the same every run
     running: dict[str, tuple[Path, subprocess.Popen]] = {}  # robot -> its block's log, its process
     failed: list[dict] = []  # blocks whose robot process exited non-zero (the fleet goes on with the next)
@@ -311,10 +293,9 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
                 config = robot_config(base_robot, robot_id, unit, out, endpoint, paced)
                 path = out / "configs" / f"{robot_id}_block{n:03d}.yaml"
                 path.write_text(yaml.safe_dump(config, sort_keys=False))
-                cmd = [sys.executable, "-m", "sop_ros.cli", "robot", "--config", str(path)]
-                cmd += ["--single-process"] if single_process else []
+                cmd = sop_command("robot", "--config", str(path), *(["--single-process"] if single_process else []))
                 log = out / "logs" / f"{robot_id}_block{n:03d}.log"
-                running[robot_id] = (log, _start(cmd, log, ROBOT_NICENESS))
+                running[robot_id] = (log, start_logged(cmd, log, niceness=ROBOT_NICENESS))
             if time.monotonic() - last_print >= 30:
                 print(_progress(learner, start), flush=True)
                 last_print = time.monotonic()
@@ -324,9 +305,9 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
         ended = "interrupted"
     finally:
         for _, proc in running.values():
-            _stop(proc)
+            stop_process(proc)
         time.sleep(5.0)  # the last episodes' uploads
-        _stop(learner_proc, timeout=120)
+        stop_process(learner_proc, timeout_s=120.0)
     status = out / "learner" / "status.json"
     last = json.loads(status.read_text()) if status.exists() else {}
     # Where the run ended on the clock its episodes are binned by: a paced run stopped by wall time ends where the
