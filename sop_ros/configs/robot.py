@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from sop_ros.configs import ConfigError, require
 from sop_ros.configs.bridge import BridgeConfig
@@ -105,6 +105,11 @@ class SimRobotConfig:
 @dataclass(frozen=True)
 class TeleopArbiterConfig:
     """The only writer of the robot command: policy or operator, clamped and rate-limited."""
+
+    # Applied at once when set on a running node (`ros2 param set`); the others are read-only.
+    LIVE: ClassVar[frozenset[str]] = frozenset({"action_min", "action_max", "max_rate", "hold_keeps_last",
+                                                "policy_timeout_s", "operator_timeout_s",
+                                                "end_takeover_with_episode"})  # fmt: skip
 
     action_names: tuple[str, ...] = ("x", "y", "z", "gripper")
     action_min: tuple[float, ...] = (-1.0, -1.0, -1.0, -1.0)
@@ -264,6 +269,10 @@ class IngestConfig:
 @dataclass(frozen=True)
 class PolicyConfig:
     """The VLA on the robot: inference off the control path, chunk execution, status, hot-swap."""
+
+    # Applied from the next control tick (or load) when set on a running node; the others are read-only.
+    LIVE: ClassVar[frozenset[str]] = frozenset({"replan_steps", "wait_for_chunk", "swap_at", "act_between_episodes",
+                                                "scheduled_policy_wait_s", "marker_step_m"})  # fmt: skip
 
     policy_path: str = ""  # .onnx (ONNX Runtime) or .pt (torch); empty: wait for policy/load
     engine_cache_dir: str = ""  # TensorRT engines built once per robot and model; empty: no cache

@@ -8,7 +8,7 @@ configured range and rate-limited (at most max_rate / control_hz of change per c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from enum import Enum
 
 import numpy as np
 
@@ -25,13 +25,17 @@ class ArbiterOutput:
     device: str  # the operator's input device while the operator is in control, else ""
 
 
+class Release(Enum):
+    """Where a released operator is (see Arbiter.release_operator)."""
+
+    NONE = "none"  # not released: operator commands count
+    AT_END = "at_end"  # the episode ended: operator commands are ignored
+    IN_NEW_EPISODE = "in_new_episode"  # ignored still, until the policy has driven for operator_timeout_s
+
+
 class Arbiter:
     def __init__(self, config: TeleopArbiterConfig) -> None:
-        self.config = config
-        self._low = np.array(config.action_min)
-        self._high = np.array(config.action_max)
-        self._rate = np.array(config.max_rate)
-        self._keeps_last = np.array(config.hold_keeps_last)
+        self.reconfigure(config)
         self._period = 1.0 / config.control_hz
         self._inputs: dict[Controller, tuple[np.ndarray, float, str]] = {}
         self._output = np.zeros(len(config.action_names))
@@ -39,8 +43,16 @@ class Arbiter:
         self.controller = Controller.HOLD
         self.since = 0.0
         self.interventions = 0
-        self._operator_released: Literal["", "at_end", "in_new_episode"] = ""  # see release_operator
+        self._operator_released = Release.NONE
         self._policy_drove_since: float | None = None  # released: when the policy first drove the new episode
+
+    def reconfigure(self, config: TeleopArbiterConfig) -> None:
+        """Limits and timeouts from `config` from the next command on (its action names and rate stay)."""
+        self.config = config
+        self._low = np.array(config.action_min)
+        self._high = np.array(config.action_max)
+        self._rate = np.array(config.max_rate)
+        self._keeps_last = np.array(config.hold_keeps_last)
 
     def submit(self, source: Controller, command: np.ndarray, now: float, device: str = "") -> None:
         """Take a command from the policy or the operator (and their `device`).
@@ -56,14 +68,14 @@ class Arbiter:
             )
         if not np.all(np.isfinite(command)):
             raise ValueError(f"{source.name.lower()} command has non-finite values: {command.tolist()}")
-        if source == Controller.OPERATOR and self._operator_released:
+        if source == Controller.OPERATOR and self._operator_released != Release.NONE:
             return
         self._inputs[source] = (command, now, device)
 
     def new_episode(self) -> None:
         self.interventions = 0
-        if self._operator_released == "at_end":
-            self._operator_released = "in_new_episode"
+        if self._operator_released == Release.AT_END:
+            self._operator_released = Release.IN_NEW_EPISODE
 
     def release_operator(self) -> None:
         """At an episode's end a takeover ends: the reset and the next episode go to the policy. On a lockstep
@@ -74,15 +86,15 @@ class Arbiter:
         operator_timeout_s: the operator's answer to the episode's last state can arrive after the end (and even
         a few steps into the next episode), and would take the robot back for an operator who has let go."""
         self._inputs.pop(Controller.OPERATOR, None)
-        self._operator_released, self._policy_drove_since = "at_end", None
+        self._operator_released, self._policy_drove_since = Release.AT_END, None
 
     def tick(self, now: float) -> ArbiterOutput:
         controller = self._select(now)
-        if controller == Controller.POLICY and self._operator_released == "in_new_episode":
+        if controller == Controller.POLICY and self._operator_released == Release.IN_NEW_EPISODE:
             if self._policy_drove_since is None:
                 self._policy_drove_since = now
             elif now - self._policy_drove_since >= self.config.operator_timeout_s:
-                self._operator_released = ""
+                self._operator_released = Release.NONE
         changed = controller != self.controller
         if changed:
             self.controller, self.since = controller, now

@@ -79,7 +79,7 @@ def trajectory_markers(actions: np.ndarray, names: tuple[str, ...], frame: str, 
 class PolicyNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("policy", **kwargs)
-        self.config = cfg = declare_config(self, PolicyConfig)
+        self.config = cfg = declare_config(self, PolicyConfig, on_change=self.reconfigure)
         self.period_ns = round(1e9 / cfg.control_hz)
         # Guards everything below that both the executor and the inference thread touch.
         self._lock = threading.Lock()
@@ -120,6 +120,12 @@ class PolicyNode(Node):
         self._worker.start()
         if cfg.policy_path:
             threading.Thread(target=self.load_at_start, name="policy_load", daemon=True).start()
+
+    def reconfigure(self, config: PolicyConfig) -> None:
+        """Live parameters set (`ros2 param set`): read from the next tick or load on."""
+        with self._lock:
+            self.config = config
+            self.swaps.swap_at = config.swap_at
 
     @property
     def policy(self) -> ChunkPolicy | None:

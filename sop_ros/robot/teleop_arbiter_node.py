@@ -33,7 +33,7 @@ LABELS = {code: Outcome.from_event(code) for code in
 class TeleopArbiterNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("teleop_arbiter", **kwargs)
-        self.config = cfg = declare_config(self, TeleopArbiterConfig)
+        self.config = cfg = declare_config(self, TeleopArbiterConfig, on_change=self.reconfigure)
         self.arbiter = Arbiter(cfg)
         self.joy = JoyTeleop(cfg)
         self.current: EpisodeEvent | None = None  # START of the running episode
@@ -52,6 +52,11 @@ class TeleopArbiterNode(Node):
         self.create_timer(1.0 / cfg.control_hz, lambda: self.arbitrate(trigger=Controller.HOLD))
         self.create_timer(1.0 / cfg.state_hz, self.publish_state)
         self._last = self.arbiter.tick(self.now())
+
+    def reconfigure(self, config: TeleopArbiterConfig) -> None:
+        """Live parameters set (limits, timeouts): the next command obeys them."""
+        self.config = config
+        self.arbiter.reconfigure(config)
 
     def now(self) -> float:
         return self.get_clock().now().nanoseconds * 1e-9
