@@ -21,7 +21,7 @@ demo: $(BUILD_STAMP)
 
 test: $(BUILD_STAMP)
 	$(VENV)/bin/ruff check sop_ros test launch setup.py
-	$(PY) -m pytest
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check sop_ros test launch setup.py

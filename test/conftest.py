@@ -12,6 +12,36 @@ from sop_ros.robot import fastdds_fix
 
 fastdds_fix.load()  # before any test imports rclpy: the tests' own nodes stop as the robots' do
 
+# Each test module says what its tests need in `TIER`; a test that needs otherwise carries its own mark. Run one
+# tier with `pytest -m unit` (or `make test PYTEST_ARGS="-m unit"`); `make test` runs them all.
+TIERS = {
+    "unit": "plain Python in the test's process (and short `sop` commands refused at their checks): no ROS graph, "
+            "no Zenoh session; tests of recorded data read four episodes recorded once per session",
+    "ros": "real ROS 2 nodes and topics, in the test's process or as node processes; no Zenoh",
+    "zenoh": "Zenoh sessions on loopback: the bridge, the cloud's ingest and policy services, with or without ROS",
+    "e2e": "whole runs of `sop` commands: robots recording, fleets with a learner, evaluations, learners training",
+}
+
+
+def pytest_configure(config):
+    for tier, what in TIERS.items():
+        config.addinivalue_line("markers", f"{tier}: {what}")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        own = {m.name for m in item.iter_markers() if m.name in TIERS}
+        if len(own) > 1:
+            raise pytest.UsageError(f"{item.nodeid}: marked with more than one tier: {', '.join(sorted(own))}")
+        if not own:
+            tier = getattr(item.module, "TIER", None)
+            if tier not in TIERS:
+                raise pytest.UsageError(f"{item.nodeid}: no tier: set TIER in its module to one of "
+                                        f"{', '.join(TIERS)}, or mark the test")  # fmt: skip
+            item.add_marker(tier)
+
+
 REPO = Path(__file__).resolve().parents[1]
 INSTALL = REPO / "install" / "sop_ros"
 _domains = itertools.count(100 + (os.getpid() % 50) * 2)

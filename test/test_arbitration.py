@@ -7,6 +7,8 @@ from sop_ros.configs.robot import TeleopArbiterConfig
 from sop_ros.episodes.format import Controller
 from sop_ros.robot.arbitration import Arbiter
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 CFG = TeleopArbiterConfig(max_rate=(100.0, 100.0, 100.0, 100.0), policy_timeout_s=0.5, operator_timeout_s=0.3)
 
 

@@ -5,6 +5,8 @@ import json
 import random
 import shutil
 
+import pytest
+
 from sop_ros.bench.chaos_bridge import compare, run, write_episode
 from sop_ros.bridge.protocol import Piece, episode_key
 from sop_ros.checksums import file_sha256
@@ -13,7 +15,10 @@ from sop_ros.cloud.episode_ingest import EpisodeIngest
 from sop_ros.cloud.episode_store import EpisodeStore
 from sop_ros.configs.bridge import EpisodeIngestConfig
 
+TIER = "unit"  # what the tests need: conftest.TIERS
 
+
+@pytest.mark.zenoh
 def test_no_episode_is_lost_or_stored_twice_when_bridges_and_the_ingest_are_killed(tmp_path):
     out = tmp_path / "bridge.json"
     result = run(out, robots=2, episodes=16, kills=4, seed=0, out_dir=tmp_path / "runs")

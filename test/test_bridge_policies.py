@@ -33,6 +33,8 @@ from sop_ros.configs.model import ModelConfig
 from sop_ros.model.export import export_onnx
 from sop_ros.model.vla import VLAPolicy, save_checkpoint
 
+TIER = "zenoh"  # what the tests need: conftest.TIERS
+
 TINY = ModelConfig(width=32, depth=1, head_depth=1, heads=2, cnn_channels=(8, 8, 8, 8), chunk=8, flow_steps=2)
 
 
@@ -112,6 +114,7 @@ class Robot:
         return [message for severity, message in self.logs if severity == "error"]
 
 
+@pytest.mark.unit
 def test_signatures_cover_every_field_and_only_the_fleet_key_verifies(keys, tmp_path):
     private, public = keys
     announcement = sign(PolicyAnnouncement("v1", "ab" * 32, 1000, 1.7e9, metrics={"success": 0.7}), private)
@@ -238,6 +241,7 @@ def test_a_torn_artifact_left_by_a_crash_is_downloaded_again(tmp_path, cloud, en
     assert any("not the signed bytes of v1" in m for _, m in robot.logs) and robot.errors() == []
 
 
+@pytest.mark.e2e
 def test_sop_publish_reaches_the_policy_node_through_sop_cloud_and_the_bridge(tmp_path, endpoint, exported,
                                                                                 rclpy_context):  # fmt: skip
     """The commands a user runs: `sop keys`, `sop cloud`, `sop robot` (policy + bridge nodes), `sop publish`,

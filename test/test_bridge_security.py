@@ -26,6 +26,8 @@ from sop_ros.bridge.zenoh_session import open_session, session_config
 from sop_ros.configs import ConfigError, from_dict
 from sop_ros.configs.bridge import TlsConfig, ZenohConfig
 
+TIER = "zenoh"  # what the tests need: conftest.TIERS
+
 ROBOTS = ["robot_0", "robot_1"]
 
 
@@ -109,6 +111,7 @@ def report_arrives(robot: zenoh.Session, cloud: Cloud, robot_id: str, marker: by
         time.sleep(0.05)
 
 
+@pytest.mark.unit
 def test_fleet_certificates_name_their_holder_and_keep_keys_private(tmp_path):
     paths = make_fleet_certificates(tmp_path / "keys", ["robot_0"], hosts=["cloud.example.org", "10.0.0.5"])
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == [
@@ -210,6 +213,7 @@ def test_the_operator_reads_the_fleet_table(cloud, connect):
     assert POLICY_ANNOUNCE not in cloud.keys()
 
 
+@pytest.mark.unit
 def test_the_access_control_names_each_robot_and_refuses_bad_ids():
     acl = access_control(["robot_0"])
     assert acl["default_permission"] == "deny" and acl["enabled"] is True

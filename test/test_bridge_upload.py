@@ -18,6 +18,8 @@ from sop_ros.cloud.episode_store import EpisodeStore
 from sop_ros.configs.bridge import BridgeConfig, EpisodeIngestConfig, ZenohConfig
 from sop_ros.episodes.writer import EpisodeWriter, WriterOptions
 
+TIER = "zenoh"  # what the tests need: conftest.TIERS
+
 ROBOT = "robot_7"
 
 
@@ -135,6 +137,7 @@ def test_a_resent_episode_is_acknowledged_and_never_stored_twice(tmp_path, cloud
     assert cloud.count() == 1 and uploader.snapshot().duplicates == 1
 
 
+@pytest.mark.unit
 def test_an_upload_resumes_where_it_stopped_after_the_cloud_restarts(tmp_path):
     path = make_episode(tmp_path / "outbox", f"{ROBOT}-resume", frames=40)
     data, sha = path.read_bytes(), file_sha256(path)
@@ -154,6 +157,7 @@ def test_an_upload_resumes_where_it_stopped_after_the_cloud_restarts(tmp_path):
     assert store.get(path.stem).sha256 == sha and store.count() == 1
 
 
+@pytest.mark.unit
 def test_bytes_damaged_on_the_way_are_asked_for_again(tmp_path):
     path = make_episode(tmp_path / "outbox", f"{ROBOT}-damaged")
     data, sha = path.read_bytes(), file_sha256(path)
@@ -224,6 +228,7 @@ def test_the_outbox_waits_for_a_cloud_that_is_away_and_drops_the_oldest_past_its
     assert sorted(e.episode_id for e in store.episodes()) == [f"{ROBOT}-q2", f"{ROBOT}-q3"]
 
 
+@pytest.mark.unit
 def test_a_file_renamed_in_but_not_indexed_before_a_crash_is_indexed_on_restart(tmp_path):
     store_root = tmp_path / "store"
     EpisodeStore(store_root).close()
@@ -268,6 +273,7 @@ def test_the_bridge_node_uploads_the_recorders_outbox_and_reports_on_bridge_stat
     assert not any(p.exists() for p in files)
 
 
+@pytest.mark.unit
 def test_bridge_configs_name_the_wrong_key(tmp_path):
     from sop_ros.configs import ConfigError, from_dict
     from sop_ros.configs.robot import RobotLaunchConfig
@@ -305,6 +311,7 @@ def test_sop_ingest_serves_uploads_into_the_learners_store(tmp_path, endpoint):
     assert missing.returncode == 2 and "none.yaml: no such config file" in missing.stderr
 
 
+@pytest.mark.unit
 def test_a_file_being_received_is_flushed_to_disk_as_it_grows(tmp_path):
     """The store's uploads flush their pages on a thread every `every` bytes, so the commit's fsync is short;
     a flush never runs on a closed descriptor, and the bytes are the ones written."""

@@ -7,6 +7,8 @@ import zipfile
 
 from conftest import REPO
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 WITHOUT_ROS = "import sys; sys.modules['rclpy'] = None; from sop_ros.cli import main; sys.exit(main(sys.argv[1:]))"
 
 

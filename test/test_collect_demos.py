@@ -5,13 +5,17 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 from conftest import REPO, sop, wait_for
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
 from sop_ros.fleet.collect_demos import WorkUnit, plan_units
 
+TIER = "e2e"  # what the tests need: conftest.TIERS
 
+
+@pytest.mark.unit
 def test_every_robot_gets_work_and_every_episode_is_planned():
     assert plan_units(["reach-v3", "push-v3", "pick-place-v3"], 5, 2, 0) == [
         WorkUnit("reach-v3", 5, 0), WorkUnit("push-v3", 5, 1000), WorkUnit("pick-place-v3", 5, 2000)
@@ -61,6 +65,7 @@ def test_a_fleet_stopped_by_sigterm_stops_its_robots_first(tmp_path):
     wait_for(lambda: not robots(), 30, what="the fleet's robot processes to end")
 
 
+@pytest.mark.unit
 def test_unknown_task_is_refused_by_name(tmp_path):
     cmd = sop("collect-demos", "--tasks", "reach-v3,fly-v3", "--episodes-per-task", "1", "--out", str(tmp_path))
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, timeout=60)

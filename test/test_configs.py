@@ -10,6 +10,8 @@ from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.robot import RobotLaunchConfig
 from sop_ros.robot.launch_plan import plan
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 
 def robot(**nodes):
     return {"robot": {"id": "r1", "use_sim_time": True}, "nodes": nodes}

@@ -17,6 +17,8 @@ from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, align_command
 from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
 from sop_ros.sim.metaworld_sim import MetaWorldSim
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 TASKS = DEMO_TASKS
 
 

@@ -10,6 +10,8 @@ from conftest import REPO, sop
 
 from sop_ros.cli import build_parser
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 DOCS = [REPO / "README.md", REPO / "results" / "README.md"]
 
 

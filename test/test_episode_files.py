@@ -28,6 +28,8 @@ from sop_ros.episodes.schemas import message_definition
 from sop_ros.episodes.writer import EpisodeWriter, WriterOptions
 from sop_ros.msg import EpisodeEvent, InterventionState
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 SEPARATOR = "=" * 80
 T0 = 1_700_000_000_000_000_000  # log times in ns
 

@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 import torch
 from conftest import REPO, sop
 from mcap.reader import make_reader
@@ -12,6 +13,8 @@ from mcap_ros2.decoder import DecoderFactory
 from sop_ros.configs.model import ModelConfig
 from sop_ros.model.export import export_onnx
 from sop_ros.model.vla import VLAPolicy, save_checkpoint
+
+TIER = "e2e"  # what the tests need: conftest.TIERS
 
 TINY = ModelConfig(width=32, depth=1, head_depth=1, heads=2, cnn_channels=(8, 8, 8, 8), chunk=8, flow_steps=2)
 
@@ -80,6 +83,7 @@ def test_eval_runs_the_policy_through_the_nodes_and_reports_success_per_task(tmp
     assert [(e["index"], e["steps"]) for e in direct["episodes"]] == [(0, 40), (1, 40)]
 
 
+@pytest.mark.unit
 def test_eval_refuses_a_file_that_is_not_a_policy(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not an onnx graph")
@@ -88,6 +92,7 @@ def test_eval_refuses_a_file_that_is_not_a_policy(tmp_path):
     assert result.returncode == 2 and f"--policy: {bad}: cannot be loaded" in result.stderr, result.stderr
 
 
+@pytest.mark.unit
 def test_eval_refuses_a_policy_trained_on_other_cameras(tmp_path):
     """Images of the right shape from other cameras would run and score in silence: the names are compared first."""
     save_checkpoint(tmp_path / "tiny.pt", VLAPolicy(TINY).eval(), version="tiny-v1", cameras=["corner", "gripperPOV"])
@@ -102,6 +107,7 @@ def test_eval_refuses_a_policy_trained_on_other_cameras(tmp_path):
     assert "(robot config config/sim_policy.yaml)" in result.stderr, result.stderr
 
 
+@pytest.mark.unit
 def test_in_process_episodes_have_the_configs_operator_take_over_and_back_off_first(tmp_path):
     """A fleet config's intervening operator, stepped in process: judged failing on the time budget's last state,
     it is in control from the next, lifts the hand first (its back-off), and then its expert finishes the task."""

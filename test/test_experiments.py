@@ -23,6 +23,8 @@ from sop_ros.fleet.experiments import (
     shared_demos,
 )
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 
 def fleet_run(robots: int, seed: int, success: list[float], episodes: int = 10) -> dict:
     """A finished run's fleet_run.json: the policy's own success per half-minute bin of simulated time."""

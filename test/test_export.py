@@ -14,6 +14,8 @@ from sop_ros.model.export import example_inputs, export_onnx, parity
 from sop_ros.model.inputs import INPUTS
 from sop_ros.model.vla import VLAPolicy, load_checkpoint, save_checkpoint
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 
 def checkpoint(tmp_path):
     torch.manual_seed(0)

@@ -11,8 +11,11 @@ from test_learner import learner_yaml, run_sop
 from sop_ros.cloud.episode_store import stored_episodes
 from sop_ros.fleet.demo import hot_swaps, short_version
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 
 # Two whole runs of the loop, ~2.5 minutes each on two cores: more than the suite's default per-test bound.
+@pytest.mark.e2e
 @pytest.mark.timeout(900)
 def test_a_paced_fleet_run_spends_its_learner_budget_and_the_robot_takes_new_policies(tmp_path, recorded_demos):
     base = tmp_path / "base.pt"

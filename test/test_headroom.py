@@ -7,6 +7,8 @@ import pytest
 from sop_ros.configs import ConfigError
 from sop_ros.fleet.headroom import HeadroomConfig, headroom_report, write_report
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 
 def test_a_task_has_headroom_when_its_base_success_is_within_the_bounds(tmp_path):
     config = HeadroomConfig(("reach-v3", "push-v3", "drawer-open-v3"), episodes_per_task=100)

@@ -6,6 +6,8 @@ import pytest
 
 from sop_ros.robot.hot_swap import KEEP_LOADED, HotSwap, PolicyState, Takeover, policy_state_name
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 
 @dataclass(eq=False)  # a loaded policy as the node holds it: equal only to itself, as ChunkPolicy
 class Loaded:

@@ -3,13 +3,17 @@
 import signal
 import sys
 
+import pytest
 from conftest import REPO, start, wait_for
 from ros_peer import LATCHED, sample_messages
 
 from sop_ros.msg import ActionChunk, EpisodeEvent, InterventionState, PolicyStatus
 from sop_ros.srv import LabelEpisode
 
+TIER = "ros"  # what the tests need: conftest.TIERS
 
+
+@pytest.mark.unit
 def test_generated_interfaces_have_the_designed_fields():
     assert ActionChunk.get_fields_and_field_types()["actions"] == "sequence<float>"
     assert InterventionState.CONTROLLER_HOLD == 2

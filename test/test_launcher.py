@@ -11,6 +11,8 @@ from std_msgs.msg import Float64MultiArray
 from sop_ros.msg import InterventionState
 from sop_ros.robot import topics
 
+TIER = "ros"  # what the tests need: conftest.TIERS
+
 SIM = """
 robot: {{id: {rid}, use_sim_time: true}}
 nodes:

@@ -5,6 +5,8 @@ import re
 
 from conftest import REPO
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 PACKAGE = REPO / "sop_ros"
 
 

@@ -29,6 +29,8 @@ from sop_ros.learner.algorithms import make_algorithm
 from sop_ros.learner.dataset import DatasetConfig
 from sop_ros.learner.online import TrainingData, fleet_metrics, plan_rows, version_lag
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 
 def run_sop(*args: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(sop(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env, check=False)
@@ -82,6 +84,7 @@ def test_a_missing_signing_key_is_named_at_start(tmp_path, recorded_demos):
     assert result.returncode == 2 and "policies.private_key=" in result.stderr and "none.key" in result.stderr
 
 
+@pytest.mark.e2e
 def test_two_gloo_ranks_train_the_same_model_as_one_rank_with_the_same_global_batch(tmp_path, recorded_demos):
     """torchrun --nproc-per-node 2: each rank decodes half of the same global batch; losses and weights match a
     one-process run to float rounding (tolerance 1e-5 on losses)."""
@@ -130,6 +133,7 @@ def upload(endpoint: str, episode, tmp_path) -> None:
     assert not os.path.exists(copy)  # acknowledged as stored: the outbox let it go
 
 
+@pytest.mark.e2e
 def test_it_resumes_after_sigkill_from_its_checkpoint_with_every_stored_episode(tmp_path, recorded_demos):
     config = learner_yaml(tmp_path, recorded_demos, refresh_every_steps=2, publish_every_steps=3)
     endpoint = yaml.safe_load(open(config))["ingest"]["zenoh"]["listen"][0]
@@ -160,6 +164,7 @@ def test_it_resumes_after_sigkill_from_its_checkpoint_with_every_stored_episode(
     assert shown.returncode == 0 and f"step {saved + 4}" in shown.stdout and DEMO_TASKS[0] in shown.stdout
 
 
+@pytest.mark.e2e
 def test_recap_pretrains_its_value_network_and_publishes_an_advantage_conditioned_policy(tmp_path, recorded_demos):
     config = learner_yaml(tmp_path, recorded_demos, algorithm="recap", max_steps=3, serve_robots=False,
                           recap={"value_pretrain_steps": 3, "value_training": "cotrain"})  # fmt: skip
@@ -228,6 +233,7 @@ def test_a_fleet_robot_is_a_valid_robot_whose_operator_intervenes_and_whose_brid
     assert nodes.bridge.policies.public_key.endswith("policy_signing.pub")
 
 
+@pytest.mark.e2e
 def test_the_offline_baselines_run_through_the_same_learner(tmp_path, recorded_demos):
     """Offline HG-DAgger retrains once on what a frozen policy's fleet stored; offline BC on demonstrations only."""
     for path in episode_files(recorded_demos):  # stand-ins for a frozen fleet's episodes (`sop fleet run --frozen`)
@@ -242,6 +248,7 @@ def test_the_offline_baselines_run_through_the_same_learner(tmp_path, recorded_d
         assert status["latest_policy"].endswith("-0000003")
 
 
+@pytest.mark.e2e
 def test_with_ema_decay_robots_get_the_moving_average_of_the_weights(tmp_path, recorded_demos):
     """ema_decay d: the policy published after step 2 is d x (step 1's weights) + (1 - d) x (step 2's); the
     training itself is the same as without (step 1's weights: those of a one-step run without averaging)."""
@@ -262,6 +269,7 @@ def test_with_ema_decay_robots_get_the_moving_average_of_the_weights(tmp_path, r
         torch.testing.assert_close(runs["averaged"][k], 0.25 * runs["one_step"][k] + 0.75 * trained[k])
 
 
+@pytest.mark.e2e
 def test_optimiser_from_base_continues_pretrainings_adamw_moments(tmp_path, recorded_demos):
     from sop_ros.learner.online import STATE
 

@@ -12,6 +12,8 @@ from sop_ros.learner.dataset import EpisodeIndex
 from sop_ros.learner.sampling import OFFLINE, ONLINE, OnlineShare, online_share, split_rows, task_rows
 from sop_ros.model.inputs import INDICATOR_NEGATIVE, INDICATOR_NONE, INDICATOR_POSITIVE
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 SOP = SamplingConfig(online_share_alpha=1.5, online_share_min=0.2, online_share_max=0.8, loss_window_steps=3)
 
 

@@ -9,6 +9,8 @@ from sop_ros.model.tokens import instruction_tokens
 from sop_ros.model.value import ValueNetwork
 from sop_ros.model.vla import VLAPolicy, load_checkpoint, parameter_count, save_checkpoint
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 TINY = ModelConfig(cameras=1, image_size=32, cnn_channels=(8, 16), width=32, heads=2, depth=1, head_depth=1,
                    chunk=4, instruction_bytes=16, flow_steps=8)  # fmt: skip
 

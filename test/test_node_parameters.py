@@ -7,6 +7,8 @@ from rclpy.parameter import Parameter
 
 from sop_ros.episodes.format import Controller
 
+TIER = "ros"  # what the tests need: conftest.TIERS
+
 
 def set_param(node, name: str, value):
     (result,) = node.set_parameters([Parameter(name, value=value)])

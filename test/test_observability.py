@@ -9,6 +9,8 @@ from sop_ros.configs import load_config
 from sop_ros.configs.robot import RobotLaunchConfig
 from sop_ros.fleet.observability import measure, render_placements
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 
 def test_placements_are_the_policys_input_and_the_report_names_each_varying_target(tmp_path):
     base = load_config(RobotLaunchConfig, str(REPO / "config" / "sim_policy.yaml"))

@@ -13,6 +13,8 @@ from sop_ros.configs import ConfigError
 from sop_ros.configs.learner import LearnerConfig, PaceConfig
 from sop_ros.host import free_endpoint
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 SECOND = 1_000_000_000
 
 
@@ -62,6 +64,7 @@ def robot_loop(pace: RobotPace, start_ns: int, period_ns: int, steps: int, stop:
         pace.report(time_ns)
 
 
+@pytest.mark.zenoh
 def test_learner_and_robots_hold_each_other_to_the_budget_and_a_restarted_robot_goes_on(tmp_path):
     endpoint = free_endpoint()
     config = PaceConfig(steps_per_sim_minute=60, robots=2, lead_steps=2)  # a step per simulated second
@@ -120,6 +123,7 @@ def test_learner_and_robots_hold_each_other_to_the_budget_and_a_restarted_robot_
         session.close()
 
 
+@pytest.mark.zenoh
 def test_a_step_trains_on_the_episodes_that_ended_by_its_cutoff_once_they_are_stored():
     endpoint = free_endpoint()
     config = PaceConfig(steps_per_sim_minute=60, robots=1, ingest_delay_s=2.0, episode_wait_s=30)

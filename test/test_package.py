@@ -10,6 +10,8 @@ from sop_ros.configs import load_config
 from sop_ros.configs.robot import RobotLaunchConfig
 from sop_ros.robot.launch_plan import NODE_TYPES, plan
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 SHARE = INSTALL / "share" / "sop_ros"
 
 

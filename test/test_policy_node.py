@@ -27,6 +27,8 @@ from sop_ros.msg import ActionChunk, InterventionState, Observation, PolicyStatu
 from sop_ros.robot import topics
 from sop_ros.srv import LoadPolicy
 
+TIER = "ros"  # what the tests need: conftest.TIERS
+
 NS = "/pol"
 CAMERAS = ("corner", "gripperPOV")
 STALE = "gripperPOV"  # the camera that goes quiet

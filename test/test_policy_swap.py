@@ -9,6 +9,8 @@ from conftest import wait_for
 from sop_ros.configs.model import ModelConfig
 from sop_ros.model.vla import VLAPolicy, save_checkpoint
 
+TIER = "ros"  # what the tests need: conftest.TIERS
+
 TINY = ModelConfig(width=32, depth=1, head_depth=1, heads=2, cnn_channels=(8, 8, 8, 8), chunk=8, flow_steps=2)
 
 

@@ -5,6 +5,8 @@ import pytest
 
 from sop_ros.model.preprocess import image_to_input, raw_rgb, resize_chw, to_unit_range
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 
 def test_raw_frames_become_rgb_whatever_their_row_padding_and_channel_order():
     rgb = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)

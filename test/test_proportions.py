@@ -4,6 +4,8 @@ import pytest
 
 from sop_ros.fleet.proportions import Rate, bootstrap_difference, compare, episodes_needed, wilson_interval
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 
 def test_wilson_interval_matches_the_hand_computed_values_and_stays_inside_0_1():
     # 50/100: centre (0.5 + 1.96^2/200) / (1 + 1.96^2/100) = 0.5, half-width 1.96 * 0.05095 / 1.0384 = 0.0962.

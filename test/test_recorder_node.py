@@ -12,6 +12,8 @@ from conftest import pids_started, sop, start, wait_for
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
+TIER = "ros"  # what the tests need: conftest.TIERS
+
 ROBOT = """
 robot: {{id: rec, use_sim_time: true, clock_topic: /rec/clock}}
 nodes:

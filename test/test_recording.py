@@ -9,6 +9,8 @@ from sop_ros.episodes.reader import read_episode
 from sop_ros.episodes.writer import WriterOptions
 from sop_ros.robot.recording import Episode, EpisodeRecorder, header_stamp_ns
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 TOPICS = {"/r/joint_states": "sensor_msgs/msg/JointState"}
 
 

@@ -11,6 +11,8 @@ from sop_ros.model.export import export_onnx
 from sop_ros.model.policy import ChunkPolicy, Observation
 from sop_ros.model.runtime import OnnxRuntime, TorchRuntime, load_runtime, provider_plan
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 
 def test_providers_are_tried_tensorrt_then_cuda_then_cpu():
     cache = Path("/cache")

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 RVIZ_PATH = Path(__file__).resolve().parents[1] / "rviz" / "sop_ros.rviz"
 
 

@@ -15,6 +15,8 @@ from sop_ros.sim.metaworld_sim import (
     split_sim_state,
 )
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 
 def run_episode(sim: MetaWorldSim, expert) -> tuple[bool, np.ndarray, str]:
     episode, state = sim.reset()

@@ -20,6 +20,8 @@ from sop_ros.robot.launch_plan import NODE_PROCESS
 from sop_ros.robot.node_process import DIE_WITH_PARENT_ENV
 from sop_ros.robot.stop_signals import STOP_SIGNALS
 
+TIER = "ros"  # what the tests need: conftest.TIERS
+
 
 def catches(pid: int, sig: int) -> bool:
     """The process has a handler of its own for `sig` (the kernel's SigCgt mask)."""
@@ -81,6 +83,7 @@ def test_the_fastdds_fix_is_what_a_participant_deletion_calls(tmp_path):
     )
 
 
+@pytest.mark.zenoh
 def test_a_bridge_stops_without_waiting_for_a_cloud_that_does_not_answer(tmp_path):
     """The cloud takes the upload's first piece and never replies; the bridge's reply timeout is a minute, yet a
     SIGTERM ends it at once: closing its Zenoh session ends the pending query."""
@@ -153,6 +156,7 @@ def runs_endless_units(pid: int) -> bool:
         return False
 
 
+@pytest.mark.unit
 def test_in_process_scoring_stopped_by_sigterm_ends_its_workers_with_it():
     """Eight units that never finish on two workers: a SIGTERM ends the scoring and both workers, rather than the
     pool draining its queue (what an experiment stopped while scoring used to do)."""

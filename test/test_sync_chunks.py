@@ -11,6 +11,8 @@ import pytest
 from sop_ros.robot.chunks import ChunkExecutor
 from sop_ros.robot.sync import ObservationSync
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 MS = 1_000_000  # ns
 TIMEOUT_S = 0.05
 

@@ -10,6 +10,8 @@ from sop_ros.configs import ConfigError
 from sop_ros.configs.robot import ScriptedOperatorConfig
 from sop_ros.sim.takeover import BackOff, TakeoverMonitor, heading_agreement
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 CONFIG = ScriptedOperatorConfig(mode="intervene", stall_steps=10, stall_distance_m=0.005, drift_window=5,
                                 drift_min_cosine=0.0, time_budget_steps=60)  # fmt: skip
 EXPERT = np.array([1.0, -1.0, 0.0, -1.0])  # a saturated move, as Meta-World's experts command

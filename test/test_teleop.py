@@ -14,6 +14,8 @@ from sop_ros.robot import topics
 from sop_ros.robot.teleop_devices import KEYBOARD_HELP
 from sop_ros.srv import LabelEpisode
 
+TIER = "ros"  # what the tests need: conftest.TIERS
+
 NS = "/tr"
 
 

@@ -6,6 +6,8 @@ import pytest
 from sop_ros.configs.robot import TeleopArbiterConfig
 from sop_ros.robot.teleop_devices import JoyTeleop, KeyboardTeleop, leader_arm_command
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 AXES = [0.25, -0.5, 0.0, 0.0, 0.75, 1.0]
 
 

@@ -6,6 +6,8 @@ from torch import nn
 
 from sop_ros.model.transformer import Decoder, Encoder
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 WIDTH, HEADS = 32, 4
 
 

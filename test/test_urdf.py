@@ -20,6 +20,8 @@ import mujoco
 import numpy as np
 import pytest
 
+TIER = "unit"  # what the tests need: conftest.TIERS
+
 URDF_PATH = Path(__file__).resolve().parents[1] / "urdf" / "sawyer.urdf"
 # The simulator's movable joints, named as in its sensor_msgs/JointState.
 MOVABLE_JOINTS = (
