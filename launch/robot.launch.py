@@ -15,8 +15,8 @@ from launch_ros.actions import Node
 from launch import LaunchDescription
 from sop_ros.configs import load_config
 from sop_ros.configs.robot import RobotLaunchConfig
-from sop_ros.robot.launch_plan import plan
-from sop_ros.robot.launcher import write_params_file
+from sop_ros.launch.launcher import write_params_file
+from sop_ros.launch.plan import plan
 
 DEFAULT_CONFIG = "robot.yaml"
 URDF = "urdf/sawyer.urdf"

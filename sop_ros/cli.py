@@ -31,15 +31,15 @@ def cmd_robot(args: argparse.Namespace) -> int:
     stop_signals.exit_on_signal()  # Ctrl-C while the nodes' modules load: nothing started yet, exit 0
     require_ros("robot")
     from sop_ros.configs.robot import RobotLaunchConfig
-    from sop_ros.robot.launch_plan import plan
+    from sop_ros.launch.plan import plan
 
     specs = plan(load_config(RobotLaunchConfig, args.config))
     if args.single_process:
-        from sop_ros.robot.launcher import run_single_process
+        from sop_ros.launch.launcher import run_single_process
         from sop_ros.robot.node_process import end_process
 
         end_process(run_single_process(specs, args.duration))
-    from sop_ros.robot.launcher import ProcessLauncher
+    from sop_ros.launch.launcher import ProcessLauncher
 
     return ProcessLauncher(specs).run(args.duration)
 

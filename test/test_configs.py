@@ -8,7 +8,7 @@ from conftest import REPO, sop
 from sop_ros.configs import ConfigError, from_dict, load_config
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.robot import RobotLaunchConfig
-from sop_ros.robot.launch_plan import plan
+from sop_ros.launch.plan import plan
 
 TIER = "unit"  # what the tests need: conftest.TIERS
 

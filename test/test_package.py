@@ -8,7 +8,7 @@ from conftest import INSTALL, REPO
 
 from sop_ros.configs import load_config
 from sop_ros.configs.robot import RobotLaunchConfig
-from sop_ros.robot.launch_plan import NODE_TYPES, plan
+from sop_ros.launch.plan import NODE_TYPES, plan
 
 TIER = "unit"  # what the tests need: conftest.TIERS
 

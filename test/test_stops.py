@@ -15,8 +15,8 @@ from conftest import REPO, sop, start, wait_for
 from test_bridge_upload import ROBOT, make_episode
 
 from sop_ros.bridge.protocol import EPISODES
+from sop_ros.launch.plan import NODE_PROCESS
 from sop_ros.robot import fastdds_fix
-from sop_ros.robot.launch_plan import NODE_PROCESS
 from sop_ros.robot.node_process import DIE_WITH_PARENT_ENV
 from sop_ros.robot.stop_signals import STOP_SIGNALS
 

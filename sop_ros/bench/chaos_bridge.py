@@ -5,7 +5,7 @@ What runs, all on this host (Zenoh on tcp/127.0.0.1 only, DDS on localhost only)
 
   ingest    `sop ingest`, a process, its store in store/
   bridges   one bridge node per robot (robot_0, robot_1, ...), each a process started the way `sop robot` starts
-            a node (the same module, parameters file and ROS arguments, from sop_ros.robot.launch_plan), but
+            a node (the same module, parameters file and ROS arguments, from sop_ros.launch.plan), but
             without the launcher in between: SIGKILL then hits the uploader itself. (Under `sop robot` a node
             killed makes the launcher stop the robot, and a launcher killed makes its node stop cleanly.)
   producer  a thread here: finished episode files into the robots' outboxes (outbox/<robot>/), written as the
@@ -311,8 +311,8 @@ def processes(run_dir: Path, robot_ids: list[str], ingest_limit_s: float) -> lis
     after `ingest_limit_s` (it is no node: it would not stop with this process otherwise)."""
     from sop_ros.configs import from_dict
     from sop_ros.configs.robot import RobotLaunchConfig
-    from sop_ros.robot.launch_plan import plan
-    from sop_ros.robot.launcher import write_params_file
+    from sop_ros.launch.launcher import write_params_file
+    from sop_ros.launch.plan import plan
 
     config_dir, logs = run_dir / "config", run_dir / "logs"
     config_dir.mkdir()

@@ -79,7 +79,7 @@ def run(json_path: Path, cycles: int = 200, seed: int = 0, out_dir: Path = Path(
     """The whole stress run; writes the results (JSON, and a PNG beside it) and returns them."""
     from sop_ros.bench.chaos_bridge import code_version
     from sop_ros.host import free_endpoint, machine
-    from sop_ros.robot.launcher import stop_processes
+    from sop_ros.launch.launcher import stop_processes
     from sop_ros.robot.node_process import DIE_WITH_PARENT_ENV
 
     run_dir = Path(out_dir) / f"stops-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
@@ -177,8 +177,8 @@ def run_cycle(config: dict, endpoint: str, mode: str, sig: signal.Signals, wait_
     """Start, wait `wait_s`, signal every process; each process's NodeExit, and the wall time of the signal."""
     from sop_ros.configs import from_dict
     from sop_ros.configs.robot import RobotLaunchConfig
-    from sop_ros.robot.launch_plan import plan
-    from sop_ros.robot.launcher import ProcessLauncher, stop_processes
+    from sop_ros.launch.launcher import ProcessLauncher, stop_processes
+    from sop_ros.launch.plan import plan
 
     config = {**config, "nodes": {**config["nodes"], "bridge": {**config["nodes"]["bridge"],
                                                                 "zenoh": {"connect": [endpoint]}}}}  # fmt: skip
@@ -222,7 +222,7 @@ def native_stacks(pid: int, out: Path) -> None:
 
 def start_keyboard(cycle_dir: Path, env: dict) -> tuple[int, subprocess.Popen]:
     """keyboard_teleop reading a pipe that stays open and silent (an operator's terminal nobody types in)."""
-    from sop_ros.robot.launch_plan import NODE_PROCESS
+    from sop_ros.launch.plan import NODE_PROCESS
 
     read_end, write_end = os.pipe()
     cmd = [sys.executable, "-m", NODE_PROCESS, "sop_ros.robot.keyboard_teleop_node", "--ros-args", "-r",

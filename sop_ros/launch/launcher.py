@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from sop_ros.robot.launch_plan import NodeSpec
+from sop_ros.launch.plan import NodeSpec
 from sop_ros.robot.node_process import DIE_WITH_PARENT_ENV
 
 STOP_GRACE_S = 10.0
