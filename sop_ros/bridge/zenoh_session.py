@@ -1,8 +1,14 @@
-"""A Zenoh session from a ZenohConfig: only the endpoints named there, nothing discovered."""
+"""A Zenoh session from a ZenohConfig: only the endpoints named there, nothing discovered; and queries answered
+on threads of ours."""
 
 from __future__ import annotations
 
 import json
+import logging
+import queue
+import threading
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import zenoh
@@ -86,3 +92,38 @@ def open_session(config: ZenohConfig) -> zenoh.Session:
         using = f"; {', '.join(files)}" if files else ""
         raise RuntimeError(f"cannot open a Zenoh session (listen {list(config.listen)}, connect "
                            f"{list(config.connect)}{using}): {err}") from None  # fmt: skip
+
+
+class QueryWorkers:
+    """Queries answered by `serve` on `workers` threads of this process, not in Zenoh's callback, which only hands
+    them over (`submit`): work that touches the disk would otherwise hold up the session's other traffic.
+    Queries on one key go to one worker, in the order they came (an upload's pieces are written in order). A
+    query that fails is logged and answered by nobody (its peer's query times out); the worker goes on."""
+
+    def __init__(self, name: str, workers: int, serve: Callable[[zenoh.Query], None]) -> None:
+        self._serve, self._log = serve, logging.getLogger(f"sop.{name}")
+        self._queues: list[queue.Queue] = [queue.Queue() for _ in range(workers)]
+        self._threads = [threading.Thread(target=self._work, args=(q,), name=f"{name}-{i}", daemon=True)
+                         for i, q in enumerate(self._queues)]  # fmt: skip
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, query: zenoh.Query) -> None:
+        key = str(query.key_expr)
+        self._queues[zlib.crc32(key.encode()) % len(self._queues)].put(query)
+
+    def _work(self, pending: queue.Queue) -> None:
+        while (query := pending.get()) is not None:
+            try:
+                self._serve(query)
+            except Exception:  # one bad query must not stop the worker that serves other robots
+                self._log.exception("a query on %s failed", query.key_expr)
+            finally:
+                query.drop()  # the query is answered once it is dropped
+
+    def close(self) -> None:
+        """Serve what was handed over, then stop (undeclare the queryable first)."""
+        for q in self._queues:
+            q.put(None)
+        for thread in self._threads:
+            thread.join(timeout=10.0)

@@ -1,22 +1,20 @@
 """The cloud's episode ingest: robots' upload pieces (sop_ros.bridge.protocol) in, durable stored episodes out.
 
 `EpisodeIngest.handle` answers one piece (no Zenoh: tested directly); `EpisodeIngestService` serves it on a Zenoh
-queryable with a few worker threads. Every piece of one episode goes to the same worker, so they are written in
-order; a malformed piece or file is answered `refused` with the reason, and the service goes on for everyone.
+queryable with a few worker threads (bridge.zenoh_session.QueryWorkers). Every piece of one episode goes to the
+same worker, so they are written in order; a malformed piece or file is answered `refused` with the reason, and
+the service goes on for everyone.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-import zlib
 from pathlib import Path
 
 import zenoh
 
 from sop_ros.bridge.protocol import EPISODES, Piece, ProtocolError, Reply, parse_episode_key
-from sop_ros.bridge.zenoh_session import open_session
+from sop_ros.bridge.zenoh_session import QueryWorkers, open_session
 from sop_ros.cloud.episode_store import DamagedUpload, EpisodeStore
 from sop_ros.configs.bridge import EpisodeIngestConfig
 from sop_ros.episodes.reader import check_episode_file
@@ -95,35 +93,18 @@ class EpisodeIngestService:
         self.ingest = EpisodeIngest(store, config)
         self._own_session = session is None
         self.session = session or open_session(config.zenoh)
-        self._queues: list[queue.Queue] = [queue.Queue() for _ in range(config.workers)]
-        self._workers = [threading.Thread(target=self._serve, args=(q,), name=f"ingest-{i}", daemon=True)
-                         for i, q in enumerate(self._queues)]  # fmt: skip
-        for worker in self._workers:
-            worker.start()
-        # Zenoh's callback only routes: the work (disk, hashing) happens on the workers, one episode per worker.
-        self._queryable = self.session.declare_queryable(f"{EPISODES}/**", self._route)
+        # The disk and hashing work happens on the workers, one episode (key) per worker.
+        self._workers = QueryWorkers("ingest", config.workers, self._serve)
+        self._queryable = self.session.declare_queryable(f"{EPISODES}/**", self._workers.submit)
 
-    def _route(self, query: zenoh.Query) -> None:
-        key = str(query.key_expr)
-        self._queues[zlib.crc32(key.encode()) % len(self._queues)].put(query)
-
-    def _serve(self, pending: queue.Queue) -> None:
-        while (query := pending.get()) is not None:
-            try:
-                header = query.attachment.to_bytes() if query.attachment is not None else None
-                payload = query.payload.to_bytes() if query.payload is not None else None
-                reply = self.ingest.handle(str(query.key_expr), header, payload)
-                query.reply(query.key_expr, reply.encode())
-            except Exception:  # one bad query must not stop the worker that serves other robots
-                log.exception("ingest worker: a query failed")
-            finally:
-                query.drop()
+    def _serve(self, query: zenoh.Query) -> None:
+        header = query.attachment.to_bytes() if query.attachment is not None else None
+        payload = query.payload.to_bytes() if query.payload is not None else None
+        reply = self.ingest.handle(str(query.key_expr), header, payload)
+        query.reply(query.key_expr, reply.encode())
 
     def close(self) -> None:
         self._queryable.undeclare()
-        for q in self._queues:
-            q.put(None)
-        for worker in self._workers:
-            worker.join(timeout=10.0)
+        self._workers.close()
         if self._own_session:
             self.session.close()

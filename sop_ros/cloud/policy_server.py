@@ -34,6 +34,7 @@ from sop_ros.bridge.protocol import (
     artifact_key,
     json_object,
 )
+from sop_ros.bridge.zenoh_session import QueryWorkers
 from sop_ros.cloud.policy_registry import LATEST, PolicyRegistry
 from sop_ros.configs.bridge import PolicyServingConfig
 
@@ -50,9 +51,11 @@ class PolicyServer:
         self._lock = threading.Lock()
         self._announcing = threading.Lock()  # one announcement per version, from publish() or the registry watch
         self._files: dict[str, int] = {}  # version -> an open descriptor (read with pread: no shared offset)
+        # Ranges are read from disk on threads of ours; the other answers come from memory, in Zenoh's callback.
+        self._readers = QueryWorkers("policy-ranges", config.range_workers, self._answer_range)
         self._declared = [
             session.declare_queryable(POLICY_LATEST, self._answer_latest),
-            session.declare_queryable(f"{POLICY_ARTIFACTS}/*", self._answer_range),
+            session.declare_queryable(f"{POLICY_ARTIFACTS}/*", self._readers.submit),
             session.declare_queryable(FLEET_TABLE, self._answer_fleet_table),
             session.declare_subscriber(f"{FLEET_ROBOTS}/*", self._on_report),
         ]
@@ -177,6 +180,7 @@ class PolicyServer:
         self._watch.join(timeout=5.0)
         for entity in self._declared:
             entity.undeclare()
+        self._readers.close()
         with self._lock:
             for fd in self._files.values():
                 os.close(fd)

@@ -142,9 +142,11 @@ class PolicyServingConfig:
     poll_s: float = 0.2  # how often the server looks for a new latest.json to announce
     max_range_kb: int = 65536  # the largest range one query may ask for
     stream_chunk_kb: int = 1024  # a new artifact is also streamed to every robot in pieces of this size
+    range_workers: int = 2  # threads reading the byte ranges robots ask for
 
     def __post_init__(self) -> None:
         require(bool(self.registry_dir), "registry_dir", self.registry_dir, "must name a directory")
         require(self.poll_s > 0, "poll_s", self.poll_s, "must be > 0")
         require(self.max_range_kb >= 4, "max_range_kb", self.max_range_kb, "must be >= 4")
         require(4 <= self.stream_chunk_kb <= 65536, "stream_chunk_kb", self.stream_chunk_kb, "must be in 4..65536")
+        require(self.range_workers >= 1, "range_workers", self.range_workers, "must be >= 1")
