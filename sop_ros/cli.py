@@ -283,8 +283,9 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                               results=args.results, only_arms=tuple(a for a in args.arms.split(",") if a))  # fmt: skip
     if not args.report_only:
         require_ros("experiment")
-    run_experiment(config, report_only=args.report_only)
-    print(f"sop experiment {args.experiment}: {Path(args.results) / args.experiment}.md, .json, .png")
+    run_experiment(config, report_only=args.report_only, prepare_only=args.prepare)
+    if not args.prepare:
+        print(f"sop experiment {args.experiment}: {Path(args.results) / args.experiment}.md, .json, .png")
     return 0
 
 
@@ -633,6 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/experiments", help="runs (resumed from here) (default: %(default)s)")
     p.add_argument("--results", default="docs/results", help="reports (default: %(default)s)")
     p.add_argument("--report-only", action="store_true", help="write the report from the finished runs, run none")
+    p.add_argument("--prepare", action="store_true", help="record the shared demonstrations and pretrain every "
+                   "arm's base policy (if missing), run nothing: check a suite on its base (`sop headroom --base`)")
     p.add_argument("--arms", default="", metavar="SLUG,...",
                    help="run only these arms, in this order, named as their run folders (e.g. ema-0.98); "
                    "the report has every arm's finished runs")

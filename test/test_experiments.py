@@ -8,6 +8,8 @@ import pytest
 from conftest import REPO
 
 from sop_ros.configs import ConfigError, load_config
+from sop_ros.configs.learner import LearnerConfig
+from sop_ros.fleet.demo import demo_tasks
 from sop_ros.fleet.experiments import (
     ARMS,
     BASE_DEMOS_PER_TASK,
@@ -47,13 +49,19 @@ def scores(success: list[float], run: str = "run") -> list[dict]:
             for i, s in enumerate(success)]  # fmt: skip
 
 
+def made_before(shared) -> None:
+    """The arms' demonstrations and base policy, as a sweep before left them in `shared`: not made again."""
+    learner = load_config(LearnerConfig, REPO / "config" / "experiment_learner.yaml")
+    demos = shared_demos(shared, demo_tasks(learner), BASE_DEMOS_PER_TASK)
+    (demos / "robot_0").mkdir(parents=True)
+    (demos / "robot_0" / "e.mcap").write_bytes(b"")
+    (demos / "summary.json").write_text("{}")  # the recording finished
+    shared_base(shared, BASE_DEMOS_PER_TASK).write_bytes(b"")
+
+
 def finished_sweep(tmp_path) -> ExperimentConfig:
     """A fleet-scaling sweep of two seeds whose runs all finished and were scored, made with the config returned."""
-    shared = tmp_path / "runs" / "shared"  # demonstrations and base policy made before: not made again
-    (shared_demos(shared) / "robot_0").mkdir(parents=True)
-    (shared_demos(shared) / "robot_0" / "e.mcap").write_bytes(b"")
-    (shared_demos(shared) / "summary.json").write_text("{}")  # the recording finished
-    shared_base(shared, BASE_DEMOS_PER_TASK).write_bytes(b"")
+    made_before(tmp_path / "runs" / "shared")
     config = ExperimentConfig("fleet-scaling", seeds=(0, 1), sim_minutes=2.0, final_minutes=1.0, threshold=0.8,
                               learner_yaml=str(REPO / "config" / "experiment_learner.yaml"),
                               out=str(tmp_path / "runs"), results=str(tmp_path / "results"))  # fmt: skip
@@ -78,6 +86,18 @@ def finished_sweep(tmp_path) -> ExperimentConfig:
             "online": {"success": online, "successes": round(10 * online), "episodes": 10},
             "offline": {"success": success, "successes": round(10 * success), "episodes": 10}, "setup": key}))
     return config
+
+
+def test_prepare_only_names_the_shared_demonstrations_and_bases_and_runs_nothing(tmp_path):
+    config = finished_sweep(tmp_path)
+    shutil.rmtree(tmp_path / "runs" / "fleet-scaling")  # no run made: preparing must not start one
+    prepared = run_experiment(config, prepare_only=True)
+    shared = tmp_path / "runs" / "shared"
+    tasks = demo_tasks(load_config(LearnerConfig, config.learner_yaml))
+    assert prepared == {BASE_DEMOS_PER_TASK: {"demos": str(shared_demos(shared, tasks, BASE_DEMOS_PER_TASK)),
+                                              "base": str(shared_base(shared, BASE_DEMOS_PER_TASK))}}
+    assert not (tmp_path / "runs" / "fleet-scaling").exists()
+    assert shared_demos(shared, tasks, 40) != shared_demos(shared, tasks[:-1], 40)  # other tasks: recorded anew
 
 
 def test_a_sweep_resumes_past_its_finished_runs_and_reports_them(tmp_path):
@@ -346,8 +366,7 @@ def test_offline_hg_dagger_trains_on_the_base_policys_run_of_the_same_seed_when_
                               learner_yaml=str(REPO / "config" / "experiment_learner.yaml"),
                               out=str(tmp_path / "runs"), results=str(tmp_path / "results"))  # fmt: skip
     base_only, offline = ARMS["algorithms"][0], ARMS["algorithms"][1]
-    (tmp_path / "runs" / "shared").mkdir(parents=True)  # the arms' base policy, pretrained before
-    shared_base(tmp_path / "runs" / "shared", BASE_DEMOS_PER_TASK).write_bytes(b"")
+    made_before(tmp_path / "runs" / "shared")
     made = tmp_path / "runs" / "algorithms" / base_only.slug / "seed0"
     made.mkdir(parents=True)
     (made / SETUP).write_text(setup_key(config, base_only) + "\n")

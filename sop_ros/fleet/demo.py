@@ -28,13 +28,16 @@ if TYPE_CHECKING:
 LEARNER_YAML = "config/demo_learner.yaml"
 ROBOT_YAML = "config/fleet_sim.yaml"
 DEMO_ROBOT_YAML = "config/sim.yaml"
-# The base policy of the demo and the experiments: a generalist behaviour-cloned on scripted demonstrations of ten
-# Meta-World tasks, then post-trained online on the learner's tasks, those of the ten it leaves room to improve
-# (docs/results/headroom.md). 6000 pretraining steps, not 1500: from a 1500-step base the online learner's control
-# arm, training on the demonstrations alone, doubled its success, so online gains measured from it were mostly more
-# training (docs/results/README.md). ~10 minutes of pretraining on 2 CPU cores for the default model.
+# The base policy of the demo and the experiments: a generalist behaviour-cloned on scripted demonstrations of 22
+# Meta-World tasks, then post-trained online on the learner's tasks, those of the 22 whose base leaves room to
+# improve and whose operator's takeovers succeed (docs/results/headroom.md, operator_takeovers.md). 6000 pretraining
+# steps, not 1500: from a 1500-step base the online learner's control arm, training on the demonstrations alone,
+# doubled its success, so online gains measured from it were mostly more training (docs/results/README.md). About
+# 10 minutes of pretraining on 2 CPU cores for the default model.
 BASE_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "plate-slide-v3", "window-open-v3", "door-open-v3",
-              "button-press-topdown-v3", "sweep-into-v3", "faucet-open-v3", "drawer-close-v3")  # fmt: skip
+              "button-press-topdown-v3", "sweep-into-v3", "faucet-open-v3", "drawer-close-v3", "push-wall-v3",
+              "reach-wall-v3", "coffee-push-v3", "hammer-v3", "lever-pull-v3", "dial-turn-v3", "handle-pull-v3",
+              "push-back-v3", "basketball-v3", "soccer-v3", "peg-unplug-side-v3", "hand-insert-v3")  # fmt: skip
 DEMOS_PER_TASK = 40
 PRETRAIN_STEPS = 6000
 PRETRAIN_BATCH = 32

@@ -50,9 +50,9 @@ from sop_ros.host import sop_command
 NEVER = 10**9  # publish_every_steps of a learner whose robots keep the base policy
 # The arms' base: the generalist of sop_ros.fleet.demo, pretrained on this many demonstrations of each of its tasks as
 # in the headroom measurement that chose the learner's tasks (docs/results/headroom.md); pretrain-scale's other arm
-# has 4x as many.
+# has 4x as many. Each count is recorded for the arms that use it (the same seeds: the larger holds the smaller).
 BASE_DEMOS_PER_TASK = DEMOS_PER_TASK
-RECORDED_DEMOS_PER_TASK = 4 * BASE_DEMOS_PER_TASK
+LARGE_DEMOS_PER_TASK = 4 * BASE_DEMOS_PER_TASK
 # fleet-scaling's success threshold, fixed before running: the learner's tasks' base is low (47% over the four in
 # docs/results/headroom.md), so about base + 30 points rather than 80%.
 THRESHOLD = 0.75
@@ -77,7 +77,7 @@ class Arm:
 ARMS = {
     "fleet-scaling": (Arm("1 robot", robots=1), Arm("2 robots", robots=2), Arm("4 robots", robots=4)),
     "pretrain-scale": tuple(Arm(f"{n} demos per task", demos_per_task=n)
-                            for n in (BASE_DEMOS_PER_TASK, RECORDED_DEMOS_PER_TASK)),  # fmt: skip
+                            for n in (BASE_DEMOS_PER_TASK, LARGE_DEMOS_PER_TASK)),  # fmt: skip
     "algorithms": (Arm("pretrained only", algorithm=""), Arm("offline HG-DAgger", offline=True),
                    Arm("SOP + HG-DAgger"), Arm("SOP + RECAP", algorithm="recap")),
     # The learner's settings, each against the experiments' learner YAML (the first arm: what it was before).
@@ -91,12 +91,10 @@ ARMS = {
         # SOP's adaptive share gives a task's fleet data more of its rows the harder they are to fit; here a fixed 20%.
         Arm("EMA 0.98, online share 0.2", learner=(("ema_decay", 0.98), ("sampling", SamplingConfig(
             online_share_min=0.2, online_share_max=0.2)))),
-        # A correction whose episode failed is no demonstration of the task: push-v3's operator fails 45% of its
-        # takeovers, each flailing to the step limit, and those steps were 2/3 of push's fleet rows.
-        Arm("EMA 0.98, successful corrections", learner=(("ema_decay", 0.98), ("use_failed_corrections", False))),
-        Arm("EMA 0.98, successful corrections, online share 0.2", learner=(
-            ("ema_decay", 0.98), ("use_failed_corrections", False),
-            ("sampling", SamplingConfig(online_share_min=0.2, online_share_max=0.2)))),
+        # A correction whose episode failed is no demonstration of the task (the YAML leaves them out): push-v3's
+        # operator failed 45% of its takeovers, each flailing to the step limit, and those steps were 2/3 of push's
+        # fleet rows.
+        Arm("EMA 0.98, failed corrections too", learner=(("ema_decay", 0.98), ("use_failed_corrections", True))),
         # The control: the YAML's training on the demonstrations alone. What it does, the fleet's data did not.
         Arm("demonstrations only", algorithm="bc"),
     ),
@@ -154,10 +152,10 @@ class ExperimentConfig:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def run_experiment(config: ExperimentConfig, report_only: bool = False) -> dict:
-    """The sweep (its finished runs skipped), then its report; `report_only`: the report of the finished runs."""
-    from sop_ros.fleet.demo import demo_tasks, record_demos
-
+def run_experiment(config: ExperimentConfig, report_only: bool = False, prepare_only: bool = False) -> dict:
+    """The sweep (its finished runs skipped), then its report; `report_only`: the report of the finished runs;
+    `prepare_only`: the shared demonstrations and every arm's base policy, made if missing, and nothing run (their
+    paths returned): what a suite is checked on before the sweep starts."""
     out = Path(config.out) / config.experiment
     learner = load_config(LearnerConfig, config.learner_yaml)
     if not learner.pace.steps_per_sim_minute:
@@ -167,9 +165,11 @@ def run_experiment(config: ExperimentConfig, report_only: bool = False) -> dict:
     committed, carried_probes = committed_runs(config, keys), committed_probes(config, keys)
     if report_only:
         return write_report(config, out, keys, committed, carried_probes)
-    demos = shared_demos(Path(config.out) / "shared")
-    record_demos(demos, demo_tasks(learner), RECORDED_DEMOS_PER_TASK)  # once, for every arm's base policy
-    learner = dataclasses.replace(learner, demos_dir=str(demos))
+    if prepare_only:
+        made = {arm.demos_per_task: arm_learner(arm, learner, Path(config.out) / "shared") for arm in arms}
+        for n, made_for in made.items():
+            print(f"{n} demonstrations per task: {made_for.demos_dir}; base policy: {made_for.base_policy}")
+        return {n: {"demos": m.demos_dir, "base": m.base_policy} for n, m in made.items()}
     slugs = {arm.slug: arm for arm in arms}
     running = [slugs[slug] for slug in config.only_arms] if config.only_arms else arms  # in the order asked
     runs = [(arm, seed) for seed in config.seeds for arm in running]  # seed by seed: every arm has data early
@@ -214,7 +214,7 @@ def setup_key(config: ExperimentConfig, arm: Arm) -> str:
     for name in ("learner_yaml", "robot_yaml", "eval_robot_yaml"):
         settings[name] = file_sha256(settings[name])
     settings["arm"] = dataclasses.asdict(arm)
-    settings["base_policy"] = base_recipe(arm.demos_per_task, RECORDED_DEMOS_PER_TASK)
+    settings["base_policy"] = base_recipe(arm.demos_per_task, arm.demos_per_task)
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -277,33 +277,38 @@ def base_policy_run(config: ExperimentConfig, arm: Arm, seed: int) -> Path | Non
     return None
 
 
-def shared_demos(shared: Path) -> Path:
-    """The arms' demonstrations, named by their count and robot config: changing either records them anew."""
+def shared_demos(shared: Path, tasks: list[str], per_task: int) -> Path:
+    """`per_task` demonstrations of each of `tasks`, named by their count, robot config and tasks: changing any
+    records them anew."""
     from sop_ros.checksums import file_sha256
     from sop_ros.fleet.demo import DEMO_ROBOT_YAML
 
-    return shared / f"demos-{RECORDED_DEMOS_PER_TASK}-{file_sha256(DEMO_ROBOT_YAML)[:12]}"
+    recipe = json.dumps([file_sha256(DEMO_ROBOT_YAML), list(tasks)])
+    return shared / f"demos-{per_task}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
 
 
 def shared_base(shared: Path, demos_per_task: int) -> Path:
     """An arm's base policy, named by its recipe: a changed recipe pretrains anew rather than reusing the last."""
     from sop_ros.fleet.demo import base_recipe
 
-    recipe = json.dumps(base_recipe(demos_per_task, RECORDED_DEMOS_PER_TASK), sort_keys=True)
+    recipe = json.dumps(base_recipe(demos_per_task, demos_per_task), sort_keys=True)
     return shared / f"base_{demos_per_task}_per_task-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.pt"
 
 
 def arm_learner(arm: Arm, learner: LearnerConfig, shared: Path) -> LearnerConfig:
-    """The learner of `arm`: its algorithm, and its base policy pretrained on its share of demonstrations."""
-    from sop_ros.fleet.demo import pretrain_base
+    """The learner of `arm`: its algorithm, its demonstrations and its base policy pretrained on them (recorded and
+    pretrained into `shared` once, for every arm and experiment that has the same)."""
+    from sop_ros.fleet.demo import demo_tasks, pretrain_base, record_demos
 
-    learner = dataclasses.replace(learner, algorithm=arm.algorithm or "hg_dagger", **dict(arm.learner))
-
+    tasks = demo_tasks(learner)
+    demos = shared_demos(shared, tasks, arm.demos_per_task)
+    record_demos(demos, tasks, arm.demos_per_task)
     base = shared_base(shared, arm.demos_per_task)
     if not base.exists():
         print(f"pretraining a base policy on {arm.demos_per_task} demonstrations per task -> {base}", flush=True)
-        pretrain_base(Path(learner.demos_dir), base, arm.demos_per_task)
-    return dataclasses.replace(learner, base_policy=str(base), demos_per_task=arm.demos_per_task)
+        pretrain_base(demos, base, arm.demos_per_task)
+    learner = dataclasses.replace(learner, algorithm=arm.algorithm or "hg_dagger", **dict(arm.learner))
+    return dataclasses.replace(learner, demos_dir=str(demos), base_policy=str(base), demos_per_task=arm.demos_per_task)
 
 
 def fleet(config: ExperimentConfig, learner: LearnerConfig, robots: int, seed: int, run_dir: Path,
