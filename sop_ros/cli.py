@@ -333,10 +333,16 @@ def cmd_chaos_bridge(args: argparse.Namespace) -> int:
     if args.robots < 1 or args.episodes < 1 or args.kills < 0:
         print("sop chaos bridge: --robots and --episodes must be >= 1, --kills >= 0", file=sys.stderr)
         return 2
+    return chaos_exit("bridge", lambda: run(Path(args.json), args.robots, args.episodes, args.kills, args.seed,
+                                             Path(args.out)))  # fmt: skip
+
+
+def chaos_exit(name: str, run) -> int:
+    """`sop chaos <name>`'s exit code: 0 when `run()`'s checks passed, 1 when not, 130 when interrupted."""
     try:
-        result = run(Path(args.json), args.robots, args.episodes, args.kills, args.seed, Path(args.out))
+        result = run()
     except KeyboardInterrupt:
-        print("sop chaos bridge: interrupted; the processes it started are stopped", file=sys.stderr)
+        print(f"sop chaos {name}: interrupted; the processes it started are stopped", file=sys.stderr)
         return 130
     return 0 if result["passed"] else 1
 
@@ -352,12 +358,8 @@ def cmd_chaos_stops(args: argparse.Namespace) -> int:
         print(f"sop chaos stops: --robot-config {args.robot_config}: no such file (run it from the repository "
               "root, or name a robot YAML)", file=sys.stderr)  # fmt: skip
         return 2
-    try:
-        result = run(Path(args.json), args.cycles, args.seed, Path(args.out), args.burners, Path(args.robot_config))
-    except KeyboardInterrupt:
-        print("sop chaos stops: interrupted; the processes it started are stopped", file=sys.stderr)
-        return 130
-    return 0 if result["passed"] else 1
+    return chaos_exit("stops", lambda: run(Path(args.json), args.cycles, args.seed, Path(args.out), args.burners,
+                                            Path(args.robot_config)))  # fmt: skip
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
