@@ -72,7 +72,7 @@ def base_recipe(demos_per_task: int = 0, recorded_per_task: int = DEMOS_PER_TASK
 def prepare(out: Path, learner: LearnerConfig) -> LearnerConfig:
     """Demonstrations and base policy under `out`, made if missing; the learner's config pointed at them."""
     demos, base = out / "demos", out / "base.pt"
-    record_demos(demos, demo_tasks(learner), DEMOS_PER_TASK)
+    record_demos(demos, demo_tasks(learner), DEMOS_PER_TASK, say="sop demo [1/3]: ")
     if not base.exists():
         print(f"sop demo [2/3]: pretraining the base policy on them, {PRETRAIN_STEPS} steps -> {base}", flush=True)
         pretrain_base(demos, base)
@@ -86,16 +86,16 @@ def demo_tasks(learner: LearnerConfig) -> list[str]:
     return [*BASE_TASKS, *(t for t in learner.tasks if t not in BASE_TASKS)]
 
 
-def record_demos(demos: Path, tasks: list[str], per_task: int) -> None:
+def record_demos(demos: Path, tasks: list[str], per_task: int, say: str = "") -> None:
     """`per_task` scripted demonstrations of each task into `demos`, unless a recording there finished (its
     summary.json is written last); an interrupted one starts over."""
     from sop_ros.fleet.collect_demos import collect
 
     if (demos / "summary.json").exists():
-        print(f"sop demo [1/3]: demonstrations in {demos} (delete it to record them again)")
+        print(f"{say}demonstrations in {demos} (delete it to record them again)")
         return
     shutil.rmtree(demos, ignore_errors=True)
-    print(f"sop demo [1/3]: recording {per_task} scripted demonstrations per task into {demos}", flush=True)
+    print(f"{say}recording {per_task} scripted demonstrations per task into {demos}", flush=True)
     summary = collect(DEMO_ROBOT_YAML, tasks, per_task, 2, demos)
     if summary["failed"] or not summary["total"]["episodes"]:
         raise RuntimeError(f"recording demonstrations failed: see {demos}/logs")
