@@ -143,6 +143,31 @@ def fleet_episode(outcome: str, operator: list[bool]) -> EpisodeIndex:
                         frames={}, frame_of_step={})  # fmt: skip
 
 
+def test_the_value_check_compares_first_state_predictions_with_realised_returns_per_task():
+    import dataclasses
+
+    from sop_ros.configs.learner import RecapConfig
+
+    config = LearnerConfig(recap=RecapConfig(failure_penalty=2.0, max_episode_steps=4, n_step=1,
+                                             advantage_percentile=50.0))  # fmt: skip
+    advantages = recap.Advantages(config)
+    # Normalised by L + C = 6: a 2-step success returns -1/6 from its first state, a 3-step failure (-1 -1 -2) -4/6.
+    won = dataclasses.replace(fleet_episode("success", [False, False]), episode_id="won")
+    lost = dataclasses.replace(fleet_episode("failure", [False, False, False]), episode_id="lost")
+    advantages.add(won, np.array([-0.5, 0.0]))  # predicted -0.5 at the start
+    advantages.add(lost, np.array([-0.5, -0.5, -0.5]))
+    advantages.update_thresholds([won, lost])
+    # A_t = r_t + V_(t+1) - V_t: won [-1/6 + 0.5, 0], lost [-1/6, -1/6, -2/6 + 0.5]; median threshold 0.
+    assert advantages.thresholds["reach-v3"] == pytest.approx(0.0)
+    check = advantages.value_check()["reach-v3"]
+    assert check["episodes"] == 2 and check["predicted"] == -0.5 and check["correlation"] is None  # two: no r
+    assert check["realised"] == pytest.approx((-1 / 6 - 4 / 6) / 2, abs=1e-4)
+    assert check["mean_abs_error"] == pytest.approx((abs(-0.5 + 1 / 6) + abs(-0.5 + 4 / 6)) / 2, abs=1e-4)
+    assert check["positive_share"] == pytest.approx(2 / 5)  # two of five steps clear the threshold
+    assert advantages.value_check({"won"})["reach-v3"]["episodes"] == 1
+    assert advantages.value_estimates() == {"reach-v3": -0.5}
+
+
 def test_hg_dagger_learns_from_corrections_and_optionally_from_autonomy_that_succeeded():
     corrected = [False, False, True, True, False]  # the policy, an operator's correction, the policy again
     success, failure = fleet_episode("success", corrected), fleet_episode("failure", corrected)

@@ -129,7 +129,8 @@ class Advantages:
         self.advantages: dict[str, np.ndarray] = {}  # episode id -> (steps,)
         self.thresholds: dict[str, float] = {}
         self._bins: dict[str, np.ndarray] = {}  # episode id -> (steps,) its steps' value-target atoms
-        self.initial_values: dict[str, tuple[str, float]] = {}  # episode id -> (task, V of its first state)
+        # episode id -> (task, V of its first state, its realised normalised return from there)
+        self.initial_values: dict[str, tuple[str, float, float]] = {}
 
     def rewards(self, episode: EpisodeIndex) -> np.ndarray:
         c = self.config
@@ -144,15 +145,38 @@ class Advantages:
         return int(self._bins[episode.episode_id][step])
 
     def add(self, episode: EpisodeIndex, values: np.ndarray) -> None:
-        self.advantages[episode.episode_id] = n_step_advantages(self.rewards(episode), values, self.config.n_step)
-        self.initial_values[episode.episode_id] = (episode.task, float(values[0]))
+        r = self.rewards(episode)
+        self.advantages[episode.episode_id] = n_step_advantages(r, values, self.config.n_step)
+        self.initial_values[episode.episode_id] = (episode.task, float(values[0]), float(returns_to_go(r)[0]))
 
     def value_estimates(self) -> dict[str, float]:
         """Per task, the value network's mean estimate of its episodes' first states (normalised return)."""
-        by_task: dict[str, list[float]] = {}
-        for task, value in self.initial_values.values():
-            by_task.setdefault(task, []).append(value)
-        return {t: float(np.mean(v)) for t, v in by_task.items()}
+        return {t: check["predicted"] for t, check in self.value_check().items()}
+
+    def value_check(self, episode_ids: set[str] | None = None) -> dict[str, dict]:
+        """Per task, how well the value network knew the episodes (`episode_ids`, or all) from their first state:
+        its mean prediction against the mean realised normalised return, their mean absolute difference and
+        correlation (None with fewer than three episodes or no spread), and the share of the episodes' steps
+        whose advantage clears the task's threshold (what the indicator calls positive before operators)."""
+        by_task: dict[str, list[tuple[str, float, float]]] = {}
+        for episode_id, (task, predicted, realised) in self.initial_values.items():
+            if episode_ids is None or episode_id in episode_ids:
+                by_task.setdefault(task, []).append((episode_id, predicted, realised))
+        checks = {}
+        for task, rows in sorted(by_task.items()):
+            predicted, realised = np.array([r[1] for r in rows]), np.array([r[2] for r in rows])
+            spread = len(rows) >= 3 and predicted.std() > 0 and realised.std() > 0
+            advantages = np.concatenate([self.advantages[r[0]] for r in rows])
+            threshold = self.thresholds.get(task)
+            checks[task] = {
+                "episodes": len(rows),
+                "predicted": round(float(predicted.mean()), 4),
+                "realised": round(float(realised.mean()), 4),
+                "mean_abs_error": round(float(np.abs(predicted - realised).mean()), 4),
+                "correlation": round(float(np.corrcoef(predicted, realised)[0, 1]), 3) if spread else None,
+                "positive_share": None if threshold is None else round(float((advantages > threshold).mean()), 3),
+            }  # fmt: skip
+        return checks
 
     def update_thresholds(self, episodes: list[EpisodeIndex]) -> None:
         by_task: dict[str, list[np.ndarray]] = {}
@@ -233,6 +257,7 @@ class Recap(Algorithm):
         self.advantages = Advantages(config)
         self.cotrain = config.recap.value_training == "cotrain"
         self.value: ValueNetwork | None = None
+        self.online_ids: set[str] = set()  # the fleet's episodes scored so far
 
     def build(self, policy: VLAPolicy, resumed: dict | None, ranks: Ranks) -> None:
         self.value = ValueNetwork(policy.config, self.config.recap.value_bins)
@@ -254,6 +279,7 @@ class Recap(Algorithm):
 
     def data_grew(self, data: Sources, ranks: Ranks) -> None:
         score_episodes(self.value, self.advantages, data[ONLINE], ranks.device)
+        self.online_ids = {e.episode_id for e in data[ONLINE].episodes}
         self.advantages.update_thresholds(data[OFFLINE].episodes + data[ONLINE].episodes)
 
     def add_inputs(self, batch: dict, batch_np: dict, rows: list[Row], mine: list[int], data: Sources,
@@ -268,7 +294,8 @@ class Recap(Algorithm):
 
     def status(self) -> dict:
         return {"value_thresholds": self.advantages.thresholds,
-                "value_estimates": self.advantages.value_estimates()}  # fmt: skip
+                "value_estimates": self.advantages.value_estimates(),
+                "value_check_online": self.advantages.value_check(self.online_ids)}  # fmt: skip
 
     def state_dict(self) -> dict | None:
         return self.value.state_dict()
