@@ -459,3 +459,14 @@ def test_demonstrations_are_recorded_again_unless_their_recording_finished(tmp_p
     demo.record_demos(demos, ["reach-v3"], 2)
     demo.record_demos(demos, ["reach-v3"], 2)  # finished: kept
     assert calls == [[]] and not (demos / "robot_1").exists()
+
+
+def test_recaps_value_check_is_reported_run_by_run_and_task_by_task():
+    from sop_ros.fleet.experiments import value_lines
+
+    check = {"episodes": 12, "predicted": -0.41, "realised": -0.283, "mean_abs_error": 0.2, "correlation": None,
+             "positive_share": 0.7}  # fmt: skip
+    report = {"arms": {"SOP + RECAP": {"runs": [{"seed": 1, "value_check": {"door-open-v3": check}}]},
+                       "SOP + HG-DAgger": {"runs": [{"seed": 1}]}}}  # fmt: skip
+    assert value_lines(report)[-1] == "| SOP + RECAP | 1 | door-open-v3 | 12 | -0.410 | -0.283 | 0.200 | - | 70% |"
+    assert value_lines({"arms": {"SOP + HG-DAgger": {"runs": [{"seed": 1}]}}}) == []

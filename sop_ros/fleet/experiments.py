@@ -584,7 +584,7 @@ def run_summary(report: dict, scores: list[dict], config: ExperimentConfig, setu
         "episodes_per_sim_hour": round(episodes / (config.sim_minutes / 60), 1),
         "interventions_per_episode": round(sum(p["interventions_per_episode"] * p["episodes"] for p in curve)
                                            / max(1, episodes), 3),
-        "online_share": report.get("online_share", {}),
+        "online_share": report.get("online_share", {}), "value_check": report.get("value_check", {}),
         "learner_steps": report.get("learner_steps"), "wall_minutes": report["wall_minutes"],
         "samples_per_episode": samples_per_episode(report, episodes),
         "fleet_curve": [(p["minute"], p["autonomous_success_rate"], p["episodes"]) for p in curve],
@@ -962,8 +962,29 @@ def markdown(report: dict) -> str:
                      for t in tasks]  # fmt: skip
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += run_lines(report, minutes)
+    lines += value_lines(report)
     lines += ["", f"![success over simulated time]({report['experiment']}.png)", ""]
     return "\n".join(lines)
+
+
+def value_lines(report: dict) -> list[str]:
+    """RECAP's value network on the fleet's episodes, run by run and task by task: what it predicted from each
+    episode's first state against the normalised return the episode realised, and how often its indicator
+    called a step positive."""
+    rows = [(name, run["seed"], task, check) for name, arm in report["arms"].items() for run in arm["runs"]
+            for task, check in run.get("value_check", {}).items()]  # fmt: skip
+    if not rows:
+        return []
+    lines = ["", "The value network on the fleet's episodes at the budget (normalised returns in [-1, 0]; positive: "
+             "steps whose advantage clears the task's threshold):", "",
+             "| arm | seed | task | episodes | predicted | realised | mean abs. error | correlation | positive |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, seed, task, c in rows:
+        corr = "-" if c["correlation"] is None else f"{c['correlation']:.2f}"
+        positive = "-" if c["positive_share"] is None else f"{c['positive_share']:.0%}"
+        lines.append(f"| {name} | {seed} | {task} | {c['episodes']} | {c['predicted']:.3f} | {c['realised']:.3f} | "
+                     f"{c['mean_abs_error']:.3f} | {corr} | {positive} |")
+    return lines
 
 
 def run_lines(report: dict, minutes: list[float]) -> list[str]:

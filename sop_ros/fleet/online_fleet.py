@@ -327,6 +327,8 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     if last:
         report["learner_steps"], report["policies_published"] = last["step"], last["latest_policy"]
     report["online_share"] = online_share_range(out / "learner" / "tensorboard")
+    if last.get("value_check_online"):  # RECAP: how well its value network knew the fleet's episodes
+        report["value_check"] = last["value_check_online"]
     target = results or out
     target.mkdir(parents=True, exist_ok=True)
     (target / "fleet_run.json").write_text(json.dumps(report, indent=2) + "\n")
