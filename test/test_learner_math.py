@@ -9,7 +9,15 @@ from sop_ros.configs.learner import LearnerConfig, SamplingConfig
 from sop_ros.learner.algorithms import recap
 from sop_ros.learner.algorithms.hg_dagger import training_steps
 from sop_ros.learner.dataset import EpisodeIndex
-from sop_ros.learner.sampling import OFFLINE, ONLINE, OnlineShare, online_share, split_rows, task_rows
+from sop_ros.learner.sampling import (
+    OFFLINE,
+    ONLINE,
+    OnlineShare,
+    data_capped,
+    online_share,
+    split_rows,
+    task_rows,
+)
 from sop_ros.model.inputs import INDICATOR_NEGATIVE, INDICATOR_NONE, INDICATOR_POSITIVE
 
 TIER = "unit"  # what the tests need: conftest.TIERS
@@ -46,6 +54,19 @@ def test_a_task_whose_fleet_data_is_harder_gets_a_larger_online_share():
     harder, like, easier = online_share(0.2, 0.1, SOP), online_share(0.1, 0.1, SOP), online_share(0.05, 0.1, SOP)
     assert 0.2 <= easier < like < harder <= 0.8
     assert harder - easier > 0.3
+
+
+def test_a_few_fleet_episodes_get_no_more_than_twice_their_part_of_the_data():
+    like = online_share(0.1, 0.1, SOP)  # 0.62: equal losses lean to the fleet
+    assert data_capped(like, 300, 2700, SOP) == pytest.approx(0.2)  # 10% of the steps: at most 20% of the rows
+    assert data_capped(like, 100, 2900, SOP) == pytest.approx(0.2)  # never below the clip's minimum
+    assert data_capped(like, 1000, 3000, SOP) == pytest.approx(0.5)  # 25% of the steps: at most 50%
+    assert data_capped(like, 3000, 3000, SOP) == pytest.approx(like)  # as much as the demonstrations: SOP's own
+    assert data_capped(like, 100, 2900, SamplingConfig(online_share_per_data=0.0)) == like  # no cap
+    shares = OnlineShare(["a"], SOP)
+    shares.record(1, "a", ONLINE, 0.1)
+    shares.record(1, "a", OFFLINE, 0.1)
+    assert shares.shares(1, {"a": (300, 2700)}) == {"a": pytest.approx(0.2)}
 
 
 def test_losses_are_averaged_over_the_last_window_of_steps():

@@ -17,6 +17,9 @@ class SamplingConfig:
     online_share_alpha: float = 1.5  # alpha > 1 favours online data when its loss is as high as offline's
     online_share_min: float = 0.2
     online_share_max: float = 0.8  # equal to online_share_min: a fixed share
+    # A task's online share is at most this many times its fleet steps' part of its training steps (fleet and
+    # demonstrations; never below online_share_min): a few fleet episodes do not fill most of a batch. 0: no cap.
+    online_share_per_data: float = 2.0
     loss_window_steps: int = 200
 
     def __post_init__(self) -> None:
@@ -28,6 +31,8 @@ class SamplingConfig:
             f"need 0 <= online_share_min ({self.online_share_min}) <= max <= 1",
         )
         require(self.loss_window_steps > 0, "loss_window_steps", self.loss_window_steps, "must be > 0")
+        require(self.online_share_per_data >= 0, "online_share_per_data", self.online_share_per_data,
+                "must be >= 0 (0: no cap)")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -497,6 +497,10 @@ class EpisodeDataset:
             have = ", ".join(self.tasks) or "no episodes"
             raise ValueError(f"cannot sample tasks {unknown or list(tasks)}: the dataset has {have}")
 
+    def selected_steps(self, task: str) -> int:
+        """How many steps of `task` a draw picks from (0 for a task it lacks)."""
+        return int(self._ends[task][-1]) if task in self._ends else 0
+
     def draw(self, rng: np.random.Generator, task: str, n: int) -> list[tuple[int, int]]:
         """`n` (episode index, step) picks of `task`, each a selected step drawn uniformly over its episodes."""
         self._check_tasks([task])

@@ -125,6 +125,10 @@ class TrainingData:
     def tasks(self) -> set[str]:
         return set(self.offline.tasks) | set(self.online.tasks)
 
+    def steps(self) -> dict[str, tuple[int, int]]:
+        """Per task, the steps a batch may draw: the fleet's and the demonstrations'."""
+        return {t: (self.online.selected_steps(t), self.offline.selected_steps(t)) for t in self.tasks()}
+
     def dataset(self, source: str) -> EpisodeDataset:
         return self.online if source == ONLINE else self.offline
 
@@ -473,7 +477,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
 
     def prepare(at: int) -> None:
         """Plan step `at`'s global batch now and decode this rank's rows on the decoder thread."""
-        rows = plan_rows(at, config, data, shares.shares(at))
+        rows = plan_rows(at, config, data, shares.shares(at, data.steps()))
         pending.append((at, rows, decoder.submit(collate, data, rows, my_rows(rows, ranks))))
 
     task_index = {t: i for i, t in enumerate(config.tasks)}
@@ -562,7 +566,8 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
             status = {
                 "time": time.time(), "algorithm": config.algorithm, "step": step, "ranks": ranks.world,
                 "device": str(ranks.device), "samples_per_s": rate, "loss": float(np.mean(window_loss)),
-                "task_losses": task_losses, "online_share": shares.shares(step), "tasks": list(config.tasks),
+                "task_losses": task_losses, "online_share": shares.shares(step, data.steps()),
+                "tasks": list(config.tasks),
                 "offline_episodes": len(data.offline.episodes), "online_episodes": len(data.online.episodes),
                 "online_steps": data.online.num_selected, "fleet": fleet,
                 "latest_policy": publisher.published[-1] if publisher.published else "",
