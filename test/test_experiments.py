@@ -422,8 +422,8 @@ def test_a_score_stands_when_every_episode_was_recorded_whatever_a_robots_exit_c
     policy.write_bytes(b"weights")
     made = []
 
-    def evaluate(policy, robot_yaml, tasks, episodes, robots, out, recorded=2):
-        made.append(recorded)
+    def evaluate(policy, robot_yaml, tasks, episodes, robots, out, seed, recorded=2):
+        made.append((recorded, seed))
         report = {"tasks": {t: {"episodes": recorded, "successes": 1, "success_rate": 0.5} for t in tasks},
                   "missing_tasks": [],
                   "failed": ["robot_0 reach-v3: exit code 1"], "mean_success_rate": 0.5}  # fmt: skip
@@ -431,13 +431,16 @@ def test_a_score_stands_when_every_episode_was_recorded_whatever_a_robots_exit_c
         (out / "eval.json").write_text(json.dumps(report))
         return report
 
-    monkeypatch.setattr("sop_ros.fleet.evaluate.evaluate", lambda *a: evaluate(*a, recorded=1))
+    monkeypatch.setattr("sop_ros.fleet.evaluate.evaluate", lambda *a, **k: evaluate(*a, **k, recorded=1))
     with pytest.raises(RuntimeError, match="exit code 1"):
         experiments.evaluate_once(config, policy)  # one episode of two per task
     monkeypatch.setattr("sop_ros.fleet.evaluate.evaluate", evaluate)
     assert experiments.evaluate_once(config, policy)["mean_success_rate"] == 0.5  # the short one made again
     assert experiments.evaluate_once(config, policy)["mean_success_rate"] == 0.5  # kept: not made again
-    assert made == [1, 2]
+    assert made == [(1, 100_000), (2, 100_000)]  # on the evaluation seeds
+    choosing = dataclasses.replace(config, experiment="learner-settings")
+    experiments.evaluate_once(choosing, policy)  # a sweep that chooses scores apart, on the selection seeds
+    assert made[-1] == (2, 200_000)
 
 
 def test_demonstrations_are_recorded_again_unless_their_recording_finished(tmp_path, monkeypatch):

@@ -16,7 +16,9 @@ seeds add up across sweeps; a run made with another setup is made again.
 
 Success is the policy's own: every `eval_every_minutes` of simulated time, the policy the learner had made by then
 is scored with no operator on `eval_episodes_per_task` episodes of each task, on the same evaluation seeds for every
-arm and run (so runs differ only by their policies; a policy scored once, by its sha256, is not scored again). It is
+arm and run (so runs differ only by their policies; a policy scored once, by its sha256, is not scored again).
+learner-settings, which chooses the learner's settings, scores on the selection seeds instead, as choosing the
+tasks did: no choice is tuned on the seeds the other experiments' claims are measured on. It is
 stepped in process by default (the exported ONNX policy, runtime, preprocessing and Meta-World env the nodes use;
 `sop eval-check` measured that both end the same episodes the same way), or by `sop eval` through the nodes. An
 arm's figures pool its seeds' distinct policies into one count with a 95% Wilson interval; claims are two-proportion
@@ -45,6 +47,8 @@ import yaml
 from sop_ros.configs import ConfigError, load_config, require, to_dict
 from sop_ros.configs.learner import LearnerConfig, PaceConfig, SamplingConfig
 from sop_ros.fleet.demo import DEMOS_PER_TASK
+from sop_ros.fleet.evaluate import EVAL_SEED
+from sop_ros.fleet.headroom import SELECTION_SEED
 from sop_ros.host import sop_command
 
 NEVER = 10**9  # publish_every_steps of a learner whose robots keep the base policy
@@ -56,6 +60,9 @@ LARGE_DEMOS_PER_TASK = 4 * BASE_DEMOS_PER_TASK
 # fleet-scaling's success threshold, fixed before running: 80%, as published. The experiments' own base averages 48%
 # over the learner's four tasks (docs/results/headroom-experiment-base), so this is base + 32 points.
 THRESHOLD = 0.8
+# The sweeps that choose something score on the selection seeds (as choosing the tasks did); the others on the
+# evaluation seeds, which no choice was tuned on.
+SCORING_SEEDS = {"learner-settings": SELECTION_SEED}
 
 
 @dataclass(frozen=True)
@@ -91,6 +98,9 @@ ARMS = {
         # SOP's adaptive share gives a task's fleet data more of its rows the harder they are to fit; here a fixed 20%.
         Arm("EMA 0.98, online share 0.2", learner=(("ema_decay", 0.98), ("sampling", SamplingConfig(
             online_share_min=0.2, online_share_max=0.2)))),
+        # The YAML caps a task's share by its fleet data (sampling.py); here SOP's rule alone.
+        Arm("EMA 0.98, share not capped by data", learner=(("ema_decay", 0.98), ("sampling", SamplingConfig(
+            online_share_per_data=0.0)))),
         # A correction whose episode failed is no demonstration of the task (the YAML leaves them out): push-v3's
         # operator failed 45% of its takeovers, each flailing to the step limit, and those steps were 2/3 of push's
         # fleet rows.
@@ -498,7 +508,9 @@ def evaluate_once(config: ExperimentConfig, policy: Path) -> dict:
 
     learner = load_config(LearnerConfig, config.learner_yaml)
     how = "ip" if config.eval_in_process else "nodes"
-    key = f"{file_sha256(policy)[:16]}-{config.eval_episodes_per_task}x{len(learner.tasks)}-{how}"
+    seed = SCORING_SEEDS.get(config.experiment, EVAL_SEED)
+    seeds = "" if seed == EVAL_SEED else f"-s{seed}"
+    key = f"{file_sha256(policy)[:16]}-{config.eval_episodes_per_task}x{len(learner.tasks)}-{how}{seeds}"
     out = Path(config.out) / "scores" / key
     if (out / "eval.json").exists():
         report = json.loads((out / "eval.json").read_text())
@@ -507,7 +519,7 @@ def evaluate_once(config: ExperimentConfig, policy: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     score = evaluate_in_process if config.eval_in_process else evaluate
     report = score(str(policy), config.eval_robot_yaml, list(learner.tasks), config.eval_episodes_per_task,
-                   config.eval_robots, out)  # fmt: skip
+                   config.eval_robots, out, seed=seed)  # fmt: skip
     if not scored_in_full(report, config.eval_episodes_per_task):
         raise RuntimeError(f"scoring {policy} failed ({report.get('failed')}, missing {report['missing_tasks']}): "
                            f"see {out}")  # fmt: skip
@@ -910,6 +922,8 @@ def markdown(report: dict) -> str:
 
     c, m = report["config"], report["machine"]
     seeds = ",".join(str(s) for s in c["seeds"])
+    scoring = "selection seeds, apart from the evaluation seeds" if report["experiment"] in SCORING_SEEDS \
+        else "evaluation seeds"
     how = "in process (the exported ONNX policy stepped on the Meta-World env as the nodes do; eval_check.md)" \
         if c["eval_in_process"] else "by `sop eval` through the robot nodes"
     lines = [
@@ -921,7 +935,7 @@ def markdown(report: dict) -> str:
         "Every run went through the real robot nodes, topics, Zenoh bridge and learner, paced by simulated time, "
         "with the same learner budget per simulated minute in every arm. Success: the learner's policy at every "
         f"{c['eval_every_minutes']:g} simulated minutes, scored {how} on {c['eval_episodes_per_task']} episodes "
-        "per task (the same evaluation seeds for every arm and run), with no operator. An arm's figure pools its "
+        f"per task (the same {scoring} for every arm and run), with no operator. An arm's figure pools its "
         "seeds' distinct policies (the base, shared by every seed, counts once); intervals are 95% Wilson; a "
         "difference is beyond noise when the pooled two-proportion z-test gives p < 0.05. The threshold was fixed "
         "before any run.", "",
