@@ -127,7 +127,7 @@ def test_in_process_episodes_have_the_configs_operator_take_over_and_back_off_fi
     from sop_ros.configs.robot import RobotLaunchConfig
     from sop_ros.fleet.collect_demos import plan_units
     from sop_ros.fleet.in_process_eval import run_unit
-    from sop_ros.fleet.operator_check import takeover_counts
+    from sop_ros.fleet.operator_check import judged_counts, takeover_counts
 
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "tiny.pt", VLAPolicy(TINY).eval(), version="tiny-v1", cameras=["corner", "topview"])
@@ -145,3 +145,12 @@ def test_in_process_episodes_have_the_configs_operator_take_over_and_back_off_fi
     assert takeover_counts([result]) | {"takeover_interval95": None} == {
         "episodes": 1, "autonomous": 0, "autonomous_successes": 0, "takeovers": 1, "takeover_successes": 1,
         "takeover_success_rate": 1.0, "takeover_interval95": None}  # fmt: skip
+    assert result.judged_at == 11
+    # Watching only, the operator judges on the same state and leaves the episode to the policy: an untrained one
+    # runs it to the step limit, failing.
+    [watched] = run_unit(str(tmp_path / "tiny.onnx"), config, plan_units(["reach-v3"], 1, 1, 200_000)[0],
+                         watch_only=True)  # fmt: skip
+    assert (watched.judged_at, watched.took_over_at, watched.success) == (11, None, False)
+    assert judged_counts([watched, dataclasses.replace(watched, success=True)]) == {
+        "episodes": 2, "judged": 2, "judged_then_succeeded": 1, "not_judged_successes": 0,
+        "judged_at_steps": [11, 11], "premature_share": 0.5}  # fmt: skip

@@ -39,6 +39,7 @@ class EpisodeResult:
     success: bool
     steps: int
     took_over_at: int | None = None  # the step an intervening operator took control at (None: it did not)
+    judged_at: int | None = None  # the step it judged the policy failing at (watching only: it did not take over)
 
 
 def camera_tick(t_ns: int, period_ns: int, every_steps: int) -> bool:
@@ -63,12 +64,13 @@ def policy_input(base: RobotLaunchConfig, sim, cameras: tuple[str, ...]) -> np.n
     return np.stack(views)
 
 
-def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
-             commands: list[list[np.ndarray]] | None = None) -> list[EpisodeResult]:  # fmt: skip
+def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands: list[list[np.ndarray]] | None = None,
+             watch_only: bool = False) -> list[EpisodeResult]:  # fmt: skip
     """One work unit's episodes, as one lockstep robot runs them under `sop eval`; with `commands`, each
     episode's commands to the simulator are appended to it (a list per episode). A config with an intervening
     scripted operator (a fleet's) has it watch and take over as ScriptedOperatorNode does: judged on one state,
-    in control from the next, backing off first if configured, until the episode ends."""
+    in control from the next, backing off first if configured, until the episode ends. `watch_only`: it judges
+    but never takes over, so that the episode shows whether the policy would have finished alone."""
     from sop_ros.episodes.format import Controller
     from sop_ros.model.policy import Observation, load_policy
     from sop_ros.model.preprocess import to_unit_range
@@ -107,20 +109,22 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
             chunks.clear()
             arbiter.new_episode()
             pixels = policy_input(base, sim, ingest.cameras)
-            success, steps, judged, took_over_at, executed = False, 0, None, None, None
+            success, steps, judged, judged_at, took_over_at, executed = False, 0, None, None, None, None
             if operator is not None:
                 monitor.reset()
                 back_off.reset()
             if commands is not None:
                 commands.append([])
             while True:
-                if judged and took_over_at is None:  # judged failing on the last state: in control from this one
-                    took_over_at = steps
-                    back_off.start(state[HAND_XYZ])
+                if judged and judged_at is None:  # judged failing on the last state: in control from this one
+                    judged_at = steps
+                    if not watch_only:
+                        took_over_at = steps
+                        back_off.start(state[HAND_XYZ])
                 if took_over_at is not None:
                     arbiter.submit(Controller.OPERATOR, back_off.command(state[HAND_XYZ], expert(state)), t_ns * 1e-9)
                 else:
-                    if operator is not None and executed is not None:
+                    if operator is not None and executed is not None and judged_at is None:
                         judged = monitor.observe(state[HAND_XYZ], executed, expert(state))
                     obs = Observation(to_unit_range(pixels), sim.joint_positions().astype(np.float32),
                                       episode.instruction)  # fmt: skip
@@ -141,14 +145,15 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit,
                     break
             if took_over_at is not None:
                 arbiter.release_operator()  # as the arbiter node does at an END (end_takeover_with_episode)
-            results.append(EpisodeResult(unit.task, unit.seed, index, success, steps, took_over_at))
+            results.append(EpisodeResult(unit.task, unit.seed, index, success, steps, took_over_at, judged_at))
     finally:
         sim.close()
     return results
 
 
-def _run_unit(args: tuple[str, RobotLaunchConfig, WorkUnit]) -> list[EpisodeResult]:
-    return run_unit(*args)
+def _run_unit(args: tuple[str, RobotLaunchConfig, WorkUnit, bool]) -> list[EpisodeResult]:
+    policy_path, base, unit, watch_only = args
+    return run_unit(policy_path, base, unit, watch_only=watch_only)
 
 
 def _leave_stop_signals_to_the_parent() -> None:
@@ -158,16 +163,17 @@ def _leave_stop_signals_to_the_parent() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def run_units(policy_path: str, base: RobotLaunchConfig, units: list[WorkUnit], workers: int) -> Iterator[list]:
+def run_units(policy_path: str, base: RobotLaunchConfig, units: list[WorkUnit], workers: int,
+              watch_only: bool = False) -> Iterator[list]:  # fmt: skip
     """Each unit's results in order as it finishes, `workers` units at a time (one process each: the GIL and
     Mesa's renderer are per process). Interrupted (KeyboardInterrupt, which SIGTERM raises in the experiments),
     the workers are terminated at once: a pool that drained its queue first would keep scoring for minutes."""
     if workers <= 1:
         for unit in units:
-            yield run_unit(policy_path, base, unit)
+            yield run_unit(policy_path, base, unit, watch_only=watch_only)
         return
     with multiprocessing.get_context("fork").Pool(workers, _leave_stop_signals_to_the_parent) as pool:
-        yield from pool.imap(_run_unit, [(policy_path, base, u) for u in units])
+        yield from pool.imap(_run_unit, [(policy_path, base, u, watch_only) for u in units])
     # leaving the block, normally or by an exception, terminates the workers (Pool.__exit__)
 
 

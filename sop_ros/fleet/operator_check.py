@@ -5,8 +5,10 @@ An online learner learns from the operator's corrections: a takeover that ends i
 did not correct, and a task whose operator often fails teaches little or worse. The policy drives episodes in
 process (in_process_eval.run_unit, with the config's intervening operator, as ScriptedOperatorNode runs it) on
 seeds of their own, once with the operator as configured and once with back_off_m 0; the same policy and seeds,
-so the two arms differ only after a takeover. Each rate has its 95% interval and the two arms' takeover success
-is compared by a two-proportion test.
+so the two arms differ only after a takeover. A third run has the operator watch only (judge, never take over):
+a judged episode that the policy then finishes alone is a takeover the operator should not have made, and its
+corrections teach the policy to leave what it was about to finish. Each rate has its 95% interval and the two
+arms' takeover success is compared by a two-proportion test.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from sop_ros.fleet.collect_demos import check_request, plan_units
 from sop_ros.fleet.headroom import SELECTION_SEED
 
 ARMS = ("as configured", "no back-off")
+WATCHING = "watching only"
 
 
 def check_operator(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, workers: int,
@@ -41,6 +44,9 @@ def check_operator(policy: str, base_config: str, tasks: list[str], episodes_per
         print(f"operator-check [{arm}]: {episodes_per_task} episodes of each of {', '.join(tasks)}", flush=True)
         episodes = [e for done in run_units(str(path), config, units, workers) for e in done]
         arms[arm] = {task: takeover_counts([e for e in episodes if e.task == task]) for task in tasks}
+    print(f"operator-check [{WATCHING}]: the same episodes, the operator judging but never taking over", flush=True)
+    watched = [e for done in run_units(str(path), base, units, workers, watch_only=True) for e in done]
+    watching = {task: judged_counts([e for e in watched if e.task == task]) for task in tasks}
     report = {
         "command": (f"sop operator-check --policy {policy} --config {base_config} --tasks {','.join(tasks)} "
                     f"--episodes-per-task {episodes_per_task} --seed {seed} --results {results}"),
@@ -51,6 +57,7 @@ def check_operator(policy: str, base_config: str, tasks: list[str], episodes_per
         "episodes_per_task": episodes_per_task,
         "arms": arms,
         "comparison": {task: takeover_comparison(arms[ARMS[0]][task], arms[ARMS[1]][task]) for task in tasks},
+        "watching": watching,
     }
     write_report(report, results)
     return report
@@ -69,6 +76,19 @@ def takeover_counts(episodes: list) -> dict:
         rate = Rate(counts["takeover_successes"], len(took))
         counts["takeover_success_rate"] = round(rate.value, 3)
         counts["takeover_interval95"] = [round(x, 3) for x in rate.interval()]
+    return counts
+
+
+def judged_counts(episodes: list) -> dict:
+    """Watching only: the episodes the operator judged failing, how many of them the policy finished alone
+    anyway (premature judgements), and the steps the judgements came at."""
+    judged = [e for e in episodes if e.judged_at is not None]
+    counts = {"episodes": len(episodes), "judged": len(judged),
+              "judged_then_succeeded": sum(e.success for e in judged),
+              "not_judged_successes": sum(e.success for e in episodes if e.judged_at is None),
+              "judged_at_steps": sorted(e.judged_at for e in judged)}  # fmt: skip
+    if judged:
+        counts["premature_share"] = round(counts["judged_then_succeeded"] / len(judged), 3)
     return counts
 
 
@@ -114,4 +134,15 @@ def write_report(report: dict, results: Path) -> None:
     lines += ["", "Takeover success, as configured vs without the back-off:", ""]
     for task, c in report["comparison"].items():
         lines.append(f"- {task}: {c['text'] if c else 'no takeovers to compare'}")
+    if report.get("watching"):
+        lines += ["", "Watching only (the operator judges, the policy drives every episode to its end): judged "
+                  "episodes the policy then finished alone were judged too soon.", "",
+                  "| task | judged | of them finished alone | median step judged | not judged, succeeded |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for task, w in report["watching"].items():
+            steps = w["judged_at_steps"]
+            median = f"{steps[len(steps) // 2]}" if steps else "-"
+            alone = f"{w['judged_then_succeeded']} ({w['premature_share']:.0%})" if w["judged"] else "-"
+            lines.append(f"| {task} | {w['judged']}/{w['episodes']} | {alone} | {median} | "
+                         f"{w['not_judged_successes']}/{w['episodes'] - w['judged']} |")
     results.with_suffix(".md").write_text("\n".join(lines) + "\n")
