@@ -922,7 +922,7 @@ def markdown(report: dict) -> str:
 
     c, m = report["config"], report["machine"]
     seeds = ",".join(str(s) for s in c["seeds"])
-    scoring = "selection seeds, apart from the evaluation seeds" if report["experiment"] in SCORING_SEEDS \
+    scoring = "selection seeds (not the evaluation seeds)" if report["experiment"] in SCORING_SEEDS \
         else "evaluation seeds"
     how = "in process (the exported ONNX policy stepped on the Meta-World env as the nodes do; eval_check.md)" \
         if c["eval_in_process"] else "by `sop eval` through the robot nodes"
