@@ -152,7 +152,6 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     config = PretrainConfig(
         demos=args.demos, out=args.out, steps=args.steps, batch_size=args.batch_size,
         learning_rate=args.lr, seed=args.seed, device=args.device, model=model, demos_per_task=args.demos_per_task,
-        image_shift_px=args.image_shift,
         cameras=tuple(c.strip() for c in args.cameras.split(",") if c.strip()),
         tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()),
     )  # fmt: skip
@@ -417,8 +416,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--image-shift", type=int, default=0, metavar="PX",
-                   help="shift each training frame by up to PX pixels at random (default: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--model-config", metavar="YAML", help="model size and shape (ModelConfig fields)")

@@ -219,25 +219,6 @@ def test_the_learning_rate_warms_up_then_follows_a_cosine_to_its_minimum():
     assert learning_rate_at(14, config) == learning_rate_at(1000, config) == pytest.approx(1e-5)
 
 
-def test_a_shifted_frame_is_the_frame_moved_by_whole_pixels_with_its_border_repeated():
-    import torch
-
-    from sop_ros.learner.augment import random_shift
-
-    images = torch.arange(2 * 2 * 3 * 6 * 6, dtype=torch.float32).reshape(2, 2, 3, 6, 6)
-    assert random_shift(images, 0) is images
-    shifted = random_shift(images, 2, torch.Generator().manual_seed(0))
-    assert shifted.shape == images.shape
-    moves = set()
-    for frame, moved in zip(images.reshape(4, 3, 6, 6), shifted.reshape(4, 3, 6, 6), strict=True):
-        padded = torch.nn.functional.pad(frame[None], (2, 2, 2, 2), mode="replicate")[0]
-        found = [(dy - 2, dx - 2) for dy in range(5) for dx in range(5)
-                 if torch.equal(padded[:, dy:dy + 6, dx:dx + 6], moved)]  # fmt: skip
-        assert len(found) == 1  # one whole-pixel move of this frame, within 2 px, and no mixing of frames
-        moves.add(found[0])
-    assert len(moves) > 1  # each frame draws its own move
-
-
 def test_every_algorithm_a_config_can_name_has_its_module_and_each_learns_from_what_it_should():
     from typing import get_args, get_type_hints
 

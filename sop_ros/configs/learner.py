@@ -111,7 +111,6 @@ class LearnerConfig:
     # > 0: robots get an exponential moving average of the weights (this decay per step), not the last step's:
     # successive policies then differ by many steps' drift rather than one batch's noise.
     ema_decay: float = 0.0
-    image_shift_px: int = 0  # each training frame shifted by up to this many pixels (learner/augment.py)
     publish_every_steps: int = 25
     publish_every_s: float = 0.0  # > 0: also publish on this period
     max_steps: int = 0  # stop after this many learner steps (0: run until stopped)
@@ -149,7 +148,6 @@ class LearnerConfig:
                 f"must be in 0..learning_rate ({self.learning_rate})")  # fmt: skip
         require(0 <= self.ema_decay < 1, "ema_decay", self.ema_decay, "must be in [0, 1) (0: off)")
         require(self.demos_per_task >= 0, "demos_per_task", self.demos_per_task, "must be >= 0 (0: all)")
-        require(self.image_shift_px >= 0, "image_shift_px", self.image_shift_px, "must be >= 0 (0: none)")
         require(self.publish_every_steps >= 1, "publish_every_steps", self.publish_every_steps, "must be >= 1")
         require(self.publish_every_s >= 0, "publish_every_s", self.publish_every_s, "must be >= 0 (0: off)")
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")

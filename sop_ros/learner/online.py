@@ -48,7 +48,6 @@ from sop_ros.episodes.durable import atomic_file
 from sop_ros.episodes.format import LABELLED, Outcome
 from sop_ros.learner.algorithms import make_algorithm
 from sop_ros.learner.algorithms.base import Algorithm
-from sop_ros.learner.augment import random_shift
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
 from sop_ros.learner.pretrain import to_torch, warmup_cosine
 from sop_ros.learner.ranks import Ranks, all_sum, same_on_all, start_ranks
@@ -507,7 +506,6 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         mine = my_rows(rows, ranks)
         batch_np = decoded.result()
         batch = to_torch(batch_np, model_cfg, ranks.device)
-        batch["images"] = random_shift(batch["images"], config.image_shift_px)
         noise, flow_time = flow_draws(step, config, model_cfg)
         batch["noise"], batch["flow_time"] = noise[mine].to(ranks.device), flow_time[mine].to(ranks.device)
         targets = algorithm.add_inputs(batch, batch_np, rows, mine, data.by_source(), step, ranks.device)

@@ -23,7 +23,6 @@ import torch
 from sop_ros.configs import require
 from sop_ros.configs.model import ModelConfig
 from sop_ros.episodes.format import Outcome
-from sop_ros.learner.augment import random_shift
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset
 from sop_ros.model.inputs import INDICATOR_NONE
 from sop_ros.model.tokens import instruction_tokens
@@ -39,8 +38,6 @@ class PretrainConfig:
     learning_rate: float = 3e-4
     weight_decay: float = 1e-4
     warmup_steps: int = 100
-    # Each training frame shifted by up to this many pixels (learner/augment.py; 0: as recorded).
-    image_shift_px: int = 0
     seed: int = 0
     demos_per_task: int = 0  # use only the first N successful demonstrations of each task (0: all)
     # The policy's camera order, which the robots' ingest must list alike (empty: as the demonstrations were
@@ -56,7 +53,6 @@ class PretrainConfig:
         require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1")
         require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
         require(self.demos_per_task >= 0, "demos_per_task", self.demos_per_task, "must be >= 0 (0: all)")
-        require(self.image_shift_px >= 0, "image_shift_px", self.image_shift_px, "must be >= 0 (0: none)")
         require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
 
 
@@ -166,9 +162,7 @@ def pretrain(config: PretrainConfig) -> dict:
         for step in range(config.steps):
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate(step, config)
-            batch = to_torch(next_batch(), model_cfg, device)
-            batch["images"] = random_shift(batch["images"], config.image_shift_px)
-            loss = model.loss(batch)
+            loss = model.loss(to_torch(next_batch(), model_cfg, device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
