@@ -112,6 +112,40 @@ def test_actions_are_the_recorded_commands_in_order(indexed):
         assert episode.filled_actions <= 1 + episode.steps // 20
 
 
+def test_each_steps_action_is_the_command_the_simulator_reports_running_from_that_steps_state(indexed):
+    """Read independently of the dataset: the executed-command reports, by the stamp of the state they ran from."""
+    dataset, _ = indexed
+    for episode in dataset.episodes:
+        reports = {}
+        with open(episode.path, "rb") as f:
+            reader = make_reader(f, decoder_factories=[DecoderFactory()])
+            for _, channel, _, decoded in reader.iter_decoded_messages():
+                if channel.topic == f"/{episode.robot_id}/command/executed":
+                    assert list(decoded.name) == ["x", "y", "z", "gripper"]
+                    reports[decoded.header.stamp.sec * 10**9 + decoded.header.stamp.nanosec] = decoded.position
+        assert len(reports) >= episode.steps
+        expected = np.array([reports[int(t)] for t in episode.step_ns[:-1]], dtype=np.float32)
+        np.testing.assert_array_equal(episode.actions, expected)
+        assert episode.filled_actions == episode.shifted_commands == episode.unused_commands == 0
+
+
+def test_without_a_report_for_every_step_the_commands_are_matched_to_steps_by_time(indexed):
+    import dataclasses
+
+    from sop_ros.episodes.reader import read_streams
+    from sop_ros.learner.dataset import _build
+
+    dataset, _ = indexed
+    episode = dataset.episodes[0]
+    streams = read_streams(episode.path, DEMO_CAMERAS)
+    assert len(streams.executed) >= episode.steps
+    aligned = _build(episode.path, dataclasses.replace(streams, executed=[]), dataset.config)
+    one_missing = _build(episode.path, dataclasses.replace(streams, executed=streams.executed[1:]), dataset.config)
+    np.testing.assert_array_equal(one_missing.actions, aligned.actions)
+    # Commands arrive in the order they ran: matched by time, they are the reported ones, bar a late or lost one.
+    assert np.mean(np.all(aligned.actions == episode.actions, axis=1)) > 0.9
+
+
 def sim_units(demos):
     """Robot id -> (task, seed) of the simulated robot that recorded its episodes, from collect-demos' configs."""
     units = {}
@@ -138,26 +172,15 @@ def replay(task, seed, episode_number, actions):
 
 
 def test_replayed_in_the_simulator_the_actions_reproduce_the_recorded_joint_states(indexed, demos):
-    """What ran, whatever the recorder's timing: Meta-World is deterministic for a seed.
-
-    Each robot's first episode: later ones may start with the previous episode's last command, logged late
-    into their file, and the simulator may step once on a hold of its own while waiting: from the times
-    alone that is not always told apart from a delay (see sop_ros/learner/dataset.py).
-    """
+    """What ran, whatever the recorder's timing: Meta-World is deterministic for a seed, and every step's action
+    is the one the simulator reports running (a hold of its own included)."""
     dataset, _ = indexed
-    for robot, (task, seed) in sim_units(demos).items():
-        episode = next(e for e in dataset.episodes if e.robot_id == robot and e.episode_id.endswith("-00000"))
-        actions, own_holds = episode.actions.astype(np.float64), 0
-        while True:
-            positions = replay(task, seed, 0, actions)
-            wrong = np.flatnonzero(np.abs(positions - episode.proprio).max(axis=1) > 1e-5)
-            if wrong.size == 0:
-                break
-            k = int(wrong[0]) - 1  # the step whose action led elsewhere
-            # Only where the recorder saw no command: the simulator, waiting in vain, ran its own hold.
-            own_holds += 1
-            assert k >= 0 and own_holds <= episode.filled_actions, f"{episode.episode_id}: step {k} ran another"
-            actions[k] = [0.0, 0.0, 0.0, actions[k - 1][3] if k else 0.0]
+    units = sim_units(demos)
+    for episode in dataset.episodes:
+        task, seed = units[episode.robot_id]
+        positions = replay(task, seed, int(episode.episode_id.rsplit("-", 1)[1]), episode.actions.astype(np.float64))
+        wrong = np.flatnonzero(np.abs(positions - episode.proprio).max(axis=1) > 1e-5)
+        assert wrong.size == 0, f"{episode.episode_id}: from step {wrong[:1]} the replay runs elsewhere"
 
 
 def test_images_are_the_latest_frame_of_each_camera_decoded_at_the_configured_size(indexed, demos):

@@ -25,6 +25,10 @@ JOINT_STATES = "joint_states"  # sensor_msgs/msg/JointState: one per control ste
 CAMERA_IMAGE = "cameras/{camera}/image_raw"  # sensor_msgs/msg/Image
 CAMERA_COMPRESSED = "cameras/{camera}/image_raw/compressed"  # sensor_msgs/msg/CompressedImage (JPEG)
 ROBOT_COMMAND = "command"  # std_msgs/msg/Float64MultiArray: the command the robot executed
+# sensor_msgs/msg/JointState (names: the action names): the command the robot applied from the joint state of the
+# same stamp, from a robot that can say (the simulator does). With it each step's action is known exactly; without
+# it the dataset matches the headerless commands above to steps by their arrival times.
+EXECUTED_COMMAND = "command/executed"
 INTERVENTION_STATE = "teleop/intervention"  # sop_ros/msg/InterventionState: who was in control
 
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"

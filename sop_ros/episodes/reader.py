@@ -24,6 +24,7 @@ from sop_ros.episodes.format import (
     CAMERA_IMAGE,
     COMMAND_TYPE,
     EPISODE_METADATA,
+    EXECUTED_COMMAND,
     INTERVENTION_STATE,
     JOINT_STATE_TYPE,
     JOINT_STATES,
@@ -165,9 +166,10 @@ class RecordedStreams:
     """What a learner reads of one episode file, each list in time order (file order breaking ties)."""
 
     metadata: dict[str, str]
-    topics: dict[str, str]  # role (JOINT_STATES, ROBOT_COMMAND, INTERVENTION_STATE or a camera) -> full topic
+    topics: dict[str, str]  # role (JOINT_STATES, ROBOT_COMMAND, EXECUTED_COMMAND, ...) -> full topic ("": absent)
     states: list[tuple[int, tuple[str, ...], list[float]]]  # (log time, joint names, positions)
     commands: list[tuple[int, list[float]]]  # (log time, values)
+    executed: list[tuple[int, list[float]]]  # (stamp of the state it ran from, values); empty if not reported
     interventions: list[tuple[int, int, int]]  # (header stamp, since, controller)
     frames: dict[str, list[tuple[int, bytes]]]  # camera -> (log time, JPEG)
 
@@ -202,7 +204,7 @@ def _read_streams(path: Path, reader: McapReader, cameras: Sequence[str]) -> Rec
     topics = _topics(path, _namespace(path, channels), channels, cameras)
 
     role = {topic: key for key, topic in topics.items() if topic}
-    states, commands, interventions = [], [], []
+    states, commands, executed, interventions = [], [], [], []
     frames: dict[str, list] = {camera: [] for camera in cameras}
     # File order, then a stable sort by time: one topic's messages are written in the order they came.
     for _, channel, message, decoded in reader.iter_decoded_messages(topics=list(role), log_time_order=False):
@@ -211,14 +213,16 @@ def _read_streams(path: Path, reader: McapReader, cameras: Sequence[str]) -> Rec
             states.append((message.log_time, tuple(decoded.name), list(decoded.position)))
         elif key == ROBOT_COMMAND:
             commands.append((message.log_time, list(decoded.data)))
+        elif key == EXECUTED_COMMAND:
+            executed.append((_stamp_ns(decoded.header.stamp), list(decoded.position)))
         elif key == INTERVENTION_STATE:
             interventions.append((_stamp_ns(decoded.header.stamp), _stamp_ns(decoded.since), decoded.controller))
         else:
             frames[key].append((message.log_time, bytes(decoded.data)))
     by_time = itemgetter(0)
-    for items in (states, commands, *frames.values()):
+    for items in (states, commands, executed, *frames.values()):
         items.sort(key=by_time)
-    return RecordedStreams(metadata, topics, states, commands, interventions, frames)
+    return RecordedStreams(metadata, topics, states, commands, executed, interventions, frames)
 
 
 def _namespace(path: Path, channels: dict[str, tuple[str, int]]) -> str:
@@ -236,7 +240,8 @@ def _namespace(path: Path, channels: dict[str, tuple[str, int]]) -> str:
 
 
 def _topics(path: Path, ns: str, channels: dict[str, tuple[str, int]], cameras: Sequence[str]) -> dict[str, str]:
-    """Role (JOINT_STATES, ROBOT_COMMAND, INTERVENTION_STATE or a camera name) -> full topic ("" if absent)."""
+    """Role (JOINT_STATES, ROBOT_COMMAND, EXECUTED_COMMAND, INTERVENTION_STATE or a camera name) -> full topic
+    ("" if absent)."""
     command = ns + ROBOT_COMMAND
     schema, count = channels.get(command, ("", 0))
     if not count:
@@ -245,6 +250,8 @@ def _topics(path: Path, ns: str, channels: dict[str, tuple[str, int]], cameras: 
         raise ValueError(f"{path}: commands on {command} are {schema}; only {COMMAND_TYPE} is read")
     topics = {JOINT_STATES: ns + JOINT_STATES, ROBOT_COMMAND: command}
     topics[INTERVENTION_STATE] = ns + INTERVENTION_STATE if ns + INTERVENTION_STATE in channels else ""
+    executed = ns + EXECUTED_COMMAND
+    topics[EXECUTED_COMMAND] = executed if channels.get(executed, ("", 0))[0] == JOINT_STATE_TYPE else ""
     missing = []
     for camera in cameras:
         compressed, raw = ns + CAMERA_COMPRESSED.format(camera=camera), ns + CAMERA_IMAGE.format(camera=camera)

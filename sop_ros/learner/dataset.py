@@ -8,7 +8,9 @@ Alignment, for an episode with joint states 0..N (N = steps) at times t_0 < ... 
 
     observation k  joint state k (t_k) and, per camera, the latest frame with time <= t_k (before the first
                    frame: the first frame). Observation N, the final state, has no action: steps are 0..N-1.
-    action k       the command executed after observation k: the first command logged in [t_k, t_{k+1}) (the
+    action k       the command executed after observation k. A robot that reports what it ran (the simulator:
+                   EXECUTED_COMMAND, stamped t_k) says it exactly, and that is taken when every step has its
+                   report. Otherwise, from the headerless commands: the first logged in [t_k, t_{k+1}) (the
                    last step: >= t_k). With none there (a dropped message), the previous action is repeated
                    (zeros at k = 0) and counted in the episode's `filled_actions`.
     late commands  a command's log time is when the recorder received it, on its own copy of the sim clock. A
@@ -277,16 +279,21 @@ def _build(path: Path, recorded: RecordedStreams, config: DatasetConfig) -> Epis
     if not np.all(np.isfinite(commands)):
         raise ValueError(f"{path}: a command on {topics[ROBOT_COMMAND]} is not finite (NaN or infinite)")
 
-    alignment = align_commands(step_ns, command_ns, config.command_delay_steps)
-    if alignment.filled == len(alignment.command):
-        raise ValueError(f"{path}: none of the {len(commands)} commands on {topics[ROBOT_COMMAND]} fits a step")
-    actions = np.zeros((len(step_ns) - 1, commands.shape[1]), dtype=np.float32)
-    for k, i in enumerate(alignment.command):
-        if i >= 0:
-            actions[k] = commands[i]
-        elif k > 0:
-            actions[k] = actions[k - 1]
-    acted_ns = np.where(alignment.command >= 0, command_ns[np.maximum(alignment.command, 0)], step_ns[:-1])
+    executed = executed_actions(recorded.executed, step_ns, commands.shape[1])
+    if executed is not None:
+        actions, acted_ns = executed, step_ns[:-1]
+        alignment = Alignment(np.arange(len(actions)), filled=0, shifted=0, unused=0)  # nothing left to match
+    else:
+        alignment = align_commands(step_ns, command_ns, config.command_delay_steps)
+        if alignment.filled == len(alignment.command):
+            raise ValueError(f"{path}: none of the {len(commands)} commands on {topics[ROBOT_COMMAND]} fits a step")
+        actions = np.zeros((len(step_ns) - 1, commands.shape[1]), dtype=np.float32)
+        for k, i in enumerate(alignment.command):
+            if i >= 0:
+                actions[k] = commands[i]
+            elif k > 0:
+                actions[k] = actions[k - 1]
+        acted_ns = np.where(alignment.command >= 0, command_ns[np.maximum(alignment.command, 0)], step_ns[:-1])
     columns = np.array(recorded.interventions, dtype=np.int64).reshape(-1, 3).T
     operator_flags = controller_at(columns[0], columns[1], columns[2], acted_ns) == Controller.OPERATOR
 
@@ -316,6 +323,18 @@ def _build(path: Path, recorded: RecordedStreams, config: DatasetConfig) -> Epis
         unused_commands=alignment.unused,
         metadata=metadata,
     )
+
+
+def executed_actions(executed: list[tuple[int, list[float]]], step_ns: np.ndarray, width: int) -> np.ndarray | None:
+    """Each step's action as the robot reported running it from that step's state (stamped with its time); None
+    unless every step has its report, of the commands' width and finite: then the commands are aligned instead."""
+    by_stamp = {stamp: values for stamp, values in executed}
+    if not all(int(t) in by_stamp for t in step_ns[:-1]):
+        return None
+    actions = np.array([by_stamp[int(t)] for t in step_ns[:-1]], dtype=np.float32)
+    if actions.shape != (len(step_ns) - 1, width) or not np.all(np.isfinite(actions)):
+        return None
+    return actions
 
 
 def _proprio(path: Path, states: list[tuple[int, tuple[str, ...], list[float]]]) -> tuple[tuple[str, ...], np.ndarray]:

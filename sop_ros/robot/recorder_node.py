@@ -38,6 +38,7 @@ def recorded_streams(cfg: RecorderConfig) -> dict[str, tuple[str, object, bool]]
     # Float64MultiArray has no header: its time is when it arrives. A JointTrajectory begins with one.
     command_stamped = cfg.command_interface == "joint_trajectory"
     streams[topics.ROBOT_COMMAND] = (COMMAND_TYPES[cfg.command_interface], topics.RECORD, command_stamped)
+    streams[topics.EXECUTED_COMMAND] = ("sensor_msgs/msg/JointState", topics.RECORD, True)  # where a robot says
     if cfg.record_policy_chunks:
         streams[topics.POLICY_CHUNK] = ("sop_ros/msg/ActionChunk", topics.RECORD, True)
     return streams

@@ -13,6 +13,7 @@ from rclpy.qos import (
 from sop_ros.episodes.format import (  # noqa: F401 - topic names used through this module
     CAMERA_COMPRESSED,
     CAMERA_IMAGE,
+    EXECUTED_COMMAND,
     INTERVENTION_STATE,
     JOINT_STATES,
     ROBOT_COMMAND,

@@ -83,6 +83,7 @@ class SimRobotNode(Node):
         self._labelled: set[str] = set()  # episodes an operator has labelled
 
         self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.STREAM)
+        self.executed_pub = self.create_publisher(JointState, topics.EXECUTED_COMMAND, topics.STREAM)
         self.state_pub = self.create_publisher(Float64MultiArray, topics.SIM_STATE, topics.STREAM)
         self.event_pub = self.create_publisher(EpisodeEvent, topics.EPISODE_EVENTS, topics.EVENTS)
         self.clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(depth=1)) if cfg.publish_clock else None
@@ -198,9 +199,13 @@ class SimRobotNode(Node):
         if self._abort_requested.is_set():
             self.end_episode(EpisodeEvent.OUTCOME_ABORT, "operator", self.sim.steps)
             return
+        acted_at = self.header()  # the state this step answers
         self.advance_clock()
         action = self.current_action()
         result = self.sim.step(action)
+        # What ran, stamped with the state it ran from: late or doubled commands (a takeover's first step has the
+        # policy's and the operator's answer) leave no doubt in the recording about which one it was.
+        self.executed_pub.publish(JointState(header=acted_at, name=list(ACTION_NAMES), position=action.tolist()))
         self.publish_clock()
         self.publish_state(result.state, action)
         if self.on_camera_tick():
