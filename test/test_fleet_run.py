@@ -3,13 +3,16 @@ itself when the fleet has simulated its span, with the learner's budget spent ex
 
 import json
 
+import numpy as np
 import pytest
 import yaml
 from conftest import DEMO_TASKS, REPO
 from test_learner import learner_yaml, run_sop
 
 from sop_ros.cloud.episode_store import stored_episodes
+from sop_ros.episodes.reader import episode_files, read_streams
 from sop_ros.fleet.demo import hot_swaps, short_version
+from sop_ros.learner.dataset import executed_actions
 
 TIER = "unit"  # what the tests need: conftest.TIERS
 
@@ -50,6 +53,11 @@ def test_a_paced_fleet_run_spends_its_learner_budget_and_the_robot_takes_new_pol
     versions = hot_swaps(out / "store")["robot_0"]
     assert short_version(versions[0]) == "base" and len(versions) >= 2, versions
     assert all(short_version(v).startswith("step ") for v in versions[1:])
+    # Every step of every stored episode, takeovers included, has the command the simulator reports running.
+    for path in episode_files(out / "store"):
+        streams = read_streams(path, ())
+        state_ns = np.array([t for t, _, _ in streams.states])
+        assert executed_actions(streams.executed, state_ns, 4) is not None, path
 
     # Same seeds, same result: a second run takes the same episodes, with the same outcomes, interventions and
     # policies (each episode runs the policy the learner's schedule gives it, not whichever arrived first).
