@@ -26,9 +26,9 @@ Alignment, for an episode with joint states 0..N (N = steps) at times t_0 < ... 
                    simulator ran of its own accord, unseen by the recorder, at some episodes' first step; and
                    two episodes whose file starts with the previous episode's last command (logged late) and a
                    delay, which the times alone do not tell apart from a command too many and no delay.
-    operator k     whether the operator was in control when action k's command was logged (a filled action:
-                   at t_k), from the intervention states: each says which controller has been in control since
-                   its `since` time; a change at time t counts from t on.
+    operator k     whether the operator was in control when action k's command was logged (a filled or a
+                   reported action: at t_k), from the intervention states: each says which controller has been
+                   in control since its `since` time; a change at time t counts from t on.
     chunk at k     actions k..k+H-1; past the episode's end its last action is repeated, and the mask says
                    which actions are real (True).
 """
@@ -280,9 +280,8 @@ def _build(path: Path, recorded: RecordedStreams, config: DatasetConfig) -> Epis
         raise ValueError(f"{path}: a command on {topics[ROBOT_COMMAND]} is not finite (NaN or infinite)")
 
     executed = executed_actions(recorded.executed, step_ns, commands.shape[1])
-    if executed is not None:
-        actions, acted_ns = executed, step_ns[:-1]
-        alignment = Alignment(np.arange(len(actions)), filled=0, shifted=0, unused=0)  # nothing left to match
+    if executed is not None:  # reported: nothing to match, so none filled, shifted or left over
+        actions, acted_ns, (filled, shifted, unused) = executed, step_ns[:-1], (0, 0, 0)
     else:
         alignment = align_commands(step_ns, command_ns, config.command_delay_steps)
         if alignment.filled == len(alignment.command):
@@ -294,6 +293,7 @@ def _build(path: Path, recorded: RecordedStreams, config: DatasetConfig) -> Epis
             elif k > 0:
                 actions[k] = actions[k - 1]
         acted_ns = np.where(alignment.command >= 0, command_ns[np.maximum(alignment.command, 0)], step_ns[:-1])
+        filled, shifted, unused = alignment.filled, alignment.shifted, alignment.unused
     columns = np.array(recorded.interventions, dtype=np.int64).reshape(-1, 3).T
     operator_flags = controller_at(columns[0], columns[1], columns[2], acted_ns) == Controller.OPERATOR
 
@@ -318,9 +318,9 @@ def _build(path: Path, recorded: RecordedStreams, config: DatasetConfig) -> Epis
         frame_ns=frame_ns,
         frames=frames,
         frame_of_step=frame_of_step,
-        filled_actions=alignment.filled,
-        shifted_commands=alignment.shifted,
-        unused_commands=alignment.unused,
+        filled_actions=filled,
+        shifted_commands=shifted,
+        unused_commands=unused,
         metadata=metadata,
     )
 
