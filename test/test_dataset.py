@@ -129,7 +129,7 @@ def test_each_steps_action_is_the_command_the_simulator_reports_running_from_tha
         assert episode.filled_actions == episode.shifted_commands == episode.unused_commands == 0
 
 
-def test_without_a_report_for_every_step_the_commands_are_matched_to_steps_by_time(indexed):
+def test_the_reports_are_the_actions_and_without_one_for_every_step_commands_are_matched_by_time(indexed):
     import dataclasses
 
     from sop_ros.episodes.reader import read_streams
@@ -142,6 +142,12 @@ def test_without_a_report_for_every_step_the_commands_are_matched_to_steps_by_ti
     aligned = _build(episode.path, dataclasses.replace(streams, executed=[]), dataset.config)
     one_missing = _build(episode.path, dataclasses.replace(streams, executed=streams.executed[1:]), dataset.config)
     np.testing.assert_array_equal(one_missing.actions, aligned.actions)
+    # With every report there, the reports are the actions: one changed by hand changes that step's action only.
+    first_stamp = int(episode.step_ns[0])
+    changed = [(t, [0.25, -0.5, 0.75, -1.0] if t == first_stamp else v) for t, v in streams.executed]
+    reported = _build(episode.path, dataclasses.replace(streams, executed=changed), dataset.config)
+    np.testing.assert_array_equal(reported.actions[0], np.float32([0.25, -0.5, 0.75, -1.0]))
+    np.testing.assert_array_equal(reported.actions[1:], episode.actions[1:])
     # Commands arrive in the order they ran: matched by time, they are the reported ones, bar a late or lost one.
     assert np.mean(np.all(aligned.actions == episode.actions, axis=1)) > 0.9
 
