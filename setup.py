@@ -6,6 +6,9 @@ ROS 2 Jazzy workspace; see README.md.
 
 from setuptools import find_packages, setup
 
+LEARNER = ["torch>=2.3", "onnx>=1.16", "eclipse-zenoh>=1.0", "matplotlib>=3.7", "opencv-python-headless>=4.9",
+           "mcap>=1.1", "mcap-ros2-support>=0.5"]  # fmt: skip
+
 setup(
     name="sop_ros",
     version="0.1.0",
@@ -15,16 +18,9 @@ setup(
     packages=find_packages(include=["sop_ros", "sop_ros.*"]),
     install_requires=["numpy>=1.26", "PyYAML>=6.0"],
     extras_require={
-        "learner": [
-            "torch>=2.3",
-            "onnx>=1.16",
-            "onnxruntime>=1.18",
-            "eclipse-zenoh>=1.0",
-            "matplotlib>=3.7",
-            "opencv-python-headless>=4.9",
-            "mcap>=1.1",
-            "mcap-ros2-support>=0.5",
-        ],
+        "learner": [*LEARNER, "onnxruntime>=1.18"],
+        # The same with ONNX Runtime's NVIDIA build (one or the other: both install the module onnxruntime).
+        "gpu": [*LEARNER, "onnxruntime-gpu>=1.18"],
         "sim": ["metaworld>=3.0", "opencv-python-headless>=4.9"],
         "data": ["mcap>=1.1", "mcap-ros2-support>=0.5"],
     },

@@ -101,12 +101,18 @@ def cmd_operator_check(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_inference(args: argparse.Namespace) -> int:
-    require_ros("bench inference")
-    from sop_ros.bench.inference import run
     from sop_ros.configs.model import ModelConfig
 
     model = load_config(ModelConfig, args.model_config) if args.model_config else None
-    run(Path(args.json), args.policy, args.iterations, args.swaps, args.threads, args.control_hz, model)
+    if args.runtimes_only:
+        from sop_ros.bench.inference import run_runtimes_only
+
+        run_runtimes_only(Path(args.json), args.policy, args.iterations, args.threads, args.device, model)
+        return 0
+    require_ros("bench inference")
+    from sop_ros.bench.inference import run
+
+    run(Path(args.json), args.policy, args.iterations, args.swaps, args.threads, args.control_hz, model, args.device)
     return 0  # measured: whether the targets are met is in the JSON and the last line printed
 
 
@@ -127,8 +133,11 @@ def cmd_bench_learner(args: argparse.Namespace) -> int:
               f"--tasks reach-v3,drawer-open-v3,window-open-v3 --episodes-per-task 10 --robots 2 --out {args.demos}` "
               "(results/README.md, fleet/)", file=sys.stderr)  # fmt: skip
         return 2
-    report = run(Path(args.json), Path(args.demos), args.steps, args.batch_size, args.robots, args.threads)
-    print(f"wrote {args.json}: ratio {report['ratio']} (target >= {report['target']})")
+    report = run(Path(args.json), Path(args.demos), args.steps, args.batch_size, args.robots, args.threads,
+                 args.device, args.model_config or "")  # fmt: skip
+    fed = f"recorded episodes at {report['real_over_synthetic']} of synthetic batches' samples/s"
+    ingest = f"; while ingesting {report['ratio']} of alone (target >= {report['target']})" if args.robots else ""
+    print(f"wrote {args.json}: {fed}{ingest}")
     return 0
 
 
@@ -469,7 +478,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swaps", type=int, default=100, help="hot-swaps (default %(default)s)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default %(default)s)")
     p.add_argument("--control-hz", type=float, default=30.0)
-    p.add_argument("--model-config", metavar="YAML", help="size of the untrained model timed (ModelConfig fields)")
+    p.add_argument("--model-config", metavar="YAML", help="size of the untrained model timed (config/models/*.yaml)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="the runtimes timed: all this host has, the CPU's, or the GPU's")  # fmt: skip
+    p.add_argument("--runtimes-only", action="store_true", help="time the runtimes alone (no ROS needed)")
     p.set_defaults(func=cmd_bench_inference)
 
     p = bench.add_parser("bridge", help="episode upload and weight distribution against raw Zenoh (TCP loopback)")
@@ -481,13 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scratch space, emptied before and after (default %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_bench_bridge)
 
-    p = bench.add_parser("learner", help="learner samples/s alone and while ingesting 8 robots' episodes")
+    p = bench.add_parser("learner", help="learner samples/s on synthetic batches, on recorded episodes, and while "
+                         "ingesting robots' episodes (--robots 0: not)")  # fmt: skip
     p.add_argument("--json", default="results/bench/learner.json", help="report path (default: %(default)s)")
     p.add_argument("--demos", default="runs/fleet/demos", help="recorded episodes to train on and to upload")
     p.add_argument("--steps", type=int, default=150, help="learner steps per run (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--robots", type=int, default=8)
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--model-config", metavar="YAML", help="the model trained from scratch (config/models/*.yaml; "
+                   "default: ModelConfig's defaults)")  # fmt: skip
     p.set_defaults(func=cmd_bench_learner)
 
     p = sub.add_parser("export", help="export a checkpoint to one ONNX graph per inference step")

@@ -38,6 +38,22 @@ def test_shipped_learner_config_is_valid():
     assert load_config(LearnerConfig, REPO / "config" / "learner.yaml").publish_every_steps == 25
 
 
+def test_model_presets_are_valid_and_grow_from_the_default():
+    from sop_ros.configs.model import ModelConfig
+    from sop_ros.model.vla import VLAPolicy, parameter_count
+
+    small, medium, large = (load_config(ModelConfig, REPO / "config" / "models" / f"{n}.yaml")
+                            for n in ("small", "medium", "large"))  # fmt: skip
+    assert small == ModelConfig()  # the default, written out
+    assert (small.image_size, medium.image_size, large.image_size) == (64, 128, 224)
+    assert 45e6 < parameter_count(VLAPolicy(medium)) < 60e6  # the sizes the README's table names
+    # A learner from scratch builds the preset it names.
+    from sop_ros.learner.online import model_shape
+
+    learner = from_dict(LearnerConfig, {"base_policy": "", "model_config": str(REPO / "config/models/medium.yaml")})
+    assert model_shape(learner) == medium and model_shape(from_dict(LearnerConfig, {"base_policy": ""})) == small
+
+
 @pytest.mark.parametrize(
     "data, message",
     [
@@ -56,6 +72,7 @@ def test_shipped_learner_config_is_valid():
         ({"robot": {"id": "r"}, "nodes": {}}, "nodes={}: must start at least one node"),
         ({"robot": {"id": "r"}, "nodes": {"sim_robot": {}}}, "robot.use_sim_time=False: must be true"),
         (robot(sim_robot={"task": "push-v3"}, scripted_operator={"task": "reach-v3"}), "must equal sim_robot.task"),
+        (robot(policy={"runtime_order": ["cuda", "gpu"]}), "runtime_order[1]='gpu': must be one of tensorrt"),
         (robot(sim_robot={"step_mode": "lockstep", "lockstep_timeout_s": 10}, policy={"scheduled_policy_wait_s": 10}),
          "policy.scheduled_policy_wait_s=10.0: must be < sim_robot.lockstep_timeout_s (10)"),
     ],
@@ -75,6 +92,8 @@ def test_robot_config_errors_name_key_value_and_rule(data, message):
         ({"min_learning_rate": 0.1}, "min_learning_rate=0.1: must be in 0..learning_rate (0.0001)"),
         ({"optimiser_from_base": True, "base_policy": ""}, "optimiser_from_base=True: needs a base_policy"),
         ({"sampling": {"online_share_alpha": 0.5}}, "sampling.online_share_alpha=0.5: must be > 1"),
+        ({"model_config": "config/models/medium.yaml"}, "model_config='config/models/medium.yaml': is for a learner"),
+        ({"frame_cache_mb": -1}, "frame_cache_mb=-1.0: must be >= 0 (0: no cache)"),
         ({"recap": {"indicator_dropout": 1.0}}, "recap.indicator_dropout=1.0: must be in [0, 1)"),
         ({"recap": {"value_bin": 201}}, "recap.value_bin: unknown key (did you mean 'value_bins'?)"),
     ],

@@ -14,6 +14,7 @@ from mcap_ros2.decoder import DecoderFactory
 from sop_ros.configs import ConfigError, from_dict
 from sop_ros.episodes.reader import copy_episode, episode_files, recorded_cameras
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, align_commands, controller_at, index_episode
+from sop_ros.learner.frames import DecodedFrames
 from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
 from sop_ros.sim.metaworld_sim import MetaWorldSim
 
@@ -250,6 +251,32 @@ def test_batches_are_task_balanced_and_uniform_over_a_tasks_steps(indexed):
     for episode in dataset.episodes:
         task_steps = sum(e.steps for e in dataset.episodes if e.task == episode.task)
         assert abs(drawn[episode.episode_id] / 960 - episode.steps / task_steps) < 0.08
+
+
+def test_a_frame_cache_gives_byte_identical_batches_and_keeps_within_its_budget(demos):
+    plain = EpisodeDataset(demos, log=lambda _: None)
+    frames = DecodedFrames(64, budget_mb=1024)
+    cached = EpisodeDataset(demos, log=lambda _: None, frames=frames)
+    for seed in (0, 1):
+        expected, got = plain.sample(np.random.default_rng(seed), 64), cached.sample(np.random.default_rng(seed), 64)
+        assert got["images"].tobytes() == expected["images"].tobytes()
+    assert 0 < frames.misses == len(frames) and frames.hits + frames.misses == 2 * 64 * 2  # two cameras
+    again = cached.sample(np.random.default_rng(0), 64)  # every frame from the cache now
+    assert frames.misses == len(frames) and frames.stats()["hit_rate"] > 0.5
+    assert again["images"].tobytes() == plain.sample(np.random.default_rng(0), 64)["images"].tobytes()
+    # Frames past the budget are decoded each time and not kept; a kept frame cannot be changed through a sample.
+    tight = DecodedFrames(64, budget_mb=3 * 64 * 64 * 3 / 2**20)
+    small = EpisodeDataset(demos, log=lambda _: None, frames=tight)
+    batch = small.sample(np.random.default_rng(0), 64)
+    assert len(tight) == 3 and tight.kept_bytes == 3 * 3 * 64 * 64
+    assert batch["images"].tobytes() == plain.sample(np.random.default_rng(0), 64)["images"].tobytes()
+    kept = next(iter(tight._frames.values()))
+    with pytest.raises(ValueError, match="read-only"):
+        kept[0, 0, 0] = 0
+    with pytest.raises(ValueError, match="32 px frames, the dataset's are 64 px"):
+        EpisodeDataset(demos, log=lambda _: None, frames=DecodedFrames(32, budget_mb=1))
+    with pytest.raises(ValueError, match="must be >= 0"):
+        DecodedFrames(64, budget_mb=-1)
 
 
 def test_only_the_selected_steps_are_sampled(demos):

@@ -1,4 +1,5 @@
-"""Runtimes and the policy contract: ONNX Runtime and torch give the same chunks; providers in order."""
+"""Runtimes and the policy contract: ONNX Runtime and torch give the same chunks; the runtime is chosen by
+measurement among those that start."""
 
 from pathlib import Path
 
@@ -9,19 +10,105 @@ from test_model import TINY
 
 from sop_ros.model.export import export_onnx
 from sop_ros.model.policy import ChunkPolicy, Observation
-from sop_ros.model.runtime import OnnxRuntime, TorchRuntime, load_runtime, provider_plan
+from sop_ros.model.runtime import (
+    Candidate,
+    OnnxRuntime,
+    TorchRuntime,
+    Unavailable,
+    candidates,
+    choose_runtime,
+    load_runtime,
+    provider_plan,
+)
 
 TIER = "unit"  # what the tests need: conftest.TIERS
 
 
-def test_providers_are_tried_tensorrt_then_cuda_then_cpu():
+def test_each_kind_asks_onnx_runtime_for_its_provider_then_the_cpu():
     cache = Path("/cache")
-    plan = provider_plan(["CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider"], cache)
-    assert [p if isinstance(p, str) else p[0] for p in plan] == [
-        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
-    ]  # fmt: skip
-    assert plan[0][1] == {"trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": "/cache"}
-    assert provider_plan(["CPUExecutionProvider"], None) == ["CPUExecutionProvider"]
+    assert provider_plan("tensorrt", cache) == [("TensorrtExecutionProvider", {
+        "trt_fp16_enable": True, "trt_engine_cache_enable": True, "trt_engine_cache_path": "/cache"}),
+        "CPUExecutionProvider"]  # fmt: skip
+    assert provider_plan("cuda-graph", None) == [("CUDAExecutionProvider", {"enable_cuda_graph": "1"}),
+                                                 "CPUExecutionProvider"]  # fmt: skip
+    assert provider_plan("cuda", None) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert provider_plan("cpu", None) == ["CPUExecutionProvider"]
+
+
+class FakeRuntime:
+    metadata: dict = {}
+
+    def __init__(self, kind):
+        self.backend, self.runs = f"fake/{kind}", 0
+
+    def run(self, inputs):
+        self.runs += 1
+        return np.zeros_like(inputs["noise"])
+
+
+def fake(kind, fails=None):
+    def load():
+        if fails is not None:
+            raise fails
+        return FakeRuntime(kind)
+
+    return Candidate(kind, load)
+
+
+def test_the_fastest_p99_of_the_runtimes_that_start_is_chosen_and_missing_ones_are_skipped_with_one_line():
+    p99 = {"tensorrt": 9.0, "cuda-graph": 1.5, "cuda": 11.0, "cpu": 3.0}
+    lines = []
+    options = [fake("tensorrt", Unavailable("TensorrtExecutionProvider did not start: libnvinfer.so missing")),
+               fake("cuda-graph"), fake("cuda"), fake("cpu")]  # fmt: skip
+    runtime, timings = choose_runtime(options, log=lines.append,
+                                      timer=lambda rt: {"p50_ms": 1.0, "p99_ms": p99[rt.backend[5:]]})  # fmt: skip
+    assert runtime.backend == "fake/cuda-graph" and runtime.runs == 1  # warmed once at load
+    assert set(timings) == {"cuda-graph", "cuda", "cpu"} and timings["cpu"]["p99_ms"] == 3.0
+    skipped = [line for line in lines if "skipped" in line]
+    assert skipped == ["runtime tensorrt skipped: Unavailable: TensorrtExecutionProvider did not start: "
+                       "libnvinfer.so missing"]  # fmt: skip
+    assert "runtime cuda-graph (fake/cuda-graph) chosen" in lines[-1]
+    # Without the graph mode the CPU's p99 beats the CUDA provider's, as measured on a small model.
+    runtime, _ = choose_runtime([fake("cuda"), fake("cpu")], log=lines.append,
+                                timer=lambda rt: {"p50_ms": 1.0, "p99_ms": p99[rt.backend[5:]]})  # fmt: skip
+    assert runtime.backend == "fake/cpu"
+
+
+def test_a_configured_order_takes_the_first_that_starts_untimed_and_a_lone_runtime_is_not_timed():
+    def timer(rt):
+        raise AssertionError("not to be timed")
+
+    options = [fake("tensorrt", Unavailable("no GPU")), fake("cuda"), fake("cpu")]
+    runtime, timings = choose_runtime(options, order=("cpu", "cuda"), log=lambda _: None, timer=timer)
+    assert runtime.backend == "fake/cpu" and timings == {}
+    runtime, timings = choose_runtime(options, order=("tensorrt", "cuda"), log=lambda _: None, timer=timer)
+    assert runtime.backend == "fake/cuda" and timings == {}
+    runtime, timings = choose_runtime([fake("tensorrt", Unavailable("no GPU")), fake("cpu")], log=lambda _: None,
+                                      timer=timer)  # fmt: skip
+    assert runtime.backend == "fake/cpu" and timings == {}
+    with pytest.raises(Unavailable, match="no runtime could start: tensorrt: no GPU; cuda: no driver"):
+        choose_runtime([fake("tensorrt", Unavailable("no GPU")), fake("cuda", Unavailable("no driver"))],
+                       log=lambda _: None)  # fmt: skip
+    with pytest.raises(ValueError, match="damaged"):  # a file every runtime refuses: its own error
+        choose_runtime([fake("cuda", Unavailable("no driver")), fake("cpu", ValueError("damaged"))],
+                       log=lambda _: None)  # fmt: skip
+
+
+def test_without_a_gpu_the_cpu_runtime_is_the_one_candidate_and_loads_silently(tmp_path):
+    ckpt = checkpoint(tmp_path)
+    export_onnx(ckpt, tmp_path / "p.onnx")
+    assert [c.kind for c in candidates(tmp_path / "p.onnx")] == ["cpu"]
+    assert [c.kind for c in candidates(ckpt)] == ["cpu"]
+    lines = []
+    runtime = load_runtime(tmp_path / "p.onnx", log=lines.append)
+    assert runtime.backend == "onnxruntime/CPUExecutionProvider" and lines == []
+    with pytest.raises(ValueError, match="not among tensorrt, cuda-graph, cuda, cpu"):
+        load_runtime(tmp_path / "p.onnx", order=("gpu",))
+    # Asked for a provider this build lacks, the ONNX runtime says so rather than running on another.
+    with pytest.raises(Unavailable, match="no CUDAExecutionProvider"):
+        OnnxRuntime(tmp_path / "p.onnx", kind="cuda")
+    with pytest.raises(Unavailable, match="no CUDA device"):
+        TorchRuntime(ckpt, device="cuda")
 
 
 def test_onnx_and_torch_runtimes_agree_through_the_policy_contract(tmp_path):

@@ -1,7 +1,8 @@
 """`sop bench inference`: the runtimes side by side, the on-robot node path against the bare runtime, hot-swaps.
 
-1. runtimes   every runtime this host has (torch on CPU/CUDA; ONNX Runtime with each provider it offers) runs the
-              same exported policy on the same inputs: p50 / p99 of one inference step.
+1. runtimes   every runtime this host can start (torch on the CPU, on CUDA eagerly and as a CUDA graph; ONNX
+              Runtime with each provider it offers, CUDA's graph mode too) runs the same exported policy on the
+              same inputs: p50 / p99 of one inference step. `--runtimes-only` stops here (no ROS needed).
 2. node       the robot's ingest and policy nodes in their own processes, as `sop robot` starts them; this process
               plays the robot driver: it publishes two JPEG camera frames and a joint state (one stamp) and
               times until the ActionChunk computed from them arrives. bare_p99_ms: the same runtime alone,
@@ -87,22 +88,67 @@ def time_runtime(runtime, iterations: int, period_s: float = 0.0) -> list[float]
     return latencies
 
 
-def bench_runtimes(checkpoint: Path, onnx: Path, iterations: int, threads: int) -> dict[str, dict]:
-    import onnxruntime as ort
+def bench_runtimes(checkpoint: Path, onnx: Path, iterations: int, threads: int, device: str = "auto"
+                   ) -> dict[str, dict]:  # fmt: skip
+    """Every runtime this host can start, by its backend name (torch eager and CUDA graph; ONNX Runtime per
+    provider): p50 / p99, or why it was skipped. device "cpu": the CPU ones only; "cuda": the GPU ones only."""
     import torch
 
-    from sop_ros.model.runtime import PROVIDER_ORDER, OnnxRuntime, TorchRuntime
+    from sop_ros.model.runtime import Unavailable, candidates
 
     torch.set_num_threads(threads)  # both runtimes get the same cores
     results = {}
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
-        results[f"torch/{device}"] = percentiles(time_runtime(TorchRuntime(checkpoint, device), iterations))
-    for provider in [p for p in PROVIDER_ORDER if p in ort.get_available_providers()]:
-        runtime = OnnxRuntime(onnx, threads=threads)
-        runtime.session.set_providers([provider])  # one provider each, to compare them
-        results[f"onnxruntime/{provider}"] = percentiles(time_runtime(runtime, iterations))
+    for path in (checkpoint, onnx):
+        for option in candidates(path, threads=threads):
+            if device != "auto" and (option.kind == "cpu") != (device == "cpu"):
+                continue
+            name = f"{'torch' if path == checkpoint else 'onnxruntime'}/{option.kind}"
+            try:
+                runtime = option.load()
+            except Unavailable as err:
+                results[name] = {"skipped": str(err)}
+                continue
+            results[runtime.backend] = percentiles(time_runtime(runtime, iterations))
     return results
+
+
+def print_runtimes(runtimes: dict[str, dict]) -> None:
+    for name, r in runtimes.items():
+        if "skipped" in r:
+            print(f"  {name:46s} skipped: {r['skipped']}", flush=True)
+        else:
+            print(f"  {name:46s} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms", flush=True)
+
+
+def run_runtimes_only(out: Path, checkpoint: str | None, iterations: int, threads: int, device: str,
+                      model_config=None) -> dict:  # fmt: skip
+    """The runtimes alone (no ROS: a GPU machine without it), and which one a robot would choose."""
+    workdir = Path(tempfile.mkdtemp(prefix="sop_bench_"))
+    ckpt, onnx, _ = make_policies(workdir, checkpoint, model_config)
+    print(f"bench inference: runtimes ({iterations} inferences each) ...", flush=True)
+    runtimes = bench_runtimes(ckpt, onnx, iterations, threads, device)
+    print_runtimes(runtimes)
+    timed = {name: r for name, r in runtimes.items() if "p99_ms" in r and name.startswith("onnxruntime/")}
+    result = {
+        "command": "sop " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "policy": checkpoint or f"untrained {model_config or 'default ModelConfig'}",
+        "parameters": parameters_of(ckpt),
+        "inference_threads": threads,
+        "runtimes": runtimes,
+        # What a robot given the exported policy runs (sop_ros/model/runtime.py: the lowest p99).
+        "robot_would_run": min(timed, key=lambda name: timed[name]["p99_ms"]) if timed else None,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
+def parameters_of(checkpoint: Path) -> int:
+    from sop_ros.model.vla import load_checkpoint, parameter_count
+
+    return parameter_count(load_checkpoint(checkpoint)[0])
 
 
 class Driver:
@@ -325,7 +371,7 @@ def relay_nodes(workdir: Path, image_size: int):
 
 
 def run(out: Path, checkpoint: str | None, iterations: int, swaps: int, threads: int, control_hz: float,
-        model_config=None) -> dict:  # fmt: skip
+        model_config=None, device: str = "auto") -> dict:  # fmt: skip
     from sop_ros.model.runtime import OnnxRuntime
     from sop_ros.model.vla import load_checkpoint
 
@@ -337,9 +383,8 @@ def run(out: Path, checkpoint: str | None, iterations: int, swaps: int, threads:
     gc.freeze()
     image_size = load_checkpoint(ckpt)[0].config.image_size  # the ingest resizes frames to the policy's input
     print(f"bench inference: runtimes ({iterations} inferences each) ...", flush=True)
-    runtimes = bench_runtimes(ckpt, onnx_a, iterations, threads)
-    for name, r in runtimes.items():
-        print(f"  {name:40s} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms", flush=True)
+    runtimes = bench_runtimes(ckpt, onnx_a, iterations, threads, device)
+    print_runtimes(runtimes)
 
     print(f"bench inference: node path ({iterations} observations, each answered by a fresh chunk) ...", flush=True)
     config = node_config(onnx_a, image_size, threads, control_hz, replan_steps=1)

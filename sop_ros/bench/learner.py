@@ -1,10 +1,13 @@
-"""`sop bench learner`: the learner's samples/s alone, and while it ingests the episodes of a fleet of 8 robots.
+"""`sop bench learner`: the learner's samples/s on synthetic batches, on recorded episodes, and while it ingests the
+episodes of a fleet of robots.
 
-Both runs are the real `sop learner` loop (run_learner, in this process, serving the robots' side on Zenoh) on
-the same demonstrations, with the same seed and steps. In the second, another process plays the fleet: one
-robot uploader per robot (the bridge's own), each sending recorded episodes (copies of the demonstrations
-under fresh ids) at the rate a robot records them, one per `max_episode_steps / control_hz` seconds, so the
-learner stores, indexes and trains on them while it runs. Target: with-ingest >= 0.9x alone.
+Synthetic: the model's training step alone (loss, backward, clipped AdamW step) on one random batch kept on the
+device: what the device can take. Alone: the real `sop learner` loop (run_learner, in this process, serving the
+robots' side on Zenoh) on the demonstrations, at the same model and batch; `real_over_synthetic` says how much
+of the device the data path feeds (target on a GPU: >= 0.8). While ingesting: the same loop again while another
+process plays the fleet: one robot uploader per robot (the bridge's own), each sending recorded episodes (copies
+of the demonstrations under fresh ids) at the rate a robot records them, one per `max_episode_steps /
+control_hz` seconds, so the learner stores, indexes and trains on them while it runs. Target: >= 0.9x alone.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from sop_ros.bench.bridge import zenoh_config
 from sop_ros.configs import ConfigError
 from sop_ros.configs.bridge import ZenohConfig
 from sop_ros.configs.learner import LearnerConfig
+from sop_ros.configs.model import ModelConfig
 from sop_ros.configs.robot import SimRobotConfig
 from sop_ros.episodes.reader import copy_episode, episode_files
 from sop_ros.host import free_endpoint, machine
@@ -77,7 +83,67 @@ def stage_episodes(demos: Path, staged: Path, robots: int, per_robot: int) -> in
     return total
 
 
-def bench_config(demos: Path, workdir: Path, name: str, steps: int, batch_size: int, threads: int) -> LearnerConfig:
+def synthetic_samples_per_s(model: ModelConfig, batch_size: int, steps: int, device: str, warmup: int = 3
+                            ) -> tuple[float, int]:
+    """Training samples/s of the model's step on one random batch that stays on `device` (no data path), and
+    the model's parameter count."""
+    import torch
+
+    from sop_ros.model.export import example_inputs
+    from sop_ros.model.vla import VLAPolicy, parameter_count
+
+    torch.manual_seed(0)
+    on = torch.device(device)
+    policy = VLAPolicy(model).to(on).train()
+    images, proprio, instruction, indicator, actions = (t.to(on) for t in example_inputs(policy, batch_size))
+    batch = {"images": images, "proprio": proprio, "instruction": instruction, "indicator": indicator,
+             "actions": actions, "action_mask": torch.ones(actions.shape[:2], dtype=torch.bool, device=on)}
+    optimiser = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    started = 0.0
+    for step in range(warmup + steps):
+        if step == warmup:
+            if on.type == "cuda":
+                torch.cuda.synchronize(on)
+            started = time.perf_counter()
+        loss = policy.loss(batch)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimiser.step()
+    if on.type == "cuda":
+        torch.cuda.synchronize(on)
+    return steps * batch_size / (time.perf_counter() - started), parameter_count(policy)
+
+
+def data_path_samples_per_s(demos: Path, image_size: int, batch_size: int, batches: int = 20) -> dict[str, float]:
+    """Batches drawn from the demonstrations, decoding every frame each time against the frame cache once it
+    holds them (a learner's steady state when its data fit the budget): samples/s of each, timed alternately."""
+    from sop_ros.learner.dataset import EpisodeDataset
+    from sop_ros.learner.frames import DecodedFrames
+
+    config = DatasetConfig(image_size=image_size)
+    plain = EpisodeDataset(demos, config, log=lambda _: None)
+    cached = EpisodeDataset(demos, config, log=lambda _: None, frames=DecodedFrames(image_size, 1024))
+    for seed in range(batches):  # fills the cache with these batches' frames
+        cached.sample(np.random.default_rng(seed), batch_size)
+    spent = {"decode_each_time": 0.0, "frame_cache": 0.0}
+    for seed in range(batches):
+        for name, dataset in (("decode_each_time", plain), ("frame_cache", cached)):
+            start = time.perf_counter()
+            dataset.sample(np.random.default_rng(seed), batch_size)
+            spent[name] += time.perf_counter() - start
+    rates = {name: round(batches * batch_size / s, 1) for name, s in spent.items()}
+    return {**rates, "speedup": round(rates["frame_cache"] / rates["decode_each_time"], 2)}
+
+
+def resolved_device(device: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
+def bench_config(demos: Path, workdir: Path, name: str, steps: int, batch_size: int, threads: int, device: str = "auto",
+                 model_config: str = "") -> LearnerConfig:
     from sop_ros.bridge.artifacts import make_signing_keys
 
     keys = workdir / "keys"
@@ -88,55 +154,99 @@ def bench_config(demos: Path, workdir: Path, name: str, steps: int, batch_size: 
     return replace(
         base, base_policy="", demos_dir=str(demos), store_dir=str(workdir / name / "store"),
         checkpoint_dir=str(workdir / name / "learner"), batch_size=batch_size, max_steps=steps,
-        publish_every_steps=25, log_every_s=5.0, torch_threads=threads,
+        publish_every_steps=25, log_every_s=5.0, torch_threads=threads, device=device, model_config=model_config,
         ingest=replace(base.ingest, zenoh=ZenohConfig(listen=(free_endpoint(),))),
         policies=replace(base.policies, registry_dir=str(workdir / name / "policies"),
                          private_key=str(keys / "policy_signing.key")),
     )  # fmt: skip
 
 
-def run(out: Path, demos: Path, steps: int = 150, batch_size: int = 32, robots: int = 8, threads: int = 0) -> dict:
-    from sop_ros.learner.online import run_learner
+def run(out: Path, demos: Path, steps: int = 150, batch_size: int = 32, robots: int = 8, threads: int = 0,
+        device: str = "auto", model_config: str = "") -> dict:
+    """Synthetic, alone and (robots > 0) while ingesting; the JSON report at `out`."""
+    import torch
 
+    from sop_ros.learner.online import model_shape, run_learner
+
+    if threads:
+        torch.set_num_threads(threads)
+    device = resolved_device(device)
     sim = SimRobotConfig()
     period_s = sim.max_episode_steps / sim.control_hz  # one episode per robot this often, at full length
     workdir = Path(tempfile.mkdtemp(prefix="sop-bench-learner-"))
     try:
-        alone_cfg = bench_config(demos, workdir, "alone", steps, batch_size, threads)
-        print(f"bench learner: {steps} steps of batch {batch_size} alone, then while {robots} robots upload an "
-              f"episode each every {period_s:g} s", flush=True)  # fmt: skip
+        alone_cfg = bench_config(demos, workdir, "alone", steps, batch_size, threads, device, model_config)
+        model = model_shape(alone_cfg)
+        print(f"bench learner: {model_config or 'the default model'} on {device}, batch {batch_size}: {steps} steps "
+              "on synthetic batches, on the demonstrations alone"
+              + (f", then while {robots} robots upload an episode each every {period_s:g} s" if robots else ""),
+              flush=True)  # fmt: skip
+        data_path = data_path_samples_per_s(demos, model.image_size, batch_size)
+        print(f"  data path: {data_path['decode_each_time']:.0f} samples/s decoding every frame, "
+              f"{data_path['frame_cache']:.0f} from the frame cache ({data_path['speedup']}x)", flush=True)
+        synthetic, parameters = synthetic_samples_per_s(model, batch_size, steps, device)
+        print(f"  synthetic batches: {synthetic:.1f} samples/s", flush=True)
         alone = run_learner(alone_cfg, log=lambda _: None)
-        print(f"  alone: {alone['samples_per_s']:.1f} samples/s", flush=True)
-        with_cfg = bench_config(demos, workdir, "ingest", steps, batch_size, threads)
-        per_robot = int(alone["loop_s"] * 1.5 / period_s) + 2  # enough for the second run's whole loop
-        staged = workdir / "staged"
-        stage_episodes(demos, staged, robots, per_robot)
-        ctx = mp.get_context("spawn")
-        stop, counts = ctx.Event(), ctx.Manager().dict(produced=0, uploaded=0)
-        endpoint = with_cfg.ingest.zenoh.listen[0]
-        fleet = ctx.Process(target=_fleet_process, args=(endpoint, str(staged), robots, per_robot, period_s, stop,
-                                                                 counts))  # fmt: skip
-        fleet.start()
-        try:
-            ingesting = run_learner(with_cfg, log=lambda _: None)
-        finally:
-            stop.set()
-            fleet.join(timeout=60)
-        ratio = ingesting["samples_per_s"] / alone["samples_per_s"]
-        print(f"  while ingesting: {ingesting['samples_per_s']:.1f} samples/s ({counts['uploaded']} episodes stored "
-              f"during the run); ratio {ratio:.3f} (target >= 0.9)", flush=True)  # fmt: skip
+        ratio_real = alone["training_samples_per_s"] / synthetic
+        print(f"  recorded episodes, alone: {alone['training_samples_per_s']:.1f} samples/s while stepping "
+              f"({ratio_real:.3f} of synthetic); {alone['samples_per_s']:.1f} with publishing", flush=True)  # fmt: skip
         report = {
-            "machine": machine(), "steps": steps, "batch_size": batch_size, "torch_threads": threads,
-            "alone": {"samples_per_s": round(alone["samples_per_s"], 2), "loop_s": round(alone["loop_s"], 1)},
-            "ingesting": {"samples_per_s": round(ingesting["samples_per_s"], 2),
-                          "loop_s": round(ingesting["loop_s"], 1), "robots": robots,
-                          "episode_every_s_per_robot": period_s, "episodes_produced": counts["produced"],
-                          "episodes_stored": counts["uploaded"],
-                          "online_episodes_trained_on": ingesting["online_episodes"]},
-            "ratio": round(ratio, 3), "target": 0.9, "met": ratio >= 0.9,
+            "command": command_line(out, demos, steps, batch_size, robots, threads, device, model_config),
+            "machine": machine(), "device": device, "model_config": model_config or "defaults (as config/models/small)",
+            "parameters": parameters, "steps": steps, "batch_size": batch_size, "torch_threads": threads,
+            "data_path_samples_per_s": data_path,
+            "synthetic": {"samples_per_s": round(synthetic, 2)},
+            # samples_per_s: over the whole loop, publishing included; while_stepping: the data path and the
+            # training steps alone, which real_over_synthetic compares with the model's step on a kept batch.
+            "alone": {"samples_per_s": round(alone["samples_per_s"], 2), "loop_s": round(alone["loop_s"], 1),
+                      "while_stepping_samples_per_s": round(alone["training_samples_per_s"], 2)},
+            "real_over_synthetic": round(ratio_real, 3),
         }  # fmt: skip
+        if robots:
+            report.update(ingesting_run(demos, workdir, steps, batch_size, robots, threads, device, model_config,
+                                        alone, period_s))  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def ingesting_run(demos: Path, workdir: Path, steps: int, batch_size: int, robots: int, threads: int, device: str,
+                  model_config: str, alone: dict, period_s: float) -> dict:
+    """The learner loop again while a fleet process uploads episodes: its figures and ratio to `alone`."""
+    from sop_ros.learner.online import run_learner
+
+    with_cfg = bench_config(demos, workdir, "ingest", steps, batch_size, threads, device, model_config)
+    per_robot = int(alone["loop_s"] * 1.5 / period_s) + 2  # enough for the second run's whole loop
+    staged = workdir / "staged"
+    stage_episodes(demos, staged, robots, per_robot)
+    ctx = mp.get_context("spawn")
+    stop, counts = ctx.Event(), ctx.Manager().dict(produced=0, uploaded=0)
+    endpoint = with_cfg.ingest.zenoh.listen[0]
+    fleet = ctx.Process(target=_fleet_process, args=(endpoint, str(staged), robots, per_robot, period_s, stop,
+                                                             counts))  # fmt: skip
+    fleet.start()
+    try:
+        ingesting = run_learner(with_cfg, log=lambda _: None)
+    finally:
+        stop.set()
+        fleet.join(timeout=60)
+    ratio = ingesting["samples_per_s"] / alone["samples_per_s"]
+    print(f"  while ingesting: {ingesting['samples_per_s']:.1f} samples/s ({counts['uploaded']} episodes stored "
+          f"during the run); ratio {ratio:.3f} (target >= 0.9)", flush=True)  # fmt: skip
+    return {
+        "ingesting": {"samples_per_s": round(ingesting["samples_per_s"], 2),
+                      "loop_s": round(ingesting["loop_s"], 1), "robots": robots,
+                      "episode_every_s_per_robot": period_s, "episodes_produced": counts["produced"],
+                      "episodes_stored": counts["uploaded"],
+                      "online_episodes_trained_on": ingesting["online_episodes"]},
+        "ratio": round(ratio, 3), "target": 0.9, "met": ratio >= 0.9,
+    }  # fmt: skip
+
+
+def command_line(out: Path, demos: Path, steps: int, batch_size: int, robots: int, threads: int, device: str,
+                 model_config: str) -> str:
+    line = (f"sop bench learner --json {out} --demos {demos} --steps {steps} --batch-size {batch_size} "
+            f"--robots {robots} --threads {threads} --device {device}")  # fmt: skip
+    return line + (f" --model-config {model_config}" if model_config else "")

@@ -92,6 +92,7 @@ class LearnerConfig:
     algorithm: Literal["bc", "hg_dagger", "recap"] = "hg_dagger"
     tasks: tuple[str, ...] = ("reach-v3", "push-v3", "pick-place-v3", "drawer-open-v3", "window-open-v3")
     base_policy: str = "runs/base.pt"  # the checkpoint training starts from (`sop pretrain`); "": from scratch
+    model_config: str = ""  # from scratch: the model's YAML (config/models/); "": ModelConfig's defaults
     demos_dir: str = "runs/demos"
     demos_per_task: int = 0  # mix in only the first N demonstrations of each task (0: all), as pretraining did
     store_dir: str = "runs/store"
@@ -121,6 +122,8 @@ class LearnerConfig:
     use_failed_corrections: bool = True  # HG-DAgger: also learn from corrections whose episode did not succeed
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int = 0  # intra-op threads per rank (0: torch's default)
+    # Camera frames kept decoded in memory, up to this many MB (0: decode every sample): each is decoded once.
+    frame_cache_mb: float = 1024.0
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     recap: RecapConfig = field(default_factory=RecapConfig)
@@ -155,5 +158,8 @@ class LearnerConfig:
         require(self.refresh_every_steps >= 1, "refresh_every_steps", self.refresh_every_steps, "must be >= 1")
         require(self.log_every_s > 0, "log_every_s", self.log_every_s, "must be > 0")
         require(self.torch_threads >= 0, "torch_threads", self.torch_threads, "must be >= 0 (0: default)")
+        require(not (self.model_config and self.base_policy), "model_config", self.model_config,
+                "is for a learner from scratch (base_policy: ''): a base checkpoint carries its own model shape")
+        require(self.frame_cache_mb >= 0, "frame_cache_mb", self.frame_cache_mb, "must be >= 0 (0: no cache)")
         require(self.serve_robots or not self.pace.steps_per_sim_minute, "pace.steps_per_sim_minute",
                 self.pace.steps_per_sim_minute, "needs serve_robots: true (clocks come on its session)")  # fmt: skip

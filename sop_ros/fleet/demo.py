@@ -64,7 +64,7 @@ def base_recipe(demos_per_task: int = 0, recorded_per_task: int = DEMOS_PER_TASK
     from sop_ros.checksums import file_sha256
 
     pretraining = to_dict(base_pretraining(Path(), Path(), demos_per_task))
-    del pretraining["demos"], pretraining["out"]
+    del pretraining["demos"], pretraining["out"], pretraining["frame_cache_mb"]  # where, and how fast, only
     return {"demo_robot_yaml": file_sha256(DEMO_ROBOT_YAML), "tasks": BASE_TASKS,
             "demos_recorded_per_task": recorded_per_task, "pretraining": pretraining}  # fmt: skip
 

@@ -84,7 +84,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
     policy_cfg = base.nodes.policy or PolicyConfig()
     policy = load_policy(policy_path, len(arbiter_cfg.action_names), seed=policy_cfg.seed,
                          advantage_conditioned=policy_cfg.advantage_conditioned,
-                         threads=policy_cfg.inference_threads)  # fmt: skip
+                         threads=policy_cfg.inference_threads, runtime_order=policy_cfg.runtime_order)  # fmt: skip
     sim = MetaWorldSim(unit.task, unit.seed, (sim_cfg.image_height, sim_cfg.image_width), goal_marker(sim_cfg))
     arbiter = Arbiter(arbiter_cfg)
     chunks = ChunkExecutor(round(1e9 / policy_cfg.control_hz), policy_cfg.execution, policy_cfg.blend_steps,

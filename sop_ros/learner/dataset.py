@@ -2,7 +2,7 @@
 
 Numpy only (no torch, no ROS): the learner's data loader, evaluation code and tools all read episodes through
 here. An episode file is one MCAP file in the episode format (sop_ros/episodes), read by its reader. Camera
-frames stay JPEG in memory and are decoded only when a sample needs them.
+frames stay JPEG in memory and are decoded when a sample needs them, once if a frame cache (frames.py) keeps them.
 
 Alignment, for an episode with joint states 0..N (N = steps) at times t_0 < ... < t_N:
 
@@ -53,7 +53,8 @@ from sop_ros.episodes.reader import (
     read_streams,
     recorded_cameras,
 )
-from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
+from sop_ros.learner.frames import DecodedFrames
+from sop_ros.model.preprocess import to_unit_range
 
 OUTCOMES = tuple(outcome.value for outcome in Outcome)  # plain strings: configs are written as YAML
 STD_FLOOR = 1e-3  # normalisation: a joint or action that never moves must not divide by ~0
@@ -364,7 +365,8 @@ class EpisodeDataset:
     `select` says which steps of an episode may be sampled (a bool mask over its steps, e.g. only where an
     operator drove, for HG-DAgger); None: every step. A task none of whose steps are selected is not sampled.
     `cache` (path -> index, filled as files are indexed) lets a dataset that grows, as the learner's online data
-    does, be built again without reading the files it has read before.
+    does, be built again without reading the files it has read before; `frames`, a decoded-frame cache of the
+    config's image size, lets it (and other datasets sharing it) decode each frame once.
     """
 
     def __init__(
@@ -374,8 +376,12 @@ class EpisodeDataset:
         log: Callable[[str], None] = print,
         select: Callable[[EpisodeIndex], np.ndarray] | None = None,
         cache: dict[Path, EpisodeIndex] | None = None,
+        frames: DecodedFrames | None = None,
     ) -> None:
         self.config = config = config or DatasetConfig()
+        if frames is not None and frames.size != config.image_size:
+            raise ValueError(f"the frame cache holds {frames.size} px frames, the dataset's are {config.image_size} px")
+        self.frames = frames if frames is not None else DecodedFrames(config.image_size, budget_mb=0)
         if isinstance(source, (str, Path)):
             root = Path(source)
             if not root.exists():
@@ -480,8 +486,8 @@ class EpisodeDataset:
         if images is None:
             images = np.empty((len(cameras), 3, size, size), dtype=np.float32)
         for c, camera in enumerate(cameras):
-            jpeg = episode.frames[camera][episode.frame_of_step[camera][step]]
-            images[c] = image_to_input(decode_jpeg_rgb(jpeg), size)
+            frame = int(episode.frame_of_step[camera][step])
+            images[c] = to_unit_range(self.frames.pixels((episode.path, camera, frame), episode.frames[camera][frame]))
         ahead = np.arange(step, step + horizon)
         return {
             "images": images,

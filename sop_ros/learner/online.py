@@ -41,7 +41,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sop_ros.bridge.pace import FleetPace
 from sop_ros.cloud.episode_store import EpisodeStore, StoredEpisode
-from sop_ros.configs import ConfigError, to_dict
+from sop_ros.configs import ConfigError, load_config, to_dict
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.model import ModelConfig
 from sop_ros.episodes.durable import atomic_file
@@ -49,6 +49,7 @@ from sop_ros.episodes.format import LABELLED, Outcome
 from sop_ros.learner.algorithms import make_algorithm
 from sop_ros.learner.algorithms.base import Algorithm
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
+from sop_ros.learner.frames import DecodedFrames
 from sop_ros.learner.pretrain import to_torch, warmup_cosine
 from sop_ros.learner.ranks import Ranks, all_sum, same_on_all, start_ranks
 from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, Row, split_rows, task_rows
@@ -76,10 +77,13 @@ class TrainingData:
         if not Path(config.demos_dir).is_dir():
             raise ConfigError(f"demos_dir={config.demos_dir!r}: no such directory (record demonstrations with "
                               "`sop collect-demos`)")  # fmt: skip
+        # Both sources' frames, decoded once each (the online dataset is rebuilt as the fleet's episodes arrive).
+        self.frames = DecodedFrames(dataset_config.image_size, config.frame_cache_mb)
         # The demonstrations of the learner's tasks: a base pretrained on more tasks leaves the others out.
         self.offline = EpisodeDataset(config.demos_dir, replace(dataset_config, outcomes=algorithm.offline_outcomes,
                                                                 episodes_per_task=config.demos_per_task,
-                                                                tasks=config.tasks), log=lambda _: None)  # fmt: skip
+                                                                tasks=config.tasks), log=lambda _: None,
+                                      frames=self.frames)  # fmt: skip
         outcomes, self.select = algorithm.online_outcomes, algorithm.select()
         self.learns_online = bool(outcomes)
         # The fleet's episodes in the same camera order as the demonstrations (resolved from them if not given).
@@ -94,7 +98,7 @@ class TrainingData:
 
     def _build(self, paths: list[Path]) -> EpisodeDataset:
         return EpisodeDataset(paths, self.online_config, log=lambda _: None, select=self.select,
-                              cache=self._cache)  # fmt: skip
+                              cache=self._cache, frames=self.frames)  # fmt: skip
 
     def refresh(self, paths: list[Path], at_once: bool = False) -> bool:
         """Take the files indexed since the last refresh; start indexing `paths`. True if the online data grew.
@@ -138,6 +142,11 @@ class TrainingData:
 
     def close(self) -> None:
         self._indexer.shutdown(wait=True, cancel_futures=True)
+
+
+def model_shape(config: LearnerConfig) -> ModelConfig:
+    """A learner from scratch's model: its model YAML's, or the defaults."""
+    return load_config(ModelConfig, config.model_config) if config.model_config else ModelConfig()
 
 
 def learning_rate_at(step: int, config: LearnerConfig) -> float:
@@ -396,7 +405,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
 
     # ---- model and data -------------------------------------------------------------------------------------
     policy, cameras, base_optimiser = initial_policy(config)
-    model_cfg = policy.config if policy else ModelConfig()
+    model_cfg = policy.config if policy else model_shape(config)
     algorithm = make_algorithm(config)
     data = TrainingData(config, DatasetConfig(cameras=cameras, image_size=model_cfg.image_size, chunk=model_cfg.chunk),
                         algorithm)  # fmt: skip
@@ -483,6 +492,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     task_index = {t: i for i, t in enumerate(config.tasks)}
     started, last_log, last_publish = time.time(), time.monotonic(), time.monotonic()
     loop_start, trained_rows = time.monotonic(), 0
+    stepping_s = 0.0  # in the loop minus pacing waits, publishing, checkpoints and logs: data path and training
     window_rows, window_loss, task_losses = 0, [], {}
     fleet = fleet_metrics([], started)
     first = step
@@ -494,6 +504,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
             pace.announce(step, publisher.newest())
             if not pace.wait_for_step(step, stop):
                 break
+        step_start = time.monotonic()
         if step % config.refresh_every_steps == 0 or step == first:
             paths = training_paths(store, pace, step, stop) if store else None
             if data.refresh(same_on_all(paths, ranks), at_once=step == first):
@@ -539,6 +550,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         window_rows += len(rows)
         trained_rows += len(rows)
         step += 1
+        stepping_s += time.monotonic() - step_start
         if not ranks.main:
             continue
         # ---- rank 0: publish, checkpoint, metrics ---------------------------------------------------------
@@ -591,6 +603,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     loop_s = time.monotonic() - loop_start
     result = {"step": step, "published": list(publisher.published) if publisher else [], "loop_s": loop_s,
               "samples_per_s": trained_rows / loop_s if loop_s > 0 else 0.0,
+              "training_samples_per_s": trained_rows / stepping_s if stepping_s > 0 else 0.0,
               "online_episodes": len(data.online.episodes)}  # fmt: skip
     say(f"learner: stopped at step {step}; {len(result['published'])} policies published")
     return result

@@ -24,6 +24,7 @@ from sop_ros.configs import require
 from sop_ros.configs.model import ModelConfig
 from sop_ros.episodes.format import Outcome
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset
+from sop_ros.learner.frames import DecodedFrames
 from sop_ros.model.inputs import INDICATOR_NONE
 from sop_ros.model.tokens import instruction_tokens
 from sop_ros.model.vla import VLAPolicy, parameter_count, save_checkpoint
@@ -47,6 +48,7 @@ class PretrainConfig:
     log_every: int = 50
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
+    frame_cache_mb: float = 1024.0  # camera frames kept decoded (MB, 0: decode every sample); not in a recipe
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, "steps", self.steps, "must be >= 1")
@@ -54,6 +56,7 @@ class PretrainConfig:
         require(self.learning_rate > 0, "learning_rate", self.learning_rate, "must be > 0")
         require(self.demos_per_task >= 0, "demos_per_task", self.demos_per_task, "must be >= 0 (0: all)")
         require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
+        require(self.frame_cache_mb >= 0, "frame_cache_mb", self.frame_cache_mb, "must be >= 0 (0: no cache)")
 
 
 def to_torch(batch: dict, config: ModelConfig, device: torch.device) -> dict[str, torch.Tensor]:
@@ -141,6 +144,7 @@ def pretrain(config: PretrainConfig) -> dict:
             episodes_per_task=config.demos_per_task,
             tasks=config.tasks,
         ),
+        frames=DecodedFrames(model_cfg.image_size, config.frame_cache_mb),
     )
     if not dataset.episodes:
         raise ValueError(f"{config.demos}: no successful demonstration episodes to train on")

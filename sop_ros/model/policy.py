@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,13 +106,16 @@ def load_policy(
     advantage_conditioned: bool = False,
     threads: int = 0,
     cameras: tuple[str, ...] = (),
+    runtime_order: Sequence[str] = (),
+    log: Callable[[str], None] = print,
 ) -> ChunkPolicy:
     """Load a policy file, check that it can drive this robot, and warm it up; or a ValueError saying why not.
 
     Checked: the file's sha256 (when given), that the runtime accepts the file, the action space, and one
     inference on `example` (the robot's own observation; else zeros shaped as the policy says, from `cameras`
-    when the robot's are known) that must give a finite (chunk, action_dim) result. Warming also builds TensorRT
-    engines and CUDA kernels, so the first real inference after a swap is not slow.
+    when the robot's are known) that must give a finite (chunk, action_dim) result. Loading chooses the runtime
+    (runtime.py: measured, or the first of `runtime_order` that starts; `log` says which) and warms it, building
+    TensorRT engines and capturing CUDA graphs, so the first real inference after a swap is not slow.
     """
     path = Path(path)
     if not path.is_file():
@@ -119,7 +123,7 @@ def load_policy(
     if sha256 and file_sha256(path) != sha256.lower():
         raise ValueError(f"{path}: sha256 {file_sha256(path)} differs from the expected {sha256.lower()}")
     try:
-        runtime = load_runtime(path, engine_cache, threads)
+        runtime = load_runtime(path, engine_cache, threads, runtime_order, log)
     except Exception as err:  # every runtime has its own errors for a damaged file: report them as one kind
         raise ValueError(f"{path}: cannot be loaded: {type(err).__name__}: {str(err).strip()[:300]}") from None
     policy = ChunkPolicy(runtime, seed, advantage_conditioned)

@@ -295,7 +295,8 @@ class PolicyNode(Node):
         with self._lock:
             example = self.latest
         policy = load_policy(path, len(cfg.action_names), example, sha256, cfg.engine_cache_dir or None, cfg.seed,
-                             cfg.advantage_conditioned, cfg.inference_threads)  # fmt: skip
+                             cfg.advantage_conditioned, cfg.inference_threads, runtime_order=cfg.runtime_order,
+                             log=self.get_logger().info)  # fmt: skip
         if version and policy.version != version:
             raise ValueError(f"{path}: holds version {policy.version!r}, the request names {version!r}")
         return policy

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The GPU figures of the learner and the policy runtimes, in one run of under 8 minutes on a machine with an
+# NVIDIA GPU, Python with torch, and no network (no ROS needed). From the repository root:
+#
+#   tools/device_check.sh                    # results in results/gpu/ (or $OUT, where the machine collects them)
+#
+# It needs recorded episodes to train on (DEMOS, default .demos/: e.g. 5 of each task from `sop collect-demos`,
+# a few MB) and the wheels of what that Python lacks (WHEELS, default .whl/: eclipse-zenoh, cryptography, mcap,
+# mcap-ros2-support, and onnxruntime-gpu to time ONNX Runtime's CUDA and TensorRT providers), which it installs
+# into a folder of its own. Per model preset (config/models/): the learner's samples/s on synthetic batches and
+# on the recorded episodes on the GPU (real_over_synthetic, target >= 0.8), and every runtime's p50/p99 of one
+# inference step (torch eager and CUDA graph, ONNX Runtime per provider); with two GPUs, the learner on two
+# torchrun ranks over NCCL. device_check.json sums it up, with the machine and GPU named.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-results/gpu}
+DEMOS=${DEMOS:-.demos}
+WHEELS=${WHEELS:-.whl}
+DEVICE=${DEVICE:-cuda}          # cpu: the same steps on the CPU, to try the script where no GPU is
+PRESETS=${PRESETS:-"small medium large"}
+STEPS=${STEPS:-60}               # learner steps per measurement
+BATCH=${BATCH:-256}
+ITERATIONS=${ITERATIONS:-200}    # inference steps timed per runtime
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/sop-site \
+    "$WHEELS"/*.whl
+  export PYTHONPATH=/tmp/sop-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-61}
+SOP=("$PYTHON" -m sop_ros.cli)
+started=$(date +%s)
+
+for preset in $PRESETS; do
+  echo "== $preset: learner ($STEPS steps of batch $BATCH on $DEVICE)"
+  "${SOP[@]}" bench learner --json "$OUT/learner-$preset.json" --demos "$DEMOS" --robots 0 --device "$DEVICE" \
+    --model-config "config/models/$preset.yaml" --steps "$STEPS" --batch-size "$BATCH" \
+    || echo "learner bench of $preset failed" | tee -a "$OUT/failures.txt"
+  echo "== $preset: runtimes ($ITERATIONS inference steps each)"
+  "${SOP[@]}" bench inference --runtimes-only --json "$OUT/inference-$preset.json" \
+    --model-config "config/models/$preset.yaml" --iterations "$ITERATIONS" \
+    || echo "inference bench of $preset failed" | tee -a "$OUT/failures.txt"
+done
+
+gpus=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
+if [ "$gpus" -ge 2 ] && [ "$DEVICE" = cuda ]; then
+  echo "== two torchrun ranks over NCCL"
+  "$PYTHON" tools/device_check_ranks.py "$DEMOS" "$OUT" "$STEPS" "$BATCH" \
+    || echo "two-rank learner failed" | tee -a "$OUT/failures.txt"
+fi
+
+"$PYTHON" - "$OUT" "$started" <<'EOF'
+import json, sys, time
+from pathlib import Path
+
+from sop_ros.host import machine
+
+out, started = Path(sys.argv[1]), float(sys.argv[2])
+summary = {"machine": machine(), "gpu": machine().get("gpu"), "minutes": round((time.time() - started) / 60, 1),
+           "presets": {}}
+for learner in sorted(out.glob("learner-*.json")):
+    preset = learner.stem.removeprefix("learner-")
+    bench = json.loads(learner.read_text())
+    inference = out / f"inference-{preset}.json"
+    runtimes = json.loads(inference.read_text())["runtimes"] if inference.exists() else {}
+    summary["presets"][preset] = {
+        "parameters": bench["parameters"], "device": bench["device"], "batch_size": bench["batch_size"],
+        "synthetic_samples_per_s": bench["synthetic"]["samples_per_s"],
+        "real_samples_per_s": bench["alone"]["while_stepping_samples_per_s"],
+        "real_over_synthetic": bench["real_over_synthetic"], "target": 0.8,
+        "met": bench["real_over_synthetic"] >= 0.8,
+        "runtimes_p99_ms": {name: r.get("p99_ms", r.get("skipped")) for name, r in runtimes.items()},
+    }
+ranks = out / "ranks.json"
+if ranks.exists():
+    summary["ranks"] = json.loads(ranks.read_text())
+failures = out / "failures.txt"
+summary["failures"] = failures.read_text().splitlines() if failures.exists() else []
+(out / "device_check.json").write_text(json.dumps(summary, indent=2) + "\n")
+print(json.dumps(summary, indent=2))
+EOF
