@@ -100,6 +100,17 @@ def cmd_operator_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_what_if(args: argparse.Namespace) -> int:
+    from sop_ros.fleet.what_if import AS_RUN, WhatIfConfig, parse_override, what_if
+
+    config = WhatIfConfig(args.run, tuple(parse_override(o) for o in args.overrides), args.name, args.steps,
+                          args.episodes_per_task, args.seed, args.workers, args.eval_config)  # fmt: skip
+    result = what_if(config)
+    print(f"sop what-if: {', '.join(f'{k}={v}' for k, v in config.overrides) or AS_RUN} against as run: "
+          f"{result['against_as_run']['text']}")
+    return 0
+
+
 def cmd_bench_inference(args: argparse.Namespace) -> int:
     from sop_ros.configs.model import ModelConfig
 
@@ -455,6 +466,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=100_000, help="first seed; demos use 0.. (default: %(default)s)")
     p.add_argument("--results", metavar="DIR", help="where eval_check.json and .md go (default: --out)")
     p.set_defaults(func=cmd_eval_check)
+
+    p = sub.add_parser("what-if", help="a finished fleet run's store retrained offline with other learner settings, "
+                       "scored against the same retraining as run")  # fmt: skip
+    p.add_argument("run", metavar="RUN", help="a finished `sop experiment` run (<out>/<experiment>/<arm>/seed<k>), "
+                   "from the folder the experiment ran in (its config's paths are relative to it)")  # fmt: skip
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a learner setting, dotted for sections (e.g. sampling.online_share_max=0.2); repeatable")
+    p.add_argument("--name", default="", help="the variant's folder under RUN/what-if (default: from its settings)")
+    p.add_argument("--steps", type=int, default=0, help="learner steps (default: the run's own)")
+    p.add_argument("--episodes-per-task", type=int, default=50, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=SELECTION_SEED, help="first scoring seed (default: the selection "
+                   "seeds, %(default)s: choices are never made on the evaluation seeds)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, metavar="W", help="scoring processes (default: %(default)s)")
+    p.add_argument("--eval-config", default="config/sim_policy.yaml", help="robot YAML the policies are scored "
+                   "with (default: %(default)s)")  # fmt: skip
+    p.set_defaults(func=cmd_what_if)
 
     p = sub.add_parser("operator-check", help="how often the scripted operator's takeovers succeed, with its "
                        "back-off and without")  # fmt: skip

@@ -1,0 +1,120 @@
+"""`sop what-if`: what other learner settings would have made of a finished fleet run's data.
+
+The run's store (every episode its robots recorded) is retrained offline from the run's base policy for the run's
+learner steps, once with the run's own learner settings ("as run") and once with them changed by `--set KEY=VALUE`,
+and both policies are scored the same way (in process, on the same tasks and seeds). The two scores are compared
+by the two-proportion z-test. A candidate setting is so tried on data the fleet really produced in the time of a
+training and a scoring, not of a fleet run; its baseline is the offline retraining, not the run's own online
+policy, so that the two differ by the setting alone.
+
+What it cannot show: a setting that would have changed what the robots did, and so what they recorded (an
+operator's rules, the policies robots ran), is tried on the data the run's own policies collected.
+
+Each variant lives in <run>/what-if/<name>/ and is not made again; <run>/what-if/what_if.json holds them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sop_ros.configs import ConfigError, from_dict, load_config, to_dict
+from sop_ros.configs.learner import LearnerConfig
+from sop_ros.fleet.headroom import SELECTION_SEED
+from sop_ros.fleet.proportions import Rate, compare
+
+AS_RUN = "as-run"
+REPORT = "what_if.json"
+
+
+@dataclass(frozen=True)
+class WhatIfConfig:
+    run: str  # a finished run: experiment_learner.yaml and fleet/store (an `sop experiment` run's folder)
+    overrides: tuple[tuple[str, object], ...]  # (dotted LearnerConfig key, value)
+    name: str = ""  # the variant's folder (default: from its settings)
+    steps: int = 0  # learner steps (0: the run's own)
+    episodes_per_task: int = 50
+    seed: int = SELECTION_SEED  # the scoring's first seed: choices are made on the selection seeds
+    workers: int = 2
+    eval_config: str = "config/sim_policy.yaml"
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'sampling.online_share_max=0.2' -> ('sampling.online_share_max', 0.2); the value is read as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE (e.g. sampling.online_share_max=0.2)")
+    return key.strip(), yaml.safe_load(value)
+
+
+def with_overrides(learner: LearnerConfig, overrides: tuple[tuple[str, object], ...]) -> LearnerConfig:
+    """`learner` with each dotted key set, checked by the config's own rules (a wrong key or value is named)."""
+    data = to_dict(learner)
+    for key, value in overrides:
+        *parents, leaf = key.split(".")
+        node = data
+        for i, part in enumerate(parents):
+            if not isinstance(node.get(part), dict):
+                raise ConfigError(f"--set {key}: {'.'.join(parents[: i + 1])} is not a section of the learner config")
+            node = node[part]
+        node[leaf] = value
+    return from_dict(LearnerConfig, data)
+
+
+def variant_name(overrides: tuple[tuple[str, object], ...]) -> str:
+    if not overrides:
+        return AS_RUN
+    text = ",".join(f"{k}={v}" for k, v in overrides)
+    return f"{text[:60]}-{hashlib.sha256(text.encode()).hexdigest()[:8]}".replace("/", "_").replace(" ", "")
+
+
+def what_if(config: WhatIfConfig) -> dict:
+    """Train and score the as-run baseline (once) and the variant (once); their comparison, also in what_if.json."""
+    run = Path(config.run)
+    if not all((run / f).exists() for f in ("experiment_learner.yaml", "fleet_run.json", "fleet/store")):
+        raise ConfigError(f"{run}: not a finished run (needs experiment_learner.yaml, fleet_run.json, fleet/store)")
+    as_run = load_config(LearnerConfig, run / "experiment_learner.yaml")
+    variant = with_overrides(as_run, config.overrides)
+    steps = config.steps or json.loads((run / "fleet_run.json").read_text())["learner_steps"]
+    made = {name: trained_and_scored(config, learner, run / "what-if" / name, steps)
+            for name, learner in ((AS_RUN, as_run), (config.name or variant_name(config.overrides), variant))}
+    (base_name, base), (name, result) = made.items()
+    comparison = compare(Rate(result["successes"], result["episodes"]), Rate(base["successes"], base["episodes"]))
+    result = {**result, "against_as_run": {"difference": round(comparison.difference, 4),
+                                           "interval": [round(v, 4) for v in comparison.interval],
+                                           "z": round(comparison.z, 3), "p_value": comparison.p_value,
+                                           "beyond_noise": comparison.beyond_noise, "text": str(comparison)}}
+    report_path = run / "what-if" / REPORT
+    report = json.loads(report_path.read_text()) if report_path.exists() else {"run": str(run), "variants": {}}
+    report["variants"][base_name] = base
+    report["variants"][name] = result
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
+    return result
+
+
+def trained_and_scored(config: WhatIfConfig, learner: LearnerConfig, where: Path, steps: int) -> dict:
+    """`learner` trained offline on the run's store for `steps` and its policy scored; kept in `where`."""
+    from sop_ros.fleet.experiments import score_point, train_offline
+    from sop_ros.fleet.in_process_eval import evaluate_in_process
+    from sop_ros.model.export import export_onnx
+
+    done = where / "result.json"
+    settings = {"learner": to_dict(learner), "steps": steps, "episodes_per_task": config.episodes_per_task,
+                "seed": config.seed, "eval_config": config.eval_config}  # fmt: skip
+    if done.exists() and json.loads(done.read_text())["settings"] == settings:
+        return json.loads(done.read_text())
+    where.mkdir(parents=True, exist_ok=True)
+    print(f"sop what-if: training {where.name} for {steps} steps on {Path(config.run) / 'fleet' / 'store'}", flush=True)
+    policy = train_offline(learner, Path(config.run) / "fleet", where / "learner", steps)
+    onnx = policy.with_suffix(".onnx")
+    export_onnx(policy, onnx)
+    score = score_point(evaluate_in_process(str(onnx), config.eval_config, list(learner.tasks),
+                                            config.episodes_per_task, config.workers, where / "eval",
+                                            seed=config.seed))  # fmt: skip
+    result = {"settings": settings, "overrides": dict(config.overrides) if where.name != AS_RUN else {}, **score}
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result
