@@ -145,7 +145,7 @@ def cmd_bench_learner(args: argparse.Namespace) -> int:
               "(results/README.md, fleet/)", file=sys.stderr)  # fmt: skip
         return 2
     report = run(Path(args.json), Path(args.demos), args.steps, args.batch_size, args.robots, args.threads,
-                 args.device, args.model_config or "")  # fmt: skip
+                 args.device, args.model_config or "", args.precision)  # fmt: skip
     fed = f"recorded episodes at {report['real_over_synthetic']} of synthetic batches' samples/s"
     ingest = f"; while ingesting {report['ratio']} of alone (target >= {report['target']})" if args.robots else ""
     print(f"wrote {args.json}: {fed}{ingest}")
@@ -531,6 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--model-config", metavar="YAML", help="the model trained from scratch (config/models/*.yaml; "
                    "default: ModelConfig's defaults)")  # fmt: skip
+    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32", help="the learner's precision "
+                   "setting (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_bench_learner)
 
     p = sub.add_parser("export", help="export a checkpoint to one ONNX graph per inference step")

@@ -296,3 +296,25 @@ def test_optimiser_from_base_continues_pretrainings_adamw_moments(tmp_path, reco
                           serve_robots=False, optimiser_from_base=True)  # fmt: skip
     result = run_sop("learner", "--config", config)
     assert result.returncode == 2 and "holds no optimiser state" in result.stderr, result.stdout + result.stderr
+
+
+def test_bf16_precision_runs_the_forward_pass_under_autocast_and_fp32_does_not():
+    from sop_ros.configs.model import ModelConfig
+    from sop_ros.learner.online import precision_context
+    from sop_ros.model.export import example_inputs
+    from sop_ros.model.vla import VLAPolicy
+
+    torch.manual_seed(0)
+    policy = VLAPolicy(ModelConfig(image_size=32, width=32, cnn_channels=(8, 16), depth=1, head_depth=1))
+    images, proprio, instruction, indicator, actions = example_inputs(policy, 4)
+    batch = {"images": images, "proprio": proprio, "instruction": instruction, "indicator": indicator,
+             "actions": actions, "action_mask": torch.ones(4, policy.config.chunk, dtype=torch.bool),
+             "noise": torch.randn_like(actions), "flow_time": torch.rand(4)}  # fmt: skip
+    results = {}
+    for precision in ("fp32", "tf32", "bf16"):
+        with precision_context(precision, torch.device("cpu"))():
+            results[precision] = (torch.is_autocast_enabled("cpu"), policy.sample_losses(batch)[0].float())
+    assert (results["fp32"][0], results["tf32"][0], results["bf16"][0]) == (False, False, True)
+    torch.testing.assert_close(results["tf32"][1], results["fp32"][1])  # no TF32 on a CPU
+    assert torch.isfinite(results["bf16"][1]).all() and not torch.equal(results["bf16"][1], results["fp32"][1])
+    torch.testing.assert_close(results["bf16"][1], results["fp32"][1], rtol=0.1, atol=0.05)

@@ -21,6 +21,7 @@ PRESETS=${PRESETS:-"small medium large"}
 STEPS=${STEPS:-60}               # learner steps per measurement
 BATCH=${BATCH:-256}
 ITERATIONS=${ITERATIONS:-200}    # inference steps timed per runtime
+PRECISIONS=${PRECISIONS:-"fp32 bf16"}  # the learner's, each measured
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
@@ -34,10 +35,13 @@ SOP=("$PYTHON" -m sop_ros.cli)
 started=$(date +%s)
 
 for preset in $PRESETS; do
-  echo "== $preset: learner ($STEPS steps of batch $BATCH on $DEVICE)"
-  "${SOP[@]}" bench learner --json "$OUT/learner-$preset.json" --demos "$DEMOS" --robots 0 --device "$DEVICE" \
-    --model-config "config/models/$preset.yaml" --steps "$STEPS" --batch-size "$BATCH" \
-    || echo "learner bench of $preset failed" | tee -a "$OUT/failures.txt"
+  for precision in $PRECISIONS; do
+    suffix=$([ "$precision" = fp32 ] && echo "" || echo "-$precision")
+    echo "== $preset: learner ($STEPS steps of batch $BATCH on $DEVICE, $precision)"
+    "${SOP[@]}" bench learner --json "$OUT/learner-$preset$suffix.json" --demos "$DEMOS" --robots 0 \
+      --device "$DEVICE" --model-config "config/models/$preset.yaml" --steps "$STEPS" --batch-size "$BATCH" \
+      --precision "$precision" || echo "learner bench of $preset ($precision) failed" | tee -a "$OUT/failures.txt"
+  done
   echo "== $preset: runtimes ($ITERATIONS inference steps each)"
   "${SOP[@]}" bench inference --runtimes-only --json "$OUT/inference-$preset.json" \
     --model-config "config/models/$preset.yaml" --iterations "$ITERATIONS" \
@@ -61,12 +65,13 @@ out, started = Path(sys.argv[1]), float(sys.argv[2])
 summary = {"machine": machine(), "gpu": machine().get("gpu"), "minutes": round((time.time() - started) / 60, 1),
            "presets": {}}
 for learner in sorted(out.glob("learner-*.json")):
-    preset = learner.stem.removeprefix("learner-")
+    preset = learner.stem.removeprefix("learner-")  # e.g. medium, medium-bf16
     bench = json.loads(learner.read_text())
-    inference = out / f"inference-{preset}.json"
+    inference = out / f"inference-{preset.split('-')[0]}.json"
     runtimes = json.loads(inference.read_text())["runtimes"] if inference.exists() else {}
     summary["presets"][preset] = {
-        "parameters": bench["parameters"], "device": bench["device"], "batch_size": bench["batch_size"],
+        "parameters": bench["parameters"], "device": bench["device"], "precision": bench["precision"],
+        "batch_size": bench["batch_size"],
         "synthetic_samples_per_s": bench["synthetic"]["samples_per_s"],
         "real_samples_per_s": bench["alone"]["while_stepping_samples_per_s"],
         "real_over_synthetic": bench["real_over_synthetic"], "target": 0.8,

@@ -83,12 +83,13 @@ def stage_episodes(demos: Path, staged: Path, robots: int, per_robot: int) -> in
     return total
 
 
-def synthetic_samples_per_s(model: ModelConfig, batch_size: int, steps: int, device: str, warmup: int = 3
-                            ) -> tuple[float, int]:
+def synthetic_samples_per_s(model: ModelConfig, batch_size: int, steps: int, device: str, precision: str = "fp32",
+                            warmup: int = 3) -> tuple[float, int]:
     """Training samples/s of the model's step on one random batch that stays on `device` (no data path), and
     the model's parameter count."""
     import torch
 
+    from sop_ros.learner.online import precision_context
     from sop_ros.model.export import example_inputs
     from sop_ros.model.vla import VLAPolicy, parameter_count
 
@@ -99,13 +100,15 @@ def synthetic_samples_per_s(model: ModelConfig, batch_size: int, steps: int, dev
     batch = {"images": images, "proprio": proprio, "instruction": instruction, "indicator": indicator,
              "actions": actions, "action_mask": torch.ones(actions.shape[:2], dtype=torch.bool, device=on)}
     optimiser = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    forward_precision = precision_context(precision, on)
     started = 0.0
     for step in range(warmup + steps):
         if step == warmup:
             if on.type == "cuda":
                 torch.cuda.synchronize(on)
             started = time.perf_counter()
-        loss = policy.loss(batch)
+        with forward_precision():
+            loss = policy.loss(batch)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
@@ -143,7 +146,7 @@ def resolved_device(device: str) -> str:
 
 
 def bench_config(demos: Path, workdir: Path, name: str, steps: int, batch_size: int, threads: int, device: str = "auto",
-                 model_config: str = "") -> LearnerConfig:
+                 model_config: str = "", precision: str = "fp32") -> LearnerConfig:
     from sop_ros.bridge.artifacts import make_signing_keys
 
     keys = workdir / "keys"
@@ -155,6 +158,7 @@ def bench_config(demos: Path, workdir: Path, name: str, steps: int, batch_size: 
         base, base_policy="", demos_dir=str(demos), store_dir=str(workdir / name / "store"),
         checkpoint_dir=str(workdir / name / "learner"), batch_size=batch_size, max_steps=steps,
         publish_every_steps=25, log_every_s=5.0, torch_threads=threads, device=device, model_config=model_config,
+        precision=precision,
         ingest=replace(base.ingest, zenoh=ZenohConfig(listen=(free_endpoint(),))),
         policies=replace(base.policies, registry_dir=str(workdir / name / "policies"),
                          private_key=str(keys / "policy_signing.key")),
@@ -162,7 +166,7 @@ def bench_config(demos: Path, workdir: Path, name: str, steps: int, batch_size: 
 
 
 def run(out: Path, demos: Path, steps: int = 150, batch_size: int = 32, robots: int = 8, threads: int = 0,
-        device: str = "auto", model_config: str = "") -> dict:
+        device: str = "auto", model_config: str = "", precision: str = "fp32") -> dict:
     """Synthetic, alone and (robots > 0) while ingesting; the JSON report at `out`."""
     import torch
 
@@ -175,7 +179,7 @@ def run(out: Path, demos: Path, steps: int = 150, batch_size: int = 32, robots: 
     period_s = sim.max_episode_steps / sim.control_hz  # one episode per robot this often, at full length
     workdir = Path(tempfile.mkdtemp(prefix="sop-bench-learner-"))
     try:
-        alone_cfg = bench_config(demos, workdir, "alone", steps, batch_size, threads, device, model_config)
+        alone_cfg = bench_config(demos, workdir, "alone", steps, batch_size, threads, device, model_config, precision)
         model = model_shape(alone_cfg)
         print(f"bench learner: {model_config or 'the default model'} on {device}, batch {batch_size}: {steps} steps "
               "on synthetic batches, on the demonstrations alone"
@@ -184,15 +188,16 @@ def run(out: Path, demos: Path, steps: int = 150, batch_size: int = 32, robots: 
         data_path = data_path_samples_per_s(demos, model.image_size, batch_size)
         print(f"  data path: {data_path['decode_each_time']:.0f} samples/s decoding every frame, "
               f"{data_path['frame_cache']:.0f} from the frame cache ({data_path['speedup']}x)", flush=True)
-        synthetic, parameters = synthetic_samples_per_s(model, batch_size, steps, device)
+        synthetic, parameters = synthetic_samples_per_s(model, batch_size, steps, device, precision)
         print(f"  synthetic batches: {synthetic:.1f} samples/s", flush=True)
         alone = run_learner(alone_cfg, log=lambda _: None)
         ratio_real = alone["training_samples_per_s"] / synthetic
         print(f"  recorded episodes, alone: {alone['training_samples_per_s']:.1f} samples/s while stepping "
               f"({ratio_real:.3f} of synthetic); {alone['samples_per_s']:.1f} with publishing", flush=True)  # fmt: skip
         report = {
-            "command": command_line(out, demos, steps, batch_size, robots, threads, device, model_config),
-            "machine": machine(), "device": device, "model_config": model_config or "defaults (as config/models/small)",
+            "command": command_line(out, demos, steps, batch_size, robots, threads, device, model_config, precision),
+            "machine": machine(), "device": device, "precision": precision,
+            "model_config": model_config or "defaults (as config/models/small)",
             "parameters": parameters, "steps": steps, "batch_size": batch_size, "torch_threads": threads,
             "data_path_samples_per_s": data_path,
             "synthetic": {"samples_per_s": round(synthetic, 2)},
@@ -246,7 +251,7 @@ def ingesting_run(demos: Path, workdir: Path, steps: int, batch_size: int, robot
 
 
 def command_line(out: Path, demos: Path, steps: int, batch_size: int, robots: int, threads: int, device: str,
-                 model_config: str) -> str:
+                 model_config: str, precision: str) -> str:
     line = (f"sop bench learner --json {out} --demos {demos} --steps {steps} --batch-size {batch_size} "
-            f"--robots {robots} --threads {threads} --device {device}")  # fmt: skip
+            f"--robots {robots} --threads {threads} --device {device} --precision {precision}")  # fmt: skip
     return line + (f" --model-config {model_config}" if model_config else "")

@@ -121,6 +121,9 @@ class LearnerConfig:
     use_autonomous_segments: bool = False  # HG-DAgger: also learn from the policy's own driving that succeeded
     use_failed_corrections: bool = True  # HG-DAgger: also learn from corrections whose episode did not succeed
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # fp32; tf32: float32 matrix products on TF32 tensor cores (CUDA only: ~10 bits of mantissa); bf16: the forward
+    # pass under bfloat16 autocast (weights, optimiser and loss sums stay float32).
+    precision: Literal["fp32", "tf32", "bf16"] = "fp32"
     torch_threads: int = 0  # intra-op threads per rank (0: torch's default)
     # Camera frames kept decoded in memory, up to this many MB (0: decode every sample): each is decoded once.
     frame_cache_mb: float = 1024.0

@@ -144,6 +144,17 @@ class TrainingData:
         self._indexer.shutdown(wait=True, cancel_futures=True)
 
 
+def precision_context(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """What the forward pass runs under: nothing (fp32), bfloat16 autocast (bf16); tf32 is a global switch of
+    CUDA's matrix products, set here."""
+    if precision == "tf32" and device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if precision == "bf16":
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
 def model_shape(config: LearnerConfig) -> ModelConfig:
     """A learner from scratch's model: its model YAML's, or the defaults."""
     return load_config(ModelConfig, config.model_config) if config.model_config else ModelConfig()
@@ -443,6 +454,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         pace = FleetPace(cloud.session, config.pace, say)
         cleanup.callback(pace.close)
     policy.to(ranks.device)
+    forward_precision = precision_context(config.precision, ranks.device)
     module: nn.Module = Losses(policy, algorithm.beside_policy())
     if ranks.world > 1:
         module = nn.parallel.DistributedDataParallel(module, device_ids=[ranks.device.index] if
@@ -520,7 +532,9 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         noise, flow_time = flow_draws(step, config, model_cfg)
         batch["noise"], batch["flow_time"] = noise[mine].to(ranks.device), flow_time[mine].to(ranks.device)
         targets = algorithm.add_inputs(batch, batch_np, rows, mine, data.by_source(), step, ranks.device)
-        losses, weights, beside_loss = module(batch, targets)
+        with forward_precision():
+            losses, weights, beside_loss = module(batch, targets)
+        losses = losses.float()
         total = all_sum(weights.detach().sum(), ranks).clamp(min=1.0)
         loss = (losses * weights).sum() * ranks.world / total
         if beside_loss is not None:
