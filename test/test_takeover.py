@@ -8,7 +8,7 @@ import pytest
 
 from sop_ros.configs import ConfigError
 from sop_ros.configs.robot import ScriptedOperatorConfig
-from sop_ros.sim.takeover import BackOff, TakeoverMonitor, heading_agreement
+from sop_ros.sim.takeover import BackOff, LiftCap, TakeoverMonitor, heading_agreement
 
 TIER = "unit"  # what the tests need: conftest.TIERS
 
@@ -79,3 +79,24 @@ def test_back_off_applies_to_the_tasks_named():
     assert dataclasses.replace(door, task="window-open-v3", back_off_tasks=()).back_off_lift_m == 0.2
     with pytest.raises(ConfigError, match=r"back_off_tasks\[0\]='door-v3': must be a Meta-World MT50 task"):
         dataclasses.replace(door, back_off_tasks=("door-v3",))
+
+
+def test_the_lift_cap_stops_the_rise_above_the_takeover_point_and_nothing_else():
+    up = np.array([0.3, -0.2, 1.0, 0.6])  # an expert re-approaching from above: up, and across towards its target
+    cap = LiftCap(0.05)
+    cap.start(np.array([0.1, 0.6, 0.10]))
+    assert cap.command(np.array([0.1, 0.6, 0.12]), up).tolist() == up.tolist()  # 2 cm up: rises
+    assert cap.command(np.array([0.12, 0.6, 0.15]), up).tolist() == [0.3, -0.2, 0.0, 0.6]  # at 5 cm: across only
+    down = np.array([0.0, 0.1, -1.0, 0.6])
+    assert cap.command(np.array([0.12, 0.6, 0.16]), down).tolist() == down.tolist()  # descending is never held back
+    cap.reset()
+    assert cap.command(np.array([0.1, 0.6, 0.3]), up).tolist() == up.tolist()  # not started: no cap
+    uncapped = LiftCap(0.0)
+    uncapped.start(np.zeros(3))
+    assert uncapped.command(np.array([0.0, 0.0, 0.5]), up).tolist() == up.tolist()
+    # A task that backs off lifts as its back-off says; the others are capped as configured.
+    door = ScriptedOperatorConfig(task="door-open-v3", back_off_m=0.2, back_off_tasks=("door-open-v3",),
+                                  lift_cap_m=0.05)  # fmt: skip
+    assert door.task_lift_cap_m == 0.0 and dataclasses.replace(door, task="dial-turn-v3").task_lift_cap_m == 0.05
+    with pytest.raises(ConfigError, match=r"lift_cap_m=0.5: must be in 0..0.3 m"):
+        dataclasses.replace(door, lift_cap_m=0.5)

@@ -197,6 +197,11 @@ class ScriptedOperatorConfig:
     # it pushes the door shut and stays stuck (docs/results/operator_back_off.md).
     back_off_m: float = 0.0
     back_off_tasks: tuple[str, ...] = ()
+    # While it drives, the operator lifts the hand at most this far above where it took over (0: as high as the
+    # expert goes). Meta-World's experts re-approach from 20 cm above their target whenever they are ~2 cm off it
+    # in the plane; a person correcting a near miss lifts only as far as clears the object. A task that backs off
+    # is not capped (its back-off is the lift it needs).
+    lift_cap_m: float = 0.0
     label_outcomes: bool = True  # label every episode at its end, through the arbiter's label service
 
     def __post_init__(self) -> None:
@@ -208,6 +213,7 @@ class ScriptedOperatorConfig:
         require(-1.0 <= self.drift_min_cosine <= 1.0, "drift_min_cosine", self.drift_min_cosine, "must be in [-1, 1]")
         require(self.time_budget_steps >= 1, "time_budget_steps", self.time_budget_steps, "must be >= 1")
         require(0 <= self.back_off_m <= 0.3, "back_off_m", self.back_off_m, "must be in 0..0.3 m (0: none)")
+        require(0 <= self.lift_cap_m <= 0.3, "lift_cap_m", self.lift_cap_m, "must be in 0..0.3 m (0: no cap)")
         for i, task in enumerate(self.back_off_tasks):
             require(task in MT50, f"back_off_tasks[{i}]", task, "must be a Meta-World MT50 task")
 
@@ -215,6 +221,11 @@ class ScriptedOperatorConfig:
     def back_off_lift_m(self) -> float:
         """How far this operator lifts the hand on taking over its task (0: it does not)."""
         return self.back_off_m if not self.back_off_tasks or self.task in self.back_off_tasks else 0.0
+
+    @property
+    def task_lift_cap_m(self) -> float:
+        """How far above the takeover point this operator lets the hand rise on its task (0: no cap)."""
+        return 0.0 if self.back_off_lift_m > 0 else self.lift_cap_m
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
     from sop_ros.robot.arbitration import Arbiter
     from sop_ros.robot.chunks import ChunkExecutor
     from sop_ros.sim.metaworld_sim import HAND_XYZ, MetaWorldSim, expert_for, goal_marker
-    from sop_ros.sim.takeover import BackOff, TakeoverMonitor
+    from sop_ros.sim.takeover import BackOff, LiftCap, TakeoverMonitor
 
     sim_cfg, arbiter_cfg = base.nodes.sim_robot, base.nodes.teleop_arbiter
     ingest = base.nodes.sim_ingest()
@@ -94,6 +94,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
     if operator is not None and operator.mode == "intervene":
         operator = dataclasses.replace(operator, task=unit.task)
         expert, monitor, back_off = expert_for(unit.task), TakeoverMonitor(operator), BackOff(operator.back_off_lift_m)
+        lift_cap = LiftCap(operator.task_lift_cap_m)
     else:
         operator = None
 
@@ -113,6 +114,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
             if operator is not None:
                 monitor.reset()
                 back_off.reset()
+                lift_cap.reset()
             if commands is not None:
                 commands.append([])
             while True:
@@ -121,8 +123,11 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
                     if not watch_only:
                         took_over_at = steps
                         back_off.start(state[HAND_XYZ])
+                        lift_cap.start(state[HAND_XYZ])
                 if took_over_at is not None:
-                    arbiter.submit(Controller.OPERATOR, back_off.command(state[HAND_XYZ], expert(state)), t_ns * 1e-9)
+                    hand = state[HAND_XYZ]
+                    operator_command = lift_cap.command(hand, back_off.command(hand, expert(state)))
+                    arbiter.submit(Controller.OPERATOR, operator_command, t_ns * 1e-9)
                 else:
                     if operator is not None and executed is not None and judged_at is None:
                         judged = monitor.observe(state[HAND_XYZ], executed, expert(state))

@@ -4,7 +4,8 @@ Python, no ROS.
 Three signs that the policy is failing, each configurable: the hand stalls, the executed actions head
 elsewhere than the expert's, or the episode runs past a step budget. Heading is compared by direction, not by
 distance: the experts command saturated moves where a policy that will succeed moves slower the same way.
-Having taken over, the operator may first back off (BackOff) before the expert drives.
+Having taken over, the operator may first back off (BackOff) before the expert drives, and may keep the hand
+from rising more than a little above where it took over (LiftCap) while the expert re-approaches.
 """
 
 from __future__ import annotations
@@ -90,3 +91,24 @@ class BackOff:
             return np.array([0.0, 0.0, 1.0, *expert[3:]])
         self._until_z = None
         return expert
+
+
+class LiftCap:
+    """The expert's commands with no upward part once the hand is `cap_m` above where the operator took over (0:
+    no cap): the expert's other motions go on at that height, and its descent is never held back."""
+
+    def __init__(self, cap_m: float) -> None:
+        self.cap_m = cap_m
+        self.reset()
+
+    def reset(self) -> None:
+        self._ceiling_z: float | None = None
+
+    def start(self, hand_xyz: np.ndarray) -> None:
+        if self.cap_m > 0:
+            self._ceiling_z = float(hand_xyz[2]) + self.cap_m
+
+    def command(self, hand_xyz: np.ndarray, action: np.ndarray) -> np.ndarray:
+        if self._ceiling_z is not None and hand_xyz[2] >= self._ceiling_z - 1e-6 and action[2] > 0:
+            return np.array([action[0], action[1], 0.0, *action[3:]])
+        return action
