@@ -93,9 +93,11 @@ def cmd_operator_check(args: argparse.Namespace) -> int:
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     report = check_operator(args.policy, args.config, tasks, args.episodes_per_task, args.workers,
-                            Path(args.results), args.seed)  # fmt: skip
+                            Path(args.results), args.seed, args.lift_cap)  # fmt: skip
     for task, comparison in report["comparison"].items():
         print(f"{task}: takeover success {comparison['text'] if comparison else 'not compared (no takeovers)'}")
+    for task, comparison in (report["cap_comparison"] or {}).items():
+        print(f"{task}: with the lift cap {comparison['text'] if comparison else 'not compared (no takeovers)'}")
     print(f"report: {Path(args.results).with_suffix('.md')}")
     return 0
 
@@ -492,6 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: %(default)s)")  # fmt: skip
     p.add_argument("--workers", type=int, default=2, metavar="W", help="processes (default: %(default)s)")
     p.add_argument("--seed", type=int, default=SELECTION_SEED, help="first seed (default: %(default)s)")
+    p.add_argument("--lift-cap", type=float, default=0.0, metavar="M", help="also an arm whose operator lifts the hand "
+                   "at most M metres above the takeover point (lift_cap_m)")  # fmt: skip
     p.add_argument("--results", default="docs/results/operator_back_off", metavar="PATH",
                    help="the report, PATH.json and PATH.md (default: %(default)s)")
     p.set_defaults(func=cmd_operator_check)

@@ -142,9 +142,13 @@ def test_in_process_episodes_have_the_configs_operator_take_over_and_back_off_fi
     assert result.took_over_at == 11 and result.success and result.steps < 150
     lifting = [c for c in commands[0][11:] if list(c[:3]) == [0.0, 0.0, 1.0]]
     assert 3 <= len(lifting) <= 10 and list(commands[0][11][:3]) == [0.0, 0.0, 1.0]
+    operated = commands[0][11:]  # the operator's commands, counted as it drove: how many rose
+    rising = sum(c[2] > 0.5 for c in operated)
+    assert (result.operator_steps, result.operator_rising) == (len(operated), rising) and rising >= 3
     assert takeover_counts([result]) | {"takeover_interval95": None} == {
         "episodes": 1, "autonomous": 0, "autonomous_successes": 0, "takeovers": 1, "takeover_successes": 1,
-        "takeover_success_rate": 1.0, "takeover_interval95": None}  # fmt: skip
+        "takeover_success_rate": 1.0, "takeover_interval95": None, "operator_steps": len(operated),
+        "rising_share": round(rising / len(operated), 3)}  # fmt: skip
     assert result.judged_at == 11
     # Watching only, the operator judges on the same state and leaves the episode to the policy: an untrained one
     # runs it to the step limit, failing.

@@ -40,6 +40,8 @@ class EpisodeResult:
     steps: int
     took_over_at: int | None = None  # the step an intervening operator took control at (None: it did not)
     judged_at: int | None = None  # the step it judged the policy failing at (watching only: it did not take over)
+    operator_steps: int = 0  # steps the operator commanded
+    operator_rising: int = 0  # of them, commands more than half upward (z > 0.5): re-approaching from above
 
 
 def camera_tick(t_ns: int, period_ns: int, every_steps: int) -> bool:
@@ -111,6 +113,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
             arbiter.new_episode()
             pixels = policy_input(base, sim, ingest.cameras)
             success, steps, judged, judged_at, took_over_at, executed = False, 0, None, None, None, None
+            operator_steps = operator_rising = 0
             if operator is not None:
                 monitor.reset()
                 back_off.reset()
@@ -138,6 +141,9 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
                         chunks.add(policy.infer(obs).actions, t_ns)
                     arbiter.submit(Controller.POLICY, chunks.action(t_ns), t_ns * 1e-9)
                 command = executed = arbiter.tick(t_ns * 1e-9).command
+                if took_over_at is not None:
+                    operator_steps += 1
+                    operator_rising += bool(command[2] > 0.5)
                 if commands is not None:
                     commands[-1].append(command)
                 t_ns += period_ns
@@ -150,7 +156,8 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
                     break
             if took_over_at is not None:
                 arbiter.release_operator()  # as the arbiter node does at an END (end_takeover_with_episode)
-            results.append(EpisodeResult(unit.task, unit.seed, index, success, steps, took_over_at, judged_at))
+            results.append(EpisodeResult(unit.task, unit.seed, index, success, steps, took_over_at, judged_at,
+                                         operator_steps, operator_rising))  # fmt: skip
     finally:
         sim.close()
     return results

@@ -26,7 +26,7 @@ WATCHING = "watching only"
 
 
 def check_operator(policy: str, base_config: str, tasks: list[str], episodes_per_task: int, workers: int,
-                   results: Path, seed: int = SELECTION_SEED) -> dict:  # fmt: skip
+                   results: Path, seed: int = SELECTION_SEED, lift_cap_m: float = 0.0) -> dict:  # fmt: skip
     from sop_ros.fleet.evaluate import eval_setup
     from sop_ros.fleet.in_process_eval import run_units
     from sop_ros.host import machine
@@ -36,8 +36,13 @@ def check_operator(policy: str, base_config: str, tasks: list[str], episodes_per
     operator = base.nodes.scripted_operator
     if operator is None or operator.mode != "intervene":
         raise ConfigError(f"{base_config}: nodes.scripted_operator must be an intervening operator (mode: intervene)")
-    configs = {ARMS[0]: base, ARMS[1]: dataclasses.replace(base, nodes=dataclasses.replace(
-        base.nodes, scripted_operator=dataclasses.replace(operator, back_off_m=0.0)))}  # fmt: skip
+    def with_operator(**changes) -> object:
+        return dataclasses.replace(base, nodes=dataclasses.replace(
+            base.nodes, scripted_operator=dataclasses.replace(operator, **changes)))  # fmt: skip
+
+    configs = {ARMS[0]: base, ARMS[1]: with_operator(back_off_m=0.0)}
+    if lift_cap_m > 0:
+        configs[lift_cap_arm(lift_cap_m)] = with_operator(lift_cap_m=lift_cap_m)
     units = plan_units(tasks, episodes_per_task, workers, seed)
     arms = {}
     for arm, config in configs.items():
@@ -49,7 +54,8 @@ def check_operator(policy: str, base_config: str, tasks: list[str], episodes_per
     watching = {task: judged_counts([e for e in watched if e.task == task]) for task in tasks}
     report = {
         "command": (f"sop operator-check --policy {policy} --config {base_config} --tasks {','.join(tasks)} "
-                    f"--episodes-per-task {episodes_per_task} --seed {seed} --results {results}"),
+                    f"--episodes-per-task {episodes_per_task} --seed {seed} --results {results}"
+                    + (f" --lift-cap {lift_cap_m:g}" if lift_cap_m > 0 else "")),
         "machine": machine(),
         "policy": loaded.version,
         "operator": dataclasses.asdict(operator) | {"task": "per episode"},
@@ -57,10 +63,17 @@ def check_operator(policy: str, base_config: str, tasks: list[str], episodes_per
         "episodes_per_task": episodes_per_task,
         "arms": arms,
         "comparison": {task: takeover_comparison(arms[ARMS[0]][task], arms[ARMS[1]][task]) for task in tasks},
+        # Capped against as configured (which has no cap, or its own): what the cap costs in takeover success.
+        "cap_comparison": {task: takeover_comparison(arms[lift_cap_arm(lift_cap_m)][task], arms[ARMS[0]][task])
+                           for task in tasks} if lift_cap_m > 0 else None,
         "watching": watching,
     }
     write_report(report, results)
     return report
+
+
+def lift_cap_arm(cap_m: float) -> str:
+    return f"lift cap {cap_m:g} m"
 
 
 def takeover_counts(episodes: list) -> dict:
@@ -69,9 +82,11 @@ def takeover_counts(episodes: list) -> dict:
 
     took = [e for e in episodes if e.took_over_at is not None]
     alone = [e for e in episodes if e.took_over_at is None]
+    operator_steps, rising = sum(e.operator_steps for e in took), sum(e.operator_rising for e in took)
     counts = {"episodes": len(episodes), "autonomous": len(alone),
               "autonomous_successes": sum(e.success for e in alone), "takeovers": len(took),
-              "takeover_successes": sum(e.success for e in took)}  # fmt: skip
+              "takeover_successes": sum(e.success for e in took), "operator_steps": operator_steps,
+              "rising_share": round(rising / operator_steps, 3) if operator_steps else None}  # fmt: skip
     if took:
         rate = Rate(counts["takeover_successes"], len(took))
         counts["takeover_success_rate"] = round(rate.value, 3)
@@ -120,20 +135,27 @@ def write_report(report: dict, results: Path) -> None:
         f"steps) and keeps control to the episode's end. Back-off as configured: {op['back_off_m']} m for "
         f"{', '.join(op['back_off_tasks']) or 'every task'}. Intervals: 95% Wilson; test: two-proportion z.",
         "",
-        "| task | arm | autonomous successes | takeovers | takeover successes | 95% interval |",
-        "|---|---|---|---|---|---|",
+        "| task | arm | autonomous successes | takeovers | takeover successes | 95% interval | operator steps "
+        "rising (z > 0.5) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for task in report["comparison"]:
-        for arm in ARMS:
-            t = report["arms"][arm][task]
+        for arm, per_task in report["arms"].items():
+            t = per_task[task]
             low, high = t.get("takeover_interval95", (0, 0))
             rate = (f"{t['takeover_success_rate']:.0%} ({t['takeover_successes']}/{t['takeovers']}) | "
                     f"{low:.0%}-{high:.0%}" if t["takeovers"] else "- | -")  # fmt: skip
+            rising = f"{t['rising_share']:.0%} of {t['operator_steps']}" if t.get("rising_share") is not None else "-"
             lines.append(f"| {task} | {arm} | {t['autonomous_successes']}/{t['autonomous']} | {t['takeovers']} | "
-                         f"{rate} |")  # fmt: skip
+                         f"{rate} | {rising} |")  # fmt: skip
     lines += ["", "Takeover success, as configured vs without the back-off:", ""]
     for task, c in report["comparison"].items():
         lines.append(f"- {task}: {c['text'] if c else 'no takeovers to compare'}")
+    if report.get("cap_comparison"):
+        lines += ["", f"Takeover success, {[a for a in report['arms'] if a.startswith('lift cap')][0]} vs as "
+                  "configured:", ""]  # fmt: skip
+        for task, c in report["cap_comparison"].items():
+            lines.append(f"- {task}: {c['text'] if c else 'no takeovers to compare'}")
     if report.get("watching"):
         lines += ["", "Watching only (the operator judges, the policy drives every episode to its end): judged "
                   "episodes the policy then finished alone were judged too soon.", "",
