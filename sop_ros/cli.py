@@ -102,6 +102,16 @@ def cmd_operator_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chaos_fuzz(args: argparse.Namespace) -> int:
+    from sop_ros.bench.fuzz import BOUNDARIES, run
+
+    boundaries = BOUNDARIES if args.episodes else tuple(b for b in BOUNDARIES if b != "episode_files")
+    print(f"sop chaos fuzz: {args.inputs} generated inputs at each of {', '.join(boundaries)}", flush=True)
+    report = run(Path(args.json), args.inputs, Path(args.episodes) if args.episodes else None, boundaries)
+    print(f"wrote {args.json}: {report['crashes']} crashes, {report['legit_failed']} legitimate inputs not served")
+    return 1 if report["crashes"] or report["legit_failed"] else 0
+
+
 def cmd_what_if(args: argparse.Namespace) -> int:
     from sop_ros.fleet.what_if import AS_RUN, WhatIfConfig, parse_override, what_if
 
@@ -564,6 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chaos", help="fault tests that write JSON")
     chaos = p.add_subparsers(dest="chaos", required=True, metavar="TEST")
+    p = chaos.add_parser("fuzz", help="generated bad inputs at every in-process boundary: refused, no crash, "
+                         "legitimate inputs still served")  # fmt: skip
+    p.add_argument("--json", default="results/chaos/fuzz.json", metavar="FILE", help="(default: %(default)s)")
+    p.add_argument("--inputs", type=int, default=10_000, metavar="N", help="per boundary (default: %(default)s)")
+    p.add_argument("--episodes", metavar="DIR", help="recorded episodes; the first is damaged in every way "
+                   "(without: that boundary is skipped)")  # fmt: skip
+    p.set_defaults(func=cmd_chaos_fuzz)
+
     p = chaos.add_parser("bridge", help="SIGKILL bridges and the ingest while episodes go up: none lost or doubled")
     p.add_argument("--json", required=True, metavar="FILE", help="where the results go")
     p.add_argument("--robots", type=int, default=4, help="bridge processes, robot_0.. (default %(default)s)")

@@ -346,7 +346,8 @@ def _proprio(path: Path, states: list[tuple[int, tuple[str, ...], list[float]]])
                 f"{path}: joint state {k} has joints {list(other)} with {len(position)} positions; "
                 f"joint state 0 has {list(names)}"
             )
-    proprio = np.array([position for _, _, position in states], dtype=np.float32).reshape(len(states), len(names))
+    with np.errstate(over="ignore"):  # a position beyond float32's range becomes inf, refused just below
+        proprio = np.array([position for _, _, position in states], dtype=np.float32).reshape(len(states), len(names))
     if not np.all(np.isfinite(proprio)):
         raise ValueError(f"{path}: a joint position is not finite (NaN or infinite)")
     return names, proprio

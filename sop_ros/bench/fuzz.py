@@ -1,0 +1,358 @@
+"""`sop chaos fuzz`: machine-made bad inputs at the boundaries that parse what comes from outside, in process.
+
+Each boundary gets `inputs` generated inputs (hypothesis, derandomized: the same inputs every run) between
+legitimate ones. An input is either refused with the boundary's own error type and a reason, or accepted and then
+held to the boundary's promises; anything else (another exception, an accepted input that breaks a promise) is a
+crash, kept with its input. After every generated input a legitimate one must still be served as before.
+
+    teleop_commands   the arbiter (Arbiter.submit/tick, the teleop node's logic): commands of any length, NaN,
+                      inf, huge values, from the policy or the operator; no output leaves the configured limits or
+                      moves faster than the rate limit, and a legitimate policy command is still followed
+    upload_pieces     episode upload keys and piece headers (bridge/protocol.py): anything but ProtocolError on a
+                      malformed one, or a bad one accepted, is a crash
+    announcements     signed policy announcements, each field mutated or the JSON mangled: decoding refuses the
+                      malformed, verification refuses every changed one (a tampered announcement accepted is a
+                      crash); the untouched one still verifies
+    config_yaml       the shipped YAMLs with one key's value replaced or a key renamed: ConfigError or accepted
+    episode_files     a recorded episode truncated or with bytes changed: index_episode refuses it with
+                      ValueError or indexes it; the intact file still indexes the same
+
+What it does not cover yet: the ROS boundaries through running nodes (images, joint states, services) and Zenoh
+traffic between processes; `sop chaos bridge` and the node tests exercise those by hand-made inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from sop_ros.host import machine
+
+BOUNDARIES = ("teleop_commands", "upload_pieces", "announcements", "config_yaml", "episode_files")
+CONFIG = Path(__file__).resolve().parents[2] / "config"  # the shipped YAMLs
+
+
+@dataclass
+class Tally:
+    inputs: int = 0
+    refused: int = 0
+    accepted: int = 0
+    crashes: int = 0
+    legit_served: int = 0
+    legit_failed: int = 0
+    crash_examples: list[str] = field(default_factory=list)  # the first few, with their inputs
+
+    def crash(self, what: str) -> None:
+        self.crashes += 1
+        if len(self.crash_examples) < 5:
+            self.crash_examples.append(what[:400])
+
+    def serve(self, legitimate: Callable[[], bool]) -> None:
+        """A legitimate input after a generated one: served when `legitimate` returns True without raising."""
+        try:
+            served = bool(legitimate())
+        except Exception:  # noqa: BLE001 - counted as not served
+            served = False
+        self.legit_served += served
+        self.legit_failed += not served
+
+    def report(self) -> dict:
+        return {"inputs": self.inputs, "refused": self.refused, "accepted": self.accepted, "crashes": self.crashes,
+                "legit_served": self.legit_served, "legit_failed": self.legit_failed,
+                "crash_examples": self.crash_examples}  # fmt: skip
+
+
+def generate(strategy, check: Callable[[object], None], inputs: int) -> None:
+    """Call `check` on `inputs` values drawn from `strategy` (fewer if the strategy has fewer distinct ones)."""
+    from hypothesis import HealthCheck, given, settings
+
+    @settings(max_examples=inputs, database=None, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck), phases=("generate",))  # fmt: skip
+    @given(strategy)
+    def run(value) -> None:
+        check(value)
+
+    run()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The boundaries
+# ---------------------------------------------------------------------------------------------------------
+
+
+def fuzz_teleop_commands(inputs: int) -> Tally:
+    from hypothesis import strategies as st
+
+    from sop_ros.configs import load_config
+    from sop_ros.configs.robot import RobotLaunchConfig
+    from sop_ros.episodes.format import Controller
+    from sop_ros.robot.arbitration import Arbiter
+
+    config = load_config(RobotLaunchConfig, CONFIG / "fleet_sim.yaml").nodes.teleop_arbiter
+    low, high, rate = np.array(config.action_min), np.array(config.action_max), np.array(config.max_rate)
+    arbiter, tally, now = Arbiter(config), Tally(), [0.0]
+    last_tick = [0.0]
+    legit = np.array([0.3, -0.2, 0.1, 0.5])[: len(config.action_names)]
+    values = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1e308, -1e308, 2.0, -2.0, 0.0])
+    commands = st.tuples(st.sampled_from([Controller.POLICY, Controller.OPERATOR]),
+                         st.lists(values, min_size=0, max_size=8))  # fmt: skip
+    previous = [np.zeros(len(config.action_names))]
+
+    def held_to_limits(out: np.ndarray, what: str) -> bool:
+        """The output is inside the limits and moved at most max_rate times the time since the last tick (at
+        least a control period, as the arbiter counts it)."""
+        dt = max(now[0] - last_tick[0], 1.0 / config.control_hz)
+        last_tick[0] = now[0]
+        if not (np.all(np.isfinite(out)) and np.all(out >= low - 1e-9) and np.all(out <= high + 1e-9)):
+            tally.crash(f"{what}: output {out.tolist()} outside the limits")
+            return False
+        if np.any(np.abs(out - previous[0]) > rate * dt + 1e-9):
+            tally.crash(f"{what}: output {out.tolist()} moved faster than the rate limit from {previous[0].tolist()}")
+            return False
+        previous[0] = out
+        return True
+
+    def check(value) -> None:
+        source, command = value
+        tally.inputs += 1
+        now[0] += 1.0 / config.control_hz
+        try:
+            arbiter.submit(source, np.array(command, dtype=np.float64), now[0])
+            tally.accepted += 1
+        except ValueError:
+            tally.refused += 1
+        except Exception as err:  # noqa: BLE001 - a crash is recorded, not raised
+            tally.crash(f"{source.name} {command}: {type(err).__name__}: {err}")
+        held_to_limits(arbiter.tick(now[0]).command, f"{source.name} {command}")
+        tally.serve(follows_the_policy)
+
+    def follows_the_policy() -> bool:
+        """A legitimate policy command, with the operator's input gone stale: the arbiter follows it."""
+        now[0] += config.operator_timeout_s + 1.0 / config.control_hz
+        arbiter.submit(Controller.POLICY, legit, now[0])
+        out = arbiter.tick(now[0])
+        return out.controller == Controller.POLICY and held_to_limits(out.command, "the legitimate command")
+
+    generate(commands, check, inputs)
+    return tally
+
+
+def json_values():
+    from hypothesis import strategies as st
+
+    scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=80)
+               | st.sampled_from(["0" * 64, "f" * 64, "A" * 64, "../../etc", "robot_1", ""]))  # fmt: skip
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10),
+                        inner, max_size=4), max_leaves=8)  # fmt: skip
+
+
+def fuzz_upload_pieces(inputs: int) -> Tally:
+    from hypothesis import strategies as st
+
+    from sop_ros.bridge.protocol import ArtifactRange, Piece, ProtocolError, episode_key, parse_episode_key
+
+    tally = Tally()
+    good_key, good_piece = episode_key("robot_0", "robot_0-20261205T000000-00001"), Piece(10, "a" * 64, 0).encode()
+    headers = st.binary(max_size=200) | st.builds(lambda v: json.dumps(v).encode(), json_values()) | st.builds(
+        lambda size, sha, offset: json.dumps({"size": size, "sha256": sha, "offset": offset}).encode(),
+        json_values(), json_values(), json_values())  # fmt: skip
+    keys = st.text(max_size=120) | st.builds(lambda a, b: f"sop/episodes/{a}/{b}", st.text(max_size=30),
+                                             st.text(max_size=60))  # fmt: skip
+
+    def check(value) -> None:
+        kind, data = value
+        tally.inputs += 1
+        try:
+            if kind == "key":
+                robot, episode = parse_episode_key(data)
+                if "/" in robot or "/" in episode or episode in (".", "..") or not robot or not episode:
+                    tally.crash(f"key {data!r} accepted as ({robot!r}, {episode!r})")
+            elif kind == "piece":
+                piece = Piece.decode(data)
+                if not (isinstance(piece.size, int) and piece.size >= 0 and (piece.offset is None or 0 <= piece.offset
+                                                                             <= piece.size)):  # fmt: skip
+                    tally.crash(f"piece {data!r} accepted as {piece}")
+            else:
+                ArtifactRange.decode(data)
+            tally.accepted += 1
+        except ProtocolError:
+            tally.refused += 1
+        except Exception as err:  # noqa: BLE001
+            tally.crash(f"{kind} {data!r}: {type(err).__name__}: {err}")
+        tally.serve(lambda: parse_episode_key(good_key) == ("robot_0", "robot_0-20261205T000000-00001")
+                    and Piece.decode(good_piece).size == 10)  # fmt: skip
+
+    strategy = (st.tuples(st.just("key"), keys) | st.tuples(st.just("piece"), headers)
+                | st.tuples(st.just("range"), headers))  # fmt: skip
+    generate(strategy, check, inputs)
+    return tally
+
+
+def fuzz_announcements(inputs: int) -> Tally:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from hypothesis import strategies as st
+
+    from sop_ros.bridge.artifacts import PolicyAnnouncement, VerificationError, sign, verify
+    from sop_ros.bridge.protocol import ProtocolError
+
+    key = Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    public = key.public_key()
+    good = sign(PolicyAnnouncement("sop-20261205T000000-0000050", "b" * 64, 123456, 1.7e9, "base-1",
+                                   {"push-v3": 0.5}), key)  # fmt: skip
+    fields = list(json.loads(good.encode()))
+    tally = Tally()
+
+    def check(value) -> None:
+        kind, name, replacement, raw = value
+        tally.inputs += 1
+        if kind == "field":
+            data = json.loads(good.encode())
+            data[name] = replacement
+            encoded = json.dumps(data).encode()
+        elif kind == "extra":
+            encoded = json.dumps({**json.loads(good.encode()), name: replacement}).encode()
+        else:
+            encoded = raw
+        try:
+            announcement = PolicyAnnouncement.decode(encoded)
+            verify(announcement, public)
+            if announcement != good:
+                tally.crash(f"a changed announcement verified: {encoded!r}")
+            tally.accepted += 1
+        except (ProtocolError, VerificationError):
+            tally.refused += 1
+        except Exception as err:  # noqa: BLE001
+            tally.crash(f"{encoded!r}: {type(err).__name__}: {err}")
+        tally.serve(lambda: verify(PolicyAnnouncement.decode(good.encode()), public) is None)
+
+    strategy = st.tuples(st.sampled_from(["field", "field", "extra", "raw"]), st.sampled_from(fields),
+                         json_values(), st.binary(max_size=300))  # fmt: skip
+    generate(strategy, check, inputs)
+    return tally
+
+
+def fuzz_config_yaml(inputs: int) -> Tally:
+    from hypothesis import strategies as st
+
+    from sop_ros.configs import ConfigError, from_dict
+    from sop_ros.configs.learner import LearnerConfig
+    from sop_ros.configs.robot import RobotLaunchConfig
+
+    shipped = [(RobotLaunchConfig, n) for n in ("robot.yaml", "sim.yaml", "fleet_sim.yaml", "sim_policy.yaml")]
+    shipped += [(LearnerConfig, n) for n in ("learner.yaml", "experiment_learner.yaml", "demo_learner.yaml",
+                                             "fleet_learner.yaml")]  # fmt: skip
+    documents = [(cls, name, yaml.safe_load((CONFIG / name).read_text())) for cls, name in shipped]
+    tally = Tally()
+
+    def paths(node, prefix=()) -> list[tuple]:
+        out = []
+        if isinstance(node, dict):
+            for k, v in node.items():
+                out.append((*prefix, k))
+                out += paths(v, (*prefix, k))
+        return out
+
+    def check(value) -> None:
+        index, which, replacement, rename = value
+        cls, path, document = documents[index % len(documents)]
+        keys = paths(document)
+        where = keys[which % len(keys)]
+        data = json.loads(json.dumps(document))  # a deep copy
+        parent = data
+        for k in where[:-1]:
+            parent = parent[k]
+        if rename:
+            parent[rename] = parent.pop(where[-1])
+        else:
+            parent[where[-1]] = replacement
+        tally.inputs += 1
+        try:
+            from_dict(cls, data)
+            tally.accepted += 1
+        except ConfigError:
+            tally.refused += 1
+        except Exception as err:  # noqa: BLE001
+            tally.crash(f"{path}: {'.'.join(map(str, where))} -> {rename or replacement!r}: {type(err).__name__}: "
+                        f"{err}")  # fmt: skip
+        tally.serve(lambda: isinstance(from_dict(cls, document), cls))
+
+    strategy = st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), json_values(),
+                         st.sampled_from(["", "", "", "taks", "control_hz ", "x"]))  # fmt: skip
+    generate(strategy, check, inputs)
+    return tally
+
+
+def fuzz_episode_files(inputs: int, episodes: Path | None) -> Tally:
+    from hypothesis import strategies as st
+
+    from sop_ros.episodes.reader import episode_files
+    from sop_ros.learner.dataset import DatasetConfig, index_episode
+
+    tally = Tally()
+    files = episode_files(episodes) if episodes else []
+    if not files:
+        return tally
+    source = files[0]
+    original = source.read_bytes()
+    expected = index_episode(source, DatasetConfig())
+    work = Path(tempfile.mkdtemp(prefix="sop-fuzz-"))
+    target = work / source.parent.name / source.name  # the recorder's layout: <robot>/<episode>.mcap
+    target.parent.mkdir(parents=True)
+
+    def check(value) -> None:
+        kind, at, data = value
+        at = at % len(original)
+        damaged = original[:at] if kind == "truncate" else original[:at] + data + original[at + len(data):]
+        target.write_bytes(damaged)
+        tally.inputs += 1
+        try:
+            episode = index_episode(target, DatasetConfig())
+            if not (np.all(np.isfinite(episode.proprio)) and np.all(np.isfinite(episode.actions))):
+                tally.crash(f"{kind} at {at}: accepted with non-finite joint positions or actions")
+            tally.accepted += 1
+        except ValueError:
+            tally.refused += 1
+        except Exception as err:  # noqa: BLE001
+            tally.crash(f"{kind} at {at} ({len(data)} bytes): {type(err).__name__}: {err}")
+        tally.serve(lambda: np.array_equal(index_episode(source, DatasetConfig()).actions, expected.actions))
+
+    try:
+        strategy = st.tuples(st.sampled_from(["truncate", "overwrite"]), st.integers(0, 2**31),
+                             st.binary(min_size=1, max_size=64))  # fmt: skip
+        generate(strategy, check, inputs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return tally
+
+
+def run(out: Path, inputs: int, episodes: Path | None, boundaries: tuple[str, ...] = BOUNDARIES) -> dict:
+    fuzzers = {
+        "teleop_commands": lambda: fuzz_teleop_commands(inputs),
+        "upload_pieces": lambda: fuzz_upload_pieces(inputs),
+        "announcements": lambda: fuzz_announcements(inputs),
+        "config_yaml": lambda: fuzz_config_yaml(inputs),
+        "episode_files": lambda: fuzz_episode_files(inputs, episodes),
+    }
+    report = {"command": f"sop chaos fuzz --json {out} --inputs {inputs}" + (f" --episodes {episodes}" if episodes
+                                                                             else ""),  # fmt: skip
+              "machine": machine(), "inputs_per_boundary": inputs, "boundaries": {}}
+    for name in boundaries:
+        tally = fuzzers[name]().report()
+        report["boundaries"][name] = tally
+        print(f"  {name:16s} {tally['inputs']:6d} inputs, {tally['refused']:6d} refused, {tally['accepted']:6d} "
+              f"accepted, {tally['crashes']} crashes; legitimate served {tally['legit_served']}, failed "
+              f"{tally['legit_failed']}", flush=True)  # fmt: skip
+    report["crashes"] = sum(b["crashes"] for b in report["boundaries"].values())
+    report["legit_failed"] = sum(b["legit_failed"] for b in report["boundaries"].values())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=lambda v: None if isinstance(v, float) and not
+                              math.isfinite(v) else str(v)) + "\n")  # fmt: skip
+    return report
