@@ -94,6 +94,7 @@ def test_robot_config_errors_name_key_value_and_rule(data, message):
         ({"sampling": {"online_share_alpha": 0.5}}, "sampling.online_share_alpha=0.5: must be > 1"),
         ({"model_config": "config/models/medium.yaml"}, "model_config='config/models/medium.yaml': is for a learner"),
         ({"frame_cache_mb": -1}, "frame_cache_mb=-1.0: must be >= 0 (0: no cache)"),
+        ({"online_tasks": ["window-open-v3", "push-wall-v3"]}, "online_tasks[1]='push-wall-v3': must be one of the"),
         ({"recap": {"indicator_dropout": 1.0}}, "recap.indicator_dropout=1.0: must be in [0, 1)"),
         ({"recap": {"value_bin": 201}}, "recap.value_bin: unknown key (did you mean 'value_bins'?)"),
     ],

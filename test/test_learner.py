@@ -198,6 +198,16 @@ def test_each_batch_is_split_across_tasks_and_within_a_task_by_the_online_share(
     assert plan_rows(7, config, data, dict.fromkeys(DEMO_TASKS, 0.5)) == plan_rows(7, config, data,
                                                                                     dict.fromkeys(DEMO_TASKS, 0.5))
     data.close()
+    # A task left out of online_tasks trains on its demonstrations alone, whatever its share.
+    only = from_dict(LearnerConfig, {"tasks": DEMO_TASKS, "demos_dir": str(recorded_demos), "batch_size": 64,
+                                     "online_tasks": [DEMO_TASKS[0]]})  # fmt: skip
+    data = TrainingData(only, DatasetConfig(), make_algorithm(only))
+    data.refresh(files, at_once=True)
+    assert data.online.tasks == [DEMO_TASKS[0]]
+    rows = plan_rows(7, only, data, dict.fromkeys(DEMO_TASKS, 0.8))
+    assert {r.task for r in rows if r.source == "online"} == {DEMO_TASKS[0]}
+    assert sum(r.source == "online" for r in rows if r.task == DEMO_TASKS[1]) == 0
+    data.close()
 
 
 def test_fleet_metrics_come_from_the_labels_and_version_lag_from_the_robots_reports():

@@ -120,6 +120,8 @@ class LearnerConfig:
     serve_robots: bool = True  # ingest and policy serving in the learner (false: `sop cloud` runs them)
     use_autonomous_segments: bool = False  # HG-DAgger: also learn from the policy's own driving that succeeded
     use_failed_corrections: bool = True  # HG-DAgger: also learn from corrections whose episode did not succeed
+    # The tasks whose fleet episodes are learned from (empty: every task); the others train on demonstrations only.
+    online_tasks: tuple[str, ...] = ()
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # fp32; tf32: float32 matrix products on TF32 tensor cores (CUDA only: ~10 bits of mantissa); bf16: the forward
     # pass under bfloat16 autocast (weights, optimiser and loss sums stay float32).
@@ -161,6 +163,8 @@ class LearnerConfig:
         require(self.refresh_every_steps >= 1, "refresh_every_steps", self.refresh_every_steps, "must be >= 1")
         require(self.log_every_s > 0, "log_every_s", self.log_every_s, "must be > 0")
         require(self.torch_threads >= 0, "torch_threads", self.torch_threads, "must be >= 0 (0: default)")
+        for i, task in enumerate(self.online_tasks):
+            require(task in self.tasks, f"online_tasks[{i}]", task, "must be one of the learner's tasks")
         require(not (self.model_config and self.base_policy), "model_config", self.model_config,
                 "is for a learner from scratch (base_policy: ''): a base checkpoint carries its own model shape")
         require(self.frame_cache_mb >= 0, "frame_cache_mb", self.frame_cache_mb, "must be >= 0 (0: no cache)")

@@ -88,7 +88,7 @@ class TrainingData:
         self.learns_online = bool(outcomes)
         # The fleet's episodes in the same camera order as the demonstrations (resolved from them if not given).
         self.online_config = replace(dataset_config, cameras=self.offline.config.cameras,
-                                     outcomes=outcomes or (Outcome.SUCCESS,))  # fmt: skip
+                                     outcomes=outcomes or (Outcome.SUCCESS,), tasks=config.online_tasks)  # fmt: skip
         self._cache: dict[Path, EpisodeIndex] = {}
         self.online = self._build([])
         self.listed: list[Path] = []  # the files the next refresh builds from
