@@ -39,6 +39,7 @@ BASE_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "plate-slide-v3", "window-
               "reach-wall-v3", "coffee-push-v3", "hammer-v3", "lever-pull-v3", "dial-turn-v3", "handle-pull-v3",
               "push-back-v3", "basketball-v3", "soccer-v3", "peg-unplug-side-v3", "hand-insert-v3")  # fmt: skip
 DEMOS_PER_TASK = 40
+DEMO_BIN_MINUTES = 2.0  # the summary's bins of simulated time
 PRETRAIN_STEPS = 6000
 PRETRAIN_BATCH = 32
 
@@ -132,7 +133,8 @@ def run_demo(out: Path, minutes: float, robots: int) -> int:
     print(f"sop demo [3/3]: {robots} robots, scripted operators, bridge and learner for {minutes:g} min "
           f"(progress every 30 s)", flush=True)  # fmt: skip
     # Paced (a fixed learner budget per simulated minute), ended by the wall-time bound.
-    report = run(str(learner_yaml), ROBOT_YAML, [], robots, minutes, 3, run_dir, None, bin_minutes=0.5)
+    # 2-minute bins: about 14 episodes of each task per bin, so that a task's interval says something.
+    report = run(str(learner_yaml), ROBOT_YAML, [], robots, minutes, 3, run_dir, None, bin_minutes=DEMO_BIN_MINUTES)
     swaps = hot_swaps(run_dir / "store")
     print("\nsop demo: policy versions each robot ran (each change a hot-swap at an episode boundary):")
     for robot, versions in sorted(swaps.items()):

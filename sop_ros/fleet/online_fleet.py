@@ -187,11 +187,11 @@ def plot_success(report: dict, path: Path, title: str) -> None:
         for q in points:
             if q[4]:
                 top.plot([q[0] + shift], [q[1]], "o", markerfacecolor="none", color=style["color"])
-    swaps = report.get("hot_swaps", [])
-    for j, minute in enumerate(sorted({s["minute"] for s in swaps})):
-        for ax in (top, bottom):
-            ax.axvline(minute, color="grey", linestyle=":", linewidth=0.8,
-                       label="a robot takes a new policy" if j == 0 and ax is top else None)  # fmt: skip
+    # Hot-swaps as a rug along the top: each tick a robot taking a new policy (dozens in a run: lines across the
+    # plot would hide the curves).
+    swaps = sorted({s["minute"] for s in report.get("hot_swaps", [])})
+    if swaps:
+        top.plot(swaps, [1.0] * len(swaps), "|", color="grey", markersize=9, label="a robot takes a new policy")
     full = [p for p in curve if not p.get("partial", False)]
     bottom.bar([p["minute"] - width / 2 for p in full], [p["interventions_per_episode"] for p in full],
                width=width * 0.8, color="C7")  # fmt: skip
@@ -199,7 +199,7 @@ def plot_success(report: dict, path: Path, title: str) -> None:
     bottom.bar([p["minute"] - width / 2 for p in partial], [p["interventions_per_episode"] for p in partial],
                width=width * 0.8, fill=False, hatch="//", edgecolor="C7")  # fmt: skip
     note = " (hollow: a partial last bin)" if partial else ""
-    top.set(ylabel="success without intervention", ylim=(-0.02, 1.02), title=title)
+    top.set(ylabel="success without intervention", ylim=(-0.02, 1.04), title=title)
     top.legend(fontsize=8, loc="upper left", ncol=2)
     bottom.set(xlabel=f"minutes into the run ({report['clock']} time){note}", ylabel="interventions\nper episode")
     for ax in (top, bottom):
