@@ -71,5 +71,10 @@ def test_the_variant_and_the_as_run_retraining_are_made_once_each_and_compared(t
     assert [t[0] for t in trained] == ["as-run", "share-0.2", "ema"] and not result["against_as_run"]["beyond_noise"]
     report = json.loads((run / "what-if" / "what_if.json").read_text())
     assert set(report["variants"]) == {"as-run", "share-0.2", "ema"}
+    # Another budget: its own as-run baseline, the run's budget's kept.
+    scored["as-run-1800-steps"], scored["long"] = (90, 200), (100, 200)
+    what_if(WhatIfConfig(str(run), (("ema_decay", 0.99),), name="long", steps=1800))
+    assert trained[-2:] == [("as-run-1800-steps", 0.8, 0.98, 1800), ("long", 0.8, 0.99, 1800)]
+    assert (run / "what-if" / "as-run" / "result.json").exists()
     with pytest.raises(ConfigError, match="not a finished run"):
         what_if(WhatIfConfig(str(tmp_path / "nowhere"), ()))

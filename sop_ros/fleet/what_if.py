@@ -79,9 +79,11 @@ def what_if(config: WhatIfConfig) -> dict:
         raise ConfigError(f"{run}: not a finished run (needs experiment_learner.yaml, fleet_run.json, fleet/store)")
     as_run = load_config(LearnerConfig, run / "experiment_learner.yaml")
     variant = with_overrides(as_run, config.overrides)
-    steps = config.steps or json.loads((run / "fleet_run.json").read_text())["learner_steps"]
+    run_steps = json.loads((run / "fleet_run.json").read_text())["learner_steps"]
+    steps = config.steps or run_steps
+    baseline = AS_RUN if steps == run_steps else f"{AS_RUN}-{steps}-steps"  # each budget has its own baseline
     made = {name: trained_and_scored(config, learner, run / "what-if" / name, steps)
-            for name, learner in ((AS_RUN, as_run), (config.name or variant_name(config.overrides), variant))}
+            for name, learner in ((baseline, as_run), (config.name or variant_name(config.overrides), variant))}
     (base_name, base), (name, result) = made.items()
     comparison = compare(Rate(result["successes"], result["episodes"]), Rate(base["successes"], base["episodes"]))
     result = {**result, "against_as_run": {"difference": round(comparison.difference, 4),
@@ -115,6 +117,7 @@ def trained_and_scored(config: WhatIfConfig, learner: LearnerConfig, where: Path
     score = score_point(evaluate_in_process(str(onnx), config.eval_config, list(learner.tasks),
                                             config.episodes_per_task, config.workers, where / "eval",
                                             seed=config.seed))  # fmt: skip
-    result = {"settings": settings, "overrides": dict(config.overrides) if where.name != AS_RUN else {}, **score}
+    overrides = {} if where.name.startswith(AS_RUN) else dict(config.overrides)
+    result = {"settings": settings, "overrides": overrides, **score}
     done.write_text(json.dumps(result, indent=2) + "\n")
     return result
