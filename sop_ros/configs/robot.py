@@ -16,7 +16,6 @@ from sop_ros.configs.model import ModelConfig
 
 # Kept free of Meta-World imports so that a robot config is validated in milliseconds.
 from sop_ros.configs.tasks import CAMERAS, MT50
-from sop_ros.model.runtime import KINDS as RUNTIME_KINDS
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -276,6 +275,11 @@ class IngestConfig:
         require(self.sync_timeout_s >= 0, "sync_timeout_s", self.sync_timeout_s, "must be >= 0")
         require(self.camera_hz >= 0, "camera_hz", self.camera_hz, "must be >= 0 (0: estimated)")
         require(self.max_sensor_age_s > 0, "max_sensor_age_s", self.max_sensor_age_s, "must be > 0")
+
+
+# How a robot may run its policy (sop_ros/model/runtime.py), best first when not measured: TensorRT, CUDA replaying
+# the inference step as a CUDA graph, CUDA, the CPU.
+RUNTIME_KINDS = ("tensorrt", "cuda-graph", "cuda", "cpu")
 
 
 @dataclass(frozen=True)

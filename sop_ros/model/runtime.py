@@ -26,11 +26,12 @@ from typing import Protocol
 
 import numpy as np
 
+from sop_ros.configs.robot import RUNTIME_KINDS
 from sop_ros.model.inputs import INPUTS, OUTPUT
 
-# How a robot may run a policy, best first when not measured. "cuda-graph" is ONNX Runtime's CUDA provider in
-# its CUDA-graph mode for an exported graph, and torch's CUDA graphs for a checkpoint.
-KINDS = ("tensorrt", "cuda-graph", "cuda", "cpu")
+# "cuda-graph" is ONNX Runtime's CUDA provider in its CUDA-graph mode for an exported graph, and torch's CUDA graphs
+# for a checkpoint.
+KINDS = RUNTIME_KINDS
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda-graph": "CUDAExecutionProvider",
              "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}  # fmt: skip
 TIMED_RUNS = 30  # per candidate at load, after its warm-up run
