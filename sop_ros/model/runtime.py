@@ -116,7 +116,7 @@ class OnnxRuntime:
             for name in INPUTS:
                 self._bound["inputs"][name].update_inplace(np.ascontiguousarray(inputs[name]))
         self.session.run_with_iobinding(self._bound["binding"])
-        return self._bound["output"].numpy()
+        return self._bound["binding"].copy_outputs_to_cpu()[0]
 
     def _bind(self, inputs: dict[str, np.ndarray], shapes: dict) -> None:
         ort = self._ort
