@@ -7,7 +7,8 @@
 # It needs recorded episodes to train on (DEMOS, default .demos/: e.g. 5 of each task from `sop collect-demos`,
 # a few MB) and the wheels of what that Python lacks (WHEELS, default .whl/: eclipse-zenoh, cryptography, mcap,
 # mcap-ros2-support, and onnxruntime-gpu to time ONNX Runtime's CUDA and TensorRT providers), which it installs
-# into a folder of its own. Per model preset (config/models/): the learner's samples/s on synthetic batches and
+# into a folder of its own. Both stay out of git (`echo /.demos/ >> .git/info/exclude`, the same for /.whl/) and
+# travel to the GPU machine beside the package. Per model preset (config/models/): the learner's samples/s on synthetic batches and
 # on the recorded episodes on the GPU (real_over_synthetic, target >= 0.8), and every runtime's p50/p99 of one
 # inference step (torch eager and CUDA graph, ONNX Runtime per provider); with two GPUs, the learner on two
 # torchrun ranks over NCCL. device_check.json sums it up, with the machine and GPU named.
