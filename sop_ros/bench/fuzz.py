@@ -28,7 +28,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +65,7 @@ class Tally:
         self.legit_failed += not served
 
     def report(self) -> dict:
-        return {"inputs": self.inputs, "refused": self.refused, "accepted": self.accepted, "crashes": self.crashes,
-                "legit_served": self.legit_served, "legit_failed": self.legit_failed,
-                "crash_examples": self.crash_examples}  # fmt: skip
+        return asdict(self)
 
 
 def generate(strategy, check: Callable[[object], None], inputs: int) -> None:
