@@ -8,7 +8,7 @@ import pytest
 
 from sop_ros.configs import ConfigError
 from sop_ros.configs.robot import ScriptedOperatorConfig
-from sop_ros.sim.takeover import BackOff, LiftCap, TakeoverMonitor, heading_agreement
+from sop_ros.sim.takeover import BackOff, Correction, LiftCap, TakeoverMonitor, heading_agreement
 
 TIER = "unit"  # what the tests need: conftest.TIERS
 
@@ -100,3 +100,16 @@ def test_the_lift_cap_stops_the_rise_above_the_takeover_point_and_nothing_else()
     assert door.task_lift_cap_m == 0.0 and dataclasses.replace(door, task="dial-turn-v3").task_lift_cap_m == 0.05
     with pytest.raises(ConfigError, match=r"lift_cap_m=0.5: must be in 0..0.3 m"):
         dataclasses.replace(door, lift_cap_m=0.5)
+
+
+def test_a_correction_backs_off_on_its_backing_off_task_and_caps_the_lift_on_the_others():
+    config = ScriptedOperatorConfig(task="door-open-v3", back_off_m=0.05, back_off_tasks=("door-open-v3",),
+                                    lift_cap_m=0.02)  # fmt: skip
+    door, dial = Correction(config), Correction(dataclasses.replace(config, task="dial-turn-v3"))
+    up = np.array([0.3, -0.2, 1.0, 0.6])
+    for correction in (door, dial):
+        correction.start(np.array([0.1, 0.6, 0.10]))
+    assert door.command(np.array([0.1, 0.6, 0.13]), up).tolist() == [0.0, 0.0, 1.0, 0.6]  # backing off: straight up
+    assert dial.command(np.array([0.1, 0.6, 0.13]), up).tolist() == [0.3, -0.2, 0.0, 0.6]  # 3 cm up: capped
+    dial.reset()
+    assert dial.command(np.array([0.1, 0.6, 0.13]), up).tolist() == up.tolist()

@@ -79,7 +79,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
     from sop_ros.robot.arbitration import Arbiter
     from sop_ros.robot.chunks import ChunkExecutor
     from sop_ros.sim.metaworld_sim import HAND_XYZ, MetaWorldSim, expert_for, goal_marker
-    from sop_ros.sim.takeover import BackOff, LiftCap, TakeoverMonitor
+    from sop_ros.sim.takeover import Correction, TakeoverMonitor
 
     sim_cfg, arbiter_cfg = base.nodes.sim_robot, base.nodes.teleop_arbiter
     ingest = base.nodes.sim_ingest()
@@ -95,8 +95,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
     operator = base.nodes.scripted_operator
     if operator is not None and operator.mode == "intervene":
         operator = dataclasses.replace(operator, task=unit.task)
-        expert, monitor, back_off = expert_for(unit.task), TakeoverMonitor(operator), BackOff(operator.back_off_lift_m)
-        lift_cap = LiftCap(operator.task_lift_cap_m)
+        expert, monitor, correction = expert_for(unit.task), TakeoverMonitor(operator), Correction(operator)
     else:
         operator = None
 
@@ -116,8 +115,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
             operator_steps = operator_rising = 0
             if operator is not None:
                 monitor.reset()
-                back_off.reset()
-                lift_cap.reset()
+                correction.reset()
             if commands is not None:
                 commands.append([])
             while True:
@@ -125,11 +123,9 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
                     judged_at = steps
                     if not watch_only:
                         took_over_at = steps
-                        back_off.start(state[HAND_XYZ])
-                        lift_cap.start(state[HAND_XYZ])
+                        correction.start(state[HAND_XYZ])
                 if took_over_at is not None:
-                    hand = state[HAND_XYZ]
-                    operator_command = lift_cap.command(hand, back_off.command(hand, expert(state)))
+                    operator_command = correction.command(state[HAND_XYZ], expert(state))
                     arbiter.submit(Controller.OPERATOR, operator_command, t_ns * 1e-9)
                 else:
                     if operator is not None and executed is not None and judged_at is None:

@@ -17,7 +17,7 @@ from sop_ros.robot import topics
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.spin import run_node
 from sop_ros.sim.metaworld_sim import HAND_XYZ, expert_for, split_sim_state
-from sop_ros.sim.takeover import BackOff, LiftCap, TakeoverMonitor
+from sop_ros.sim.takeover import Correction, TakeoverMonitor
 from sop_ros.srv import LabelEpisode
 
 
@@ -27,8 +27,7 @@ class ScriptedOperatorNode(Node):
         self.config = cfg = declare_config(self, ScriptedOperatorConfig)
         self.expert = expert_for(cfg.task)
         self.monitor = TakeoverMonitor(cfg)
-        self.back_off = BackOff(cfg.back_off_lift_m)
-        self.lift_cap = LiftCap(cfg.task_lift_cap_m)
+        self.correction = Correction(cfg)
         self.in_control = cfg.mode == "demo"
         self.between_episodes = False  # from an END to the next START (a START may be missed at start-up)
         self.takeover_reason = ""  # the policy was judged failing on the last state: take over on the next
@@ -52,9 +51,8 @@ class ScriptedOperatorNode(Node):
             # could answer an episode's last state after its END, and take over the next episode.)
             self.get_logger().info(f"taking over: {self.takeover_reason}")
             self.in_control = True
-            self.back_off.start(state[HAND_XYZ])
-            self.lift_cap.start(state[HAND_XYZ])
-        action = self.lift_cap.command(state[HAND_XYZ], self.back_off.command(state[HAND_XYZ], action))
+            self.correction.start(state[HAND_XYZ])
+        action = self.correction.command(state[HAND_XYZ], action)
         self.command_pub.publish(Float64MultiArray(data=action.tolist()))
 
     def on_episode_event(self, msg: EpisodeEvent) -> None:
@@ -63,8 +61,7 @@ class ScriptedOperatorNode(Node):
             self.takeover_reason = ""
         if msg.event == EpisodeEvent.EVENT_START:
             self.monitor.reset()
-            self.back_off.reset()
-            self.lift_cap.reset()
+            self.correction.reset()
             self.in_control = self.config.mode == "demo"
         elif msg.event == EpisodeEvent.EVENT_END:
             # A demonstrator keeps control across the reset: the next episode's first state may arrive before

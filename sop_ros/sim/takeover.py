@@ -112,3 +112,23 @@ class LiftCap:
         if self._ceiling_z is not None and hand_xyz[2] >= self._ceiling_z - 1e-6 and action[2] > 0:
             return np.array([action[0], action[1], 0.0, *action[3:]])
         return action
+
+
+class Correction:
+    """What the operator commands once it has taken over: the expert's action after its back-off and under its
+    lift cap, as its config says for its task."""
+
+    def __init__(self, config: ScriptedOperatorConfig) -> None:
+        self.back_off = BackOff(config.back_off_lift_m)
+        self.lift_cap = LiftCap(config.task_lift_cap_m)
+
+    def reset(self) -> None:
+        self.back_off.reset()
+        self.lift_cap.reset()
+
+    def start(self, hand_xyz: np.ndarray) -> None:
+        self.back_off.start(hand_xyz)
+        self.lift_cap.start(hand_xyz)
+
+    def command(self, hand_xyz: np.ndarray, expert: np.ndarray) -> np.ndarray:
+        return self.lift_cap.command(hand_xyz, self.back_off.command(hand_xyz, expert))
