@@ -124,9 +124,9 @@ def data_path_samples_per_s(demos: Path, image_size: int, batch_size: int, batch
     from sop_ros.learner.dataset import EpisodeDataset
     from sop_ros.learner.frames import DecodedFrames
 
-    config = DatasetConfig(image_size=image_size)
-    plain = EpisodeDataset(demos, config, log=lambda _: None)
-    cached = EpisodeDataset(demos, config, log=lambda _: None, frames=DecodedFrames(image_size, 1024))
+    config, indexed = DatasetConfig(image_size=image_size), {}  # the files are read once, for both datasets
+    plain = EpisodeDataset(demos, config, log=lambda _: None, cache=indexed)
+    cached = EpisodeDataset(demos, config, log=lambda _: None, cache=indexed, frames=DecodedFrames(image_size, 1024))
     for seed in range(batches):  # fills the cache with these batches' frames
         cached.sample(np.random.default_rng(seed), batch_size)
     spent = {"decode_each_time": 0.0, "frame_cache": 0.0}
