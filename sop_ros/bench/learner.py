@@ -209,7 +209,7 @@ def run(out: Path, demos: Path, steps: int = 150, batch_size: int = 32, robots: 
         }  # fmt: skip
         if robots:
             report.update(ingesting_run(demos, workdir, steps, batch_size, robots, threads, device, model_config,
-                                        alone, period_s))  # fmt: skip
+                                        precision, alone, period_s))  # fmt: skip
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -218,11 +218,12 @@ def run(out: Path, demos: Path, steps: int = 150, batch_size: int = 32, robots: 
 
 
 def ingesting_run(demos: Path, workdir: Path, steps: int, batch_size: int, robots: int, threads: int, device: str,
-                  model_config: str, alone: dict, period_s: float) -> dict:
-    """The learner loop again while a fleet process uploads episodes: its figures and ratio to `alone`."""
+                  model_config: str, precision: str, alone: dict, period_s: float) -> dict:
+    """The learner loop again, the same in every setting, while a fleet process uploads episodes: its figures and
+    ratio to `alone`."""
     from sop_ros.learner.online import run_learner
 
-    with_cfg = bench_config(demos, workdir, "ingest", steps, batch_size, threads, device, model_config)
+    with_cfg = bench_config(demos, workdir, "ingest", steps, batch_size, threads, device, model_config, precision)
     per_robot = int(alone["loop_s"] * 1.5 / period_s) + 2  # enough for the second run's whole loop
     staged = workdir / "staged"
     stage_episodes(demos, staged, robots, per_robot)
