@@ -262,7 +262,7 @@ def test_a_frame_cache_gives_byte_identical_batches_and_keeps_within_its_budget(
         assert got["images"].tobytes() == expected["images"].tobytes()
     assert 0 < frames.misses == len(frames) and frames.hits + frames.misses == 2 * 64 * 2  # two cameras
     again = cached.sample(np.random.default_rng(0), 64)  # every frame from the cache now
-    assert frames.misses == len(frames) and frames.stats()["hit_rate"] > 0.5
+    assert frames.misses == len(frames) and frames.hits > frames.misses  # more than half answered from the cache
     assert again["images"].tobytes() == plain.sample(np.random.default_rng(0), 64)["images"].tobytes()
     # Frames past the budget are decoded each time and not kept; a kept frame cannot be changed through a sample.
     tight = DecodedFrames(64, budget_mb=3 * 64 * 64 * 3 / 2**20)

@@ -41,8 +41,9 @@ def check_operator(policy: str, base_config: str, tasks: list[str], episodes_per
             base.nodes, scripted_operator=dataclasses.replace(operator, **changes)))  # fmt: skip
 
     configs = {ARMS[0]: base, ARMS[1]: with_operator(back_off_m=0.0)}
-    if lift_cap_m > 0:
-        configs[lift_cap_arm(lift_cap_m)] = with_operator(lift_cap_m=lift_cap_m)
+    capped = f"lift cap {lift_cap_m:g} m" if lift_cap_m > 0 else None
+    if capped:
+        configs[capped] = with_operator(lift_cap_m=lift_cap_m)
     units = plan_units(tasks, episodes_per_task, workers, seed)
     arms = {}
     for arm, config in configs.items():
@@ -64,16 +65,13 @@ def check_operator(policy: str, base_config: str, tasks: list[str], episodes_per
         "arms": arms,
         "comparison": {task: takeover_comparison(arms[ARMS[0]][task], arms[ARMS[1]][task]) for task in tasks},
         # Capped against as configured (which has no cap, or its own): what the cap costs in takeover success.
-        "cap_comparison": {task: takeover_comparison(arms[lift_cap_arm(lift_cap_m)][task], arms[ARMS[0]][task])
-                           for task in tasks} if lift_cap_m > 0 else None,
+        "capped_arm": capped,
+        "cap_comparison": {task: takeover_comparison(arms[capped][task], arms[ARMS[0]][task])
+                           for task in tasks} if capped else None,
         "watching": watching,
     }
     write_report(report, results)
     return report
-
-
-def lift_cap_arm(cap_m: float) -> str:
-    return f"lift cap {cap_m:g} m"
 
 
 def takeover_counts(episodes: list) -> dict:
@@ -152,8 +150,7 @@ def write_report(report: dict, results: Path) -> None:
     for task, c in report["comparison"].items():
         lines.append(f"- {task}: {c['text'] if c else 'no takeovers to compare'}")
     if report.get("cap_comparison"):
-        lines += ["", f"Takeover success, {[a for a in report['arms'] if a.startswith('lift cap')][0]} vs as "
-                  "configured:", ""]  # fmt: skip
+        lines += ["", f"Takeover success, {report['capped_arm']} vs as configured:", ""]
         for task, c in report["cap_comparison"].items():
             lines.append(f"- {task}: {c['text'] if c else 'no takeovers to compare'}")
     if report.get("watching"):

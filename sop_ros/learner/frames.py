@@ -50,9 +50,3 @@ class DecodedFrames:
 
     def __len__(self) -> int:
         return len(self._frames)
-
-    def stats(self) -> dict[str, float]:
-        """Frames kept, their MB, and the share of lookups answered without decoding."""
-        lookups = self.hits + self.misses
-        return {"frames": len(self._frames), "mb": self.kept_bytes / 2**20,
-                "hit_rate": self.hits / lookups if lookups else 0.0}  # fmt: skip
