@@ -26,6 +26,7 @@ from sop_ros.configs import ConfigError, from_dict, load_config, to_dict
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.fleet.headroom import SELECTION_SEED
 from sop_ros.fleet.proportions import Rate, compare
+from sop_ros.host import machine
 
 AS_RUN = "as-run"
 REPORT = "what_if.json"
@@ -92,10 +93,21 @@ def what_if(config: WhatIfConfig) -> dict:
                                            "beyond_noise": comparison.beyond_noise, "text": str(comparison)}}
     report_path = run / "what-if" / REPORT
     report = json.loads(report_path.read_text()) if report_path.exists() else {"run": str(run), "variants": {}}
+    report["machine"] = machine()
     report["variants"][base_name] = base
     report["variants"][name] = result
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     return result
+
+
+def command_line(config: WhatIfConfig) -> str:
+    """The `sop what-if` command that made a variant (an as-run baseline: the first command of its budget)."""
+    sets = "".join(f" --set '{key}={json.dumps(value) if isinstance(value, list | dict) else value}'"
+                   for key, value in config.overrides)  # fmt: skip
+    steps = f" --steps {config.steps}" if config.steps else ""
+    name = f" --name {config.name}" if config.name else ""
+    return (f"sop what-if {config.run}{sets}{steps}{name} --episodes-per-task {config.episodes_per_task} "
+            f"--seed {config.seed} --eval-config {config.eval_config}")
 
 
 def trained_and_scored(config: WhatIfConfig, learner: LearnerConfig, where: Path, steps: int) -> dict:
@@ -118,6 +130,6 @@ def trained_and_scored(config: WhatIfConfig, learner: LearnerConfig, where: Path
                                             config.episodes_per_task, config.workers, where / "eval",
                                             seed=config.seed))  # fmt: skip
     overrides = {} if where.name.startswith(AS_RUN) else dict(config.overrides)
-    result = {"settings": settings, "overrides": overrides, **score}
+    result = {"command": command_line(config), "settings": settings, "overrides": overrides, **score}
     done.write_text(json.dumps(result, indent=2) + "\n")
     return result
