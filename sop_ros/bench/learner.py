@@ -139,12 +139,6 @@ def data_path_samples_per_s(demos: Path, image_size: int, batch_size: int, batch
     return {**rates, "speedup": round(rates["frame_cache"] / rates["decode_each_time"], 2)}
 
 
-def resolved_device(device: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-
-
 def bench_config(demos: Path, workdir: Path, name: str, steps: int, batch_size: int, threads: int, device: str = "auto",
                  model_config: str = "", precision: str = "fp32") -> LearnerConfig:
     from sop_ros.bridge.artifacts import make_signing_keys
@@ -171,10 +165,11 @@ def run(out: Path, demos: Path, steps: int = 150, batch_size: int = 32, robots: 
     import torch
 
     from sop_ros.learner.online import model_shape, run_learner
+    from sop_ros.learner.ranks import device_kind
 
     if threads:
         torch.set_num_threads(threads)
-    device = resolved_device(device)
+    device = device_kind(device)
     sim = SimRobotConfig()
     period_s = sim.max_episode_steps / sim.control_hz  # one episode per robot this often, at full length
     workdir = Path(tempfile.mkdtemp(prefix="sop-bench-learner-"))

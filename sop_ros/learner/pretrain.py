@@ -25,6 +25,7 @@ from sop_ros.configs.model import ModelConfig
 from sop_ros.episodes.format import Outcome
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset
 from sop_ros.learner.frames import DecodedFrames
+from sop_ros.learner.ranks import device_kind
 from sop_ros.model.inputs import INDICATOR_NONE
 from sop_ros.model.tokens import instruction_tokens
 from sop_ros.model.vla import VLAPolicy, parameter_count, save_checkpoint
@@ -130,8 +131,7 @@ def learning_rate(step: int, config: PretrainConfig) -> float:
 
 def pretrain(config: PretrainConfig) -> dict:
     torch.manual_seed(config.seed)
-    device = torch.device("cuda" if config.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if config.device == "auto" else config.device)  # fmt: skip
+    device = torch.device(device_kind(config.device))
     model_cfg = config.model
     # ---- data: successful demonstrations only ----------------------------------------------------------------
     dataset = EpisodeDataset(

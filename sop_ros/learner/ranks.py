@@ -21,10 +21,15 @@ class Ranks:
         return self.rank == 0
 
 
+def device_kind(device: str) -> str:
+    """"cuda" or "cpu" for a config's device ("auto": CUDA where torch sees a GPU)."""
+    return ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+
 def start_ranks(device: str) -> Ranks:
     """One rank, or this process's rank of a torchrun job (it sets WORLD_SIZE, RANK, LOCAL_RANK)."""
     world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    cuda = device_kind(device) == "cuda"
     where = torch.device(f"cuda:{local}" if cuda else "cpu")
     if world > 1:
         if cuda:
