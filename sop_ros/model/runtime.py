@@ -29,9 +29,8 @@ import numpy as np
 from sop_ros.configs.robot import RUNTIME_KINDS
 from sop_ros.model.inputs import INPUTS, OUTPUT
 
-# "cuda-graph" is ONNX Runtime's CUDA provider in its CUDA-graph mode for an exported graph, and torch's CUDA graphs
-# for a checkpoint.
-KINDS = RUNTIME_KINDS
+# The kinds are RUNTIME_KINDS: "cuda-graph" is ONNX Runtime's CUDA provider in its CUDA-graph mode for an exported
+# graph, and torch's CUDA graphs for a checkpoint.
 PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda-graph": "CUDAExecutionProvider",
              "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}  # fmt: skip
 TIMED_RUNS = 30  # per candidate at load, after its warm-up run
@@ -186,7 +185,7 @@ class TorchRuntime:
 
 @dataclass(frozen=True)
 class Candidate:
-    kind: str  # one of KINDS
+    kind: str  # one of RUNTIME_KINDS
     load: Callable[[], Runtime]
 
 
@@ -197,7 +196,7 @@ def candidates(path: Path, engine_cache: str | Path | None = None, threads: int 
         import onnxruntime as ort
 
         built = ort.get_available_providers()  # a provider this build lacks is no candidate: nothing to log
-        return [Candidate(kind, partial(OnnxRuntime, path, engine_cache, threads, kind)) for kind in KINDS
+        return [Candidate(kind, partial(OnnxRuntime, path, engine_cache, threads, kind)) for kind in RUNTIME_KINDS
                 if PROVIDERS[kind] in built]  # fmt: skip
     import torch
 
@@ -264,12 +263,12 @@ def time_runs(runtime: Runtime, runs: int) -> dict[str, float]:
 
 def load_runtime(path: str | Path, engine_cache: str | Path | None = None, threads: int = 0,
                  order: Sequence[str] = (), log: Callable[[str], None] = print) -> Runtime:  # fmt: skip
-    """An .onnx file on ONNX Runtime, a checkpoint (.pt) on torch, by measurement or in `order` (kinds of KINDS).
+    """An .onnx file on ONNX Runtime, a checkpoint (.pt) on torch, by measurement or in `order` (RUNTIME_KINDS).
     `threads`: ONNX Runtime's intra-op threads (0: its default)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such policy file")
-    unknown = [k for k in order if k not in KINDS]
+    unknown = [k for k in order if k not in RUNTIME_KINDS]
     if unknown:
-        raise ValueError(f"runtime order {list(order)}: {unknown} not among {', '.join(KINDS)}")
+        raise ValueError(f"runtime order {list(order)}: {unknown} not among {', '.join(RUNTIME_KINDS)}")
     return choose_runtime(candidates(path, engine_cache, threads), order, log)[0]
