@@ -123,6 +123,22 @@ def cmd_what_if(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dagger_round(args: argparse.Namespace) -> int:
+    from sop_ros.fleet.dagger_round import DaggerRoundConfig, dagger_round
+    from sop_ros.fleet.what_if import parse_override
+
+    config = DaggerRoundConfig(args.out, args.config, args.robot_config,
+                               tuple(parse_override(o) for o in args.operator), args.episodes_per_task, args.steps,
+                               args.seed, args.workers)  # fmt: skip
+    summary = dagger_round(config)
+    for task, c in summary["tasks"].items():
+        print(f"{task}: {c['autonomous_successes']} of {c['episodes']} finished by the policy alone; "
+              f"{c['takeover_successes']} of {c['takeovers']} takeovers succeeded ({c['successful_operator_steps']} "
+              f"operator steps in them)")
+    print(f"a finished run for `sop what-if {args.out} --set algorithm=bc` (the demonstrations alone) and others")
+    return 0
+
+
 def cmd_bench_inference(args: argparse.Namespace) -> int:
     from sop_ros.configs.model import ModelConfig
 
@@ -494,6 +510,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-config", default="config/sim_policy.yaml", help="robot YAML the policies are scored "
                    "with (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_what_if)
+
+    p = sub.add_parser("dagger-round", help="one round of HG-DAgger in process (the base drives, the scripted "
+                       "operator takes over, every episode recorded), as a finished run for `sop what-if`")  # fmt: skip
+    p.add_argument("--out", required=True, metavar="DIR", help="the round's folder (a run for `sop what-if DIR`)")
+    p.add_argument("--config", default="config/experiment_learner.yaml", help="learner YAML: tasks, base policy, "
+                   "demonstrations (default: %(default)s)")  # fmt: skip
+    p.add_argument("--robot-config", default="config/fleet_sim.yaml", help="robot YAML with an intervening operator "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--operator", action="append", default=[], metavar="KEY=VALUE",
+                   help="an operator setting for this round (e.g. drift_window=10); repeatable")
+    p.add_argument("--episodes-per-task", type=int, default=40, metavar="N", help="(default: %(default)s)")
+    p.add_argument("--steps", type=int, default=900, help="learner steps `sop what-if` retrains for (default: "
+                   "%(default)s, a 6-minute fleet run's)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=300_000, help="first seed, apart from the demonstrations', the "
+                   "selection's and the evaluation's (default: %(default)s)")  # fmt: skip
+    p.add_argument("--workers", type=int, default=2, metavar="W", help="processes (default: %(default)s)")
+    p.set_defaults(func=cmd_dagger_round)
 
     p = sub.add_parser("operator-check", help="how often the scripted operator's takeovers succeed, with its "
                        "back-off and without")  # fmt: skip

@@ -72,8 +72,26 @@ def test_eval_runs_the_policy_through_the_nodes_and_reports_success_per_task(tmp
 
     commands = []
     unit = plan_units(["reach-v3"], 2, 1, 100_000)[0]
-    results = run_unit(str(tmp_path / "tiny.onnx"), load_config(RobotLaunchConfig, str(config)), unit, commands)
+    results = run_unit(str(tmp_path / "tiny.onnx"), load_config(RobotLaunchConfig, str(config)), unit, commands,
+                       record=tmp_path / "in-process")  # fmt: skip
     assert [r.steps for r in results] == [40, 40] and [r.success for r in results] == [False, False]
+    # Recorded in process, the episodes are what the robot's recorder wrote, as the learner reads them: the same
+    # joint states, actions, camera frames (the very JPEG bytes) and controller at every step.
+    from sop_ros.episodes.reader import episode_files
+    from sop_ros.learner.dataset import DatasetConfig, index_episode
+
+    stepped_files = episode_files(tmp_path / "in-process")
+    assert len(stepped_files) == 2
+    for node_path, stepped_path in zip(files, stepped_files, strict=True):
+        node, stepped = (index_episode(p, DatasetConfig()) for p in (node_path, stepped_path))
+        expected = (40, "failure", "reach-v3")
+        assert (stepped.steps, stepped.outcome, stepped.task) == (node.steps, node.outcome, node.task) == expected
+        np.testing.assert_array_equal(stepped.proprio, node.proprio)
+        np.testing.assert_array_equal(stepped.actions, node.actions)
+        assert not stepped.operator.any() and not node.operator.any()
+        for camera in ("corner", "topview"):
+            assert [stepped.frames[camera][i] for i in stepped.frame_of_step[camera]] == [
+                node.frames[camera][i] for i in node.frame_of_step[camera]]
     for path, episode_commands in zip(files, commands, strict=True):
         with open(path, "rb") as f:
             reader = make_reader(f, decoder_factories=[DecoderFactory()])
@@ -137,9 +155,19 @@ def test_in_process_episodes_have_the_configs_operator_take_over_and_back_off_fi
                                    back_off_m=0.05, back_off_tasks=("reach-v3",))  # fmt: skip
     config = dataclasses.replace(fleet, nodes=dataclasses.replace(fleet.nodes, scripted_operator=operator))
     commands = []
-    [result] = run_unit(str(tmp_path / "tiny.onnx"), config, plan_units(["reach-v3"], 1, 1, 200_000)[0], commands)
+    [result] = run_unit(str(tmp_path / "tiny.onnx"), config, plan_units(["reach-v3"], 1, 1, 200_000)[0], commands,
+                        record=tmp_path / "recorded")  # fmt: skip
     # Observed from the second state on (the first answers no command): the 10th judgement is on state 10.
     assert result.took_over_at == 11 and result.success and result.steps < 150
+    # Recorded, the learner sees the operator's commands from that state on: an intervention, as HG-DAgger learns it.
+    from sop_ros.episodes.reader import episode_files
+    from sop_ros.learner.dataset import DatasetConfig, index_episode
+
+    [path] = episode_files(tmp_path / "recorded")
+    episode = index_episode(path, DatasetConfig())
+    assert episode.operator.tolist() == [False] * 11 + [True] * (result.steps - 11)
+    assert (episode.outcome, episode.metadata["interventions"]) == ("success", "1")
+    np.testing.assert_array_equal(episode.actions, np.array(commands[0], dtype=np.float32))
     lifting = [c for c in commands[0][11:] if list(c[:3]) == [0.0, 0.0, 1.0]]
     assert 3 <= len(lifting) <= 10 and list(commands[0][11][:3]) == [0.0, 0.0, 1.0]
     operated = commands[0][11:]  # the operator's commands, counted as it drove: how many rose

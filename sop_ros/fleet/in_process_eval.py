@@ -49,9 +49,14 @@ def camera_tick(t_ns: int, period_ns: int, every_steps: int) -> bool:
     return round(t_ns / period_ns) % every_steps == 0
 
 
-def policy_input(base: RobotLaunchConfig, sim, cameras: tuple[str, ...]) -> np.ndarray:
-    """The cameras' current frames as the policy gets them, uint8 (cameras, 3, S, S): the simulator's JPEG at its
-    quality when its transport is compressed, decoded and resized as the ingest node does."""
+def rendered(sim, cameras) -> dict[str, np.ndarray]:
+    """Each camera's RGB frame of the simulator's current state, rendered once."""
+    return {camera: sim.render(camera) for camera in dict.fromkeys(cameras)}
+
+
+def policy_input(base: RobotLaunchConfig, rendered: dict[str, np.ndarray], cameras: tuple[str, ...]) -> np.ndarray:
+    """The cameras' `rendered` frames as the policy gets them, uint8 (cameras, 3, S, S): the simulator's JPEG at
+    its quality when its transport is compressed, decoded and resized as the ingest node does."""
     from sop_ros.model.preprocess import decode_jpeg_rgb, encode_jpeg_rgb, resize_chw
 
     sim_cfg = base.nodes.sim_robot
@@ -59,7 +64,7 @@ def policy_input(base: RobotLaunchConfig, sim, cameras: tuple[str, ...]) -> np.n
     compressed = sim_cfg.image_transport != "raw" and ingest.camera_transport == "compressed"
     views = []
     for camera in cameras:
-        rgb = sim.render(camera)
+        rgb = rendered[camera]
         if compressed:
             rgb = decode_jpeg_rgb(encode_jpeg_rgb(rgb, sim_cfg.jpeg_quality))
         views.append(resize_chw(rgb, ingest.image_size))
@@ -67,12 +72,13 @@ def policy_input(base: RobotLaunchConfig, sim, cameras: tuple[str, ...]) -> np.n
 
 
 def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands: list[list[np.ndarray]] | None = None,
-             watch_only: bool = False) -> list[EpisodeResult]:  # fmt: skip
+             watch_only: bool = False, record: Path | None = None) -> list[EpisodeResult]:  # fmt: skip
     """One work unit's episodes, as one lockstep robot runs them under `sop eval`; with `commands`, each
     episode's commands to the simulator are appended to it (a list per episode). A config with an intervening
     scripted operator (a fleet's) has it watch and take over as ScriptedOperatorNode does: judged on one state,
     in control from the next, backing off first if configured, until the episode ends. `watch_only`: it judges
-    but never takes over, so that the episode shows whether the policy would have finished alone."""
+    but never takes over, so that the episode shows whether the policy would have finished alone. `record`: every
+    episode is also written there as the robot's recorder writes it (episode_files.py), one folder per unit."""
     from sop_ros.episodes.format import Controller
     from sop_ros.model.policy import Observation, load_policy
     from sop_ros.model.preprocess import to_unit_range
@@ -99,6 +105,15 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
     else:
         operator = None
 
+    recorded_cameras = (base.nodes.recorder.cameras if base.nodes.recorder else ingest.cameras) if record else ()
+    cameras = tuple(dict.fromkeys(ingest.cameras + recorded_cameras))
+    if record is not None:
+        from sop_ros.fleet.episode_files import EpisodeFiles
+        from sop_ros.sim.metaworld_sim import ACTION_NAMES, JOINT_NAMES
+
+        robot_id = f"robot_{unit.task.removesuffix('-v3').replace('-', '_')}_{unit.seed}"
+        files = EpisodeFiles(record / robot_id, robot_id, recorded_cameras, sim_cfg.jpeg_quality)
+
     results, t_ns = [], 0
     try:
         for index in range(unit.episodes):
@@ -110,7 +125,12 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
             policy.reset()
             chunks.clear()
             arbiter.new_episode()
-            pixels = policy_input(base, sim, ingest.cameras)
+            frames = rendered(sim, cameras)
+            pixels = policy_input(base, frames, ingest.cameras)
+            if record is not None:
+                files.start(t_ns, unit.task, episode.instruction, policy.version)
+                files.state(t_ns, JOINT_NAMES, sim.joint_positions(), sim.joint_velocities())
+                files.frames(t_ns, frames)
             success, steps, judged, judged_at, took_over_at, executed = False, 0, None, None, None, None
             operator_steps = operator_rising = 0
             if operator is not None:
@@ -124,6 +144,8 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
                     if not watch_only:
                         took_over_at = steps
                         correction.start(state[HAND_XYZ])
+                        if record is not None:
+                            files.control(t_ns, Controller.OPERATOR)
                 if took_over_at is not None:
                     operator_command = correction.command(state[HAND_XYZ], expert(state))
                     arbiter.submit(Controller.OPERATOR, operator_command, t_ns * 1e-9)
@@ -142,14 +164,23 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
                     operator_rising += bool(command[2] > 0.5)
                 if commands is not None:
                     commands[-1].append(command)
+                if record is not None:
+                    files.executed(t_ns, ACTION_NAMES, command)
                 t_ns += period_ns
                 result = sim.step(command)
                 steps, state = result.steps, result.state
+                if record is not None:
+                    files.state(t_ns, JOINT_NAMES, sim.joint_positions(), sim.joint_velocities())
                 if camera_tick(t_ns, period_ns, sim_cfg.camera_every_steps):
-                    pixels = policy_input(base, sim, ingest.cameras)
+                    frames = rendered(sim, cameras)
+                    pixels = policy_input(base, frames, ingest.cameras)
+                    if record is not None:
+                        files.frames(t_ns, frames)
                 if result.success or steps >= sim_cfg.max_episode_steps:
                     success = result.success
                     break
+            if record is not None:
+                files.end(t_ns, success, steps)
             if took_over_at is not None:
                 arbiter.release_operator()  # as the arbiter node does at an END (end_takeover_with_episode)
             results.append(EpisodeResult(unit.task, unit.seed, index, success, steps, took_over_at, judged_at,
@@ -159,9 +190,9 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
     return results
 
 
-def _run_unit(args: tuple[str, RobotLaunchConfig, WorkUnit, bool]) -> list[EpisodeResult]:
-    policy_path, base, unit, watch_only = args
-    return run_unit(policy_path, base, unit, watch_only=watch_only)
+def _run_unit(args: tuple[str, RobotLaunchConfig, WorkUnit, bool, Path | None]) -> list[EpisodeResult]:
+    policy_path, base, unit, watch_only, record = args
+    return run_unit(policy_path, base, unit, watch_only=watch_only, record=record)
 
 
 def _leave_stop_signals_to_the_parent() -> None:
@@ -172,16 +203,16 @@ def _leave_stop_signals_to_the_parent() -> None:
 
 
 def run_units(policy_path: str, base: RobotLaunchConfig, units: list[WorkUnit], workers: int,
-              watch_only: bool = False) -> Iterator[list]:  # fmt: skip
+              watch_only: bool = False, record: Path | None = None) -> Iterator[list]:  # fmt: skip
     """Each unit's results in order as it finishes, `workers` units at a time (one process each: the GIL and
     Mesa's renderer are per process). Interrupted (KeyboardInterrupt, which SIGTERM raises in the experiments),
     the workers are terminated at once: a pool that drained its queue first would keep scoring for minutes."""
     if workers <= 1:
         for unit in units:
-            yield run_unit(policy_path, base, unit, watch_only=watch_only)
+            yield run_unit(policy_path, base, unit, watch_only=watch_only, record=record)
         return
     with multiprocessing.get_context("fork").Pool(workers, _leave_stop_signals_to_the_parent) as pool:
-        yield from pool.imap(_run_unit, [(policy_path, base, u, watch_only) for u in units])
+        yield from pool.imap(_run_unit, [(policy_path, base, u, watch_only, record) for u in units])
     # leaving the block, normally or by an exception, terminates the workers (Pool.__exit__)
 
 

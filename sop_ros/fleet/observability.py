@@ -36,7 +36,7 @@ class Placements:
 
 def render_placements(base: RobotLaunchConfig, task: str, count: int, seed: int) -> Placements:
     """`count` resets of `task` as the policy sees them (cameras, preprocessing and marker from `base`)."""
-    from sop_ros.fleet.in_process_eval import policy_input
+    from sop_ros.fleet.in_process_eval import policy_input, rendered
     from sop_ros.sim.metaworld_sim import MetaWorldSim, goal_marker
 
     sim_cfg = base.nodes.sim_robot
@@ -48,7 +48,7 @@ def render_placements(base: RobotLaunchConfig, task: str, count: int, seed: int)
         try:
             for _ in range(min(PLACEMENTS_PER_SEED, count - first)):
                 _, state = sim.reset()
-                frames.append(policy_input(base, sim, cameras))
+                frames.append(policy_input(base, rendered(sim, cameras), cameras))
                 for name, where in TARGETS.items():
                     positions[name].append(state[where])
         finally:
