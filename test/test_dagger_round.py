@@ -38,8 +38,9 @@ def tiny_setup(tmp_path):
 
 def test_a_round_records_the_operators_takeovers_as_a_finished_run(tmp_path):
     tiny_setup(tmp_path)
-    config = DaggerRoundConfig(str(tmp_path / "round"), str(tmp_path / "learner.yaml"), str(tmp_path / "robot.yaml"),
-                               operator=(("time_budget_steps", 8),), episodes_per_task=2, steps=40, workers=1)  # fmt: skip
+    config = DaggerRoundConfig(str(tmp_path / "round"), str(tmp_path / "learner.yaml"),
+                               str(tmp_path / "robot.yaml"), operator=(("time_budget_steps", 8),),
+                               episodes_per_task=2, steps=40, workers=1)  # fmt: skip
     summary = dagger_round(config)
     reach = summary["tasks"]["reach-v3"]
     # An untrained policy fails; the operator takes over at its time budget and its expert finishes the task.

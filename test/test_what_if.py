@@ -65,13 +65,18 @@ def test_the_variant_and_the_as_run_retraining_are_made_once_each_and_compared(t
     against = result["against_as_run"]
     assert (result["successes"], result["episodes"], against["difference"]) == (110, 200, 0.15)
     assert against["z"] == pytest.approx(3.004, abs=1e-3) and against["beyond_noise"]
-    assert result["overrides"] == {"sampling.online_share_max": 0.2}
+    assert result["overrides"] == {"sampling.online_share_max": 0.2} and result["baseline"] == "as-run"
+    assert result["per_task_against_as_run"] == {"push-wall-v3": against}  # one task: the same comparison
     assert result["command"].startswith(f"sop what-if {run} --set 'sampling.online_share_max=0.2' --name share-0.2")
     # Another variant on the same run: the as-run retraining is not made again; the report keeps all three.
     result = what_if(WhatIfConfig(str(run), (("ema_decay", 0.995),), name="ema", steps=0))
     assert [t[0] for t in trained] == ["as-run", "share-0.2", "ema"] and not result["against_as_run"]["beyond_noise"]
     report = json.loads((run / "what-if" / "what_if.json").read_text())
     assert set(report["variants"]) == {"as-run", "share-0.2", "ema"} and report["machine"]["cores"] >= 1
+    markdown = (run / "what-if" / "what_if.md").read_text()  # beside it, a table a person reads
+    row = "| share-0.2 | 900 | 55.0% | 110/200 (+15, p = 0.0027) | +15.0 points, p = 0.0027, beyond noise |"
+    assert row in markdown
+    assert "| as-run | 900 | 40.0% | 80/200 | - |" in markdown and "sop what-if" in markdown
     # Another budget: its own as-run baseline, the run's budget's kept.
     scored["as-run-1800-steps"], scored["long"] = (90, 200), (100, 200)
     what_if(WhatIfConfig(str(run), (("ema_decay", 0.99),), name="long", steps=1800))

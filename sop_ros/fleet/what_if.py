@@ -86,18 +86,55 @@ def what_if(config: WhatIfConfig) -> dict:
     made = {name: trained_and_scored(config, learner, run / "what-if" / name, steps)
             for name, learner in ((baseline, as_run), (config.name or variant_name(config.overrides), variant))}
     (base_name, base), (name, result) = made.items()
-    comparison = compare(Rate(result["successes"], result["episodes"]), Rate(base["successes"], base["episodes"]))
-    result = {**result, "against_as_run": {"difference": round(comparison.difference, 4),
-                                           "interval": [round(v, 4) for v in comparison.interval],
-                                           "z": round(comparison.z, 3), "p_value": comparison.p_value,
-                                           "beyond_noise": comparison.beyond_noise, "text": str(comparison)}}
+    result = {**result, "baseline": base_name,
+              "against_as_run": comparison_of((result["successes"], result["episodes"]),
+                                              (base["successes"], base["episodes"])),
+              "per_task_against_as_run": {task: comparison_of(result["per_task"][task], base["per_task"][task])
+                                          for task in result["per_task"]}}  # fmt: skip
     report_path = run / "what-if" / REPORT
     report = json.loads(report_path.read_text()) if report_path.exists() else {"run": str(run), "variants": {}}
     report["machine"] = machine()
     report["variants"][base_name] = base
     report["variants"][name] = result
     report_path.write_text(json.dumps(report, indent=2) + "\n")
+    report_path.with_suffix(".md").write_text(report_markdown(report))
     return result
+
+
+def comparison_of(variant: tuple[int, int] | list[int], baseline: tuple[int, int] | list[int]) -> dict:
+    """A variant's (successes, episodes) against its baseline's: the difference, its interval and the test."""
+    comparison = compare(Rate(*variant), Rate(*baseline))
+    return {"difference": round(comparison.difference, 4), "interval": [round(v, 4) for v in comparison.interval],
+            "z": round(comparison.z, 3), "p_value": comparison.p_value, "beyond_noise": comparison.beyond_noise,
+            "text": str(comparison)}  # fmt: skip
+
+
+def report_markdown(report: dict) -> str:
+    """what_if.md: every variant's score, per task, each against its budget's retraining as run."""
+    from sop_ros.host import described
+
+    variants = report["variants"]
+    tasks = list(next(iter(variants.values()))["per_task"])
+    lines = [f"# What-if: {report['run']} retrained offline", "",
+             f"On {described(report['machine'])}. Each variant is retrained from the run's base on its store and "
+             "scored in process on the selection seeds; it is compared with the retraining as run for the same "
+             "steps (two-proportion z-test; beyond noise: p < 0.05; Newcombe's 95% interval of the difference).",
+             "", "| variant | steps | success | " + " | ".join(tasks) + " | against as run |",
+             "|---|---|---|" + "---|" * len(tasks) + "---|"]  # fmt: skip
+    for name, v in variants.items():
+        against = v.get("against_as_run")
+        cells = []
+        for task in tasks:
+            k, n = v["per_task"][task]
+            versus = v.get("per_task_against_as_run", {}).get(task)
+            cells.append(f"{k}/{n}" + (f" ({versus['difference'] * 100:+.0f}, p = {versus['p_value']:.2g})"
+                                       if versus else ""))  # fmt: skip
+        text = (f"{against['difference'] * 100:+.1f} points, p = {against['p_value']:.2g}"
+                f"{', beyond noise' if against['beyond_noise'] else ''}" if against else "-")
+        lines.append(f"| {name} | {v['settings']['steps']} | {v['success'] * 100:.1f}% | " + " | ".join(cells)
+                     + f" | {text} |")  # fmt: skip
+    lines += ["", "Commands:", ""] + [f"- {name}: `{v['command']}`" for name, v in variants.items()]
+    return "\n".join(lines) + "\n"
 
 
 def command_line(config: WhatIfConfig) -> str:
