@@ -134,7 +134,7 @@ import os, sys, time
 from sop_ros.fleet import in_process_eval
 from sop_ros.fleet.collect_demos import WorkUnit, interrupt_on_signals
 
-def endless_unit(policy_path, base, unit, watch_only=False):
+def endless_unit(policy_path, base, unit, watch_only=False, record=None):
     os.write(1, f"worker {os.getpid()}\\n".encode())  # one write: two workers' lines never interleave
     time.sleep(600)
 
