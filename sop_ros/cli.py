@@ -115,8 +115,13 @@ def cmd_chaos_fuzz(args: argparse.Namespace) -> int:
 def cmd_what_if(args: argparse.Namespace) -> int:
     from sop_ros.fleet.what_if import AS_RUN, WhatIfConfig, parse_override, what_if
 
+    try:
+        seeds = tuple(int(s) for s in args.learner_seeds.split(",") if s)
+    except ValueError:
+        what = f"--learner-seeds {args.learner_seeds!r}"
+        raise ConfigError(f"{what}: must be comma-separated integers, e.g. 0,1") from None
     config = WhatIfConfig(args.run, tuple(parse_override(o) for o in args.overrides), args.name, args.steps,
-                          args.episodes_per_task, args.seed, args.workers, args.eval_config)  # fmt: skip
+                          args.episodes_per_task, args.seed, args.workers, args.eval_config, seeds)  # fmt: skip
     result = what_if(config)
     print(f"sop what-if: {', '.join(f'{k}={v}' for k, v in config.overrides) or AS_RUN} against as run: "
           f"{result['against_as_run']['text']}")
@@ -503,6 +508,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a learner setting, dotted for sections (e.g. sampling.online_share_max=0.2); repeatable")
     p.add_argument("--name", default="", help="the variant's folder under RUN/what-if (default: from its settings)")
     p.add_argument("--steps", type=int, default=0, help="learner steps (default: the run's own)")
+    p.add_argument("--learner-seeds", default="", metavar="S,S,...", help="retrain every setting once per learner "
+                   "seed and pool the scores (default: the run's own seed only)")  # fmt: skip
     p.add_argument("--episodes-per-task", type=int, default=50, metavar="N", help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=SELECTION_SEED, help="first scoring seed (default: the selection "
                    "seeds, %(default)s: choices are never made on the evaluation seeds)")  # fmt: skip

@@ -84,3 +84,36 @@ def test_the_variant_and_the_as_run_retraining_are_made_once_each_and_compared(t
     assert (run / "what-if" / "as-run" / "result.json").exists()
     with pytest.raises(ConfigError, match="not a finished run"):
         what_if(WhatIfConfig(str(tmp_path / "nowhere"), ()))
+
+
+def test_learner_seeds_retrain_each_setting_once_per_seed_and_pool_the_scores(tmp_path, monkeypatch):
+    run = finished_run(tmp_path)
+    trained = []
+    scored = {"as-run": (40, 100), "as-run-learner-seed-1": (50, 100), "bc": (60, 100), "bc-learner-seed-1": (70, 100)}
+
+    def train_offline(learner, fleet_dir, where, steps):
+        trained.append((where.parent.name, learner.seed, learner.algorithm))
+        where.mkdir(parents=True)
+        return where / "policy.pt"
+
+    def evaluate(policy, eval_config, tasks, episodes_per_task, workers, out, seed):
+        successes, episodes = scored[out.parent.name]
+        return {"tasks": {"push-wall-v3": {"successes": successes, "episodes": episodes}}}
+
+    monkeypatch.setattr("sop_ros.fleet.experiments.train_offline", train_offline)
+    monkeypatch.setattr("sop_ros.model.export.export_onnx", lambda checkpoint, onnx: None)
+    monkeypatch.setattr("sop_ros.fleet.in_process_eval.evaluate_in_process", evaluate)
+    result = what_if(WhatIfConfig(str(run), (("algorithm", "bc"),), name="bc", learner_seeds=(0, 1)))
+    assert trained == [("as-run", 0, "hg_dagger"), ("as-run-learner-seed-1", 1, "hg_dagger"), ("bc", 0, "bc"),
+                       ("bc-learner-seed-1", 1, "bc")]  # fmt: skip
+    # Pooled: 130/200 against 90/200, each retraining's score kept beside it.
+    assert (result["successes"], result["episodes"], result["per_task"]) == (130, 200, {"push-wall-v3": [130, 200]})
+    assert result["per_seed_success"] == {"0": 0.6, "1": 0.7} and result["baseline"] == "as-run-learner-seeds-0-1"
+    assert result["against_as_run"]["difference"] == 0.2 and "--learner-seeds 0,1" in result["command"]
+    report = json.loads((run / "what-if" / "what_if.json").read_text())
+    assert set(report["variants"]) == {"as-run-learner-seeds-0-1", "bc-learner-seeds-0-1"}
+    assert "| bc-learner-seeds-0-1 | 900 | 65.0% (learner seeds 0: 60.0%, 1: 70.0%) |" in (
+        run / "what-if" / "what_if.md").read_text()
+    # One seed, the run's own: the plain result, already made.
+    single = what_if(WhatIfConfig(str(run), (("algorithm", "bc"),), name="bc"))
+    assert len(trained) == 4 and single["successes"] == 60 and "per_seed_success" not in single

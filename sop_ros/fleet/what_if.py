@@ -15,6 +15,7 @@ Each variant lives in <run>/what-if/<name>/ and is not made again; <run>/what-if
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -42,6 +43,9 @@ class WhatIfConfig:
     seed: int = SELECTION_SEED  # the scoring's first seed: choices are made on the selection seeds
     workers: int = 2
     eval_config: str = "config/sim_policy.yaml"
+    # Retrain each setting once per learner seed and pool the scores (empty: the run's own seed only). Two
+    # retrainings of one setting differ by a few points; a task also moves with the other tasks' data.
+    learner_seeds: tuple[int, ...] = ()
 
 
 def parse_override(text: str) -> tuple[str, object]:
@@ -83,7 +87,9 @@ def what_if(config: WhatIfConfig) -> dict:
     run_steps = json.loads((run / "fleet_run.json").read_text())["learner_steps"]
     steps = config.steps or run_steps
     baseline = AS_RUN if steps == run_steps else f"{AS_RUN}-{steps}-steps"  # each budget has its own baseline
-    made = {name: trained_and_scored(config, learner, run / "what-if" / name, steps)
+    seeds = tuple(dict.fromkeys(config.learner_seeds)) or (as_run.seed,)
+    pooled = f"-learner-seeds-{'-'.join(map(str, seeds))}" if seeds != (as_run.seed,) else ""
+    made = {name + pooled: retrained(config, learner, run / "what-if", name, steps, seeds)
             for name, learner in ((baseline, as_run), (config.name or variant_name(config.overrides), variant))}
     (base_name, base), (name, result) = made.items()
     result = {**result, "baseline": base_name,
@@ -99,6 +105,24 @@ def what_if(config: WhatIfConfig) -> dict:
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     report_path.with_suffix(".md").write_text(report_markdown(report))
     return result
+
+
+def retrained(config: WhatIfConfig, learner: LearnerConfig, what_if_dir: Path, name: str, steps: int,
+              seeds: tuple[int, ...]) -> dict:  # fmt: skip
+    """`learner` retrained and scored once per learner seed (the run's own seed in <name>/, another in
+    <name>-learner-seed-<s>/), the scores pooled; one seed's result as it is."""
+    results = {s: trained_and_scored(config, dataclasses.replace(learner, seed=s),
+                                     what_if_dir / (name if s == learner.seed else f"{name}-learner-seed-{s}"), steps)
+               for s in seeds}  # fmt: skip
+    if len(results) == 1:
+        return next(iter(results.values()))
+    first = next(iter(results.values()))
+    successes, episodes = (sum(r[key] for r in results.values()) for key in ("successes", "episodes"))
+    per_task = {task: [sum(r["per_task"][task][i] for r in results.values()) for i in (0, 1)]
+                for task in first["per_task"]}  # fmt: skip
+    return {**first, "successes": successes, "episodes": episodes, "success": round(successes / episodes, 4),
+            "per_task": per_task, "learner_seeds": list(results),
+            "per_seed_success": {str(s): r["success"] for s, r in results.items()}}  # fmt: skip
 
 
 def comparison_of(variant: tuple[int, int] | list[int], baseline: tuple[int, int] | list[int]) -> dict:
@@ -131,7 +155,10 @@ def report_markdown(report: dict) -> str:
                                        if versus else ""))  # fmt: skip
         text = (f"{against['difference'] * 100:+.1f} points, p = {against['p_value']:.2g}"
                 f"{', beyond noise' if against['beyond_noise'] else ''}" if against else "-")
-        lines.append(f"| {name} | {v['settings']['steps']} | {v['success'] * 100:.1f}% | " + " | ".join(cells)
+        seeds = v.get("per_seed_success")
+        score = f"{v['success'] * 100:.1f}%" + (" (learner seeds " + ", ".join(
+            f"{s}: {r * 100:.1f}%" for s, r in seeds.items()) + ")" if seeds else "")  # fmt: skip
+        lines.append(f"| {name} | {v['settings']['steps']} | {score} | " + " | ".join(cells)
                      + f" | {text} |")  # fmt: skip
     lines += ["", "Commands:", ""] + [f"- {name}: `{v['command']}`" for name, v in variants.items()]
     return "\n".join(lines) + "\n"
@@ -142,6 +169,8 @@ def command_line(config: WhatIfConfig) -> str:
     sets = "".join(f" --set '{key}={json.dumps(value) if isinstance(value, list | dict) else value}'"
                    for key, value in config.overrides)  # fmt: skip
     steps = f" --steps {config.steps}" if config.steps else ""
+    if config.learner_seeds:
+        steps += f" --learner-seeds {','.join(map(str, config.learner_seeds))}"
     name = f" --name {config.name}" if config.name else ""
     return (f"sop what-if {config.run}{sets}{steps}{name} --episodes-per-task {config.episodes_per_task} "
             f"--seed {config.seed} --eval-config {config.eval_config}")
