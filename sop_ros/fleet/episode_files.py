@@ -17,13 +17,6 @@ from sop_ros.episodes.format import Controller, Outcome
 from sop_ros.episodes.writer import EpisodeWriter, WriterOptions
 
 
-def _stamp(t_ns: int):
-    from builtin_interfaces.msg import Time
-
-    sec, nanosec = divmod(int(t_ns), 1_000_000_000)
-    return Time(sec=sec, nanosec=nanosec)
-
-
 class EpisodeFiles:
     """One robot's episodes in `root` (a store's episodes/<robot_id>/ folder, or a recorder's output)."""
 
@@ -67,21 +60,21 @@ class EpisodeFiles:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Header
 
-        msg = JointState(header=Header(stamp=_stamp(t_ns)), name=list(names), position=positions.tolist(),
+        from sop_ros.sim.sim_robot_node import sim_stamp
+
+        msg = JointState(header=Header(stamp=sim_stamp(t_ns)), name=list(names), position=positions.tolist(),
                          velocity=velocities.tolist())  # fmt: skip
         self._write("joints", msg, t_ns)
 
     def frames(self, t_ns: int, images: dict[str, np.ndarray]) -> None:
         """Each recorded camera's RGB frame, as the simulated robot publishes it (JPEG at its quality)."""
-        from sensor_msgs.msg import CompressedImage
         from std_msgs.msg import Header
 
-        from sop_ros.model.preprocess import encode_jpeg_rgb
+        from sop_ros.sim.sim_robot_node import image_messages, sim_stamp
 
         for camera in self.cameras:
-            jpeg = encode_jpeg_rgb(images[camera], self.jpeg_quality)
-            msg = CompressedImage(header=Header(stamp=_stamp(t_ns), frame_id=camera),
-                                  format="rgb8; jpeg compressed bgr8", data=jpeg)  # fmt: skip
+            header = Header(stamp=sim_stamp(t_ns), frame_id=camera)
+            [msg] = image_messages(images[camera], header, "compressed", self.jpeg_quality)
             self._write(camera, msg, t_ns)
 
     def executed(self, acted_ns: int, names: tuple[str, ...], command: np.ndarray) -> None:
@@ -89,7 +82,9 @@ class EpisodeFiles:
         from sensor_msgs.msg import JointState
         from std_msgs.msg import Float64MultiArray, Header
 
-        self._write("executed", JointState(header=Header(stamp=_stamp(acted_ns)), name=list(names),
+        from sop_ros.sim.sim_robot_node import sim_stamp
+
+        self._write("executed", JointState(header=Header(stamp=sim_stamp(acted_ns)), name=list(names),
                                            position=np.asarray(command, dtype=float).tolist()), acted_ns)  # fmt: skip
         self._write("command", Float64MultiArray(data=np.asarray(command, dtype=float).tolist()), acted_ns)
 
@@ -98,10 +93,11 @@ class EpisodeFiles:
         from std_msgs.msg import Header
 
         from sop_ros.msg import InterventionState
+        from sop_ros.sim.sim_robot_node import sim_stamp
 
         self.interventions += controller == Controller.OPERATOR
-        msg = InterventionState(header=Header(stamp=_stamp(since_ns)), controller=int(controller),
-                                since=_stamp(since_ns),
+        msg = InterventionState(header=Header(stamp=sim_stamp(since_ns)), controller=int(controller),
+                                since=sim_stamp(since_ns),
                                 source_device=self.device if controller == Controller.OPERATOR else "",
                                 episode_id=self.episode_id, interventions_in_episode=self.interventions)  # fmt: skip
         self._write("intervention", msg, since_ns)

@@ -106,7 +106,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
         operator = None
 
     recorded_cameras = (base.nodes.recorder.cameras if base.nodes.recorder else ingest.cameras) if record else ()
-    cameras = tuple(dict.fromkeys(ingest.cameras + recorded_cameras))
+    cameras = ingest.cameras + recorded_cameras  # each rendered once (rendered())
     if record is not None:
         from sop_ros.fleet.episode_files import EpisodeFiles
         from sop_ros.sim.metaworld_sim import ACTION_NAMES, JOINT_NAMES
