@@ -207,6 +207,22 @@ def test_hg_dagger_learns_from_corrections_and_optionally_from_autonomy_that_suc
     assert successes_only(failure).tolist() == [False] * 5
 
 
+def test_hg_dagger_can_leave_out_the_lift_that_opens_each_correction():
+    import dataclasses
+
+    up, up_and_over, over, down = [0, 0, 1, 0], [0.5, 0.3, 0.6, 0], [0.8, 0, 0.1, 0], [0, 0, -1, 0]
+    # The policy drives, an operator lifts clear then approaches, hands back, then takes over again rising.
+    operator = [False, True, True, True, True, False, True, True, False]
+    actions = np.array([up, up, up_and_over, over, up, up, up, down, up], np.float32)
+    episode = dataclasses.replace(fleet_episode("success", operator), actions=actions)
+    without_rise = training_steps(False, skip_correction_rise=True)(episode)
+    # The lift inside a correction (step 4) is the correction's own; only each stretch's opening rise goes.
+    assert without_rise.tolist() == [False, False, False, True, True, False, False, True, False]
+    assert training_steps(False)(episode).tolist() == operator
+    with_autonomy = training_steps(True, skip_correction_rise=True)(episode)
+    assert with_autonomy.tolist() == [False, False, False, True, True, False, False, True, True]
+
+
 def test_the_learning_rate_warms_up_then_follows_a_cosine_to_its_minimum():
     from sop_ros.learner.online import learning_rate_at
 

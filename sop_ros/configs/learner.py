@@ -120,6 +120,7 @@ class LearnerConfig:
     serve_robots: bool = True  # ingest and policy serving in the learner (false: `sop cloud` runs them)
     use_autonomous_segments: bool = False  # HG-DAgger: also learn from the policy's own driving that succeeded
     use_failed_corrections: bool = True  # HG-DAgger: also learn from corrections whose episode did not succeed
+    skip_correction_rise: bool = False  # HG-DAgger: leave out the lift that opens a correction (hg_dagger.py)
     # The tasks whose fleet episodes are learned from (empty: every task); the others train on demonstrations only.
     online_tasks: tuple[str, ...] = ()
     device: Literal["auto", "cpu", "cuda"] = "auto"
