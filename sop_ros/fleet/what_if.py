@@ -160,7 +160,10 @@ def report_markdown(report: dict) -> str:
             f"{s}: {r * 100:.1f}%" for s, r in seeds.items()) + ")" if seeds else "")  # fmt: skip
         lines.append(f"| {name} | {v['settings']['steps']} | {score} | " + " | ".join(cells)
                      + f" | {text} |")  # fmt: skip
-    lines += ["", "Commands:", ""] + [f"- {name}: `{v['command']}`" for name, v in variants.items()]
+    lines += ["", "Commands:", ""] + [
+        f"- {name}: " + ("the run's own settings, retrained beside the first variant of its budget: "
+                         if name.startswith(AS_RUN) else "") + f"`{v['command']}`"
+        for name, v in variants.items()]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
