@@ -22,7 +22,7 @@ setup(
         # The same with ONNX Runtime's NVIDIA build (one or the other: both install the module onnxruntime).
         "gpu": [*LEARNER, "onnxruntime-gpu>=1.18"],
         "sim": ["metaworld>=3.0", "opencv-python-headless>=4.9"],
-        "data": ["mcap>=1.1", "mcap-ros2-support>=0.5"],
+        "data": ["mcap>=1.1", "mcap-ros2-support>=0.5", "pyarrow>=15", "av>=12"],  # + LeRobot datasets
     },
     entry_points={"console_scripts": ["sop = sop_ros.cli:main"]},
 )
