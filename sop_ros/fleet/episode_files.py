@@ -9,6 +9,7 @@ operator answered) and the outcome. The learner reads them through the same data
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,9 @@ class EpisodeFiles:
         self.counter = 0
         self.writer: EpisodeWriter | None = None
 
-    def start(self, t_ns: int, task: str, instruction: str, policy_version: str) -> None:
-        self.episode_id = f"{self.robot_id}-inprocess-{self.counter:05d}"
+    def start(self, t_ns: int, task: str, instruction: str, policy_version: str, episode_id: str = "") -> None:
+        """A new episode, named `episode_id` (an imported one keeps its own) or <robot>-inprocess-<counter>."""
+        self.episode_id = episode_id or f"{self.robot_id}-inprocess-{self.counter:05d}"
         self.counter += 1
         self.start_ns, self.interventions = t_ns, 0
         self.metadata = {"episode_id": self.episode_id, "robot_id": self.robot_id, "task": task,
@@ -102,12 +104,13 @@ class EpisodeFiles:
                                 episode_id=self.episode_id, interventions_in_episode=self.interventions)  # fmt: skip
         self._write("intervention", msg, since_ns)
 
-    def end(self, t_ns: int, success: bool, steps: int) -> Path:
+    def end(self, t_ns: int, success: bool, steps: int, metadata: Mapping[str, str] | None = None) -> Path:
+        """Finish the episode; `metadata` (an imported episode's, as it was recorded) overrides what is said here."""
         outcome = Outcome.SUCCESS if success else Outcome.FAILURE
         path = self.writer.finish({**self.metadata, "outcome": outcome.value,
                                    "outcome_source": "sim_success" if success else "timeout", "steps": str(steps),
                                    "interventions": str(self.interventions), "end_ns": str(t_ns),
-                                   "labels": ""})  # fmt: skip
+                                   "labels": "", **(metadata or {})})  # fmt: skip
         self.writer = None
         return path
 
