@@ -228,6 +228,34 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0 if worst <= 1e-4 else 1
 
 
+def cmd_dataset_export(args: argparse.Namespace) -> int:
+    from sop_ros.learner.lerobot import ExportConfig, export_lerobot
+
+    config = ExportConfig(out=Path(args.out), store=args.store and Path(args.store),
+                          demos=args.demos and Path(args.demos), fps=args.fps, repo_id=args.repo_id,
+                          tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip()))  # fmt: skip
+    try:
+        export_lerobot(config)
+    except ConfigError:
+        raise
+    except ValueError as err:
+        print(f"sop dataset export: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_dataset_import(args: argparse.Namespace) -> int:
+    require_ros("dataset import")  # episode files hold ROS 2 messages
+    from sop_ros.fleet.lerobot_import import import_lerobot
+
+    try:
+        import_lerobot(Path(args.dataset), Path(args.out))
+    except (ValueError, FileExistsError) as err:
+        print(f"sop dataset import: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_cloud(args: argparse.Namespace) -> int:
     from sop_ros.cloud.services import run_cloud
     from sop_ros.configs.learner import LearnerConfig
@@ -588,6 +616,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32", help="the learner's precision "
                    "setting (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_bench_learner)
+
+    p = sub.add_parser("dataset", help="episodes as datasets of other tools: LeRobot (format v3.0) out and in")
+    dataset = p.add_subparsers(dest="dataset", required=True, metavar="ACTION")
+    p = dataset.add_parser("export", help="write a store's or a demonstrations folder's episodes as a dataset")
+    p.add_argument("--format", required=True, choices=("lerobot",), help="lerobot: a LeRobotDataset v3.0")
+    p.add_argument("--out", required=True, metavar="DIR", help="the dataset's folder (new or empty)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--store", metavar="STORE_DIR", help="an episode store (the learner's or cloud's)")
+    source.add_argument("--demos", metavar="DEMOS_DIR", help="a folder of episode files, e.g. sop collect-demos' --out")
+    p.add_argument("--fps", type=int, default=0, metavar="N",
+                   help="frames per second; episodes at another step rate are left out (default: their own rate)")
+    p.add_argument("--repo-id", default="", metavar="NAME",
+                   help="its name on the Hugging Face Hub, <owner>/<name> (default: sop_ros/<DIR's name>)")
+    p.add_argument("--tasks", default="", help="comma-separated tasks to export (default: all)")
+    p.set_defaults(func=cmd_dataset_export)
+    p = dataset.add_parser("import", help="write a dataset's episodes as episode files the learner reads")
+    p.add_argument("--format", required=True, choices=("lerobot",), help="lerobot: a LeRobotDataset v3.0")
+    p.add_argument("dataset", metavar="DIR", help="the dataset's folder")
+    p.add_argument("--out", required=True, metavar="DEMOS_OR_STORE_DIR",
+                   help="a folder of episodes (<DIR>/<robot>/<episode>.mcap, for sop pretrain --demos) or an "
+                   "episode store, which indexes them")  # fmt: skip
+    p.set_defaults(func=cmd_dataset_import)
 
     p = sub.add_parser("export", help="export a checkpoint to one ONNX graph per inference step")
     p.add_argument("--policy", required=True, metavar="CKPT")
