@@ -15,6 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import DEMO_CAMERAS
+from mcap.reader import make_reader
+from mcap.writer import Writer
 
 from sop_ros.cli import main
 from sop_ros.cloud.episode_store import EpisodeStore, stored_episodes
@@ -424,6 +426,44 @@ def test_export_refuses_a_used_folder_a_missing_store_and_a_bad_repo_id(source, 
         ExportConfig(out=tmp_path / "b", demos=source, repo_id="no owner")
     with pytest.raises(ConfigError, match="exactly one source"):
         ExportConfig(out=tmp_path / "c", demos=source, store=source)
+
+
+def with_a_damaged_frame(source: Path, target: Path, camera: str, frame: int) -> Path:
+    """A copy of an episode file under a new id, one of whose JPEG frames no longer starts like a JPEG."""
+    with open(source, "rb") as f, open(target, "wb") as out:
+        reader = make_reader(f)
+        summary = reader.get_summary()
+        writer = Writer(out)
+        writer.start(profile="ros2")
+        schemas = {i: writer.register_schema(s.name, s.encoding, s.data) for i, s in summary.schemas.items()}
+        channels = {i: writer.register_channel(c.topic, c.message_encoding, schemas[c.schema_id])
+                    for i, c in summary.channels.items()}  # fmt: skip
+        seen = 0
+        for _, channel, message in reader.iter_messages(log_time_order=False):
+            data = message.data
+            if channel.topic.endswith(f"/cameras/{camera}/image_raw/compressed"):
+                if seen == frame:
+                    data = data.replace(b"\xff\xd8\xff", b"\x00\x00\x00", 1)
+                seen += 1
+            writer.add_message(channels[channel.id], message.log_time, data, message.publish_time)
+        for record in reader.iter_metadata():
+            writer.add_metadata(record.name, {**record.metadata, "episode_id": target.stem})
+        writer.finish()
+    return target
+
+
+def test_an_episode_with_a_damaged_frame_is_left_out_by_name_and_the_rest_exported(recorded_demos, tmp_path):
+    good = episode_files(recorded_demos)[0]
+    (tmp_path / "in" / "robot_0").mkdir(parents=True)
+    shutil.copy(good, tmp_path / "in" / "robot_0" / good.name)
+    damaged = with_a_damaged_frame(good, tmp_path / "in" / "robot_0" / "robot_0-damaged.mcap", "topview", 2)
+    summary = export_lerobot(ExportConfig(out=tmp_path / "out", demos=tmp_path / "in"), log=lambda _: None)
+    assert [(p, reason.split(":")[0]) for p, reason in summary.skipped] == [(damaged, "camera 'topview' frame 2")]
+    assert "cannot decode" in summary.skipped[0][1]
+    steps = index_episode(good, DatasetConfig()).steps
+    assert json.loads((tmp_path / "out/meta/info.json").read_text())["total_frames"] == steps
+    frames, *_ = decoded_video(tmp_path / "out/videos/observation.images.topview/chunk-000/file-000.mp4")
+    assert len(frames) == steps  # nothing of the refused episode went into the video
 
 
 def test_episodes_at_another_step_rate_than_asked_are_left_out_with_their_rate(source, tmp_path):

@@ -94,7 +94,6 @@ IMAGES = "observation.images."  # + camera: a video feature
 INDEX_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 OPERATOR, TIME_NS = "sop.operator", "sop.time_ns"  # the project's per-frame extras
 EXTRA = "sop/"  # prefix of the project's per-episode extras
-STATS = ("min", "max", "mean", "std", "count")
 
 # Video: AV1 as LeRobot's recorder encodes it by default (its crf and a key frame every 2 frames, so that a frame
 # anywhere decodes quickly); yuv420p, which every decoder reads, needs even widths and heights.
@@ -232,11 +231,11 @@ class _DatasetWriter:
 
     def add(self, episode: EpisodeIndex) -> str:
         """Append an episode; the reason it cannot join the others instead ("" when added)."""
-        first_frames = {camera: decode_jpeg_rgb(episode.frames[camera][int(episode.frame_of_step[camera][0])])
-                        for camera in self.cameras}  # fmt: skip
-        reason = self._refusal(episode, first_frames)
+        fps = self.fps or max(1, round(_step_rate(episode)))  # the first episode's rate, unless one was asked for
+        reason, sizes = self._refusal(episode, fps)
         if reason:
             return reason
+        self.fps, self.frame_size = fps, sizes
         if self.first is None:
             self.first = episode
             self.action_names = _action_names(episode.path, episode.actions.shape[1])
@@ -274,7 +273,7 @@ class _DatasetWriter:
             row |= {f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
                     f"videos/{key}/from_timestamp": start / self.fps,
                     f"videos/{key}/to_timestamp": (start + n) / self.fps}  # fmt: skip
-            pixels = self._encode(camera, episode, first_frames[camera])
+            pixels = self._encode(camera, episode)
             for stat, value in pixels.as_lists().items():
                 row[f"stats/{key}/{stat}"] = value
             self.image_stats[camera].merge(pixels)
@@ -297,37 +296,41 @@ class _DatasetWriter:
         self.frames += n
         return ""
 
-    def _refusal(self, episode: EpisodeIndex, first_frames: dict[str, np.ndarray]) -> str:
+    def _refusal(self, episode: EpisodeIndex, fps: int) -> tuple[str, dict[str, tuple[int, int]]]:
+        """Why the episode cannot join the dataset ("" if it can), and its cameras' frame sizes. Every frame it
+        uses is decoded here, before any goes into a video: a damaged one refuses the episode, not the export."""
         if episode.episode_id in self.ids:
-            return f"episode {episode.episode_id} again"
-        period_ns = float(np.median(np.diff(episode.step_ns)))
-        rate = 1e9 / period_ns
-        if not self.fps:
-            self.fps = max(1, round(rate))
-        if abs(rate - self.fps) > STEP_RATE_TOLERANCE * self.fps:
-            return (f"steps at {rate:.2f} Hz, not the dataset's {self.fps} fps (a dataset has one frame rate: "
-                    f"export it on its own, with fps {round(rate)})")
-        for camera, frame in first_frames.items():
-            height, width = frame.shape[:2]
-            if (height, width) != self.frame_size.setdefault(camera, (height, width)):
-                h, w = self.frame_size[camera]
-                return f"camera {camera!r} frames are {width}x{height}, the dataset's are {w}x{h}"
-            if height % 2 or width % 2:
-                return f"camera {camera!r} frames are {width}x{height}: {PIX_FMT} video needs even sizes"
+            return f"episode {episode.episode_id} again", {}
+        rate = _step_rate(episode)
+        if abs(rate - fps) > STEP_RATE_TOLERANCE * fps:
+            return (f"steps at {rate:.2f} Hz, not the dataset's {fps} fps (a dataset has one frame rate: "
+                    f"export it on its own, with fps {round(rate)})"), {}  # fmt: skip
         first = self.first
         if first is not None and episode.joint_names != first.joint_names:
-            return f"joints {list(episode.joint_names)} differ from {list(first.joint_names)} of {first.path.name}"
+            return f"joints {list(episode.joint_names)} differ from {list(first.joint_names)} of {first.path.name}", {}
         if first is not None and episode.actions.shape[1] != first.actions.shape[1]:
-            return f"{episode.actions.shape[1]} action values, not {first.actions.shape[1]} as in {first.path.name}"
-        return ""
+            return f"{episode.actions.shape[1]} action values, not {first.actions.shape[1]} as in {first.path.name}", {}
+        sizes = {}
+        for camera in self.cameras:
+            for i in np.unique(episode.frame_of_step[camera]):
+                try:
+                    height, width = decode_jpeg_rgb(episode.frames[camera][int(i)]).shape[:2]
+                except ValueError as err:
+                    return f"camera {camera!r} frame {i}: {err}", {}
+                size = sizes.setdefault(camera, self.frame_size.get(camera, (height, width)))
+                if (height, width) != size:
+                    return f"camera {camera!r} frame {i} is {width}x{height}, the dataset's are {size[1]}x{size[0]}", {}
+                if height % 2 or width % 2:
+                    return f"camera {camera!r} frames are {width}x{height}: {PIX_FMT} video needs even sizes", {}
+        return "", sizes
 
-    def _encode(self, camera: str, episode: EpisodeIndex, first: np.ndarray) -> _PixelStats:
+    def _encode(self, camera: str, episode: EpisodeIndex) -> _PixelStats:
         """Observation k's frame of `camera` for every step, into its video; the pixel statistics of those."""
         if camera not in self.videos:
             path = self.root / VIDEO_PATH.format(video_key=IMAGES + camera, chunk_index=0, file_index=0)
             self.videos[camera] = _VideoEncoder(path, self.fps, *self.frame_size[camera])
         stats = _PixelStats()
-        decoded = {int(episode.frame_of_step[camera][0]): first}
+        decoded: dict[int, np.ndarray] = {}
         for k in range(episode.steps):
             i = int(episode.frame_of_step[camera][k])
             if i not in decoded:
@@ -384,6 +387,11 @@ class _DatasetWriter:
             "video_path": VIDEO_PATH,
             "features": features,
         }
+
+
+def _step_rate(episode: EpisodeIndex) -> float:
+    """Steps per second: the median of the episode's step periods (a late state now and then changes nothing)."""
+    return 1e9 / float(np.median(np.diff(episode.step_ns)))
 
 
 def _action_names(path: Path, width: int) -> tuple[str, ...]:
