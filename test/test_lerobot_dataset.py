@@ -325,12 +325,16 @@ def test_into_a_store_the_episodes_are_indexed_and_export_again_alike(dataset, o
         np.testing.assert_array_equal(again[episode_id]["action"], rows["action"])
 
 
-def test_an_episode_already_there_is_not_written_over(dataset, tmp_path):
-    import_lerobot(dataset, tmp_path, log=lambda _: None)
-    before = {p: p.read_bytes() for p in episode_files(tmp_path)}
-    with pytest.raises(FileExistsError, match="already recorded"):
+def test_an_episode_already_there_is_refused_before_anything_is_written(dataset, tmp_path):
+    summary = import_lerobot(dataset, tmp_path, log=lambda _: None)
+    last = sorted(summary.paths)[-1]
+    kept = last.read_bytes()
+    for path in summary.paths:
+        if path != last:
+            path.unlink()
+    with pytest.raises(FileExistsError, match=f"1 of the dataset's episodes are already recorded .*{last.name}"):
         import_lerobot(dataset, tmp_path, log=lambda _: None)
-    assert {p: p.read_bytes() for p in episode_files(tmp_path)} == before
+    assert episode_files(tmp_path) == [last] and last.read_bytes() == kept
 
 
 def without_sop_columns(dataset: Path, copy: Path) -> Path:

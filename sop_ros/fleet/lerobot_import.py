@@ -34,12 +34,17 @@ class ImportSummary:
 def import_lerobot(source: Path | str, out: Path | str, jpeg_quality: int = 90,
                    log: Callable[[str], None] = print) -> ImportSummary:  # fmt: skip
     """Write every episode of the dataset at `source` into `out`. Its meta files, each episode's rows and the
-    videos' frame counts are checked before the first file is written (LeRobotFormatError naming what is wrong);
-    an episode id already in `out` is refused (FileExistsError), never written over."""
+    videos' frame counts are checked before the first file is written (LeRobotFormatError naming what is wrong),
+    and so is whether `out` already holds one of its episodes (FileExistsError: nothing is written over)."""
     reader = LeRobotReader(source)
     out = Path(out)
     store = (out / "index.sqlite").is_file()
     root = out / "episodes" if store else out
+    there = [path for robot_id, episode_id in map(reader.identity, reader.episodes)
+             if (path := root / robot_id / f"{episode_id}.mcap").exists()]  # fmt: skip
+    if there:
+        raise FileExistsError(f"{len(there)} of the dataset's episodes are already recorded in {root} (e.g. "
+                              f"{there[0]}): an episode is never written over; import into another folder")  # fmt: skip
     files: dict[str, EpisodeFiles] = {}
     paths = []
     for episode in reader:

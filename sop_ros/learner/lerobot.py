@@ -696,13 +696,19 @@ class LeRobotReader:
         task = row.get(EXTRA + "task") or metadata.get("task") or task_text
         instruction = row.get(EXTRA + "instruction")
         instruction = task_text if instruction is None else instruction
-        robot_id = row.get(EXTRA + "robot_id") or metadata.get("robot_id") or _robot_id(self.info)
-        episode_id = row.get(EXTRA + "episode_id") or metadata.get("episode_id") or _episode_id(self.root, index)
+        robot_id, episode_id = self.identity(row)
         metadata = {"episode_id": episode_id, "robot_id": robot_id, "task": task, "instruction": instruction,
                     "outcome": row.get(EXTRA + "outcome") or Outcome.SUCCESS.value, "outcome_source": "lerobot",
                     **metadata}  # fmt: skip
         return LeRobotEpisode(episode_id, robot_id, task, instruction, metadata, self.joint_names, self.action_names,
                               step_ns, np.vstack([state, final]), actions, operator, frames)  # fmt: skip
+
+    def identity(self, row: dict) -> tuple[str, str]:
+        """(robot id, episode id) of an episode's row: as recorded, else made from the dataset's names."""
+        metadata = self._metadata(row, f"{self.root}: episode {row['episode_index']}")
+        robot_id = row.get(EXTRA + "robot_id") or metadata.get("robot_id") or _robot_id(self.info)
+        episode_id = row.get(EXTRA + "episode_id") or metadata.get("episode_id")
+        return robot_id, episode_id or _episode_id(self.root, int(row["episode_index"]))
 
     def _task_text(self, row: dict, rows: pa.Table, where: str) -> str:
         if row.get("tasks"):
