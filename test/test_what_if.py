@@ -117,3 +117,8 @@ def test_learner_seeds_retrain_each_setting_once_per_seed_and_pool_the_scores(tm
     # One seed, the run's own: the plain result, already made.
     single = what_if(WhatIfConfig(str(run), (("algorithm", "bc"),), name="bc"))
     assert len(trained) == 4 and single["successes"] == 60 and "per_seed_success" not in single
+    # Pooled over a seed's retraining made before by a one-seed command: the pooled command is named.
+    earlier = finished_run(tmp_path / "earlier")
+    what_if(WhatIfConfig(str(earlier), (("algorithm", "bc"),), name="bc"))
+    pooled = what_if(WhatIfConfig(str(earlier), (("algorithm", "bc"),), name="bc", learner_seeds=(0, 1)))
+    assert "--learner-seeds 0,1" in pooled["command"] and pooled["successes"] == 130

@@ -120,7 +120,8 @@ def retrained(config: WhatIfConfig, learner: LearnerConfig, what_if_dir: Path, n
     successes, episodes = (sum(r[key] for r in results.values()) for key in ("successes", "episodes"))
     per_task = {task: [sum(r["per_task"][task][i] for r in results.values()) for i in (0, 1)]
                 for task in first["per_task"]}  # fmt: skip
-    return {**first, "successes": successes, "episodes": episodes, "success": round(successes / episodes, 4),
+    return {**first, "command": command_line(config), "successes": successes, "episodes": episodes,
+            "success": round(successes / episodes, 4),
             "per_task": per_task, "learner_seeds": list(results),
             "per_seed_success": {str(s): r["success"] for s, r in results.items()}}  # fmt: skip
 
