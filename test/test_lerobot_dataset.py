@@ -260,6 +260,34 @@ def test_stats_are_those_of_the_data_and_of_each_episode(dataset, originals):
         np.testing.assert_allclose(np.ravel(image["max"]), pixels.max(axis=0))
 
 
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+
+
+def test_stats_hold_the_quantiles_lerobot_keeps_for_the_dataset_and_each_episode(dataset, originals):
+    # LeRobot's recorder writes q01..q99 beside min/max/mean/std, and a policy normalising by quantiles (pi0.5)
+    # refuses a dataset without them: LeRobot's own load of an export found them missing.
+    stats = json.loads((dataset / "meta/stats.json").read_text())
+    data = read_table(dataset, "data/chunk-000/file-000.parquet")
+    for name in ("observation.state", "action", "timestamp", "sop.operator"):
+        values = np.array(data[name].to_pylist(), dtype=np.float64).reshape(data.num_rows, -1)
+        for key, q in QUANTILES.items():
+            np.testing.assert_allclose(stats[name][key], np.quantile(values, q, axis=0), rtol=1e-6, atol=1e-9)
+    for row, rows in zip(episodes_table(dataset), frames_by_episode(dataset).values(), strict=True):
+        for key, q in QUANTILES.items():
+            np.testing.assert_allclose(row[f"stats/action/{key}"], np.quantile(rows["action"], q, axis=0), rtol=1e-6)
+            assert np.shape(row[f"stats/observation.images.corner/{key}"]) == (3, 1, 1)
+    for camera in DEMO_CAMERAS:
+        image = stats[f"observation.images.{camera}"]
+        pixels = np.stack([observation_frame(e, camera, k) for e in originals.values() for k in range(e.steps)])
+        pixels = pixels.reshape(-1, 3)
+        for key, q in QUANTILES.items():
+            assert np.shape(image[key]) == (3, 1, 1)
+            expected = np.quantile(pixels, q, axis=0, method="inverted_cdf") / 255.0
+            np.testing.assert_allclose(np.ravel(image[key]), expected, atol=1 / 255 + 1e-9)
+        ordered = [np.ravel(image[key]) for key in ("min", *QUANTILES, "max")]
+        assert all(np.all(a <= b) for a, b in zip(ordered, ordered[1:], strict=False))
+
+
 def test_tasks_parquet_lists_each_task_text_once_as_pandas_index(dataset, originals):
     tasks = read_table(dataset, "meta/tasks.parquet")
     instructions = list(dict.fromkeys(e.instruction for e in sorted(originals.values(), key=lambda e: str(e.path))))

@@ -8,8 +8,9 @@ The layout, as LeRobot v3.0 defines it (every path relative to the dataset's roo
 
     meta/info.json                                    codebase_version "v3.0", fps, features, totals, chunking
                                                       limits and the path templates below
-    meta/stats.json                                   per feature: min, max, mean, std, count over every frame
-                                                      (videos: per channel, pixels in [0, 1], shape (3, 1, 1))
+    meta/stats.json                                   per feature: min, max, mean, std, count and the quantiles
+                                                      q01, q10, q50, q90, q99 over every frame (videos: per
+                                                      channel, pixels in [0, 1], shape (3, 1, 1))
     meta/tasks.parquet                                one row per task text: task_index (pandas reads the text as
                                                       the index, as LeRobot does)
     meta/episodes/chunk-000/file-000.parquet          one row per episode: episode_index, tasks, length,
@@ -102,6 +103,9 @@ ENCODER_OPTIONS = {"crf": "30", "g": "2", "preset": "11"}
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 STEP_RATE_TOLERANCE = 0.05  # an episode whose step rate is further than this from the dataset's fps is refused
+# The quantiles LeRobot's recorder keeps beside min/max/mean/std (stats q01 ... q99), for the dataset and each
+# episode; policies that normalise by quantiles (pi0.5: q01 and q99) refuse a dataset without them.
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 
 
 class LeRobotFormatError(ValueError):
@@ -411,7 +415,7 @@ def _action_names(path: Path, width: int) -> tuple[str, ...]:
 
 def _stats(values: np.ndarray) -> dict[str, list]:
     """LeRobot's statistics of a per-frame column over its frames: one value per dimension (scalars: a list of
-    one), count the frames."""
+    one), count the frames. Quantiles exact, interpolated between frames (numpy's default)."""
     values = values.reshape(len(values), -1).astype(np.float64)
     return {
         "min": values.min(axis=0).tolist(),
@@ -419,29 +423,42 @@ def _stats(values: np.ndarray) -> dict[str, list]:
         "mean": values.mean(axis=0).tolist(),
         "std": values.std(axis=0).tolist(),
         "count": [len(values)],
+        **{name: np.quantile(values, q, axis=0).tolist() for name, q in QUANTILES.items()},
     }
 
 
 class _PixelStats:
-    """Per-channel statistics of frames, pixels scaled to [0, 1] as LeRobot's are; mergeable across episodes."""
+    """Per-channel statistics of frames, pixels scaled to [0, 1] as LeRobot's are; mergeable across episodes.
+    Quantiles from a count of each channel's 256 values: exact, each one a pixel value (no interpolation)."""
 
     def __init__(self) -> None:
         self.frames, self.pixels = 0, 0
         self.sum, self.sum_sq = np.zeros(3), np.zeros(3)
         self.min, self.max = np.full(3, np.inf), np.full(3, -np.inf)
+        self.histogram = np.zeros((3, 256), dtype=np.int64)
 
     def add(self, rgb: np.ndarray) -> None:
-        values = rgb.reshape(-1, 3).astype(np.float64) / 255.0
+        pixels = rgb.reshape(-1, 3)
+        values = pixels.astype(np.float64) / 255.0
         self.frames += 1
         self.pixels += len(values)
         self.sum += values.sum(axis=0)
         self.sum_sq += (values**2).sum(axis=0)
         self.min, self.max = np.minimum(self.min, values.min(axis=0)), np.maximum(self.max, values.max(axis=0))
+        for channel in range(3):
+            self.histogram[channel] += np.bincount(pixels[:, channel], minlength=256)
 
     def merge(self, other: _PixelStats) -> None:
         self.frames, self.pixels = self.frames + other.frames, self.pixels + other.pixels
         self.sum, self.sum_sq = self.sum + other.sum, self.sum_sq + other.sum_sq
         self.min, self.max = np.minimum(self.min, other.min), np.maximum(self.max, other.max)
+        self.histogram += other.histogram
+
+    def quantile(self, q: float) -> np.ndarray:
+        """Per channel, the smallest pixel value (in [0, 1]) that at least a fraction q of the pixels do not
+        exceed (numpy's "inverted_cdf" quantile)."""
+        below = np.cumsum(self.histogram, axis=1)
+        return np.array([np.searchsorted(row, q * self.pixels, side="left") for row in below]) / 255.0
 
     def as_lists(self) -> dict[str, list]:
         """Shaped (3, 1, 1) as LeRobot keeps image statistics; count the frames."""
@@ -452,7 +469,8 @@ class _PixelStats:
             return [[[float(c)]] for c in v]
 
         return {"min": per_channel(self.min), "max": per_channel(self.max), "mean": per_channel(mean),
-                "std": per_channel(std), "count": [self.frames]}  # fmt: skip
+                "std": per_channel(std), "count": [self.frames],
+                **{name: per_channel(self.quantile(q)) for name, q in QUANTILES.items()}}  # fmt: skip
 
 
 class _VideoEncoder:
