@@ -81,6 +81,8 @@ def _plain(value: Any) -> Any:
 
 def _convert(hint: Any, value: Any, key: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:  # free-form YAML data (a plugin's keyword arguments): the plugin checks it
+        return value
     if origin in (typing.Union, types.UnionType):
         (inner,) = [a for a in args if a is not type(None)]
         # A section written with no value (`teleop_arbiter:`) means "with defaults", not "absent".

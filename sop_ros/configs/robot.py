@@ -6,9 +6,11 @@ parameters (declared from the dataclass, so defaults and rules live in one place
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import re
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from sop_ros.configs import ConfigError, require
 from sop_ros.configs.bridge import BridgeConfig
@@ -282,6 +284,28 @@ class IngestConfig:
 RUNTIME_KINDS = ("tensorrt", "cuda-graph", "cuda", "cpu")
 
 
+POLICY_CLASS = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def import_policy_class(spec: str, key: str = "policy_class") -> type:
+    """The class `spec` ("package.module:Class") names, importable from this Python and with the policy contract's
+    `infer` and `reset` (sop_ros/model/plugin.py); a ConfigError naming `key` says what is wrong."""
+    require(bool(POLICY_CLASS.match(spec)), key, spec, "must be 'package.module:Class' (a module path, a colon, "
+            "a class name)")  # fmt: skip
+    module_name, class_name = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as err:  # the module's own import errors too: all say the same, it cannot be used
+        raise ConfigError(f"{key}={spec!r}: module {module_name!r} cannot be imported by this Python "
+                          f"({type(err).__name__}: {err}); is its package installed or on PYTHONPATH?") from None
+    cls = getattr(module, class_name, None)
+    require(inspect.isclass(cls), key, spec, f"module {module_name!r} has no class {class_name!r}")
+    missing = [name for name in ("infer", "reset") if not callable(getattr(cls, name, None))]
+    require(not missing, key, spec, f"class {class_name} lacks {' and '.join(missing)}: a policy has infer(obs) "
+            "and reset() (sop_ros/model/plugin.py)")  # fmt: skip
+    return cls
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
     """The VLA on the robot: inference off the control path, chunk execution, status, hot-swap."""
@@ -291,6 +315,12 @@ class PolicyConfig:
                                                 "scheduled_policy_wait_s", "marker_step_m"})  # fmt: skip
 
     policy_path: str = ""  # .onnx (ONNX Runtime) or .pt (torch); empty: wait for policy/load
+    # Your own policy instead of the built-in: "package.module:Class", importable by the robot's Python, with
+    # infer(obs) and reset() (sop_ros/model/plugin.py), made as Class(**policy_args) when the node starts. The
+    # policy/load service (hot-swap of signed weights) then refuses: it loads the built-in's weights only.
+    # E.g. "sop_ros.model.remote_policy:WebsocketPolicy", an openpi policy server: {host: 127.0.0.1, port: 8000}.
+    policy_class: str = ""
+    policy_args: dict[str, Any] = field(default_factory=dict)
     engine_cache_dir: str = ""  # TensorRT engines built once per robot and model; empty: no cache
     # How to run the policy: empty, every runtime this robot has (tensorrt, cuda-graph, cuda, cpu) is timed at
     # load and the lowest p99 runs; else the first of these that starts, untimed.
@@ -335,6 +365,18 @@ class PolicyConfig:
         require(self.scheduled_policy_wait_s >= 0, "scheduled_policy_wait_s", self.scheduled_policy_wait_s,
                 "must be >= 0")  # fmt: skip
         require(self.marker_step_m > 0, "marker_step_m", self.marker_step_m, "must be > 0")
+        require(not self.policy_args or bool(self.policy_class), "policy_args", self.policy_args,
+                "must be empty unless policy_class names your own policy")  # fmt: skip
+        if self.policy_class:
+            require(not self.policy_path, "policy_path", self.policy_path, f"must be empty with policy_class "
+                    f"({self.policy_class!r}): it is the built-in policy's file")  # fmt: skip
+            cls = import_policy_class(self.policy_class)
+            try:
+                inspect.signature(cls).bind(**self.policy_args)
+            except TypeError as err:
+                raise ConfigError(f"policy_args={self.policy_args!r}: do not fit {self.policy_class}: {err}") from None
+            except ValueError:  # no signature to read (a class implemented in C): it is checked when made
+                pass
 
 
 def _check_camera_reader(node: str, cameras: tuple[str, ...], transport: str, sim: SimRobotConfig) -> None:

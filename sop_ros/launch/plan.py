@@ -5,7 +5,9 @@ No ROS imports, so launch files and tests can read the plan anywhere.
 
 from __future__ import annotations
 
+import json
 import sys
+import typing
 from dataclasses import dataclass
 
 from sop_ros.configs import to_dict
@@ -88,6 +90,14 @@ def lockstep_ingest(sim: SimRobotConfig | None, ingest: IngestConfig) -> dict:
     return {"camera_hz": sim.frame_hz, "sync_timeout_s": max(ingest.sync_timeout_s, LOCKSTEP_SYNC_S)}
 
 
+def ros_values(node_config: object) -> dict:
+    """A node config's values as its parameters file holds them: mappings (a plugin's `policy_args`) as JSON text,
+    since a parameter cannot hold a mapping (a nested one in a parameters file becomes dotted names)."""
+    hints = typing.get_type_hints(type(node_config))
+    return {name: json.dumps(value) if typing.get_origin(hints.get(name)) is dict else value
+            for name, value in to_dict(node_config).items()}  # fmt: skip
+
+
 def plan(config: RobotLaunchConfig) -> list[NodeSpec]:
     robot = config.robot
     remappings = tuple(robot.remappings.items())
@@ -96,7 +106,7 @@ def plan(config: RobotLaunchConfig) -> list[NodeSpec]:
     specs = []
     for name, node_config in config.nodes.enabled().items():
         node_type = NODE_TYPES[name]
-        parameters = to_dict(node_config)
+        parameters = ros_values(node_config)
         parameters["use_sim_time"] = robot.use_sim_time and not node_type.clock_source
         if name == "ingest":
             parameters |= lockstep_ingest(config.nodes.sim_robot, node_config)

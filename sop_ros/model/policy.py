@@ -32,9 +32,9 @@ class Observation:
 @dataclass(frozen=True)
 class PolicyResult:
     actions: np.ndarray  # float32 (chunk, action_dim), robot units
-    version: str
-    backend: str
-    latency_ms: float
+    version: str = ""
+    backend: str = ""
+    latency_ms: float = 0.0
 
 
 class ChunkPolicy:
@@ -62,6 +62,11 @@ class ChunkPolicy:
         self.indicator = INDICATOR_POSITIVE if positive else INDICATOR_NONE
         self._seed = seed
         self.reset()
+
+    @property
+    def backend(self) -> str:
+        """What runs it, as the status reports it (the runtime's name)."""
+        return self.runtime.backend
 
     def reset(self) -> None:
         """A new episode: the noise stream restarts, so an episode's actions depend only on its observations."""

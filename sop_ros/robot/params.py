@@ -9,6 +9,7 @@ stored and silently changing nothing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from collections.abc import Callable
 from typing import TypeVar
@@ -99,6 +100,14 @@ def _declare(node: Node, cls: type, defaults: object | None, prefix: str, live: 
         read_only = name not in live
         if dataclasses.is_dataclass(hints[f.name]):
             values[f.name] = _declare(node, hints[f.name], default, f"{name}.", live)
+        elif typing.get_origin(hints[f.name]) is dict:
+            # A parameter cannot hold a mapping (a nested one in a parameters file becomes dotted names): JSON text.
+            text = node.declare_parameter(name, json.dumps(default), ParameterDescriptor(read_only=read_only)).value
+            try:
+                values[f.name] = json.loads(text) if text else {}
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"node {node.get_fully_qualified_name()}: parameter {name}={text!r}: must be a "
+                                  f"JSON object ({err})") from None
         elif typing.get_origin(hints[f.name]) is tuple:
             array_type = _ARRAY_TYPES[typing.get_args(hints[f.name])[0]]
             descriptor = ParameterDescriptor(type=array_type.value, read_only=read_only)
@@ -123,6 +132,9 @@ def parameter_overrides(cls: type, values: dict, prefix: str = "") -> list[Param
         hint = hints.get(name)
         if hint is not None and dataclasses.is_dataclass(hint):
             overrides += parameter_overrides(hint, value, f"{prefix}{name}.")
+        elif hint is not None and typing.get_origin(hint) is dict:
+            text = value if isinstance(value, str) else json.dumps(value)  # a plan's values are JSON already
+            overrides.append(Parameter(prefix + name, value=text))
         elif hint is not None and typing.get_origin(hint) is tuple:
             if not value:
                 if _field_default(defaults[name]):

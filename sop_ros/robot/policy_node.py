@@ -6,6 +6,9 @@ invalid observation (stale sensors), a failed inference or no policy: nothing is
 and the teleop arbiter holds the robot. New weights arrive through the policy/load service: loaded, checked and
 warmed on a thread of their own, then swapped in at the next episode boundary (or at once, if asked).
 
+A robot may run its own policy class instead (`policy_class`, sop_ros/model/plugin.py): made when the node starts,
+run and reported as the built-in is; the policy/load service then refuses, as it loads the built-in's weights.
+
 An episode whose START names a policy version (a paced simulator: the learner's schedule) runs exactly that one:
 a recently loaded one is swapped back in, one not yet loaded is waited for, with nothing commanded meanwhile.
 """
@@ -30,7 +33,8 @@ from rclpy.time import Time
 from std_msgs.msg import ColorRGBA, Float64MultiArray
 from visualization_msgs.msg import Marker, MarkerArray
 
-from sop_ros.configs.robot import PolicyConfig
+from sop_ros.configs.robot import PolicyConfig, import_policy_class
+from sop_ros.model.plugin import PluginPolicy, make_plugin
 from sop_ros.model.policy import ChunkPolicy, Observation, load_policy
 from sop_ros.model.preprocess import to_unit_range
 from sop_ros.msg import ActionChunk, EpisodeEvent, PolicyStatus
@@ -87,7 +91,7 @@ class PolicyNode(Node):
         # Which policy runs, which waits for its swap point, which are kept warm. Replaced policies wait in its
         # `retired` to be released right after a command goes out: destroying an ONNX Runtime session holds the
         # GIL for ~20 ms, which must fall between two control ticks, not on one.
-        self.swaps: HotSwap[ChunkPolicy] = HotSwap(swap_at=cfg.swap_at)
+        self.swaps: HotSwap[ChunkPolicy | PluginPolicy] = HotSwap(swap_at=cfg.swap_at)
         self.state, self.message = PolicyState.LOADING, "no policy loaded yet"
         self.held = False  # commanding nothing until a valid observation comes (stale sensors, a misfit)
         self.episode_active, self.instruction, self.episode_start_ns = False, "", 0
@@ -118,7 +122,7 @@ class PolicyNode(Node):
         self._requests: queue.Queue = queue.Queue()
         self._worker = threading.Thread(target=self.infer_loop, name="inference", daemon=True)
         self._worker.start()
-        if cfg.policy_path:
+        if cfg.policy_path or cfg.policy_class:
             threading.Thread(target=self.load_at_start, name="policy_load", daemon=True).start()
 
     def reconfigure(self, config: PolicyConfig) -> None:
@@ -128,7 +132,7 @@ class PolicyNode(Node):
             self.swaps.swap_at = config.swap_at
 
     @property
-    def policy(self) -> ChunkPolicy | None:
+    def policy(self) -> ChunkPolicy | PluginPolicy | None:
         """The running policy."""
         return self.swaps.running
 
@@ -208,8 +212,11 @@ class PolicyNode(Node):
             return
         start = msg.event == EpisodeEvent.EVENT_START
         with self._lock:
-            self.swapped(self.swaps.episode_event(start, msg.policy_version, time.monotonic()))
-            if self.swaps.awaited == msg.policy_version and start and msg.policy_version:
+            # A plugin is the only policy this robot runs: an episode scheduled to run a version of the built-in's
+            # would wait for a load that never comes.
+            scheduled = "" if self.config.policy_class else msg.policy_version
+            self.swapped(self.swaps.episode_event(start, scheduled, time.monotonic()))
+            if self.swaps.awaited == scheduled and start and scheduled:
                 self.get_logger().info(f"the episode is scheduled to run {msg.policy_version}: waiting for it to "
                                        "be loaded")  # fmt: skip
             self.drop_chunks()
@@ -301,9 +308,17 @@ class PolicyNode(Node):
             raise ValueError(f"{path}: holds version {policy.version!r}, the request names {version!r}")
         return policy
 
+    def make_plugin(self) -> PluginPolicy:
+        """The robot's own policy class, made from its config (checked when the config was read); a ValueError says
+        why not."""
+        cfg = self.config
+        policy = make_plugin(import_policy_class(cfg.policy_class), cfg.policy_args, len(cfg.action_names))
+        self.get_logger().info(f"running your own policy {cfg.policy_class} ({policy.version})")
+        return policy
+
     def load_at_start(self) -> None:
         try:
-            policy = self.load(self.config.policy_path)
+            policy = self.make_plugin() if self.config.policy_class else self.load(self.config.policy_path)
         except ValueError as err:
             with self._lock:
                 self.message = f"refused {err}"
@@ -318,15 +333,19 @@ class PolicyNode(Node):
             return
         self.state, self.message = PolicyState.READY, ""
         old = change.old.version if change.old else "none"
-        self.get_logger().info(f"policy {change.new.version} ({change.new.runtime.backend}) replaces {old}")
+        self.get_logger().info(f"policy {change.new.version} ({change.new.backend}) replaces {old}")
 
     async def on_load(self, request: LoadPolicy.Request, response: LoadPolicy.Response) -> LoadPolicy.Response:
         done = Future()
         with self._lock:
             busy = self.loading
-            if not busy:
+            if not busy and not self.config.policy_class:
                 self.loading = request.path
-        if busy:
+        if self.config.policy_class:
+            response.accepted, response.message = False, (
+                f"refused: this robot runs its own policy class {self.config.policy_class}; policy/load swaps the "
+                "built-in policy's weights only (empty policy_class to run the built-in)")
+        elif busy:
             response.accepted, response.message = False, f"busy: still loading {busy}"
         else:
             threading.Thread(target=self.load_for, args=(request, done), name="policy_load", daemon=True).start()
@@ -369,7 +388,7 @@ class PolicyNode(Node):
             msg = PolicyStatus(
                 state=PolicyState.HOLDING if held else self.state,
                 version=self.policy.version if self.policy else "",
-                backend=self.policy.runtime.backend if self.policy else "",
+                backend=self.policy.backend if self.policy else "",
                 pending_version=self.swaps.pending.version if self.swaps.pending else "",
                 awaited_version=self.swaps.awaited,
                 latency_last_ms=float(latencies[-1]),
