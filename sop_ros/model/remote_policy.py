@@ -94,9 +94,10 @@ class WebsocketPolicy:
     def connect(self) -> None:
         """Open the websocket and read the server's metadata; ConnectionError says why not."""
         try:
-            # No compression and no size limit: openpi's server sends uncompressed chunks of any size.
+            # No compression and no size limit: openpi's server sends uncompressed chunks of any size. legacy: the
+            # connection is kept across calls (closed by `close`), not used as a context manager.
             ws = websockets.sync.client.connect(self.uri, open_timeout=self.connect_timeout_s, compression=None,
-                                                max_size=None)  # fmt: skip
+                                                max_size=None, legacy=True)  # fmt: skip
         except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as err:
             raise ConnectionError(f"policy server {self.uri}: cannot connect ({type(err).__name__}: {err}); is "
                                   f"it running?") from None  # fmt: skip
