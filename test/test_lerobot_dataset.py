@@ -3,6 +3,7 @@ layout LeRobot defines, imported back into episode files the learner reads the s
 name. The episodes: the four demonstrations recorded once per session, and one written here in which an operator
 takes over mid-episode and the episode fails."""
 
+import itertools
 import json
 import re
 import shutil
@@ -15,14 +16,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import DEMO_CAMERAS
-from mcap.reader import make_reader
-from mcap.writer import Writer
 
 from sop_ros.cli import main
 from sop_ros.cloud.episode_store import EpisodeStore, stored_episodes
 from sop_ros.configs import ConfigError
 from sop_ros.episodes.format import Controller
-from sop_ros.episodes.reader import episode_files
+from sop_ros.episodes.reader import copy_episode, episode_files
 from sop_ros.fleet.episode_files import EpisodeFiles
 from sop_ros.fleet.lerobot_import import import_lerobot
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, index_episode
@@ -462,26 +461,12 @@ def test_export_refuses_a_used_folder_a_missing_store_and_a_bad_repo_id(source, 
 
 def with_a_damaged_frame(source: Path, target: Path, camera: str, frame: int) -> Path:
     """A copy of an episode file under a new id, one of whose JPEG frames no longer starts like a JPEG."""
-    with open(source, "rb") as f, open(target, "wb") as out:
-        reader = make_reader(f)
-        summary = reader.get_summary()
-        writer = Writer(out)
-        writer.start(profile="ros2")
-        schemas = {i: writer.register_schema(s.name, s.encoding, s.data) for i, s in summary.schemas.items()}
-        channels = {i: writer.register_channel(c.topic, c.message_encoding, schemas[c.schema_id])
-                    for i, c in summary.channels.items()}  # fmt: skip
-        seen = 0
-        for _, channel, message in reader.iter_messages(log_time_order=False):
-            data = message.data
-            if channel.topic.endswith(f"/cameras/{camera}/image_raw/compressed"):
-                if seen == frame:
-                    data = data.replace(b"\xff\xd8\xff", b"\x00\x00\x00", 1)
-                seen += 1
-            writer.add_message(channels[channel.id], message.log_time, data, message.publish_time)
-        for record in reader.iter_metadata():
-            writer.add_metadata(record.name, {**record.metadata, "episode_id": target.stem})
-        writer.finish()
-    return target
+    topic, seen = f"/cameras/{camera}/image_raw/compressed", itertools.count()
+
+    def damage(on: str, data: bytes) -> bytes:
+        return data.replace(b"\xff\xd8\xff", b"\x00\x00\x00", 1) if on.endswith(topic) and next(seen) == frame else data
+
+    return copy_episode(source, target, rewrite=damage, episode_id=target.stem)
 
 
 def test_an_episode_with_a_damaged_frame_is_left_out_by_name_and_the_rest_exported(recorded_demos, tmp_path):

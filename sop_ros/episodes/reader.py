@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
@@ -278,9 +278,11 @@ def _stamp_ns(stamp) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def copy_episode(source: Path | str, target: Path | str, drop_topic: str | None = None, **metadata: str) -> Path:
+def copy_episode(source: Path | str, target: Path | str, drop_topic: str | None = None,
+                 rewrite: Callable[[str, bytes], bytes] | None = None, **metadata: str) -> Path:  # fmt: skip
     """A copy of an episode file with its episode metadata changed (e.g. a new episode_id), without the topics
-    ending in `drop_topic`: test and benchmark data from real recordings."""
+    ending in `drop_topic`, each message's bytes passed through `rewrite(topic, data)` if given: test and benchmark
+    data from real recordings."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(source, "rb") as f, open(target, "wb") as out:
@@ -296,7 +298,8 @@ def copy_episode(source: Path | str, target: Path | str, drop_topic: str | None 
         }
         for _, channel, message in reader.iter_messages(log_time_order=False):
             if channel.id in channels:
-                writer.add_message(channels[channel.id], message.log_time, message.data, message.publish_time)
+                data = rewrite(channel.topic, message.data) if rewrite else message.data
+                writer.add_message(channels[channel.id], message.log_time, data, message.publish_time)
         for record in reader.iter_metadata():
             extra = metadata if record.name == EPISODE_METADATA else {}
             writer.add_metadata(record.name, {**record.metadata, **extra})
