@@ -3,6 +3,7 @@ endpoints for the processes a run starts, and starting and stopping those proces
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import signal
@@ -52,14 +53,26 @@ def sop_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "sop_ros.cli", *args]
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a child gets when the thread that started it ends (as node_process)
+
+
 def start_logged(cmd: list[str], log: Path, *, env: Mapping[str, str] | None = None, niceness: int = 0,
-                 own_session: bool = False, append: bool = False, **popen_kwargs) -> subprocess.Popen:  # fmt: skip
+                 own_session: bool = False, append: bool = False, die_with_parent: bool = False,
+                 **popen_kwargs) -> subprocess.Popen:  # fmt: skip
     """`cmd` started with its output and errors in `log`. `own_session`: a terminal's Ctrl-C reaches only this
-    process, which then stops its children in order."""
+    process, which then stops its children in order. `die_with_parent`: the kernel sends it SIGKILL when this
+    process ends, however it ends (killed on a timeout, say), for helpers with nothing to clean up that must not
+    outlive it."""
+    if die_with_parent and sys.platform == "linux":
+        popen_kwargs["preexec_fn"] = _sigkill_on_parent_death
     with open(log, "a" if append else "w") as out:  # the child keeps its own copy of the descriptor
         return subprocess.Popen((["nice", "-n", str(niceness)] if niceness else []) + list(cmd), stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=own_session,
                                 **popen_kwargs)  # fmt: skip
+
+
+def _sigkill_on_parent_death() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def stop_process(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout_s: float = 60.0) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, sop, start, wait_for
+from conftest import REPO, alive, sop, start, wait_for
 from test_bridge_upload import ROBOT, make_episode
 
 from sop_ros.bridge.protocol import EPISODES
@@ -66,6 +66,25 @@ def test_a_node_whose_launcher_died_before_it_started_does_not_stay(tmp_path):
     assert result.returncode == 0 and "teleop_arbiter" not in result.stdout + result.stderr
 
 
+def test_a_helper_started_to_die_with_its_parent_goes_when_the_parent_is_killed(tmp_path):
+    """A chaos run's CPU burners and cloud: killed on a timeout, the run must not leave them loading the host."""
+    script = ("import sys, time; from pathlib import Path; from sop_ros.host import start_logged; "
+              "helpers = [start_logged(['sleep', '300'], Path(sys.argv[1]), die_with_parent=flag) "
+              "for flag in (True, False)]; print(*(h.pid for h in helpers), flush=True); time.sleep(300)")  # fmt: skip
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "helper.log")], cwd=REPO,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    dying, staying = map(int, parent.stdout.readline().split())
+    try:
+        parent.kill()
+        parent.wait(timeout=30)
+        wait_for(lambda: not alive(dying), 30, what="the helper to die with its parent")
+        assert alive(staying)  # without the request, a helper outlives a killed parent: the case it is there for
+    finally:
+        for pid in (dying, staying):
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 SET_LISTENER = "_ZN8eprosima7fastdds3dds17DomainParticipant12set_listenerEPNS1_25DomainParticipantListenerENSt6chrono8"
 
 
@@ -118,7 +137,8 @@ def test_a_bridge_stops_without_waiting_for_a_cloud_that_does_not_answer(tmp_pat
 def test_chaos_stops_on_a_few_cycles_every_process_exits_0(tmp_path):
     out = tmp_path / "stops.json"
     cmd = sop("chaos", "stops", "--cycles", "2", "--json", str(out), "--burners", "1", "--out", str(tmp_path / "runs"))
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600, check=False)
+    # Bounded below pytest's own timeout, so that a stuck run fails here with its output, not silently.
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=240, check=False)
     report = json.loads(out.read_text())
     # processes: 7 robot nodes and keyboard_teleop; single-process: the composed robot and keyboard_teleop
     assert report["cycles"] == 2 and report["stops_measured"] == 8 + 2, result.stdout

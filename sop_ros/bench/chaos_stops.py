@@ -103,7 +103,8 @@ def run(json_path: Path, cycles: int = 200, seed: int = 0, out_dir: Path = Path(
     records: list[StopRecord] = []
     states: list[dict] = []
     t0 = time.monotonic()
-    busy = [subprocess.Popen(["yes"], stdout=subprocess.DEVNULL) for _ in range(burners)]
+    # Burners and the cloud go when this process goes, even killed: they must not load the host after it.
+    busy = [start_logged(["yes"], Path(os.devnull), die_with_parent=True) for _ in range(burners)]
     cloud = start_cloud(run_dir, cloud_endpoint, env)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM here still stops every process started
     try:
@@ -291,7 +292,7 @@ def start_cloud(run_dir: Path, endpoint: str, env: dict) -> subprocess.Popen:
              "policies": {"registry_dir": str(run_dir / "registry")}}  # fmt: skip
     learner.write_text(yaml.safe_dump(cloud))
     return start_logged(sop_command("cloud", "--config", str(learner)), run_dir / "cloud.log", env=env,
-                        own_session=True)  # fmt: skip
+                        own_session=True, die_with_parent=True)  # fmt: skip
 
 
 # -- results ------------------------------------------------------------------------------------------------
