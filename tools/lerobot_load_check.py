@@ -28,11 +28,11 @@ import numpy as np
 IMAGES = "observation.images."
 STATE, ACTION = "observation.state", "action"
 QUANTILES = ("q01", "q10", "q50", "q90", "q99")  # the quantiles LeRobot's own recorder keeps (pi0.5 needs q01/q99)
-# Mean absolute difference (of 255) between a recorded camera frame and LeRobot's decoding of it after AV1: the
+# Mean absolute difference (of 255) between a recorded camera frame and LeRobot's decoding of it after video: the
 # project's tests allow the same for its own reader.
 FRAME_TOLERANCE = 8.0
 # Largest difference (of 255) allowed between LeRobot's decoding of a frame and the project's reader's decoding
-# of the same frame: both decode the same AV1 stream, with different FFmpeg builds converting it to RGB.
+# of the same frame: both decode the same video stream, with different FFmpeg builds converting it to RGB.
 DECODE_TOLERANCE = 2
 EXPORTED = re.compile(r"exported (\d+) episodes \((\d+) frames at (\d+) fps, tasks: (.*); cameras: (.*)\) to ")
 

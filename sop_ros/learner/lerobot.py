@@ -22,7 +22,7 @@ The layout, as LeRobot v3.0 defines it (every path relative to the dataset's roo
     data/chunk-000/file-000.parquet                   one row per frame: observation.state, action, timestamp,
                                                       frame_index, episode_index, index, task_index
     videos/observation.images.<camera>/chunk-000/file-000.mp4   each camera's frames, one per data row, every
-                                                      episode after the one before (AV1, yuv420p)
+                                                      episode after the one before (H.264, yuv420p)
     README.md                                         a dataset card naming the repo id
 
 Every episode goes into file 000 of chunk 000 (LeRobot reads files of any size; its own recorder starts a new file
@@ -53,7 +53,6 @@ state and images repeated as the final state's.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -96,10 +95,13 @@ INDEX_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_in
 OPERATOR, TIME_NS = "sop.operator", "sop.time_ns"  # the project's per-frame extras
 EXTRA = "sop/"  # prefix of the project's per-episode extras
 
-# Video: AV1 as LeRobot's recorder encodes it by default (its crf and a key frame every 2 frames, so that a frame
-# anywhere decodes quickly); yuv420p, which every decoder reads, needs even widths and heights.
-CODEC, PIX_FMT = "av1", "yuv420p"
-ENCODER_OPTIONS = {"crf": "30", "g": "2", "preset": "11"}
+# Video: H.264, one of the codecs LeRobot's recorder offers, at x264's default crf (LeRobot's 30 loses detail at
+# 96 px) with a key frame every 2 frames (a frame anywhere decodes quickly); yuv420p, which every decoder reads, needs
+# even widths and heights. Not AV1, LeRobot's default: the only AV1 encoder in PyAV's wheels, SVT-AV1, switches the
+# calling thread to real-time scheduling (SCHED_FIFO 99) when run as root, and every process started from it
+# afterwards inherits that (seen: a CPU burner started later by the same process starved a 2-core machine).
+CODEC, PIX_FMT = "h264", "yuv420p"
+ENCODER_OPTIONS = {"crf": "23", "g": "2"}
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 STEP_RATE_TOLERANCE = 0.05  # an episode whose step rate is further than this from the dataset's fps is refused
@@ -477,8 +479,6 @@ class _VideoEncoder:
     """One camera's frames into an mp4, frame i at i / fps."""
 
     def __init__(self, path: Path, fps: int, height: int, width: int) -> None:
-        # SVT-AV1 reads its log level from the environment; without this it prints a dozen lines per video.
-        os.environ.setdefault("SVT_LOG", "1")
         path.parent.mkdir(parents=True, exist_ok=True)
         self.container = av.open(str(path), mode="w", format="mp4")
         self.stream = self.container.add_stream(CODEC, rate=fps, options=ENCODER_OPTIONS)
