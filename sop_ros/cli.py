@@ -48,10 +48,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from sop_ros.configs.learner import LearnerConfig
     from sop_ros.configs.robot import RobotLaunchConfig
 
-    cls = {"robot": RobotLaunchConfig, "learner": LearnerConfig}[args.kind]
-    load_config(cls, args.file)
-    print(f"{args.file}: valid {args.kind} config")
+    kind = args.kind if args.kind != "auto" else config_kind(Path(args.file))
+    load_config({"robot": RobotLaunchConfig, "learner": LearnerConfig}[kind], args.file)
+    print(f"{args.file}: valid {kind} config")
     return 0
+
+
+def config_kind(path: Path) -> str:
+    """A robot YAML has `robot:` and `nodes:` at its top; anything else is read as a learner's (its errors name the
+    keys a learner config allows)."""
+    import yaml
+
+    try:
+        top = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return "robot"  # load_config reports what is wrong with the file itself
+    return "robot" if not isinstance(top, dict) or {"robot", "nodes"} & set(top) else "learner"
 
 
 def cmd_collect_demos(args: argparse.Namespace) -> int:
@@ -472,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate a robot or learner YAML config and report the first error")
     p.add_argument("file")
-    p.add_argument("--kind", choices=("robot", "learner"), default="robot")
+    p.add_argument("--kind", choices=("auto", "robot", "learner"), default="auto",
+                   help="auto (default): a robot config if the file has robot: or nodes: at its top, else a learner's")
     p.set_defaults(func=cmd_check_config)
 
     p = sub.add_parser("collect-demos", help="record scripted demonstrations with a fleet of simulated robots")

@@ -120,5 +120,8 @@ def test_cli_reports_the_file_and_key_and_exits_2(tmp_path):
         sop("check-config", str(REPO / "config" / "sim.yaml")), check=False, capture_output=True, text=True
     )
     assert result.returncode == 0 and "valid robot config" in result.stdout
+    learner = subprocess.run(sop("check-config", str(REPO / "config" / "experiment_learner.yaml")), check=False,
+                             capture_output=True, text=True)  # fmt: skip
+    assert learner.returncode == 0 and "valid learner config" in learner.stdout, learner.stderr
     missing = subprocess.run(sop("check-config", "nope.yaml"), check=False, capture_output=True, text=True)
     assert missing.returncode == 2 and "nope.yaml: no such config file" in missing.stderr
