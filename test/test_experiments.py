@@ -162,7 +162,7 @@ def test_the_committed_reports_runs_count_in_a_sweep_of_the_same_setup_elsewhere
     assert not committed_runs(other, {arm.name: setup_key(other, arm) for arm in ARMS["fleet-scaling"]})
     one = ARMS["fleet-scaling"][0]
     assert setup_key(config, dataclasses.replace(one, demos_per_task=5)) != keys["1 robot"]
-    monkeypatch.setattr("sop_ros.fleet.demo.PRETRAIN_STEPS", 3000)
+    monkeypatch.setattr("sop_ros.fleet.experiments.BASE_PRETRAIN_STEPS", 3000)
     assert setup_key(config, one) != keys["1 robot"]
     assert setup_key(dataclasses.replace(config, only_arms=("4-robots",)), one) == setup_key(config, one)
 

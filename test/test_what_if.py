@@ -1,6 +1,7 @@
 """`sop what-if`: a finished run's store retrained with other learner settings, against the same retraining as run
 (training and scoring faked: what is checked is which settings train, what is compared, and what is kept)."""
 
+import dataclasses
 import json
 
 import pytest
@@ -13,12 +14,15 @@ from sop_ros.fleet import what_if as module
 from sop_ros.fleet.what_if import WhatIfConfig, parse_override, what_if, with_overrides
 
 TIER = "unit"  # what the tests need: conftest.TIERS
+RUN_TASKS = ["push-wall-v3", "coffee-push-v3", "dial-turn-v3", "door-open-v3"]
 
 
 def finished_run(tmp_path):
     run = tmp_path / "seed0"
     (run / "fleet" / "store").mkdir(parents=True)
     learner = load_config(LearnerConfig, REPO / "config" / "experiment_learner.yaml")
+    learner = dataclasses.replace(learner, tasks=RUN_TASKS, sampling=dataclasses.replace(
+        learner.sampling, online_share_min=0.2, online_share_max=0.8))  # the run's own, whatever the YAML's now
     (run / "experiment_learner.yaml").write_text(yaml.safe_dump(to_dict(learner)))
     (run / "fleet_run.json").write_text(json.dumps({"learner_steps": 900}))
     return run
@@ -52,8 +56,7 @@ def test_the_variant_and_the_as_run_retraining_are_made_once_each_and_compared(t
 
     def evaluate(policy, eval_config, tasks, episodes_per_task, workers, out, seed):
         successes, episodes = scored[out.parent.name]
-        assert seed == module.SELECTION_SEED and tasks == ["push-wall-v3", "coffee-push-v3", "dial-turn-v3",
-                                                          "door-open-v3"]  # fmt: skip
+        assert seed == module.SELECTION_SEED and tasks == RUN_TASKS
         return {"tasks": {"push-wall-v3": {"successes": successes, "episodes": episodes}}}
 
     monkeypatch.setattr("sop_ros.fleet.experiments.train_offline", train_offline)

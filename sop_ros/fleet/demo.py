@@ -40,31 +40,32 @@ BASE_TASKS = ("reach-v3", "push-v3", "pick-place-v3", "plate-slide-v3", "window-
               "push-back-v3", "basketball-v3", "soccer-v3", "peg-unplug-side-v3", "hand-insert-v3")  # fmt: skip
 DEMOS_PER_TASK = 40
 DEMO_BIN_MINUTES = 2.0  # the summary's bins of simulated time
-PRETRAIN_STEPS = 6000
+PRETRAIN_STEPS = 6000  # the demo's; the experiments pretrain 4x longer (sop_ros/fleet/experiments.py)
 PRETRAIN_BATCH = 32
 
 
-def pretrain_base(demos: Path, out: Path, demos_per_task: int = 0) -> None:
-    """A base policy by behaviour cloning on `demos` (the first `demos_per_task` of each task; 0: all)."""
+def pretrain_base(demos: Path, out: Path, demos_per_task: int = 0, steps: int | None = None) -> None:
+    """A base policy by behaviour cloning on `demos` (the first `demos_per_task` of each task; 0: all) for `steps`
+    (None: PRETRAIN_STEPS)."""
     from sop_ros.learner.pretrain import pretrain
 
-    pretrain(base_pretraining(demos, out, demos_per_task))
+    pretrain(base_pretraining(demos, out, demos_per_task, steps))
 
 
-def base_pretraining(demos: Path, out: Path, demos_per_task: int = 0) -> PretrainConfig:
+def base_pretraining(demos: Path, out: Path, demos_per_task: int = 0, steps: int | None = None) -> PretrainConfig:
     from sop_ros.learner.pretrain import PretrainConfig
 
-    return PretrainConfig(demos=str(demos), out=str(out), steps=PRETRAIN_STEPS, batch_size=PRETRAIN_BATCH,
+    return PretrainConfig(demos=str(demos), out=str(out), steps=steps or PRETRAIN_STEPS, batch_size=PRETRAIN_BATCH,
                           demos_per_task=demos_per_task)  # fmt: skip
 
 
-def base_recipe(demos_per_task: int = 0, recorded_per_task: int = DEMOS_PER_TASK) -> dict:
+def base_recipe(demos_per_task: int = 0, recorded_per_task: int = DEMOS_PER_TASK, steps: int | None = None) -> dict:
     """How `prepare` and `pretrain_base` make a base policy: the demonstrations' robot config and count, and the
     pretraining settings. Its weights are not bit-for-bit repeatable (made twice here by one recipe, they
     differed), so results made on two machines are matched by the recipe, not the weights."""
     from sop_ros.checksums import file_sha256
 
-    pretraining = to_dict(base_pretraining(Path(), Path(), demos_per_task))
+    pretraining = to_dict(base_pretraining(Path(), Path(), demos_per_task, steps))
     del pretraining["demos"], pretraining["out"], pretraining["frame_cache_mb"]  # where, and how fast, only
     return {"demo_robot_yaml": file_sha256(DEMO_ROBOT_YAML), "tasks": BASE_TASKS,
             "demos_recorded_per_task": recorded_per_task, "pretraining": pretraining}  # fmt: skip
