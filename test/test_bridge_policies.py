@@ -97,7 +97,7 @@ class Robot:
         config = PolicyDownloadConfig(**{"chunk_kb": 4, "check_period_s": 0.2, **config})
         log = lambda *entry: self.logs.append(entry)  # noqa: E731
         self.fetcher = PolicyFetcher(self.session, tmp_path / name, public_key, config, self.node.load,
-                                     self.node.versions, log, reply_timeout_s=2.0)  # fmt: skip
+                                     self.node.versions, log, reply_timeout_s=2.0, robot_id=name)  # fmt: skip
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.fetcher.run, args=(self.stop,), daemon=True)
 
@@ -168,6 +168,34 @@ def test_a_robot_that_starts_late_gets_the_latest_and_no_replayed_older_one(tmp_
         cloud.session.put(POLICY_ANNOUNCE, old.encode())  # an old, genuinely signed announcement, replayed
         wait_for(lambda: any("ignored policy v1: not newer than v2" in m for _, m in robot.logs), 10, what="the replay")
     assert [v for _, v, _ in robot.node.requests] == ["v2"]
+
+
+def test_a_canary_runs_on_its_robots_only_and_a_rollback_or_promotion_reaches_every_robot(
+    tmp_path, cloud, endpoint, keys, exported
+):
+    private, public = keys
+    cloud.registry.publish(exported["v1"], private)
+    with Robot(tmp_path, endpoint, public, "robot_0") as canary, Robot(tmp_path, endpoint, public, "robot_1") as other:
+        wait_for(lambda: canary.node.running == other.node.running == "v1", 30, what="both on v1")
+        cloud.registry.publish(exported["v2"], private, canary=["robot_0"])
+        wait_for(lambda: canary.node.running == "v2", 30, what="the canary on v2")
+        wait_for(lambda: any("v2 is on canary with robot_0: this robot keeps v1" in m for _, m in other.logs), 10,
+                 what="the other robot to leave v2 to the canary")  # fmt: skip
+        assert cloud.fleet_table()["canary"] == {"version": "v2", "robots": ["robot_0"]}
+        with Robot(tmp_path, endpoint, public, "robot_2") as late:  # starts during the canary: the incumbent
+            wait_for(lambda: late.node.running == "v1", 30, what="a late robot on the incumbent")
+        cloud.registry.roll_back(private, {"p": 0.001}, "below the incumbent beyond noise")
+        wait_for(lambda: canary.node.running == "v1", 30, what="the canary back on v1")
+        cloud.registry.publish(exported["v3"], private, canary=["robot_1"])
+        wait_for(lambda: other.node.running == "v3", 30, what="the second canary on v3")
+        cloud.registry.promote(private, {"p": 0.4}, "not below the incumbent beyond noise")
+        wait_for(lambda: canary.node.running == "v3", 30, what="the promotion to reach robot_0")
+    assert [v for _, v, _ in canary.node.requests] == ["v1", "v2", "v1", "v3"]
+    assert [v for _, v, _ in other.node.requests] == ["v1", "v3"]  # never v2
+    assert canary.fetcher.snapshot().stage == "promoted" and not canary.errors() and not other.errors()
+    ignored = [m for _, m in canary.logs if m.startswith("ignored policy v1")]  # asked for every 0.2 s, said once
+    assert ignored == ["ignored policy v1: not newer than v2"]
+    assert [r["decision"] for r in cloud.fleet_table()["rollouts"]] == ["rolled back", "promoted"]
 
 
 def test_tampered_artifact_is_refused_and_the_robot_keeps_its_version(tmp_path, cloud, endpoint, keys, exported):

@@ -1,9 +1,10 @@
 """Policy artifacts, cloud -> fleet: the signed announcement of a version, and the fleet's Ed25519 keys.
 
-The learner signs each announcement (version, parent, sha256, size, creation time, metrics) with the fleet's
-private key; a robot checks the signature with the public key before it downloads anything, then checks the
-downloaded bytes against the signed sha256 and size. So a file that loads was made by the holder of the private
-key, byte for byte. No Zenoh imports: the learner, the robots and the tests share this.
+The learner signs each announcement (version, parent, sha256, size, creation time, metrics, and which robots are
+to run it at which rollout stage) with the fleet's private key; a robot checks the signature with the public key
+before it downloads anything, then checks the downloaded bytes against the signed sha256 and size. So a file that
+loads was made by the holder of the private key, byte for byte. No Zenoh imports: the learner, the robots and
+the tests share this.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ PUBLIC_KEY_FILE = "policy_signing.pub"
 VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: a Zenoh key chunk and a file name
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SIGNATURE = re.compile(r"[0-9a-f]{128}")
+ROBOT_ID = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # fullmatch: a ROS namespace and a Zenoh key chunk
+# A canary runs on the robots named; a promotion or a rollback (the incumbent announced again) on every robot.
+STAGES = ("", "canary", "promoted", "rolled back")
 
 
 class VerificationError(ValueError):
@@ -40,12 +44,17 @@ class PolicyAnnouncement:
     created: float  # unix time; robots take only announcements newer than the one they run (no replayed rollbacks)
     parent: str = ""  # the version it was trained from; empty for a base policy
     metrics: dict[str, float] = field(default_factory=dict)  # what justifies it, e.g. success rate per task
+    robots: list[str] = field(default_factory=list)  # the robots to run it; empty: every robot
+    stage: str = ""  # of a canary rollout (sop_ros.cloud.canary); empty: none
     signature: str = ""  # hex Ed25519 signature of signed_bytes()
 
     def signed_bytes(self) -> bytes:
         """Every field but the signature, canonically encoded: what the signature covers."""
         fields = asdict(self)
         del fields["signature"]
+        for name in ("robots", "stage"):  # a whole-fleet version signs as it did before rollouts had stages
+            if not fields[name]:
+                del fields[name]
         return json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
     def encode(self) -> bytes:
@@ -81,6 +90,13 @@ class PolicyAnnouncement:
             isinstance(k, str) and _is_finite(v) for k, v in self.metrics.items()
         ):
             problems.append("metrics must map names to finite numbers")
+        if not isinstance(self.robots, list) or not all(isinstance(r, str) and ROBOT_ID.fullmatch(r)
+                                                           for r in self.robots):  # fmt: skip
+            problems.append(f"robots must be a list of robot ids ({ROBOT_ID.pattern})")
+        if self.stage not in STAGES:
+            problems.append(f"stage {self.stage!r} must be one of {', '.join(map(repr, STAGES))}")
+        elif (self.stage == "canary") != bool(self.robots):
+            problems.append("a canary names its robots, and only a canary does")
         if not isinstance(self.signature, str) or self.signature and not _SIGNATURE.fullmatch(self.signature):
             problems.append("signature must be empty or 128 hex digits")
         if problems:

@@ -119,7 +119,8 @@ class BridgeNode(Node):
             raise ConfigError(f"policies.public_key={cfg.policies.public_key!r}: {err}") from None
         cache = Path(cfg.policies.cache_dir) / self.robot_id
         return PolicyFetcher(self.session, cache, public_key, cfg.policies,
-                             self.request_load, self.policy_versions, self.log, cfg.reply_timeout_s)  # fmt: skip
+                             self.request_load, self.policy_versions, self.log, cfg.reply_timeout_s,
+                             robot_id=self.robot_id)  # fmt: skip
 
     def log(self, severity: str, message: str) -> None:
         log_at(self, severity, message, warn_throttle_s=5.0)  # a cloud away for hours: one warning per 5 s

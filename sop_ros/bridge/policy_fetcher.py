@@ -2,6 +2,7 @@
 
     announcement (put, or the answer to sop/policies/latest)
       -> signature checked against the fleet's public key, and newer than the newest accepted (no replays)
+      -> a canary that names other robots is left to them: this robot keeps the incumbent (sop_ros.cloud.canary)
       -> artifact downloaded in ranges into <cache>/<version>.onnx.part, resuming from the bytes held
       -> size and sha256 checked against the signed announcement, renamed to <cache>/<version>.onnx
       -> the policy node asked to load it (it checks the sha256 again, loads, warms, swaps)
@@ -55,6 +56,7 @@ PolicyVersions = Callable[[], tuple[str, str]]
 @dataclass
 class FetchStats:
     newest: str = ""  # newest verified announcement's version: what the robot should run
+    stage: str = ""  # its rollout stage: canary (this robot is one), promoted, rolled back, or "" (none)
     held: str = ""  # newest version whose artifact is here, verified
     requested: str = ""  # last version handed to the policy node
     downloaded_bytes: int = 0
@@ -66,8 +68,9 @@ class FetchStats:
 class PolicyFetcher:
     def __init__(self, session: zenoh.Session, cache: Path, public_key: Ed25519PublicKey,
                  config: PolicyDownloadConfig, load: LoadRequest, policy_versions: PolicyVersions, log: Log,
-                 reply_timeout_s: float = 10.0) -> None:  # fmt: skip
+                 reply_timeout_s: float = 10.0, robot_id: str = "") -> None:  # fmt: skip
         self.session = session
+        self.robot_id = robot_id
         self.cache = Path(cache)
         self.cache.mkdir(parents=True, exist_ok=True)
         self.public_key = public_key
@@ -85,10 +88,11 @@ class PolicyFetcher:
         self._stream_version = ""
         self._refused: dict[str, str] = {}  # version -> why (never tried again)
         self._refused_offers: set[str] = set()  # sha256 of announcements refused (asked again every period)
+        self._ignored: set[str] = set()  # signatures of announcements passed over (logged once each)
         self._wanted, self._wanted_before = "", set()  # a cached version the policy node waits for (once each)
         self._target = self._read_newest()
         if self._target is not None:
-            self.stats.newest = self._target.version
+            self.stats.newest, self.stats.stage = self._target.version, self._target.stage
             if self._holds(self._target):
                 self.stats.held = self._target.version
 
@@ -135,7 +139,10 @@ class PolicyFetcher:
 
     def ask_latest(self) -> None:
         try:
-            for answer in self.session.get(POLICY_LATEST, timeout=self.reply_timeout_s):
+            # Not consolidated: during a canary the cloud answers twice on this key (the incumbent, the candidate).
+            replies = self.session.get(POLICY_LATEST, timeout=self.reply_timeout_s,
+                                       consolidation=zenoh.ConsolidationMode.NONE)  # fmt: skip
+            for answer in replies:
                 if answer.ok is not None:
                     self._offers.put(answer.ok.payload.to_bytes())
         except zenoh.ZError as err:
@@ -203,15 +210,24 @@ class PolicyFetcher:
             return None
         target = self._target
         if target is not None and announcement.created <= target.created:
-            if announcement.version != target.version:
+            # Once per announcement: during a canary the cloud answers every period with the incumbent too.
+            if announcement.version != target.version and announcement.signature not in self._ignored:
+                self._ignored.add(announcement.signature)
                 self.log("warn", f"ignored policy {announcement.version}: not newer than {target.version}")
+            return None
+        if announcement.robots and self.robot_id not in announcement.robots:
+            if announcement.signature not in self._ignored:
+                self._ignored.add(announcement.signature)
+                self.log("info", f"policy {announcement.version} is on canary with {', '.join(announcement.robots)}: "
+                         f"this robot keeps {target.version if target else 'what it runs'}")  # fmt: skip
             return None
         self._target = announcement
         self._write_newest(announcement)
         with self._lock:
-            self.stats.newest = announcement.version
+            self.stats.newest, self.stats.stage = announcement.version, announcement.stage
+        stage = f", {announcement.stage}" if announcement.stage else ""
         self.log("info", f"policy {announcement.version} announced (parent {announcement.parent or 'none'}, "
-                 f"{announcement.size} bytes, metrics {announcement.metrics})")  # fmt: skip
+                 f"{announcement.size} bytes, metrics {announcement.metrics}{stage})")  # fmt: skip
         return announcement
 
     def step(self, stop: threading.Event | None = None) -> None:

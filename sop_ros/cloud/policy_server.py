@@ -1,8 +1,8 @@
 """The cloud's side of weight distribution, and its view of the fleet.
 
 - Announces each new version of the registry (sop_ros.cloud.policy_registry) on `sop/policies/announce`.
-- Answers `sop/policies/latest` with the latest signed announcement: a robot that starts or reconnects late
-  asks for it (a put is not kept for peers that were away).
+- Answers `sop/policies/latest` with the latest signed announcement, and the candidate's on canary if one is:
+  a robot that starts or reconnects late asks for them (a put is not kept for peers that were away).
 - Serves artifacts in byte ranges on `sop/policies/artifacts/<version>`: robots download with several ranges in
   flight and resume from the bytes they hold.
 - Keeps the fleet table from robots' reports on `sop/fleet/robots/<robot id>` and answers `sop/fleet/table`
@@ -35,7 +35,7 @@ from sop_ros.bridge.protocol import (
     json_object,
 )
 from sop_ros.bridge.zenoh_session import QueryWorkers
-from sop_ros.cloud.policy_registry import LATEST, PolicyRegistry
+from sop_ros.cloud.policy_registry import CANARY, LATEST, PolicyRegistry
 from sop_ros.configs.bridge import PolicyServingConfig
 
 log = logging.getLogger("sop.policies")
@@ -47,6 +47,7 @@ class PolicyServer:
         self.config = config
         self.registry = PolicyRegistry(config.registry_dir)
         self.latest = self.registry.latest()
+        self.canary = self.registry.canary()  # a candidate that only the robots it names run
         self.robots: dict[str, dict] = {}  # robot id -> its last report, with the time it arrived
         self._lock = threading.Lock()
         self._announcing = threading.Lock()  # one announcement per version, from publish() or the registry watch
@@ -64,25 +65,33 @@ class PolicyServer:
         self._watch.start()
 
     def publish(self, onnx_path: str | Path, private_key: Ed25519PrivateKey, metrics: dict[str, float] | None = None,
-                parent: str | None = None) -> PolicyAnnouncement:  # fmt: skip
-        """A learner in this process: add a version to the registry and announce it at once (no polling)."""
+                parent: str | None = None, canary: list[str] | None = None) -> PolicyAnnouncement:  # fmt: skip
+        """A learner in this process: add a version to the registry (on canary with `canary` robots) and announce
+        it at once (no polling)."""
         with self._announcing:
-            announcement = self.registry.publish(onnx_path, private_key, metrics, parent)
+            announcement = self.registry.publish(onnx_path, private_key, metrics, parent, canary)
             with self._lock:
-                self.latest = announcement
-            self.announce()
+                if canary:
+                    self.canary = announcement
+                else:
+                    self.latest = announcement
+            self.announce(announcement)
         return announcement
 
-    def announce(self) -> None:
-        """Put the latest announcement, then stream its artifact once to every robot connected."""
-        latest = self.latest
-        if latest is None:
+    def announce(self, announcement: PolicyAnnouncement | None = None) -> None:
+        """Put an announcement (the latest), then stream its artifact once to every robot connected."""
+        announcement = announcement or self.latest
+        if announcement is None:
             return
-        self.session.put(POLICY_ANNOUNCE, latest.encode(), congestion_control=zenoh.CongestionControl.BLOCK)
-        log.info("announced policy %s (%d bytes, parent %s)", latest.version, latest.size, latest.parent or "none")
-        threading.Thread(
-            target=self.stream, args=(latest.version, latest.size), name="policy-stream", daemon=True
-        ).start()
+        self.session.put(POLICY_ANNOUNCE, announcement.encode(), congestion_control=zenoh.CongestionControl.BLOCK)
+        robots = ", ".join(announcement.robots) or "every robot"
+        stage = f", {announcement.stage} with {robots}" if announcement.stage else ""
+        log.info("announced policy %s (%d bytes, parent %s%s)", announcement.version, announcement.size,
+                 announcement.parent or "none", stage)  # fmt: skip
+        if announcement.stage in ("promoted", "rolled back"):
+            return  # its artifact went out when it was first announced; a robot that lacks it asks for ranges
+        threading.Thread(target=self.stream, args=(announcement.version, announcement.size), name="policy-stream",
+                         daemon=True).start()  # fmt: skip
 
     def stream(self, version: str, size: int) -> None:
         """Put the artifact in pieces on sop/policies/artifacts/<version>/stream: Zenoh copies each piece to every
@@ -101,37 +110,44 @@ class PolicyServer:
             publisher.undeclare()
 
     def _watch_registry(self) -> None:
-        """A new latest.json (written by the learner, possibly in another process) is announced."""
-        seen = self._mtime()
+        """A new latest.json or canary.json (written by the learner, possibly in another process) is announced:
+        a new version, a candidate's promotion, or the incumbent announced again to roll a candidate back."""
+        seen = self._mtimes()
         while not self._stop.wait(self.config.poll_s):
-            mtime = self._mtime()
-            if mtime == seen:
+            mtimes = self._mtimes()
+            if mtimes == seen:
                 continue
-            seen = mtime
+            seen = mtimes
             try:
-                latest = self.registry.latest()
+                latest, canary = self.registry.latest(), self.registry.canary()
             except ValueError as err:
                 log.error("not announcing: %s", err)
                 continue
             with self._announcing:
-                if latest is not None and (self.latest is None or latest.version != self.latest.version):
-                    with self._lock:
-                        self.latest = latest
-                    self.announce()
+                with self._lock:
+                    pairs = ((latest, self.latest), (canary, self.canary))
+                    news = [a for a, had in pairs if a is not None and a != had]
+                    self.latest, self.canary = latest, canary
+                for announcement in sorted(news, key=lambda a: a.created):
+                    self.announce(announcement)
 
-    def _mtime(self) -> int:
-        try:
-            return (self.registry.directory / LATEST).stat().st_mtime_ns
-        except FileNotFoundError:
-            return 0
+    def _mtimes(self) -> tuple[int, int]:
+        def mtime(name: str) -> int:
+            try:
+                return (self.registry.directory / name).stat().st_mtime_ns
+            except FileNotFoundError:
+                return 0
+
+        return mtime(LATEST), mtime(CANARY)
 
     def _answer_latest(self, query: zenoh.Query) -> None:
         with self._lock:
-            latest = self.latest
-        if latest is None:
+            latest, canary = self.latest, self.canary
+        if latest is None and canary is None:
             query.reply_err(b"no policy published yet")
-        else:
-            query.reply(POLICY_LATEST, latest.encode())
+            return
+        for announcement in filter(None, (latest, canary)):  # the older first: robots take only newer ones
+            query.reply(POLICY_LATEST, announcement.encode())
 
     def _answer_range(self, query: zenoh.Query) -> None:
         try:
@@ -166,11 +182,13 @@ class PolicyServer:
     def fleet_table(self) -> dict:
         with self._lock:
             latest = self.latest.version if self.latest else ""
+            canary = {"version": self.canary.version, "robots": self.canary.robots} if self.canary else None
             robots = [dict(r) for _, r in sorted(self.robots.items())]
         now = time.time()
         for robot in robots:
             robot["report_age_s"] = round(now - robot.pop("received"), 3)
-        return {"latest_version": latest, "time": now, "robots": robots}
+        return {"latest_version": latest, "canary": canary, "rollouts": self.registry.rollouts()[-5:], "time": now,
+                "robots": robots}  # fmt: skip
 
     def _answer_fleet_table(self, query: zenoh.Query) -> None:
         query.reply(FLEET_TABLE, json.dumps(self.fleet_table()).encode())

@@ -93,8 +93,10 @@ def format_fleet_table(table: dict) -> str:
     header = ("robot", "running", "pending", "held", "state", "outbox", "MiB", "uploaded", "last upload",
               "report age", "problem")  # fmt: skip
     rows = [header]
+    canary = table.get("canary") or {}
     for r in table["robots"]:
-        behind = r["running_version"] != table["latest_version"]
+        expected = canary["version"] if r["robot"] in canary.get("robots", ()) else table["latest_version"]
+        behind = r["running_version"] != expected
         since = r["seconds_since_upload"]
         rows.append((
             r["robot"], (r["running_version"] or "none") + (" (behind)" if behind else ""), r["pending_version"] or "-",
@@ -104,4 +106,9 @@ def format_fleet_table(table: dict) -> str:
         ))  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return f"latest policy: {latest}; {len(table['robots'])} robots reporting\n" + "\n".join(lines)
+    rollout = ""
+    if canary:
+        rollout += f"; {canary['version']} on canary with {', '.join(canary['robots'])}"
+    for verdict in table.get("rollouts", [])[-3:]:
+        rollout += f"\n  {verdict['candidate']}: {verdict['decision']} ({verdict['reason']})"
+    return f"latest policy: {latest}; {len(table['robots'])} robots reporting{rollout}\n" + "\n".join(lines)

@@ -1,0 +1,153 @@
+"""Canary rollout: a new policy runs on a few robots first, and reaches the fleet only if it does no worse.
+
+    candidate published   the canary robots (chosen by config, or at random) run it; the rest keep the incumbent
+    canary episodes end   once the canaries have ended `min_episodes` with the candidate, its success is compared
+                          with the incumbent's on the same tasks
+    promote               not below the incumbent beyond noise: every robot takes the candidate
+    roll back             below it beyond noise: the canaries return to the incumbent at their next episode
+                          boundary, and the learner's next candidate starts again (from the incumbent, or from
+                          its moving average)
+
+The test is one-sided and stratified by task: each task's difference in success is weighted by its share of the
+canary's episodes (so a canary that happened to draw the hard tasks is not judged against the incumbent's easy
+ones), its variance from the two tasks' pooled rate, and the candidate is rolled back when a difference this low
+has probability below `alpha` under "no worse". Success is the episode's own without the operator's help: an
+operator who finishes every failing episode would make every labelled outcome a success.
+
+Plain data in, a verdict out: no Zenoh, no ROS (tested on hand-computed counts).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from statistics import NormalDist
+from typing import Literal
+
+from sop_ros.configs import require
+
+Decision = Literal["wait", "promote", "roll back"]
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    """The learner's rollout of each new policy (off: every robot takes it at its next episode boundary)."""
+
+    enabled: bool = False
+    robots: tuple[str, ...] = ()  # the canary robots by id; empty: `share` of the fleet's robots at random
+    share: float = 0.25  # of the robots reporting, rounded up, at least one and never all of them
+    min_episodes: int = 20  # canary episodes with the candidate before the verdict
+    alpha: float = 0.05  # one-sided: rolled back when p < alpha that the candidate is no worse
+    incumbent_window: int = 100  # the incumbent's latest episodes per task that its success is measured on
+    after_rollback: Literal["incumbent", "ema"] = "incumbent"  # where the learner's next candidate starts
+    seed: int = 0  # the random choice of canaries
+
+    def __post_init__(self) -> None:
+        require(0 < self.share < 1, "share", self.share, "must be in (0, 1): at least one robot keeps the incumbent")
+        require(self.min_episodes >= 1, "min_episodes", self.min_episodes, "must be >= 1")
+        require(0 < self.alpha < 1, "alpha", self.alpha, "must be in (0, 1)")
+        require(self.incumbent_window >= 1, "incumbent_window", self.incumbent_window, "must be >= 1")
+        require(self.after_rollback in ("incumbent", "ema"), "after_rollback", self.after_rollback,
+                "must be incumbent or ema")  # fmt: skip
+        require(len(set(self.robots)) == len(self.robots), "robots", self.robots, "must not repeat")
+
+
+def choose_canaries(robots: Sequence[str], config: CanaryConfig, rng: random.Random) -> list[str]:
+    """The robots that run the next candidate: the configured ones among `robots`, else a random `share`."""
+    if config.robots:
+        return [r for r in config.robots if r in robots]
+    if len(robots) < 2:
+        return []  # one robot: no incumbent left to compare with, so no canary
+    count = min(max(1, math.ceil(config.share * len(robots))), len(robots) - 1)
+    return sorted(rng.sample(sorted(robots), count))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One ended episode as the gate sees it."""
+
+    task: str
+    policy_version: str
+    success: bool  # the policy's own: no operator intervention
+    robot_id: str = ""
+
+
+@dataclass
+class Tally:
+    """Successes and episodes per task."""
+
+    counts: dict[str, list[int]] = field(default_factory=dict)  # task -> [successes, episodes]
+
+    def add(self, task: str, success: bool) -> None:
+        counts = self.counts.setdefault(task, [0, 0])
+        counts[0] += int(success)
+        counts[1] += 1
+
+    @property
+    def episodes(self) -> int:
+        return sum(n for _, n in self.counts.values())
+
+    @property
+    def successes(self) -> int:
+        return sum(s for s, _ in self.counts.values())
+
+
+def tally(outcomes: Iterable[Outcome], version: str, robots: Sequence[str] | None = None,
+          window: int | None = None) -> Tally:  # fmt: skip
+    """`version`'s episodes (on `robots`, if named), the latest `window` of each task (in the order given)."""
+    per_task: dict[str, list[bool]] = {}
+    for o in outcomes:
+        if o.policy_version == version and (robots is None or o.robot_id in robots):
+            per_task.setdefault(o.task, []).append(o.success)
+    counted = Tally()
+    for task, successes in per_task.items():
+        for success in successes[-window:] if window else successes:
+            counted.add(task, success)
+    return counted
+
+
+@dataclass(frozen=True)
+class Verdict:
+    decision: Decision
+    reason: str
+    difference: float = 0.0  # candidate - incumbent, task-weighted by the canary's episodes
+    z: float = 0.0
+    p: float = 1.0  # one-sided: the chance of a difference this low were the candidate no worse
+    candidate: tuple[int, int] = (0, 0)  # successes, episodes on the tasks compared
+    incumbent: tuple[int, int] = (0, 0)
+    tasks: tuple[str, ...] = ()
+
+    def evidence(self) -> dict[str, float]:
+        """The figures the signed announcement carries."""
+        return {"canary_successes": self.candidate[0], "canary_episodes": self.candidate[1],
+                "incumbent_successes": self.incumbent[0], "incumbent_episodes": self.incumbent[1],
+                "difference": round(self.difference, 6), "z": round(self.z, 6), "p": round(self.p, 6)}  # fmt: skip
+
+
+def judge(candidate: Tally, incumbent: Tally, config: CanaryConfig) -> Verdict:
+    """Promote, roll back, or wait for more canary episodes (or for the incumbent's on the canary's tasks)."""
+    if candidate.episodes < config.min_episodes:
+        return Verdict("wait", f"{candidate.episodes} of {config.min_episodes} canary episodes")
+    tasks = tuple(sorted(t for t in candidate.counts if t in incumbent.counts))
+    if not tasks:
+        return Verdict("wait", "the incumbent has no episodes of the canary's tasks yet")
+    total = sum(candidate.counts[t][1] for t in tasks)
+    difference = variance = 0.0
+    for task in tasks:
+        (cs, cn), (is_, in_) = candidate.counts[task], incumbent.counts[task]
+        weight = cn / total
+        pooled = (cs + is_) / (cn + in_)
+        difference += weight * (cs / cn - is_ / in_)
+        variance += weight**2 * pooled * (1 - pooled) * (1 / cn + 1 / in_)
+    z = difference / math.sqrt(variance) if variance > 0 else 0.0
+    p = NormalDist().cdf(z)
+    counts = {"candidate": (sum(candidate.counts[t][0] for t in tasks), total),
+              "incumbent": (sum(incumbent.counts[t][0] for t in tasks), sum(incumbent.counts[t][1] for t in tasks))}
+    figures = f"{difference:+.1%} on {', '.join(tasks)}, z = {z:.2f}, one-sided p = {p:.3g}"
+    if p < config.alpha:
+        return Verdict("roll back", f"below the incumbent beyond noise: {figures}", difference, z, p,
+                       tasks=tasks, **counts)  # fmt: skip
+    return Verdict("promote", f"not below the incumbent beyond noise: {figures}", difference, z, p, tasks=tasks,
+                   **counts)  # fmt: skip

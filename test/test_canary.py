@@ -1,0 +1,141 @@
+"""Canary rollout's gate on hand-computed counts, and the registry's signed canary, promotion and rollback."""
+
+import json
+import random
+
+import pytest
+from test_bridge_policies import exported, keys  # noqa: F401  (fixtures)
+
+from sop_ros.bridge.artifacts import PolicyAnnouncement, sign, verify
+from sop_ros.bridge.protocol import ProtocolError
+from sop_ros.cloud.canary import CanaryConfig, Outcome, Tally, choose_canaries, judge, tally
+from sop_ros.cloud.policy_registry import PolicyRegistry
+from sop_ros.configs import ConfigError
+
+TIER = "unit"  # what the tests need: conftest.TIERS
+
+
+def test_a_candidate_clearly_below_the_incumbent_is_rolled_back():
+    # push-wall: 2/10 vs 30/50, pooled 32/60; reach: 3/10 vs 40/50, pooled 43/60; weights 10/20 each.
+    # difference = 0.5 * (0.2 - 0.6) + 0.5 * (0.3 - 0.8) = -0.45
+    # variance = 0.25 * (32/60 * 28/60 + 43/60 * 17/60) * (1/10 + 1/50) = 0.0135583; z = -0.45 / 0.116440 = -3.8646
+    candidate = Tally({"push-wall-v3": [2, 10], "reach-v3": [3, 10]})
+    incumbent = Tally({"push-wall-v3": [30, 50], "reach-v3": [40, 50], "dial-turn-v3": [5, 50]})
+    verdict = judge(candidate, incumbent, CanaryConfig(min_episodes=20))
+    assert verdict.decision == "roll back" and verdict.tasks == ("push-wall-v3", "reach-v3")
+    assert verdict.difference == pytest.approx(-0.45) and verdict.z == pytest.approx(-3.8646, abs=1e-4)
+    assert verdict.p == pytest.approx(5.563e-5, rel=1e-3)
+    assert (verdict.candidate, verdict.incumbent) == ((5, 20), (70, 100))  # dial-turn: the canary never ran it
+    assert verdict.evidence()["canary_episodes"] == 20 and "below the incumbent beyond noise" in verdict.reason
+
+
+def test_a_candidate_within_noise_of_the_incumbent_or_above_it_is_promoted():
+    # 5/10 vs 30/50: difference -0.1, pooled 35/60, variance 35/60 * 25/60 * 0.12 = 0.0291667, z = -0.5855,
+    # one-sided p = 0.279 >= 0.05: not below beyond noise.
+    verdict = judge(Tally({"push-wall-v3": [5, 10]}), Tally({"push-wall-v3": [30, 50]}), CanaryConfig(min_episodes=10))
+    assert verdict.decision == "promote" and verdict.z == pytest.approx(-0.5855, abs=1e-4)
+    assert verdict.p == pytest.approx(0.2791, abs=1e-4)
+    assert judge(Tally({"reach-v3": [9, 10]}), Tally({"reach-v3": [30, 50]}), CanaryConfig(min_episodes=10)).z > 0
+    # The same counts at a looser level: rolled back.
+    assert judge(Tally({"push-wall-v3": [5, 10]}), Tally({"push-wall-v3": [30, 50]}),
+                 CanaryConfig(min_episodes=10, alpha=0.3)).decision == "roll back"  # fmt: skip
+    # Every episode alike: no variance, no evidence against the candidate.
+    assert judge(Tally({"reach-v3": [10, 10]}), Tally({"reach-v3": [5, 5]}), CanaryConfig(min_episodes=10)).decision \
+        == "promote"
+
+
+def test_the_gate_waits_for_enough_canary_episodes_and_for_the_incumbent_on_their_tasks():
+    config = CanaryConfig(min_episodes=20)
+    assert judge(Tally({"reach-v3": [0, 19]}), Tally({"reach-v3": [50, 50]}), config).decision == "wait"
+    verdict = judge(Tally({"reach-v3": [0, 20]}), Tally({"dial-turn-v3": [50, 50]}), config)
+    assert verdict.decision == "wait" and "no episodes of the canary's tasks" in verdict.reason
+
+
+def test_tally_counts_a_version_on_its_robots_and_the_latest_window_per_task():
+    outcomes = [Outcome("reach-v3", "v1", s, "robot_1") for s in (True, True, False, False, False)]
+    outcomes += [Outcome("reach-v3", "v2", True, "robot_0"), Outcome("reach-v3", "v2", False, "robot_1"),
+                 Outcome("push-v3", "v1", True, "robot_0")]  # fmt: skip
+    assert tally(outcomes, "v1").counts == {"reach-v3": [2, 5], "push-v3": [1, 1]}
+    assert tally(outcomes, "v1", window=3).counts == {"reach-v3": [0, 3], "push-v3": [1, 1]}  # the latest three
+    assert tally(outcomes, "v2", robots=["robot_0"]).counts == {"reach-v3": [1, 1]}
+
+
+def test_canaries_are_the_configured_robots_or_a_share_never_the_whole_fleet():
+    robots = ["robot_0", "robot_1", "robot_2", "robot_3"]
+    rng = random.Random(0)
+    assert len(choose_canaries(robots, CanaryConfig(share=0.25), rng)) == 1
+    assert len(choose_canaries(robots, CanaryConfig(share=0.3), rng)) == 2  # rounded up
+    assert len(choose_canaries(robots[:2], CanaryConfig(share=0.9), rng)) == 1  # one keeps the incumbent
+    assert choose_canaries(robots[:1], CanaryConfig(), rng) == []
+    assert choose_canaries(robots, CanaryConfig(robots=("robot_3", "robot_9")), rng) == ["robot_3"]
+    with pytest.raises(ConfigError, match="share=1.0: must be in"):
+        CanaryConfig(share=1.0)
+    with pytest.raises(ConfigError, match="after_rollback='base': must be incumbent or ema"):
+        CanaryConfig(after_rollback="base")
+
+
+def test_a_canary_announcement_names_its_robots_and_old_announcements_still_verify(keys):  # noqa: F811
+    private, public = keys
+    plain = sign(PolicyAnnouncement("v1", "ab" * 32, 1000, 1.7e9), private)
+    # Signed as before rollouts had stages: the new fields, when empty, are not in the signed bytes.
+    assert b"robots" not in plain.signed_bytes() and b"stage" not in plain.signed_bytes()
+    canary = sign(PolicyAnnouncement("v2", "ab" * 32, 1000, 1.8e9, robots=["robot_0"], stage="canary"), private)
+    verify(canary, public)
+    assert PolicyAnnouncement.decode(canary.encode()) == canary
+    with pytest.raises(ProtocolError, match="a canary names its robots, and only a canary does"):
+        PolicyAnnouncement("v2", "ab" * 32, 1000, 1.8e9, stage="canary").check()
+    with pytest.raises(ProtocolError, match="robots must be a list of robot ids"):
+        PolicyAnnouncement("v2", "ab" * 32, 1000, 1.8e9, robots=["../x"], stage="canary").check()
+    with pytest.raises(ProtocolError, match="stage 'beta' must be one of"):
+        PolicyAnnouncement("v2", "ab" * 32, 1000, 1.8e9, stage="beta").check()
+
+
+def test_the_registry_puts_a_candidate_on_canary_then_promotes_or_rolls_it_back(tmp_path, keys, exported):  # noqa: F811
+    private, public = keys
+    registry = PolicyRegistry(tmp_path / "registry")
+    v1 = registry.publish(exported["v1"], private)
+    v2 = registry.publish(exported["v2"], private, canary=["robot_0"])
+    assert registry.latest() == v1 and registry.canary() == v2 and v2.parent == "v1" and v2.stage == "canary"
+    back = registry.roll_back(private, {"p": 0.001}, "below the incumbent beyond noise")
+    verify(back, public)
+    assert (back.version, back.stage, back.robots, back.metrics["p"]) == ("v1", "rolled back", [], 0.001)
+    assert back.created > v2.created and registry.latest() == back and registry.canary() is None
+    v3 = registry.publish(exported["v3"], private, canary=["robot_1"])
+    assert v3.created > back.created and v3.parent == "v1"
+    promoted = registry.promote(private, {"p": 0.4}, "not below")
+    verify(promoted, public)
+    assert (promoted.version, promoted.stage, promoted.sha256) == ("v3", "promoted", v3.sha256)
+    assert registry.latest() == promoted and registry.announcement("v3") == promoted
+    assert [(r["candidate"], r["incumbent"], r["decision"], r["canaries"]) for r in registry.rollouts()] == [
+        ("v2", "v1", "rolled back", ["robot_0"]), ("v3", "v1", "promoted", ["robot_1"])]  # fmt: skip
+    first = (tmp_path / "registry" / "rollouts.jsonl").read_text().splitlines()[0]
+    assert json.loads(first)["evidence"] == {"p": 0.001}
+    with pytest.raises(ValueError, match="no candidate on canary"):
+        registry.promote(private, {}, "")
+
+
+def test_a_version_for_every_robot_supersedes_a_candidate_on_canary(tmp_path, keys, exported):  # noqa: F811
+    private, _ = keys
+    registry = PolicyRegistry(tmp_path / "registry")
+    registry.publish(exported["v1"], private)
+    registry.publish(exported["v2"], private, canary=["robot_0"])
+    v3 = registry.publish(exported["v3"], private)
+    assert registry.canary() is None and registry.latest() == v3 and v3.parent == "v1"
+
+
+def test_fleet_status_says_which_version_each_robot_should_run_and_the_last_verdicts():
+    from sop_ros.cloud.services import format_fleet_table
+
+    def robot(name: str, running: str) -> dict:
+        return {"robot": name, "running_version": running, "pending_version": "", "held_version": running,
+                "policy_state": "running", "outbox_episodes": 0, "outbox_bytes": 0, "uploaded": 3,
+                "seconds_since_upload": 1.0, "report_age_s": 0.5, "last_error": ""}  # fmt: skip
+
+    table = {"latest_version": "v1", "canary": {"version": "v2", "robots": ["robot_0"]},
+             "rollouts": [{"candidate": "v0b", "decision": "rolled back", "reason": "below the incumbent"}],
+             "robots": [robot("robot_0", "v2"), robot("robot_1", "v1"), robot("robot_2", "v0")]}  # fmt: skip
+    text = format_fleet_table(table)
+    assert text.splitlines()[:2] == ["latest policy: v1; 3 robots reporting; v2 on canary with robot_0",
+                                     "  v0b: rolled back (below the incumbent)"]  # fmt: skip
+    rows = {line.split()[0]: line for line in text.splitlines()[3:]}
+    assert "(behind)" not in rows["robot_0"] and "(behind)" not in rows["robot_1"] and "v0 (behind)" in rows["robot_2"]
