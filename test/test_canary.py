@@ -1,5 +1,6 @@
 """Canary rollout's gate on hand-computed counts, and the registry's signed canary, promotion and rollback."""
 
+import dataclasses
 import json
 import random
 
@@ -8,11 +9,13 @@ from test_bridge_policies import exported, keys  # noqa: F401  (fixtures)
 
 from sop_ros.bridge.artifacts import PolicyAnnouncement, sign, verify
 from sop_ros.bridge.protocol import ProtocolError
-from sop_ros.cloud.canary import CanaryConfig, Outcome, Tally, choose_canaries, judge, tally
+from sop_ros.cloud.canary import Ended, Tally, choose_canaries, judge, tally
 from sop_ros.cloud.policy_registry import PolicyRegistry
 from sop_ros.configs import ConfigError
+from sop_ros.configs.learner import CanaryConfig, LearnerConfig
 
 TIER = "unit"  # what the tests need: conftest.TIERS
+LEARNER = LearnerConfig(tasks=["reach-v3"])
 
 
 def test_a_candidate_clearly_below_the_incumbent_is_rolled_back():
@@ -52,9 +55,9 @@ def test_the_gate_waits_for_enough_canary_episodes_and_for_the_incumbent_on_thei
 
 
 def test_tally_counts_a_version_on_its_robots_and_the_latest_window_per_task():
-    outcomes = [Outcome("reach-v3", "v1", s, "robot_1") for s in (True, True, False, False, False)]
-    outcomes += [Outcome("reach-v3", "v2", True, "robot_0"), Outcome("reach-v3", "v2", False, "robot_1"),
-                 Outcome("push-v3", "v1", True, "robot_0")]  # fmt: skip
+    outcomes = [Ended("reach-v3", "v1", s, "robot_1") for s in (True, True, False, False, False)]
+    outcomes += [Ended("reach-v3", "v2", True, "robot_0"), Ended("reach-v3", "v2", False, "robot_1"),
+                 Ended("push-v3", "v1", True, "robot_0")]  # fmt: skip
     assert tally(outcomes, "v1").counts == {"reach-v3": [2, 5], "push-v3": [1, 1]}
     assert tally(outcomes, "v1", window=3).counts == {"reach-v3": [0, 3], "push-v3": [1, 1]}  # the latest three
     assert tally(outcomes, "v2", robots=["robot_0"]).counts == {"reach-v3": [1, 1]}
@@ -139,3 +142,73 @@ def test_fleet_status_says_which_version_each_robot_should_run_and_the_last_verd
                                      "  v0b: rolled back (below the incumbent)"]  # fmt: skip
     rows = {line.split()[0]: line for line in text.splitlines()[3:]}
     assert "(behind)" not in rows["robot_0"] and "(behind)" not in rows["robot_1"] and "v0 (behind)" in rows["robot_2"]
+
+
+def test_the_gate_puts_each_version_on_canary_holds_the_next_and_decides_on_the_episodes(tmp_path, keys, exported):  # noqa: F811
+    from sop_ros.cloud.canary import CanaryGate
+
+    private, _ = keys
+    registry = PolicyRegistry(tmp_path / "registry")
+    made = []
+
+    def publish(path, metrics, canary):
+        made.append((path, canary))
+        return registry.publish(path, private, metrics, canary=canary)
+
+    robots = ["robot_0", "robot_1", "robot_2", "robot_3"]
+    gate = CanaryGate(CanaryConfig(min_episodes=4, share=0.25, seed=1), registry, private, publish, lambda: robots)
+    first = gate.publish(str(exported["v1"]), {})
+    assert first.stage == "" and made[-1][1] is None  # no incumbent yet: the fleet's first policy goes to all
+    second = gate.publish(str(exported["v2"]), {})
+    assert second.stage == "canary" and len(second.robots) == 1 and gate.pending == second
+    assert gate.publish(str(exported["v3"]), {}) is None and len(made) == 2  # held while v2 is on canary
+    canary, others = second.robots[0], [r for r in robots if r != second.robots[0]]
+    incumbent_runs = [Ended("reach-v3", "v1", True, r) for r in others for _ in range(10)]
+    assert gate.check(incumbent_runs + [Ended("reach-v3", "v2", False, canary)] * 3).decision == "wait"
+    # v2's episodes on another robot (one that ran it before the canary began, say) are not the canary's
+    assert gate.check(incumbent_runs + [Ended("reach-v3", "v2", False, others[0])] * 9).decision == "wait"
+    verdict = gate.check(incumbent_runs + [Ended("reach-v3", "v2", False, canary)] * 4)
+    assert verdict.decision == "roll back" and (verdict.candidate, verdict.incumbent) == ((0, 4), (30, 30))
+    assert gate.pending is None and registry.latest().version == "v1" and registry.latest().stage == "rolled back"
+    third = gate.publish(str(exported["v3"]), {})
+    assert third.stage == "canary"
+    verdict = gate.check(incumbent_runs + [Ended("reach-v3", "v3", True, third.robots[0])] * 4)
+    assert verdict.decision == "promote" and registry.latest().version == "v3" and gate.pending is None
+    assert [(c, v.decision) for c, v in gate.verdicts] == [("v2", "roll back"), ("v3", "promote")]
+
+
+def test_after_a_rollback_the_learner_restarts_from_the_incumbent_or_its_average(tmp_path, keys, exported):  # noqa: F811
+    import torch
+    from test_bridge_policies import TINY
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    from sop_ros.cloud.canary import Verdict
+    from sop_ros.learner.online import decided
+    from sop_ros.model.vla import VLAPolicy
+
+    private, _ = keys
+    torch.manual_seed(0)
+    policy = VLAPolicy(TINY)
+    incumbent = {k: torch.full_like(v, 0.5) if v.is_floating_point() else v.clone()
+                 for k, v in policy.state_dict().items()}  # fmt: skip
+
+    class Publisher:
+        registry = PolicyRegistry(tmp_path / "registry")
+        weights = {"v1": incumbent}
+
+    Publisher.registry.publish(exported["v1"], private)
+    said = []
+    rollback = Verdict("roll back", "below the incumbent beyond noise")
+    for after, expected in (("incumbent", 0.5), ("ema", None)):
+        average = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+        with torch.no_grad():
+            for p in average.module.parameters():
+                p.fill_(0.25)  # the moving average, apart from both the policy and the incumbent
+        moving = next(average.module.parameters()).detach().clone()
+        config = dataclasses.replace(LEARNER, canary=CanaryConfig(after_rollback=after))
+        decided(rollback, "v2", Publisher, policy, average, config, None, 10, said.append)
+        first = next(policy.parameters()).detach()
+        assert torch.equal(first, torch.full_like(first, expected) if expected is not None else moving)
+        assert torch.equal(next(average.module.parameters()).detach(), first)
+    assert said[1] == "learner: after the rollback, training goes on from the incumbent v1's weights"
+    assert said[3] == "learner: after the rollback, training goes on from its moving average"

@@ -21,37 +21,22 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from sop_ros.configs import require
+from sop_ros.bridge.artifacts import PolicyAnnouncement
+from sop_ros.configs.learner import CanaryConfig
+from sop_ros.episodes.format import Outcome
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from sop_ros.cloud.episode_store import StoredEpisode
+    from sop_ros.cloud.policy_registry import PolicyRegistry
 
 Decision = Literal["wait", "promote", "roll back"]
-
-
-@dataclass(frozen=True)
-class CanaryConfig:
-    """The learner's rollout of each new policy (off: every robot takes it at its next episode boundary)."""
-
-    enabled: bool = False
-    robots: tuple[str, ...] = ()  # the canary robots by id; empty: `share` of the fleet's robots at random
-    share: float = 0.25  # of the robots reporting, rounded up, at least one and never all of them
-    min_episodes: int = 20  # canary episodes with the candidate before the verdict
-    alpha: float = 0.05  # one-sided: rolled back when p < alpha that the candidate is no worse
-    incumbent_window: int = 100  # the incumbent's latest episodes per task that its success is measured on
-    after_rollback: Literal["incumbent", "ema"] = "incumbent"  # where the learner's next candidate starts
-    seed: int = 0  # the random choice of canaries
-
-    def __post_init__(self) -> None:
-        require(0 < self.share < 1, "share", self.share, "must be in (0, 1): at least one robot keeps the incumbent")
-        require(self.min_episodes >= 1, "min_episodes", self.min_episodes, "must be >= 1")
-        require(0 < self.alpha < 1, "alpha", self.alpha, "must be in (0, 1)")
-        require(self.incumbent_window >= 1, "incumbent_window", self.incumbent_window, "must be >= 1")
-        require(self.after_rollback in ("incumbent", "ema"), "after_rollback", self.after_rollback,
-                "must be incumbent or ema")  # fmt: skip
-        require(len(set(self.robots)) == len(self.robots), "robots", self.robots, "must not repeat")
 
 
 def choose_canaries(robots: Sequence[str], config: CanaryConfig, rng: random.Random) -> list[str]:
@@ -65,7 +50,7 @@ def choose_canaries(robots: Sequence[str], config: CanaryConfig, rng: random.Ran
 
 
 @dataclass(frozen=True)
-class Outcome:
+class Ended:
     """One ended episode as the gate sees it."""
 
     task: str
@@ -94,7 +79,7 @@ class Tally:
         return sum(s for s, _ in self.counts.values())
 
 
-def tally(outcomes: Iterable[Outcome], version: str, robots: Sequence[str] | None = None,
+def tally(outcomes: Iterable[Ended], version: str, robots: Sequence[str] | None = None,
           window: int | None = None) -> Tally:  # fmt: skip
     """`version`'s episodes (on `robots`, if named), the latest `window` of each task (in the order given)."""
     per_task: dict[str, list[bool]] = {}
@@ -151,3 +136,55 @@ def judge(candidate: Tally, incumbent: Tally, config: CanaryConfig) -> Verdict:
                        tasks=tasks, **counts)  # fmt: skip
     return Verdict("promote", f"not below the incumbent beyond noise: {figures}", difference, z, p, tasks=tasks,
                    **counts)  # fmt: skip
+
+
+def ended(stored: Iterable[StoredEpisode]) -> list[Ended]:
+    """The store's episodes, oldest first, as the gate counts them: a success is one with no intervention."""
+    return [Ended(e.task, e.policy_version, e.outcome == Outcome.SUCCESS and e.interventions == 0, e.robot_id)
+            for e in stored]  # fmt: skip
+
+
+# Publish an exported policy: (onnx path, metrics, canary robots or None for every robot) -> its announcement.
+Publish = Callable[[str, dict[str, float], list[str] | None], PolicyAnnouncement]
+
+
+class CanaryGate:
+    """The rollout of each new version: on canary when there is an incumbent to compare with, then decided.
+
+    Whoever makes versions (the learner, or a scenario) offers each to `publish`, and calls `check` with the
+    episodes stored so far; while a candidate is on canary, `publish` refuses newer ones (the maker holds them)."""
+
+    def __init__(self, config: CanaryConfig, registry: PolicyRegistry, private_key: Ed25519PrivateKey,
+                 publish: Publish, robots: Callable[[], Sequence[str]]) -> None:  # fmt: skip
+        self.config, self.registry, self.private_key = config, registry, private_key
+        self._publish, self._robots = publish, robots
+        self.rng = random.Random(config.seed)
+        self.verdicts: list[tuple[str, Verdict]] = []  # (candidate, verdict) for each decided canary
+
+    @property
+    def pending(self) -> PolicyAnnouncement | None:
+        return self.registry.canary()
+
+    def publish(self, onnx_path: str, metrics: dict[str, float]) -> PolicyAnnouncement | None:
+        """Put a new version on canary (or out to every robot while there is no incumbent or only one robot);
+        None while another candidate is on canary."""
+        if self.pending is not None:
+            return None
+        canaries = choose_canaries(self._robots(), self.config, self.rng) if self.registry.latest() else []
+        return self._publish(onnx_path, metrics, canaries or None)
+
+    def check(self, outcomes: Sequence[Ended]) -> Verdict | None:
+        """Decide the candidate on canary if its episodes suffice: promote it or roll it back (signed, in the
+        registry, which the policy server announces). None when there is none; a "wait" verdict otherwise."""
+        candidate, incumbent = self.pending, self.registry.latest()
+        if candidate is None or incumbent is None:
+            return None
+        on_canary = tally(outcomes, candidate.version, candidate.robots)
+        verdict = judge(on_canary, tally(outcomes, incumbent.version, window=self.config.incumbent_window), self.config)
+        if verdict.decision == "promote":
+            self.registry.promote(self.private_key, verdict.evidence(), verdict.reason)
+        elif verdict.decision == "roll back":
+            self.registry.roll_back(self.private_key, verdict.evidence(), verdict.reason)
+        if verdict.decision != "wait":
+            self.verdicts.append((candidate.version, verdict))
+        return verdict

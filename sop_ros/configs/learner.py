@@ -88,6 +88,31 @@ class PaceConfig:
 
 
 @dataclass(frozen=True)
+class CanaryConfig:
+    """The rollout of each new policy (sop_ros/cloud/canary.py); off: every robot takes it at its next episode
+    boundary."""
+
+    enabled: bool = False
+    robots: tuple[str, ...] = ()  # the canary robots by id; empty: `share` of the fleet's robots at random
+    share: float = 0.25  # of the robots reporting, rounded up, at least one and never all of them
+    min_episodes: int = 20  # canary episodes with the candidate before the verdict
+    alpha: float = 0.05  # one-sided: rolled back when p < alpha that the candidate is no worse
+    incumbent_window: int = 100  # the incumbent's latest episodes per task that its success is measured on
+    after_rollback: Literal["incumbent", "ema"] = "incumbent"  # where the learner's next candidate starts
+    seed: int = 0  # the random choice of canaries
+
+    def __post_init__(self) -> None:
+        require(0 < self.share < 1, "share", self.share, "must be in (0, 1): at least one robot keeps the incumbent")
+        require(self.min_episodes >= 1, "min_episodes", self.min_episodes, "must be >= 1")
+        require(0 < self.alpha < 1, "alpha", self.alpha, "must be in (0, 1)")
+        require(self.incumbent_window >= 1, "incumbent_window", self.incumbent_window, "must be >= 1")
+        require(self.after_rollback in ("incumbent", "ema"), "after_rollback", self.after_rollback,
+                "must be incumbent or ema")  # fmt: skip
+        require(len(set(self.robots)) == len(self.robots), "robots", self.robots, "must not repeat")
+
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     algorithm: Literal["bc", "hg_dagger", "recap"] = "hg_dagger"
     tasks: tuple[str, ...] = ("reach-v3", "push-v3", "pick-place-v3", "drawer-open-v3", "window-open-v3")
@@ -136,6 +161,7 @@ class LearnerConfig:
     pace: PaceConfig = field(default_factory=PaceConfig)  # simulated fleets only
     ingest: EpisodeIngestConfig = field(default_factory=EpisodeIngestConfig)  # robots' episodes into store_dir
     policies: PolicyServingConfig = field(default_factory=PolicyServingConfig)  # signed weights out to robots
+    canary: CanaryConfig = field(default_factory=CanaryConfig)  # each new policy to a few robots first
 
     def __post_init__(self) -> None:
         require(bool(self.tasks), "tasks", self.tasks, "must list at least one task")
@@ -171,3 +197,7 @@ class LearnerConfig:
         require(self.frame_cache_mb >= 0, "frame_cache_mb", self.frame_cache_mb, "must be >= 0 (0: no cache)")
         require(self.serve_robots or not self.pace.steps_per_sim_minute, "pace.steps_per_sim_minute",
                 self.pace.steps_per_sim_minute, "needs serve_robots: true (clocks come on its session)")  # fmt: skip
+        require(not self.canary.enabled or self.serve_robots, "canary.enabled", self.canary.enabled,
+                "needs serve_robots: true (the gate reads the fleet's reports and episodes)")  # fmt: skip
+        require(not (self.canary.enabled and self.pace.steps_per_sim_minute), "canary.enabled", self.canary.enabled,
+                "is for unpaced fleets: a paced one schedules each episode's policy for every robot alike")  # fmt: skip

@@ -32,6 +32,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from sop_ros.bridge.pace import FleetPace
+from sop_ros.cloud.canary import Verdict, ended
 from sop_ros.cloud.episode_store import EpisodeStore, StoredEpisode
 from sop_ros.configs import ConfigError, load_config, to_dict
 from sop_ros.configs.learner import LearnerConfig
@@ -54,6 +56,11 @@ from sop_ros.learner.pretrain import to_torch, warmup_cosine
 from sop_ros.learner.ranks import Ranks, all_sum, same_on_all, start_ranks
 from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, Row, split_rows, task_rows
 from sop_ros.model.vla import VLAPolicy, load_checkpoint, parameter_count, save_checkpoint
+
+if TYPE_CHECKING:
+    from sop_ros.bridge.artifacts import PolicyAnnouncement
+    from sop_ros.cloud.canary import CanaryGate
+    from sop_ros.cloud.policy_server import PolicyServer
 
 STATE = "learner.pt"  # in checkpoint_dir: everything a restart needs
 FINAL_POLICY = "policy.pt"  # in checkpoint_dir: the last policy, a checkpoint like `sop pretrain` writes
@@ -227,15 +234,15 @@ class Losses(nn.Module):
         return losses, weights, beside_loss
 
 
-def initial_policy(config: LearnerConfig) -> tuple[VLAPolicy | None, tuple[str, ...], dict | None]:
-    """The base checkpoint (None: train a fresh model); its camera order (empty: the demonstrations'); and the
-    optimiser state it was saved with (None: none)."""
+def initial_policy(config: LearnerConfig) -> tuple[VLAPolicy | None, tuple[str, ...], dict | None, str]:
+    """The base checkpoint (None: train a fresh model); its camera order (empty: the demonstrations'); the
+    optimiser state it was saved with (None: none); and its version ("" for none)."""
     if not config.base_policy:
-        return None, (), None
+        return None, (), None, ""
     if not Path(config.base_policy).is_file():
         raise ConfigError(f"base_policy={config.base_policy!r}: no such checkpoint (make one with `sop pretrain`)")
     policy, extra = load_checkpoint(config.base_policy)
-    return policy, tuple(extra.get("cameras") or ()), extra.get("optimiser")
+    return policy, tuple(extra.get("cameras") or ()), extra.get("optimiser"), str(extra.get("version", ""))
 
 
 def continue_optimiser(optimiser: torch.optim.Optimizer, state: dict | None, config: LearnerConfig) -> None:
@@ -286,11 +293,30 @@ class Publisher:
         self.published = list(published)
         self.latency_s = float("nan")
         self.error = ""
+        self.gate: CanaryGate | None = None  # canary.enabled: each version to a few robots first
+        self.weights: dict[str, dict[str, Tensor]] = {}  # recent versions' weights: a rollback restarts from one
+
+    def serve_with_canaries(self, server: PolicyServer) -> None:
+        """Publish through `server`, each version on canary first (sop_ros.cloud.canary)."""
+        from sop_ros.cloud.canary import CanaryGate
+
+        def publish(onnx_path: str, metrics: dict[str, float], canary: list[str] | None) -> PolicyAnnouncement:
+            return server.publish(onnx_path, self.key, metrics, canary=canary)
+
+        self.gate = CanaryGate(self.config.canary, self.registry, self.key, publish,
+                               lambda: [r["robot"] for r in server.fleet_table()["robots"]])  # fmt: skip
+
+    def keep_weights(self, version: str, state: dict[str, Tensor]) -> None:
+        self.weights[version] = {k: v.detach().cpu().clone() for k, v in state.items()}
+        for old in list(self.weights)[:-3]:  # the candidate, the incumbent, and one before
+            del self.weights[old]
 
     def publish(self, policy: VLAPolicy, version: str, metrics: dict[str, float]) -> None:
         self.wait()
         snapshot = VLAPolicy(policy.config)
         snapshot.load_state_dict({k: v.detach().cpu().clone() for k, v in policy.state_dict().items()})
+        if self.gate is not None:
+            self.keep_weights(version, snapshot.state_dict())
         self.thread = threading.Thread(target=self._export, args=(snapshot.eval(), version, metrics, time.monotonic()),
                                        name="publish", daemon=True)  # fmt: skip
         self.thread.start()
@@ -304,7 +330,11 @@ class Publisher:
                 save_checkpoint(checkpoint, snapshot, version=version, tasks=list(self.config.tasks),
                                 cameras=list(self.cameras), indicator=self.indicator)  # fmt: skip
                 export_onnx(checkpoint, onnx_path, guidance=self.config.recap.guidance_beta)
-                (self.server or self.registry).publish(onnx_path, self.key, metrics)
+                if self.gate is not None:
+                    if self.gate.publish(str(onnx_path), metrics) is None:
+                        raise RuntimeError(f"{self.gate.pending.version} is still on canary")
+                else:
+                    (self.server or self.registry).publish(onnx_path, self.key, metrics)
             self.published.append(version)
             self.latency_s = time.monotonic() - started
             self.error = ""
@@ -327,6 +357,40 @@ class Publisher:
 # ---------------------------------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------------------------------
+
+
+def decided(verdict: Verdict, candidate: str, publisher: Publisher, policy: VLAPolicy, average: AveragedModel | None,
+            config: LearnerConfig, writer, step: int, say: Callable[[str], None]) -> None:  # fmt: skip
+    """A canary's verdict: logged and charted; after a rollback, training starts again from the incumbent's
+    weights (canary.after_rollback: incumbent, when this learner holds them) or from its moving average."""
+    say(f"learner: canary {candidate}: {verdict.decision} ({verdict.reason})")
+    if writer is not None:
+        writer.add_scalar("canary/promoted", float(verdict.decision == "promote"), step)
+        writer.add_scalar("canary/difference", verdict.difference, step)
+        writer.add_scalar("canary/p", verdict.p, step)
+    if verdict.decision != "roll back":
+        return
+    incumbent = publisher.registry.latest()
+    weights, source = None, "its own weights"
+    if config.canary.after_rollback == "incumbent" and incumbent and incumbent.version in publisher.weights:
+        weights, source = publisher.weights[incumbent.version], f"the incumbent {incumbent.version}'s weights"
+    elif average is not None:
+        weights, source = {k: v.detach().clone() for k, v in average.module.state_dict().items()}, "its moving average"
+    if weights is not None:
+        policy.load_state_dict(weights)
+        if average is not None:
+            average.module.load_state_dict(weights)
+    say(f"learner: after the rollback, training goes on from {source}")
+
+
+def canary_status(gate: CanaryGate | None) -> dict | None:
+    """The candidate on canary and its robots, and the verdicts so far (None: no canary rollout)."""
+    if gate is None:
+        return None
+    pending = gate.pending
+    return {"candidate": pending.version if pending else "", "robots": pending.robots if pending else [],
+            "verdicts": [{"candidate": c, "decision": v.decision, "reason": v.reason, **v.evidence()}
+                         for c, v in gate.verdicts]}  # fmt: skip
 
 
 def fleet_metrics(stored: list[StoredEpisode], since: float, window: int = 20) -> dict:
@@ -381,6 +445,11 @@ def format_status(status: dict, now: float) -> str:
         rates = [f"{r:.0%}" if r is not None else "-" for r in (success, alone)]
         lines.append(f"  {task:24s} {status['online_share'][task]:5.2f} {cells[0]:>8s} {cells[1]:>8s} "
                      f"{rates[0]:>8s} {rates[1]:>8s}")  # fmt: skip
+    canary = status.get("canary") or {}
+    if canary.get("candidate"):
+        lines.append(f"  on canary: {canary['candidate']} with {', '.join(canary['robots'])}")
+    for verdict in canary.get("verdicts", [])[-3:]:
+        lines.append(f"  canary {verdict['candidate']}: {verdict['decision']} ({verdict['reason']})")
     if status["version_lag"]:
         lines.append("  robots behind the latest policy (versions): " +
                      ", ".join(f"{r} {n}" for r, n in sorted(status["version_lag"].items())))  # fmt: skip
@@ -415,7 +484,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     resumed = torch.load(state_path, map_location="cpu", weights_only=False) if state_path.exists() else None
 
     # ---- model and data -------------------------------------------------------------------------------------
-    policy, cameras, base_optimiser = initial_policy(config)
+    policy, cameras, base_optimiser, base_version = initial_policy(config)
     model_cfg = policy.config if policy else model_shape(config)
     algorithm = make_algorithm(config)
     data = TrainingData(config, DatasetConfig(cameras=cameras, image_size=model_cfg.image_size, chunk=model_cfg.chunk),
@@ -446,6 +515,11 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         cleanup.callback(cloud.close)
         store = cloud.store
         server = publisher.server = cloud.policy_server
+        if config.canary.enabled:
+            publisher.serve_with_canaries(server)
+            incumbent = publisher.registry.latest()
+            if incumbent is not None and incumbent.version == base_version and policy is not None:
+                publisher.keep_weights(base_version, policy.state_dict())  # the fleet runs the base: roll back to it
     elif ranks.main:
         store = EpisodeStore(config.store_dir)
         cleanup.callback(store.close)
@@ -571,17 +645,26 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         due = step % config.publish_every_steps == 0 or (
             config.publish_every_s > 0 and time.monotonic() - last_publish >= config.publish_every_s)
         final = stop.is_set() or step == config.max_steps
+        gate = publisher.gate
+        if gate is not None and (due or final):
+            verdict = gate.check(ended(store.episodes()))
+            if verdict is not None and verdict.decision != "wait":
+                decided(verdict, gate.verdicts[-1][0], publisher, policy, average, config, writer, step, say)
         if due or final:
+            # A candidate on canary is decided before the next goes out; training and checkpoints go on.
+            publishing = gate is None or gate.pending is None
             version = f"sop-{run_id}-{step:07d}"
-            published.append(version)  # in the checkpoint before it exists: a restart never reuses the name
+            if publishing:
+                published.append(version)  # in the checkpoint before it exists: a restart never reuses the name
             save_state(state_path, {
                 "step": step, "run_id": run_id, "published": published, "policy": policy.state_dict(),
                 "value": algorithm.state_dict(), "optimiser": optimiser.state_dict(),
                 "online_share": shares.state_dict(), "config": to_dict(config),
                 "average": average.state_dict() if average is not None else None,
             })  # fmt: skip
-            publisher.publish(served, version, {"step": float(step), "loss": float(np.mean(window_loss or [0]))})
-            last_publish = time.monotonic()
+            if publishing:
+                publisher.publish(served, version, {"step": float(step), "loss": float(np.mean(window_loss or [0]))})
+                last_publish = time.monotonic()
         if final:
             publisher.wait()  # the last status names the last policy
         now = time.monotonic()
@@ -601,6 +684,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
                 "version_lag": version_lag(table, publisher.published),
                 "robot_versions": {r["robot"]: r["running_version"] for r in table.get("robots", [])},
                 "fleet_sim_s": pace.fleet_time_ns / 1e9 if pace else None,
+                "canary": canary_status(publisher.gate),
                 "value_thresholds": {}, "value_estimates": {}, **algorithm.status(),
             }  # fmt: skip
             write_status(out / STATUS, status)
