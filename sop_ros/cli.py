@@ -114,6 +114,24 @@ def cmd_operator_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_canary_check(args: argparse.Namespace) -> int:
+    require_ros("canary-check")
+    from sop_ros.configs.learner import CanaryConfig
+    from sop_ros.fleet.canary_check import CanaryCheckConfig, canary_check
+
+    canary = CanaryConfig(enabled=True, share=args.share, min_episodes=args.min_episodes, alpha=args.alpha)
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    report = canary_check(CanaryCheckConfig(args.base, args.better, args.robots, tasks, args.warmup_episodes, canary,
+                                            args.minutes, learner_yaml=args.config, robot_yaml=args.robot_config,
+                                            out=args.out, results=args.results))  # fmt: skip
+    for r in report["rollouts"]:
+        print(f"{r['name']} ({r['version']}): {r.get('verdict', 'no verdict')} after {r['canary_episodes']} canary "
+              f"episodes; robots outside the canary ran it {r['outside_the_canary_ran_it_before_the_verdict']} "
+              "times before the verdict")  # fmt: skip
+    print(f"report: {Path(args.results) / 'canary.md'}")
+    return 0 if [r.get("verdict") for r in report["rollouts"]] == ["roll back", "promote"] else 1
+
+
 def cmd_chaos_fuzz(args: argparse.Namespace) -> int:
     from sop_ros.bench.fuzz import BOUNDARIES, run
 
@@ -575,6 +593,26 @@ def build_parser() -> argparse.ArgumentParser:
                    "selection's and the evaluation's (default: %(default)s)")  # fmt: skip
     p.add_argument("--workers", type=int, default=2, metavar="W", help="processes (default: %(default)s)")
     p.set_defaults(func=cmd_dagger_round)
+
+    p = sub.add_parser("canary-check", help="canary rollout on a simulated fleet: a broken candidate must be rolled "
+                       "back, a better one promoted")  # fmt: skip
+    p.add_argument("--base", required=True, metavar="CKPT", help="the incumbent (a `sop pretrain` checkpoint)")
+    p.add_argument("--better", required=True, metavar="CKPT", help="a candidate that should be promoted")
+    p.add_argument("--robots", type=int, default=4, help="(default: %(default)s)")
+    p.add_argument("--tasks", default="", help="comma-separated tasks (default: the learner YAML's)")
+    p.add_argument("--share", type=float, default=0.25, help="of the robots on canary (default: %(default)s)")
+    p.add_argument("--min-episodes", type=int, default=20, help="canary episodes before the verdict "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--alpha", type=float, default=0.05, help="the one-sided test's level (default: %(default)s)")
+    p.add_argument("--warmup-episodes", type=int, default=12, help="ended on the incumbent before the first "
+                   "candidate (default: %(default)s)")  # fmt: skip
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-time bound (default: %(default)s)")
+    p.add_argument("--config", default="config/experiment_learner.yaml", help="learner YAML: tasks, ingest "
+                   "(default: %(default)s)")  # fmt: skip
+    p.add_argument("--robot-config", default="config/fleet_sim.yaml", help="base robot YAML (default: %(default)s)")
+    p.add_argument("--out", default="runs/canary-check", help="(default: %(default)s)")
+    p.add_argument("--results", default="docs/results/canary", help="canary.json and .md (default: %(default)s)")
+    p.set_defaults(func=cmd_canary_check)
 
     p = sub.add_parser("operator-check", help="how often the scripted operator's takeovers succeed, with its "
                        "back-off and without")  # fmt: skip

@@ -212,3 +212,35 @@ def test_after_a_rollback_the_learner_restarts_from_the_incumbent_or_its_average
         assert torch.equal(next(average.module.parameters()).detach(), first)
     assert said[1] == "learner: after the rollback, training goes on from the incumbent v1's weights"
     assert said[3] == "learner: after the rollback, training goes on from its moving average"
+
+
+def test_the_canary_report_counts_who_ran_what_and_what_the_gate_saved_and_cost():
+    from sop_ros.cloud.episode_store import StoredEpisode
+    from sop_ros.fleet.canary_check import CanaryCheckConfig, markdown, summarise
+
+    def episode(i, robot, version, success, at):
+        return StoredEpisode(f"e{i}", robot, "reach-v3", "success" if success else "failure", version, 100,
+                             0 if success else 1, 1, "0" * 64, "p", at)  # fmt: skip
+
+    # The incumbent v1: 6 of 10 on its own; the broken v2 on robot_0's canary from t=100 to t=200: 0 of 5, while
+    # robot_1..3 ran 9 episodes of v1; the better v3 on robot_1 from t=300 to t=400: 4 of 4, 6 of v1 meanwhile.
+    episodes = [episode(i, f"robot_{i % 4}", "v1", i < 6, 50 + i) for i in range(10)]
+    episodes += [episode(10 + i, "robot_0", "v2", False, 110 + i) for i in range(5)]
+    episodes += [episode(20 + i, f"robot_{1 + i % 3}", "v1", i < 5, 120 + i) for i in range(9)]
+    episodes += [episode(30 + i, "robot_1", "v3", True, 310 + i) for i in range(4)]
+    episodes += [episode(40 + i, f"robot_{2 + i % 2}", "v1", True, 320 + i) for i in range(6)]
+    rollouts = [{"name": "broken", "version": "v2", "incumbent": "v1", "canaries": ["robot_0"], "published_at": 100,
+                 "decided_at": 200, "verdict": "roll back", "reason": "below", "evidence": {}},
+                {"name": "better", "version": "v3", "incumbent": "v1", "canaries": ["robot_1"], "published_at": 300,
+                 "decided_at": 400, "verdict": "promote", "reason": "not below", "evidence": {}}]  # fmt: skip
+    config = CanaryCheckConfig(base="base.pt", better="better.pt")
+    report = summarise(config, rollouts, episodes, {"tasks": ["reach-v3"]})
+    # v1: 6 + 5 + 6 = 17 of 25; v2: 0 of 5; v3: 4 of 4
+    incumbent = report["success_without_help"]["v1"]
+    assert (incumbent["successes"], incumbent["episodes"]) == (17, 25)
+    broken, better = report["rollouts"]
+    assert (broken["canary_episodes"], broken["fleet_episodes_outside_the_canary"]) == (5, 9)
+    assert broken["outside_the_canary_ran_it_before_the_verdict"] == 0
+    assert (broken["episodes_spared_it"], broken["canary_episodes_on_it"]) == (9, 5)
+    assert better["episodes_that_waited_for_it"] == 6 and "episodes_spared_it" not in better
+    assert report["incumbent"] == "v1" and "| broken (v2) | robot_0 | roll back: below | 5 | 9, 0 |" in markdown(report)

@@ -249,3 +249,18 @@ def stored_episodes(root: Path | str) -> list[StoredEpisode]:
         return store.episodes()
     finally:
         store.close()
+
+
+def indexed_episodes(root: Path | str) -> list[StoredEpisode]:
+    """The episodes indexed so far, read-only, in the order stored: for a process that watches a store another
+    process writes (no reconciling, which only the writer may do)."""
+    path = Path(root) / "index.sqlite"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        return [StoredEpisode(*row) for row in db.execute(f"SELECT {_SELECT} FROM episodes ORDER BY stored_at")]
+    except sqlite3.OperationalError:  # the writer has not made the table yet
+        return []
+    finally:
+        db.close()

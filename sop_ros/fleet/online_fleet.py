@@ -224,14 +224,16 @@ def block_failure(robot_id: str, log: Path, proc: subprocess.Popen, out: Path) -
 
 def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minutes: float, block: int, out: Path,
         results: Path | None, bin_minutes: float = 5.0, frozen: bool = False,
-        sim_minutes: float = 0.0, seed: int = 0, single_process: bool = True) -> dict:  # fmt: skip
+        sim_minutes: float = 0.0, seed: int = 0, single_process: bool = True,
+        done: Callable[[], bool] | None = None) -> dict:  # fmt: skip
     """Run for `minutes` of wall time, or paced (the learner config's pace.steps_per_sim_minute > 0) until the
     fleet's simulated clock reaches `sim_minutes` (the learner stops at its budget for them).
 
     `frozen`: the cloud serves the base policy and stores episodes, nothing trains (offline HG-DAgger's
     collection phase, and the no-learning baseline). `seed`: the learner's, and the fleet's episodes' (the same seed,
     the same run). `single_process`: each robot's nodes share one process (`sop robot
-    --single-process`): the same nodes and topics, one interpreter's imports and start-up instead of seven."""
+    --single-process`): the same nodes and topics, one interpreter's imports and start-up instead of seven.
+    `done`: asked every second while the fleet runs (e.g. a scenario publishing policies); True ends the run."""
     from sop_ros.bridge.artifacts import make_signing_keys
 
     base_learner = load_config(LearnerConfig, learner_yaml)
@@ -299,6 +301,9 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
             if time.monotonic() - last_print >= 30:
                 print(_progress(learner, start), flush=True)
                 last_print = time.monotonic()
+            if done is not None and done():
+                ended = "scenario done"
+                break
             time.sleep(1.0)
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the fleet and the learner")
