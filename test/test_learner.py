@@ -328,3 +328,65 @@ def test_bf16_precision_runs_the_forward_pass_under_autocast_and_fp32_does_not()
     torch.testing.assert_close(results["tf32"][1], results["fp32"][1])  # no TF32 on a CPU
     assert torch.isfinite(results["bf16"][1]).all() and not torch.equal(results["bf16"][1], results["fp32"][1])
     torch.testing.assert_close(results["bf16"][1], results["fp32"][1], rtol=0.1, atol=0.05)
+
+
+@pytest.mark.e2e
+def test_with_canaries_a_new_policy_goes_to_the_canary_first_and_a_rollback_restarts_the_learner(tmp_path,
+                                                                                                 recorded_demos):
+    """The learner's first policy goes to every robot; the next to the canary robot only, and no newer one while
+    it is on canary; the canary's episodes fail where the incumbent's succeed: rolled back, training goes on
+    from the incumbent's weights, and the next policy goes on canary again."""
+    from sop_ros.bridge.protocol import robot_report_key
+    from sop_ros.bridge.uploader import OutboxUploader
+    from sop_ros.bridge.zenoh_session import open_session
+    from sop_ros.configs.bridge import BridgeConfig
+
+    config = learner_yaml(tmp_path, recorded_demos, publish_every_steps=2, refresh_every_steps=2,
+                          canary={"enabled": True, "robots": ["robot_9"], "min_episodes": 2})  # fmt: skip
+    endpoint = yaml.safe_load(open(config))["ingest"]["zenoh"]["listen"][0]
+    status, registry = tmp_path / "learner" / "status.json", PolicyRegistry(tmp_path / "learner_policies")
+    learner = subprocess.Popen(sop("learner", "--config", config), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=REPO)  # fmt: skip
+    source = episode_files(recorded_demos)[0]
+    try:
+        with open_session(zenoh_config(connect=endpoint)) as session:
+            wait_for(status.exists, 120, what="the learner to start")
+            for robot in ("robot_0", "robot_9"):  # as their bridges report: the fleet the canaries come from
+                session.put(robot_report_key(robot), json.dumps({"running_version": ""}).encode())
+            wait_for(lambda: registry.canary() is not None, 120, what="a policy on canary")
+            incumbent, candidate = registry.latest(), registry.canary()
+            assert incumbent.stage == "" and candidate.robots == ["robot_9"] and candidate.parent == incumbent.version
+            time.sleep(2.0)  # a few publishing periods: nothing newer goes out while the candidate is on canary
+            assert registry.canary() == candidate and registry.latest() == incumbent
+            episodes = [("robot_0", incumbent.version, "success", "0"), ("robot_0", incumbent.version, "success", "0"),
+                        ("robot_9", candidate.version, "failure", "1"), ("robot_9", candidate.version, "failure", "1")]
+            for robot in ("robot_0", "robot_9"):
+                outbox = tmp_path / "outbox" / robot
+                mine = [e for e in episodes if e[0] == robot]
+                for i, (_, version, outcome, interventions) in enumerate(mine):
+                    copy_episode(source, outbox / f"{robot}-{i}.mcap", robot_id=robot, episode_id=f"{robot}-{i}",
+                                 policy_version=version, outcome=outcome, interventions=interventions)  # fmt: skip
+                uploader = OutboxUploader(session, robot, outbox, BridgeConfig(), lambda *_: None)
+                halt = threading.Event()
+                worker = threading.Thread(target=uploader.run, args=(halt,))
+                worker.start()
+                try:
+                    count = len(mine)
+                    wait_for(lambda u=uploader, n=count: u.snapshot().uploaded == n, 60, what="the uploads")
+                finally:
+                    halt.set()
+                    worker.join()
+            wait_for(registry.rollouts, 120, what="the gate's verdict")
+            wait_for(lambda: registry.canary() is not None and registry.canary() != candidate, 120,
+                     what="the next policy on canary")  # fmt: skip
+    finally:
+        learner.send_signal(signal.SIGTERM)
+        out, _ = learner.communicate(timeout=120)
+    # 0/2 against 2/2 on one task: pooled 0.5, z = -1 / sqrt(0.25 x (1/2 + 1/2)) = -2, one-sided p = 0.023
+    (verdict,) = registry.rollouts()
+    assert (verdict["candidate"], verdict["incumbent"], verdict["decision"]) == (candidate.version,
+                                                                                 incumbent.version, "rolled back")
+    assert verdict["evidence"]["z"] == pytest.approx(-2.0) and registry.latest().stage == "rolled back"
+    assert f"after the rollback, training goes on from the incumbent {incumbent.version}'s weights" in out
+    shown = json.loads(status.read_text())["canary"]
+    assert shown["verdicts"][0]["decision"] == "roll back" and shown["robots"] == ["robot_9"]
