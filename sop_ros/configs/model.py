@@ -24,6 +24,11 @@ class ModelConfig:
     instruction_bytes: int = 96  # UTF-8 bytes of the instruction kept
     flow_steps: int = 10  # Euler steps from noise to an action chunk at inference
     dropout: float = 0.0
+    # Real-time chunking, trained in (Black et al. 2025, training-time variant): each training chunk gets a
+    # prefix of 0..rtc_max_prefix of its own actions as given (clean, at flow time 1) and is scored on the rest,
+    # so at inference the actions that will run before the chunk arrives can be given and the rest follow on
+    # from them. 0: off (a policy that cannot take a prefix).
+    rtc_max_prefix: int = 0
 
     def __post_init__(self) -> None:
         for key in ("cameras", "proprio_dim", "action_dim", "chunk", "width", "depth", "head_depth", "heads"):
@@ -35,6 +40,8 @@ class ModelConfig:
         require(self.instruction_bytes >= 8, "instruction_bytes", self.instruction_bytes, "must be >= 8")
         require(self.flow_steps >= 1, "flow_steps", self.flow_steps, "must be >= 1")
         require(0.0 <= self.dropout < 1.0, "dropout", self.dropout, "must be in [0, 1)")
+        require(0 <= self.rtc_max_prefix < self.chunk, "rtc_max_prefix", self.rtc_max_prefix,
+                f"must be in 0..chunk - 1 ({self.chunk - 1}): at least one action is predicted")  # fmt: skip
 
     @property
     def feature_size(self) -> int:

@@ -79,7 +79,7 @@ class InstructionEncoder(nn.Module):
 
 
 def time_embedding(t: Tensor, width: int) -> Tensor:
-    """Sinusoidal features of the flow time t in [0, 1], (B,) -> (B, width)."""
+    """Sinusoidal features of the flow time t in [0, 1], (...) -> (..., width)."""
     half = width // 2
     freqs = torch.exp(-math.log(1000.0) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
     angles = t.unsqueeze(-1) * freqs * 1000.0
@@ -126,10 +126,11 @@ class VLAPolicy(nn.Module):
         return self.context(tokens)
 
     def velocity(self, noisy_actions: Tensor, t: Tensor, context: KeysValues) -> Tensor:
-        """The flow's velocity at normalised actions `noisy_actions` (B, H, D) and time t ((B,) or (1,) for all),
-        attending to the context's `self.head.keys_values`."""
+        """The flow's velocity at normalised actions `noisy_actions` (B, H, D) and time t: (B,) or (1,), one per
+        chunk, or (B, H), one per action (a given prefix is at time 1), attending to `self.head.keys_values`."""
         x = self.action_in(noisy_actions) + self.action_position
-        x = x + self.time(time_embedding(t, self.config.width)).unsqueeze(1)
+        time = self.time(time_embedding(t, self.config.width))
+        x = x + (time if t.dim() == 2 else time.unsqueeze(1))
         return self.action_out(self.head(x, context))
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
@@ -146,10 +147,18 @@ class VLAPolicy(nn.Module):
         context = self.encode(batch["images"], batch["proprio"], batch["instruction"], batch["indicator"])
         noise = batch["noise"] if "noise" in batch else torch.randn_like(target)
         t = batch["flow_time"] if "flow_time" in batch else torch.rand(target.shape[0], device=target.device)
-        noisy = t[:, None, None] * target + (1 - t[:, None, None]) * noise
+        mask = batch["action_mask"].float()
+        if self.config.rtc_max_prefix:  # each row's first `prefix` actions given: clean, at time 1, not scored
+            prefix = batch["rtc_prefix"] if "rtc_prefix" in batch else torch.randint(
+                0, self.config.rtc_max_prefix + 1, (target.shape[0],), device=target.device)  # fmt: skip
+            given = torch.arange(target.shape[1], device=target.device)[None, :] < prefix[:, None]  # (B, H)
+            t = torch.where(given, torch.ones_like(given, dtype=t.dtype), t[:, None].expand_as(given))
+            mask = mask * ~given
+            noisy = t[..., None] * target + (1 - t[..., None]) * noise
+        else:
+            noisy = t[:, None, None] * target + (1 - t[:, None, None]) * noise
         velocity = self.velocity(noisy, t, self.head.keys_values(context))
         error = ((velocity - (target - noise)) ** 2).mean(dim=-1)  # (B, H)
-        mask = batch["action_mask"].float()
         actions = mask.sum(dim=1)
         return (error * mask).sum(dim=1) / actions.clamp(min=1.0), actions
 
@@ -161,10 +170,14 @@ class VLAPolicy(nn.Module):
         indicator: Tensor,
         noise: Tensor,
         guidance: float = 1.0,
+        prefix: Tensor | None = None,
+        prefix_len: Tensor | None = None,
     ) -> Tensor:
         """An action chunk (B, H, D) in robot units, integrated from `noise` (B, H, D).
 
-        With guidance != 1 (RECAP), the velocity is v_none + guidance * (v_indicator - v_none).
+        With guidance != 1 (RECAP), the velocity is v_none + guidance * (v_indicator - v_none). With a `prefix`
+        (B, H, D, robot units) and its length `prefix_len` (B,) (a policy trained with rtc_max_prefix), the
+        chunk's first prefix_len actions are those given, unchanged, and the rest are integrated to follow them.
         """
         # The context's keys and values, once: every flow step attends to the same context.
         context = self.head.keys_values(self.encode(images, proprio, instruction, indicator))
@@ -172,14 +185,21 @@ class VLAPolicy(nn.Module):
             none = torch.zeros_like(indicator)
             unconditioned = self.head.keys_values(self.encode(images, proprio, instruction, none))
         x, dt = noise, 1.0 / self.config.flow_steps
+        given = None
+        if prefix is not None and prefix_len is not None:
+            given = (torch.arange(x.shape[1], device=x.device)[None, :] < prefix_len[:, None])[..., None]  # (B,H,1)
+            x = torch.where(given, (prefix - self.action_mean) / self.action_std, x)
         for i in range(self.config.flow_steps):
             t = torch.full((1,), i * dt, dtype=x.dtype, device=x.device)  # one time for the batch: a constant
+            if given is not None:
+                t = torch.where(given[..., 0], torch.ones((), dtype=x.dtype, device=x.device), t)  # (B, H)
             v = self.velocity(x, t, context)
             if guidance != 1.0:
                 v_none = self.velocity(x, t, unconditioned)
                 v = v_none + guidance * (v - v_none)
-            x = x + dt * v
-        return x * self.action_std + self.action_mean
+            x = x + dt * (v if given is None else v.masked_fill(given, 0.0))  # the given prefix stays as given
+        out = x * self.action_std + self.action_mean
+        return out if given is None else torch.where(given, prefix, out)  # exactly, not through the round trip
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -1,0 +1,77 @@
+"""Real-time chunking trained in: a chunk's given prefix stays exactly as given, and training scores the rest."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from sop_ros.configs import ConfigError
+from sop_ros.configs.model import ModelConfig
+from sop_ros.model.vla import VLAPolicy
+
+TIER = "unit"  # what the tests need: conftest.TIERS
+
+TINY = ModelConfig(width=32, depth=1, head_depth=1, heads=2, cnn_channels=(8, 8, 8, 8), chunk=8, flow_steps=4,
+                   rtc_max_prefix=4)  # fmt: skip
+
+
+def inputs(batch: int, config: ModelConfig = TINY) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    return {
+        "images": torch.rand(batch, config.cameras, 3, config.image_size, config.image_size),
+        "proprio": torch.randn(batch, config.proprio_dim),
+        "instruction": torch.randint(0, 256, (batch, config.instruction_bytes)),
+        "indicator": torch.zeros(batch, dtype=torch.long),
+    }
+
+
+def policy(config: ModelConfig = TINY) -> VLAPolicy:
+    torch.manual_seed(0)
+    model = VLAPolicy(config).eval()
+    model.set_normalisation((torch.zeros(9), torch.ones(9)), (torch.tensor([0.1, -0.2, 0.0, 0.5]),
+                                                              torch.tensor([2.0, 0.5, 1.0, 4.0])))  # fmt: skip
+    return model
+
+
+def test_the_given_prefix_comes_back_exactly_and_the_rest_follows_on():
+    model, x = policy(), inputs(2)
+    noise = torch.randn(2, TINY.chunk, TINY.action_dim)
+    prefix = torch.randn(2, TINY.chunk, TINY.action_dim)
+    with torch.no_grad():
+        plain = model.sample_actions(**x, noise=noise)
+        chunk = model.sample_actions(**x, noise=noise, prefix=prefix, prefix_len=torch.tensor([3, 0]))
+    assert torch.equal(chunk[0, :3], prefix[0, :3])  # row 0: its first three actions are the given ones
+    assert not torch.allclose(chunk[0, 3:], plain[0, 3:])  # and the rest is conditioned on them
+    torch.testing.assert_close(chunk[1], plain[1])  # row 1: no prefix, the plain chunk
+
+
+def test_training_scores_only_the_actions_after_the_prefix():
+    model = policy()
+    batch = {**inputs(2), "actions": torch.randn(2, TINY.chunk, TINY.action_dim),
+             "action_mask": torch.ones(2, TINY.chunk, dtype=torch.bool), "noise": torch.randn(2, TINY.chunk, 4),
+             "flow_time": torch.tensor([0.3, 0.7]), "rtc_prefix": torch.tensor([2, 0])}  # fmt: skip
+    losses, counted = model.sample_losses(batch)
+    assert counted.tolist() == [TINY.chunk - 2, TINY.chunk]  # the two given actions of row 0 are not scored
+    # By hand: row 0's first two actions enter clean at time 1, the rest noised at 0.3.
+    target = (batch["actions"] - model.action_mean) / model.action_std
+    t = torch.tensor([[1.0, 1.0] + [0.3] * (TINY.chunk - 2), [0.7] * TINY.chunk])
+    noisy = t[..., None] * target + (1 - t[..., None]) * batch["noise"]
+    context = model.head.keys_values(model.encode(batch["images"], batch["proprio"], batch["instruction"],
+                                                  batch["indicator"]))  # fmt: skip
+    error = ((model.velocity(noisy, t, context) - (target - batch["noise"])) ** 2).mean(dim=-1)
+    torch.testing.assert_close(losses, torch.stack([error[0, 2:].mean(), error[1].mean()]))
+
+
+def test_without_rtc_training_is_what_it_was():
+    plain = dataclasses.replace(TINY, rtc_max_prefix=0)
+    model = policy(plain)
+    batch = {**inputs(2, plain), "actions": torch.randn(2, plain.chunk, plain.action_dim),
+             "action_mask": torch.ones(2, plain.chunk, dtype=torch.bool), "noise": torch.randn(2, plain.chunk, 4),
+             "flow_time": torch.tensor([0.3, 0.7]), "rtc_prefix": torch.tensor([2, 0])}  # fmt: skip
+    _, counted = model.sample_losses(batch)
+    assert counted.tolist() == [plain.chunk, plain.chunk]  # a prefix is for policies trained to take one
+
+
+def test_the_prefix_must_leave_an_action_to_predict():
+    with pytest.raises(ConfigError, match="rtc_max_prefix=8: must be in 0..chunk - 1"):
+        dataclasses.replace(TINY, rtc_max_prefix=8)
