@@ -75,3 +75,28 @@ def test_without_rtc_training_is_what_it_was():
 def test_the_prefix_must_leave_an_action_to_predict():
     with pytest.raises(ConfigError, match="rtc_max_prefix=8: must be in 0..chunk - 1"):
         dataclasses.replace(TINY, rtc_max_prefix=8)
+
+
+def test_an_exported_rtc_policy_takes_the_prefix_through_onnx_runtime_and_torch_alike(tmp_path):
+    import numpy as np
+
+    from sop_ros.model.export import example_inputs, export_onnx, parity
+    from sop_ros.model.policy import ChunkPolicy, Observation
+    from sop_ros.model.runtime import OnnxRuntime, TorchRuntime
+    from sop_ros.model.vla import save_checkpoint
+
+    model = policy()
+    save_checkpoint(tmp_path / "rtc.pt", model, version="rtc-1", cameras=["corner", "topview"])
+    export_onnx(tmp_path / "rtc.pt", tmp_path / "rtc.onnx")
+    assert parity(tmp_path / "rtc.pt", tmp_path / "rtc.onnx", example_inputs(model, 2, seed=3)) < 1e-4
+    obs = Observation(np.random.default_rng(0).random((2, 3, 64, 64), np.float32), np.zeros(9, np.float32), "reach")
+    prefix = np.arange(24, dtype=np.float32).reshape(6, 4) / 10  # six given: the policy takes its first four
+    chunks = {}
+    for name, runtime in (("onnx", OnnxRuntime(tmp_path / "rtc.onnx")), ("torch", TorchRuntime(tmp_path / "rtc.pt"))):
+        assert runtime.inputs[-2:] == ("prefix", "prefix_len")
+        chunk_policy = ChunkPolicy(runtime)
+        chunks[name] = chunk_policy.infer(obs, prefix=prefix).actions
+        np.testing.assert_allclose(chunks[name][:4], prefix[:4], atol=1e-6)
+        chunk_policy.reset()
+        assert not np.allclose(chunk_policy.infer(obs).actions[:4], prefix[:4])  # no prefix: its own start
+    np.testing.assert_allclose(chunks["onnx"], chunks["torch"], atol=1e-4)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import torch
 
-from sop_ros.model.inputs import INPUTS, OUTPUT
+from sop_ros.model.inputs import INPUTS, OUTPUT, RTC_INPUTS
 from sop_ros.model.vla import VLAPolicy, load_checkpoint
 
 ACTION_NAMES = ("x", "y", "z", "gripper")
@@ -28,20 +28,29 @@ class InferenceStep(torch.nn.Module):
         super().__init__()
         self.model, self.guidance = model, guidance
 
-    def forward(self, images, proprio, instruction, indicator, noise):  # noqa: D102
-        return self.model.sample_actions(images, proprio, instruction, indicator, noise, self.guidance)
+    def forward(self, images, proprio, instruction, indicator, noise, prefix=None, prefix_len=None):  # noqa: D102
+        return self.model.sample_actions(images, proprio, instruction, indicator, noise, self.guidance, prefix,
+                                         prefix_len)  # fmt: skip
+
+
+def input_names(model: VLAPolicy) -> tuple[str, ...]:
+    return INPUTS + RTC_INPUTS if model.config.rtc_max_prefix else INPUTS
 
 
 def example_inputs(model: VLAPolicy, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     c = model.config
     g = torch.Generator().manual_seed(seed)
-    return (
+    inputs = (
         torch.rand(batch, c.cameras, 3, c.image_size, c.image_size, generator=g),
         torch.randn(batch, c.proprio_dim, generator=g),
         torch.randint(1, 256, (batch, c.instruction_bytes), generator=g),
         torch.randint(0, 3, (batch,), generator=g),
         torch.randn(batch, c.chunk, c.action_dim, generator=g),
     )
+    if not c.rtc_max_prefix:
+        return inputs
+    return (*inputs, torch.randn(batch, c.chunk, c.action_dim, generator=g),
+            torch.randint(0, c.rtc_max_prefix + 1, (batch,), generator=g))  # fmt: skip
 
 
 def policy_metadata(model: VLAPolicy, extra: dict, guidance: float) -> dict[str, str]:
@@ -73,9 +82,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path, guidance: float = 1.0, 
         step,
         example_inputs(model, 2),
         str(out),
-        input_names=list(INPUTS),
+        input_names=list(input_names(model)),
         output_names=[OUTPUT],
-        dynamic_axes={name: {0: "batch"} for name in (*INPUTS, OUTPUT)},
+        dynamic_axes={name: {0: "batch"} for name in (*input_names(model), OUTPUT)},
         opset_version=opset,
         dynamo=False,
     )
@@ -98,5 +107,5 @@ def parity(
     with torch.no_grad():
         expected = InferenceStep(model, guidance)(*inputs).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    actual = session.run([OUTPUT], {name: x.numpy() for name, x in zip(INPUTS, inputs, strict=True)})[0]
+    actual = session.run([OUTPUT], {name: x.numpy() for name, x in zip(input_names(model), inputs, strict=True)})[0]
     return float(np.abs(actual - expected).max())

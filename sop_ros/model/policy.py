@@ -45,6 +45,7 @@ class ChunkPolicy:
         # The cameras it was trained on, in its input's order ((): not recorded, as in policies made before it was)
         self.cameras = tuple(json.loads(runtime.metadata.get("sop_ros.cameras", "[]")))
         self.chunk = int(config.get("chunk", 16))
+        self.rtc_max_prefix = int(config.get("rtc_max_prefix", 0))  # > 0: it takes the actions that run first
         self.action_dim = int(config.get("action_dim", 4))
         self.instruction_bytes = int(config.get("instruction_bytes", 96))
         self.input_shapes = {
@@ -87,7 +88,11 @@ class ChunkPolicy:
         computed late, for an episode already over, does not take the next episode's draw."""
         return self._rng.standard_normal((1, self.chunk, self.action_dim), dtype=np.float32)
 
-    def infer(self, obs: Observation, noise: np.ndarray | None = None) -> PolicyResult:
+    def infer(self, obs: Observation, noise: np.ndarray | None = None,
+              prefix: np.ndarray | None = None) -> PolicyResult:  # fmt: skip
+        """A chunk for `obs`. `prefix` (n, action_dim), robot units: the actions that will run before the chunk
+        arrives (real-time chunking; a policy trained for it takes its first rtc_max_prefix, else none): the
+        chunk starts with them and goes on from them."""
         inputs = {
             "images": obs.images[None].astype(np.float32, copy=False),
             "proprio": obs.proprio[None].astype(np.float32, copy=False),
@@ -95,6 +100,12 @@ class ChunkPolicy:
             "indicator": np.array([self.indicator], dtype=np.int64),
             "noise": self.next_noise() if noise is None else noise,
         }
+        if self.rtc_max_prefix:
+            given = np.zeros((1, self.chunk, self.action_dim), np.float32)
+            n = 0 if prefix is None else min(len(prefix), self.rtc_max_prefix)
+            if n:
+                given[0, :n] = prefix[:n]
+            inputs |= {"prefix": given, "prefix_len": np.array([n], dtype=np.int64)}
         start = time.perf_counter()
         actions = self.runtime.run(inputs)[0]
         latency = (time.perf_counter() - start) * 1000

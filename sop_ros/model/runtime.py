@@ -27,7 +27,7 @@ from typing import Protocol
 import numpy as np
 
 from sop_ros.configs.robot import RUNTIME_KINDS
-from sop_ros.model.inputs import INPUTS, OUTPUT
+from sop_ros.model.inputs import OUTPUT, graph_inputs, rtc_max_prefix
 
 # The kinds are RUNTIME_KINDS: "cuda-graph" is ONNX Runtime's CUDA provider in its CUDA-graph mode for an exported
 # graph, and torch's CUDA graphs for a checkpoint.
@@ -72,7 +72,8 @@ def warmup_feed(metadata: dict[str, str]) -> dict[str, np.ndarray]:
         "instruction": np.zeros((1, int(config.get("instruction_bytes", 96))), np.int64),
         "indicator": np.zeros((1,), np.int64),
         "noise": np.zeros((1, chunk, int(config.get("action_dim", 4))), np.float32),
-    }
+    } | ({"prefix": np.zeros((1, chunk, int(config.get("action_dim", 4))), np.float32),
+          "prefix_len": np.zeros((1,), np.int64)} if rtc_max_prefix(metadata) else {})  # fmt: skip
 
 
 class OnnxRuntime:
@@ -99,20 +100,21 @@ class OnnxRuntime:
             raise Unavailable(f"{PROVIDERS[kind]} did not start{': ' + why if why else ''}")
         self.backend = f"onnxruntime/{got}" + ("+cuda-graph" if kind == "cuda-graph" else "")
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        names = [i.name for i in self.session.get_inputs()]
-        if names != list(INPUTS):
-            raise ValueError(f"{path}: graph inputs {names}, expected {list(INPUTS)}: not an exported sop_ros policy")
+        names, self.inputs = [i.name for i in self.session.get_inputs()], graph_inputs(self.metadata)
+        if names != list(self.inputs):
+            raise ValueError(f"{path}: graph inputs {names}, expected {list(self.inputs)}: not an exported sop_ros "
+                             "policy")  # fmt: skip
         self._ort, self._graph_mode = ort, kind == "cuda-graph"
         self._bound: dict | None = None  # cuda-graph: the device buffers the captured graph reads and writes
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         if not self._graph_mode:
             return self.session.run([OUTPUT], inputs)[0]
-        shapes = {name: inputs[name].shape for name in INPUTS}
+        shapes = {name: inputs[name].shape for name in self.inputs}
         if self._bound is None or self._bound["shapes"] != shapes:
             self._bind(inputs, shapes)  # the first run captures the graph on these buffers
         else:
-            for name in INPUTS:
+            for name in self.inputs:
                 self._bound["inputs"][name].update_inplace(np.ascontiguousarray(inputs[name]))
         self.session.run_with_iobinding(self._bound["binding"])
         return self._bound["binding"].copy_outputs_to_cpu()[0]
@@ -121,7 +123,7 @@ class OnnxRuntime:
         ort = self._ort
         binding = self.session.io_binding()
         values = {name: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(inputs[name]), "cuda", 0)
-                  for name in INPUTS}  # fmt: skip
+                  for name in self.inputs}  # fmt: skip
         for name, value in values.items():
             binding.bind_ortvalue_input(name, value)
         noise = inputs["noise"]  # the actions have the noise's shape
@@ -146,40 +148,40 @@ class TorchRuntime:
         self.device, self.guidance, self.cuda_graph = device, guidance, cuda_graph and device.startswith("cuda")
         self.backend = f"torch/{device}" + ("+cuda-graph" if self.cuda_graph else "")
         self.metadata = policy_metadata(self.model, extra, guidance)
+        self.inputs = graph_inputs(self.metadata)
         self._graph = None  # (shapes, graph, static inputs, static output)
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
         if self.cuda_graph:
             return self._replay(inputs)
-        tensors = [torch.from_numpy(inputs[name]).to(self.device) for name in INPUTS]
+        tensors = {name: torch.from_numpy(inputs[name]).to(self.device) for name in self.inputs}
         with torch.inference_mode():
-            return self.model.sample_actions(*tensors, guidance=self.guidance).cpu().numpy()
+            return self.model.sample_actions(**tensors, guidance=self.guidance).cpu().numpy()
 
     def _replay(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         torch = self._torch
-        shapes = tuple(inputs[name].shape for name in INPUTS)
+        shapes = tuple(inputs[name].shape for name in self.inputs)
         if self._graph is None or self._graph[0] != shapes:
             self._capture(inputs, shapes)  # at load (the warm-up run), or for a new batch size
         _, graph, static, out = self._graph
-        for name in INPUTS:
+        for name in self.inputs:
             static[name].copy_(torch.from_numpy(inputs[name]))
         graph.replay()
         return out.cpu().numpy()
 
     def _capture(self, inputs: dict[str, np.ndarray], shapes: tuple) -> None:
         torch = self._torch
-        static = {name: torch.from_numpy(inputs[name]).to(self.device) for name in INPUTS}
-        args = [static[name] for name in INPUTS]
+        static = {name: torch.from_numpy(inputs[name]).to(self.device) for name in self.inputs}
         side = torch.cuda.Stream()  # kernels are warmed (and lazily built) on a side stream before capture
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.inference_mode():
             for _ in range(3):
-                self.model.sample_actions(*args, guidance=self.guidance)
+                self.model.sample_actions(**static, guidance=self.guidance)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), torch.inference_mode():
-            out = self.model.sample_actions(*args, guidance=self.guidance)
+            out = self.model.sample_actions(**static, guidance=self.guidance)
         self._graph = (shapes, graph, static, out)
 
 
