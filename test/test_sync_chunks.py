@@ -198,3 +198,21 @@ def test_steps_into_newest():
     assert ex.steps_into_newest(1300) == 1 and ex.steps_into_newest(1100) is None
     ex.clear()
     assert ex.steps_into_newest(1300) is None and ex.action(1300) is None
+
+
+def test_a_delayed_chunk_waits_and_rtc_takes_over_from_the_prefix_it_was_given():
+    ex = ChunkExecutor(PERIOD, "rtc")
+    ex.add(ramp(0.0, horizon=10)[:, :1], t0_ns=0)  # old[k] = k
+    assert ex.action(0)[0] == 0.0 and ex.action(100)[0] == 1.0
+    # Asked at t=200 with an inference delay of 3 periods: the actions that run meanwhile are old[2..4].
+    np.testing.assert_array_equal(ex.upcoming(200, 3)[:, 0], [2.0, 3.0, 4.0])
+    new = ramp(2.0, horizon=10)[:, :1]  # a chunk from t=200 that begins with that prefix: new[k] = 2 + k
+    ex.add(new, t0_ns=200, ready_ns=500)
+    assert [ex.action(t)[0] for t in (200, 300, 400)] == [2.0, 3.0, 4.0]  # not ready: the old one runs on
+    assert [ex.action(t)[0] for t in (500, 600)] == [5.0, 6.0]  # ready: new[3], new[4], at once
+    assert ex.largest_jump == 1.0  # a step of the ramp: no jump at the seam
+    # Without the prefix, a chunk that disagrees jumps at the seam: the jump is measured.
+    ex.add(ramp(20.0, horizon=10)[:, :1], t0_ns=700, ready_ns=700)
+    assert ex.action(700)[0] == 20.0 and ex.largest_jump == 14.0  # from the last action, 6 at t=600
+    ex.clear()
+    assert ex.largest_jump == 0.0 and ex.upcoming(800, 3).shape == (0, 0)

@@ -330,10 +330,15 @@ class PolicyConfig:
     # Start the next inference after this many steps of the current chunk (one observation in flight).
     replan_steps: int = 8
     # blend: a new chunk takes over linearly within blend_steps; ensemble: every chunk covering a step votes,
-    # older ones weighted by exp(-ensemble_decay * age in chunks) (as ACT).
-    execution: Literal["blend", "ensemble"] = "blend"
+    # older ones weighted by exp(-ensemble_decay * age in chunks) (as ACT); rtc: real-time chunking, for policies
+    # trained for it (model rtc_max_prefix > 0): each chunk is computed from the actions that will run while it is
+    # computed, and takes over from them at once (sop_ros/robot/chunks.py).
+    execution: Literal["blend", "ensemble", "rtc"] = "blend"
     blend_steps: int = 4
     ensemble_decay: float = 0.1
+    # rtc: how many actions run while a chunk is computed (its given prefix); 0: from the measured inference
+    # latency (its median, in control periods, rounded up).
+    rtc_prefix_steps: int = 0
     # true: a tick that needs a new chunk waits for it (lockstep simulators, evaluation: results then do not
     # depend on the host's speed); false: the running chunk goes on while the next one is computed.
     wait_for_chunk: bool = False
@@ -357,6 +362,7 @@ class PolicyConfig:
         require(self.control_hz > 0, "control_hz", self.control_hz, "must be > 0")
         require(self.replan_steps >= 1, "replan_steps", self.replan_steps, "must be >= 1")
         require(self.blend_steps >= 0, "blend_steps", self.blend_steps, "must be >= 0")
+        require(self.rtc_prefix_steps >= 0, "rtc_prefix_steps", self.rtc_prefix_steps, "must be >= 0 (0: measured)")
         require(self.ensemble_decay >= 0, "ensemble_decay", self.ensemble_decay, "must be >= 0")
         require(self.inference_threads >= 0, "inference_threads", self.inference_threads, "must be >= 0")
         for i, kind in enumerate(self.runtime_order):

@@ -42,6 +42,7 @@ class EpisodeResult:
     judged_at: int | None = None  # the step it judged the policy failing at (watching only: it did not take over)
     operator_steps: int = 0  # steps the operator commanded
     operator_rising: int = 0  # of them, commands more than half upward (z > 0.5): re-approaching from above
+    largest_jump: float = 0.0  # the largest change of the policy's action where a new chunk took over
 
 
 def camera_tick(t_ns: int, period_ns: int, every_steps: int) -> bool:
@@ -72,13 +73,16 @@ def policy_input(base: RobotLaunchConfig, rendered: dict[str, np.ndarray], camer
 
 
 def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands: list[list[np.ndarray]] | None = None,
-             watch_only: bool = False, record: Path | None = None) -> list[EpisodeResult]:  # fmt: skip
+             watch_only: bool = False, record: Path | None = None,
+             delay_steps: int = 0) -> list[EpisodeResult]:  # fmt: skip
     """One work unit's episodes, as one lockstep robot runs them under `sop eval`; with `commands`, each
     episode's commands to the simulator are appended to it (a list per episode). A config with an intervening
     scripted operator (a fleet's) has it watch and take over as ScriptedOperatorNode does: judged on one state,
     in control from the next, backing off first if configured, until the episode ends. `watch_only`: it judges
     but never takes over, so that the episode shows whether the policy would have finished alone. `record`: every
-    episode is also written there as the robot's recorder writes it (episode_files.py), one folder per unit."""
+    episode is also written there as the robot's recorder writes it (episode_files.py), one folder per unit.
+    `delay_steps`: an inference delay, simulated: a chunk asked for at t is used from t + delay_steps control
+    periods, the chunks before it running on meanwhile (with execution: rtc, those actions are its prefix)."""
     from sop_ros.episodes.format import Controller
     from sop_ros.model.policy import Observation, load_policy
     from sop_ros.model.preprocess import to_unit_range
@@ -97,6 +101,7 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
     arbiter = Arbiter(arbiter_cfg)
     chunks = ChunkExecutor(round(1e9 / policy_cfg.control_hz), policy_cfg.execution, policy_cfg.blend_steps,
                            policy_cfg.ensemble_decay)  # fmt: skip
+    rtc = policy_cfg.execution == "rtc" and policy.rtc_max_prefix > 0
     period_ns = round(1e9 / sim_cfg.control_hz)
     operator = base.nodes.scripted_operator
     if operator is not None and operator.mode == "intervene":
@@ -156,8 +161,12 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
                                       episode.instruction)  # fmt: skip
                     due = chunks.steps_into_newest(t_ns)
                     if due is None or due >= policy_cfg.replan_steps:
-                        chunks.add(policy.infer(obs).actions, t_ns)
-                    arbiter.submit(Controller.POLICY, chunks.action(t_ns), t_ns * 1e-9)
+                        prefix = chunks.upcoming(t_ns, delay_steps) if rtc else None
+                        ready = t_ns + delay_steps * chunks.period_ns
+                        chunks.add(policy.infer(obs, prefix=prefix).actions, t_ns, ready)
+                    action = chunks.action(t_ns)
+                    if action is not None:  # none ready yet (a delayed first chunk): the arbiter holds
+                        arbiter.submit(Controller.POLICY, action, t_ns * 1e-9)
                 command = executed = arbiter.tick(t_ns * 1e-9).command
                 if took_over_at is not None:
                     operator_steps += 1
@@ -184,15 +193,15 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
             if took_over_at is not None:
                 arbiter.release_operator()  # as the arbiter node does at an END (end_takeover_with_episode)
             results.append(EpisodeResult(unit.task, unit.seed, index, success, steps, took_over_at, judged_at,
-                                         operator_steps, operator_rising))  # fmt: skip
+                                         operator_steps, operator_rising, chunks.largest_jump))  # fmt: skip
     finally:
         sim.close()
     return results
 
 
-def _run_unit(args: tuple[str, RobotLaunchConfig, WorkUnit, bool, Path | None]) -> list[EpisodeResult]:
-    policy_path, base, unit, watch_only, record = args
-    return run_unit(policy_path, base, unit, watch_only=watch_only, record=record)
+def _run_unit(args: tuple[str, RobotLaunchConfig, WorkUnit, bool, Path | None, int]) -> list[EpisodeResult]:
+    policy_path, base, unit, watch_only, record, delay_steps = args
+    return run_unit(policy_path, base, unit, watch_only=watch_only, record=record, delay_steps=delay_steps)
 
 
 def _leave_stop_signals_to_the_parent() -> None:
@@ -203,16 +212,17 @@ def _leave_stop_signals_to_the_parent() -> None:
 
 
 def run_units(policy_path: str, base: RobotLaunchConfig, units: list[WorkUnit], workers: int,
-              watch_only: bool = False, record: Path | None = None) -> Iterator[list]:  # fmt: skip
+              watch_only: bool = False, record: Path | None = None,
+              delay_steps: int = 0) -> Iterator[list]:  # fmt: skip
     """Each unit's results in order as it finishes, `workers` units at a time (one process each: the GIL and
     Mesa's renderer are per process). Interrupted (KeyboardInterrupt, which SIGTERM raises in the experiments),
     the workers are terminated at once: a pool that drained its queue first would keep scoring for minutes."""
     if workers <= 1:
         for unit in units:
-            yield run_unit(policy_path, base, unit, watch_only=watch_only, record=record)
+            yield run_unit(policy_path, base, unit, watch_only=watch_only, record=record, delay_steps=delay_steps)
         return
     with multiprocessing.get_context("fork").Pool(workers, _leave_stop_signals_to_the_parent) as pool:
-        yield from pool.imap(_run_unit, [(policy_path, base, u, watch_only, record) for u in units])
+        yield from pool.imap(_run_unit, [(policy_path, base, u, watch_only, record, delay_steps) for u in units])
     # leaving the block, normally or by an exception, terminates the workers (Pool.__exit__)
 
 

@@ -187,11 +187,15 @@ def plan_rows(step: int, config: LearnerConfig, data: TrainingData, shares: dict
     return rows
 
 
-def flow_draws(step: int, config: LearnerConfig, model: ModelConfig) -> tuple[Tensor, Tensor]:
-    """The global batch's flow noise (B, H, D) and times (B,): ranks take their rows' share."""
+def flow_draws(step: int, config: LearnerConfig, model: ModelConfig) -> dict[str, Tensor]:
+    """The global batch's flow noise (B, H, D) and times (B,), and for a policy trained for real-time chunking
+    the length of each row's given prefix (B,): ranks take their rows' share."""
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-    noise = torch.randn(config.batch_size, model.chunk, model.action_dim, generator=generator)
-    return noise, torch.rand(config.batch_size, generator=generator)
+    draws = {"noise": torch.randn(config.batch_size, model.chunk, model.action_dim, generator=generator),
+             "flow_time": torch.rand(config.batch_size, generator=generator)}  # fmt: skip
+    if model.rtc_max_prefix:
+        draws["rtc_prefix"] = torch.randint(0, model.rtc_max_prefix + 1, (config.batch_size,), generator=generator)
+    return draws
 
 
 def my_rows(rows: list[Row], ranks: Ranks) -> list[int]:
@@ -603,8 +607,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         mine = my_rows(rows, ranks)
         batch_np = decoded.result()
         batch = to_torch(batch_np, model_cfg, ranks.device)
-        noise, flow_time = flow_draws(step, config, model_cfg)
-        batch["noise"], batch["flow_time"] = noise[mine].to(ranks.device), flow_time[mine].to(ranks.device)
+        batch |= {name: drawn[mine].to(ranks.device) for name, drawn in flow_draws(step, config, model_cfg).items()}
         targets = algorithm.add_inputs(batch, batch_np, rows, mine, data.by_source(), step, ranks.device)
         with forward_precision():
             losses, weights, beside_loss = module(batch, targets)

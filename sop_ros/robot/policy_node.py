@@ -16,6 +16,7 @@ a recently loaded one is swapped back in, one not yet loaded is waited for, with
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import queue
 import threading
@@ -187,7 +188,16 @@ class PolicyNode(Node):
             return
         self.inflight = True
         obs = dataclasses.replace(self.latest, instruction=self.instruction)
-        self._requests.put((self.policy, obs, self.policy.next_noise(), self.latest_ns, self.generation))
+        rtc = self.config.execution == "rtc" and getattr(self.policy, "rtc_max_prefix", 0)
+        prefix = self.chunks.upcoming(self.latest_ns, self.prefix_steps()) if rtc else None
+        self._requests.put((self.policy, obs, self.policy.next_noise(), prefix, self.latest_ns, self.generation))
+
+    def prefix_steps(self) -> int:
+        """rtc: the actions that will run while the next chunk is computed (configured, or from the latency)."""
+        if self.config.rtc_prefix_steps:
+            return self.config.rtc_prefix_steps
+        median_ms = float(np.median(self.latencies)) if self.latencies else 0.0
+        return math.ceil(median_ms * 1e6 / self.period_ns)
 
     def command(self, stamp: int) -> None:
         action = self.chunks.action(stamp)
@@ -243,11 +253,11 @@ class PolicyNode(Node):
     def infer_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                policy, obs, noise, stamp, generation = self._requests.get(timeout=0.1)
+                policy, obs, noise, prefix, stamp, generation = self._requests.get(timeout=0.1)
             except queue.Empty:
                 continue
             try:
-                result = policy.infer(obs, noise)
+                result = policy.infer(obs, noise) if prefix is None else policy.infer(obs, noise, prefix)
                 del policy  # a replaced policy is released by the control path, between two ticks
             except Exception as err:  # a policy that fails must not move the robot: hold and say why
                 reason = f"inference failed, holding: {type(err).__name__}: {err}"
@@ -306,6 +316,9 @@ class PolicyNode(Node):
                              log=self.get_logger().info)  # fmt: skip
         if version and policy.version != version:
             raise ValueError(f"{path}: holds version {policy.version!r}, the request names {version!r}")
+        if cfg.execution == "rtc" and not policy.rtc_max_prefix:
+            self.get_logger().warning(f"execution: rtc, but {policy.version} was not trained to take the actions "
+                                      "that run first (model rtc_max_prefix 0): its chunks take over as they come")
         return policy
 
     def make_plugin(self) -> PluginPolicy:
