@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sop_ros.configs import ConfigError, load_config
+from sop_ros.fleet.evaluate import EVAL_SEED
 from sop_ros.fleet.headroom import SELECTION_SEED
 
 
@@ -130,6 +131,19 @@ def cmd_canary_check(args: argparse.Namespace) -> int:
               "times before the verdict")  # fmt: skip
     print(f"report: {Path(args.results) / 'canary.md'}")
     return 0 if [r.get("verdict") for r in report["rollouts"]] == ["roll back", "promote"] else 1
+
+
+def cmd_rtc_check(args: argparse.Namespace) -> int:
+    from sop_ros.fleet.rtc_check import RtcCheckConfig, rtc_check
+
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    delays = tuple(float(d) for d in args.delays_ms.split(",") if d.strip())
+    report = rtc_check(RtcCheckConfig(args.policy, tasks, args.episodes_per_task, delays, args.replan_steps,
+                                      args.config, args.workers, args.seed, args.out, args.results))  # fmt: skip
+    for c in report["comparisons"]:
+        print(f"rtc against {c['against']} at {c['delay_ms']:g} ms: {c['text']}")
+    print(f"report: {Path(args.results) / 'rtc.md'}")
+    return 0
 
 
 def cmd_chaos_fuzz(args: argparse.Namespace) -> int:
@@ -593,6 +607,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "selection's and the evaluation's (default: %(default)s)")  # fmt: skip
     p.add_argument("--workers", type=int, default=2, metavar="W", help="processes (default: %(default)s)")
     p.set_defaults(func=cmd_dagger_round)
+
+    p = sub.add_parser("rtc-check", help="joining action chunks under inference delay: blend, ensemble and real-time "
+                       "chunking, scored in process")  # fmt: skip
+    p.add_argument("--policy", required=True, metavar="CKPT|ONNX", help="trained with rtc_max_prefix > 0")
+    p.add_argument("--tasks", default="push-wall-v3,coffee-push-v3,dial-turn-v3,reach-v3",
+                   help="(default: %(default)s)")
+    p.add_argument("--episodes-per-task", type=int, default=50, metavar="N", help="per arm (default: %(default)s)")
+    p.add_argument("--delays-ms", default="0,100,300", help="simulated inference delays (default: %(default)s)")
+    p.add_argument("--replan-steps", type=int, default=4, help="every arm's (default: %(default)s)")
+    p.add_argument("--config", default="config/sim_policy.yaml", help="robot YAML (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=2, help="(default: %(default)s)")
+    p.add_argument("--seed", type=int, default=EVAL_SEED, help="first seed (default: %(default)s, the evaluation's)")
+    p.add_argument("--out", default="runs/rtc-check", help="the exported policy (default: %(default)s)")
+    p.add_argument("--results", default="docs/results/rtc", help="rtc.json, .md, .png (default: %(default)s)")
+    p.set_defaults(func=cmd_rtc_check)
 
     p = sub.add_parser("canary-check", help="canary rollout on a simulated fleet: a broken candidate must be rolled "
                        "back, a better one promoted")  # fmt: skip

@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,3 +101,44 @@ def test_an_exported_rtc_policy_takes_the_prefix_through_onnx_runtime_and_torch_
         chunk_policy.reset()
         assert not np.allclose(chunk_policy.infer(obs).actions[:4], prefix[:4])  # no prefix: its own start
     np.testing.assert_allclose(chunks["onnx"], chunks["torch"], atol=1e-4)
+
+
+@pytest.mark.e2e
+def test_rtc_check_scores_every_mode_at_every_delay_and_gives_each_chunk_the_actions_that_run_first(tmp_path,
+                                                                                                     monkeypatch):
+    """Stepped in process with a simulated delay of 3 control periods: every chunk an rtc arm asks for is given
+    the three actions that run while it is computed, exactly those, and then takes over from them."""
+    from conftest import REPO
+
+    from sop_ros.fleet import rtc_check as module
+    from sop_ros.model.policy import ChunkPolicy
+    from sop_ros.model.vla import save_checkpoint
+
+    save_checkpoint(tmp_path / "rtc.pt", policy(dataclasses.replace(TINY, chunk=16, rtc_max_prefix=8)),
+                    version="rtc-1", cameras=["corner", "topview"])  # fmt: skip
+    config = tmp_path / "sim_policy.yaml"  # short episodes
+    config.write_text((REPO / "config" / "sim_policy.yaml").read_text().replace("max_episode_steps: 150",
+                                                                                 "max_episode_steps: 30"))  # fmt: skip
+    given = []
+    infer = ChunkPolicy.infer
+
+    def recording(self, obs, noise=None, prefix=None):
+        result = infer(self, obs, noise, prefix)
+        given.append((None if prefix is None else prefix.copy(), result.actions.copy()))
+        return result
+
+    monkeypatch.setattr(ChunkPolicy, "infer", recording)
+    report = module.rtc_check(module.RtcCheckConfig(str(tmp_path / "rtc.pt"), ("reach-v3",), 1, (0.0, 100.0), 4,
+                                                    str(config), 1, out=str(tmp_path / "out"),
+                                                    results=str(tmp_path / "results")))  # fmt: skip
+    assert list(report["arms"]) == [f"{m} @ {d} ms" for d in (0, 100) for m in ("blend", "ensemble", "rtc")]
+    assert {a["delay_steps"] for a in report["arms"].values()} == {0, 3}
+    assert len(report["comparisons"]) == 4 and (tmp_path / "results" / "rtc.png").exists()
+    # The last arm (rtc at 100 ms): its first chunk had nothing running before it; every later one was given the
+    # three actions of the chunk before it that ran while it was computed, and begins with them.
+    rtc_calls = given[-8:]  # 30 steps, a chunk every 4 of them: 8 asked for
+    assert rtc_calls[0][0].shape == (0, 0)
+    for (prefix, actions), (_, before) in zip(rtc_calls[1:], rtc_calls[:-1], strict=True):
+        assert prefix.shape == (3, 4)
+        np.testing.assert_allclose(actions[:3], prefix, atol=1e-6)
+        np.testing.assert_allclose(prefix, before[4:7], atol=1e-6)  # asked 4 steps into the one before
