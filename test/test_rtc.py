@@ -142,3 +142,13 @@ def test_rtc_check_scores_every_mode_at_every_delay_and_gives_each_chunk_the_act
         assert prefix.shape == (3, 4)
         np.testing.assert_allclose(actions[:3], prefix, atol=1e-6)
         np.testing.assert_allclose(prefix, before[4:7], atol=1e-6)  # asked 4 steps into the one before
+
+
+def test_half_the_training_chunks_get_no_prefix_and_the_rest_one_to_the_longest():
+    from sop_ros.model.vla import rtc_prefix_draw
+
+    drawn = rtc_prefix_draw(10_000, TINY, torch.Generator().manual_seed(0))
+    none = (drawn == 0).float().mean().item()
+    assert 0.48 < none < 0.52 and set(drawn[drawn > 0].tolist()) == {1, 2, 3, 4}  # TINY: up to 4
+    assert (rtc_prefix_draw(100, dataclasses.replace(TINY, rtc_no_prefix_share=1.0)) == 0).all()
+    assert (rtc_prefix_draw(100, dataclasses.replace(TINY, rtc_no_prefix_share=0.0)) > 0).all()

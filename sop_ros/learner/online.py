@@ -55,7 +55,7 @@ from sop_ros.learner.frames import DecodedFrames
 from sop_ros.learner.pretrain import to_torch, warmup_cosine
 from sop_ros.learner.ranks import Ranks, all_sum, same_on_all, start_ranks
 from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, Row, split_rows, task_rows
-from sop_ros.model.vla import VLAPolicy, load_checkpoint, parameter_count, save_checkpoint
+from sop_ros.model.vla import VLAPolicy, load_checkpoint, parameter_count, rtc_prefix_draw, save_checkpoint
 
 if TYPE_CHECKING:
     from sop_ros.bridge.artifacts import PolicyAnnouncement
@@ -194,7 +194,7 @@ def flow_draws(step: int, config: LearnerConfig, model: ModelConfig) -> dict[str
     draws = {"noise": torch.randn(config.batch_size, model.chunk, model.action_dim, generator=generator),
              "flow_time": torch.rand(config.batch_size, generator=generator)}  # fmt: skip
     if model.rtc_max_prefix:
-        draws["rtc_prefix"] = torch.randint(0, model.rtc_max_prefix + 1, (config.batch_size,), generator=generator)
+        draws["rtc_prefix"] = rtc_prefix_draw(config.batch_size, model, generator)
     return draws
 
 

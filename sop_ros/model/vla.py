@@ -86,6 +86,13 @@ def time_embedding(t: Tensor, width: int) -> Tensor:
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
 
 
+def rtc_prefix_draw(rows: int, config: ModelConfig, generator: torch.Generator | None = None) -> Tensor:
+    """Each training row's given prefix length (rows,): none for rtc_no_prefix_share of them, else 1..rtc_max_prefix
+    uniformly."""
+    given = torch.randint(1, config.rtc_max_prefix + 1, (rows,), generator=generator)
+    return given * (torch.rand(rows, generator=generator) >= config.rtc_no_prefix_share)
+
+
 class VLAPolicy(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -149,8 +156,8 @@ class VLAPolicy(nn.Module):
         t = batch["flow_time"] if "flow_time" in batch else torch.rand(target.shape[0], device=target.device)
         mask = batch["action_mask"].float()
         if self.config.rtc_max_prefix:  # each row's first `prefix` actions given: clean, at time 1, not scored
-            prefix = batch["rtc_prefix"] if "rtc_prefix" in batch else torch.randint(
-                0, self.config.rtc_max_prefix + 1, (target.shape[0],), device=target.device)  # fmt: skip
+            prefix = batch["rtc_prefix"] if "rtc_prefix" in batch else rtc_prefix_draw(
+                target.shape[0], self.config).to(target.device)  # fmt: skip
             given = torch.arange(target.shape[1], device=target.device)[None, :] < prefix[:, None]  # (B, H)
             t = torch.where(given, torch.ones_like(given, dtype=t.dtype), t[:, None].expand_as(given))
             mask = mask * ~given
