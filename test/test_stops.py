@@ -154,7 +154,7 @@ import os, sys, time
 from sop_ros.fleet import in_process_eval
 from sop_ros.fleet.collect_demos import WorkUnit, interrupt_on_signals
 
-def endless_unit(policy_path, base, unit, watch_only=False, record=None):
+def endless_unit(policy_path, base, unit, watch_only=False, record=None, delay_steps=0):
     os.write(1, f"worker {os.getpid()}\\n".encode())  # one write: two workers' lines never interleave
     time.sleep(600)
 
