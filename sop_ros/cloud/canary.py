@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Literal
 
 from sop_ros.bridge.artifacts import PolicyAnnouncement
 from sop_ros.configs.learner import CanaryConfig
-from sop_ros.episodes.format import Outcome
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -140,8 +139,7 @@ def judge(candidate: Tally, incumbent: Tally, config: CanaryConfig) -> Verdict:
 
 def ended(stored: Iterable[StoredEpisode]) -> list[Ended]:
     """The store's episodes, oldest first, as the gate counts them: a success is one with no intervention."""
-    return [Ended(e.task, e.policy_version, e.outcome == Outcome.SUCCESS and e.interventions == 0, e.robot_id)
-            for e in stored]  # fmt: skip
+    return [Ended(e.task, e.policy_version, e.autonomous_success, e.robot_id) for e in stored]
 
 
 # Publish an exported policy: (onnx path, metrics, canary robots or None for every robot) -> its announcement.

@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 from sop_ros.checksums import BackgroundSha256, file_sha256
 from sop_ros.episodes.durable import BackgroundSync, fsync_dir, sync_file
+from sop_ros.episodes.format import Outcome
 from sop_ros.episodes.reader import check_episode_file
 
 _SCHEMA = """
@@ -61,6 +62,11 @@ class StoredEpisode:
     path: str  # relative to the store's root
     stored_at: float  # unix time
     ended_ns: int = 0  # the episode's END stamp, ns on the robot's clock (0: not known)
+
+    @property
+    def autonomous_success(self) -> bool:
+        """A success the policy made alone: no intervention (an operator finishes a failing episode as a success)."""
+        return self.outcome == Outcome.SUCCESS and self.interventions == 0
 
 
 class DamagedUpload(ValueError):

@@ -57,15 +57,15 @@ class PolicyRegistry:
         if artifact.exists():
             raise ValueError(f"version {version} is published already ({artifact}): export the new weights under "
                              "a new version")  # fmt: skip
-        latest = self.newest()
+        newest, incumbent = self.newest(), self.latest()
         staged = self.directory / f".{version}.onnx.tmp"
         shutil.copyfile(source, staged)
         with open(staged, "rb+") as f:
             os.fsync(f.fileno())
         announcement = sign(PolicyAnnouncement(
             version=version, sha256=file_sha256(staged), size=staged.stat().st_size,
-            created=max(time.time(), latest.created + 1e-3 if latest else 0.0),  # strictly newer, whatever the clock
-            parent=(self.latest().version if self.latest() else "") if parent is None else parent,
+            created=max(time.time(), newest.created + 1e-3 if newest else 0.0),  # strictly newer, whatever the clock
+            parent=(incumbent.version if incumbent else "") if parent is None else parent,
             metrics=dict(metrics or {}), robots=list(canary or []), stage="canary" if canary else "",
         ), private_key)  # fmt: skip
         os.replace(staged, artifact)

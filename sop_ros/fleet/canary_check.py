@@ -53,26 +53,16 @@ class CanaryCheckConfig:
         require(self.warmup_episodes >= 1, "warmup_episodes", self.warmup_episodes, "must be >= 1")
 
 
-def mirrored(base: str, out: Path, version: str) -> Path:
-    """The base policy with every action mirrored about its mean: a policy that loads, runs and fails."""
-    from sop_ros.model.export import export_onnx
-    from sop_ros.model.vla import load_checkpoint, save_checkpoint
-
-    policy, extra = load_checkpoint(base)
-    with torch.no_grad():
-        policy.action_std.neg_()
-    checkpoint = out / f"{version}.pt"
-    save_checkpoint(checkpoint, policy, version=version, tasks=extra.get("tasks"), cameras=extra.get("cameras"))
-    export_onnx(checkpoint, out / f"{version}.onnx")
-    return out / f"{version}.onnx"
-
-
-def renamed(checkpoint: str, out: Path, version: str) -> Path:
-    """A checkpoint exported under a version of this run's (the registry takes each version once)."""
+def exported_as(checkpoint: str, out: Path, version: str, mirror: bool = False) -> Path:
+    """A checkpoint exported under a version of this run's (the registry takes each version once); `mirror`: with
+    every action mirrored about its mean, a policy that loads, runs and fails."""
     from sop_ros.model.export import export_onnx
     from sop_ros.model.vla import load_checkpoint, save_checkpoint
 
     policy, extra = load_checkpoint(checkpoint)
+    if mirror:
+        with torch.no_grad():
+            policy.action_std.neg_()
     saved = out / f"{version}.pt"
     save_checkpoint(saved, policy, version=version, tasks=extra.get("tasks"), cameras=extra.get("cameras"))
     export_onnx(saved, out / f"{version}.onnx")
@@ -135,8 +125,8 @@ def canary_check(config: CanaryCheckConfig) -> dict:
                                  pace=dataclasses.replace(learner.pace, steps_per_sim_minute=0.0))  # fmt: skip
     learner_yaml.write_text(yaml.safe_dump(to_dict(frozen), sort_keys=False))
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    candidates = [(BROKEN, mirrored(config.base, candidates_dir, f"broken-{stamp}")),
-                  (BETTER, renamed(config.better, candidates_dir, f"better-{stamp}"))]  # fmt: skip
+    candidates = [(BROKEN, exported_as(config.base, candidates_dir, f"broken-{stamp}", mirror=True)),
+                  (BETTER, exported_as(config.better, candidates_dir, f"better-{stamp}"))]  # fmt: skip
     fleet_dir = out / "fleet"
     robots = [f"robot_{i}" for i in range(config.robots)]
     scenario: Scenario | None = None
@@ -167,19 +157,15 @@ def canary_check(config: CanaryCheckConfig) -> dict:
 
 def summarise(config: CanaryCheckConfig, rollouts: list[dict], episodes: list, fleet: dict) -> dict:
     """What each candidate's canary showed, who ran what, and the episodes the gate saved and cost."""
-    from sop_ros.episodes.format import LABELLED, Outcome
+    from sop_ros.episodes.format import LABELLED
     from sop_ros.fleet.proportions import Rate
     from sop_ros.host import machine
 
     labelled = [e for e in episodes if e.outcome in LABELLED]
-
-    def rate(chosen: list) -> dict:
-        r = Rate(sum(e.outcome == Outcome.SUCCESS and e.interventions == 0 for e in chosen), len(chosen))
-        low, high = r.interval()
-        return {"successes": r.successes, "episodes": r.episodes, "rate": r.value, "interval": [low, high]}
-
-    versions = sorted({e.policy_version for e in labelled})
-    by_version = {v: rate([e for e in labelled if e.policy_version == v]) for v in versions}
+    by_version = {}
+    for version in sorted({e.policy_version for e in labelled}):
+        ran = [e for e in labelled if e.policy_version == version]
+        by_version[version] = Rate(sum(e.autonomous_success for e in ran), len(ran)).as_dict()
     report_rollouts = []
     for r in rollouts:
         end = r.get("decided_at", float("inf"))

@@ -135,7 +135,7 @@ def rates(episodes: list) -> dict:
 
 def autonomous_counts(episodes: list) -> dict:
     """Episodes and how many of them succeeded without any intervention: what an interval is computed from."""
-    successes = sum(e.outcome == Outcome.SUCCESS and e.interventions == 0 for e in episodes)
+    successes = sum(e.autonomous_success for e in episodes)
     return {"episodes": len(episodes), "autonomous_successes": successes}
 
 

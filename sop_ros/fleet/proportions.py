@@ -60,6 +60,11 @@ class Rate:
         low, high = self.interval()
         return f"{self.value:.0%} [{low:.0%}, {high:.0%}] (n={self.episodes})"
 
+    def as_dict(self) -> dict:
+        """The counts, the rate and its 95% interval, as reports keep them."""
+        return {"successes": self.successes, "episodes": self.episodes, "rate": self.value,
+                "interval": list(self.interval())}  # fmt: skip
+
 
 @dataclass(frozen=True)
 class Comparison:

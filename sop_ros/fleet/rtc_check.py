@@ -100,8 +100,7 @@ def arm_summary(mode: str, delay_ms: float, steps: int, episodes: list, tasks: t
     from sop_ros.fleet.proportions import Rate
 
     def rate(chosen: list) -> dict:
-        r = Rate(sum(e.success for e in chosen), len(chosen))
-        return {"successes": r.successes, "episodes": r.episodes, "rate": r.value, "interval": list(r.interval())}
+        return Rate(sum(e.success for e in chosen), len(chosen)).as_dict()
 
     jumps = np.array([e.largest_jump for e in episodes])
     pooled = rate(episodes)

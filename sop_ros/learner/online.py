@@ -405,7 +405,7 @@ def fleet_metrics(stored: list[StoredEpisode], since: float, window: int = 20) -
         if e.outcome in LABELLED:
             per_task.setdefault(e.task, []).append(e)
     success = {t: float(np.mean([e.outcome == Outcome.SUCCESS for e in es[-window:]])) for t, es in per_task.items()}
-    autonomous = {t: float(np.mean([e.outcome == Outcome.SUCCESS and e.interventions == 0 for e in es[-window:]]))
+    autonomous = {t: float(np.mean([e.autonomous_success for e in es[-window:]]))
                   for t, es in per_task.items()}  # fmt: skip
     recent = [e for e in stored if e.stored_at >= since]
     hours = max(time.time() - since, 1.0) / 3600

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import torch
 
-from sop_ros.model.inputs import INPUTS, OUTPUT, RTC_INPUTS
+from sop_ros.model.inputs import OUTPUT, graph_inputs
 from sop_ros.model.vla import VLAPolicy, load_checkpoint
 
 ACTION_NAMES = ("x", "y", "z", "gripper")
@@ -31,10 +31,6 @@ class InferenceStep(torch.nn.Module):
     def forward(self, images, proprio, instruction, indicator, noise, prefix=None, prefix_len=None):  # noqa: D102
         return self.model.sample_actions(images, proprio, instruction, indicator, noise, self.guidance, prefix,
                                          prefix_len)  # fmt: skip
-
-
-def input_names(model: VLAPolicy) -> tuple[str, ...]:
-    return INPUTS + RTC_INPUTS if model.config.rtc_max_prefix else INPUTS
 
 
 def example_inputs(model: VLAPolicy, batch: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -77,14 +73,15 @@ def export_onnx(checkpoint: str | Path, out: str | Path, guidance: float = 1.0, 
     """Write `out` and return its metadata."""
     model, extra = load_checkpoint(checkpoint)
     step = InferenceStep(model, guidance).eval()
+    names = graph_inputs(model.config.rtc_max_prefix)
     # Traced with a batch of 2: a batch-1 example would fix the batch dimension to 1.
     torch.onnx.export(
         step,
         example_inputs(model, 2),
         str(out),
-        input_names=list(input_names(model)),
+        input_names=list(names),
         output_names=[OUTPUT],
-        dynamic_axes={name: {0: "batch"} for name in (*input_names(model), OUTPUT)},
+        dynamic_axes={name: {0: "batch"} for name in (*names, OUTPUT)},
         opset_version=opset,
         dynamo=False,
     )
@@ -107,5 +104,6 @@ def parity(
     with torch.no_grad():
         expected = InferenceStep(model, guidance)(*inputs).numpy()
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    actual = session.run([OUTPUT], {name: x.numpy() for name, x in zip(input_names(model), inputs, strict=True)})[0]
+    names = graph_inputs(model.config.rtc_max_prefix)
+    actual = session.run([OUTPUT], {name: x.numpy() for name, x in zip(names, inputs, strict=True)})[0]
     return float(np.abs(actual - expected).max())

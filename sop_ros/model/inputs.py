@@ -18,9 +18,9 @@ def rtc_max_prefix(metadata: dict[str, str]) -> int:
     return int(json.loads(metadata.get("sop_ros.model_config", "{}")).get("rtc_max_prefix", 0))
 
 
-def graph_inputs(metadata: dict[str, str]) -> tuple[str, ...]:
-    """The inputs of an exported policy's graph, in order."""
-    return INPUTS + RTC_INPUTS if rtc_max_prefix(metadata) else INPUTS
+def graph_inputs(rtc_max_prefix: int) -> tuple[str, ...]:
+    """The inputs of an exported policy's graph, in order, for its model's rtc_max_prefix."""
+    return INPUTS + RTC_INPUTS if rtc_max_prefix else INPUTS
 
 # The advantage indicator (RECAP): 0 none (plain behaviour cloning), 1 negative, 2 positive.
 INDICATOR_NONE, INDICATOR_NEGATIVE, INDICATOR_POSITIVE = 0, 1, 2

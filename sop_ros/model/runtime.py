@@ -73,7 +73,7 @@ def warmup_feed(metadata: dict[str, str]) -> dict[str, np.ndarray]:
         "indicator": np.zeros((1,), np.int64),
         "noise": np.zeros((1, chunk, int(config.get("action_dim", 4))), np.float32),
     } | ({"prefix": np.zeros((1, chunk, int(config.get("action_dim", 4))), np.float32),
-          "prefix_len": np.zeros((1,), np.int64)} if rtc_max_prefix(metadata) else {})  # fmt: skip
+          "prefix_len": np.zeros((1,), np.int64)} if config.get("rtc_max_prefix", 0) else {})  # fmt: skip
 
 
 class OnnxRuntime:
@@ -100,7 +100,7 @@ class OnnxRuntime:
             raise Unavailable(f"{PROVIDERS[kind]} did not start{': ' + why if why else ''}")
         self.backend = f"onnxruntime/{got}" + ("+cuda-graph" if kind == "cuda-graph" else "")
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        names, self.inputs = [i.name for i in self.session.get_inputs()], graph_inputs(self.metadata)
+        names, self.inputs = [i.name for i in self.session.get_inputs()], graph_inputs(rtc_max_prefix(self.metadata))
         if names != list(self.inputs):
             raise ValueError(f"{path}: graph inputs {names}, expected {list(self.inputs)}: not an exported sop_ros "
                              "policy")  # fmt: skip
@@ -148,7 +148,7 @@ class TorchRuntime:
         self.device, self.guidance, self.cuda_graph = device, guidance, cuda_graph and device.startswith("cuda")
         self.backend = f"torch/{device}" + ("+cuda-graph" if self.cuda_graph else "")
         self.metadata = policy_metadata(self.model, extra, guidance)
-        self.inputs = graph_inputs(self.metadata)
+        self.inputs = graph_inputs(self.model.config.rtc_max_prefix)
         self._graph = None  # (shapes, graph, static inputs, static output)
 
     def run(self, inputs: dict[str, np.ndarray]) -> np.ndarray:

@@ -93,6 +93,11 @@ def rtc_prefix_draw(rows: int, config: ModelConfig, generator: torch.Generator |
     return given * (torch.rand(rows, generator=generator) >= config.rtc_no_prefix_share)
 
 
+def prefix_mask(lengths: Tensor, horizon: int) -> Tensor:
+    """(B, horizon) True where a chunk's action is within its given prefix of `lengths` (B,) actions."""
+    return torch.arange(horizon, device=lengths.device)[None, :] < lengths[:, None]
+
+
 class VLAPolicy(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -158,7 +163,7 @@ class VLAPolicy(nn.Module):
         if self.config.rtc_max_prefix:  # each row's first `prefix` actions given: clean, at time 1, not scored
             prefix = batch["rtc_prefix"] if "rtc_prefix" in batch else rtc_prefix_draw(
                 target.shape[0], self.config).to(target.device)  # fmt: skip
-            given = torch.arange(target.shape[1], device=target.device)[None, :] < prefix[:, None]  # (B, H)
+            given = prefix_mask(prefix, target.shape[1])  # (B, H)
             t = torch.where(given, torch.ones_like(given, dtype=t.dtype), t[:, None].expand_as(given))
             mask = mask * ~given
             noisy = t[..., None] * target + (1 - t[..., None]) * noise
@@ -194,7 +199,7 @@ class VLAPolicy(nn.Module):
         x, dt = noise, 1.0 / self.config.flow_steps
         given = None
         if prefix is not None and prefix_len is not None:
-            given = (torch.arange(x.shape[1], device=x.device)[None, :] < prefix_len[:, None])[..., None]  # (B,H,1)
+            given = prefix_mask(prefix_len, x.shape[1])[..., None]  # (B, H, 1)
             x = torch.where(given, (prefix - self.action_mean) / self.action_std, x)
         for i in range(self.config.flow_steps):
             t = torch.full((1,), i * dt, dtype=x.dtype, device=x.device)  # one time for the batch: a constant
