@@ -79,7 +79,7 @@ class FakePolicyNode:
         self.running, self.requests = running, []
 
     def load(self, path, announcement):
-        self.requests.append((path, announcement.version, file_sha256(path)))
+        self.requests.append((path, announcement.version, file_sha256(path), announcement.stage))
         self.running = announcement.version
         return None
 
@@ -150,7 +150,7 @@ def test_an_announced_policy_is_downloaded_in_ranges_verified_and_handed_to_the_
         wait_for(lambda: robot.node.running == "v2", 30, what="v2 running")
     assert second.parent == "v1" and first.parent == "" and second.created > first.created
     cache = tmp_path / "robot_0"
-    assert [(p, v, sha) for p, v, sha in robot.node.requests] == [
+    assert [(p, v, sha) for p, v, sha, _ in robot.node.requests] == [
         (cache / "v1.onnx", "v1", first.sha256), (cache / "v2.onnx", "v2", second.sha256)]  # fmt: skip
     stats = robot.fetcher.snapshot()
     assert (stats.newest, stats.held, stats.refused) == ("v2", "v2", 0)
@@ -167,7 +167,7 @@ def test_a_robot_that_starts_late_gets_the_latest_and_no_replayed_older_one(tmp_
         wait_for(lambda: robot.node.running == "v2", 30, what="the late robot to run v2")
         cloud.session.put(POLICY_ANNOUNCE, old.encode())  # an old, genuinely signed announcement, replayed
         wait_for(lambda: any("ignored policy v1: not newer than v2" in m for _, m in robot.logs), 10, what="the replay")
-    assert [v for _, v, _ in robot.node.requests] == ["v2"]
+    assert [v for _, v, _, _ in robot.node.requests] == ["v2"]
 
 
 def test_a_canary_runs_on_its_robots_only_and_a_rollback_or_promotion_reaches_every_robot(
@@ -190,8 +190,13 @@ def test_a_canary_runs_on_its_robots_only_and_a_rollback_or_promotion_reaches_ev
         wait_for(lambda: other.node.running == "v3", 30, what="the second canary on v3")
         cloud.registry.promote(private, {"p": 0.4}, "not below the incumbent beyond noise")
         wait_for(lambda: canary.node.running == "v3", 30, what="the promotion to reach robot_0")
-    assert [v for _, v, _ in canary.node.requests] == ["v1", "v2", "v1", "v3"]
-    assert [v for _, v, _ in other.node.requests] == ["v1", "v3"]  # never v2
+    # Each version with its stage; a version held already is only told its new stage (nothing loads again).
+    assert [(v, stage) for _, v, _, stage in canary.node.requests] == [
+        ("v1", ""), ("v2", "canary"), ("v1", "rolled back"), ("v3", "promoted")
+    ]  # fmt: skip
+    assert [(v, stage) for _, v, _, stage in other.node.requests] == [
+        ("v1", ""), ("v1", "rolled back"), ("v3", "canary"), ("v3", "promoted")
+    ]  # never v2  # fmt: skip
     assert canary.fetcher.snapshot().stage == "promoted" and not canary.errors() and not other.errors()
     ignored = [m for _, m in canary.logs if m.startswith("ignored policy v1")]  # asked for every 0.2 s, said once
     assert ignored == ["ignored policy v1: not newer than v2"]
@@ -225,7 +230,7 @@ def test_wrong_signature_and_wrong_sha256_are_refused_before_anything_loads(tmp_
         cloud.session.put(POLICY_ANNOUNCE, edited.encode())  # the fleet's signature over other fields
         cloud.session.put(POLICY_ANNOUNCE, b'{"version": "v3"}')  # malformed
         wait_for(lambda: robot.fetcher.snapshot().refused == 3, 10, what="three refusals")
-    assert [v for _, v, _ in robot.node.requests] == ["v1"] and robot.fetcher.snapshot().newest == "v1"
+    assert [v for _, v, _, _ in robot.node.requests] == ["v1"] and robot.fetcher.snapshot().newest == "v1"
     assert sum("signature does not match" in e for e in robot.errors()) == 2
     assert any("missing" in e or "required" in e for e in robot.errors())
 

@@ -14,7 +14,7 @@ from sop_ros.bridge.uploader import OutboxUploader
 from sop_ros.bridge.zenoh_session import open_session
 from sop_ros.checksums import file_sha256, recorded_sha256
 from sop_ros.cloud.episode_ingest import EpisodeIngest, EpisodeIngestService
-from sop_ros.cloud.episode_store import EpisodeStore
+from sop_ros.cloud.episode_store import EpisodeStore, indexed_episodes
 from sop_ros.configs.bridge import BridgeConfig, EpisodeIngestConfig, ZenohConfig
 from sop_ros.episodes.writer import EpisodeWriter, WriterOptions
 
@@ -235,6 +235,19 @@ def test_a_file_renamed_in_but_not_indexed_before_a_crash_is_indexed_on_restart(
     path = make_episode(store_root / "episodes" / ROBOT, f"{ROBOT}-orphan")  # as if the insert never happened
     store = EpisodeStore(store_root)
     assert [(e.episode_id, e.robot_id, e.sha256) for e in store.episodes()] == [(path.stem, ROBOT, file_sha256(path))]
+
+
+@pytest.mark.unit
+def test_the_store_reads_the_rollout_stage_each_episode_ran_at(tmp_path):
+    store_root = tmp_path / "store"
+    make_episode(store_root / "episodes" / ROBOT, f"{ROBOT}-a", frames=1, rollout_stage="canary")
+    make_episode(store_root / "episodes" / ROBOT, f"{ROBOT}-b", frames=1)  # recorded before rollouts had stages
+    store = EpisodeStore(store_root)
+    indexed = {e.episode_id: e.rollout_stage for e in store.episodes()}
+    assert indexed == {f"{ROBOT}-a": "canary", f"{ROBOT}-b": ""}
+    assert store.get(f"{ROBOT}-a").rollout_stage == "canary"
+    store.close()
+    assert {e.episode_id: e.rollout_stage for e in indexed_episodes(store_root)} == indexed
 
 
 def test_the_bridge_node_uploads_the_recorders_outbox_and_reports_on_bridge_status(tmp_path, cloud, endpoint,

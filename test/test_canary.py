@@ -218,16 +218,16 @@ def test_the_canary_report_counts_who_ran_what_and_what_the_gate_saved_and_cost(
     from sop_ros.cloud.episode_store import StoredEpisode
     from sop_ros.fleet.canary_check import CanaryCheckConfig, markdown, summarise
 
-    def episode(i, robot, version, success, at):
+    def episode(i, robot, version, success, at, stage=""):
         return StoredEpisode(f"e{i}", robot, "reach-v3", "success" if success else "failure", version, 100,
-                             0 if success else 1, 1, "0" * 64, "p", at)  # fmt: skip
+                             0 if success else 1, 1, "0" * 64, "p", at, rollout_stage=stage)  # fmt: skip
 
     # The incumbent v1: 6 of 10 on its own; the broken v2 on robot_0's canary from t=100 to t=200: 0 of 5, while
     # robot_1..3 ran 9 episodes of v1; the better v3 on robot_1 from t=300 to t=400: 4 of 4, 6 of v1 meanwhile.
     episodes = [episode(i, f"robot_{i % 4}", "v1", i < 6, 50 + i) for i in range(10)]
-    episodes += [episode(10 + i, "robot_0", "v2", False, 110 + i) for i in range(5)]
+    episodes += [episode(10 + i, "robot_0", "v2", False, 110 + i, "canary") for i in range(5)]
     episodes += [episode(20 + i, f"robot_{1 + i % 3}", "v1", i < 5, 120 + i) for i in range(9)]
-    episodes += [episode(30 + i, "robot_1", "v3", True, 310 + i) for i in range(4)]
+    episodes += [episode(30 + i, "robot_1", "v3", True, 310 + i, "canary" if i < 3 else "promoted") for i in range(4)]
     episodes += [episode(40 + i, f"robot_{2 + i % 2}", "v1", True, 320 + i) for i in range(6)]
     rollouts = [{"name": "broken", "version": "v2", "incumbent": "v1", "canaries": ["robot_0"], "published_at": 100,
                  "decided_at": 200, "verdict": "roll back", "reason": "below", "evidence": {}},
@@ -244,3 +244,6 @@ def test_the_canary_report_counts_who_ran_what_and_what_the_gate_saved_and_cost(
     assert (broken["episodes_spared_it"], broken["canary_episodes_on_it"]) == (9, 5)
     assert better["episodes_that_waited_for_it"] == 6 and "episodes_spared_it" not in better
     assert report["incumbent"] == "v1" and "| broken (v2) | robot_0 | roll back: below | 5 | 9, 0 |" in markdown(report)
+    assert report["episodes_by_recorded_stage"] == {"v1": {"none": 25}, "v2": {"canary": 5},
+                                                     "v3": {"canary": 3, "promoted": 1}}  # fmt: skip
+    assert "v3: 3 canary, 1 promoted." in markdown(report)

@@ -233,11 +233,18 @@ def test_a_valid_policy_is_accepted_after_a_refused_one_and_runs_at_once(tmp_pat
         assert client.wait_for_service(timeout_sec=30)
         response = probe.call(client, LoadPolicy.Request(path=v2, sha256="0" * 64, immediate=True))
         assert not response.accepted and response.running_version == "v1"
-        request = LoadPolicy.Request(path=v2, version="v2", sha256=file_sha256(v2), immediate=True)
+        request = LoadPolicy.Request(path=v2, version="v2", sha256=file_sha256(v2), immediate=True,
+                                     rollout_stage="canary")  # fmt: skip
         response = probe.call(client, request)
         assert response.accepted and response.message == "running v2" and response.running_version == "v2"
         wait_for(lambda: probe.statuses and probe.statuses[-1].version == "v2", 10, what="the status to show v2")
         assert probe.statuses[-1].message == "" and probe.statuses[-1].pending_version == ""
         # The chunk topic may match after the command topic did: wait for a chunk, not only for v2's.
         wait_for(lambda: probe.chunks and probe.chunks[-1].policy_version == "v2", 20, what="a chunk from v2")
+        assert probe.chunks[-1].rollout_stage == "canary"
+        # Promoted: the same version, told its new stage; the chunks (and so the episode files) say it from now on.
+        response = probe.call(client, LoadPolicy.Request(path="", version="v2", rollout_stage="promoted"))
+        assert response.accepted and response.message == "v2 holds; its rollout stage is now promoted"
         probe.more_commands()
+        wait_for(lambda: probe.chunks[-1].rollout_stage == "promoted", 20, what="a chunk from promoted v2")
+        assert probe.chunks[-1].policy_version == "v2"

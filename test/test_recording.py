@@ -92,6 +92,23 @@ def test_an_episode_names_the_policy_whose_chunks_drove_it(tmp_path):
     assert read_episode(path)[0]["policy_version"] == "v2"
 
 
+def test_an_episode_keeps_the_rollout_stage_its_policy_ran_at(tmp_path):
+    clock = FakeClock()
+    rec = recorder(tmp_path, clock)
+    rec.start(Episode("e1", "r", "reach-v3", "reach", "v5", 1_000))  # a paced simulator named the version
+    rec.policy_version(1_200, "v4", "")  # not the episode's version: ignored
+    rec.policy_version(1_500, "v5", "canary")
+    rec.policy_version(1_600, "v5", "promoted")  # promoted mid-episode: it started on canary
+    rec.end("e1", 1, "sim_success", 1, 2_000)
+    rec.start(Episode("e2", "r", "reach-v3", "reach", "", 3_000))
+    rec.policy_version(3_500, "v5", "promoted")
+    rec.end("e2", 1, "sim_success", 1, 4_000)
+    clock.now = 5.0
+    first, second = (read_episode(p)[0] for p in sorted(rec.tick()))
+    assert (first["policy_version"], first["rollout_stage"]) == ("v5", "canary")
+    assert (second["policy_version"], second["rollout_stage"]) == ("v5", "promoted")
+
+
 def test_an_unwritable_directory_stops_recording_and_the_next_episode_retries(tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")

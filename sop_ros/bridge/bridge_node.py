@@ -141,9 +141,9 @@ class BridgeNode(Node):
         node may stop first and never answer): the fetcher asks again later, or at the next start.
         """
         immediate = self.config.policies.swap == "immediate"
-        request = LoadPolicy.Request(
-            path=str(path.resolve()), version=announcement.version, sha256=announcement.sha256, immediate=immediate
-        )
+        request = LoadPolicy.Request(path=str(path.resolve()), version=announcement.version,
+                                     sha256=announcement.sha256, immediate=immediate,
+                                     rollout_stage=announcement.stage)  # fmt: skip
         self.wait_unless_stopped(self.load_client.service_is_ready, SERVICE_WAIT_S,
                                  f"no {self.load_client.srv_name} service (is the policy node running?)")  # fmt: skip
         future = self.load_client.call_async(request)

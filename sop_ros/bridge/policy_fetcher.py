@@ -90,6 +90,7 @@ class PolicyFetcher:
         self._refused_offers: set[str] = set()  # sha256 of announcements refused (asked again every period)
         self._ignored: set[str] = set()  # signatures of announcements passed over (logged once each)
         self._wanted, self._wanted_before = "", set()  # a cached version the policy node waits for (once each)
+        self._stages_told: dict[str, str] = {}  # version -> the rollout stage the policy node was given ("" unsaid)
         self._target = self._read_newest()
         if self._target is not None:
             self.stats.newest, self.stats.stage = self._target.version, self._target.stage
@@ -248,15 +249,17 @@ class PolicyFetcher:
                 return
             if not path.exists():  # stopped midway
                 return
-        if target.version in self.policy_versions():  # running, or loaded and waiting for the episode boundary
+        held = target.version in self.policy_versions()  # running, or loaded and waiting for the episode boundary
+        if held and self._stages_told.get(target.version, "") == target.stage:
             return
-        try:
+        try:  # to load it, or (held) to tell its new stage: the episodes it runs from now on carry that one
             reason = self.load(path, target)
         except TimeoutError as err:
             self._note_error(f"policy node did not take {target.version} (asked again): {err}")
             return
         with self._lock:
             self.stats.requested = target.version
+        self._stages_told[target.version] = target.stage
         if reason is not None:
             self._refuse(target.version, f"the policy node refused {target.version}: {reason}")
 

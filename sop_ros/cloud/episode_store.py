@@ -44,8 +44,10 @@ CREATE TABLE IF NOT EXISTS episodes (
 )
 """
 _COLUMNS = "episode_id, robot_id, task, outcome, policy_version, steps, interventions, size, sha256, path, stored_at"
-# The episode's end on the robot's clock (simulated time on a simulator), from the file's metadata.
-_SELECT = f"{_COLUMNS}, CAST(COALESCE(json_extract(metadata, '$.end_ns'), 0) AS INTEGER)"
+# From the file's metadata: the episode's end on the robot's clock (simulated time on a simulator), and the rollout
+# stage of its policy when it ran.
+_SELECT = (f"{_COLUMNS}, CAST(COALESCE(json_extract(metadata, '$.end_ns'), 0) AS INTEGER), "
+           "COALESCE(json_extract(metadata, '$.rollout_stage'), '')")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ class StoredEpisode:
     path: str  # relative to the store's root
     stored_at: float  # unix time
     ended_ns: int = 0  # the episode's END stamp, ns on the robot's clock (0: not known)
+    rollout_stage: str = ""  # of its policy version when it ran: "canary", "promoted", "rolled back" or none
 
     @property
     def autonomous_success(self) -> bool:
@@ -239,6 +242,7 @@ class EpisodeStore:
             path=str(path.relative_to(self.root)),
             stored_at=time.time(),
             ended_ns=_int(metadata.get("end_ns")),
+            rollout_stage=metadata.get("rollout_stage", ""),
         )
         with self._lock:
             self._db.execute(

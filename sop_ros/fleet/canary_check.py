@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,10 +163,12 @@ def summarise(config: CanaryCheckConfig, rollouts: list[dict], episodes: list, f
     from sop_ros.host import machine
 
     labelled = [e for e in episodes if e.outcome in LABELLED]
-    by_version = {}
+    by_version, stages = {}, {}
     for version in sorted({e.policy_version for e in labelled}):
         ran = [e for e in labelled if e.policy_version == version]
         by_version[version] = Rate(sum(e.autonomous_success for e in ran), len(ran)).as_dict()
+        # The stage its episodes' files say it ran at (signed into the announcement, passed on by the robot).
+        stages[version] = dict(Counter(e.rollout_stage or "none" for e in ran))
     report_rollouts = []
     for r in rollouts:
         end = r.get("decided_at", float("inf"))
@@ -186,6 +189,7 @@ def summarise(config: CanaryCheckConfig, rollouts: list[dict], episodes: list, f
         "command": command_line(config), "machine": machine(), "robots": config.robots,
         "tasks": list(fleet.get("tasks", [])), "canary": dataclasses.asdict(config.canary),
         "incumbent": rollouts[0]["incumbent"] if rollouts else "", "success_without_help": by_version,
+        "episodes_by_recorded_stage": stages,
         "rollouts": report_rollouts,
         "fleet_episodes": len(labelled), "wall_minutes": fleet.get("wall_minutes"), "ended": fleet.get("ended"),
     }  # fmt: skip
@@ -218,4 +222,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| {r['name']} ({r['version']}) | {', '.join(r['canaries'])} | {r.get('verdict', 'none')}: "
                      f"{r.get('reason', '-')} | {r['canary_episodes']} | {r['fleet_episodes_outside_the_canary']}, "
                      f"{r['outside_the_canary_ran_it_before_the_verdict']} | {effect or '-'} |")  # fmt: skip
+    stages = "; ".join(f"{version}: " + ", ".join(f"{n} {stage}" for stage, n in counts.items())
+                       for version, counts in report.get("episodes_by_recorded_stage", {}).items())
+    if stages:
+        lines += ["", f"The rollout stage each episode's file records for its policy: {stages}."]
     return "\n".join(lines) + "\n"

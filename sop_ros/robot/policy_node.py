@@ -105,6 +105,7 @@ class PolicyNode(Node):
         self.sequence = 0
         self.latencies: deque[float] = deque(maxlen=200)
         self.loading = ""  # path being loaded, while a load runs
+        self.stages: dict[str, str] = {}  # version -> its rollout stage, as the bridge last said (chunks carry it)
 
         self.command_pub = self.create_publisher(Float64MultiArray, topics.POLICY_COMMAND, topics.STREAM)
         self.chunk_pub = self.create_publisher(ActionChunk, topics.POLICY_CHUNK, topics.STREAM)
@@ -290,6 +291,7 @@ class PolicyNode(Node):
             actions=actions.astype(np.float32).ravel().tolist(),
             step_period=1.0 / cfg.control_hz,
             policy_version=version,
+            rollout_stage=self.stages.get(version, ""),
             sequence=self.sequence,
         )
         msg.header.stamp = Time(nanoseconds=stamp).to_msg()
@@ -352,9 +354,16 @@ class PolicyNode(Node):
         done = Future()
         with self._lock:
             busy = self.loading
-            if not busy and not self.config.policy_class:
+            held = [p.version for p in (self.policy, self.swaps.pending) if p is not None]
+            restaged = bool(request.version) and request.version in held and not self.config.policy_class
+            if restaged:  # a version this node holds changed stage (a canary promoted): nothing to load
+                self.stages[request.version] = request.rollout_stage
+            elif not busy and not self.config.policy_class:
                 self.loading = request.path
-        if self.config.policy_class:
+        if restaged:
+            response.accepted = True
+            response.message = f"{request.version} holds; its rollout stage is now {request.rollout_stage or 'none'}"
+        elif self.config.policy_class:
             response.accepted, response.message = False, (
                 f"refused: this robot runs its own policy class {self.config.policy_class}; policy/load swaps the "
                 "built-in policy's weights only (empty policy_class to run the built-in)")
@@ -369,6 +378,7 @@ class PolicyNode(Node):
                     response.accepted, response.message = False, f"refused: {error}"
                     self.message = response.message
                 else:
+                    self.stages[policy.version] = request.rollout_stage
                     takeover, change = self.swaps.loaded(policy, request.immediate, self.episode_active)
                     self.swapped(change)
                     response.accepted, response.message = True, takeover.describe(policy.version)

@@ -109,7 +109,7 @@ class RecorderNode(Node):
         self.recorder.interventions(msg.episode_id, msg.interventions_in_episode)
 
     def on_chunk(self, msg: ActionChunk) -> None:
-        self.recorder.policy_version(stamp_ns(msg), msg.policy_version)
+        self.recorder.policy_version(stamp_ns(msg), msg.policy_version, msg.rollout_stage)
 
     def destroy_node(self) -> None:
         self.recorder.close()

@@ -51,6 +51,7 @@ class Episode:
     interventions: int = 0
     end_ns: int | None = None
     labels: list[str] = field(default_factory=list)
+    rollout_stage: str = ""  # of its policy version when it ran: "canary", "promoted", "rolled back" or none
 
     def metadata(self) -> dict[str, str]:
         return {
@@ -59,6 +60,7 @@ class Episode:
             "task": self.task,
             "instruction": self.instruction,
             "policy_version": self.policy_version,
+            "rollout_stage": self.rollout_stage,
             "outcome": Outcome.from_event(self.outcome).value,
             "outcome_source": self.outcome_source,
             "steps": str(self.steps),
@@ -74,6 +76,7 @@ class _Open:
     episode: Episode
     writer: EpisodeWriter
     close_at: float | None = None  # monotonic time at which an ended episode's file is finished
+    stage_seen: bool = False  # a chunk has named the episode's policy and its rollout stage
 
 
 class EpisodeRecorder:
@@ -154,12 +157,14 @@ class EpisodeRecorder:
         if record is not None:
             record.episode.interventions = max(record.episode.interventions, count)
 
-    def policy_version(self, time_ns: int, version: str) -> None:
-        """The policy that produced a chunk at `time_ns`: the episode then running names it, unless its START did
-        (weights change only between episodes)."""
+    def policy_version(self, time_ns: int, version: str, rollout_stage: str = "") -> None:
+        """The policy that produced a chunk at `time_ns`, and its rollout stage: the episode then running names them,
+        unless its START named the version (weights change only between episodes) or an earlier chunk did."""
         record = self._episode_at(time_ns)
-        if record is not None and not record.episode.policy_version:
-            record.episode.policy_version = version
+        if record is None or record.episode.policy_version not in ("", version) or record.stage_seen:
+            return
+        record.episode.policy_version, record.episode.rollout_stage = version, rollout_stage
+        record.stage_seen = True
 
     # -- data -------------------------------------------------------------------------------------------------
     def write(self, topic: str, data: bytes, time_ns: int, episode_id: str | None = None) -> None:
