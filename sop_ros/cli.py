@@ -141,7 +141,8 @@ def cmd_rtc_check(args: argparse.Namespace) -> int:
     report = rtc_check(RtcCheckConfig(args.policy, tasks, args.episodes_per_task, delays, args.replan_steps,
                                       args.config, args.workers, args.seed, args.out, args.results))  # fmt: skip
     for c in report["comparisons"]:
-        print(f"rtc against {c['against']} at {c['delay_ms']:g} ms: {c['text']}")
+        print(f"rtc against {c['against']} at {c['delay_ms']:g} ms: success {c['text']}; seam change median "
+              f"{c['seam_median_ratio']:.2f}x (Mann-Whitney p = {c['seam_p']:.2g})")  # fmt: skip
     print(f"report: {Path(args.results) / 'rtc.md'}")
     return 0
 
@@ -608,8 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, metavar="W", help="processes (default: %(default)s)")
     p.set_defaults(func=cmd_dagger_round)
 
-    p = sub.add_parser("rtc-check", help="joining action chunks under inference delay: blend, ensemble and real-time "
-                       "chunking, scored in process")  # fmt: skip
+    p = sub.add_parser("rtc-check", help="joining action chunks under inference delay: switch, blend, ensemble and "
+                       "real-time chunking, scored in process")  # fmt: skip
     p.add_argument("--policy", required=True, metavar="CKPT|ONNX", help="trained with rtc_max_prefix > 0")
     p.add_argument("--tasks", default="push-wall-v3,coffee-push-v3,dial-turn-v3,reach-v3",
                    help="(default: %(default)s)")
@@ -619,7 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="config/sim_policy.yaml", help="robot YAML (default: %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="(default: %(default)s)")
     p.add_argument("--seed", type=int, default=EVAL_SEED, help="first seed (default: %(default)s, the evaluation's)")
-    p.add_argument("--out", default="runs/rtc-check", help="the exported policy (default: %(default)s)")
+    p.add_argument("--out", default="runs/rtc-check",
+                   help="the exported policy and each arm as it ends: run again to go on (default: %(default)s)")
     p.add_argument("--results", default="docs/results/rtc", help="rtc.json, .md, .png (default: %(default)s)")
     p.set_defaults(func=cmd_rtc_check)
 

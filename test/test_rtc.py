@@ -131,9 +131,10 @@ def test_rtc_check_scores_every_mode_at_every_delay_and_gives_each_chunk_the_act
     report = module.rtc_check(module.RtcCheckConfig(str(tmp_path / "rtc.pt"), ("reach-v3",), 1, (0.0, 100.0), 4,
                                                     str(config), 1, out=str(tmp_path / "out"),
                                                     results=str(tmp_path / "results")))  # fmt: skip
-    assert list(report["arms"]) == [f"{m} @ {d} ms" for d in (0, 100) for m in ("blend", "ensemble", "rtc")]
-    assert {a["delay_steps"] for a in report["arms"].values()} == {0, 3}
-    assert len(report["comparisons"]) == 4 and (tmp_path / "results" / "rtc.png").exists()
+    arms = [f"{m} @ {d} ms" for d in (0, 100) for m in ("switch", "blend", "ensemble", "rtc")]
+    assert list(report["arms"]) == arms and {a["delay_steps"] for a in report["arms"].values()} == {0, 3}
+    assert all(a["seams"] >= 6 and a["seam_median"] >= 0 for a in report["arms"].values())  # 8 chunks an episode
+    assert len(report["comparisons"]) == 6 and (tmp_path / "results" / "rtc.png").exists()
     # The last arm (rtc at 100 ms): its first chunk had nothing running before it; every later one was given the
     # three actions of the chunk before it that ran while it was computed, and begins with them.
     rtc_calls = given[-8:]  # 30 steps, a chunk every 4 of them: 8 asked for
@@ -142,6 +143,12 @@ def test_rtc_check_scores_every_mode_at_every_delay_and_gives_each_chunk_the_act
         assert prefix.shape == (3, 4)
         np.testing.assert_allclose(actions[:3], prefix, atol=1e-6)
         np.testing.assert_allclose(prefix, before[4:7], atol=1e-6)  # asked 4 steps into the one before
+    # Run again: every arm was kept as it ended, nothing is scored twice and the report is the same.
+    calls = len(given)
+    again = module.rtc_check(module.RtcCheckConfig(str(tmp_path / "rtc.pt"), ("reach-v3",), 1, (0.0, 100.0), 4,
+                                                   str(config), 1, out=str(tmp_path / "out"),
+                                                   results=str(tmp_path / "results")))  # fmt: skip
+    assert len(given) == calls + 1 and again["arms"] == report["arms"]  # the one inference: the load's warm-up
 
 
 def test_half_the_training_chunks_get_no_prefix_and_the_rest_one_to_the_longest():

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from sop_ros.robot.chunks import ChunkExecutor
+from sop_ros.robot.chunks import ChunkExecutor, seam_changes
 from sop_ros.robot.sync import ObservationSync
 
 TIER = "unit"  # what the tests need: conftest.TIERS
@@ -210,9 +210,29 @@ def test_a_delayed_chunk_waits_and_rtc_takes_over_from_the_prefix_it_was_given()
     ex.add(new, t0_ns=200, ready_ns=500)
     assert [ex.action(t)[0] for t in (200, 300, 400)] == [2.0, 3.0, 4.0]  # not ready: the old one runs on
     assert [ex.action(t)[0] for t in (500, 600)] == [5.0, 6.0]  # ready: new[3], new[4], at once
-    assert ex.largest_jump == 1.0  # a step of the ramp: no jump at the seam
-    # Without the prefix, a chunk that disagrees jumps at the seam: the jump is measured.
+    assert ex.changes == [1.0] * 6 and ex.takeovers == [4]  # a step of the ramp: no jump at the seam (t=500)
+    # Without the prefix, a chunk that disagrees jumps at the seam: the change is measured.
     ex.add(ramp(20.0, horizon=10)[:, :1], t0_ns=700, ready_ns=700)
-    assert ex.action(700)[0] == 20.0 and ex.largest_jump == 14.0  # from the last action, 6 at t=600
+    assert ex.action(700)[0] == 20.0 and ex.changes[-1] == 14.0 and ex.takeovers == [4, 6]  # from 6 at t=600
     ex.clear()
-    assert ex.largest_jump == 0.0 and ex.upcoming(800, 3).shape == (0, 0)
+    assert ex.changes == ex.takeovers == [] and ex.upcoming(800, 3).shape == (0, 0)
+
+
+def test_a_seam_costs_the_largest_change_in_its_window_whether_at_once_or_blended():
+    # switch: old 0,1,2,3 then a chunk that disagrees by 10 takes over at t=400: one step of 11, then steps of 1.
+    switch = ChunkExecutor(PERIOD, "blend", blend_steps=0)
+    blend = ChunkExecutor(PERIOD, "blend", blend_steps=3)
+    for ex in (switch, blend):
+        ex.add(ramp(0.0, horizon=10)[:, :1], t0_ns=0)
+        [ex.action(t) for t in (0, 100, 200, 300)]
+        ex.add(ramp(14.0, horizon=10)[:, :1], t0_ns=400)  # new[k] = 14 + k, old[k] = k: 10 apart at t=400
+        [ex.action(t) for t in (400, 500, 600, 700, 800)]
+    assert switch.changes == [1.0, 1.0, 1.0, 11.0, 1.0, 1.0, 1.0, 1.0] and switch.takeovers == [3]
+    # blend over 3 steps: t=400 1/4 * 14 + 3/4 * 4 = 6.5; t=500 1/2 * 15 + 1/2 * 5 = 10; t=600 3/4 * 16 + 1/4 * 6
+    # = 13.5; t=700 new[3] = 17: the same 10 of disagreement, spread as steps of 3.5.
+    assert blend.changes == [1.0, 1.0, 1.0, 3.5, 3.5, 3.5, 3.5, 1.0]
+    assert seam_changes(switch.changes, switch.takeovers, 4) == [11.0]
+    assert seam_changes(blend.changes, blend.takeovers, 4) == [3.5]
+    # The window ends at the next takeover; an episode without one has no seam.
+    assert seam_changes([1.0, 5.0, 2.0, 9.0, 0.5], [0, 2], 4) == [5.0, 9.0]
+    assert seam_changes([1.0, 2.0], [], 4) == []

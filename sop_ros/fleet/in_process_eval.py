@@ -42,7 +42,9 @@ class EpisodeResult:
     judged_at: int | None = None  # the step it judged the policy failing at (watching only: it did not take over)
     operator_steps: int = 0  # steps the operator commanded
     operator_rising: int = 0  # of them, commands more than half upward (z > 0.5): re-approaching from above
-    largest_jump: float = 0.0  # the largest change of the policy's action where a new chunk took over
+    # The policy's commanded actions: each tick's change and the ticks where a new chunk took over (ChunkExecutor).
+    action_changes: tuple[float, ...] = ()
+    takeovers: tuple[int, ...] = ()
 
 
 def camera_tick(t_ns: int, period_ns: int, every_steps: int) -> bool:
@@ -193,7 +195,8 @@ def run_unit(policy_path: str, base: RobotLaunchConfig, unit: WorkUnit, commands
             if took_over_at is not None:
                 arbiter.release_operator()  # as the arbiter node does at an END (end_takeover_with_episode)
             results.append(EpisodeResult(unit.task, unit.seed, index, success, steps, took_over_at, judged_at,
-                                         operator_steps, operator_rising, chunks.largest_jump))  # fmt: skip
+                                         operator_steps, operator_rising, tuple(chunks.changes),
+                                         tuple(chunks.takeovers)))  # fmt: skip
     finally:
         sim.close()
     return results

@@ -2,13 +2,16 @@
 
 One policy trained for real-time chunking (model rtc_max_prefix > 0: it can also run without a prefix) is
 scored in process (sop_ros/fleet/in_process_eval.py: the exported ONNX, its runtime, the Meta-World env and the
-evaluation seeds) with each way of joining chunks (blend, ensemble, rtc) under each simulated inference delay: a
-chunk asked for at t is used from t + the delay, the chunks before it running on meanwhile (with rtc those
-actions are its given prefix). Every arm replans every `replan_steps` (short enough that a chunk asked for is
+evaluation seeds) with each way of joining chunks under each simulated inference delay: a chunk asked for at t is
+used from t + the delay, the chunks before it running on meanwhile (with rtc those actions are its given prefix).
+The arms: switch (each chunk takes over at once: blend with 0 steps, the control that shows what rtc's prefix
+does), blend, ensemble and rtc. Every arm replans every `replan_steps` (short enough that a chunk asked for is
 ready before the running one ends at the longest delay) on the same seeds. Per arm: success per task with a 95%
-Wilson interval, and the largest change of the commanded action where a new chunk takes over (per episode: its
-largest; reported as the median and the maximum over episodes); rtc against blend and against ensemble at each
-delay by a two-proportion z-test over the pooled tasks.
+Wilson interval, and what each seam cost in motion: the largest change of the commanded action over the
+`replan_steps` ticks from a new chunk's first use (chunks.seam_changes; the same window for every arm, so a
+blend's spread-out takeover counts in full), as the median and 90th percentile over all seams. rtc against each
+other arm at each delay: success by a two-proportion z-test, seams by a Mann-Whitney U test, over the pooled
+tasks. Each arm is kept in `out` as it ends: a run stopped midway goes on from the next arm.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ import numpy as np
 from sop_ros.configs import ConfigError, require
 from sop_ros.configs.robot import PolicyConfig
 from sop_ros.fleet.evaluate import EVAL_SEED
+from sop_ros.robot.chunks import seam_changes
 
-MODES = ("blend", "ensemble", "rtc")
+# Arm -> (execution, blend steps; None: the robot YAML's).
+ARMS = {"switch": ("blend", 0), "blend": ("blend", None), "ensemble": ("ensemble", None), "rtc": ("rtc", None)}
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,6 @@ class RtcCheckConfig:
 def rtc_check(config: RtcCheckConfig) -> dict:
     from sop_ros.fleet.collect_demos import plan_units
     from sop_ros.fleet.evaluate import eval_setup
-    from sop_ros.fleet.in_process_eval import run_units
     from sop_ros.model.export import export_onnx
 
     policy = Path(config.policy)
@@ -72,23 +76,45 @@ def rtc_check(config: RtcCheckConfig) -> dict:
                           f"prefixes up to {loaded.rtc_max_prefix}, and replan_steps + delay must stay under its "
                           f"chunk of {loaded.chunk}")  # fmt: skip
     units = plan_units(list(config.tasks), config.episodes_per_task, config.workers, config.seed)
-    arms = {}
+    kept = Path(config.out) / "arms"
+    kept.mkdir(parents=True, exist_ok=True)
+    # What an arm's episodes depend on (as JSON gives it back): a kept arm made otherwise is run again.
+    made_by = {"policy": loaded.version, "units": [dataclasses.astuple(u) for u in units],
+               "replan_steps": config.replan_steps, "robot_yaml": config.robot_yaml}  # fmt: skip
+    made_by = json.loads(json.dumps(made_by))
+    arms, seams = {}, {}
     for delay_ms in config.delays_ms:
-        for mode in MODES:
-            policy_cfg = dataclasses.replace(base.nodes.policy or PolicyConfig(), execution=mode,
-                                             replan_steps=config.replan_steps)  # fmt: skip
-            arm_base = dataclasses.replace(base, nodes=dataclasses.replace(base.nodes, policy=policy_cfg))
-            steps = delay_steps(delay_ms, control_hz)
-            runs = run_units(str(path), arm_base, units, config.workers, delay_steps=steps)
-            arm = arms[f"{mode} @ {delay_ms:g} ms"] = arm_summary(mode, delay_ms, steps, [e for r in runs for e in r],
-                                                                  config.tasks)  # fmt: skip
-            print(f"rtc-check: {mode} at {delay_ms:g} ms: {arm['success']:.1%}, largest jump (max over episodes) "
-                  f"{arm['jump_max']:.3f}", flush=True)  # fmt: skip
+        for name in ARMS:
+            key, arm_file = f"{name} @ {delay_ms:g} ms", kept / f"{name}-{delay_ms:g}ms.json"
+            saved = json.loads(arm_file.read_text()) if arm_file.exists() else {}
+            if saved.get("made_by") != made_by:
+                saved = {"made_by": made_by, **run_arm(name, delay_ms, base, path, units, config)}
+                arm_file.write_text(json.dumps(saved) + "\n")
+            arm = arms[key] = saved["arm"]
+            seams[key] = saved["seams"]
+            print(f"rtc-check: {name} at {delay_ms:g} ms: {arm['success']:.1%}, seam change median "
+                  f"{arm['seam_median']:.3f}, 90th percentile {arm['seam_p90']:.3f}", flush=True)  # fmt: skip
     report = {"command": command_line(config), "policy": loaded.version, "control_hz": control_hz,
               "replan_steps": config.replan_steps, "seed": config.seed, "arms": arms,
-              "comparisons": comparisons(arms, config.delays_ms)}  # fmt: skip
+              "comparisons": comparisons(arms, seams, config.delays_ms)}  # fmt: skip
     write(report, Path(config.results))
     return report
+
+
+def run_arm(name: str, delay_ms: float, base, path: Path, units: list, config: RtcCheckConfig) -> dict:
+    """One arm's episodes at a simulated inference delay: its summary and every seam's change."""
+    from sop_ros.fleet.in_process_eval import run_units
+
+    execution, blend_steps = ARMS[name]
+    policy_cfg = dataclasses.replace(base.nodes.policy or PolicyConfig(), execution=execution,
+                                     replan_steps=config.replan_steps)  # fmt: skip
+    if blend_steps is not None:
+        policy_cfg = dataclasses.replace(policy_cfg, blend_steps=blend_steps)
+    arm_base = dataclasses.replace(base, nodes=dataclasses.replace(base.nodes, policy=policy_cfg))
+    steps = delay_steps(delay_ms, base.nodes.sim_robot.control_hz)
+    episodes = [e for run in run_units(str(path), arm_base, units, config.workers, delay_steps=steps) for e in run]
+    changes = [c for e in episodes for c in seam_changes(e.action_changes, e.takeovers, config.replan_steps)]
+    return {"arm": arm_summary(name, delay_ms, steps, episodes, config.tasks, changes), "seams": changes}
 
 
 def delay_steps(delay_ms: float, control_hz: float) -> int:
@@ -96,30 +122,40 @@ def delay_steps(delay_ms: float, control_hz: float) -> int:
     return math.ceil(delay_ms * control_hz / 1000 - 1e-9)
 
 
-def arm_summary(mode: str, delay_ms: float, steps: int, episodes: list, tasks: tuple[str, ...]) -> dict:
+def arm_summary(mode: str, delay_ms: float, steps: int, episodes: list, tasks: tuple[str, ...],
+                seams: list[float]) -> dict:  # fmt: skip
+    """An arm's success (pooled and per task) and its seams' changes (median, 90th percentile; NaN: no seam)."""
     from sop_ros.fleet.proportions import Rate
 
     def rate(chosen: list) -> dict:
         return Rate(sum(e.success for e in chosen), len(chosen)).as_dict()
 
-    jumps = np.array([e.largest_jump for e in episodes])
-    pooled = rate(episodes)
+    pooled, changes = rate(episodes), np.array(seams or [np.nan])
     return {"mode": mode, "delay_ms": delay_ms, "delay_steps": steps, "success": pooled["rate"], "pooled": pooled,
-            "tasks": {t: rate([e for e in episodes if e.task == t]) for t in tasks},
-            "jump_median": float(np.median(jumps)), "jump_max": float(jumps.max())}  # fmt: skip
+            "tasks": {t: rate([e for e in episodes if e.task == t]) for t in tasks}, "seams": len(seams),
+            "seam_median": float(np.median(changes)), "seam_p90": float(np.quantile(changes, 0.9))}  # fmt: skip
 
 
-def comparisons(arms: dict, delays_ms: tuple[float, ...]) -> list[dict]:
+def comparisons(arms: dict, seams: dict[str, list[float]], delays_ms: tuple[float, ...],
+                alpha: float = 0.05) -> list[dict]:  # fmt: skip
+    """rtc against each other arm at each delay: success (two-proportion z-test) and seam changes (two-sided Mann-
+    Whitney U: is a seam's change under rtc drawn from the same distribution as under the other arm)."""
+    from scipy.stats import mannwhitneyu
+
     from sop_ros.fleet.proportions import Rate, compare
 
     out = []
     for delay in delays_ms:
-        rtc = arms[f"rtc @ {delay:g} ms"]["pooled"]
-        for other in ("blend", "ensemble"):
-            against = arms[f"{other} @ {delay:g} ms"]["pooled"]
-            c = compare(Rate(rtc["successes"], rtc["episodes"]), Rate(against["successes"], against["episodes"]))
+        rtc = arms[f"rtc @ {delay:g} ms"]
+        for other in (name for name in ARMS if name != "rtc"):
+            against = arms[f"{other} @ {delay:g} ms"]
+            c = compare(Rate(rtc["pooled"]["successes"], rtc["pooled"]["episodes"]),
+                        Rate(against["pooled"]["successes"], against["pooled"]["episodes"]))  # fmt: skip
+            u = mannwhitneyu(seams[f"rtc @ {delay:g} ms"], seams[f"{other} @ {delay:g} ms"])
+            ratio = rtc["seam_median"] / against["seam_median"]
             out.append({"delay_ms": delay, "against": other, "difference": c.difference, "p": c.p_value,
-                        "beyond_noise": c.beyond_noise, "text": str(c)})  # fmt: skip
+                        "beyond_noise": c.beyond_noise, "text": str(c), "seam_median_ratio": ratio,
+                        "seam_p": float(u.pvalue), "seams_differ": bool(u.pvalue < alpha)})  # fmt: skip
     return out
 
 
@@ -135,23 +171,28 @@ def write(report: dict, results: Path) -> None:
     report["machine"] = machine()
     results.mkdir(parents=True, exist_ok=True)
     (results / "rtc.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = ["# Joining action chunks under inference delay: blend, ensemble, real-time chunking", "",
+    tasks = list(next(iter(report["arms"].values()))["tasks"])
+    lines = ["# Joining action chunks under inference delay: switch, blend, ensemble, real-time chunking", "",
              f"Made by `{report['command']}` on {described(report['machine'])}.", "",
              f"Policy {report['policy']}, scored in process on the evaluation seeds (from {report['seed']}); "
              f"control at {report['control_hz']:g} Hz, a new chunk asked for every {report['replan_steps']} steps and "
-             "used from the delay's end. Intervals: 95% Wilson. Jump: the largest change of the commanded action "
-             "where a new chunk took over, per episode (median and maximum over episodes).", "",
-             "| delay | mode | success | 95% interval | " + " | ".join(next(iter(report["arms"].values()))["tasks"])
-             + " | jump median | jump max |",
-             "|---|---|---|---|" + "---|" * len(next(iter(report["arms"].values()))["tasks"]) + "---|---|"]  # fmt: skip
+             "used from the delay's end. Switch: each chunk takes over at once, without a prefix (what rtc does "
+             "without one). Intervals: 95% Wilson. Seam change: the largest change of the commanded action (over "
+             f"its dimensions, robot units) in the {report['replan_steps']} ticks from a new chunk's first use, "
+             "median and 90th percentile over all seams.", "",
+             "| delay | arm | success | 95% interval | " + " | ".join(tasks) + " | seams | seam change median | p90 |",
+             "|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|"]  # fmt: skip
     for arm in report["arms"].values():
         low, high = arm["pooled"]["interval"]
         per_task = " | ".join(f"{r['successes']}/{r['episodes']}" for r in arm["tasks"].values())
         lines.append(f"| {arm['delay_ms']:g} ms ({arm['delay_steps']} steps) | {arm['mode']} | "
-                     f"{arm['success']:.1%} | {low:.1%}-{high:.1%} | {per_task} | {arm['jump_median']:.3f} | "
-                     f"{arm['jump_max']:.3f} |")  # fmt: skip
-    lines += ["", "rtc against the others, pooled over the tasks (two-proportion z-test):", ""]
-    lines += [f"- {c['delay_ms']:g} ms, against {c['against']}: {c['text']}" for c in report["comparisons"]]
+                     f"{arm['success']:.1%} | {low:.1%}-{high:.1%} | {per_task} | {arm['seams']} | "
+                     f"{arm['seam_median']:.3f} | {arm['seam_p90']:.3f} |")  # fmt: skip
+    lines += ["", "rtc against the others, pooled over the tasks: success by a two-proportion z-test; seam changes by "
+              "a two-sided Mann-Whitney U test at 0.05:", ""]  # fmt: skip
+    lines += [f"- {c['delay_ms']:g} ms, against {c['against']}: success {c['text']}; seam change median "
+              f"{c['seam_median_ratio']:.2f}x, {'differs' if c['seams_differ'] else 'within noise'} "
+              f"(p = {c['seam_p']:.2g})" for c in report["comparisons"]]  # fmt: skip
     (results / "rtc.md").write_text("\n".join(lines) + "\n")
     plot(report, results / "rtc.png")
 
@@ -163,15 +204,16 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    for mode in MODES:
-        arms = [a for a in report["arms"].values() if a["mode"] == mode]
+    for name in ARMS:
+        arms = [a for a in report["arms"].values() if a["mode"] == name]
         delays = [a["delay_ms"] for a in arms]
         low = [a["success"] - a["pooled"]["interval"][0] for a in arms]
         high = [a["pooled"]["interval"][1] - a["success"] for a in arms]
-        left.errorbar(delays, [a["success"] for a in arms], yerr=[low, high], marker="o", capsize=3, label=mode)
-        right.plot(delays, [a["jump_max"] for a in arms], marker="o", label=f"{mode} (max)")
+        left.errorbar(delays, [a["success"] for a in arms], yerr=[low, high], marker="o", capsize=3, label=name)
+        line = right.plot(delays, [a["seam_median"] for a in arms], marker="o", label=f"{name} (median)")[0]
+        right.plot(delays, [a["seam_p90"] for a in arms], marker="x", linestyle=":", color=line.get_color())
     left.set(xlabel="inference delay (ms)", ylabel="success (95% interval)", ylim=(0, 1), title="success")
-    right.set(xlabel="inference delay (ms)", ylabel="largest action jump at a chunk seam", title="seams")
+    right.set(xlabel="inference delay (ms)", ylabel="action change at a seam (dotted: 90th pct.)", title="seams")
     left.legend()
     right.legend()
     fig.tight_layout()

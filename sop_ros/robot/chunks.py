@@ -10,7 +10,7 @@ a joint-state rate above the control rate does not run it faster. Three ways to 
   rtc       real-time chunking: the new chunk was computed from the actions that ran while it was computed
             (`upcoming`: its given prefix), so it takes over at once, from where the old one stood.
 A chunk may be added before it can be used (`ready_ns`: a simulated inference delay); until then the chunks
-before it run on.
+before it run on. Blend with blend_steps 0 switches to each new chunk at once (the plain replacement).
 """
 
 from __future__ import annotations
@@ -43,12 +43,16 @@ class ChunkExecutor:
         self.ensemble_decay = ensemble_decay
         self.chunks: list[Chunk] = []  # oldest first
         self.last: np.ndarray | None = None  # the action last returned
-        self.largest_jump = 0.0  # the largest change of action at a tick where a new chunk was first used
+        # Since the episode began: how far each returned action moved from the one before (the largest over its
+        # dimensions), and which of those changes came at a tick where a new chunk was first used.
+        self.changes: list[float] = []
+        self.takeovers: list[int] = []  # indices into `changes`
 
     def clear(self) -> None:
-        """A new episode: no chunk, no last action, no jump yet."""
+        """A new episode: no chunk, no last action, no changes yet."""
         self.chunks.clear()
-        self.last, self.largest_jump = None, 0.0
+        self.last = None
+        self.changes, self.takeovers = [], []
 
     def add(self, actions: np.ndarray, t0_ns: int, ready_ns: int = 0) -> None:
         self.chunks.append(Chunk(t0_ns, np.asarray(actions, dtype=np.float64), ready_ns=ready_ns))
@@ -86,8 +90,10 @@ class ChunkExecutor:
         if switched:
             newest.first_used_ns = t_ns
         action = self._action(live, newest, t_ns)
-        if switched and self.last is not None:
-            self.largest_jump = max(self.largest_jump, float(np.abs(action - self.last).max()))
+        if self.last is not None:
+            if switched:
+                self.takeovers.append(len(self.changes))
+            self.changes.append(float(np.abs(action - self.last).max()))
         self.last = action
         return action
 
@@ -103,3 +109,11 @@ class ChunkExecutor:
         previous = live[-2]
         alpha = (since + 1) / (self.blend_steps + 1)
         return alpha * own + (1 - alpha) * previous.actions[self.index(previous, t_ns)]
+
+
+def seam_changes(changes: list[float], takeovers: list[int], window: int) -> list[float]:
+    """What each takeover cost in motion: the largest change of the action (`ChunkExecutor.changes`) over the
+    `window` ticks from the one where the new chunk was first used, or fewer when the next one takes over sooner.
+    One window for every mode: a switch or rtc moves at once, a blend spreads the same disagreement over its steps."""
+    ends = [*takeovers[1:], len(changes)] if takeovers else []
+    return [max(changes[start : min(start + window, end)]) for start, end in zip(takeovers, ends, strict=True)]
