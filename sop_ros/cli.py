@@ -473,6 +473,26 @@ def chaos_exit(name: str, run) -> int:
     return 0 if result["passed"] else 1
 
 
+def cmd_chaos_soak(args: argparse.Namespace) -> int:
+    require_ros("chaos soak")
+    from sop_ros.bench.soak import SoakConfig, run
+
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
+    config = SoakConfig(args.hours, args.robots, args.json, args.out, args.learner_config, args.robot_config, tasks,
+                        (args.fault_gap_min, args.fault_gap_max), args.cloud_away_min, seed=args.seed)  # fmt: skip
+
+    def soak() -> dict:
+        report = run(config)
+        failed = [name for name, ok in report["checks"].items() if not ok]
+        print(f"sop chaos soak: {report['hours']:.2f} h, {sum(report['faults_by_kind'].values())} faults "
+              f"({', '.join(f'{k} {n}' for k, n in report['faults_by_kind'].items())}); lost {report['lost']}, "
+              f"duplicated {report['duplicated']} of {report['produced']} episodes; "
+              + (f"failed: {', '.join(failed)}" if failed else "every check passed") + f"; {args.json}")  # fmt: skip
+        return report
+
+    return chaos_exit("soak", soak)
+
+
 def cmd_chaos_stops(args: argparse.Namespace) -> int:
     require_ros("chaos stops")
     from sop_ros.bench.chaos_stops import run
@@ -763,6 +783,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/chaos", metavar="DIR", help="the run (store, outboxes, logs) goes to "
                    "DIR/bridge-<time> (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_chaos_bridge)
+    p = chaos.add_parser("soak", help="the whole loop for hours with faults every few minutes: nothing lost, none "
+                         "stuck, no growth")  # fmt: skip
+    p.add_argument("--hours", type=float, required=True, help="wall hours")
+    p.add_argument("--robots", type=int, default=4, help="(default %(default)s)")
+    p.add_argument("--json", default="results/chaos/soak.json", metavar="FILE",
+                   help="the results; a PNG of every process's memory and threads beside it (default %(default)s)")
+    p.add_argument("--out", default="runs/soak", metavar="DIR", help="the fleet's files (default %(default)s)")
+    p.add_argument("--tasks", default="reach-v3,push-v3", help="(default %(default)s)")
+    p.add_argument("--learner-config", default="config/learner.yaml", help="(default %(default)s)")
+    p.add_argument("--robot-config", default="config/fleet_sim.yaml", help="(default %(default)s)")
+    p.add_argument("--fault-gap-min", type=float, default=3.0, help="minutes between faults, at least (default "
+                   "%(default)s)")  # fmt: skip
+    p.add_argument("--fault-gap-max", type=float, default=6.0, help="and at most (default %(default)s)")
+    p.add_argument("--cloud-away-min", type=float, default=10.0, help="how long the cloud stops answering "
+                   "(default %(default)s)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="of the fault plan (default %(default)s)")
+    p.set_defaults(func=cmd_chaos_soak)
     p = chaos.add_parser("stops", help="stop a robot's whole node set at random moments under CPU load: every "
                          "node must exit 0 within 2 s")  # fmt: skip
     p.add_argument("--json", required=True, metavar="FILE", help="where the results go (a PNG goes beside it)")

@@ -487,7 +487,8 @@ def write_episode(outbox: Path, robot: str, episode_id: str, rng: random.Random)
 
 
 def compare(produced: dict[str, dict[str, str]], store: Path, outbox_root: Path, robot_ids: list[str]) -> dict:
-    """What the store holds against what was produced (robot -> episode id -> sha256); see the module's doc."""
+    """What the store holds against what was produced (robot -> episode id -> sha256, "" where only the
+    episode's presence and robot are checked); see the module's doc."""
     expected = {eid: (robot, sha) for robot, episodes in produced.items() for eid, sha in episodes.items()}
     rows = index_rows(store / "index.sqlite")
     rows_per_id = Counter(row[0] for row in rows)
@@ -503,6 +504,8 @@ def compare(produced: dict[str, dict[str, str]], store: Path, outbox_root: Path,
         if eid not in expected:
             continue
         on_disk = store / path
+        if not expected[eid][1]:
+            expected[eid] = (expected[eid][0], sha256)
         actual = file_sha256(on_disk) if on_disk.is_file() else None
         if (robot, sha256, actual) != (expected[eid][0], expected[eid][1], expected[eid][1]):
             mismatched.append({"episode_id": eid, "robot": robot, "produced": expected[eid][1], "indexed": sha256,

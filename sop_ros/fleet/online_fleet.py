@@ -225,7 +225,7 @@ def block_failure(robot_id: str, log: Path, proc: subprocess.Popen, out: Path) -
 def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minutes: float, block: int, out: Path,
         results: Path | None, bin_minutes: float = 5.0, frozen: bool = False,
         sim_minutes: float = 0.0, seed: int = 0, single_process: bool = True,
-        done: Callable[[], bool] | None = None) -> dict:  # fmt: skip
+        done: Callable[[], bool] | None = None, restart_learner: bool = False) -> dict:  # fmt: skip
     """Run for `minutes` of wall time, or paced (the learner config's pace.steps_per_sim_minute > 0) until the
     fleet's simulated clock reaches `sim_minutes` (the learner stops at its budget for them).
 
@@ -233,7 +233,9 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     collection phase, and the no-learning baseline). `seed`: the learner's, and the fleet's episodes' (the same seed,
     the same run). `single_process`: each robot's nodes share one process (`sop robot
     --single-process`): the same nodes and topics, one interpreter's imports and start-up instead of seven.
-    `done`: asked every second while the fleet runs (e.g. a scenario publishing policies); True ends the run."""
+    `done`: asked every second while the fleet runs (e.g. a scenario publishing policies); True ends the run.
+    `restart_learner`: a learner killed by a signal is started again (it resumes from its checkpoint), as a
+    supervisor would; otherwise, or when it exits by itself (a config error), its stop ends the run."""
     from sop_ros.bridge.artifacts import make_signing_keys
 
     base_learner = load_config(LearnerConfig, learner_yaml)
@@ -270,8 +272,9 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
     interrupt_on_signals()  # Ctrl-C and SIGTERM both stop the fleet and the learner first
     start = time.time()
     cloud = ["cloud"] if frozen else ["learner"]
-    learner_proc = start_logged(sop_command(*cloud, "--config", str(out / "configs" / "learner.yaml")),
-                                out / "logs" / "learner.log")  # fmt: skip
+    learner_cmd = sop_command(*cloud, "--config", str(out / "configs" / "learner.yaml"))
+    learner_proc = start_logged(learner_cmd, out / "logs" / "learner.log")
+    learner_restarts = 0
     blocks = [count(i, robots) for i in range(robots)]  # robot i's blocks: i, i + R, ...: the same every run
     running: dict[str, tuple[Path, subprocess.Popen]] = {}  # robot -> its block's log, its process
     failed: list[dict] = []  # blocks whose robot process exited non-zero (the fleet goes on with the next)
@@ -283,7 +286,12 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
                 if paced and learner_proc.returncode == 0:
                     ended = "learner budget"  # its budget for sim_minutes is spent
                     break
-                raise RuntimeError(f"the learner stopped (exit {learner_proc.returncode}): see {out}/logs/learner.log")
+                if not restart_learner or learner_proc.returncode >= 0:  # a crash is restarted, an error is not
+                    raise RuntimeError(f"the learner stopped (exit {learner_proc.returncode}): see "
+                                       f"{out}/logs/learner.log")  # fmt: skip
+                print(f"fleet run: the learner stopped (exit {learner_proc.returncode}): started again", flush=True)
+                learner_proc = start_logged(learner_cmd, out / "logs" / "learner.log", append=True)
+                learner_restarts += 1
             for i in range(robots):
                 robot_id = f"robot_{i}"
                 if robot_id in running and running[robot_id][1].poll() is None:
@@ -322,7 +330,7 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
         "robots": robots, "tasks": tasks, "seed": seed, "minutes": minutes,
         "sim_minutes": sim_minutes if paced else None,
         "block": block, "wall_minutes": round((time.time() - start) / 60, 2), "ended": ended,
-        "robot_failures": failed,
+        "robot_failures": failed, "learner_restarts": learner_restarts,
         "algorithm": "none (frozen base policy)" if frozen else learner.algorithm,
         "base_policy": base_learner.base_policy,
         "learner": to_dict(learner) | {"store_dir": "store", "checkpoint_dir": "learner"},  # in the run directory

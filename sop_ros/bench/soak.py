@@ -1,0 +1,489 @@
+"""`sop chaos soak`: the whole loop for hours, faults injected at random moments, then every promise checked.
+
+What runs, all on this host (Zenoh on tcp/127.0.0.1, DDS on localhost), in <out>/: `sop fleet run`'s fleet
+(online_fleet.run): the learner (with the cloud's ingest and policy server in its process) training and
+publishing, and R robots, each node a process of its own (`sop robot`), with scripted operators taking over.
+A supervisor's rules hold: a robot whose node dies is started again by the fleet runner, and so is a learner
+that stops (it resumes from its checkpoint). The robots' outbox is a small tmpfs of its own (when this host lets
+it be mounted), so that it can be filled.
+
+Faults, one every few minutes (a seeded plan cycling through them all):
+  robot_node         SIGKILL one node of a random robot (its launcher then stops the robot; the runner starts it)
+  bridge             SIGKILL a random robot's bridge node
+  learner            SIGKILL the learner (and with it the cloud)
+  cloud_away         SIGSTOP the learner for `cloud_away_min`, then SIGCONT: a cloud that stops answering
+  outbox_full        fill the outbox's tmpfs for `outbox_full_min`, then free it
+  bad_announcements  announce a policy signed by another key and an unsigned one, on the fleet's Zenoh
+
+Every `sample_s` it samples each process's resident memory, threads and open files (/proc). At the end:
+  episodes  every episode a recorder finished (its log) is in the store exactly once, or left in the outbox
+  stuck     every robot stored an episode in every `window_min` window, but those that meet a cloud outage
+  learner   it ran again after every kill and published after each
+  forged    no episode ran a version that was announced forged, and every robot refused them
+  growth    per process alive past `warmup_min`: resident memory growth <= `max_growth_per_hour` of its size,
+            threads and open files flat (within `flat_slack`)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from sop_ros.configs import require
+
+FAULTS = ("robot_node", "bridge", "learner", "cloud_away", "outbox_full", "bad_announcements")
+ROBOT_NODES = ("policy", "recorder", "teleop_arbiter", "ingest", "scripted_operator")  # robot_node's targets
+RECORDED = re.compile(r"recorded (\S+)\.mcap: ")
+RECOVERED = re.compile(r"partial episode file (\S+?)\.mcap\S*: recovered")
+DEMOS_PER_TASK = 2
+QUARANTINED = re.compile(r"partial episode file (\S+?)\.mcap\S*: quarantined")
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    hours: float
+    robots: int = 4
+    json: str = "results/chaos/soak.json"
+    out: str = "runs/soak"
+    learner_yaml: str = "config/learner.yaml"
+    robot_yaml: str = "config/fleet_sim.yaml"
+    tasks: tuple[str, ...] = ("reach-v3", "push-v3")
+    fault_gap_min: tuple[float, float] = (3.0, 6.0)  # from one fault's start to the next, uniform
+    cloud_away_min: float = 10.0
+    outbox_full_min: float = 2.0
+    outbox_mb: int = 256
+    sample_s: float = 60.0
+    warmup_min: float = 20.0
+    window_min: float = 10.0
+    max_growth_per_hour: float = 0.05
+    flat_slack: int = 2  # threads or open files may end this many above where they were after the warm-up
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.hours > 0, "hours", self.hours, "must be > 0")
+        require(self.robots >= 1, "robots", self.robots, "must be >= 1")
+        low, high = self.fault_gap_min
+        require(0 < low <= high, "fault_gap_min", self.fault_gap_min, "must be (low, high) with 0 < low <= high")
+        require(self.sample_s > 0, "sample_s", self.sample_s, "must be > 0")
+
+
+@dataclass
+class Fault:
+    at_s: float  # from the start of the run
+    kind: str
+    target: str = ""
+    done: bool = False
+    detail: str = ""
+    ends_s: float | None = None  # a fault with a duration (cloud_away, outbox_full): when it is undone
+
+
+def fault_plan(rng: random.Random, hours: float, gap_min: tuple[float, float], kinds=FAULTS) -> list[Fault]:
+    """Faults at random moments over the run, cycling through `kinds` in a shuffled order (each kind as often as
+    the others), none in the first gap (the fleet's start) or the last 10 minutes (a quarter of a shorter run):
+    time to recover."""
+    order, plan, at = list(kinds), [], 0.0
+    rng.shuffle(order)
+    while True:
+        at += rng.uniform(*gap_min) * 60
+        if at > hours * 3600 - min(600.0, hours * 900):
+            return plan
+        plan.append(Fault(at, order[len(plan) % len(order)]))
+
+
+# -- processes -----------------------------------------------------------------------------------------------
+
+
+def descendants(root: int) -> dict[int, list[str]]:
+    """pid -> command line of every live process under `root` (read from /proc)."""
+    children: dict[int, list[int]] = defaultdict(list)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children[ppid].append(int(entry.name))
+    out, todo = {}, list(children[root])
+    while todo:
+        pid = todo.pop()
+        try:
+            parts = (Path("/proc") / str(pid) / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        out[pid] = [p.decode(errors="replace") for p in parts if p]
+        todo += children[pid]
+    return out
+
+
+def role_of(cmdline: list[str]) -> str | None:
+    """What a process of the fleet is: "learner", "robot_3" (its launcher), "robot_3/policy" (a node), or None."""
+    if "sop_ros.cli" in cmdline:
+        sub = cmdline[cmdline.index("sop_ros.cli") + 1 :]
+        if sub[:1] == ["learner"]:
+            return "learner"
+        if sub[:1] == ["robot"] and "--config" in sub:
+            return Path(sub[sub.index("--config") + 1]).stem.split("_block")[0]
+        return None
+    if "sop_ros.robot.node_process" in cmdline:
+        names = dict(a.split(":=", 1) for a in cmdline if a.startswith(("__node:=", "__ns:=")))
+        return f"{names.get('__ns', '').strip('/')}/{names.get('__node', '?')}"
+    return None
+
+
+def process_sample(pid: int) -> dict | None:
+    """Resident memory (MB), threads and open files of a live process; None once it is gone."""
+    try:
+        status = (Path("/proc") / str(pid) / "status").read_text()
+        fds = len(os.listdir(Path("/proc") / str(pid) / "fd"))
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"]), "fds": fds}
+
+
+# -- checks on plain data --------------------------------------------------------------------------------------
+
+
+def growth(series: list[dict], warmup_s: float, max_per_hour: float, slack: int) -> dict | None:
+    """One process's samples ({t_s, rss_mb, threads, fds}, in time order) after the warm-up: resident memory's
+    least-squares slope as a share of its median per hour, and how far threads and open files rose; None when
+    fewer than 3 samples or 30 minutes are left after the warm-up (too short to say)."""
+    late = [s for s in series if s["t_s"] >= warmup_s]
+    if len(late) < 3 or late[-1]["t_s"] - late[0]["t_s"] < 1800:
+        return None
+    t = np.array([s["t_s"] for s in late]) / 3600
+    rss = np.array([s["rss_mb"] for s in late])
+    per_hour = float(np.polyfit(t, rss, 1)[0] / np.median(rss))
+    rise = {k: late[-1][k] - late[0][k] for k in ("threads", "fds")}
+    ok = per_hour <= max_per_hour and rise["threads"] <= slack and rise["fds"] <= slack
+    return {"hours": round(float(t[-1] - t[0]), 2), "rss_mb": [round(rss[0], 1), round(rss[-1], 1)],
+            "rss_growth_per_hour": round(per_hour, 4), "threads_rise": rise["threads"], "fds_rise": rise["fds"],
+            "ok": ok}  # fmt: skip
+
+
+def stuck_windows(stored_at: dict[str, list[float]], start: float, end: float, outages: list[tuple[float, float]],
+                  window_s: float) -> dict[str, list[float]]:  # fmt: skip
+    """Per robot, the starts (s from `start`) of the `window_s` windows in which it stored no episode. Windows
+    that meet an outage (from, to: a cloud away and the time to drain after it) are not judged: nothing can be
+    stored then."""
+    out = {}
+    for robot, times in stored_at.items():
+        empty, at = [], start
+        while at + window_s <= end:
+            judged = all(at + window_s <= a or at >= b for a, b in outages)
+            if judged and not any(at <= x < at + window_s for x in times):
+                empty.append(round(at - start, 1))
+            at += window_s
+        out[robot] = empty
+    return out
+
+
+def produced_episodes(logs: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """From the robots' logs: robot -> the episode ids its recorder finished or recovered (an empty sha256:
+    only their presence is checked), and the partial files it quarantined."""
+    produced: dict[str, dict[str, str]] = defaultdict(dict)
+    quarantined = []
+    for log in sorted(logs.glob("robot_*_block*.log")):
+        robot = log.stem.split("_block")[0]
+        text = log.read_text(errors="replace")
+        for pattern in (RECORDED, RECOVERED):
+            produced[robot].update({eid: "" for eid in pattern.findall(text)})
+        quarantined += QUARANTINED.findall(text)
+    return dict(produced), quarantined
+
+
+# -- the run ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Soak:
+    """Called every second by the fleet runner: injects the plan's faults, samples the processes."""
+
+    config: SoakConfig
+    outbox: Path
+    plan: list[Fault]
+    rng: random.Random
+    outbox_mounted: bool
+    start: float = field(default_factory=time.monotonic)
+    wall_start: float = field(default_factory=time.time)
+    samples: dict[str, list[dict]] = field(default_factory=lambda: defaultdict(list))  # "role pid" -> samples
+    forged: list[str] = field(default_factory=list)
+    learner_kills: list[float] = field(default_factory=list)  # wall times
+    outages: list[tuple[float, float]] = field(default_factory=list)  # wall times of cloud away
+    _next_sample: float = 0.0
+    _stopped_learner: int | None = None
+
+    def __call__(self) -> bool:
+        now = time.monotonic() - self.start
+        if now >= self._next_sample:
+            self.sample(now)
+            self._next_sample = now + self.config.sample_s
+        for fault in self.plan:
+            if not fault.done and fault.at_s <= now:
+                self.inject(fault)
+                fault.done = True
+            if fault.done and fault.ends_s is not None and fault.ends_s <= now and not fault.detail.endswith("undone"):
+                self.undo(fault)
+        return now >= self.config.hours * 3600
+
+    def processes(self) -> dict[int, str]:
+        return {pid: role for pid, cmd in descendants(os.getpid()).items() if (role := role_of(cmd))}
+
+    def sample(self, now: float) -> None:
+        for pid, role in self.processes().items():
+            if (s := process_sample(pid)) is not None:
+                self.samples[f"{role} {pid}"].append({"t_s": round(now, 1), **s})
+
+    def inject(self, fault: Fault) -> None:
+        procs = self.processes()
+        robots = sorted({r.split("/")[0] for r in procs.values() if r.startswith("robot_")})
+        learner = [pid for pid, role in procs.items() if role == "learner"]
+        now = time.monotonic() - self.start
+        if fault.kind in ("robot_node", "bridge") and robots:
+            robot = self.rng.choice(robots)
+            node = "bridge" if fault.kind == "bridge" else self.rng.choice(ROBOT_NODES)
+            pids = [pid for pid, role in procs.items() if role == f"{robot}/{node}"]
+            fault.target = f"{robot}/{node}"
+            fault.detail = kill(pids, signal.SIGKILL)
+        elif fault.kind == "learner" and learner:
+            fault.target, fault.detail = "learner", kill(learner, signal.SIGKILL)
+            self.learner_kills.append(time.time())
+        elif fault.kind == "cloud_away" and learner and self._stopped_learner is None:
+            fault.target, fault.detail = "learner", kill(learner, signal.SIGSTOP)
+            self._stopped_learner, fault.ends_s = learner[0], now + self.config.cloud_away_min * 60
+            self.outages.append((time.time(), time.time() + self.config.cloud_away_min * 60))
+        elif fault.kind == "outbox_full":
+            fault.target = "outbox"
+            if not self.outbox_mounted:
+                fault.detail = "not injected: the outbox is not a tmpfs of its own (mounting one needs root)"
+            else:
+                fault.detail = f"filled: {fill(self.outbox / 'ballast')} bytes of ballast"
+                fault.ends_s = now + self.config.outbox_full_min * 60
+        elif fault.kind == "bad_announcements":
+            fault.target = "fleet"
+            fault.detail = announce_forged(self.outbox.parent, len(self.forged))
+            self.forged += [f"soak-forged-{len(self.forged)}", f"soak-unsigned-{len(self.forged)}"]
+        else:
+            fault.detail = "not injected: no target running"
+        print(f"sop chaos soak: {now / 60:6.1f} min: {fault.kind} {fault.target}: {fault.detail}", flush=True)
+
+    def undo(self, fault: Fault) -> None:
+        if fault.kind == "cloud_away" and self._stopped_learner is not None:
+            kill([self._stopped_learner], signal.SIGCONT)
+            self._stopped_learner = None
+        elif fault.kind == "outbox_full":
+            (self.outbox / "ballast").unlink(missing_ok=True)
+        fault.detail += "; undone"
+        print(f"sop chaos soak: {(time.monotonic() - self.start) / 60:6.1f} min: {fault.kind} undone", flush=True)
+
+    def release(self) -> None:
+        """Whatever a fault holds is given back (the run is ending, maybe interrupted)."""
+        if self._stopped_learner is not None:
+            kill([self._stopped_learner], signal.SIGCONT)
+            self._stopped_learner = None
+        (self.outbox / "ballast").unlink(missing_ok=True)
+
+
+def kill(pids: list[int], sig: int) -> str:
+    """Send `sig` to processes this run started; what happened, in words."""
+    sent = []
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+            sent.append(pid)
+        except ProcessLookupError:
+            pass
+    return f"{signal.Signals(sig).name} to pid {', '.join(map(str, sent))}" if sent else "not injected: it had ended"
+
+
+def fill(path: Path) -> int:
+    """Write `path` until its file system is full; the bytes written."""
+    written, block = 0, b"\0" * (1 << 20)
+    with open(path, "wb") as f:
+        while True:
+            try:
+                f.write(block)
+                f.flush()
+                written += len(block)
+            except OSError:
+                return written
+
+
+def announce_forged(out: Path, n: int) -> str:
+    """Announce, on the fleet's Zenoh, a policy signed by a key the fleet does not know and an unsigned one."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from sop_ros.bridge.artifacts import PolicyAnnouncement, sign
+    from sop_ros.bridge.protocol import POLICY_ANNOUNCE
+    from sop_ros.bridge.zenoh_session import open_session
+    from sop_ros.configs.bridge import ZenohConfig
+
+    learner = yaml.safe_load((out / "configs" / "learner.yaml").read_text())
+    endpoint = learner["ingest"]["zenoh"]["listen"][0]
+    forged = sign(PolicyAnnouncement(f"soak-forged-{n}", "0" * 64, 1024, time.time() + 3600),
+                  Ed25519PrivateKey.generate())  # fmt: skip
+    unsigned = PolicyAnnouncement(f"soak-unsigned-{n}", "0" * 64, 1024, time.time() + 3600)
+    # As a client: the cloud routes a client's puts to the robots connected to it (a peer's it would not).
+    session = open_session(ZenohConfig(connect=(endpoint,), mode="client"))
+    try:
+        for announcement in (forged, unsigned):
+            session.put(POLICY_ANNOUNCE, announcement.encode())
+        time.sleep(1.0)
+    finally:
+        session.close()
+    return f"announced {forged.version} (another key) and {unsigned.version} (no signature)"
+
+
+def mount_outbox(path: Path, size_mb: int) -> str:
+    """A tmpfs of `size_mb` at `path`; "" when mounted, else why not."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(path)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    return "" if done.returncode == 0 else (done.stderr.strip() or f"mount exited {done.returncode}")
+
+
+def run(config: SoakConfig) -> dict:
+    from sop_ros.bench.chaos_bridge import code_version, compare
+    from sop_ros.cloud.episode_store import indexed_episodes
+    from sop_ros.fleet.demo import record_demos
+    from sop_ros.fleet.online_fleet import run as fleet_run
+    from sop_ros.host import machine
+
+    out = Path(config.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / "base.pt"
+    if not base.exists():  # the soak's policy: untrained (what it does does not matter here, that it runs does)
+        from sop_ros.configs.model import ModelConfig
+        from sop_ros.model.vla import VLAPolicy, save_checkpoint
+
+        save_checkpoint(base, VLAPolicy(ModelConfig()).eval(), version="soak-base", cameras=["corner", "topview"])
+    demos = out / "demos"  # the learner mixes demonstrations in: a few, recorded once
+    record_demos(demos, list(config.tasks), DEMOS_PER_TASK, say="sop chaos soak: ")
+    learner_yaml = out / "soak_learner.yaml"
+    learner_yaml.write_text(yaml.safe_dump(yaml.safe_load(Path(config.learner_yaml).read_text())
+                                           | {"base_policy": str(base), "demos_dir": str(demos)}, sort_keys=False))
+    fleet_dir = out / "fleet"
+    outbox = fleet_dir / "outbox"  # the fleet runner's robots record into <its out>/outbox
+    why_not = mount_outbox(outbox, config.outbox_mb)
+    rng = random.Random(config.seed)
+    soak = Soak(config, outbox, fault_plan(rng, config.hours, config.fault_gap_min), rng, not why_not)
+    print(f"sop chaos soak: {config.hours:g} h, {config.robots} robots, {len(soak.plan)} faults planned -> {out}"
+          + (f" (outbox on the disk: {why_not})" if why_not else ""), flush=True)  # fmt: skip
+    try:
+        fleet = fleet_run(str(learner_yaml), config.robot_yaml, list(config.tasks), config.robots,
+                          config.hours * 60 + 60, 100_000, fleet_dir, None, single_process=False, done=soak,
+                          restart_learner=True)  # fmt: skip
+    finally:
+        soak.release()
+        left = sorted(str(p.relative_to(outbox)) for p in outbox.rglob("*.mcap*"))
+        if not why_not:  # what is left there is kept before the tmpfs goes
+            subprocess.run(["cp", "-a", f"{outbox}/.", str(out / "outbox-left")], check=False)
+            subprocess.run(["umount", str(outbox)], check=False)
+    end = time.time()
+    produced, quarantined = produced_episodes(fleet_dir / "logs")
+    robots = [f"robot_{i}" for i in range(config.robots)]
+    produced = {r: produced.get(r, {}) for r in robots}
+    left_root = out / "outbox-left" if not why_not else outbox
+    audit = compare(produced, fleet_dir / "store", left_root, robots)
+    # Not stored but still there, with why: the bridge's queue when the fleet stopped, or refused by the cloud.
+    waiting = {eid: where_left(left_root, robot, eid) for robot, ids in produced.items() for eid in ids
+               if eid in audit["lost_where"] and audit["lost_where"][eid] != "nowhere"}  # fmt: skip
+    lost = sorted(set(audit["lost_ids"]) - set(waiting))
+    stored = indexed_episodes(fleet_dir / "store")
+    stored_at = {r: [e.stored_at for e in stored if e.robot_id == r] for r in robots}
+    outages = [(a, b + config.window_min * 60) for a, b in soak.outages]
+    stuck = stuck_windows(stored_at, soak.wall_start + config.warmup_min * 60, end, outages, config.window_min * 60)
+    versions = {e.policy_version for e in stored}
+    logs = "".join(p.read_text(errors="replace") for p in sorted((fleet_dir / "logs").glob("robot_*.log")))
+    learner_log = (fleet_dir / "logs" / "learner.log").read_text(errors="replace")
+    published = [json.loads(p.read_text()).get("created", 0) for p in (fleet_dir / "policies").glob("*.json")]
+    growths = {key: g for key, series in soak.samples.items()
+               if (g := growth(series, config.warmup_min * 60, config.max_growth_per_hour, config.flat_slack))}
+    checks = {
+        "episodes": not lost and not audit["duplicated_ids"],
+        "none_stuck": not any(stuck.values()),
+        "learner_resumed_and_published": all(any(t > k for t in published) for k in soak.learner_kills),
+        "no_forged_policy_ran": not versions & set(soak.forged),
+        "forged_refused": logs.count("announcement refused") >= len(soak.forged),  # each by a robot at least
+        "no_growth": all(g["ok"] for g in growths.values()),
+    }
+    report = {
+        "command": command_line(config), "machine": machine(), "code": code_version(), "config": asdict(config),
+        "hours": round((end - soak.wall_start) / 3600, 3), "robots": config.robots,
+        "lost": len(lost), "duplicated": len(audit["duplicated_ids"]), "lost_ids": lost,
+        "produced": sum(len(p) for p in produced.values()), "stored": audit["stored"], "not_stored_but_kept": waiting,
+        "quarantined_partial_files": quarantined, "files_left_in_outbox": left,
+        "faults": [asdict(f) for f in soak.plan if f.done], "faults_by_kind": _count(soak.plan),
+        "outbox_tmpfs": not why_not, "learner_restarts": fleet.get("learner_restarts", 0),
+        "learner_kills": len(soak.learner_kills), "policies_published": len(published),
+        "forged_versions": soak.forged, "stuck_windows": stuck, "growth": growths, "checks": checks,
+        "passed": all(checks.values()), "audit": audit, "fleet_episodes": fleet.get("episodes"),
+        "learner_tracebacks": learner_log.count("Traceback"),
+    }  # fmt: skip
+    path = Path(config.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    (path.parent / "soak_samples.json").write_text(json.dumps(soak.samples) + "\n")
+    plot(soak.samples, path.with_suffix(".png"), config.warmup_min)
+    return report
+
+
+def where_left(outbox: Path, robot: str, episode_id: str) -> str:
+    """Why an episode the store lacks is still on its robot: refused by the cloud (its reason), or queued."""
+    reason = outbox / robot / "rejected" / f"{episode_id}.mcap.reason.txt"
+    if reason.exists():
+        return f"refused by the cloud: {reason.read_text().strip()}"
+    if (outbox / robot / f"{episode_id}.mcap").exists():
+        return "in the outbox, queued for upload when the fleet stopped"
+    return "a file in the store not indexed, or a partial upload"
+
+
+def _count(plan: list[Fault]) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for f in plan:
+        if f.done and not f.detail.startswith("not injected"):
+            counts[f.kind] += 1
+    return dict(counts)
+
+
+def command_line(config: SoakConfig) -> str:
+    return f"sop chaos soak --hours {config.hours:g} --robots {config.robots} --json {config.json} --seed {config.seed}"
+
+
+def plot(samples: dict[str, list[dict]], path: Path, warmup_min: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (rss, threads) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    roles = sorted({key.split()[0] for key in samples})
+    colour = {role: plt.get_cmap("tab20")(i % 20) for i, role in enumerate(roles)}  # one per role, across restarts
+    labelled = set()
+    for key, series in sorted(samples.items()):
+        role = key.split()[0]
+        t = [s["t_s"] / 60 for s in series]
+        label = None if role in labelled else role
+        labelled.add(role)
+        rss.plot(t, [s["rss_mb"] for s in series], linewidth=0.8, marker=".", color=colour[role], label=label)
+        threads.plot(t, [s["threads"] for s in series], linewidth=0.8, marker=".", color=colour[role])
+    for ax in (rss, threads):
+        ax.axvline(warmup_min, color="grey", linestyle=":")
+    rss.set(ylabel="resident memory (MB)", title="every process of the fleet (a restart starts a new line; dotted: "
+            "the warm-up's end)")  # fmt: skip
+    threads.set(xlabel="minutes", ylabel="threads")
+    rss.legend(fontsize=6, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

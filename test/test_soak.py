@@ -1,0 +1,95 @@
+"""`sop chaos soak`'s decisions on plain data: the fault plan, whose process is whose, and the end checks."""
+
+import os
+import random
+import subprocess
+import sys
+import time
+
+from sop_ros.bench.soak import (
+    FAULTS,
+    descendants,
+    fault_plan,
+    growth,
+    process_sample,
+    produced_episodes,
+    role_of,
+    stuck_windows,
+)
+
+TIER = "unit"  # what the tests need: conftest.TIERS
+
+
+def test_the_plan_cycles_through_every_fault_and_leaves_time_to_recover():
+    plan = fault_plan(random.Random(3), hours=2.0, gap_min=(3.0, 6.0))
+    gaps = [b.at_s - a.at_s for a, b in zip(plan, plan[1:], strict=False)]
+    assert all(180 <= g <= 360 for g in gaps) and 180 <= plan[0].at_s <= 360
+    assert plan[-1].at_s <= 2 * 3600 - 600  # the last 10 minutes: recovery only
+    assert len(plan) >= 2 * 3600 // 360 - 2  # 7200 s - 600 s at gaps of 180-360 s: 18-36 faults
+    kinds = [f.kind for f in plan]
+    assert set(kinds[: len(FAULTS)]) == set(FAULTS)  # each kind once before any twice
+    assert max(kinds.count(k) for k in FAULTS) - min(kinds.count(k) for k in FAULTS) <= 1
+    assert [f.at_s for f in fault_plan(random.Random(3), 2.0, (3.0, 6.0))] == [f.at_s for f in plan]  # seeded
+    short = fault_plan(random.Random(0), hours=0.2, gap_min=(1.0, 1.5))  # 12 min: the last quarter is left
+    assert short and short[-1].at_s <= 0.2 * 3600 * 0.75
+
+
+def test_each_process_of_the_fleet_is_known_by_its_command_line():
+    python = "/venv/bin/python"
+    assert role_of([python, "-m", "sop_ros.cli", "learner", "--config", "/r/configs/learner.yaml"]) == "learner"
+    assert role_of([python, "-m", "sop_ros.cli", "robot", "--config", "/r/configs/robot_3_block007.yaml"]) == "robot_3"
+    node = [python, "-m", "sop_ros.robot.node_process", "sop_ros.robot.policy_node", "--ros-args", "-r",
+            "__node:=policy", "-r", "__ns:=/robot_3", "--params-file", "/tmp/x/robot_3_policy.yaml"]  # fmt: skip
+    assert role_of(node) == "robot_3/policy"
+    assert role_of([python, "-m", "sop_ros.cli", "ingest"]) is None and role_of(["bash", "-c", "true"]) is None
+
+
+def test_a_child_is_found_under_this_process_and_sampled():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 10
+        while child.pid not in descendants(os.getpid()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert descendants(os.getpid())[child.pid][1:] == ["-c", "import time; time.sleep(30)"]
+        sample = process_sample(child.pid)
+        assert sample["rss_mb"] > 1 and sample["threads"] >= 1 and sample["fds"] >= 3
+    finally:
+        child.kill()
+        child.wait()
+    assert process_sample(child.pid) is None
+
+
+def test_growth_is_the_resident_memory_slope_after_the_warm_up_and_threads_or_files_that_rose():
+    # 100 MB growing 2 MB an hour (2% of its median an hour), sampled every 10 min for 2 h after a 20-min warm-up
+    # in which it grew fast; threads flat; open files up by 3.
+    series = [{"t_s": 600 * k, "rss_mb": 50 + 25 * k if k < 2 else 100 + 2 * (600 * k - 1200) / 3600,
+               "threads": 12, "fds": 30 + (3 if k > 10 else 0)} for k in range(15)]  # fmt: skip
+    g = growth(series, warmup_s=1200, max_per_hour=0.05, slack=2)
+    assert abs(g["rss_growth_per_hour"] - 2 / 102) < 1e-4 and g["threads_rise"] == 0 and g["fds_rise"] == 3
+    assert not g["ok"]  # the open files rose past the slack
+    assert growth(series, warmup_s=1200, max_per_hour=0.05, slack=3)["ok"]
+    assert not growth(series, warmup_s=1200, max_per_hour=0.01, slack=3)["ok"]  # 2% an hour is over 1%
+    assert growth(series[:4], warmup_s=1200, max_per_hour=0.05, slack=3) is None  # 20 min after it: too short
+
+
+def test_a_robot_is_stuck_in_a_window_with_no_episode_unless_the_cloud_was_away():
+    start, end = 1000.0, 1000.0 + 3600  # six 10-minute windows
+    stored = {"robot_0": [1000 + 60 * m for m in range(0, 60, 3)],  # an episode every 3 minutes
+              "robot_1": [1100.0, 1700.0, 4000.0]}  # none from minute 20 to 50  # fmt: skip
+    assert stuck_windows(stored, start, end, [], 600) == {"robot_0": [], "robot_1": [1200.0, 1800.0, 2400.0]}
+    # The cloud away from minute 41 to 45, and a window to drain: the windows at 40 and 50 are not judged.
+    away = [(start + 41 * 60, start + 45 * 60 + 600)]
+    assert stuck_windows(stored, start, end, away, 600) == {"robot_0": [], "robot_1": [1200.0, 1800.0]}
+
+
+def test_what_the_recorders_finished_is_read_from_the_robots_logs(tmp_path):
+    (tmp_path / "robot_0_block000.log").write_text(
+        "[recorder]: recorded robot_0-20261206-0001.mcap: 900 messages, 1 bytes, success\n"
+        "[recorder]: partial episode file robot_0-20261206-0002.mcap.part: recovered (40 messages)\n"
+        "[recorder]: partial episode file robot_0-20261206-0003.mcap.part: quarantined (0 messages) unreadable\n"
+    )  # fmt: skip
+    (tmp_path / "robot_0_block001.log").write_text("[recorder]: recorded robot_0-20261206-0004.mcap: 2 messages\n")
+    (tmp_path / "learner.log").write_text("recorded nothing.mcap: \n")
+    produced, quarantined = produced_episodes(tmp_path)
+    assert produced == {"robot_0": {f"robot_0-20261206-000{i}": "" for i in (1, 2, 4)}}
+    assert quarantined == ["robot_0-20261206-0003"]
