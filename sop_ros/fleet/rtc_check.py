@@ -9,9 +9,9 @@ does), blend, ensemble and rtc. Every arm replans every `replan_steps` (short en
 ready before the running one ends at the longest delay) on the same seeds. Per arm: success per task with a 95%
 Wilson interval, and what each seam cost in motion: the largest change of the commanded action over the
 `replan_steps` ticks from a new chunk's first use (chunks.seam_changes; the same window for every arm, so a
-blend's spread-out takeover counts in full), as the median and 90th percentile over all seams. rtc against each
-other arm at each delay: success by a two-proportion z-test, seams by a Mann-Whitney U test, over the pooled
-tasks. Each arm is kept in `out` as it ends: a run stopped midway goes on from the next arm.
+blend's spread-out takeover counts in full), as the median, 90th percentile and largest over all seams. rtc
+against each other arm at each delay: success by a two-proportion z-test, seams by a Mann-Whitney U test, over
+the pooled tasks. Each arm is kept in `out` as it ends: a run stopped midway goes on from the next arm.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def rtc_check(config: RtcCheckConfig) -> dict:
             if saved.get("made_by") != made_by:
                 saved = {"made_by": made_by, **run_arm(name, delay_ms, base, path, units, config)}
                 arm_file.write_text(json.dumps(saved) + "\n")
-            arm = arms[key] = saved["arm"]
             seams[key] = saved["seams"]
+            arm = arms[key] = saved["arm"] | seam_stats(saved["seams"])
             print(f"rtc-check: {name} at {delay_ms:g} ms: {arm['success']:.1%}, seam change median "
                   f"{arm['seam_median']:.3f}, 90th percentile {arm['seam_p90']:.3f}", flush=True)  # fmt: skip
     report = {"command": command_line(config), "policy": loaded.version, "control_hz": control_hz,
@@ -114,7 +114,7 @@ def run_arm(name: str, delay_ms: float, base, path: Path, units: list, config: R
     steps = delay_steps(delay_ms, base.nodes.sim_robot.control_hz)
     episodes = [e for run in run_units(str(path), arm_base, units, config.workers, delay_steps=steps) for e in run]
     changes = [c for e in episodes for c in seam_changes(e.action_changes, e.takeovers, config.replan_steps)]
-    return {"arm": arm_summary(name, delay_ms, steps, episodes, config.tasks, changes), "seams": changes}
+    return {"arm": arm_summary(name, delay_ms, steps, episodes, config.tasks), "seams": changes}
 
 
 def delay_steps(delay_ms: float, control_hz: float) -> int:
@@ -122,18 +122,23 @@ def delay_steps(delay_ms: float, control_hz: float) -> int:
     return math.ceil(delay_ms * control_hz / 1000 - 1e-9)
 
 
-def arm_summary(mode: str, delay_ms: float, steps: int, episodes: list, tasks: tuple[str, ...],
-                seams: list[float]) -> dict:  # fmt: skip
-    """An arm's success (pooled and per task) and its seams' changes (median, 90th percentile; NaN: no seam)."""
+def arm_summary(mode: str, delay_ms: float, steps: int, episodes: list, tasks: tuple[str, ...]) -> dict:
+    """An arm's success, pooled and per task."""
     from sop_ros.fleet.proportions import Rate
 
     def rate(chosen: list) -> dict:
         return Rate(sum(e.success for e in chosen), len(chosen)).as_dict()
 
-    pooled, changes = rate(episodes), np.array(seams or [np.nan])
+    pooled = rate(episodes)
     return {"mode": mode, "delay_ms": delay_ms, "delay_steps": steps, "success": pooled["rate"], "pooled": pooled,
-            "tasks": {t: rate([e for e in episodes if e.task == t]) for t in tasks}, "seams": len(seams),
-            "seam_median": float(np.median(changes)), "seam_p90": float(np.quantile(changes, 0.9))}  # fmt: skip
+            "tasks": {t: rate([e for e in episodes if e.task == t]) for t in tasks}}  # fmt: skip
+
+
+def seam_stats(seams: list[float]) -> dict:
+    """What an arm's seams cost: how many, their change's median, 90th percentile and largest (NaN: no seam)."""
+    changes = np.array(seams or [np.nan])
+    return {"seams": len(seams), "seam_median": float(np.median(changes)),
+            "seam_p90": float(np.quantile(changes, 0.9)), "seam_max": float(changes.max())}  # fmt: skip
 
 
 def comparisons(arms: dict, seams: dict[str, list[float]], delays_ms: tuple[float, ...],
@@ -179,15 +184,16 @@ def write(report: dict, results: Path) -> None:
              "used from the delay's end. Switch: each chunk takes over at once, without a prefix (what rtc does "
              "without one). Intervals: 95% Wilson. Seam change: the largest change of the commanded action (over "
              f"its dimensions, robot units) in the {report['replan_steps']} ticks from a new chunk's first use, "
-             "median and 90th percentile over all seams.", "",
-             "| delay | arm | success | 95% interval | " + " | ".join(tasks) + " | seams | seam change median | p90 |",
-             "|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|"]  # fmt: skip
+             "median, 90th percentile and largest over all seams.", "",
+             "| delay | arm | success | 95% interval | " + " | ".join(tasks)
+             + " | seams | seam change median | p90 | largest |",
+             "|---|---|---|---|" + "---|" * len(tasks) + "---|---|---|---|"]  # fmt: skip
     for arm in report["arms"].values():
         low, high = arm["pooled"]["interval"]
         per_task = " | ".join(f"{r['successes']}/{r['episodes']}" for r in arm["tasks"].values())
         lines.append(f"| {arm['delay_ms']:g} ms ({arm['delay_steps']} steps) | {arm['mode']} | "
                      f"{arm['success']:.1%} | {low:.1%}-{high:.1%} | {per_task} | {arm['seams']} | "
-                     f"{arm['seam_median']:.3f} | {arm['seam_p90']:.3f} |")  # fmt: skip
+                     f"{arm['seam_median']:.3f} | {arm['seam_p90']:.3f} | {arm['seam_max']:.3f} |")  # fmt: skip
     lines += ["", "rtc against the others, pooled over the tasks: success by a two-proportion z-test; seam changes by "
               "a two-sided Mann-Whitney U test at 0.05:", ""]  # fmt: skip
     lines += [f"- {c['delay_ms']:g} ms, against {c['against']}: success {c['text']}; seam change median "
