@@ -14,6 +14,7 @@ from sop_ros.bench.soak import (
     process_sample,
     produced_episodes,
     role_of,
+    sensor_gaps_seen,
     stuck_windows,
 )
 
@@ -93,3 +94,14 @@ def test_what_the_recorders_finished_is_read_from_the_robots_logs(tmp_path):
     produced, quarantined = produced_episodes(tmp_path)
     assert produced == {"robot_0": {f"robot_0-20261206-000{i}": "" for i in (1, 2, 4)}}
     assert quarantined == ["robot_0-20261206-0003"]
+
+
+def test_a_sensor_gap_is_seen_when_the_robot_held_within_it_and_resumed_after_it():
+    logs = {"robot_0": "[WARN] [1000.200000000] [robot_0.ingest]: stale sensors, the policy holds: camera corner\n"
+                       "[INFO] [1003.500000000] [robot_0.ingest]: sensors fresh again\n",
+            "robot_1": "[WARN] [990.000000000] [robot_1.ingest]: stale sensors, the policy holds: camera corner\n"
+                       "[INFO] [991.000000000] [robot_1.ingest]: sensors fresh again\n"}  # fmt: skip
+    seen = sensor_gaps_seen(logs, [("robot_0", 1000.0, 1003.0), ("robot_1", 1000.0, 1003.0)])
+    assert seen[0] == {"robot": "robot_0", "off": 1000.0, "on": 1003.0, "held_after_s": 0.2, "fresh_after_s": 0.5,
+                       "ok": True}  # fmt: skip
+    assert not seen[1]["ok"] and seen[1]["held_after_s"] is None  # robot_1's hold came before its gap

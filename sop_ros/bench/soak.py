@@ -14,12 +14,15 @@ Faults, one every few minutes (a seeded plan cycling through them all):
   cloud_away         SIGSTOP the learner for `cloud_away_min`, then SIGCONT: a cloud that stops answering
   outbox_full        fill the outbox's tmpfs for `outbox_full_min`, then free it
   bad_announcements  announce a policy signed by another key and an unsigned one, on the fleet's Zenoh
+  sensor_gap         a random robot's cameras stop for `sensor_gap_s` (its simulator's ~/cameras_on service)
 
 Every `sample_s` it samples each process's resident memory, threads and open files (/proc). At the end:
   episodes  every episode a recorder finished (its log) is in the store exactly once, or left in the outbox
   stuck     every robot stored an episode in every `window_min` window, but those that meet a cloud outage
   learner   it ran again after every kill and published after each
   forged    no episode ran a version that was announced forged, and every robot refused them
+  sensors   after each sensor gap, that robot's ingest flagged its sensors stale (the policy holds) within the
+            gap and said them fresh again after it, by itself
   growth    per process alive past `warmup_min`: resident memory growth <= `max_growth_per_hour` of its size,
             threads and open files flat (within `flat_slack`)
 """
@@ -42,11 +45,13 @@ import yaml
 
 from sop_ros.configs import require
 
-FAULTS = ("robot_node", "bridge", "learner", "cloud_away", "outbox_full", "bad_announcements")
+FAULTS = ("robot_node", "bridge", "learner", "cloud_away", "outbox_full", "bad_announcements", "sensor_gap")
 ROBOT_NODES = ("policy", "recorder", "teleop_arbiter", "ingest", "scripted_operator")  # robot_node's targets
 RECORDED = re.compile(r"recorded (\S+)\.mcap: ")
 RECOVERED = re.compile(r"partial episode file (\S+?)\.mcap\S*: recovered")
 DEMOS_PER_TASK = 2
+STALE = re.compile(r"\[(\d+\.\d+)\] \[\S+\.ingest\]: stale sensors, the policy holds")
+FRESH = re.compile(r"\[(\d+\.\d+)\] \[\S+\.ingest\]: sensors fresh again")
 QUARANTINED = re.compile(r"partial episode file (\S+?)\.mcap\S*: quarantined")
 
 
@@ -62,6 +67,7 @@ class SoakConfig:
     fault_gap_min: tuple[float, float] = (3.0, 6.0)  # from one fault's start to the next, uniform
     cloud_away_min: float = 10.0
     outbox_full_min: float = 2.0
+    sensor_gap_s: float = 3.0  # wall time; a lockstep simulator here runs at about half real time: over 1 s of its own
     outbox_mb: int = 256
     sample_s: float = 60.0
     warmup_min: float = 20.0
@@ -189,6 +195,23 @@ def stuck_windows(stored_at: dict[str, list[float]], start: float, end: float, o
     return out
 
 
+def sensor_gaps_seen(logs_text: dict[str, str], gaps: list[tuple[str, float, float]],
+                     slack_s: float = 2.0) -> list[dict]:  # fmt: skip
+    """Per sensor gap (robot, wall time off, on): whether that robot's ingest said its sensors were stale between
+    the gap's start and `slack_s` after its end, and fresh again after that (its log lines' wall stamps)."""
+    out = []
+    for robot, off, on in gaps:
+        text = logs_text.get(robot, "")
+        stale = [float(t) for t in STALE.findall(text)]
+        fresh = [float(t) for t in FRESH.findall(text)]
+        held = [t for t in stale if off <= t <= on + slack_s]
+        resumed = [t for t in fresh if held and t >= held[0]]
+        out.append({"robot": robot, "off": off, "on": on, "held_after_s": round(held[0] - off, 3) if held else None,
+                    "fresh_after_s": round(resumed[0] - on, 3) if resumed else None,
+                    "ok": bool(held and resumed)})  # fmt: skip
+    return out
+
+
 def produced_episodes(logs: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
     """From the robots' logs: robot -> the episode ids its recorder finished or recovered (an empty sha256:
     only their presence is checked), and the partial files it quarantined."""
@@ -221,8 +244,10 @@ class Soak:
     forged: list[str] = field(default_factory=list)
     learner_kills: list[float] = field(default_factory=list)  # wall times
     outages: list[tuple[float, float]] = field(default_factory=list)  # wall times of cloud away
+    sensor_gaps: list[tuple[str, float, float]] = field(default_factory=list)  # robot, wall time off, on
     _next_sample: float = 0.0
     _stopped_learner: int | None = None
+    _ros: object = None  # a node of this process, made at the first sensor gap (rclpy)
 
     def __call__(self) -> bool:
         now = time.monotonic() - self.start
@@ -270,6 +295,11 @@ class Soak:
             else:
                 fault.detail = f"filled: {fill(self.outbox / 'ballast')} bytes of ballast"
                 fault.ends_s = now + self.config.outbox_full_min * 60
+        elif fault.kind == "sensor_gap" and robots:
+            fault.target = self.rng.choice(robots)
+            fault.detail = self.cameras(fault.target, on=False)
+            fault.ends_s = now + self.config.sensor_gap_s
+            self.sensor_gaps.append((fault.target, time.time(), time.time() + self.config.sensor_gap_s))
         elif fault.kind == "bad_announcements":
             fault.target = "fleet"
             fault.detail = announce_forged(self.outbox.parent, len(self.forged))
@@ -278,8 +308,31 @@ class Soak:
             fault.detail = "not injected: no target running"
         print(f"sop chaos soak: {now / 60:6.1f} min: {fault.kind} {fault.target}: {fault.detail}", flush=True)
 
+    def cameras(self, robot: str, on: bool) -> str:
+        """Switch a robot's simulated cameras through its simulator's service; what happened, in words."""
+        import rclpy
+        from std_srvs.srv import SetBool
+
+        if self._ros is None:
+            rclpy.init()
+            self._ros = rclpy.create_node("soak_faults")
+        client = self._ros.create_client(SetBool, f"/{robot}/sim_robot/cameras_on")
+        try:
+            if not client.wait_for_service(timeout_sec=5.0):
+                return "not injected: no cameras_on service"
+            future = client.call_async(SetBool.Request(data=on))
+            rclpy.spin_until_future_complete(self._ros, future, timeout_sec=5.0)
+            return future.result().message if future.done() else "not injected: no answer in 5 s"
+        finally:
+            self._ros.destroy_client(client)
+
     def undo(self, fault: Fault) -> None:
-        if fault.kind == "cloud_away" and self._stopped_learner is not None:
+        if fault.kind == "sensor_gap":
+            fault.detail += f"; {self.cameras(fault.target, on=True)}"
+            for i, (robot, off, _) in enumerate(self.sensor_gaps):
+                if robot == fault.target and off <= time.time():
+                    self.sensor_gaps[i] = (robot, off, time.time())  # when it really ended
+        elif fault.kind == "cloud_away" and self._stopped_learner is not None:
             kill([self._stopped_learner], signal.SIGCONT)
             self._stopped_learner = None
         elif fault.kind == "outbox_full":
@@ -293,6 +346,15 @@ class Soak:
             kill([self._stopped_learner], signal.SIGCONT)
             self._stopped_learner = None
         (self.outbox / "ballast").unlink(missing_ok=True)
+        for fault in self.plan:
+            if fault.kind == "sensor_gap" and fault.done and not fault.detail.endswith("undone"):
+                self.undo(fault)
+        if self._ros is not None:
+            import rclpy
+
+            self._ros.destroy_node()
+            rclpy.try_shutdown()
+            self._ros = None
 
 
 def kill(pids: list[int], sig: int) -> str:
@@ -405,7 +467,10 @@ def run(config: SoakConfig) -> dict:
     outages = [(a, b + config.window_min * 60) for a, b in soak.outages]
     stuck = stuck_windows(stored_at, soak.wall_start + config.warmup_min * 60, end, outages, config.window_min * 60)
     versions = {e.policy_version for e in stored}
-    logs = "".join(p.read_text(errors="replace") for p in sorted((fleet_dir / "logs").glob("robot_*.log")))
+    per_robot_logs = {r: "".join(p.read_text(errors="replace") for p in sorted((fleet_dir / "logs").glob(f"{r}_*.log")))
+                      for r in robots}  # fmt: skip
+    logs = "".join(per_robot_logs.values())
+    sensors = sensor_gaps_seen(per_robot_logs, soak.sensor_gaps)
     learner_log = (fleet_dir / "logs" / "learner.log").read_text(errors="replace")
     published = [json.loads(p.read_text()).get("created", 0) for p in (fleet_dir / "policies").glob("*.json")]
     growths = {key: g for key, series in soak.samples.items()
@@ -417,6 +482,7 @@ def run(config: SoakConfig) -> dict:
         "no_forged_policy_ran": not versions & set(soak.forged),
         "forged_refused": logs.count("announcement refused") >= len(soak.forged),  # each by a robot at least
         "no_growth": all(g["ok"] for g in growths.values()),
+        "stale_sensors_held_and_resumed": all(g["ok"] for g in sensors),
     }
     report = {
         "command": command_line(config), "machine": machine(), "code": code_version(), "config": asdict(config),
@@ -427,7 +493,8 @@ def run(config: SoakConfig) -> dict:
         "faults": [asdict(f) for f in soak.plan if f.done], "faults_by_kind": _count(soak.plan),
         "outbox_tmpfs": not why_not, "learner_restarts": fleet.get("learner_restarts", 0),
         "learner_kills": len(soak.learner_kills), "policies_published": len(published),
-        "forged_versions": soak.forged, "stuck_windows": stuck, "growth": growths, "checks": checks,
+        "forged_versions": soak.forged, "sensor_gaps": sensors, "stuck_windows": stuck, "growth": growths,
+        "checks": checks,
         "passed": all(checks.values()), "audit": audit, "fleet_episodes": fleet.get("episodes"),
         "learner_tracebacks": learner_log.count("Traceback"),
     }  # fmt: skip

@@ -24,6 +24,7 @@ from rclpy.qos import QoSProfile
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float64MultiArray, Header
+from std_srvs.srv import SetBool
 
 from sop_ros.bridge.pace import RobotPace
 from sop_ros.configs.robot import SimRobotConfig
@@ -81,6 +82,7 @@ class SimRobotNode(Node):
         self._first_reset = None  # lockstep: the reset shown while waiting for the first answer
         self._abort_requested = threading.Event()
         self._labelled: set[str] = set()  # episodes an operator has labelled
+        self._cameras_on = True  # false: a sensor fault, injected through ~/cameras_on (fault tests)
 
         self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.STREAM)
         self.executed_pub = self.create_publisher(JointState, topics.EXECUTED_COMMAND, topics.STREAM)
@@ -99,6 +101,10 @@ class SimRobotNode(Node):
         command_type = commands.MESSAGE_TYPES[cfg.command_interface]
         self.create_subscription(command_type, topics.ROBOT_COMMAND, self.on_command, topics.LATEST)
         self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
+        # A sensor fault on demand: false stops every camera (the simulation, clock and joint states go on), true
+        # restarts them. What a robot does without images (its ingest flags them stale, its policy holds) is then
+        # seen end to end (`sop chaos soak`).
+        self.create_service(SetBool, "~/cameras_on", self.on_cameras_on)
         self._stop = threading.Event()
         self._driver = threading.Thread(target=self.drive, name="sim_driver", daemon=True)
         self._driver.start()
@@ -302,7 +308,15 @@ class SimRobotNode(Node):
         )
         self.state_pub.publish(Float64MultiArray(data=sim_state(state, applied)))
 
+    def on_cameras_on(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        self._cameras_on = bool(request.data)
+        response.success, response.message = True, f"cameras {'on' if request.data else 'off'}"
+        self.get_logger().warning(f"fault injection: {response.message}")
+        return response
+
     def publish_images(self) -> None:
+        if not self._cameras_on:
+            return
         cfg = self.config
         for cam, pubs in self.image_pubs.items():
             msgs = image_messages(self.sim.render(cam), self.header(cam), cfg.image_transport, cfg.jpeg_quality)
