@@ -475,7 +475,7 @@ def chaos_exit(name: str, run) -> int:
 
 def cmd_chaos_soak(args: argparse.Namespace) -> int:
     require_ros("chaos soak")
-    from sop_ros.bench.soak import SoakConfig, run
+    from sop_ros.fleet.soak import SoakConfig, run
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     config = SoakConfig(args.hours, args.robots, args.json, args.out, args.learner_config, args.robot_config, tasks,

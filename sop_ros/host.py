@@ -85,3 +85,18 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGINT, timeout_s: fl
         except subprocess.TimeoutExpired:
             proc.kill()
     return proc.wait()
+
+
+def code_version() -> dict:
+    """The commit the code under test is at, and its files changed since (results taken on a working tree)."""
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                                  text=True, timeout=10, check=False)  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout if done.returncode == 0 else ""
+
+    changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
+    return {"commit": git("rev-parse", "HEAD").strip(), "changed_since": sorted(changed)}

@@ -7,12 +7,13 @@ import shutil
 
 import pytest
 
-from sop_ros.bench.chaos_bridge import compare, run, write_episode
+from sop_ros.bench.chaos_bridge import run, write_episode
 from sop_ros.bridge.protocol import Piece, episode_key
 from sop_ros.checksums import file_sha256
 from sop_ros.cli import build_parser, cmd_chaos_bridge
 from sop_ros.cloud.episode_ingest import EpisodeIngest
 from sop_ros.cloud.episode_store import EpisodeStore
+from sop_ros.cloud.store_audit import audit
 from sop_ros.configs.bridge import EpisodeIngestConfig
 
 TIER = "unit"  # what the tests need: conftest.TIERS
@@ -55,7 +56,7 @@ def test_the_comparison_names_lost_doubled_and_damaged_episodes(tmp_path):
     damaged = root / "episodes/robot_0/robot_0-1.mcap"
     damaged.write_bytes(damaged.read_bytes()[:-1] + b"!")
 
-    found = compare(produced, root, tmp_path / "outbox", ["robot_0", "robot_1"])
+    found = audit(produced, root, tmp_path / "outbox", ["robot_0", "robot_1"])
     assert found["lost_ids"] == ["robot_0-3"] and found["lost_where"] == {"robot_0-3": "in its outbox"}
     assert found["duplicated_ids"] == ["robot_0-0", "robot_0-2"]
     assert [m["episode_id"] for m in found["mismatched"]] == ["robot_0-1"]

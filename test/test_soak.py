@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 
-from sop_ros.bench.soak import (
+from sop_ros.fleet.soak import (
     FAULTS,
     descendants,
     fault_plan,

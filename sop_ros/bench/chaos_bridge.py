@@ -35,11 +35,10 @@ import json
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,7 +46,8 @@ from pathlib import Path
 import yaml
 
 from sop_ros.checksums import file_sha256
-from sop_ros.host import free_endpoint, machine, sop_command, start_logged
+from sop_ros.cloud.store_audit import audit, index_rows, unindexed
+from sop_ros.host import code_version, free_endpoint, machine, sop_command, start_logged
 
 INGEST = "ingest"
 INGEST_SHARE = 0.3  # of the kills, this share hits the ingest, the rest a bridge (at least one of each kind)
@@ -140,7 +140,7 @@ def run(json_path: Path, robots: int = 4, episodes: int = 200, kills: int = 20, 
     if producer.error:
         errors.append(f"producer: {producer.error}")
 
-    found = compare(producer.produced, store, outbox_root, robot_ids)
+    found = audit(producer.produced, store, outbox_root, robot_ids)
     result = {
         "command": f"sop chaos bridge --json {json_path} --robots {robots} --episodes {episodes} "
         f"--kills {kills} --seed {seed} --out {out_dir}",
@@ -486,87 +486,6 @@ def write_episode(outbox: Path, robot: str, episode_id: str, rng: random.Random)
 # -- the comparison -----------------------------------------------------------------------------------------
 
 
-def compare(produced: dict[str, dict[str, str]], store: Path, outbox_root: Path, robot_ids: list[str]) -> dict:
-    """What the store holds against what was produced (robot -> episode id -> sha256, "" where only the
-    episode's presence and robot are checked); see the module's doc."""
-    expected = {eid: (robot, sha) for robot, episodes in produced.items() for eid, sha in episodes.items()}
-    rows = index_rows(store / "index.sqlite")
-    rows_per_id = Counter(row[0] for row in rows)
-    files = defaultdict(list)  # episode id -> its files under episodes/ (one per robot directory it is in)
-    for path in sorted((store / "episodes").glob("*/*.mcap")):
-        files[path.stem].append(path)
-    parts = sorted((store / "incoming").glob("*/*.part"))
-    stored = set(rows_per_id)
-    duplicated = sorted(eid for eid in stored | set(files) if rows_per_id[eid] > 1 or len(files[eid]) > 1
-                        or eid in stored and any(p.stem == eid for p in parts))  # fmt: skip
-    mismatched = []
-    for eid, robot, sha256, path in rows:
-        if eid not in expected:
-            continue
-        on_disk = store / path
-        if not expected[eid][1]:
-            expected[eid] = (expected[eid][0], sha256)
-        actual = file_sha256(on_disk) if on_disk.is_file() else None
-        if (robot, sha256, actual) != (expected[eid][0], expected[eid][1], expected[eid][1]):
-            mismatched.append({"episode_id": eid, "robot": robot, "produced": expected[eid][1], "indexed": sha256,
-                               "on_disk": actual})  # fmt: skip
-    lost = sorted(set(expected) - stored)
-    in_outbox = {r: sorted(p.stem for p in (outbox_root / r).glob("*.mcap")) for r in robot_ids}
-    rejected = {r: sorted(p.stem for p in (outbox_root / r / "rejected").glob("*.mcap")) for r in robot_ids}
-    per_robot = {
-        robot: {
-            "produced": len(produced[robot]),
-            "stored": sum(eid in stored for eid in produced[robot]),
-            "lost": sum(eid not in stored for eid in produced[robot]),
-            "left_in_outbox": len(in_outbox[robot]),
-            "rejected": len(rejected[robot]),
-        }
-        for robot in robot_ids
-    }
-    return {
-        "stored": len(stored & set(expected)),
-        "lost_ids": lost,
-        "lost_where": {eid: where(eid, expected[eid][0], in_outbox, rejected, files, parts) for eid in lost},
-        "duplicated_ids": duplicated,
-        "mismatched": mismatched,
-        "left_in_outbox": {r: ids for r, ids in in_outbox.items() if ids},
-        "rejected": {r: ids for r, ids in rejected.items() if ids},
-        "unindexed_files": unindexed(store, rows),
-        "leftover_parts": [str(p.relative_to(store)) for p in parts],
-        "not_produced": sorted(stored - set(expected)),
-        "index_rows": len(rows),
-        "files_on_disk": sum(len(paths) for paths in files.values()),
-        "per_robot": per_robot,
-    }
-
-
-def where(eid: str, robot: str, in_outbox: dict, rejected: dict, files: dict, parts: list[Path]) -> str:
-    """Where a lost episode is, if anywhere."""
-    places = {
-        "in its outbox": eid in in_outbox[robot],
-        "in rejected/": eid in rejected[robot],
-        "in episodes/ but not indexed": eid in files,
-        "a .part in incoming/": any(p.stem == eid for p in parts),
-    }
-    return ", ".join(place for place, here in places.items() if here) or "nowhere"
-
-
-def unindexed(store: Path, rows: list[tuple[str, str, str, str]]) -> list[str]:
-    """Files under episodes/ without an index row (as EpisodeStore.reconcile finds them), relative to the store."""
-    indexed = {row[3] for row in rows}
-    files = (str(p.relative_to(store)) for p in (store / "episodes").glob("*/*.mcap"))
-    return sorted(f for f in files if f not in indexed)
-
-
-def index_rows(db: Path) -> list[tuple[str, str, str, str]]:
-    """(episode id, robot id, sha256, path) of every row of the store's index, read only."""
-    con = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
-    try:
-        return con.execute("SELECT episode_id, robot_id, sha256, path FROM episodes").fetchall()
-    finally:
-        con.close()
-
-
 def log_counts(logs: Path) -> dict[str, int]:
     """What the processes said, counted: re-sends the ingest acknowledged as stored already, uploads it asked for
     again (damaged bytes), refusals."""
@@ -581,20 +500,3 @@ def log_counts(logs: Path) -> dict[str, int]:
         "ingest_refused": ingest.count("refused"),
         "ingest_tracebacks": ingest.count("Traceback"),
     }
-
-
-def code_version() -> dict:
-    """The commit the code under test is at, and its files changed since (results taken on a working tree)."""
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
-                                  text=True, timeout=10, check=False)  # fmt: skip
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout if done.returncode == 0 else ""
-
-    changed = [line[3:] for line in git("status", "--porcelain").splitlines()]
-    return {"commit": git("rev-parse", "HEAD").strip(), "changed_since": sorted(changed)}
-
-

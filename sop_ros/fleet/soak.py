@@ -416,11 +416,11 @@ def mount_outbox(path: Path, size_mb: int) -> str:
 
 
 def run(config: SoakConfig) -> dict:
-    from sop_ros.bench.chaos_bridge import code_version, compare
     from sop_ros.cloud.episode_store import indexed_episodes
+    from sop_ros.cloud.store_audit import audit as audit_store
     from sop_ros.fleet.demo import record_demos
     from sop_ros.fleet.online_fleet import run as fleet_run
-    from sop_ros.host import machine
+    from sop_ros.host import code_version, machine
 
     out = Path(config.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -457,7 +457,7 @@ def run(config: SoakConfig) -> dict:
     robots = [f"robot_{i}" for i in range(config.robots)]
     produced = {r: produced.get(r, {}) for r in robots}
     left_root = out / "outbox-left" if not why_not else outbox
-    audit = compare(produced, fleet_dir / "store", left_root, robots)
+    audit = audit_store(produced, fleet_dir / "store", left_root, robots)
     # Not stored but still there, with why: the bridge's queue when the fleet stopped, or refused by the cloud.
     waiting = {eid: where_left(left_root, robot, eid) for robot, ids in produced.items() for eid in ids
                if eid in audit["lost_where"] and audit["lost_where"][eid] != "nowhere"}  # fmt: skip
