@@ -351,9 +351,19 @@ def test_with_canaries_a_new_policy_goes_to_the_canary_first_and_a_rollback_rest
     try:
         with open_session(zenoh_config(connect=endpoint)) as session:
             wait_for(status.exists, 120, what="the learner to start")
-            for robot in ("robot_0", "robot_9"):  # as their bridges report: the fleet the canaries come from
-                session.put(robot_report_key(robot), json.dumps({"running_version": ""}).encode())
-            wait_for(lambda: registry.canary() is not None, 120, what="a policy on canary")
+
+            said = [0.0]
+
+            def reported() -> bool:
+                """The robots report, as their bridges do every period: the fleet the canaries come from. (Said
+                until a canary goes out: a report put before the learner's server listens is not heard.)"""
+                if time.monotonic() - said[0] > 0.5:
+                    for robot in ("robot_0", "robot_9"):
+                        session.put(robot_report_key(robot), json.dumps({"running_version": ""}).encode())
+                    said[0] = time.monotonic()
+                return registry.canary() is not None
+
+            wait_for(reported, 120, what="a policy on canary")
             incumbent, candidate = registry.latest(), registry.canary()
             assert incumbent.stage == "" and candidate.robots == ["robot_9"] and candidate.parent == incumbent.version
             time.sleep(2.0)  # a few publishing periods: nothing newer goes out while the candidate is on canary
@@ -379,6 +389,9 @@ def test_with_canaries_a_new_policy_goes_to_the_canary_first_and_a_rollback_rest
             wait_for(registry.rollouts, 120, what="the gate's verdict")
             wait_for(lambda: registry.canary() is not None and registry.canary() != candidate, 120,
                      what="the next policy on canary")  # fmt: skip
+            following = registry.canary().version  # the learner's status says so at its next write
+            wait_for(lambda: json.loads(status.read_text()).get("canary", {}).get("candidate") == following, 60,
+                     what="the status to show the next candidate")  # fmt: skip
     finally:
         learner.send_signal(signal.SIGTERM)
         out, _ = learner.communicate(timeout=120)
