@@ -155,6 +155,8 @@ class PolicyNode(Node):
             if mismatch:
                 self.hold(f"holding: policy {self.policy.version} does not fit this robot: {mismatch}")
                 return
+            if self.episode_active and stamp < self.episode_start_ns:
+                return  # a state from before the episode, come after its START (topics race): not this episode's
             self.latest, self.latest_ns = obs, stamp
             if self.held:
                 self.held, self.message = False, ""
