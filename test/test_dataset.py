@@ -14,7 +14,7 @@ from mcap_ros2.decoder import DecoderFactory
 from sop_ros.configs import ConfigError, from_dict
 from sop_ros.episodes.reader import copy_episode, episode_files, recorded_cameras
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, align_commands, controller_at, index_episode
-from sop_ros.learner.frames import DecodedFrames
+from sop_ros.learner.frames import DecodedFrames, fill_workers
 from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
 from sop_ros.sim.metaworld_sim import MetaWorldSim
 
@@ -514,3 +514,67 @@ def test_pretrain_and_export_on_recorded_demos(demos, tmp_path):
     batch = to_torch(dataset.sample(np.random.default_rng(0), 2), model.config, torch.device("cpu"))
     recorded_inputs = tuple(batch[name] for name in INPUTS[:-1]) + (torch.randn(2, 16, 4),)
     assert parity(ckpt, tmp_path / "base.onnx", recorded_inputs) <= 1e-4
+
+
+def test_frames_decoded_ahead_in_worker_processes_are_those_a_sample_would_decode(demos):
+    plain = EpisodeDataset(demos, log=lambda _: None)
+    frames = DecodedFrames(64, budget_mb=1024)
+    filled = EpisodeDataset(demos, log=lambda _: None, frames=frames)
+    sources = list(filled.frame_sources())
+    assert frames.fill(sources, workers=2, chunk=50) == len(sources) == len(frames)
+    assert frames.fill(sources, workers=2) == 0  # each frame once
+    batch = filled.sample(np.random.default_rng(0), 64)
+    assert frames.misses == 0 and frames.hits == 2 * 64  # every frame a sample shows was decoded ahead
+    assert batch["images"].tobytes() == plain.sample(np.random.default_rng(0), 64)["images"].tobytes()
+    # The budget holds: frames past it are left to be decoded when sampled.
+    tight = DecodedFrames(64, budget_mb=5 * 3 * 64 * 64 / 2**20)
+    assert tight.fill(sources, workers=1) == 5 and tight.kept_bytes == 5 * 3 * 64 * 64
+    with pytest.raises(ValueError, match="workers 0 must be >= 1"):
+        tight.fill(sources, workers=0)
+    # Asked for: that many; by default, none on a CPU (the step needs the cores) and some on a GPU.
+    assert fill_workers(3, "cpu") == 3 and fill_workers(-1, "cpu") == 0 and 1 <= fill_workers(-1, "cuda") <= 16
+
+
+def test_a_batch_of_pixels_scaled_on_the_device_is_the_float_batch_bit_for_bit(demos):
+    import torch
+
+    from sop_ros.configs.model import ModelConfig
+    from sop_ros.learner.pretrain import host_tensors, to_device, to_torch
+
+    dataset = EpisodeDataset(demos, log=lambda _: None)
+    floats = dataset.sample(np.random.default_rng(0), 32)
+    pixels = dataset.sample(np.random.default_rng(0), 32, pixels=True)
+    assert pixels["images"].dtype == np.uint8 and pixels["images"].nbytes * 4 == floats["images"].nbytes
+    scaled = to_device(host_tensors(pixels, ModelConfig(), pin=False), torch.device("cpu"))
+    expected = to_torch(floats, ModelConfig(), torch.device("cpu"))
+    assert scaled["images"].dtype == torch.float32
+    assert scaled["images"].numpy().tobytes() == expected["images"].numpy().tobytes()
+    for key in ("proprio", "actions", "action_mask", "instruction", "indicator"):
+        assert torch.equal(scaled[key], expected[key])
+
+
+def test_a_learner_batch_of_two_sources_keeps_the_planned_row_order(demos):
+    from sop_ros.learner.online import collate
+    from sop_ros.learner.sampling import OFFLINE, ONLINE, Row
+
+    class Sources:  # what `collate` asks of the learner's data: each source's dataset
+        def __init__(self) -> None:
+            self.by_source = {OFFLINE: EpisodeDataset(demos, log=lambda _: None),
+                              ONLINE: EpisodeDataset(sorted(episode_files(demos))[::-1], log=lambda _: None)}
+
+        def dataset(self, source: str) -> EpisodeDataset:
+            return self.by_source[source]
+
+    data = Sources()
+    rng = np.random.default_rng(0)
+    rows = [Row("", source, int(rng.integers(len(data.dataset(source).episodes))), int(rng.integers(3)))
+            for source in rng.choice([OFFLINE, ONLINE], size=12)]  # fmt: skip
+    mine = [0, 2, 3, 5, 7, 8, 11]
+    assert {rows[i].source for i in mine} == {OFFLINE, ONLINE}
+    for pixels in (False, True):
+        batch = collate(data, rows, mine, pixels=pixels)
+        assert batch["source"] == [rows[i].source for i in mine]
+        for b, i in enumerate(mine):
+            one = data.dataset(rows[i].source).collate([(rows[i].episode, rows[i].step)], pixels)
+            for key, values in one.items():
+                assert np.array_equal(np.asarray(batch[key][b]), np.asarray(values[0])), key

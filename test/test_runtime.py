@@ -150,3 +150,16 @@ def test_a_robot_running_an_exported_policy_does_not_import_torch():
     code = "import sys, sop_ros.robot.policy_node; print(sorted(m for m in ('torch', 'onnx') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_runtime_bench_times_each_runtime_and_says_how_far_its_chunk_is_from_torch_on_the_cpu(tmp_path):
+    from sop_ros.bench.inference import bench_runtimes
+
+    ckpt = checkpoint(tmp_path)
+    export_onnx(ckpt, tmp_path / "p.onnx")
+    runtimes = bench_runtimes(ckpt, tmp_path / "p.onnx", iterations=5, threads=1)
+    assert set(runtimes) == {"torch/cpu", "onnxruntime/CPUExecutionProvider"}  # no GPU here
+    for r in runtimes.values():
+        assert r["n"] == 5 and 0 < r["p50_ms"] <= r["p99_ms"]
+    assert runtimes["torch/cpu"]["max_abs_diff"] == 0.0  # the reference itself
+    assert runtimes["onnxruntime/CPUExecutionProvider"]["max_abs_diff"] < 1e-4

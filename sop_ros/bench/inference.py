@@ -91,13 +91,15 @@ def time_runtime(runtime, iterations: int, period_s: float = 0.0) -> list[float]
 def bench_runtimes(checkpoint: Path, onnx: Path, iterations: int, threads: int, device: str = "auto"
                    ) -> dict[str, dict]:  # fmt: skip
     """Every runtime this host can start, by its backend name (torch eager and CUDA graph; ONNX Runtime per
-    provider): p50 / p99, or why it was skipped. device "cpu": the CPU ones only; "cuda": the GPU ones only."""
+    provider): p50 / p99, or why it was skipped. device "cpu": the CPU ones only; "cuda": the GPU ones only.
+    Each also answers one random observation, and max_abs_diff says how far its chunk is from torch/cpu's (the
+    reference, where it ran)."""
     import torch
 
-    from sop_ros.model.runtime import Unavailable, candidates
+    from sop_ros.model.runtime import Unavailable, candidates, warmup_feed
 
     torch.set_num_threads(threads)  # both runtimes get the same cores
-    results = {}
+    results, chunks = {}, {}
     for path in (checkpoint, onnx):
         for option in candidates(path, threads=threads):
             if device != "auto" and (option.kind == "cpu") != (device == "cpu"):
@@ -109,7 +111,22 @@ def bench_runtimes(checkpoint: Path, onnx: Path, iterations: int, threads: int, 
                 results[name] = {"skipped": str(err)}
                 continue
             results[runtime.backend] = percentiles(time_runtime(runtime, iterations))
+            chunks[runtime.backend] = runtime.run(random_feed(warmup_feed(runtime.metadata)))
+    reference = chunks.get("torch/cpu")
+    if reference is not None:
+        for name, chunk in chunks.items():
+            results[name]["max_abs_diff"] = float(np.max(np.abs(chunk.astype(np.float64) - reference)))
     return results
+
+
+def random_feed(shapes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Inputs shaped and typed as `shapes`, seeded: images in [0, 1], noise and states normal, integers 0."""
+    rng = np.random.default_rng(0)
+    feed = {name: np.zeros_like(a) for name, a in shapes.items()}
+    feed["images"] = rng.random(shapes["images"].shape, dtype=np.float32)
+    for name in ("proprio", "noise"):
+        feed[name] = rng.standard_normal(shapes[name].shape).astype(np.float32)
+    return feed
 
 
 def print_runtimes(runtimes: dict[str, dict]) -> None:
@@ -117,7 +134,8 @@ def print_runtimes(runtimes: dict[str, dict]) -> None:
         if "skipped" in r:
             print(f"  {name:46s} skipped: {r['skipped']}", flush=True)
         else:
-            print(f"  {name:46s} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms", flush=True)
+            agree = f"  max |diff| vs torch/cpu {r['max_abs_diff']:.1e}" if "max_abs_diff" in r else ""
+            print(f"  {name:46s} p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms{agree}", flush=True)
 
 
 def run_runtimes_only(out: Path, checkpoint: str | None, iterations: int, threads: int, device: str,

@@ -32,6 +32,7 @@ from sop_ros.configs.robot import SimRobotConfig
 from sop_ros.episodes.reader import copy_episode, episode_files
 from sop_ros.host import free_endpoint, machine
 from sop_ros.learner.dataset import DatasetConfig, index_episode
+from sop_ros.learner.frames import fill_workers
 
 
 def _fleet_process(endpoint: str, staged: str, robots: int, per_robot: int, period_s: float, stop, counts) -> None:
@@ -118,25 +119,40 @@ def synthetic_samples_per_s(model: ModelConfig, batch_size: int, steps: int, dev
     return steps * batch_size / (time.perf_counter() - started), parameter_count(policy)
 
 
-def data_path_samples_per_s(demos: Path, image_size: int, batch_size: int, batches: int = 20) -> dict[str, float]:
+def data_path_samples_per_s(demos: Path, image_size: int, batch_size: int, batches: int = 20,
+                            workers: int = 0) -> dict[str, float]:
     """Batches drawn from the demonstrations, decoding every frame each time against the frame cache once it
-    holds them (a learner's steady state when its data fit the budget): samples/s of each, timed alternately."""
+    holds them (a learner's steady state when its data fit the budget), as float32 images and as uint8 pixels
+    (what a GPU learner collates): samples/s of each, timed alternately. `workers` > 0: the cache is filled by
+    that many processes first, and the time that took is reported too."""
     from sop_ros.learner.dataset import EpisodeDataset
     from sop_ros.learner.frames import DecodedFrames
 
     config, indexed = DatasetConfig(image_size=image_size), {}  # the files are read once, for both datasets
     plain = EpisodeDataset(demos, config, log=lambda _: None, cache=indexed)
-    cached = EpisodeDataset(demos, config, log=lambda _: None, cache=indexed, frames=DecodedFrames(image_size, 1024))
+    frames = DecodedFrames(image_size, FRAME_CACHE_MB)
+    cached = EpisodeDataset(demos, config, log=lambda _: None, cache=indexed, frames=frames)
+    fill: dict[str, float] = {}
+    if workers:
+        start = time.perf_counter()
+        filled = frames.fill(cached.frame_sources(), workers)
+        fill = {"fill_frames": filled, "fill_workers": workers, "fill_s": round(time.perf_counter() - start, 2)}
     for seed in range(batches):  # fills the cache with these batches' frames
         cached.sample(np.random.default_rng(seed), batch_size)
-    spent = {"decode_each_time": 0.0, "frame_cache": 0.0}
+    spent = {"decode_each_time": 0.0, "frame_cache": 0.0, "frame_cache_pixels": 0.0}
     for seed in range(batches):
-        for name, dataset in (("decode_each_time", plain), ("frame_cache", cached)):
+        for name, dataset, pixels in (("decode_each_time", plain, False), ("frame_cache", cached, False),
+                                      ("frame_cache_pixels", cached, True)):  # fmt: skip
             start = time.perf_counter()
-            dataset.sample(np.random.default_rng(seed), batch_size)
+            dataset.sample(np.random.default_rng(seed), batch_size, pixels=pixels)
             spent[name] += time.perf_counter() - start
     rates = {name: round(batches * batch_size / s, 1) for name, s in spent.items()}
-    return {**rates, "speedup": round(rates["frame_cache"] / rates["decode_each_time"], 2)}
+    return {**rates, "speedup": round(rates["frame_cache"] / rates["decode_each_time"], 2), **fill}
+
+
+# Every demonstration frame of the bench's episodes decoded, at the largest preset's 224 px too (2 GB for 50
+# episodes): the learner's steady state, which the frame cache's default of 1 GB reaches at 64 px.
+FRAME_CACHE_MB = 8192.0
 
 
 def bench_config(demos: Path, workdir: Path, name: str, steps: int, batch_size: int, threads: int, device: str = "auto",
@@ -151,8 +167,9 @@ def bench_config(demos: Path, workdir: Path, name: str, steps: int, batch_size: 
     return replace(
         base, base_policy="", demos_dir=str(demos), store_dir=str(workdir / name / "store"),
         checkpoint_dir=str(workdir / name / "learner"), batch_size=batch_size, max_steps=steps,
-        publish_every_steps=25, log_every_s=5.0, torch_threads=threads, device=device, model_config=model_config,
-        precision=precision,
+        # Twice a run: a short run publishing every 25 steps would time the export's thread as much as training.
+        publish_every_steps=max(25, steps // 2), log_every_s=5.0, torch_threads=threads, device=device,
+        model_config=model_config, precision=precision, frame_cache_mb=FRAME_CACHE_MB,
         ingest=replace(base.ingest, zenoh=ZenohConfig(listen=(free_endpoint(),))),
         policies=replace(base.policies, registry_dir=str(workdir / name / "policies"),
                          private_key=str(keys / "policy_signing.key")),
@@ -180,9 +197,13 @@ def run(out: Path, demos: Path, steps: int = 150, batch_size: int = 32, robots: 
               "on synthetic batches, on the demonstrations alone"
               + (f", then while {robots} robots upload an episode each every {period_s:g} s" if robots else ""),
               flush=True)  # fmt: skip
-        data_path = data_path_samples_per_s(demos, model.image_size, batch_size)
+        data_path = data_path_samples_per_s(demos, model.image_size, batch_size,
+                                            workers=fill_workers(alone_cfg.frame_cache_workers, device))
         print(f"  data path: {data_path['decode_each_time']:.0f} samples/s decoding every frame, "
-              f"{data_path['frame_cache']:.0f} from the frame cache ({data_path['speedup']}x)", flush=True)
+              f"{data_path['frame_cache']:.0f} from the frame cache ({data_path['speedup']}x), "
+              f"{data_path['frame_cache_pixels']:.0f} as uint8 pixels"
+              + (f"; cache filled by {data_path['fill_workers']} processes in {data_path['fill_s']} s"
+                 if "fill_s" in data_path else ""), flush=True)  # fmt: skip
         synthetic, parameters = synthetic_samples_per_s(model, batch_size, steps, device, precision)
         print(f"  synthetic batches: {synthetic:.1f} samples/s", flush=True)
         alone = run_learner(alone_cfg, log=lambda _: None)

@@ -155,6 +155,9 @@ class LearnerConfig:
     torch_threads: int = 0  # intra-op threads per rank (0: torch's default)
     # Camera frames kept decoded in memory, up to this many MB (0: decode every sample): each is decoded once.
     frame_cache_mb: float = 1024.0
+    # Processes that decode the demonstrations' frames into that cache at start (-1: one per core but one on a
+    # GPU, none on a CPU): a GPU's first steps then wait for no decoding. The fleet's frames decode on first use.
+    frame_cache_workers: int = -1
     seed: int = 0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     recap: RecapConfig = field(default_factory=RecapConfig)
@@ -195,6 +198,8 @@ class LearnerConfig:
         require(not (self.model_config and self.base_policy), "model_config", self.model_config,
                 "is for a learner from scratch (base_policy: ''): a base checkpoint carries its own model shape")
         require(self.frame_cache_mb >= 0, "frame_cache_mb", self.frame_cache_mb, "must be >= 0 (0: no cache)")
+        require(self.frame_cache_workers >= -1, "frame_cache_workers", self.frame_cache_workers,
+                "must be >= 0, or -1 (one per core on a GPU, none on a CPU)")
         require(self.serve_robots or not self.pace.steps_per_sim_minute, "pace.steps_per_sim_minute",
                 self.pace.steps_per_sim_minute, "needs serve_robots: true (clocks come on its session)")  # fmt: skip
         require(not self.canary.enabled or self.serve_robots, "canary.enabled", self.canary.enabled,

@@ -36,7 +36,7 @@ Alignment, for an episode with joint states 0..N (N = steps) at times t_0 < ... 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -476,7 +476,8 @@ class EpisodeDataset:
         """One sample: observation `step` of episode `episode_index` and the action chunk that follows it.
 
         Arrays are the sample's own (changing them changes no episode). `images`, if given, is a float32
-        (cameras, 3, S, S) array to decode into (a batch's row: no copy).
+        (cameras, 3, S, S) array to decode into (a batch's row: no copy), or a uint8 one for the pixels as
+        decoded (the model's input is them / 255, `to_unit_range`).
         """
         if not 0 <= episode_index < len(self.episodes):
             raise IndexError(f"episode index {episode_index} out of range: {len(self.episodes)} episodes")
@@ -488,7 +489,8 @@ class EpisodeDataset:
             images = np.empty((len(cameras), 3, size, size), dtype=np.float32)
         for c, camera in enumerate(cameras):
             frame = int(episode.frame_of_step[camera][step])
-            images[c] = to_unit_range(self.frames.pixels((episode.path, camera, frame), episode.frames[camera][frame]))
+            pixels = self.frames.pixels((episode.path, camera, frame), episode.frames[camera][frame])
+            images[c] = pixels if images.dtype == np.uint8 else to_unit_range(pixels)
         ahead = np.arange(step, step + horizon)
         return {
             "images": images,
@@ -503,11 +505,12 @@ class EpisodeDataset:
         }
 
     def sample(
-        self, rng: np.random.Generator, batch_size: int, tasks: Sequence[str] | None = None
+        self, rng: np.random.Generator, batch_size: int, tasks: Sequence[str] | None = None, pixels: bool = False
     ) -> dict[str, np.ndarray | list[str]]:
         """A task-balanced batch, in random order: batch_size // M samples of each of the M tasks (all, or those
         named), the remainder one each to tasks the rng picks; within a task, a step drawn uniformly over all
-        steps of its episodes. Fields as `get`'s with a batch dimension first; strings in lists."""
+        steps of its episodes. Fields as `get`'s with a batch dimension first; strings in lists; `pixels` as
+        `collate`'s."""
         tasks = list(self.tasks if tasks is None else tasks)
         if batch_size < 1:
             raise ValueError(f"batch_size {batch_size} must be >= 1")
@@ -515,7 +518,15 @@ class EpisodeDataset:
         per_task = np.full(len(tasks), batch_size // len(tasks))
         per_task[rng.choice(len(tasks), batch_size % len(tasks), replace=False)] += 1
         picks = [pick for task, n in zip(tasks, per_task, strict=True) for pick in self.draw(rng, task, int(n))]
-        return self.collate([picks[i] for i in rng.permutation(batch_size)])
+        return self.collate([picks[i] for i in rng.permutation(batch_size)], pixels)
+
+    def frame_sources(self) -> Iterator[tuple[tuple[Path, str, int], bytes]]:
+        """Every frame a sample of this dataset can show, as (frame cache key, JPEG bytes): what
+        `DecodedFrames.fill` takes."""
+        for episode, steps in zip(self.episodes, self._selected, strict=True):
+            for camera in self.config.cameras:
+                for frame in np.unique(episode.frame_of_step[camera][steps]).tolist():
+                    yield (episode.path, camera, frame), episode.frames[camera][frame]
 
     def _check_tasks(self, tasks: Sequence[str]) -> None:
         unknown = [t for t in tasks if t not in self._by_task]
@@ -537,10 +548,11 @@ class EpisodeDataset:
         episodes = self._by_task[task][which].tolist()
         return [(e, int(self._selected[e][k])) for e, k in zip(episodes, flat - starts, strict=True)]
 
-    def collate(self, picks: Sequence[tuple[int, int]]) -> dict[str, np.ndarray | list[str]]:
-        """The samples of `picks` (episode index, step) as one batch, in that order (images decoded here)."""
+    def collate(self, picks: Sequence[tuple[int, int]], pixels: bool = False) -> dict[str, np.ndarray | list[str]]:
+        """The samples of `picks` (episode index, step) as one batch, in that order (images decoded here).
+        `pixels`: images as uint8 pixels, a quarter of the bytes, for a GPU to scale (see `get`)."""
         size, cameras = self.config.image_size, len(self.config.cameras)
-        images = np.empty((len(picks), cameras, 3, size, size), dtype=np.float32)
+        images = np.empty((len(picks), cameras, 3, size, size), dtype=np.uint8 if pixels else np.float32)
         samples = [self.get(e, k, images=images[b]) for b, (e, k) in enumerate(picks)]
         return {
             "images": images,

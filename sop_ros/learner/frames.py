@@ -8,11 +8,18 @@ to the model's input, which gives byte-identical batches to decoding again.
 Frames are kept until the budget is full and never evicted: a learner draws steps uniformly, so any set of
 frames of the budget's size is hit as often as any other, and a cache that never changes needs no locking
 beyond what a dict gives (two threads missing the same frame both decode it; one copy is kept).
+
+`fill` decodes many frames at once in worker processes (a GPU learner's demonstrations at start): otherwise the
+first pass over the data decodes on the one thread that also assembles batches, and the GPU waits for it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import multiprocessing
+import os
+from collections.abc import Hashable, Iterable
+from concurrent.futures import ProcessPoolExecutor
+from itertools import repeat
 
 import numpy as np
 
@@ -42,11 +49,53 @@ class DecodedFrames:
             return kept
         self.misses += 1
         pixels = resize_chw(decode_jpeg_rgb(jpeg), self.size)
+        self._keep(key, pixels)
+        return pixels
+
+    def _keep(self, key: Hashable, pixels: np.ndarray) -> None:
         if self.kept_bytes + pixels.nbytes <= self.budget_bytes:
             pixels.flags.writeable = False  # shared by every later sample of this frame
             if self._frames.setdefault(key, pixels) is pixels:
                 self.kept_bytes += pixels.nbytes
-        return pixels
+
+    def fill(self, frames: Iterable[tuple[Hashable, bytes]], workers: int, chunk: int = 256) -> int:
+        """Decode the `frames` (key, JPEG bytes) not kept yet in `workers` processes and keep them, as many as
+        the budget holds; how many were added. The pixels are those `pixels` would give (the same decoder)."""
+        if workers < 1:
+            raise ValueError(f"workers {workers!r} must be >= 1")
+        frame_bytes, room = 3 * self.size * self.size, self.budget_bytes - self.kept_bytes
+        todo, seen = [], set()
+        for key, jpeg in frames:
+            if key in self._frames or key in seen:
+                continue
+            if (len(todo) + 1) * frame_bytes > room:
+                break
+            todo.append((key, jpeg))
+            seen.add(key)
+        parts = [todo[i : i + chunk] for i in range(0, len(todo), chunk)]
+        if not parts:
+            return 0
+        before = len(self._frames)
+        # spawn: the learner has threads (Zenoh, the decoder) that a forked child would inherit mid-state.
+        with ProcessPoolExecutor(min(workers, len(parts)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            jpegs = ([jpeg for _, jpeg in part] for part in parts)
+            for part, decoded in zip(parts, pool.map(_decode, jpegs, repeat(self.size)), strict=True):
+                for (key, _), pixels in zip(part, decoded, strict=True):
+                    self._keep(key, pixels)
+        return len(self._frames) - before
 
     def __len__(self) -> int:
         return len(self._frames)
+
+
+def fill_workers(requested: int, device_type: str) -> int:
+    """Processes that fill a learner's frame cache at start: `requested`, or for -1 one per core but one (at most
+    16) on a GPU and none on a CPU, where the training step needs the cores and the first pass decodes anyway."""
+    if requested >= 0:
+        return requested
+    return min(16, max(1, (os.cpu_count() or 2) - 1)) if device_type == "cuda" else 0
+
+
+def _decode(jpegs: list[bytes], size: int) -> list[np.ndarray]:
+    """A worker's share of `DecodedFrames.fill`."""
+    return [resize_chw(decode_jpeg_rgb(jpeg), size) for jpeg in jpegs]

@@ -51,8 +51,8 @@ from sop_ros.episodes.format import LABELLED, Outcome
 from sop_ros.learner.algorithms import make_algorithm
 from sop_ros.learner.algorithms.base import Algorithm
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
-from sop_ros.learner.frames import DecodedFrames
-from sop_ros.learner.pretrain import to_torch, warmup_cosine
+from sop_ros.learner.frames import DecodedFrames, fill_workers
+from sop_ros.learner.pretrain import host_tensors, to_device, warmup_cosine
 from sop_ros.learner.ranks import Ranks, all_sum, same_on_all, start_ranks
 from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, Row, split_rows, task_rows
 from sop_ros.model.vla import VLAPolicy, load_checkpoint, parameter_count, rtc_prefix_draw, save_checkpoint
@@ -203,19 +203,28 @@ def my_rows(rows: list[Row], ranks: Ranks) -> list[int]:
     return list(range(ranks.rank, len(rows), ranks.world))
 
 
-def collate(data: TrainingData, rows: list[Row], mine: list[int]) -> dict:
-    """This rank's rows decoded into one batch, in `mine`'s order."""
-    parts = {}
+def collate(data: TrainingData, rows: list[Row], mine: list[int], pixels: bool = False) -> dict:
+    """This rank's rows decoded into one batch, in `mine`'s order (`pixels`: images as uint8, see
+    EpisodeDataset.collate)."""
+    sources = [rows[i].source for i in mine]
+    parts, positions = [], []  # each source's rows as one batch; where each of their rows goes
     for source in SOURCES:
-        picks = [(rows[i].episode, rows[i].step) for i in mine if rows[i].source == source]
-        if picks:
-            parts[source] = iter(range(len(picks))), data.dataset(source).collate(picks)
-    order = [(rows[i].source, next(parts[rows[i].source][0])) for i in mine]
+        at = [j for j, s in enumerate(sources) if s == source]
+        if at:
+            picks = [(rows[mine[j]].episode, rows[mine[j]].step) for j in at]
+            parts.append(data.dataset(source).collate(picks, pixels))
+            positions.extend(at)
+    order = np.argsort(positions)  # the joined parts' row that is the batch's j-th
     batch = {}
-    for key in next(iter(parts.values()))[1]:
-        values = [parts[source][1][key][j] for source, j in order]
-        batch[key] = values if isinstance(values[0], str) else np.stack(values)
-    batch["source"] = [source for source, _ in order]
+    for key, first in parts[0].items():
+        if len(parts) == 1:
+            batch[key] = first
+        elif isinstance(first, list):
+            joined = [value for part in parts for value in part[key]]
+            batch[key] = [joined[k] for k in order]
+        else:
+            batch[key] = np.concatenate([part[key] for part in parts])[order]
+    batch["source"] = sources
     return batch
 
 
@@ -498,6 +507,12 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     if len(missing) == len(config.tasks):
         raise ConfigError(f"demos_dir={config.demos_dir!r}: no demonstrations of {', '.join(config.tasks)}")
     cameras = data.offline.config.cameras  # a checkpoint's own, or the demonstrations' when it names none
+    workers = fill_workers(config.frame_cache_workers, ranks.device.type)
+    if workers:
+        filling = time.monotonic()
+        added = data.frames.fill(data.offline.frame_sources(), workers)
+        say(f"learner: {added} demonstration frames decoded by {workers} processes in "
+            f"{time.monotonic() - filling:.1f} s")  # fmt: skip
     if policy is None:  # a fresh model: the demonstrations' cameras, normalised to their states and actions
         policy = VLAPolicy(replace(model_cfg, cameras=len(cameras)))
         model_cfg = policy.config
@@ -573,11 +588,16 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     decoder = ThreadPoolExecutor(1, thread_name_prefix="decode")
     cleanup.callback(decoder.shutdown, wait=True, cancel_futures=True)
     pending: deque[tuple[int, list[Row], Future]] = deque()
+    on_gpu = ranks.device.type == "cuda"  # pixels cross as uint8 from page-locked memory; the GPU scales them
+
+    def assemble(rows: list[Row]) -> tuple[dict, dict[str, Tensor]]:
+        batch_np = collate(data, rows, my_rows(rows, ranks), pixels=on_gpu)
+        return batch_np, host_tensors(batch_np, model_cfg, pin=on_gpu)
 
     def prepare(at: int) -> None:
-        """Plan step `at`'s global batch now and decode this rank's rows on the decoder thread."""
+        """Plan step `at`'s global batch now and assemble this rank's rows on the decoder thread."""
         rows = plan_rows(at, config, data, shares.shares(at, data.steps()))
-        pending.append((at, rows, decoder.submit(collate, data, rows, my_rows(rows, ranks))))
+        pending.append((at, rows, decoder.submit(assemble, rows)))
 
     task_index = {t: i for i, t in enumerate(config.tasks)}
     started, last_log, last_publish = time.time(), time.monotonic(), time.monotonic()
@@ -605,8 +625,8 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
             prepare(step + len(pending))
         _, rows, decoded = pending.popleft()
         mine = my_rows(rows, ranks)
-        batch_np = decoded.result()
-        batch = to_torch(batch_np, model_cfg, ranks.device)
+        batch_np, host = decoded.result()
+        batch = to_device(host, ranks.device)
         batch |= {name: drawn[mine].to(ranks.device) for name, drawn in flow_draws(step, config, model_cfg).items()}
         targets = algorithm.add_inputs(batch, batch_np, rows, mine, data.by_source(), step, ranks.device)
         with forward_precision():

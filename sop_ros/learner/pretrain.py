@@ -24,9 +24,10 @@ from sop_ros.configs import require
 from sop_ros.configs.model import ModelConfig
 from sop_ros.episodes.format import Outcome
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset
-from sop_ros.learner.frames import DecodedFrames
+from sop_ros.learner.frames import DecodedFrames, fill_workers
 from sop_ros.learner.ranks import device_kind
 from sop_ros.model.inputs import INDICATOR_NONE
+from sop_ros.model.preprocess import to_unit_range
 from sop_ros.model.tokens import instruction_tokens
 from sop_ros.model.vla import VLAPolicy, parameter_count, save_checkpoint
 
@@ -50,6 +51,7 @@ class PretrainConfig:
     device: str = "auto"
     model: ModelConfig = field(default_factory=ModelConfig)
     frame_cache_mb: float = 1024.0  # camera frames kept decoded (MB, 0: decode every sample); not in a recipe
+    frame_cache_workers: int = -1  # processes decoding them at start (-1: frames.fill_workers); not in a recipe
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, "steps", self.steps, "must be >= 1")
@@ -58,10 +60,18 @@ class PretrainConfig:
         require(self.demos_per_task >= 0, "demos_per_task", self.demos_per_task, "must be >= 0 (0: all)")
         require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
         require(self.frame_cache_mb >= 0, "frame_cache_mb", self.frame_cache_mb, "must be >= 0 (0: no cache)")
+        require(self.frame_cache_workers >= -1, "frame_cache_workers", self.frame_cache_workers,
+                "must be >= 0, or -1 (one per core on a GPU, none on a CPU)")
 
 
 def to_torch(batch: dict, config: ModelConfig, device: torch.device) -> dict[str, torch.Tensor]:
     """A dataset batch (numpy) as model inputs; the indicator is 'none' in plain behaviour cloning."""
+    return to_device(host_tensors(batch, config, pin=False), device)
+
+
+def host_tensors(batch: dict, config: ModelConfig, pin: bool) -> dict[str, torch.Tensor]:
+    """A dataset batch as CPU tensors, in page-locked memory if `pin` (their copies to a GPU then overlap its
+    work): the part of `to_torch` a batch-assembling thread can do."""
     n = len(batch["instruction"])
     tensors = {
         "images": torch.from_numpy(batch["images"]),
@@ -71,14 +81,36 @@ def to_torch(batch: dict, config: ModelConfig, device: torch.device) -> dict[str
         "actions": torch.from_numpy(batch["actions"]),
         "action_mask": torch.from_numpy(batch["action_mask"]),
     }
-    return {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
+    return {k: v.pin_memory() for k, v in tensors.items()} if pin else tensors
+
+
+def to_device(tensors: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """`host_tensors` on `device`; uint8 images (`collate(pixels=True)`) scaled to the model's input there."""
+    moved = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
+    if moved["images"].dtype == torch.uint8:
+        moved["images"] = unit_range(moved["images"])
+    return moved
+
+
+_UNIT_RANGE: dict[torch.device, torch.Tensor] = {}
+
+
+def unit_range(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels as the model's float32 input on their own device, bit for bit what `to_unit_range` gives:
+    looked up in its own table of the 256 values (a division on the GPU may round differently)."""
+    table = _UNIT_RANGE.get(pixels.device)
+    if table is None:
+        table = torch.from_numpy(to_unit_range(np.arange(256, dtype=np.uint8))).to(pixels.device)
+        _UNIT_RANGE[pixels.device] = table
+    return table[pixels.int()]
 
 
 @contextmanager
-def prefetch(dataset: EpisodeDataset, batch_size: int, seed: int, depth: int = 4) -> Iterator[Callable[[], dict]]:
-    """Batches decoded on a background thread (JPEG decoding overlaps the training step, which frees the GIL);
-    yields the function that takes the next one. The thread ends with the block, so a process that trains many
-    times (the experiments) keeps no producer and no dataset behind; a failed sample is raised by the taker."""
+def prefetch(make: Callable[[np.random.Generator], dict], seed: int, depth: int = 4) -> Iterator[Callable[[], dict]]:
+    """Batches made by `make` (from one generator seeded `seed`, in order) on a background thread: JPEG
+    decoding overlaps the training step, which frees the GIL. Yields the function that takes the next one. The
+    thread ends with the block, so a process that trains many times (the experiments) keeps no producer and no
+    dataset behind; a failed batch is raised by the taker."""
     batches: queue.Queue = queue.Queue(maxsize=depth)
     rng = np.random.default_rng(seed)
     stop = threading.Event()
@@ -86,7 +118,7 @@ def prefetch(dataset: EpisodeDataset, batch_size: int, seed: int, depth: int = 4
     def produce() -> None:
         while not stop.is_set():
             try:
-                item = dataset.sample(rng, batch_size)
+                item = make(rng)
             except Exception as error:  # noqa: BLE001 - handed to the training loop, which raises it
                 item = error
             while not stop.is_set():
@@ -162,11 +194,21 @@ def pretrain(config: PretrainConfig) -> dict:
     # ---- training loop ----------------------------------------------------------------------------------------
     curve, window, start = [], [], time.monotonic()
     model.train()
-    with prefetch(dataset, config.batch_size, config.seed) as next_batch:
+    on_gpu = device.type == "cuda"  # pixels cross as uint8 from page-locked memory; the GPU scales them
+    workers = fill_workers(config.frame_cache_workers, device.type)
+    if workers:
+        started = time.monotonic()
+        added = dataset.frames.fill(dataset.frame_sources(), workers)
+        print(f"pretrain: {added} frames decoded by {workers} processes in {time.monotonic() - started:.1f} s")
+
+    def batch(rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        return host_tensors(dataset.sample(rng, config.batch_size, pixels=on_gpu), model_cfg, pin=on_gpu)
+
+    with prefetch(batch, config.seed) as next_batch:
         for step in range(config.steps):
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate(step, config)
-            loss = model.loss(to_torch(next_batch(), model_cfg, device))
+            loss = model.loss(to_device(next_batch(), device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
