@@ -245,3 +245,48 @@ def test_keyboard_teleop_in_a_terminal(rclpy_context):
             proc.kill()
         os.close(leader)
         probe.node.destroy_node()
+
+
+LAST_STATE_SIDE = """
+robot: {id: tr, use_sim_time: true, clock_topic: /tr/clock}
+nodes:
+  sim_robot: {task: reach-v3, episodes: 2, step_mode: lockstep, cameras: [corner], image_width: 32,
+              image_height: 32, max_episode_steps: 5, lockstep_timeout_s: 600.0, lockstep_end_timeout_s: 0.5}
+"""
+
+
+def test_a_lockstep_simulator_starts_the_next_episode_when_the_last_state_goes_unanswered(tmp_path, rclpy_context):
+    """As when an operator's answer to an episode's last state comes after its end and is dropped: the next
+    episode starts after lockstep_end_timeout_s, not after lockstep_timeout_s (600 s here)."""
+    (tmp_path / "sim.yaml").write_text(LAST_STATE_SIDE)
+    probe = Probe()
+    robot = probe.node.create_publisher(Float64MultiArray, topics.ROBOT_COMMAND, topics.STREAM)
+    zeros = Float64MultiArray(data=[0.0, 0.0, 0.0, 0.0])
+    starts, unanswered = [], []
+
+    def on_state(msg: JointState) -> None:
+        stamp = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+        begun = [s for s in starts if s <= stamp]
+        # Every state but an episode's last (its fifth step's): 5 periods of 1/30 s after its start.
+        if begun and abs(stamp - max(begun) - 5 * 10**9 / 30) < 1e6:
+            unanswered.append(stamp)
+            return
+        robot.publish(zeros)
+
+    def on_event(msg: EpisodeEvent) -> None:
+        if msg.event == EpisodeEvent.EVENT_START:
+            starts.append(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec)
+
+    probe.node.create_subscription(JointState, topics.JOINT_STATES, on_state, topics.RECORD)
+    probe.node.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, on_event, topics.EVENTS)
+    sim = start(sop("robot", "--config", str(tmp_path / "sim.yaml")))
+    try:
+        wait_for(lambda: len(starts) >= 2, 120, probe.spin, "the second episode's start")
+        assert len(unanswered) == 1 and unanswered[0] > starts[0]  # the first episode's last state
+        ends = [e for e in probe.events if e.event == EpisodeEvent.EVENT_END]
+        assert ends[0].steps == 5 and ends[0].outcome == EpisodeEvent.OUTCOME_FAILURE
+    finally:
+        sim.send_signal(signal.SIGINT)
+        output, _ = sim.communicate(timeout=30)
+        probe.node.destroy_node()
+    assert "the episode's last state had no answer in 0.5 s: starting the next" in output

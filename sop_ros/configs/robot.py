@@ -46,6 +46,11 @@ class SimRobotConfig:
     # Lockstep waits this long for the command answering a state before it steps on a hold (and says so): the
     # loop runs at the pace of its slowest participant, so a slow start does not change what happens.
     lockstep_timeout_s: float = 30.0
+    # After an episode's end nothing steps on the answer to its last state: lockstep waits for it only this long,
+    # so that a late one is not taken for the next episode's first answer. It may never come: an operator's
+    # answer that arrives after the end is dropped (the takeover ends with the episode), and the policy's came
+    # while the operator was in control.
+    lockstep_end_timeout_s: float = 2.0
     publish_clock: bool = True
     # Nodes of this robot (names in its namespace) that must be up, and subscribed to its episode events,
     # before the first episode starts: else their first episode is half missing. `sop robot` and the launch
@@ -86,6 +91,8 @@ class SimRobotConfig:
         require(self.command_timeout_s > 0, "command_timeout_s", self.command_timeout_s, "must be > 0")
         require(self.ready_timeout_s > 0, "ready_timeout_s", self.ready_timeout_s, "must be > 0")
         require(self.lockstep_timeout_s > 0, "lockstep_timeout_s", self.lockstep_timeout_s, "must be > 0")
+        require(0 < self.lockstep_end_timeout_s <= self.lockstep_timeout_s, "lockstep_end_timeout_s",
+                self.lockstep_end_timeout_s, f"must be > 0 and <= lockstep_timeout_s ({self.lockstep_timeout_s:g})")
         require(not self.pace_connect or self.step_mode == "lockstep", "pace_connect", self.pace_connect,
                 "needs step_mode: lockstep (a paced clock cannot keep wall time)")  # fmt: skip
         require(0 <= self.goal_marker_radius_m <= 0.1, "goal_marker_radius_m", self.goal_marker_radius_m,

@@ -147,8 +147,14 @@ class SimRobotNode(Node):
             while not self._stop.is_set() and not self.finished.is_set():
                 self.control_tick()
                 if cfg.step_mode == "lockstep":
-                    if not self._command_arrived.wait(cfg.lockstep_timeout_s):
-                        self.get_logger().warning(f"no command for {cfg.lockstep_timeout_s:g} s: stepping on a hold")
+                    ended = self._episode is None  # the state shown was an episode's last
+                    if not self._command_arrived.wait(cfg.lockstep_end_timeout_s if ended else cfg.lockstep_timeout_s):
+                        if ended:
+                            self.get_logger().info(f"the episode's last state had no answer in "
+                                                   f"{cfg.lockstep_end_timeout_s:g} s: starting the next")  # fmt: skip
+                        else:
+                            self.get_logger().warning(f"no command for {cfg.lockstep_timeout_s:g} s: stepping on a "
+                                                      "hold")  # fmt: skip
                 else:
                     next_tick += period
                     self._stop.wait(max(0.0, next_tick - time.monotonic()))
