@@ -1,5 +1,6 @@
 """Episodes robot -> cloud over real Zenoh sessions on loopback: pieces, acknowledgement, idempotence, refusal."""
 
+import json
 import shutil
 import socket
 import threading
@@ -9,7 +10,7 @@ from conftest import sop, start, wait_for
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import CompressedImage, JointState
 
-from sop_ros.bridge.protocol import Piece, Reply, episode_key
+from sop_ros.bridge.protocol import Piece, ProtocolError, Reply, episode_key
 from sop_ros.bridge.uploader import OutboxUploader
 from sop_ros.bridge.zenoh_session import open_session
 from sop_ros.checksums import file_sha256, recorded_sha256
@@ -342,3 +343,22 @@ def test_a_file_being_received_is_flushed_to_disk_as_it_grows(tmp_path):
     assert len(flushed) == 3  # at 1200, 2400 and 3600 bytes: each once 1000 more were written
     assert all(future.done() and future.exception() is None for future in flushed)
     assert (tmp_path / "part").read_bytes() == b"".join(bytes([i]) * 400 for i in range(10))
+
+
+def test_a_robot_report_is_kept_with_exactly_its_fields_and_a_malformed_one_is_refused_naming_the_field():
+    from sop_ros.bridge.bridge_node import robot_report
+    from sop_ros.bridge.protocol import decode_robot_report
+    from sop_ros.msg import BridgeStatus
+
+    report = robot_report(BridgeStatus(last_error="x" * 5000, seconds_since_upload=-1.0), None)
+    kept = decode_robot_report(json.dumps({**report, "extra": [1, 2]}).encode())
+    assert kept == {**report, "last_error": "x" * 1000} and "extra" not in kept  # an error is cut by its robot
+    for field, value, why in (("running_version", 3, "running_version 3 is missing"),
+                              ("outbox_bytes", -5, "outbox_bytes -5 is missing"),
+                              ("uploaded", True, "uploaded True is missing"),
+                              ("time", float("nan"), "time nan is missing"),
+                              ("seconds_since_upload", -2.0, "seconds_since_upload -2.0 is missing")):  # fmt: skip
+        with pytest.raises(ProtocolError, match=f"robot report: {why}, of the wrong type or out of range"):
+            decode_robot_report(json.dumps({**report, field: value}).encode())
+    with pytest.raises(ProtocolError, match="robot report: policy_state None is missing"):
+        decode_robot_report(json.dumps({k: v for k, v in report.items() if k != "policy_state"}).encode())

@@ -4,6 +4,8 @@ promises, none crashes, and legitimate inputs between them are still served; a b
 import dataclasses
 import json
 
+import numpy as np
+
 from sop_ros.bench import fuzz
 
 TIER = "unit"  # what the tests need: conftest.TIERS
@@ -45,3 +47,27 @@ def test_an_arbiter_that_lets_a_command_past_its_limits_is_caught(monkeypatch):
         real_tick(self, now), command=real_tick(self, now).command * 3))  # fmt: skip
     tally = fuzz.fuzz_teleop_commands(100)
     assert tally.crashes > 0 and "outside the limits" in tally.crash_examples[0]
+
+
+def test_a_report_kept_unchecked_a_policy_loaded_past_its_checksum_and_a_nan_joint_are_caught(monkeypatch, tmp_path):
+    from sop_ros.bridge import protocol
+    from sop_ros.model import policy
+    from sop_ros.robot import sync
+
+    monkeypatch.setattr(protocol, "decode_robot_report", lambda data: protocol.json_object(data, "robot report"))
+    tally = fuzz.fuzz_robot_reports(100)  # the fleet table then fails on what a report lacks
+    assert tally.crashes > 0 and "Error" in tally.crash_examples[0]
+
+    real_load = policy.load_policy
+    monkeypatch.setattr(policy, "load_policy", lambda path, **kw: real_load(path, **{**kw, "sha256": ""}))
+    tally = fuzz.fuzz_load_requests(60, *fuzz.fuzz_policies(tmp_path))
+    assert tally.crashes > 0 and "(sha256 given: True) was loaded" in " ".join(tally.crash_examples)
+
+    def unchecked(names, positions, wanted=()):  # reads whatever the message holds, NaN too
+        index, wanted = {n: i for i, n in enumerate(names)}, list(wanted) or list(names)
+        return wanted, np.array([positions[index[n]] if index.get(n, len(positions)) < len(positions) else 0.0
+                                 for n in wanted], dtype=np.float32)  # fmt: skip
+
+    monkeypatch.setattr(sync, "joint_positions", unchecked)
+    tally = fuzz.fuzz_joint_states(200)
+    assert tally.crashes > 0 and "accepted as" in tally.crash_examples[0]

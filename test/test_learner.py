@@ -32,6 +32,12 @@ from sop_ros.learner.online import TrainingData, fleet_metrics, plan_rows, versi
 TIER = "unit"  # what the tests need: conftest.TIERS
 
 
+# A robot's report before it runs a policy or uploads (bridge_node.robot_report's fields).
+FRESH_ROBOT_REPORT = {"running_version": "", "pending_version": "", "backend": "", "policy_state": "no status",
+                      "newest_version": "", "held_version": "", "outbox_episodes": 0, "outbox_bytes": 0,
+                      "uploaded": 0, "seconds_since_upload": -1.0, "last_error": "", "time": 1.7e9}
+
+
 def run_sop(*args: str, timeout: float = 300, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(sop(*args), capture_output=True, text=True, cwd=REPO, timeout=timeout, env=env, check=False)
 
@@ -359,7 +365,7 @@ def test_with_canaries_a_new_policy_goes_to_the_canary_first_and_a_rollback_rest
                 until a canary goes out: a report put before the learner's server listens is not heard.)"""
                 if time.monotonic() - said[0] > 0.5:
                     for robot in ("robot_0", "robot_9"):
-                        session.put(robot_report_key(robot), json.dumps({"running_version": ""}).encode())
+                        session.put(robot_report_key(robot), json.dumps(FRESH_ROBOT_REPORT).encode())
                     said[0] = time.monotonic()
                 return registry.canary() is not None
 

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from sop_ros.model.preprocess import image_to_input, raw_rgb, resize_chw, to_unit_range
+from sop_ros.model.preprocess import (
+    camera_frame,
+    decode_jpeg_rgb,
+    encode_jpeg_rgb,
+    image_to_input,
+    raw_rgb,
+    resize_chw,
+    to_unit_range,
+)
 
 TIER = "unit"  # what the tests need: conftest.TIERS
 
@@ -34,3 +42,15 @@ def test_the_robot_sees_the_pixels_the_learner_trained_on():
     assert to_unit_range(np.array([0, 255], dtype=np.uint8)).tolist() == [0.0, 1.0]
     with pytest.raises(ValueError, match="expected uint8 pixels, got float32"):
         to_unit_range(np.zeros(3, dtype=np.float32))
+
+
+def test_a_camera_message_becomes_the_policys_frame_or_is_refused_saying_why():
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    jpeg = encode_jpeg_rgb(rgb, 95)
+    assert np.array_equal(camera_frame(32, jpeg), resize_chw(decode_jpeg_rgb(jpeg), 32))
+    bgr = rgb[..., ::-1].tobytes()
+    assert np.array_equal(camera_frame(32, bgr, ("bgr8", 64, 48, 64 * 3)), resize_chw(rgb, 32))
+    with pytest.raises(ValueError, match="image 0x48: no pixels"):
+        camera_frame(32, bgr, ("bgr8", 0, 48, 0))
+    with pytest.raises(ValueError, match="not a JPEG or damaged"):
+        camera_frame(32, jpeg[:40])

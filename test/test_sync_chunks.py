@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sop_ros.robot.chunks import ChunkExecutor, seam_changes
-from sop_ros.robot.sync import ObservationSync
+from sop_ros.robot.sync import ObservationSync, joint_positions
 
 TIER = "unit"  # what the tests need: conftest.TIERS
 
@@ -236,3 +236,18 @@ def test_a_seam_costs_the_largest_change_in_its_window_whether_at_once_or_blende
     # The window ends at the next takeover; an episode without one has no seam.
     assert seam_changes([1.0, 5.0, 2.0, 9.0, 0.5], [0, 2], 4) == [5.0, 9.0]
     assert seam_changes([1.0, 2.0], [], 4) == []
+
+
+def test_a_joint_state_gives_the_wanted_joints_in_order_or_is_refused_saying_why():
+    names, wanted = ["b", "a", "c"], ("a", "b")
+    got_names, got = joint_positions(names, [2.0, 1.0, 3.0], wanted)
+    assert got_names == ["a", "b"] and got.dtype == np.float32 and got.tolist() == [1.0, 2.0]
+    assert joint_positions(names, [2.0, 1.0, 3.0])[1].tolist() == [2.0, 1.0, 3.0]  # none named: all, as sent
+    for names, positions, why in ((["a", "b"], [1.0], "2 names but 1 positions"),
+                                  (["a", "a"], [1.0, 2.0], "joint names repeat"),
+                                  (["a", "c"], [1.0, 2.0], r"joints \['b'\] missing"),
+                                  (["a", "b"], [math.nan, 2.0], "not all finite"),
+                                  (["a", "b"], [1e39, 2.0], "not all finite"),  # beyond float32
+                                  ([], [], "no joints")):  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            joint_positions(names, positions, wanted if names else ())

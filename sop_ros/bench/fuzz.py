@@ -16,18 +16,36 @@ crash, kept with its input. After every generated input a legitimate one must st
     config_yaml       the shipped YAMLs with one key's value replaced or a key renamed: ConfigError or accepted
     episode_files     a recorded episode truncated or with bytes changed: index_episode refuses it with
                       ValueError or indexes it; the intact file still indexes the same
+    robot_reports     a robot's report on sop/fleet/robots/<id> (protocol.decode_robot_report), a field changed,
+                      missing or the bytes mangled: refused, or kept and shown by the fleet table, `sop fleet
+                      status` and the learner's version lag without an error
+    range_queries     policy download queries (cloud ArtifactFiles.read): any version name, any header; only the
+                      published version's own bytes are ever answered
+    joint_states      a JointState's names and positions as the ingest node reads them (sync.joint_positions):
+                      any names, lengths, NaN, inf, float32 overflow; accepted ones are finite and complete
+    images            camera messages as the ingest node decodes them (preprocess.camera_frame): damaged JPEGs,
+                      random bytes, raw images of any encoding and size; accepted ones are the policy's frame
+    load_requests     policy/load requests as the policy node loads them (model.policy.load_policy): missing,
+                      odd and NUL-byte paths, truncated or changed ONNX files (a changed one with its sha256 given
+                      must be refused), another action space; the intact file still loads
+    label_requests    LabelEpisode requests as the teleop arbiter resolves them (arbitration.label_target): any
+                      outcome code and episode id; only a label of a known episode is taken
 
-What it does not cover yet: the ROS boundaries through running nodes (images, joint states, services) and Zenoh
-traffic between processes; `sop chaos bridge` and the node tests exercise those by hand-made inputs.
+What it does not cover: the bytes of ROS messages and Zenoh samples between processes (the middleware parses
+those; the boundaries above are what our code makes of them), bursts, and replays of another robot's uploads
+(the access control of sop_ros.bridge.security refuses those in `sop chaos bridge` and test_bridge_security).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,7 +54,8 @@ import yaml
 
 from sop_ros.host import machine
 
-BOUNDARIES = ("teleop_commands", "upload_pieces", "announcements", "config_yaml", "episode_files")
+BOUNDARIES = ("teleop_commands", "upload_pieces", "announcements", "config_yaml", "episode_files", "robot_reports",
+              "range_queries", "joint_states", "images", "load_requests", "label_requests")
 CONFIG = Path(__file__).resolve().parents[2] / "config"  # the shipped YAMLs
 
 
@@ -331,23 +350,322 @@ def fuzz_episode_files(inputs: int, episodes: Path | None) -> Tally:
     return tally
 
 
+def good_robot_report() -> dict:
+    """A well-formed report (bridge_node.robot_report's fields), of a robot that has not run or uploaded yet."""
+    from sop_ros.bridge import protocol
+
+    return ({name: "" for name in protocol.ROBOT_REPORT_TEXT} | {name: 0 for name in protocol.ROBOT_REPORT_COUNTS}
+            | {"seconds_since_upload": -1.0, "time": 1.7e9})  # fmt: skip
+
+
+def fuzz_robot_reports(inputs: int) -> Tally:
+    from hypothesis import strategies as st
+
+    from sop_ros.bridge.protocol import ProtocolError, decode_robot_report
+    from sop_ros.cloud.services import format_fleet_table
+    from sop_ros.learner.online import version_lag
+
+    good = good_robot_report()
+    tally = Tally()
+
+    def shown(report: dict) -> str:
+        """What the cloud does with a kept report: the fleet table, `sop fleet status`, the learner's status."""
+        table = {"latest_version": "v1", "canary": None, "rollouts": [],
+                 "robots": [{**report, "robot": "robot_0", "report_age_s": 0.1}]}  # fmt: skip
+        version_lag(table, ["v1"])
+        return format_fleet_table(table)
+
+    def check(value) -> None:
+        kind, name, replacement, raw = value
+        tally.inputs += 1
+        data = dict(good)
+        if kind == "field":
+            data[name] = replacement
+        elif kind == "missing":
+            data.pop(name)
+        encoded = raw if kind == "raw" else json.dumps(data).encode()
+        try:
+            shown(decode_robot_report(encoded))
+            tally.accepted += 1
+        except ProtocolError:
+            tally.refused += 1
+        except Exception as err:  # noqa: BLE001
+            tally.crash(f"{encoded!r}: {type(err).__name__}: {err}")
+        tally.serve(lambda: "robot_0" in shown(decode_robot_report(json.dumps(good).encode())))
+
+    strategy = st.tuples(st.sampled_from(["field", "field", "missing", "raw"]), st.sampled_from(sorted(good)),
+                         json_values() | st.floats() | st.text(min_size=990, max_size=1100), st.binary(max_size=300))
+    generate(strategy, check, inputs)
+    return tally
+
+
+def fuzz_range_queries(inputs: int, policy: Path) -> Tally:
+    from hypothesis import strategies as st
+
+    from sop_ros.bridge.artifacts import load_private_key, make_signing_keys
+    from sop_ros.bridge.protocol import ArtifactRange, ProtocolError
+    from sop_ros.cloud.policy_registry import PolicyRegistry
+    from sop_ros.cloud.policy_server import ArtifactFiles
+
+    work = Path(tempfile.mkdtemp(prefix="sop-fuzz-"))
+    private, _ = make_signing_keys(work / "keys")
+    registry = PolicyRegistry(work / "policies")
+    version = registry.publish(policy, load_private_key(private)).version
+    artifact = registry.artifact_path(version).read_bytes()
+    files = ArtifactFiles(registry, max_range_kb=64)
+    tally = Tally()
+    headers = st.binary(max_size=200) | st.builds(lambda v: json.dumps(v).encode(), json_values()) | st.builds(
+        lambda offset, length: json.dumps({"offset": offset, "length": length}).encode(),
+        st.integers(-10, 2 * len(artifact)) | json_values(), st.integers(-10, 70 * 1024) | json_values())
+    versions = st.sampled_from([version, version, "latest", f"../{version}", version + ".json", ""]) | st.text(
+        max_size=40)  # fmt: skip
+
+    def check(value) -> None:
+        asked, header = value
+        tally.inputs += 1
+        try:
+            data = files.read(asked, header)
+            wanted = ArtifactRange.decode(header)
+            if asked != version or data != artifact[wanted.offset : wanted.offset + wanted.length]:
+                tally.crash(f"version {asked!r}, range {header!r}: answered {len(data)} bytes")
+            tally.accepted += 1
+        except (ProtocolError, ValueError, OSError):
+            tally.refused += 1
+        except Exception as err:  # noqa: BLE001
+            tally.crash(f"version {asked!r}, range {header!r}: {type(err).__name__}: {err}")
+        tally.serve(lambda: files.read(version, ArtifactRange(100, 1000).encode()) == artifact[100:1100])
+
+    try:
+        generate(st.tuples(versions, headers), check, inputs)
+    finally:
+        files.close()
+        shutil.rmtree(work, ignore_errors=True)
+    return tally
+
+
+def fuzz_joint_states(inputs: int) -> Tally:
+    from hypothesis import strategies as st
+
+    from sop_ros.robot.sync import joint_positions
+    from sop_ros.sim.metaworld_sim import JOINT_NAMES
+
+    tally = Tally()
+    names = st.lists(st.sampled_from(JOINT_NAMES) | st.text(max_size=12), max_size=12)
+    values = st.floats(-4.0, 4.0) | st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([1e39, -1e39])
+    # Half of them a whole joint state (every joint, in any order, maybe one more) with any values.
+    whole = st.permutations(JOINT_NAMES).flatmap(lambda order: st.tuples(
+        st.just(list(order)) | st.just([*order, "extra_joint"]), st.lists(values, min_size=len(order),
+                                                                         max_size=len(order) + 1)))  # fmt: skip
+    strategy = st.tuples(st.tuples(names, st.lists(values, max_size=12)) | whole,
+                         st.sampled_from([(), JOINT_NAMES])).map(lambda v: (*v[0], v[1]))  # fmt: skip
+
+    def check(value) -> None:
+        names, positions, wanted = value
+        tally.inputs += 1
+        try:
+            got_names, got = joint_positions(names, positions, wanted)
+            expected = list(wanted) or names
+            if got_names != expected or got.shape != (len(expected),) or not np.all(np.isfinite(got)):
+                tally.crash(f"{names} {positions} ({list(wanted)}): accepted as {got_names} {got.tolist()}")
+            tally.accepted += 1
+        except ValueError:
+            tally.refused += 1
+        except Exception as err:  # noqa: BLE001
+            tally.crash(f"{names} {positions}: {type(err).__name__}: {err}")
+        tally.serve(lambda: joint_positions(JOINT_NAMES, [0.1] * len(JOINT_NAMES), JOINT_NAMES)[1].shape
+                    == (len(JOINT_NAMES),))  # fmt: skip
+
+    generate(strategy, check, inputs)
+    return tally
+
+
+def fuzz_images(inputs: int) -> Tally:
+    from hypothesis import strategies as st
+
+    from sop_ros.model.preprocess import camera_frame, encode_jpeg_rgb
+
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    jpeg = encode_jpeg_rgb(rgb, 90)
+    expected = camera_frame(32, jpeg)
+    tally = Tally()
+    sizes = st.integers(0, 200) | st.sampled_from([2**31 - 1, 2**32 - 1])
+    raw = st.tuples(st.sampled_from(["rgb8", "bgr8", "mono8", "rgba8", "", "16UC1"]) | st.text(max_size=8), sizes,
+                    sizes, sizes)  # fmt: skip
+    damaged = st.builds(lambda at, data, cut: (jpeg[: at % len(jpeg)] if cut else
+                                               jpeg[: at % len(jpeg)] + data + jpeg[at % len(jpeg) + len(data):]),
+                        st.integers(0, 10**6), st.binary(min_size=1, max_size=32), st.booleans())  # fmt: skip
+    strategy = st.tuples(damaged | st.binary(max_size=4000), st.none() | raw)
+
+    def check(value) -> None:
+        data, raw_header = value
+        tally.inputs += 1
+        try:
+            frame = camera_frame(32, data, raw_header)
+            if frame.shape != (3, 32, 32) or frame.dtype != np.uint8:
+                tally.crash(f"{len(data)} bytes, {raw_header}: accepted as {frame.dtype} {frame.shape}")
+            tally.accepted += 1
+        except ValueError:
+            tally.refused += 1
+        except Exception as err:  # noqa: BLE001
+            tally.crash(f"{data[:40]!r}... ({len(data)} bytes), {raw_header}: {type(err).__name__}: {err}")
+        tally.serve(lambda: np.array_equal(camera_frame(32, jpeg), expected))
+
+    with quiet_stderr():  # libjpeg warns on stderr about every damaged file it still decodes
+        generate(strategy, check, inputs)
+    return tally
+
+
+def fuzz_load_requests(inputs: int, policy: Path, other_actions: Path) -> Tally:
+    from hypothesis import strategies as st
+
+    from sop_ros.checksums import file_sha256
+    from sop_ros.model.policy import load_policy
+
+    original, digest = policy.read_bytes(), file_sha256(policy)
+    work = Path(tempfile.mkdtemp(prefix="sop-fuzz-"))
+    (work / "a_directory").mkdir()
+    tally = Tally()
+
+    def load(path: Path | str, sha256: str = "") -> None:
+        """As the policy node's load service does: loaded (one inference gave a finite chunk of 4 actions, or
+        load_policy raised ValueError) or refused."""
+        load_policy(path, action_dim=4, sha256=sha256, log=lambda _: None)
+
+    def check(value) -> None:
+        kind, at, data, pinned, name = value
+        tally.inputs += 1
+        at = at % len(original)
+        sha256 = digest if pinned else ""
+        if kind == "path":
+            target = {"missing": work / "missing.onnx", "directory": work / "a_directory", "null": "/dev/null",
+                      "nul byte": str(work / "a\0b.onnx"), "text": work / name}[name if name in (
+                          "missing", "directory", "null", "nul byte") else "text"]  # fmt: skip
+            changed = True
+        elif kind == "other actions":
+            target, changed, sha256 = other_actions, True, ""
+        else:
+            target = work / "policy.onnx"
+            damaged = original[:at] if kind == "truncate" else original[:at] + data + original[at + len(data):]
+            target.write_bytes(damaged)
+            changed = damaged != original
+        try:
+            load(target, sha256)
+            if changed and (pinned or kind in ("path", "other actions")):
+                tally.crash(f"{kind} {target} (sha256 given: {pinned}) was loaded")
+            tally.accepted += 1
+        except ValueError:
+            tally.refused += 1
+        except Exception as err:  # noqa: BLE001
+            tally.crash(f"{kind} at {at} ({len(data)} bytes, sha256 given: {pinned}): {type(err).__name__}: {err}")
+        tally.serve(lambda: load(policy, digest) is None)
+
+    strategy = st.tuples(st.sampled_from(["overwrite", "overwrite", "truncate", "path", "other actions"]),
+                         st.integers(0, 2**31), st.binary(min_size=1, max_size=64), st.booleans(),
+                         st.sampled_from(["missing", "directory", "null", "nul byte"]) | st.text(min_size=1,
+                                                                                                  max_size=20))
+    try:
+        generate(strategy, check, inputs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return tally
+
+
+def fuzz_label_requests(inputs: int) -> Tally:
+    from types import SimpleNamespace
+
+    from hypothesis import strategies as st
+
+    from sop_ros.robot.arbitration import LABELS, label_target
+
+    running, ended = SimpleNamespace(episode_id="robot_0-1-00002"), SimpleNamespace(episode_id="robot_0-1-00001")
+    tally = Tally()
+    ids = st.sampled_from(["", running.episode_id, ended.episode_id, "robot_1-1-00002"]) | st.text(max_size=40)
+    strategy = st.tuples(st.sampled_from(sorted(LABELS)) | st.integers(0, 255), ids,
+                         st.sampled_from([(running, ended), (None, ended), (None, None)]))  # fmt: skip
+
+    def check(value) -> None:
+        outcome, episode_id, known = value
+        tally.inputs += 1
+        try:
+            target, refusal = label_target(outcome, episode_id, known)
+            if target is None:
+                tally.refused += bool(refusal)
+                if not refusal:
+                    tally.crash(f"outcome {outcome}, episode {episode_id!r}: refused without a reason")
+            elif outcome not in LABELS or target not in known or episode_id not in ("", target.episode_id):
+                tally.crash(f"outcome {outcome}, episode {episode_id!r}: labelled {target.episode_id}")
+            else:
+                tally.accepted += 1
+        except Exception as err:  # noqa: BLE001
+            tally.crash(f"outcome {outcome}, episode {episode_id!r}: {type(err).__name__}: {err}")
+        tally.serve(lambda: label_target(1, "", (running, ended))[0] is running)
+
+    generate(strategy, check, inputs)
+    return tally
+
+
+@contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block (C libraries' warnings), restored after."""
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def fuzz_policies(work: Path) -> tuple[Path, Path]:
+    """A tiny exported policy, and one whose action space is not the robot's (3 values): what the load and range
+    boundaries are fed from."""
+    import torch
+
+    from sop_ros.configs.model import ModelConfig
+    from sop_ros.model.export import export_onnx
+    from sop_ros.model.vla import VLAPolicy, save_checkpoint
+
+    paths = []
+    for version, actions in (("sop-20261206T000000-0000001", 4), ("sop-20261206T000000-0000002", 3)):
+        torch.manual_seed(0)
+        model = VLAPolicy(ModelConfig(cameras=1, image_size=32, cnn_channels=(8, 16), width=32, heads=2, depth=1,
+                                      head_depth=1, chunk=4, instruction_bytes=16, flow_steps=4,
+                                      action_dim=actions)).eval()  # fmt: skip
+        save_checkpoint(work / f"{version}.pt", model, version=version, tasks=["reach-v3"], cameras=["corner"])
+        export_onnx(work / f"{version}.pt", work / f"{version}.onnx")
+        paths.append(work / f"{version}.onnx")
+    return paths[0], paths[1]
+
+
 def run(out: Path, inputs: int, episodes: Path | None, boundaries: tuple[str, ...] = BOUNDARIES) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="sop-fuzz-policies-"))
+    policy, other_actions = fuzz_policies(work)
     fuzzers = {
         "teleop_commands": lambda: fuzz_teleop_commands(inputs),
         "upload_pieces": lambda: fuzz_upload_pieces(inputs),
         "announcements": lambda: fuzz_announcements(inputs),
         "config_yaml": lambda: fuzz_config_yaml(inputs),
         "episode_files": lambda: fuzz_episode_files(inputs, episodes),
+        "robot_reports": lambda: fuzz_robot_reports(inputs),
+        "range_queries": lambda: fuzz_range_queries(inputs, policy),
+        "joint_states": lambda: fuzz_joint_states(inputs),
+        "images": lambda: fuzz_images(inputs),
+        "load_requests": lambda: fuzz_load_requests(inputs, policy, other_actions),
+        "label_requests": lambda: fuzz_label_requests(inputs),
     }
     report = {"command": f"sop chaos fuzz --json {out} --inputs {inputs}" + (f" --episodes {episodes}" if episodes
                                                                              else ""),  # fmt: skip
               "machine": machine(), "inputs_per_boundary": inputs, "boundaries": {}}
     for name in boundaries:
-        tally = fuzzers[name]().report()
+        started = time.monotonic()
+        tally = fuzzers[name]().report() | {"seconds": 0.0}
+        tally["seconds"] = round(time.monotonic() - started, 1)
         report["boundaries"][name] = tally
         print(f"  {name:16s} {tally['inputs']:6d} inputs, {tally['refused']:6d} refused, {tally['accepted']:6d} "
               f"accepted, {tally['crashes']} crashes; legitimate served {tally['legit_served']}, failed "
               f"{tally['legit_failed']}", flush=True)  # fmt: skip
+    shutil.rmtree(work, ignore_errors=True)
     report["crashes"] = sum(b["crashes"] for b in report["boundaries"].values())
     report["legit_failed"] = sum(b["legit_failed"] for b in report["boundaries"].values())
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ from rclpy.node import Node
 from sop_ros.bridge.artifacts import PolicyAnnouncement, load_public_key
 from sop_ros.bridge.certificates import certificate_common_name
 from sop_ros.bridge.policy_fetcher import PolicyFetcher
-from sop_ros.bridge.protocol import robot_report_key
+from sop_ros.bridge.protocol import MAX_REPORT_TEXT, robot_report_key
 from sop_ros.bridge.uploader import OutboxUploader
 from sop_ros.bridge.zenoh_session import open_session
 from sop_ros.configs import ConfigError
@@ -71,7 +71,7 @@ def robot_report(status: BridgeStatus, policy: PolicyStatus | None) -> dict:
         "outbox_bytes": status.outbox_bytes,
         "uploaded": status.uploaded,
         "seconds_since_upload": round(status.seconds_since_upload, 3),
-        "last_error": status.last_error or status.policy_error,
+        "last_error": (status.last_error or status.policy_error)[:MAX_REPORT_TEXT],
         "time": time.time(),
     }
 

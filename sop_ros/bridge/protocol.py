@@ -15,6 +15,7 @@ restart of either side too. A re-sent episode that is already stored is answered
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -123,6 +124,35 @@ class Reply:
             return cls(**fields)
         except TypeError as err:
             raise ProtocolError(f"reply: {err}") from None
+
+
+# A robot's report on sop/fleet/robots/<robot id> (bridge_node.robot_report): each field and its JSON type.
+ROBOT_REPORT_TEXT = ("running_version", "pending_version", "backend", "policy_state", "newest_version",
+                     "held_version", "last_error")  # fmt: skip
+ROBOT_REPORT_COUNTS = ("outbox_episodes", "outbox_bytes", "uploaded")
+ROBOT_REPORT_SECONDS = ("seconds_since_upload", "time")  # seconds_since_upload: -1 before the first upload
+MAX_REPORT_TEXT = 1000  # characters of one text field (an error message is cut to this by its robot)
+
+
+def decode_robot_report(data: bytes | None) -> dict:
+    """A robot's report as the cloud keeps it: exactly the report's fields, each of its type (a report with a
+    field missing, of another type, non-finite or out of range is refused: the fleet table and the learner's
+    status read every field)."""
+    fields = json_object(data, "robot report")
+    report: dict = {}
+    for name in ROBOT_REPORT_TEXT + ROBOT_REPORT_COUNTS + ROBOT_REPORT_SECONDS:
+        value = fields.get(name)
+        if name in ROBOT_REPORT_TEXT:
+            ok = isinstance(value, str) and len(value) <= MAX_REPORT_TEXT
+        elif name in ROBOT_REPORT_COUNTS:
+            ok = _is_count(value)
+        else:
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                  and value >= (-1 if name == "seconds_since_upload" else 0))  # fmt: skip
+        if not ok:
+            raise ProtocolError(f"robot report: {name} {value!r:.80} is missing, of the wrong type or out of range")
+        report[name] = value
+    return report
 
 
 def _is_count(value: object) -> bool:

@@ -32,7 +32,7 @@ from sop_ros.bridge.protocol import (
     ArtifactRange,
     ProtocolError,
     artifact_key,
-    json_object,
+    decode_robot_report,
 )
 from sop_ros.bridge.zenoh_session import QueryWorkers
 from sop_ros.cloud.policy_registry import CANARY, LATEST, PolicyRegistry
@@ -51,7 +51,7 @@ class PolicyServer:
         self.robots: dict[str, dict] = {}  # robot id -> its last report, with the time it arrived
         self._lock = threading.Lock()
         self._announcing = threading.Lock()  # one announcement per version, from publish() or the registry watch
-        self._files: dict[str, int] = {}  # version -> an open descriptor (read with pread: no shared offset)
+        self.artifacts = ArtifactFiles(self.registry, config.max_range_kb)
         # Ranges are read from disk on threads of ours; the other answers come from memory, in Zenoh's callback.
         self._readers = QueryWorkers("policy-ranges", config.range_workers, self._answer_range)
         self._declared = [
@@ -151,27 +151,17 @@ class PolicyServer:
 
     def _answer_range(self, query: zenoh.Query) -> None:
         try:
-            data = self.read_range(str(query.key_expr).rsplit("/", 1)[-1], query.attachment)
+            attachment = query.attachment
+            data = self.artifacts.read(str(query.key_expr).rsplit("/", 1)[-1],
+                                       attachment.to_bytes() if attachment is not None else None)  # fmt: skip
         except (ProtocolError, ValueError, OSError) as err:
             query.reply_err(str(err).encode())
             return
         query.reply(query.key_expr, data)
 
-    def read_range(self, version: str, attachment: zenoh.ZBytes | None) -> bytes:
-        wanted = ArtifactRange.decode(attachment.to_bytes() if attachment is not None else None)
-        if wanted.length > self.config.max_range_kb * 1024:
-            raise ValueError(f"range of {wanted.length} bytes exceeds max_range_kb={self.config.max_range_kb}")
-        with self._lock:
-            fd = self._files.get(version)
-            if fd is None:
-                if self.registry.announcement(version) is None:  # only what was published, never other files
-                    raise ValueError(f"no published policy version {version!r}")
-                fd = self._files[version] = os.open(self.registry.artifact_path(version), os.O_RDONLY)
-        return os.pread(fd, wanted.length, wanted.offset)
-
     def _on_report(self, sample: zenoh.Sample) -> None:
         try:
-            report = json_object(sample.payload.to_bytes(), "robot report")
+            report = decode_robot_report(sample.payload.to_bytes())
         except ProtocolError as err:
             log.warning("ignored a report on %s: %s", sample.key_expr, err)
             return
@@ -199,6 +189,33 @@ class PolicyServer:
         for entity in self._declared:
             entity.undeclare()
         self._readers.close()
+        self.artifacts.close()
+
+
+class ArtifactFiles:
+    """Byte ranges of published policy artifacts, as download queries ask for them (and nothing else: a version
+    that was not published names no file)."""
+
+    def __init__(self, registry: PolicyRegistry, max_range_kb: int) -> None:
+        self.registry, self.max_range_kb = registry, max_range_kb
+        self._lock = threading.Lock()
+        self._files: dict[str, int] = {}  # version -> an open descriptor (read with pread: no shared offset)
+
+    def read(self, version: str, header: bytes | None) -> bytes:
+        """The bytes a query's header (ArtifactRange) asks for; ProtocolError or ValueError saying why not."""
+        wanted = ArtifactRange.decode(header)
+        if wanted.length > self.max_range_kb * 1024:
+            raise ValueError(f"range of {wanted.length} bytes exceeds max_range_kb={self.max_range_kb}")
+        with self._lock:
+            fd = self._files.get(version)
+            if fd is None:
+                path = self.registry.artifact_path(version)  # a version's name, not a path anywhere else
+                if self.registry.announcement(version) is None:  # only what was published, never other files
+                    raise ValueError(f"no published policy version {version!r}")
+                fd = self._files[version] = os.open(path, os.O_RDONLY)
+        return os.pread(fd, wanted.length, wanted.offset)
+
+    def close(self) -> None:
         with self._lock:
             for fd in self._files.values():
                 os.close(fd)

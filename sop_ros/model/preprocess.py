@@ -46,6 +46,8 @@ def raw_rgb(data: bytes, width: int, height: int, step: int, encoding: str) -> n
     """
     if encoding not in ("rgb8", "bgr8"):
         raise ValueError(f"image encoding {encoding!r}: only rgb8 and bgr8 are taken")
+    if width < 1 or height < 1:
+        raise ValueError(f"image {width}x{height}: no pixels")
     if step < width * 3 or len(data) < step * height:
         raise ValueError(f"image {width}x{height}, step {step}: {len(data)} bytes do not fit")
     rows = np.frombuffer(data, np.uint8)[: step * height].reshape(height, step)
@@ -81,3 +83,14 @@ def to_unit_range(pixels: np.ndarray) -> np.ndarray:
 def image_to_input(rgb: np.ndarray, size: int) -> np.ndarray:
     """An (H, W, 3) uint8 RGB image as the model's float32 (3, size, size) input with values in [0, 1]."""
     return to_unit_range(resize_chw(rgb, size))
+
+
+def camera_frame(size: int, data: bytes, raw: tuple[str, int, int, int] | None = None) -> np.ndarray:
+    """A camera message as the policy's (3, size, size) uint8 frame: a CompressedImage's JPEG bytes, or with
+    `raw` (encoding, width, height, step) an Image's pixels. ValueError saying why a frame cannot be one."""
+    if raw is None:
+        rgb = decode_jpeg_rgb(data)
+    else:
+        encoding, width, height, step = raw
+        rgb = raw_rgb(data, width, height, step, encoding)
+    return resize_chw(rgb, size)

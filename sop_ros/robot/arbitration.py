@@ -7,13 +7,18 @@ configured range and rate-limited (at most max_rate / control_hz of change per c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Protocol
 
 import numpy as np
 
 from sop_ros.configs.robot import TeleopArbiterConfig
-from sop_ros.episodes.format import Controller
+from sop_ros.episodes.format import Controller, Outcome
+
+# The outcomes an operator may give an episode, by EpisodeEvent.OUTCOME_* code (every code but UNKNOWN's).
+LABELS = {code: Outcome.from_event(code) for code in range(256) if Outcome.from_event(code) != Outcome.UNKNOWN}
 
 
 @dataclass(frozen=True)
@@ -122,3 +127,22 @@ class Arbiter:
             if source in self._inputs and now - self._inputs[source][1] <= timeouts[source]:
                 return source
         return Controller.HOLD
+
+
+class Labelled(Protocol):
+    episode_id: str
+
+
+def label_target(outcome: int, episode_id: str, known: Sequence[Labelled | None]) -> tuple[Labelled | None, str]:
+    """The episode a label request means, of those `known` (the running one, then the last ended; None where
+    there is none): the one `episode_id` names, or the first; None and why not when it names none of them or
+    `outcome` is not a label (LABELS)."""
+    if outcome not in LABELS:
+        allowed = ", ".join(f"{code} ({name})" for code, name in LABELS.items())
+        return None, f"outcome {outcome} is not one of {allowed} (EpisodeEvent.OUTCOME_*)"
+    episodes = [e for e in known if e is not None]
+    target = next((e for e in episodes if e.episode_id == episode_id), None) if episode_id else next(iter(episodes),
+                                                                                                  None)  # fmt: skip
+    if target is None:
+        return None, f"no episode {episode_id!r} on this robot" if episode_id else "no episode to label yet"
+    return target, ""

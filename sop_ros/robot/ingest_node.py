@@ -18,13 +18,13 @@ from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
 
 from sop_ros.configs.robot import IngestConfig
-from sop_ros.model.preprocess import decode_jpeg_rgb, raw_rgb, resize_chw
+from sop_ros.model.preprocess import camera_frame
 from sop_ros.msg import Observation
 from sop_ros.robot import topics
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.recording import stamp_ns
 from sop_ros.robot.spin import run_node
-from sop_ros.robot.sync import ObservationSync, Synced
+from sop_ros.robot.sync import ObservationSync, Synced, joint_positions
 
 
 def observation_message(synced: Synced, cameras: tuple[str, ...], image_size: int, proprio: np.ndarray,
@@ -63,11 +63,8 @@ class IngestNode(Node):
 
     def on_frame(self, camera: str, msg) -> None:
         try:
-            if isinstance(msg, CompressedImage):
-                rgb = decode_jpeg_rgb(bytes(msg.data))
-            else:
-                rgb = raw_rgb(msg.data, msg.width, msg.height, msg.step, msg.encoding)
-            frame = resize_chw(rgb, self.config.image_size)
+            raw = None if isinstance(msg, CompressedImage) else (msg.encoding, msg.width, msg.height, msg.step)
+            frame = camera_frame(self.config.image_size, bytes(msg.data), raw)
         except ValueError as err:
             self.get_logger().error(f"camera {camera}: refused a frame: {err}", throttle_duration_sec=5.0)
             return
@@ -84,14 +81,7 @@ class IngestNode(Node):
         self.publish_ready()
 
     def proprio(self, msg: JointState) -> tuple[list[str], np.ndarray]:
-        if len(msg.position) != len(msg.name):
-            raise ValueError(f"{len(msg.name)} names but {len(msg.position)} positions")
-        wanted = list(self.config.joint_names) or list(msg.name)
-        index = {name: i for i, name in enumerate(msg.name)}
-        missing = [n for n in wanted if n not in index]
-        if missing:
-            raise ValueError(f"joints {missing} missing (the message names {list(msg.name)})")
-        return wanted, np.array([msg.position[index[n]] for n in wanted], dtype=np.float32)
+        return joint_positions(list(msg.name), msg.position, self.config.joint_names)
 
     def publish_ready(self) -> None:
         cfg = self.config

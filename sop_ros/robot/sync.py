@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 PERIOD_WINDOW = 8  # frame intervals the rate estimate looks at
 DUE_TOLERANCE = 0.25  # a frame is due from this fraction of a period before its expected stamp (jitter)
 
@@ -90,3 +92,25 @@ class ObservationSync:
             if age > self.max_age_ns:
                 problems.append(f"camera {cam}: frame {age / 1e9:.2f} s older than the joint state")
         return Synced(stamp_ns, joint, frames, "; ".join(problems))
+
+
+def joint_positions(names: Sequence[str], positions: Sequence[float], wanted: Sequence[str] = ()
+                    ) -> tuple[list[str], np.ndarray]:  # fmt: skip
+    """A joint state's positions of the `wanted` joints (none named: all, in the message's order) as float32;
+    ValueError saying what is wrong with the message."""
+    if len(positions) != len(names):
+        raise ValueError(f"{len(names)} names but {len(positions)} positions")
+    if len(set(names)) != len(names):
+        raise ValueError(f"joint names repeat: {list(names)}")
+    wanted = list(wanted) or list(names)
+    if not wanted:
+        raise ValueError("no joints: the message names none")
+    index = {name: i for i, name in enumerate(names)}
+    missing = [n for n in wanted if n not in index]
+    if missing:
+        raise ValueError(f"joints {missing} missing (the message names {list(names)})")
+    with np.errstate(over="ignore"):  # a value beyond float32's range becomes inf, refused below
+        values = np.array([positions[index[n]] for n in wanted], dtype=np.float64).astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"joint positions {values.tolist()} are not all finite (float32)")
+    return wanted, values

@@ -16,18 +16,14 @@ from sensor_msgs.msg import JointState, Joy
 from std_msgs.msg import Float64MultiArray
 
 from sop_ros.configs.robot import TeleopArbiterConfig
-from sop_ros.episodes.format import Controller, Outcome
+from sop_ros.episodes.format import Controller
 from sop_ros.msg import EpisodeEvent, InterventionState
 from sop_ros.robot import commands, topics
-from sop_ros.robot.arbitration import Arbiter, ArbiterOutput
+from sop_ros.robot.arbitration import LABELS, Arbiter, ArbiterOutput, label_target
 from sop_ros.robot.params import declare_config
 from sop_ros.robot.spin import run_node
 from sop_ros.robot.teleop_devices import JoyTeleop, leader_arm_command
 from sop_ros.srv import LabelEpisode
-
-# The outcomes an operator may give an episode (EpisodeEvent.OUTCOME_*).
-LABELS = {code: Outcome.from_event(code) for code in
-          (EpisodeEvent.OUTCOME_SUCCESS, EpisodeEvent.OUTCOME_FAILURE, EpisodeEvent.OUTCOME_ABORT)}  # fmt: skip
 
 
 class TeleopArbiterNode(Node):
@@ -137,13 +133,9 @@ class TeleopArbiterNode(Node):
         return response
 
     def label(self, outcome: int, episode_id: str, via: str) -> tuple[bool, str]:
-        if outcome not in LABELS:
-            allowed = ", ".join(f"{code} ({name})" for code, name in LABELS.items())
-            return False, f"outcome {outcome} is not one of {allowed} (EpisodeEvent.OUTCOME_*)"
-        known = [e for e in (self.current, self.last_ended) if e is not None]
-        target = next((e for e in known if e.episode_id == episode_id), None) if episode_id else next(iter(known), None)
+        target, refusal = label_target(outcome, episode_id, (self.current, self.last_ended))
         if target is None:
-            return False, f"no episode {episode_id!r} on this robot" if episode_id else "no episode to label yet"
+            return False, refusal
         event = EpisodeEvent(
             event=EpisodeEvent.EVENT_LABEL, robot_id=target.robot_id, episode_id=target.episode_id,
             task=target.task, instruction=target.instruction, outcome=outcome, outcome_source="operator",
