@@ -69,6 +69,19 @@ class Tally:
     legit_failed: int = 0
     crash_examples: list[str] = field(default_factory=list)  # the first few, with their inputs
 
+    @contextmanager
+    def judging(self, what: str, refusals: tuple[type[Exception], ...]) -> Iterator[None]:
+        """One generated input through the boundary in the block: refused when it raises one of `refusals`,
+        accepted when it ends (a broken promise inside is reported with `crash`), a crash on any other error."""
+        self.inputs += 1
+        try:
+            yield
+            self.accepted += 1
+        except refusals:
+            self.refused += 1
+        except Exception as err:  # noqa: BLE001 - a crash is recorded, not raised
+            self.crash(f"{what}: {type(err).__name__}: {err}")
+
     def crash(self, what: str) -> None:
         self.crashes += 1
         if len(self.crash_examples) < 5:
@@ -139,15 +152,9 @@ def fuzz_teleop_commands(inputs: int) -> Tally:
 
     def check(value) -> None:
         source, command = value
-        tally.inputs += 1
         now[0] += 1.0 / config.control_hz
-        try:
+        with tally.judging(f"{source.name} {command}", (ValueError,)):
             arbiter.submit(source, np.array(command, dtype=np.float64), now[0])
-            tally.accepted += 1
-        except ValueError:
-            tally.refused += 1
-        except Exception as err:  # noqa: BLE001 - a crash is recorded, not raised
-            tally.crash(f"{source.name} {command}: {type(err).__name__}: {err}")
         held_to_limits(arbiter.tick(now[0]).command, f"{source.name} {command}")
         tally.serve(follows_the_policy)
 
@@ -186,8 +193,7 @@ def fuzz_upload_pieces(inputs: int) -> Tally:
 
     def check(value) -> None:
         kind, data = value
-        tally.inputs += 1
-        try:
+        with tally.judging(f"{kind} {data!r}", (ProtocolError,)):
             if kind == "key":
                 robot, episode = parse_episode_key(data)
                 if "/" in robot or "/" in episode or episode in (".", "..") or not robot or not episode:
@@ -199,11 +205,6 @@ def fuzz_upload_pieces(inputs: int) -> Tally:
                     tally.crash(f"piece {data!r} accepted as {piece}")
             else:
                 ArtifactRange.decode(data)
-            tally.accepted += 1
-        except ProtocolError:
-            tally.refused += 1
-        except Exception as err:  # noqa: BLE001
-            tally.crash(f"{kind} {data!r}: {type(err).__name__}: {err}")
         tally.serve(lambda: parse_episode_key(good_key) == ("robot_0", "robot_0-20261205T000000-00001")
                     and Piece.decode(good_piece).size == 10)  # fmt: skip
 
@@ -229,7 +230,6 @@ def fuzz_announcements(inputs: int) -> Tally:
 
     def check(value) -> None:
         kind, name, replacement, raw = value
-        tally.inputs += 1
         if kind == "field":
             data = json.loads(good.encode())
             data[name] = replacement
@@ -238,16 +238,11 @@ def fuzz_announcements(inputs: int) -> Tally:
             encoded = json.dumps({**json.loads(good.encode()), name: replacement}).encode()
         else:
             encoded = raw
-        try:
+        with tally.judging(f"{encoded!r}", (ProtocolError, VerificationError)):
             announcement = PolicyAnnouncement.decode(encoded)
             verify(announcement, public)
             if announcement != good:
                 tally.crash(f"a changed announcement verified: {encoded!r}")
-            tally.accepted += 1
-        except (ProtocolError, VerificationError):
-            tally.refused += 1
-        except Exception as err:  # noqa: BLE001
-            tally.crash(f"{encoded!r}: {type(err).__name__}: {err}")
         tally.serve(lambda: verify(PolicyAnnouncement.decode(good.encode()), public) is None)
 
     strategy = st.tuples(st.sampled_from(["field", "field", "extra", "raw"]), st.sampled_from(fields),
@@ -290,15 +285,8 @@ def fuzz_config_yaml(inputs: int) -> Tally:
             parent[rename] = parent.pop(where[-1])
         else:
             parent[where[-1]] = replacement
-        tally.inputs += 1
-        try:
+        with tally.judging(f"{path}: {'.'.join(map(str, where))} -> {rename or replacement!r}", (ConfigError,)):
             from_dict(cls, data)
-            tally.accepted += 1
-        except ConfigError:
-            tally.refused += 1
-        except Exception as err:  # noqa: BLE001
-            tally.crash(f"{path}: {'.'.join(map(str, where))} -> {rename or replacement!r}: {type(err).__name__}: "
-                        f"{err}")  # fmt: skip
         tally.serve(lambda: isinstance(from_dict(cls, document), cls))
 
     strategy = st.tuples(st.integers(0, 10**6), st.integers(0, 10**6), json_values(),
@@ -329,16 +317,10 @@ def fuzz_episode_files(inputs: int, episodes: Path | None) -> Tally:
         at = at % len(original)
         damaged = original[:at] if kind == "truncate" else original[:at] + data + original[at + len(data):]
         target.write_bytes(damaged)
-        tally.inputs += 1
-        try:
+        with tally.judging(f"{kind} at {at} ({len(data)} bytes)", (ValueError,)):
             episode = index_episode(target, DatasetConfig())
             if not (np.all(np.isfinite(episode.proprio)) and np.all(np.isfinite(episode.actions))):
                 tally.crash(f"{kind} at {at}: accepted with non-finite joint positions or actions")
-            tally.accepted += 1
-        except ValueError:
-            tally.refused += 1
-        except Exception as err:  # noqa: BLE001
-            tally.crash(f"{kind} at {at} ({len(data)} bytes): {type(err).__name__}: {err}")
         tally.serve(lambda: np.array_equal(index_episode(source, DatasetConfig()).actions, expected.actions))
 
     try:
@@ -377,20 +359,14 @@ def fuzz_robot_reports(inputs: int) -> Tally:
 
     def check(value) -> None:
         kind, name, replacement, raw = value
-        tally.inputs += 1
         data = dict(good)
         if kind == "field":
             data[name] = replacement
         elif kind == "missing":
             data.pop(name)
         encoded = raw if kind == "raw" else json.dumps(data).encode()
-        try:
+        with tally.judging(f"{encoded!r}", (ProtocolError,)):
             shown(decode_robot_report(encoded))
-            tally.accepted += 1
-        except ProtocolError:
-            tally.refused += 1
-        except Exception as err:  # noqa: BLE001
-            tally.crash(f"{encoded!r}: {type(err).__name__}: {err}")
         tally.serve(lambda: "robot_0" in shown(decode_robot_report(json.dumps(good).encode())))
 
     strategy = st.tuples(st.sampled_from(["field", "field", "missing", "raw"]), st.sampled_from(sorted(good)),
@@ -422,17 +398,11 @@ def fuzz_range_queries(inputs: int, policy: Path) -> Tally:
 
     def check(value) -> None:
         asked, header = value
-        tally.inputs += 1
-        try:
+        with tally.judging(f"version {asked!r}, range {header!r}", (ProtocolError, ValueError, OSError)):
             data = files.read(asked, header)
             wanted = ArtifactRange.decode(header)
             if asked != version or data != artifact[wanted.offset : wanted.offset + wanted.length]:
                 tally.crash(f"version {asked!r}, range {header!r}: answered {len(data)} bytes")
-            tally.accepted += 1
-        except (ProtocolError, ValueError, OSError):
-            tally.refused += 1
-        except Exception as err:  # noqa: BLE001
-            tally.crash(f"version {asked!r}, range {header!r}: {type(err).__name__}: {err}")
         tally.serve(lambda: files.read(version, ArtifactRange(100, 1000).encode()) == artifact[100:1100])
 
     try:
@@ -461,17 +431,11 @@ def fuzz_joint_states(inputs: int) -> Tally:
 
     def check(value) -> None:
         names, positions, wanted = value
-        tally.inputs += 1
-        try:
+        with tally.judging(f"{names} {positions}", (ValueError,)):
             got_names, got = joint_positions(names, positions, wanted)
             expected = list(wanted) or names
             if got_names != expected or got.shape != (len(expected),) or not np.all(np.isfinite(got)):
                 tally.crash(f"{names} {positions} ({list(wanted)}): accepted as {got_names} {got.tolist()}")
-            tally.accepted += 1
-        except ValueError:
-            tally.refused += 1
-        except Exception as err:  # noqa: BLE001
-            tally.crash(f"{names} {positions}: {type(err).__name__}: {err}")
         tally.serve(lambda: joint_positions(JOINT_NAMES, [0.1] * len(JOINT_NAMES), JOINT_NAMES)[1].shape
                     == (len(JOINT_NAMES),))  # fmt: skip
 
@@ -498,16 +462,10 @@ def fuzz_images(inputs: int) -> Tally:
 
     def check(value) -> None:
         data, raw_header = value
-        tally.inputs += 1
-        try:
+        with tally.judging(f"{data[:40]!r}... ({len(data)} bytes), {raw_header}", (ValueError,)):
             frame = camera_frame(32, data, raw_header)
             if frame.shape != (3, 32, 32) or frame.dtype != np.uint8:
                 tally.crash(f"{len(data)} bytes, {raw_header}: accepted as {frame.dtype} {frame.shape}")
-            tally.accepted += 1
-        except ValueError:
-            tally.refused += 1
-        except Exception as err:  # noqa: BLE001
-            tally.crash(f"{data[:40]!r}... ({len(data)} bytes), {raw_header}: {type(err).__name__}: {err}")
         tally.serve(lambda: np.array_equal(camera_frame(32, jpeg), expected))
 
     with quiet_stderr():  # libjpeg warns on stderr about every damaged file it still decodes
@@ -533,7 +491,6 @@ def fuzz_load_requests(inputs: int, policy: Path, other_actions: Path) -> Tally:
 
     def check(value) -> None:
         kind, at, data, pinned, name = value
-        tally.inputs += 1
         at = at % len(original)
         sha256 = digest if pinned else ""
         if kind == "path":
@@ -548,15 +505,10 @@ def fuzz_load_requests(inputs: int, policy: Path, other_actions: Path) -> Tally:
             damaged = original[:at] if kind == "truncate" else original[:at] + data + original[at + len(data):]
             target.write_bytes(damaged)
             changed = damaged != original
-        try:
+        with tally.judging(f"{kind} at {at} ({len(data)} bytes, sha256 given: {pinned})", (ValueError,)):
             load(target, sha256)
             if changed and (pinned or kind in ("path", "other actions")):
                 tally.crash(f"{kind} {target} (sha256 given: {pinned}) was loaded")
-            tally.accepted += 1
-        except ValueError:
-            tally.refused += 1
-        except Exception as err:  # noqa: BLE001
-            tally.crash(f"{kind} at {at} ({len(data)} bytes, sha256 given: {pinned}): {type(err).__name__}: {err}")
         tally.serve(lambda: load(policy, digest) is None)
 
     strategy = st.tuples(st.sampled_from(["overwrite", "overwrite", "truncate", "path", "other actions"]),
