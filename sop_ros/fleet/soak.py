@@ -61,7 +61,9 @@ class SoakConfig:
     robots: int = 4
     json: str = "results/chaos/soak.json"
     out: str = "runs/soak"
-    learner_yaml: str = "config/learner.yaml"
+    # `sop fleet run`'s learner: one torch thread. With torch's default (one per core) among the fleet's ~30
+    # processes on a small host, its threads wait on each other at every operation: 2 samples/s, not ~100.
+    learner_yaml: str = "config/fleet_learner.yaml"
     robot_yaml: str = "config/fleet_sim.yaml"
     tasks: tuple[str, ...] = ("reach-v3", "push-v3")
     fault_gap_min: tuple[float, float] = (3.0, 6.0)  # from one fault's start to the next, uniform
