@@ -66,9 +66,27 @@ def start_logged(cmd: list[str], log: Path, *, env: Mapping[str, str] | None = N
     if die_with_parent and sys.platform == "linux":
         popen_kwargs["preexec_fn"] = _sigkill_on_parent_death
     with open(log, "a" if append else "w") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen((["nice", "-n", str(niceness)] if niceness else []) + list(cmd), stdout=out,
+        proc = subprocess.Popen((["nice", "-n", str(niceness)] if niceness else []) + list(cmd), stdout=out,
                                 stderr=subprocess.STDOUT, env=env, start_new_session=own_session,
                                 **popen_kwargs)  # fmt: skip
+    if own_session:
+        nice_session(proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + niceness)
+    return proc
+
+
+def nice_session(pid: int, niceness: int) -> None:
+    """Give the session that process `pid` started its `niceness` on Linux's scheduler autogroups.
+
+    A process that starts a session of its own gets an autogroup of its own (where kernel.sched_autogroup_enabled
+    is 1), and autogroups share the CPU evenly whatever their processes' nice values: a fleet's thirty niced node
+    processes, each a session, then take thirty shares to the learner's one. Without autogroups this does
+    nothing, as nice already applies."""
+    if niceness <= 0:
+        return
+    try:
+        Path(f"/proc/{pid}/autogroup").write_text(str(min(niceness, 19)))
+    except OSError:
+        pass  # no autogroups here (another OS, or a kernel without them): nice applies as it is
 
 
 def _sigkill_on_parent_death() -> None:

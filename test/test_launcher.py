@@ -191,3 +191,22 @@ def test_when_a_node_finishes_the_others_first_handle_what_had_reached_them(rclp
     finally:
         source.destroy_node()
         sink.destroy_node()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/autogroup"), reason="needs Linux's scheduler autogroups")
+def test_a_niced_process_in_a_session_of_its_own_keeps_its_niceness_against_other_sessions(tmp_path):
+    """Each session is an autogroup, and autogroups share the CPU evenly whatever nice says: a niced robot's
+    node processes would each take a full share from the learner."""
+    import sys
+
+    from sop_ros.host import start_logged
+
+    proc = start_logged([sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "log", niceness=7,
+                        own_session=True)  # fmt: skip
+    try:
+        group = open(f"/proc/{proc.pid}/autogroup").read()
+        assert group.split()[-1] == str(min(19, os.getpriority(os.PRIO_PROCESS, 0) + 7))
+        assert group.split()[0] != open("/proc/self/autogroup").read().split()[0]  # a group of its own
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from sop_ros.host import nice_session
 from sop_ros.launch.plan import NodeSpec
 from sop_ros.robot.node_process import DIE_WITH_PARENT_ENV
 
@@ -90,6 +91,7 @@ class ProcessLauncher:
             finally:
                 if output is not None:
                     output.close()  # the child holds its own copy
+            nice_session(proc.pid, os.getpriority(os.PRIO_PROCESS, 0))  # a niced robot's nodes stay niced
             self.procs[spec.name] = proc
             self.log(f"started {spec.namespace}/{spec.name} (pid {proc.pid})")
 
