@@ -791,7 +791,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the results; a PNG of every process's memory and threads beside it (default %(default)s)")
     p.add_argument("--out", default="runs/soak", metavar="DIR", help="the fleet's files (default %(default)s)")
     p.add_argument("--tasks", default="reach-v3,push-v3", help="(default %(default)s)")
-    p.add_argument("--learner-config", default="config/learner.yaml", help="(default %(default)s)")
+    p.add_argument("--learner-config", default="config/fleet_learner.yaml", help="(default %(default)s)")
     p.add_argument("--robot-config", default="config/fleet_sim.yaml", help="(default %(default)s)")
     p.add_argument("--fault-gap-min", type=float, default=3.0, help="minutes between faults, at least (default "
                    "%(default)s)")  # fmt: skip
