@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import time
 from collections.abc import Hashable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from itertools import repeat
@@ -86,6 +87,18 @@ class DecodedFrames:
 
     def __len__(self) -> int:
         return len(self._frames)
+
+
+def decode_ahead(frames: DecodedFrames, sources: Iterable[tuple[Hashable, bytes]], requested: int,
+                 device_type: str) -> str:  # fmt: skip
+    """Fill `frames` from `sources` at a learner's start in `fill_workers(requested, device_type)` processes;
+    what to log ("" when none were asked for)."""
+    workers = fill_workers(requested, device_type)
+    if not workers:
+        return ""
+    started = time.monotonic()
+    added = frames.fill(sources, workers)
+    return f"{added} frames decoded by {workers} processes in {time.monotonic() - started:.1f} s"
 
 
 def fill_workers(requested: int, device_type: str) -> int:

@@ -51,7 +51,7 @@ from sop_ros.episodes.format import LABELLED, Outcome
 from sop_ros.learner.algorithms import make_algorithm
 from sop_ros.learner.algorithms.base import Algorithm
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
-from sop_ros.learner.frames import DecodedFrames, fill_workers
+from sop_ros.learner.frames import DecodedFrames, decode_ahead
 from sop_ros.learner.pretrain import host_tensors, to_device, warmup_cosine
 from sop_ros.learner.ranks import Ranks, all_sum, same_on_all, start_ranks
 from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, Row, split_rows, task_rows
@@ -507,12 +507,9 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
     if len(missing) == len(config.tasks):
         raise ConfigError(f"demos_dir={config.demos_dir!r}: no demonstrations of {', '.join(config.tasks)}")
     cameras = data.offline.config.cameras  # a checkpoint's own, or the demonstrations' when it names none
-    workers = fill_workers(config.frame_cache_workers, ranks.device.type)
-    if workers:
-        filling = time.monotonic()
-        added = data.frames.fill(data.offline.frame_sources(), workers)
-        say(f"learner: {added} demonstration frames decoded by {workers} processes in "
-            f"{time.monotonic() - filling:.1f} s")  # fmt: skip
+    ahead = decode_ahead(data.frames, data.offline.frame_sources(), config.frame_cache_workers, ranks.device.type)
+    if ahead:
+        say(f"learner: demonstrations: {ahead}")
     if policy is None:  # a fresh model: the demonstrations' cameras, normalised to their states and actions
         policy = VLAPolicy(replace(model_cfg, cameras=len(cameras)))
         model_cfg = policy.config

@@ -24,7 +24,7 @@ from sop_ros.configs import require
 from sop_ros.configs.model import ModelConfig
 from sop_ros.episodes.format import Outcome
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset
-from sop_ros.learner.frames import DecodedFrames, fill_workers
+from sop_ros.learner.frames import DecodedFrames, decode_ahead
 from sop_ros.learner.ranks import device_kind
 from sop_ros.model.inputs import INDICATOR_NONE
 from sop_ros.model.preprocess import to_unit_range
@@ -195,11 +195,9 @@ def pretrain(config: PretrainConfig) -> dict:
     curve, window, start = [], [], time.monotonic()
     model.train()
     on_gpu = device.type == "cuda"  # pixels cross as uint8 from page-locked memory; the GPU scales them
-    workers = fill_workers(config.frame_cache_workers, device.type)
-    if workers:
-        started = time.monotonic()
-        added = dataset.frames.fill(dataset.frame_sources(), workers)
-        print(f"pretrain: {added} frames decoded by {workers} processes in {time.monotonic() - started:.1f} s")
+    decoded = decode_ahead(dataset.frames, dataset.frame_sources(), config.frame_cache_workers, device.type)
+    if decoded:
+        print(f"pretrain: {decoded}")
 
     def batch(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         return host_tensors(dataset.sample(rng, config.batch_size, pixels=on_gpu), model_cfg, pin=on_gpu)
