@@ -41,6 +41,7 @@ from sop_ros.bridge.uploader import CloudUnavailable, Log
 from sop_ros.checksums import BackgroundSha256, file_sha256
 from sop_ros.configs.bridge import PolicyDownloadConfig
 from sop_ros.episodes.durable import atomic_file
+from sop_ros.host import return_free_memory
 
 STREAM_GAP_S = 0.5  # no streamed piece for this long: the stream is over or lost, ask for the rest
 NEWEST = "newest.json"  # the newest announcement accepted: older ones are refused, even after a restart
@@ -302,6 +303,7 @@ class PolicyFetcher:
         self.log("info", f"policy {announcement.version} downloaded and verified ({announcement.size} bytes; "
                  f"{self.stats.streamed_bytes} bytes streamed so far)")  # fmt: skip
         self._prune(keep=announcement.version)
+        return_free_memory()  # the artifact's pieces passed through this thread's arena: gone back to the system
         return path
 
     def _pieces(self, announcement: PolicyAnnouncement, offset: int, stop: threading.Event | None):
@@ -373,6 +375,7 @@ class PolicyFetcher:
             if path.stem not in (keep, running, pending):
                 path.unlink(missing_ok=True)
                 (self.cache / f"{path.stem}.json").unlink(missing_ok=True)
+                self._stages_told.pop(path.stem, None)
 
     # -- state -----------------------------------------------------------------------------------------------
 

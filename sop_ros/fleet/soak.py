@@ -69,7 +69,9 @@ class SoakConfig:
     fault_gap_min: tuple[float, float] = (3.0, 6.0)  # from one fault's start to the next, uniform
     cloud_away_min: float = 10.0
     outbox_full_min: float = 2.0
-    sensor_gap_s: float = 3.0  # wall time; a lockstep simulator here runs at about half real time: over 1 s of its own
+    # Wall time, from the simulator's answer: its lockstep clock runs at a third to a half of real time here, so
+    # this is 1 s or more of the robot's own time, past the ingest's max_sensor_age_s (0.5 s of that clock).
+    sensor_gap_s: float = 3.0
     outbox_mb: int = 256
     sample_s: float = 60.0
     warmup_min: float = 20.0
@@ -300,7 +302,8 @@ class Soak:
         elif fault.kind == "sensor_gap" and robots:
             fault.target = self.rng.choice(robots)
             fault.detail = self.cameras(fault.target, on=False)
-            fault.ends_s = now + self.config.sensor_gap_s
+            # Counted from the answer: the first call also discovers the service, which can take seconds.
+            fault.ends_s = time.monotonic() - self.start + self.config.sensor_gap_s
             self.sensor_gaps.append((fault.target, time.time(), time.time() + self.config.sensor_gap_s))
         elif fault.kind == "bad_announcements":
             fault.target = "fleet"

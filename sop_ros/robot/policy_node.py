@@ -35,6 +35,7 @@ from std_msgs.msg import ColorRGBA, Float64MultiArray
 from visualization_msgs.msg import Marker, MarkerArray
 
 from sop_ros.configs.robot import PolicyConfig, import_policy_class
+from sop_ros.host import return_free_memory
 from sop_ros.model.plugin import PluginPolicy, make_plugin
 from sop_ros.model.policy import ChunkPolicy, Observation, load_policy
 from sop_ros.model.preprocess import to_unit_range
@@ -380,8 +381,10 @@ class PolicyNode(Node):
                     response.accepted, response.message = False, f"refused: {error}"
                     self.message = response.message
                 else:
-                    self.stages[policy.version] = request.rollout_stage
                     takeover, change = self.swaps.loaded(policy, request.immediate, self.episode_active)
+                    kept = {p.version for p in (self.policy, self.swaps.pending, *self.swaps.recent.values()) if p}
+                    self.stages = {v: stage for v, stage in self.stages.items() if v in kept}
+                    self.stages[policy.version] = request.rollout_stage
                     self.swapped(change)
                     response.accepted, response.message = True, takeover.describe(policy.version)
                     if takeover == Takeover.SCHEDULED_NOW and self.waiting_tick is not None:  # its tick waited
@@ -396,6 +399,7 @@ class PolicyNode(Node):
         return response
 
     def load_for(self, request: LoadPolicy.Request, done: Future) -> None:
+        return_free_memory()  # what the policies retired since the last load freed, before a new one is built
         try:
             done.set_result((self.load(request.path, request.sha256, request.version), ""))
         except ValueError as err:
