@@ -137,7 +137,7 @@ def test_a_sweep_resumes_past_its_finished_runs_and_reports_them(tmp_path):
     markdown = (tmp_path / "results" / "fleet-scaling.md").read_text()
     assert all(line in markdown for line in report["targets"])
     assert "| 4 robots | 2 | 10% [2%, 40%] | 100% [84%, 100%] | 20 | 0.5 ± 0 (2/2) | 3.5x |" in markdown
-    assert "| 4 robots | 1 | 10% | 100% | 100% | 100% | 100% | - | 40 | 0.00 | 96 | 5.0 |" in markdown  # run by run
+    assert "| 4 robots | 1 | 10% | 100% | 100% | 100% | 100% | - | 40 | 0.00 | 96 | - | 5.0 |" in markdown  # run by run
     # The probes: each comparison by the two-proportion test on their 10-episode scores.
     assert "| 4 robots | 0 | 40 | 1200 | 100% | 100% |" in markdown
     assert "- 4 robots: its budget spent after all its data had come, against online: 90% vs 100%: -10.0%" in markdown
@@ -324,6 +324,20 @@ def test_learner_samples_per_episode_count_the_training_that_made_the_deployed_p
     assert samples_per_episode(offline, episodes=40) == 320.0  # per episode collected, not deployed
 
 
+def test_draws_per_fleet_step_say_how_often_the_learner_read_each_step_the_fleet_brought():
+    from sop_ros.fleet.experiments import fleet_step_draws
+
+    fixed = fleet_run(1, 0, [0.5]) | {"learner": {"batch_size": 32, "publish_every_steps": 100,
+                                                  "sampling": {"online_share_min": 0.2, "online_share_max": 0.2}}}
+    # 120 steps x 32 rows x a fifth from the fleet = 768 fleet rows over the 96 fleet steps trainable at the end.
+    assert fleet_step_draws(fixed, {"online_steps": 96}) == {"fleet_steps": 96, "draws_per_fleet_step": 8.0}
+    adaptive = fixed | {"learner": fixed["learner"] | {"sampling": {"online_share_min": 0.2, "online_share_max": 0.8}}}
+    assert fleet_step_draws(adaptive, {"online_steps": 96}) == {"fleet_steps": 96, "draws_per_fleet_step": None}
+    assert fleet_step_draws(fixed, None) == {"fleet_steps": None, "draws_per_fleet_step": None}  # no learner status
+    offline = fixed | {"offline_training": {"learner_steps": 600, "episodes": 60}}
+    assert fleet_step_draws(offline, {"online_steps": 96})["draws_per_fleet_step"] is None  # deployed, not trained
+
+
 def test_the_probes_retrain_the_first_finished_run_of_their_arm_and_are_not_run_again(tmp_path, monkeypatch):
     """A sweep whose runs finished but not its probes: each probe trains on its arm's first finished seed's
     store for the run's budget (or twice it) and is scored; a second sweep runs none."""
@@ -473,3 +487,14 @@ def test_recaps_value_check_is_reported_run_by_run_and_task_by_task():
                        "SOP + HG-DAgger": {"runs": [{"seed": 1}]}}}  # fmt: skip
     assert value_lines(report)[-1] == "| SOP + RECAP | 1 | door-open-v3 | 12 | -0.410 | -0.283 | 0.200 | - | 70% |"
     assert value_lines({"arms": {"SOP + HG-DAgger": {"runs": [{"seed": 1}]}}}) == []
+
+
+def test_a_base_policys_recipe_names_what_shapes_its_weights_and_not_how_fast_it_was_made():
+    """Runs are matched to their base by this recipe: a setting added later that leaves the weights as they were
+    (a faster data path, real-time chunking left off) must not orphan every finished run."""
+    from sop_ros.fleet.demo import base_recipe
+
+    recipe = base_recipe(40, 40, 24000)
+    assert {"demos", "out", "frame_cache_mb", "frame_cache_workers"}.isdisjoint(recipe["pretraining"])
+    assert "rtc_no_prefix_share" not in recipe["pretraining"]["model"]  # without real-time chunking: unused
+    assert recipe["pretraining"]["steps"] == 24000 and recipe["demos_recorded_per_task"] == 40

@@ -66,7 +66,11 @@ def base_recipe(demos_per_task: int = 0, recorded_per_task: int = DEMOS_PER_TASK
     from sop_ros.checksums import file_sha256
 
     pretraining = to_dict(base_pretraining(Path(), Path(), demos_per_task, steps))
-    del pretraining["demos"], pretraining["out"], pretraining["frame_cache_mb"]  # where, and how fast, only
+    for unrelated in ("demos", "out", "frame_cache_mb", "frame_cache_workers"):  # where, and how fast, only
+        del pretraining[unrelated]
+    if not pretraining["model"].get("rtc_max_prefix"):  # trained without real-time chunking: its settings unused
+        for unused in ("rtc_max_prefix", "rtc_no_prefix_share"):
+            pretraining["model"].pop(unused, None)
     return {"demo_robot_yaml": file_sha256(DEMO_ROBOT_YAML), "tasks": BASE_TASKS,
             "demos_recorded_per_task": recorded_per_task, "pretraining": pretraining}  # fmt: skip
 

@@ -582,7 +582,8 @@ def largest_drop(scores: list[dict]) -> dict | None:
     return worst
 
 
-def run_summary(report: dict, scores: list[dict], config: ExperimentConfig, setup: str, made_on: str) -> dict:
+def run_summary(report: dict, scores: list[dict], config: ExperimentConfig, setup: str, made_on: str,
+                learner_status: dict | None = None) -> dict:  # fmt: skip
     """One run: its policy's scorings over simulated time, at the budget and time to the threshold; and its fleet's
     episodes (those that ended past the budget, as robots run up to lead_steps beyond the learner's last step, are
     left out)."""
@@ -603,6 +604,7 @@ def run_summary(report: dict, scores: list[dict], config: ExperimentConfig, setu
         "online_share": report.get("online_share", {}), "value_check": report.get("value_check", {}),
         "learner_steps": report.get("learner_steps"), "wall_minutes": report["wall_minutes"],
         "samples_per_episode": samples_per_episode(report, episodes),
+        **fleet_step_draws(report, learner_status),
         "fleet_curve": [(p["minute"], p["autonomous_success_rate"], p["episodes"]) for p in curve],
         "setup": setup, "machine": made_on,
     }  # fmt: skip
@@ -617,6 +619,20 @@ def samples_per_episode(report: dict, episodes: int) -> float | None:
     if publishes_nothing(report):
         return None
     return round((report.get("learner_steps") or 0) * batch / max(1, episodes), 1)
+
+
+def fleet_step_draws(report: dict, status: dict | None) -> dict:
+    """Whether one robot's data was the limit: the fleet steps the learner could train on at its end (its last
+    status) and how many times each was drawn on average. Counted for a fixed online share, as share x batch rows a
+    step (at most: a task's rows are all demonstrations until its first fleet episode); None otherwise."""
+    fleet_steps = status.get("online_steps") if status else None
+    sampling, batch = report["learner"].get("sampling", {}), report["learner"]["batch_size"]
+    share = sampling.get("online_share_min")
+    fixed = share is not None and share == sampling.get("online_share_max")
+    if not fleet_steps or not fixed or publishes_nothing(report) or report.get("offline_training"):
+        return {"fleet_steps": fleet_steps, "draws_per_fleet_step": None}
+    draws = (report.get("learner_steps") or 0) * batch * share / fleet_steps
+    return {"fleet_steps": fleet_steps, "draws_per_fleet_step": round(draws, 2)}
 
 
 def spread(values: list) -> dict:
@@ -648,6 +664,7 @@ def arm_summary(runs: list[dict]) -> dict:
         "episodes_per_sim_hour": spread([r["episodes_per_sim_hour"] for r in runs]),
         "interventions_per_episode": spread([r["interventions_per_episode"] for r in runs]),
         "samples_per_episode": spread([r["samples_per_episode"] for r in runs]),
+        "draws_per_fleet_step": spread([r.get("draws_per_fleet_step") for r in runs]),
         "runs": runs,
     }  # fmt: skip
 
@@ -681,7 +698,9 @@ def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str], comm
             run_dir = out / arm.slug / f"seed{seed}"
             if is_finished(run_dir, keys[arm.name]):
                 report, scores = (json.loads((run_dir / name).read_text()) for name in ("fleet_run.json", SCORES))
-                runs.append(run_summary(report, scores, config, keys[arm.name], made_on))
+                status = run_dir / "fleet" / "learner" / "status.json"
+                runs.append(run_summary(report, scores, config, keys[arm.name], made_on,
+                                        json.loads(status.read_text()) if status.exists() else None))
             elif (arm.name, seed) in committed:
                 runs.append(committed[(arm.name, seed)])
         arms[arm.name] = arm_summary(runs)
@@ -946,12 +965,12 @@ def markdown(report: dict) -> str:
         *report["targets"], "",
         "| arm | seeds | base | at the budget | episodes scored | min to threshold (reached) | speed-up | "
         "fleet, no intervention | episodes / sim h | interventions / episode | learner samples / episode | "
-        "online share per task (min-max) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "draws / fleet step | online share per task (min-max) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for name, arm in report["arms"].items():
         if not arm["runs"]:
-            lines.append(f"| {name} | 0 |" + " - |" * 10)
+            lines.append(f"| {name} | 0 |" + " - |" * 11)
             continue
         to = arm["minutes_to_threshold"]
         lines.append(f"| {name} | {len(arm['runs'])} | {_rate_cell(arm['base'])} | {_rate_cell(arm['at_budget'])} | "
@@ -959,6 +978,7 @@ def markdown(report: dict) -> str:
                      f"{arm['speedup'] + 'x' if arm['speedup'] else '-'} | "
                      f"{_cell(arm['fleet_autonomous_at_budget'])} | {_cell(arm['episodes_per_sim_hour'], False)} | "
                      f"{_cell(arm['interventions_per_episode'], False)} | {_cell(arm['samples_per_episode'], False)} | "
+                     f"{_cell(arm.get('draws_per_fleet_step', {'mean': None}), False)} | "
                      f"{_share_cell(arm['online_share'])} |")  # fmt: skip
     if report["comparisons"]:
         lines += ["", "Comparisons at the budget (two-proportion z-test; Newcombe's 95% interval of the difference):",
@@ -1009,15 +1029,16 @@ def run_lines(report: dict, minutes: list[float]) -> list[str]:
     """Run by run: the spread behind each pooled figure, the largest fall of a task, and what each run cost."""
     lines = ["", "Run by run (the learner's policy at each scoring minute; largest fall of one task between two "
              "scorings):", "", "| arm | seed | " + " | ".join(f"{x:g} min" for x in minutes) +
-             " | largest fall | episodes | interventions / episode | learner samples / episode | wall min |",
-             "|---|---|" + "---|" * (len(minutes) + 5)]  # fmt: skip
+             " | largest fall | episodes | interventions / episode | learner samples / episode | draws / fleet step "
+             "| wall min |", "|---|---|" + "---|" * (len(minutes) + 6)]  # fmt: skip
     for name, arm in report["arms"].items():
         for run in arm["runs"]:
             at = {p["minute"]: f"{p['success']:.0%}" for p in run["scores"]}
             drop = run["largest_drop"]
             fall = "-" if not drop else f"{drop['points']:.0f} ({drop['task']}, {drop['to_minute']:g} min)"
             samples = "-" if run["samples_per_episode"] is None else f"{run['samples_per_episode']:.0f}"
+            draws = "-" if run.get("draws_per_fleet_step") is None else f"{run['draws_per_fleet_step']:.1f}"
             lines.append(f"| {name} | {run['seed']} | " + " | ".join(at.get(x, "-") for x in minutes) +
                          f" | {fall} | {run['episodes']} | {run['interventions_per_episode']:.2f} | {samples} | "
-                         f"{run['wall_minutes']:.1f} |")  # fmt: skip
+                         f"{draws} | {run['wall_minutes']:.1f} |")  # fmt: skip
     return lines
