@@ -115,6 +115,28 @@ class Robot:
 
 
 @pytest.mark.unit
+def test_only_the_few_versions_being_fetched_keep_a_file_open(exported, keys, tmp_path, monkeypatch):
+    """A learner publishing every few seconds for hours must not hold a descriptor for every version it served."""
+    import os
+
+    from sop_ros.bridge.protocol import ArtifactRange
+    from sop_ros.cloud import policy_server
+    from sop_ros.cloud.policy_registry import PolicyRegistry
+
+    monkeypatch.setattr(policy_server, "OPEN_ARTIFACTS", 2)
+    registry = PolicyRegistry(tmp_path / "registry")
+    for version in ("v1", "v2", "v3"):
+        registry.publish(exported[version], keys[0])
+    files = policy_server.ArtifactFiles(registry, max_range_kb=64)
+    opened = len(os.listdir("/proc/self/fd"))
+    for version in ("v1", "v2", "v3", "v1", "v3"):  # v1 let go for v3, then opened again
+        head = files.read(version, ArtifactRange(offset=100, length=4096).encode())
+        assert head == registry.artifact_path(version).read_bytes()[100:4196]
+        assert len(os.listdir("/proc/self/fd")) <= opened + 2
+    files.close()
+    assert len(os.listdir("/proc/self/fd")) == opened
+
+
 def test_signatures_cover_every_field_and_only_the_fleet_key_verifies(keys, tmp_path):
     private, public = keys
     announcement = sign(PolicyAnnouncement("v1", "ab" * 32, 1000, 1.7e9, metrics={"success": 0.7}), private)

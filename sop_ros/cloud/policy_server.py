@@ -192,6 +192,9 @@ class PolicyServer:
         self.artifacts.close()
 
 
+OPEN_ARTIFACTS = 4  # policy files kept open for range reads: the newest, a canary's pair, a straggler's
+
+
 class ArtifactFiles:
     """Byte ranges of published policy artifacts, as download queries ask for them (and nothing else: a version
     that was not published names no file)."""
@@ -199,21 +202,27 @@ class ArtifactFiles:
     def __init__(self, registry: PolicyRegistry, max_range_kb: int) -> None:
         self.registry, self.max_range_kb = registry, max_range_kb
         self._lock = threading.Lock()
-        self._files: dict[str, int] = {}  # version -> an open descriptor (read with pread: no shared offset)
+        # version -> an open descriptor (read with pread: no shared offset), the most recently read last. Only the
+        # few versions robots are fetching stay open: a learner publishing every few seconds for hours would
+        # otherwise hold a descriptor, and the disk space of every pruned file, per version.
+        self._files: dict[str, int] = {}
 
     def read(self, version: str, header: bytes | None) -> bytes:
         """The bytes a query's header (ArtifactRange) asks for; ProtocolError or ValueError saying why not."""
         wanted = ArtifactRange.decode(header)
         if wanted.length > self.max_range_kb * 1024:
             raise ValueError(f"range of {wanted.length} bytes exceeds max_range_kb={self.max_range_kb}")
-        with self._lock:
-            fd = self._files.get(version)
+        with self._lock:  # read under it too: a descriptor closed meanwhile could be reused by another file
+            fd = self._files.pop(version, None)
             if fd is None:
                 path = self.registry.artifact_path(version)  # a version's name, not a path anywhere else
                 if self.registry.announcement(version) is None:  # only what was published, never other files
                     raise ValueError(f"no published policy version {version!r}")
-                fd = self._files[version] = os.open(path, os.O_RDONLY)
-        return os.pread(fd, wanted.length, wanted.offset)
+                fd = os.open(path, os.O_RDONLY)
+            self._files[version] = fd
+            while len(self._files) > OPEN_ARTIFACTS:
+                os.close(self._files.pop(next(iter(self._files))))
+            return os.pread(fd, wanted.length, wanted.offset)
 
     def close(self) -> None:
         with self._lock:
