@@ -333,7 +333,7 @@ def test_draws_per_fleet_step_say_how_often_the_learner_read_each_step_the_fleet
     assert fleet_step_draws(fixed, {"online_steps": 96}) == {"fleet_steps": 96, "draws_per_fleet_step": 8.0}
     adaptive = fixed | {"learner": fixed["learner"] | {"sampling": {"online_share_min": 0.2, "online_share_max": 0.8}}}
     assert fleet_step_draws(adaptive, {"online_steps": 96}) == {"fleet_steps": 96, "draws_per_fleet_step": None}
-    assert fleet_step_draws(fixed, None) == {"fleet_steps": None, "draws_per_fleet_step": None}  # no learner status
+    assert fleet_step_draws(fixed, {}) == {"fleet_steps": None, "draws_per_fleet_step": None}  # no learner status
     offline = fixed | {"offline_training": {"learner_steps": 600, "episodes": 60}}
     assert fleet_step_draws(offline, {"online_steps": 96})["draws_per_fleet_step"] is None  # deployed, not trained
 

@@ -604,7 +604,7 @@ def run_summary(report: dict, scores: list[dict], config: ExperimentConfig, setu
         "online_share": report.get("online_share", {}), "value_check": report.get("value_check", {}),
         "learner_steps": report.get("learner_steps"), "wall_minutes": report["wall_minutes"],
         "samples_per_episode": samples_per_episode(report, episodes),
-        **fleet_step_draws(report, learner_status),
+        **fleet_step_draws(report, learner_status or {}),
         "fleet_curve": [(p["minute"], p["autonomous_success_rate"], p["episodes"]) for p in curve],
         "setup": setup, "machine": made_on,
     }  # fmt: skip
@@ -621,11 +621,11 @@ def samples_per_episode(report: dict, episodes: int) -> float | None:
     return round((report.get("learner_steps") or 0) * batch / max(1, episodes), 1)
 
 
-def fleet_step_draws(report: dict, status: dict | None) -> dict:
+def fleet_step_draws(report: dict, status: dict) -> dict:
     """Whether one robot's data was the limit: the fleet steps the learner could train on at its end (its last
     status) and how many times each was drawn on average. Counted for a fixed online share, as share x batch rows a
     step (at most: a task's rows are all demonstrations until its first fleet episode); None otherwise."""
-    fleet_steps = status.get("online_steps") if status else None
+    fleet_steps = status.get("online_steps")
     sampling, batch = report["learner"].get("sampling", {}), report["learner"]["batch_size"]
     share = sampling.get("online_share_min")
     fixed = share is not None and share == sampling.get("online_share_max")
@@ -687,6 +687,7 @@ def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str], comm
                  carried_probes: dict[tuple[str, int], dict]) -> dict:  # fmt: skip
     """The report of this sweep's runs and probes (each: this clone's if made with the arm's setup key, else the
     committed report's)."""
+    from sop_ros.fleet.online_fleet import learner_status
     from sop_ros.host import machine
 
     host = machine()
@@ -698,9 +699,8 @@ def write_report(config: ExperimentConfig, out: Path, keys: dict[str, str], comm
             run_dir = out / arm.slug / f"seed{seed}"
             if is_finished(run_dir, keys[arm.name]):
                 report, scores = (json.loads((run_dir / name).read_text()) for name in ("fleet_run.json", SCORES))
-                status = run_dir / "fleet" / "learner" / "status.json"
                 runs.append(run_summary(report, scores, config, keys[arm.name], made_on,
-                                        json.loads(status.read_text()) if status.exists() else None))
+                                        learner_status(run_dir / "fleet")))
             elif (arm.name, seed) in committed:
                 runs.append(committed[(arm.name, seed)])
         arms[arm.name] = arm_summary(runs)

@@ -321,8 +321,7 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
             stop_process(proc)
         time.sleep(5.0)  # the last episodes' uploads
         stop_process(learner_proc, timeout_s=120.0)
-    status = out / "learner" / "status.json"
-    last = json.loads(status.read_text()) if status.exists() else {}
+    last = learner_status(out)
     # Where the run ended on the clock its episodes are binned by: a paced run stopped by wall time ends where the
     # fleet's simulated clock last stood (the learner's status), not at a span it was never given.
     end_s = (sim_minutes * 60 if sim_minutes else last.get("fleet_sim_s")) if paced else time.time() - start
@@ -372,6 +371,12 @@ def online_share_range(tensorboard: Path) -> dict[str, dict]:
             shares[tag.removeprefix("online_share/")] = {"min": round(min(values), 3), "max": round(max(values), 3),
                                                          "last": round(values[-1], 3)}  # fmt: skip
     return shares
+
+
+def learner_status(out: Path) -> dict:
+    """The last status the learner of the fleet run in `out` wrote ({} before its first)."""
+    status = out / "learner" / "status.json"
+    return json.loads(status.read_text()) if status.exists() else {}
 
 
 def _progress(learner: LearnerConfig, start: float) -> str:
