@@ -14,7 +14,7 @@ from mcap_ros2.decoder import DecoderFactory
 from sop_ros.configs import ConfigError, from_dict
 from sop_ros.episodes.reader import copy_episode, episode_files, recorded_cameras
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, align_commands, controller_at, index_episode
-from sop_ros.learner.frames import DecodedFrames, fill_workers
+from sop_ros.learner.frames import DecodedFrames, JpegSpill, SpilledJpegs, fill_workers
 from sop_ros.model.preprocess import decode_jpeg_rgb, image_to_input
 from sop_ros.sim.metaworld_sim import MetaWorldSim
 
@@ -277,6 +277,26 @@ def test_a_frame_cache_gives_byte_identical_batches_and_keeps_within_its_budget(
         EpisodeDataset(demos, log=lambda _: None, frames=DecodedFrames(32, budget_mb=1))
     with pytest.raises(ValueError, match="must be >= 0"):
         DecodedFrames(64, budget_mb=-1)
+
+
+def test_spilled_frames_read_back_the_same_bytes_from_one_unlinked_file(indexed, tmp_path):
+    dataset, _ = indexed
+    spill = JpegSpill(tmp_path / "learner")
+    episodes = dataset.episodes[:2]
+    kept = [{camera: spill.keep(jpegs) for camera, jpegs in e.frames.items()} for e in episodes]
+    assert list((tmp_path / "learner").iterdir()) == []  # unlinked: its space goes back with the process
+    for episode, frames in zip(episodes, kept, strict=True):
+        for camera, jpegs in episode.frames.items():
+            assert isinstance(frames[camera], SpilledJpegs) and len(frames[camera]) == len(jpegs)
+            assert list(frames[camera]) == list(jpegs) and frames[camera][-1] == jpegs[-1]
+    assert spill.bytes == sum(len(j) for e in episodes for jpegs in e.frames.values() for j in jpegs)
+    spill.close()
+    with pytest.raises(ValueError, match="spill .* is closed"):
+        kept[0][DEMO_CAMERAS[0]][0]
+    # Where no file can be made, the frames stay in memory, as they were.
+    (tmp_path / "a_file").write_text("")
+    jpegs = episodes[0].frames[DEMO_CAMERAS[0]]
+    assert JpegSpill(tmp_path / "a_file" / "learner").keep(jpegs) is jpegs
 
 
 def test_only_the_selected_steps_are_sampled(demos):

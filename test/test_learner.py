@@ -26,7 +26,8 @@ from sop_ros.configs.learner import LearnerConfig
 from sop_ros.episodes.reader import copy_episode, episode_files
 from sop_ros.host import free_endpoint
 from sop_ros.learner.algorithms import make_algorithm
-from sop_ros.learner.dataset import DatasetConfig
+from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset
+from sop_ros.learner.frames import SpilledJpegs
 from sop_ros.learner.online import TrainingData, fleet_metrics, plan_rows, version_lag
 
 TIER = "unit"  # what the tests need: conftest.TIERS
@@ -188,12 +189,19 @@ def test_recap_pretrains_its_value_network_and_publishes_an_advantage_conditione
 
 
 def test_each_batch_is_split_across_tasks_and_within_a_task_by_the_online_share(tmp_path, recorded_demos):
-    config = from_dict(LearnerConfig, {"tasks": DEMO_TASKS, "demos_dir": str(recorded_demos), "batch_size": 64})
+    config = from_dict(LearnerConfig, {"tasks": DEMO_TASKS, "demos_dir": str(recorded_demos), "batch_size": 64,
+                                       "checkpoint_dir": str(tmp_path / "learner")})  # fmt: skip
     data = TrainingData(config, DatasetConfig(), make_algorithm(config))
     files = episode_files(recorded_demos)
     data.refresh(files)
     assert not data.online.episodes  # indexed in the background, taken at the next refresh
     assert data.refresh(files) and len(data.online.episodes) == 4
+    # The fleet's frames are read from the learner's spill file, and give the batches the files give.
+    assert all(isinstance(jpegs, SpilledJpegs) for e in data.online.episodes for jpegs in e.frames.values())
+    in_memory = EpisodeDataset(files, data.online_config, log=lambda _: None, select=data.select)
+    for seed in (0, 1):
+        got = data.online.sample(np.random.default_rng(seed), 32)
+        assert got["images"].tobytes() == in_memory.sample(np.random.default_rng(seed), 32)["images"].tobytes()
     for share in (0.2, 0.8):
         rows = plan_rows(7, config, data, dict.fromkeys(DEMO_TASKS, share))
         assert len(rows) == 64
@@ -206,7 +214,8 @@ def test_each_batch_is_split_across_tasks_and_within_a_task_by_the_online_share(
     data.close()
     # A task left out of online_tasks trains on its demonstrations alone, whatever its share.
     only = from_dict(LearnerConfig, {"tasks": DEMO_TASKS, "demos_dir": str(recorded_demos), "batch_size": 64,
-                                     "online_tasks": [DEMO_TASKS[0]]})  # fmt: skip
+                                     "online_tasks": [DEMO_TASKS[0]],
+                                     "checkpoint_dir": str(tmp_path / "only")})  # fmt: skip
     data = TrainingData(only, DatasetConfig(), make_algorithm(only))
     data.refresh(files, at_once=True)
     assert data.online.tasks == [DEMO_TASKS[0]]

@@ -2,7 +2,8 @@
 
 Numpy only (no torch, no ROS): the learner's data loader, evaluation code and tools all read episodes through
 here. An episode file is one MCAP file in the episode format (sop_ros/episodes), read by its reader. Camera
-frames stay JPEG in memory and are decoded when a sample needs them, once if a frame cache (frames.py) keeps them.
+frames stay JPEG (in memory, or spilled to disk by a learner) and are decoded when a sample needs them, once if
+a frame cache (frames.py) keeps them.
 
 Alignment, for an episode with joint states 0..N (N = steps) at times t_0 < ... < t_N:
 
@@ -235,7 +236,7 @@ class EpisodeIndex:
     actions: np.ndarray  # (steps, action_dim) float32: action k, executed after observation k
     operator: np.ndarray  # (steps,) bool: the operator was in control when action k's command was logged
     frame_ns: dict[str, np.ndarray]  # camera -> (frames,) int64 frame times
-    frames: dict[str, list[bytes]]  # camera -> JPEG bytes of each frame
+    frames: dict[str, Sequence[bytes]]  # camera -> JPEG bytes of each frame (a list, or a learner's JpegSpill)
     frame_of_step: dict[str, np.ndarray]  # camera -> (steps + 1,) index of observation k's frame
     filled_actions: int = 0  # steps no command was matched to: the previous action repeated (zeros at 0)
     shifted_commands: int = 0  # actions whose command the recorder logged in another step's window

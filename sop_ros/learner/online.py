@@ -51,7 +51,7 @@ from sop_ros.episodes.format import LABELLED, Outcome
 from sop_ros.learner.algorithms import make_algorithm
 from sop_ros.learner.algorithms.base import Algorithm
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
-from sop_ros.learner.frames import DecodedFrames, decode_ahead
+from sop_ros.learner.frames import DecodedFrames, JpegSpill, decode_ahead
 from sop_ros.learner.pretrain import host_tensors, to_device, warmup_cosine
 from sop_ros.learner.ranks import Ranks, all_sum, same_on_all, start_ranks
 from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, Row, split_rows, task_rows
@@ -86,6 +86,8 @@ class TrainingData:
                               "`sop collect-demos`)")  # fmt: skip
         # Both sources' frames, decoded once each (the online dataset is rebuilt as the fleet's episodes arrive).
         self.frames = DecodedFrames(dataset_config.image_size, config.frame_cache_mb)
+        # The fleet's frames grow as long as the learner runs: their JPEG bytes go to disk, beside the checkpoint.
+        self.spill = JpegSpill(config.checkpoint_dir)
         # The demonstrations of the learner's tasks: a base pretrained on more tasks leaves the others out.
         self.offline = EpisodeDataset(config.demos_dir, replace(dataset_config, outcomes=algorithm.offline_outcomes,
                                                                 episodes_per_task=config.demos_per_task,
@@ -129,9 +131,11 @@ class TrainingData:
     def _index(self, paths: list[Path]) -> None:
         for path in paths:
             try:
-                self._cache[path] = index_episode(path, self.online_config)
+                episode = index_episode(path, self.online_config)
             except ValueError:
-                pass  # the dataset build records why, in its `skipped`
+                continue  # the dataset build records why, in its `skipped`
+            self._cache[path] = replace(episode, frames={camera: self.spill.keep(jpegs)
+                                                         for camera, jpegs in episode.frames.items()})  # fmt: skip
 
     def tasks(self) -> set[str]:
         return set(self.offline.tasks) | set(self.online.tasks)
@@ -149,6 +153,7 @@ class TrainingData:
 
     def close(self) -> None:
         self._indexer.shutdown(wait=True, cancel_futures=True)
+        self.spill.close()
 
 
 def precision_context(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
