@@ -475,11 +475,14 @@ def chaos_exit(name: str, run) -> int:
 
 def cmd_chaos_soak(args: argparse.Namespace) -> int:
     require_ros("chaos soak")
-    from sop_ros.fleet.soak import SoakConfig, run
+    from sop_ros.fleet.soak import FAULTS, SoakConfig, run
 
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    config = SoakConfig(args.hours, args.robots, args.json, args.out, args.learner_config, args.robot_config, tasks,
-                        (args.fault_gap_min, args.fault_gap_max), args.cloud_away_min, seed=args.seed)  # fmt: skip
+    faults = FAULTS if args.faults == "all" else tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    config = SoakConfig(args.hours, args.robots, args.json, args.out, learner_yaml=args.learner_config,
+                        robot_yaml=args.robot_config, tasks=tasks, faults=faults,
+                        fault_gap_min=(args.fault_gap_min, args.fault_gap_max), cloud_away_min=args.cloud_away_min,
+                        seed=args.seed)  # fmt: skip
 
     def soak() -> dict:
         report = run(config)
@@ -793,6 +796,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default="reach-v3,push-v3", help="(default %(default)s)")
     p.add_argument("--learner-config", default="config/fleet_learner.yaml", help="(default %(default)s)")
     p.add_argument("--robot-config", default="config/fleet_sim.yaml", help="(default %(default)s)")
+    p.add_argument("--faults", default="all", help="the kinds injected in turn, comma-separated (robot_node, "
+                   "sensor_gap, ...: sop_ros/fleet/soak.py); default all")  # fmt: skip
     p.add_argument("--fault-gap-min", type=float, default=3.0, help="minutes between faults, at least (default "
                    "%(default)s)")  # fmt: skip
     p.add_argument("--fault-gap-max", type=float, default=6.0, help="and at most (default %(default)s)")

@@ -1,16 +1,20 @@
 """A simulated robot driven by a policy class of its own, named in its YAML, through the real nodes (`sop robot`:
 simulator, ingest, policy, arbiter, each in its own process): the class defined here, and the openpi websocket
-client asking a local server. Their actions reach the robot's command; the status names the class."""
+client asking a local server. Their actions reach the robot's command; the status names the class. And the same
+robot, its cameras stopped and restarted: it holds, then goes on by itself."""
 
 import os
 import signal
+import subprocess
 
 import numpy as np
 from conftest import REPO, sop, start, wait_for
 from openpi_server import OpenpiServer
 from std_msgs.msg import Float64MultiArray
+from std_srvs.srv import SetBool
 
 from sop_ros.model.policy import Observation, PolicyResult
+from sop_ros.msg import Observation as ObservationMsg
 from sop_ros.msg import PolicyStatus
 from sop_ros.robot import topics
 from sop_ros.srv import LoadPolicy
@@ -120,3 +124,53 @@ def test_the_websocket_policy_drives_the_simulated_robot_from_an_openpi_server(t
     obs = server.received[-1]
     assert obs["observation/corner"].shape == (32, 32, 3) and obs["observation/corner"].dtype == np.uint8
     assert obs["observation/state"].dtype == np.float32 and isinstance(obs["task"], str)
+
+
+def test_a_lockstep_robot_whose_cameras_stop_holds_and_goes_on_by_itself_when_they_come_back(tmp_path, rclpy_context):
+    import rclpy
+
+    robot_yaml = ROBOT.format(policy_class="test_policy_plugin_robot:SteadyPolicy",
+                              policy_args="{action: [0.1, 0.0, 0.0, 0.0]}")  # fmt: skip
+    # Nothing steps on a hold for 10 minutes: a robot that does not go on by itself is seen waiting.
+    robot_yaml = robot_yaml.replace("max_episode_steps: 40", "max_episode_steps: 400, lockstep_timeout_s: 600.0")
+    (tmp_path / "robot.yaml").write_text(robot_yaml)
+    path = [str(REPO / "test"), str(REPO), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    node = rclpy.create_node("camera_probe", namespace=NS)
+    seen: list[tuple[int, bool]] = []  # (stamp ns, valid) of each observation
+    node.create_subscription(ObservationMsg, topics.OBSERVATION, lambda m: seen.append(
+        (m.header.stamp.sec * 10**9 + m.header.stamp.nanosec, m.valid)), topics.STREAM)  # fmt: skip
+    cameras = node.create_client(SetBool, "sim_robot/cameras_on")
+
+    def spin() -> None:
+        rclpy.spin_once(node, timeout_sec=0.05)
+
+    def switch(on: bool) -> None:
+        wait_for(cameras.service_is_ready, 60, spin, "the sim_robot/cameras_on service")
+        future = cameras.call_async(SetBool.Request(data=on))
+        wait_for(future.done, 30, spin, "the reply to sim_robot/cameras_on")
+
+    log = tmp_path / "robot.log"  # read at the end: a pipe nobody reads while the test waits would stall the robot
+    with open(log, "w") as out:
+        robot = subprocess.Popen(sop("robot", "--config", str(tmp_path / "robot.yaml")), stdout=out,
+                                 stderr=subprocess.STDOUT, cwd=REPO, env=env)  # fmt: skip
+    try:
+        wait_for(lambda: sum(valid for _, valid in seen) >= 5, 120, spin, "five observations of a running robot")
+        switch(on=False)
+        wait_for(lambda: not seen[-1][1], 60, spin, "an observation flagged stale")
+        held = seen[-1][0]
+        switch(on=True)
+        wait_for(lambda: any(valid and stamp > held for stamp, valid in seen), 60, spin, "the robot going on")
+        robot.send_signal(signal.SIGINT)
+        robot.wait(timeout=60)
+    finally:
+        node.destroy_node()
+        if robot.poll() is None:
+            robot.kill()
+            robot.wait()
+    output = log.read_text()
+    assert robot.returncode == 0, output[-4000:]
+    assert "stale sensors, the policy holds" in output and "sensors fresh again" in output
+    after = [(stamp, valid) for stamp, valid in seen if stamp >= held]
+    # The held state itself is answered again once its frames come (unless an episode's end moved on first).
+    assert after[0] == (held, False) and after[1][1], after[:3]

@@ -6,11 +6,17 @@ import subprocess
 import sys
 import time
 
+import pytest
+import yaml
+from conftest import REPO
+
 from sop_ros.fleet.soak import (
     FAULTS,
     descendants,
     fault_plan,
+    first_hold,
     growth,
+    hold_age_limit,
     process_sample,
     produced_episodes,
     role_of,
@@ -96,12 +102,35 @@ def test_what_the_recorders_finished_is_read_from_the_robots_logs(tmp_path):
     assert quarantined == ["robot_0-20261206-0003"]
 
 
-def test_a_sensor_gap_is_seen_when_the_robot_held_within_it_and_resumed_after_it():
-    logs = {"robot_0": "[WARN] [1000.200000000] [robot_0.ingest]: stale sensors, the policy holds: camera corner\n"
+def test_a_sensor_gap_is_seen_when_the_robot_held_within_it_at_the_first_stale_tick_and_resumed_after_it():
+    stale = "stale sensors, the policy holds: camera corner: frame {} s older than the joint state"
+    logs = {"robot_0": f"[WARN] [1000.200000000] [robot_0.ingest]: {stale.format('0.53')}\n"
                        "[INFO] [1003.500000000] [robot_0.ingest]: sensors fresh again\n",
-            "robot_1": "[WARN] [990.000000000] [robot_1.ingest]: stale sensors, the policy holds: camera corner\n"
-                       "[INFO] [991.000000000] [robot_1.ingest]: sensors fresh again\n"}  # fmt: skip
-    seen = sensor_gaps_seen(logs, [("robot_0", 1000.0, 1003.0), ("robot_1", 1000.0, 1003.0)])
-    assert seen[0] == {"robot": "robot_0", "off": 1000.0, "on": 1003.0, "held_after_s": 0.2, "fresh_after_s": 0.5,
+            "robot_1": f"[WARN] [990.000000000] [robot_1.ingest]: {stale.format('0.53')}\n"
+                       "[INFO] [991.000000000] [robot_1.ingest]: sensors fresh again\n",
+            "robot_2": f"[WARN] [1001.000000000] [robot_2.ingest]: {stale.format('0.90')}\n"
+                       "[INFO] [1004.000000000] [robot_2.ingest]: sensors fresh again\n"}  # fmt: skip
+    limit = 0.5 + 1 / 30
+    gaps = [(robot, 1000.0, 1003.0) for robot in ("robot_0", "robot_1", "robot_2")]
+    seen = sensor_gaps_seen(logs, gaps, dict.fromkeys(logs, limit))
+    assert seen[0] == {"robot": "robot_0", "off": 1000.0, "on": 1003.0, "held_after_s": 0.2,
+                       "frame_age_when_held_s": 0.53, "hold_age_limit_s": limit, "fresh_after_s": 0.5,
                        "ok": True}  # fmt: skip
     assert not seen[1]["ok"] and seen[1]["held_after_s"] is None  # robot_1's hold came before its gap
+    # robot_2 held, but only when its frames were 0.9 s old: ticks past its max age went by without a hold.
+    assert not seen[2]["ok"] and seen[2]["frame_age_when_held_s"] == 0.9 and seen[2]["fresh_after_s"] == 1.0
+
+
+def test_a_robots_hold_age_limit_comes_from_its_block_config_and_its_first_hold_from_its_logs(tmp_path):
+    configs, logs = tmp_path / "configs", tmp_path / "logs"
+    configs.mkdir()
+    logs.mkdir()
+    robot = yaml.safe_load((REPO / "config" / "fleet_sim.yaml").read_text())
+    robot["nodes"]["ingest"] = {"cameras": ["corner", "topview"], "max_sensor_age_s": 0.4}
+    (configs / "robot_0_block003.yaml").write_text(yaml.safe_dump(robot))
+    assert hold_age_limit(configs, "robot_0") == pytest.approx(0.4 + 1 / 30)
+    assert hold_age_limit(configs, "robot_1") == 0.0  # no block of it ran
+    (logs / "robot_0_block003.log").write_text(
+        "[WARN] [990.000000000] [robot_0.ingest]: stale sensors, the policy holds: camera corner: no frame yet\n"
+        "[WARN] [1000.500000000] [robot_0.ingest]: stale sensors, the policy holds: camera corner: frame 0.43 s\n")
+    assert first_hold(logs, "robot_0", 995.0) == 1000.5 and first_hold(logs, "robot_0", 1001.0) is None

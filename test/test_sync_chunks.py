@@ -104,6 +104,29 @@ def test_a_frame_older_than_max_age_or_a_camera_without_frames_is_a_problem_that
     assert ready.problem == "" and ready.frames == {"wrist": (100 * MS, "w100"), "top": (600 * MS, "t600")}
 
 
+def test_a_state_released_stale_is_answered_again_when_its_frame_comes_before_the_next_state():
+    sync = ObservationSync(["cam"], max_age_ns=500 * MS, period_ns=100 * MS)
+    sync.add_frame("cam", 0, "f0")
+    sync.add_joint_state(600 * MS, "held", now_s=0.0)
+    (stale,) = sync.pop_ready(now_s=TIMEOUT_S, timeout_s=TIMEOUT_S)
+    assert stale.problem == "camera cam: frame 0.60 s older than the joint state"
+    assert sync.pop_ready(now_s=1.0, timeout_s=TIMEOUT_S) == []  # nothing new: nothing to say again
+    sync.add_frame("cam", 600 * MS, "f600")  # the camera is back, showing the state's own instant
+    (fresh,) = sync.pop_ready(now_s=1.0, timeout_s=TIMEOUT_S)
+    assert (fresh.stamp_ns, fresh.joint, fresh.frames, fresh.problem) == (600 * MS, "held", {"cam": (600 * MS, "f600")},
+                                                                          "")  # fmt: skip
+    assert sync.pop_ready(now_s=2.0, timeout_s=TIMEOUT_S) == []  # answered once
+    # A newer state supersedes a stale one: only the newer is answered when frames come.
+    sync.add_joint_state(1300 * MS, "late", now_s=3.0)
+    (stale,) = sync.pop_ready(now_s=3.5, timeout_s=TIMEOUT_S)
+    assert stale.problem and stale.joint == "late"
+    sync.add_joint_state(1333 * MS, "newer", now_s=4.0)
+    sync.add_frame("cam", 1300 * MS, "f1300")
+    (ready,) = sync.pop_ready(now_s=4.0, timeout_s=TIMEOUT_S)
+    assert (ready.joint, ready.problem) == ("newer", "")
+    assert sync.pop_ready(now_s=5.0, timeout_s=TIMEOUT_S) == []
+
+
 def test_a_clock_going_back_starts_over():
     sync = ObservationSync(["cam"], max_age_ns=500 * MS)
     sync.add_frame("cam", 1000 * MS, "f1000")

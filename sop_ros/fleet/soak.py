@@ -14,15 +14,18 @@ Faults, one every few minutes (a seeded plan cycling through them all):
   cloud_away         SIGSTOP the learner for `cloud_away_min`, then SIGCONT: a cloud that stops answering
   outbox_full        fill the outbox's tmpfs for `outbox_full_min`, then free it
   bad_announcements  announce a policy signed by another key and an unsigned one, on the fleet's Zenoh
-  sensor_gap         a random robot's cameras stop for `sensor_gap_s` (its simulator's ~/cameras_on service)
+  sensor_gap         a random robot's cameras stop (its simulator's ~/cameras_on service) until its ingest says the
+                     robot holds, and `sensor_gap_after_hold_s` more; at most `sensor_gap_max_s`
 
 Every `sample_s` it samples each process's resident memory, threads and open files (/proc). At the end:
   episodes  every episode a recorder finished (its log) is in the store exactly once, or left in the outbox
   stuck     every robot stored an episode in every `window_min` window, but those that meet a cloud outage
   learner   it ran again after every kill and published after each
   forged    no episode ran a version that was announced forged, and every robot refused them
-  sensors   after each sensor gap, that robot's ingest flagged its sensors stale (the policy holds) within the
-            gap and said them fresh again after it, by itself
+  sensors   in each sensor gap, that robot's ingest flagged its sensors stale (the policy holds) at the first
+            control tick whose frames were past its max age (the age its log names), and said them fresh again
+            after the gap, by itself. Counted on the robot's clock, not the wall's: a lockstep simulator's clock
+            runs at whatever pace its robot answers, and stands still while it holds
   growth    per process alive past `warmup_min`: resident memory growth <= `max_growth_per_hour` of its size,
             threads and open files flat (within `flat_slack`)
 """
@@ -50,7 +53,8 @@ ROBOT_NODES = ("policy", "recorder", "teleop_arbiter", "ingest", "scripted_opera
 RECORDED = re.compile(r"recorded (\S+)\.mcap: ")
 RECOVERED = re.compile(r"partial episode file (\S+?)\.mcap\S*: recovered")
 DEMOS_PER_TASK = 2
-STALE = re.compile(r"\[(\d+\.\d+)\] \[\S+\.ingest\]: stale sensors, the policy holds")
+STALE = re.compile(r"\[(\d+\.\d+)\] \[\S+\.ingest\]: stale sensors, the policy holds: (.*)")
+FRAME_AGE = re.compile(r"frame (\d+\.\d+) s older than the joint state")
 FRESH = re.compile(r"\[(\d+\.\d+)\] \[\S+\.ingest\]: sensors fresh again")
 QUARANTINED = re.compile(r"partial episode file (\S+?)\.mcap\S*: quarantined")
 
@@ -65,13 +69,18 @@ class SoakConfig:
     # processes on a small host, its threads wait on each other at every operation: 2 samples/s, not ~100.
     learner_yaml: str = "config/fleet_learner.yaml"
     robot_yaml: str = "config/fleet_sim.yaml"
+    # The learner's decoded frames are a cache that fills as it samples, up to this bound: the default 1 GB
+    # takes the fleet's first hour of data to fill, which the growth check would count; this fills in warm-up.
+    learner_frame_cache_mb: float = 128.0
     tasks: tuple[str, ...] = ("reach-v3", "push-v3")
+    faults: tuple[str, ...] = FAULTS  # the kinds injected, in turn
     fault_gap_min: tuple[float, float] = (3.0, 6.0)  # from one fault's start to the next, uniform
     cloud_away_min: float = 10.0
     outbox_full_min: float = 2.0
-    # Wall time, from the simulator's answer: its lockstep clock runs at a third to a half of real time here, so
-    # this is 1 s or more of the robot's own time, past the ingest's max_sensor_age_s (0.5 s of that clock).
-    sensor_gap_s: float = 3.0
+    # Cameras off until the robot holds, then this long (wall time): a held lockstep robot's clock stands still,
+    # so a gap of its own time would never end. At most sensor_gap_max_s.
+    sensor_gap_after_hold_s: float = 1.0
+    sensor_gap_max_s: float = 120.0
     outbox_mb: int = 256
     sample_s: float = 60.0
     warmup_min: float = 20.0
@@ -83,6 +92,8 @@ class SoakConfig:
     def __post_init__(self) -> None:
         require(self.hours > 0, "hours", self.hours, "must be > 0")
         require(self.robots >= 1, "robots", self.robots, "must be >= 1")
+        unknown = [f for f in self.faults if f not in FAULTS]
+        require(bool(self.faults) and not unknown, "faults", list(self.faults), f"must be some of {', '.join(FAULTS)}")
         low, high = self.fault_gap_min
         require(0 < low <= high, "fault_gap_min", self.fault_gap_min, "must be (low, high) with 0 < low <= high")
         require(self.sample_s > 0, "sample_s", self.sample_s, "must be > 0")
@@ -199,21 +210,51 @@ def stuck_windows(stored_at: dict[str, list[float]], start: float, end: float, o
     return out
 
 
-def sensor_gaps_seen(logs_text: dict[str, str], gaps: list[tuple[str, float, float]],
+def sensor_gaps_seen(logs_text: dict[str, str], gaps: list[tuple[str, float, float]], hold_ages: dict[str, float],
                      slack_s: float = 2.0) -> list[dict]:  # fmt: skip
     """Per sensor gap (robot, wall time off, on): whether that robot's ingest said its sensors were stale between
-    the gap's start and `slack_s` after its end, and fresh again after that (its log lines' wall stamps)."""
+    the gap's start and `slack_s` after its end, at the first tick past its max age (the frame ages it names are
+    at most `hold_ages[robot]`: max age + a control period), and fresh again after that (its log's wall stamps)."""
     out = []
     for robot, off, on in gaps:
         text = logs_text.get(robot, "")
-        stale = [float(t) for t in STALE.findall(text)]
+        stale = [(float(t), problem) for t, problem in STALE.findall(text)]
         fresh = [float(t) for t in FRESH.findall(text)]
-        held = [t for t in stale if off <= t <= on + slack_s]
-        resumed = [t for t in fresh if held and t >= held[0]]
-        out.append({"robot": robot, "off": off, "on": on, "held_after_s": round(held[0] - off, 3) if held else None,
+        held = [(t, problem) for t, problem in stale if off <= t <= on + slack_s]
+        ages = [float(a) for a in FRAME_AGE.findall(held[0][1])] if held else []
+        # The log rounds ages to 10 ms: allow that much over the limit.
+        in_a_tick = bool(ages) and max(ages) <= hold_ages.get(robot, 0.0) + 0.01
+        resumed = [t for t in fresh if held and t >= held[0][0]]
+        out.append({"robot": robot, "off": off, "on": on,
+                    "held_after_s": round(held[0][0] - off, 3) if held else None,
+                    "frame_age_when_held_s": max(ages) if ages else None, "hold_age_limit_s": hold_ages.get(robot),
                     "fresh_after_s": round(resumed[0] - on, 3) if resumed else None,
-                    "ok": bool(held and resumed)})  # fmt: skip
+                    "ok": bool(held and in_a_tick and resumed)})  # fmt: skip
     return out
+
+
+def hold_age_limit(configs: Path, robot: str) -> float:
+    """The oldest frame a robot may hold on (its ingest's max age and one control period), from the newest of
+    the fleet runner's configs of its blocks; 0 when there is none."""
+    from sop_ros.configs import load_config
+    from sop_ros.configs.robot import RobotLaunchConfig
+
+    blocks = sorted(configs.glob(f"{robot}_block*.yaml"))
+    if not blocks:
+        return 0.0
+    nodes = load_config(RobotLaunchConfig, blocks[-1]).nodes
+    if nodes.ingest is None or nodes.sim_robot is None:
+        return 0.0
+    return nodes.ingest.max_sensor_age_s + 1.0 / nodes.sim_robot.control_hz
+
+
+def first_hold(logs: Path, robot: str, since_wall: float) -> float | None:
+    """The wall time of the first "stale sensors" line of `robot`'s ingest at or after `since_wall`, if any."""
+    for log in sorted(logs.glob(f"{robot}_block*.log")):
+        for stamp, _ in STALE.findall(log.read_text(errors="replace")):
+            if float(stamp) >= since_wall:
+                return float(stamp)
+    return None
 
 
 def produced_episodes(logs: Path) -> tuple[dict[str, dict[str, str]], list[str]]:
@@ -249,6 +290,7 @@ class Soak:
     learner_kills: list[float] = field(default_factory=list)  # wall times
     outages: list[tuple[float, float]] = field(default_factory=list)  # wall times of cloud away
     sensor_gaps: list[tuple[str, float, float]] = field(default_factory=list)  # robot, wall time off, on
+    _held: dict[int, float] = field(default_factory=dict)  # a sensor gap (its index in the plan) -> wall time held
     _next_sample: float = 0.0
     _stopped_learner: int | None = None
     _ros: object = None  # a node of this process, made at the first sensor gap (rclpy)
@@ -258,10 +300,12 @@ class Soak:
         if now >= self._next_sample:
             self.sample(now)
             self._next_sample = now + self.config.sample_s
-        for fault in self.plan:
+        for i, fault in enumerate(self.plan):
             if not fault.done and fault.at_s <= now:
                 self.inject(fault)
                 fault.done = True
+            if fault.kind == "sensor_gap" and fault.done and fault.ends_s is not None and i not in self._held:
+                self.watch_gap(i, fault, now)
             if fault.done and fault.ends_s is not None and fault.ends_s <= now and not fault.detail.endswith("undone"):
                 self.undo(fault)
         return now >= self.config.hours * 3600
@@ -302,9 +346,11 @@ class Soak:
         elif fault.kind == "sensor_gap" and robots:
             fault.target = self.rng.choice(robots)
             fault.detail = self.cameras(fault.target, on=False)
-            # Counted from the answer: the first call also discovers the service, which can take seconds.
-            fault.ends_s = time.monotonic() - self.start + self.config.sensor_gap_s
-            self.sensor_gaps.append((fault.target, time.time(), time.time() + self.config.sensor_gap_s))
+            if not fault.detail.startswith("not injected"):
+                # Counted from the answer: the first call also discovers the service, which can take seconds.
+                # It ends once the robot holds (watch_gap), or at the latest here.
+                fault.ends_s = time.monotonic() - self.start + self.config.sensor_gap_max_s
+                self.sensor_gaps.append((fault.target, time.time(), time.time() + self.config.sensor_gap_max_s))
         elif fault.kind == "bad_announcements":
             fault.target = "fleet"
             fault.detail = announce_forged(self.outbox.parent, len(self.forged))
@@ -330,6 +376,14 @@ class Soak:
             return future.result().message if future.done() else "not injected: no answer in 5 s"
         finally:
             self._ros.destroy_client(client)
+
+    def watch_gap(self, index: int, fault: Fault, now: float) -> None:
+        """A sensor gap ends `sensor_gap_after_hold_s` after its robot's ingest says it holds."""
+        off = next(t for robot, t, _ in reversed(self.sensor_gaps) if robot == fault.target)
+        held = first_hold(self.outbox.parent / "logs", fault.target, off)
+        if held is not None:
+            self._held[index] = held
+            fault.ends_s = min(fault.ends_s, now + self.config.sensor_gap_after_hold_s)
 
     def undo(self, fault: Fault) -> None:
         if fault.kind == "sensor_gap":
@@ -439,12 +493,14 @@ def run(config: SoakConfig) -> dict:
     record_demos(demos, list(config.tasks), DEMOS_PER_TASK, say="sop chaos soak: ")
     learner_yaml = out / "soak_learner.yaml"
     learner_yaml.write_text(yaml.safe_dump(yaml.safe_load(Path(config.learner_yaml).read_text())
-                                           | {"base_policy": str(base), "demos_dir": str(demos)}, sort_keys=False))
+                                           | {"base_policy": str(base), "demos_dir": str(demos),
+                                              "frame_cache_mb": config.learner_frame_cache_mb},
+                                           sort_keys=False))  # fmt: skip
     fleet_dir = out / "fleet"
     outbox = fleet_dir / "outbox"  # the fleet runner's robots record into <its out>/outbox
     why_not = mount_outbox(outbox, config.outbox_mb)
     rng = random.Random(config.seed)
-    soak = Soak(config, outbox, fault_plan(rng, config.hours, config.fault_gap_min), rng, not why_not)
+    soak = Soak(config, outbox, fault_plan(rng, config.hours, config.fault_gap_min, config.faults), rng, not why_not)
     print(f"sop chaos soak: {config.hours:g} h, {config.robots} robots, {len(soak.plan)} faults planned -> {out}"
           + (f" (outbox on the disk: {why_not})" if why_not else ""), flush=True)  # fmt: skip
     try:
@@ -475,7 +531,8 @@ def run(config: SoakConfig) -> dict:
     per_robot_logs = {r: "".join(p.read_text(errors="replace") for p in sorted((fleet_dir / "logs").glob(f"{r}_*.log")))
                       for r in robots}  # fmt: skip
     logs = "".join(per_robot_logs.values())
-    sensors = sensor_gaps_seen(per_robot_logs, soak.sensor_gaps)
+    hold_ages = {r: hold_age_limit(fleet_dir / "configs", r) for r in robots}
+    sensors = sensor_gaps_seen(per_robot_logs, soak.sensor_gaps, hold_ages)
     learner_log = (fleet_dir / "logs" / "learner.log").read_text(errors="replace")
     published = [json.loads(p.read_text()).get("created", 0) for p in (fleet_dir / "policies").glob("*.json")]
     growths = {key: g for key, series in soak.samples.items()
@@ -530,7 +587,9 @@ def _count(plan: list[Fault]) -> dict[str, int]:
 
 
 def command_line(config: SoakConfig) -> str:
-    return f"sop chaos soak --hours {config.hours:g} --robots {config.robots} --json {config.json} --seed {config.seed}"
+    faults = "" if config.faults == FAULTS else f" --faults {','.join(config.faults)}"
+    return (f"sop chaos soak --hours {config.hours:g} --robots {config.robots}{faults} --json {config.json} "
+            f"--seed {config.seed}")
 
 
 def plot(samples: dict[str, list[dict]], path: Path, warmup_min: float) -> None:

@@ -4,6 +4,10 @@ Plain Python (no ROS), so it is tested on stamps alone. The pairing is the learn
 joint state k at time t_k goes with each camera's newest frame stamped at or before t_k. Cameras run slower than
 joint states and their frames may arrive after the joint state they belong with, so a joint state waits while a
 frame is due by the camera's rate (nominal, or estimated from its stamps) but not here yet, for at most a timeout.
+
+A joint state released with a stale or missing frame is answered again when a frame that makes it fresh comes
+before the next joint state: a robot that holds until its sensors are back must not need to move to see them (a
+lockstep simulator waits for a command before it steps, and a held policy sends none).
 """
 
 from __future__ import annotations
@@ -34,17 +38,20 @@ class ObservationSync:
         self.nominal_period_ns = period_ns  # the cameras' known frame interval (0: estimated from their stamps)
         self._frames: dict[str, deque[tuple[int, Any]]] = {cam: deque(maxlen=history) for cam in self.cameras}
         self._pending: deque[tuple[int, Any, float]] = deque()  # (stamp_ns, joint, arrival time s)
+        self._stale: tuple[int, Any] | None = None  # the newest joint state, released stale: fresh once its frames come
 
     def add_frame(self, camera: str, stamp_ns: int, payload: Any) -> None:
         frames = self._frames[camera]
         if frames and stamp_ns < frames[-1][0]:
             frames.clear()  # the sensor's clock went back (a simulator reset, a replayed bag): start over
+            self._stale = None
         frames.append((stamp_ns, payload))
 
     def add_joint_state(self, stamp_ns: int, joint: Any, now_s: float) -> None:
         if self._pending and stamp_ns < self._pending[-1][0]:
             self._pending.clear()  # time went back: the pending ones belong to a past that is gone
         self._pending.append((stamp_ns, joint, now_s))
+        self._stale = None  # a newer state is what to answer now
 
     def period_ns(self, camera: str) -> int | None:
         """The camera's frame interval: the nominal one if known, else the median of its recent intervals (None
@@ -67,7 +74,8 @@ class ObservationSync:
         return newest + period <= stamp_ns + DUE_TOLERANCE * period
 
     def pop_ready(self, now_s: float, timeout_s: float) -> list[Synced]:
-        """Observations complete (no frame due) or waited for `timeout_s`, oldest first."""
+        """Observations complete (no frame due) or waited for `timeout_s`, oldest first; or the newest joint
+        state again, released stale before, now that its frames are fresh."""
         ready = []
         while self._pending:
             stamp, joint, arrived = self._pending[0]
@@ -76,6 +84,12 @@ class ObservationSync:
                 break
             self._pending.popleft()
             ready.append(self._assemble(stamp, joint))
+            self._stale = (stamp, joint) if ready[-1].problem else None
+        if not ready and self._stale is not None:
+            again = self._assemble(*self._stale)
+            if not again.problem:
+                ready.append(again)
+                self._stale = None
         return ready
 
     def _assemble(self, stamp_ns: int, joint: Any) -> Synced:

@@ -41,6 +41,8 @@ LABEL_WAIT_S = 2.0
 # A stop waits this long for the driver thread, which ends within a control period. (Not while it builds the
 # simulator: seconds on a busy host, and not interruptible. The ending process drops it.)
 DRIVER_JOIN_S = 1.0
+# Lockstep: how often a wait for a command looks whether restarted cameras owe their frames.
+OWED_FRAMES_POLL_S = 0.02
 
 
 def sim_stamp(nanoseconds: int) -> Time:
@@ -83,6 +85,7 @@ class SimRobotNode(Node):
         self._abort_requested = threading.Event()
         self._labelled: set[str] = set()  # episodes an operator has labelled
         self._cameras_on = True  # false: a sensor fault, injected through ~/cameras_on (fault tests)
+        self._frames_owed = False  # the cameras came back: the driver shows the current state's frames at once
 
         self.joint_pub = self.create_publisher(JointState, topics.JOINT_STATES, topics.STREAM)
         self.executed_pub = self.create_publisher(JointState, topics.EXECUTED_COMMAND, topics.STREAM)
@@ -146,9 +149,11 @@ class SimRobotNode(Node):
             period, next_tick = 1.0 / cfg.control_hz, time.monotonic()
             while not self._stop.is_set() and not self.finished.is_set():
                 self.control_tick()
+                if self._frames_owed:  # the cameras came back during the step
+                    self.publish_images()
                 if cfg.step_mode == "lockstep":
                     ended = self._episode is None  # the state shown was an episode's last
-                    if not self._command_arrived.wait(cfg.lockstep_end_timeout_s if ended else cfg.lockstep_timeout_s):
+                    if not self.await_command(cfg.lockstep_end_timeout_s if ended else cfg.lockstep_timeout_s):
                         if ended:
                             self.get_logger().info(f"the episode's last state had no answer in "
                                                    f"{cfg.lockstep_end_timeout_s:g} s: starting the next")  # fmt: skip
@@ -203,6 +208,17 @@ class SimRobotNode(Node):
             if time.monotonic() > deadline:
                 self.get_logger().warning(f"no command after {self.config.ready_timeout_s:g} s: starting anyway")
                 return
+
+    def await_command(self, timeout_s: float) -> bool:
+        """Lockstep: wait up to `timeout_s` for the command that answers the state shown (True if it came),
+        showing a restarted camera's frames meanwhile."""
+        deadline = time.monotonic() + timeout_s
+        while not self._command_arrived.wait(min(OWED_FRAMES_POLL_S, max(0.0, deadline - time.monotonic()))):
+            if self._frames_owed:
+                self.publish_images()
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def control_tick(self) -> None:
         if self._episode is None:
@@ -315,14 +331,20 @@ class SimRobotNode(Node):
         self.state_pub.publish(Float64MultiArray(data=sim_state(state, applied)))
 
     def on_cameras_on(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
+        restarted = request.data and not self._cameras_on
         self._cameras_on = bool(request.data)
         response.success, response.message = True, f"cameras {'on' if request.data else 'off'}"
         self.get_logger().warning(f"fault injection: {response.message}")
+        # A camera that comes back shows the scene at once (the driver renders: the GL context is its thread's).
+        # Waiting for the next camera tick would not do in lockstep: a robot holding for want of frames sends no
+        # command, and without one nothing steps.
+        self._frames_owed = self._frames_owed or restarted
         return response
 
     def publish_images(self) -> None:
         if not self._cameras_on:
             return
+        self._frames_owed = False
         cfg = self.config
         for cam, pubs in self.image_pubs.items():
             msgs = image_messages(self.sim.render(cam), self.header(cam), cfg.image_transport, cfg.jpeg_quality)
