@@ -28,6 +28,7 @@ from sop_ros.bridge.protocol import POLICY_ANNOUNCE, ProtocolError
 from sop_ros.bridge.zenoh_session import open_session
 from sop_ros.checksums import file_sha256
 from sop_ros.cloud.policy_server import PolicyServer
+from sop_ros.configs import ConfigError
 from sop_ros.configs.bridge import PolicyDownloadConfig, PolicyServingConfig, ZenohConfig
 from sop_ros.configs.model import ModelConfig
 from sop_ros.model.export import export_onnx
@@ -112,6 +113,29 @@ class Robot:
 
     def errors(self) -> list[str]:
         return [message for severity, message in self.logs if severity == "error"]
+
+
+@pytest.mark.unit
+def test_a_registry_keeps_the_newest_artifacts_the_latest_and_the_canarys_and_every_announcement(exported, keys,
+                                                                                                  tmp_path):
+    from sop_ros.bridge.protocol import ArtifactRange
+    from sop_ros.cloud import policy_server
+    from sop_ros.cloud.policy_registry import PolicyRegistry
+
+    registry = PolicyRegistry(tmp_path / "registry")
+    registry.publish(exported["v1"], keys[0])
+    registry.publish(exported["v2"], keys[0])
+    registry.publish(exported["v3"], keys[0], canary=["robot_0"])  # v2 stays every other robot's
+    assert registry.prune_artifacts(0) == []  # 0: keep all
+    assert registry.prune_artifacts(1) == ["v1"]  # v3 is the newest, v2 the latest
+    assert sorted(p.name for p in registry.directory.glob("*.onnx")) == ["v2.onnx", "v3.onnx"]
+    assert registry.announcement("v1").version == "v1"  # the history stays whole
+    files = policy_server.ArtifactFiles(registry, max_range_kb=64)
+    with pytest.raises(ValueError, match="'v1' is no longer kept"):
+        files.read("v1", ArtifactRange(offset=0, length=4096).encode())
+    files.close()
+    with pytest.raises(ConfigError, match="keep_artifacts=2: must be 0 .keep all. or >= 3"):
+        PolicyServingConfig(keep_artifacts=2)
 
 
 @pytest.mark.unit

@@ -120,6 +120,25 @@ class PolicyRegistry:
         (self.directory / CANARY).unlink()
         return announcement
 
+    def prune_artifacts(self, keep: int) -> list[str]:
+        """Delete the ONNX files of all but the `keep` newest versions (0: none), never the latest's or the
+        canary's; their announcements stay. The versions whose files went, oldest first."""
+        if keep <= 0:
+            return []
+        protected = {a.version for a in (self.latest(), self.canary()) if a is not None}
+        published = []
+        for path in self.directory.glob("*.onnx"):
+            try:
+                published.append((path.stat().st_mtime_ns, path))
+            except FileNotFoundError:  # pruned meanwhile by another process
+                continue
+        pruned = []
+        for _, path in sorted(published)[:-keep]:
+            if path.stem not in protected:
+                path.unlink(missing_ok=True)
+                pruned.append(path.stem)
+        return pruned
+
     def rollouts(self) -> list[dict]:
         """Every canary's verdict so far, oldest first."""
         try:

@@ -218,7 +218,11 @@ class ArtifactFiles:
                 path = self.registry.artifact_path(version)  # a version's name, not a path anywhere else
                 if self.registry.announcement(version) is None:  # only what was published, never other files
                     raise ValueError(f"no published policy version {version!r}")
-                fd = os.open(path, os.O_RDONLY)
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    raise ValueError(f"policy version {version!r} is no longer kept (the registry keeps the newest "
+                                     "policies.keep_artifacts)") from None
             self._files[version] = fd
             while len(self._files) > OPEN_ARTIFACTS:
                 os.close(self._files.pop(next(iter(self._files))))

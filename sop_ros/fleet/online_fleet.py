@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 
 from sop_ros.configs import ConfigError, load_config, to_dict
-from sop_ros.configs.bridge import BridgeConfig, PolicyDownloadConfig, PolicyServingConfig, ZenohConfig
+from sop_ros.configs.bridge import BridgeConfig, PolicyDownloadConfig, ZenohConfig
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.robot import PolicyConfig, RobotLaunchConfig, ScriptedOperatorConfig
 from sop_ros.episodes.format import LABELLED, Outcome
@@ -47,8 +47,8 @@ def learner_config(base: LearnerConfig, tasks: list[str], out: Path, endpoint: s
         checkpoint_dir=str(out / "learner"),
         serve_robots=True,
         ingest=dataclasses.replace(base.ingest, zenoh=ZenohConfig(listen=(endpoint,))),
-        policies=PolicyServingConfig(registry_dir=str(out / "policies"), private_key=str(out / "keys" /
-                                                                                         "policy_signing.key")),
+        policies=dataclasses.replace(base.policies, registry_dir=str(out / "policies"),
+                                     private_key=str(out / "keys" / "policy_signing.key")),
     )  # fmt: skip
 
 

@@ -353,6 +353,7 @@ class Publisher:
                         raise RuntimeError(f"{self.gate.pending.version} is still on canary")
                 else:
                     (self.server or self.registry).publish(onnx_path, self.key, metrics)
+            self.registry.prune_artifacts(self.config.policies.keep_artifacts)
             self.published.append(version)
             self.latency_s = time.monotonic() - started
             self.error = ""
