@@ -132,5 +132,7 @@ def test_a_robots_hold_age_limit_comes_from_its_block_config_and_its_first_hold_
     assert hold_age_limit(configs, "robot_1") == 0.0  # no block of it ran
     (logs / "robot_0_block003.log").write_text(
         "[WARN] [990.000000000] [robot_0.ingest]: stale sensors, the policy holds: camera corner: no frame yet\n"
+        "[WARN] [999.000000000] [robot_0.ingest]: stale sensors, the policy holds: joint_states: stamped 0.73 s "
+        "behind the clock\n"  # a hold, but not for the cameras
         "[WARN] [1000.500000000] [robot_0.ingest]: stale sensors, the policy holds: camera corner: frame 0.43 s\n")
     assert first_hold(logs, "robot_0", 995.0) == 1000.5 and first_hold(logs, "robot_0", 1001.0) is None

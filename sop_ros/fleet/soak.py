@@ -53,7 +53,9 @@ ROBOT_NODES = ("policy", "recorder", "teleop_arbiter", "ingest", "scripted_opera
 RECORDED = re.compile(r"recorded (\S+)\.mcap: ")
 RECOVERED = re.compile(r"partial episode file (\S+?)\.mcap\S*: recovered")
 DEMOS_PER_TASK = 2
-STALE = re.compile(r"\[(\d+\.\d+)\] \[\S+\.ingest\]: stale sensors, the policy holds: (.*)")
+# A hold for the cameras' sake ("camera corner: frame 0.53 s older ..."); others (a joint state stamped behind the
+# clock, an old state released at an episode's end) say nothing about a camera gap.
+STALE = re.compile(r"\[(\d+\.\d+)\] \[\S+\.ingest\]: stale sensors, the policy holds: (camera .*)")
 FRAME_AGE = re.compile(r"frame (\d+\.\d+) s older than the joint state")
 FRESH = re.compile(r"\[(\d+\.\d+)\] \[\S+\.ingest\]: sensors fresh again")
 QUARANTINED = re.compile(r"partial episode file (\S+?)\.mcap\S*: quarantined")
@@ -212,7 +214,7 @@ def stuck_windows(stored_at: dict[str, list[float]], start: float, end: float, o
 
 def sensor_gaps_seen(logs_text: dict[str, str], gaps: list[tuple[str, float, float]], hold_ages: dict[str, float],
                      slack_s: float = 2.0) -> list[dict]:  # fmt: skip
-    """Per sensor gap (robot, wall time off, on): whether that robot's ingest said its sensors were stale between
+    """Per sensor gap (robot, wall time off, on): whether that robot's ingest said its cameras were stale between
     the gap's start and `slack_s` after its end, at the first tick past its max age (the frame ages it names are
     at most `hold_ages[robot]`: max age + a control period), and fresh again after that (its log's wall stamps)."""
     out = []
@@ -249,7 +251,7 @@ def hold_age_limit(configs: Path, robot: str) -> float:
 
 
 def first_hold(logs: Path, robot: str, since_wall: float) -> float | None:
-    """The wall time of the first "stale sensors" line of `robot`'s ingest at or after `since_wall`, if any."""
+    """The wall time of the first line of `robot`'s ingest holding for its cameras at or after `since_wall`."""
     for log in sorted(logs.glob(f"{robot}_block*.log")):
         for stamp, _ in STALE.findall(log.read_text(errors="replace")):
             if float(stamp) >= since_wall:
