@@ -12,6 +12,7 @@ from conftest import REPO
 
 from sop_ros.fleet.soak import (
     FAULTS,
+    by_role,
     descendants,
     fault_plan,
     first_hold,
@@ -71,12 +72,26 @@ def test_growth_is_the_resident_memory_slope_after_the_warm_up_and_threads_or_fi
     # in which it grew fast; threads flat; open files up by 3.
     series = [{"t_s": 600 * k, "rss_mb": 50 + 25 * k if k < 2 else 100 + 2 * (600 * k - 1200) / 3600,
                "threads": 12, "fds": 30 + (3 if k > 10 else 0)} for k in range(15)]  # fmt: skip
-    g = growth(series, warmup_s=1200, max_per_hour=0.05, slack=2)
+    g = growth([series], warmup_s=1200, max_per_hour=0.05, slack=2)
     assert abs(g["rss_growth_per_hour"] - 2 / 102) < 1e-4 and g["threads_rise"] == 0 and g["fds_rise"] == 3
     assert not g["ok"]  # the open files rose past the slack
-    assert growth(series, warmup_s=1200, max_per_hour=0.05, slack=3)["ok"]
-    assert not growth(series, warmup_s=1200, max_per_hour=0.01, slack=3)["ok"]  # 2% an hour is over 1%
-    assert growth(series[:4], warmup_s=1200, max_per_hour=0.05, slack=3) is None  # 20 min after it: too short
+    assert growth([series], warmup_s=1200, max_per_hour=0.05, slack=3)["ok"]
+    assert not growth([series], warmup_s=1200, max_per_hour=0.01, slack=3)["ok"]  # 2% an hour is over 1%
+    assert growth([series[:4]], warmup_s=1200, max_per_hour=0.05, slack=3) is None  # 20 min after it: too short
+
+
+def test_growth_counts_each_process_from_its_own_start_and_pools_a_kinds_restarted_processes():
+    # A learner killed twice: each life starts low, warms up for 20 min, then holds its level (the third a higher
+    # one, with more data); 25 min after its warm-up each. Within each life nothing grows.
+    lives = [[{"t_s": start + 300 * k, "rss_mb": (300 if k < 4 else level), "threads": 20, "fds": 30}
+              for k in range(10)] for start, level in ((0, 780), (3000, 790), (6000, 900))]  # fmt: skip
+    g = growth(lives, warmup_s=1200, max_per_hour=0.05, slack=2)
+    assert g["processes"] == 3 and g["hours"] == 1.25 and g["rss_growth_per_hour"] == 0.0 and g["ok"]
+    # One life that grows 80 MB an hour fails, whatever the others do.
+    lives[1] = [dict(s, rss_mb=s["rss_mb"] + 80 * s["t_s"] / 3600) for s in lives[1]]
+    assert not growth(lives, warmup_s=1200, max_per_hour=0.02, slack=2)["ok"]
+    samples = {"learner 10": lives[0], "learner 11": lives[1], "robot_0/policy 12": lives[2]}
+    assert {role: len(p) for role, p in by_role(samples).items()} == {"learner": 2, "robot_0/policy": 1}
 
 
 def test_a_robot_is_stuck_in_a_window_with_no_episode_unless_the_cloud_was_away():

@@ -26,8 +26,9 @@ Every `sample_s` it samples each process's resident memory, threads and open fil
             control tick whose frames were past its max age (the age its log names), and said them fresh again
             after the gap, by itself. Counted on the robot's clock, not the wall's: a lockstep simulator's clock
             runs at whatever pace its robot answers, and stands still while it holds
-  growth    per process alive past `warmup_min`: resident memory growth <= `max_growth_per_hour` of its size,
-            threads and open files flat (within `flat_slack`)
+  growth    per kind of process, after each process's own first `warmup_min`: resident memory growth <=
+            `max_growth_per_hour` of its size (the slope within each process, pooled over a kind's processes:
+            faults restart them), threads and open files flat (within `flat_slack`)
 """
 
 from __future__ import annotations
@@ -178,21 +179,35 @@ def process_sample(pid: int) -> dict | None:
 # -- checks on plain data --------------------------------------------------------------------------------------
 
 
-def growth(series: list[dict], warmup_s: float, max_per_hour: float, slack: int) -> dict | None:
-    """One process's samples ({t_s, rss_mb, threads, fds}, in time order) after the warm-up: resident memory's
-    least-squares slope as a share of its median per hour, and how far threads and open files rose; None when
-    fewer than 3 samples or 30 minutes are left after the warm-up (too short to say)."""
-    late = [s for s in series if s["t_s"] >= warmup_s]
-    if len(late) < 3 or late[-1]["t_s"] - late[0]["t_s"] < 1800:
+def growth(processes: list[list[dict]], warmup_s: float, max_per_hour: float, slack: int) -> dict | None:
+    """One kind of process (the learner, a robot's policy node), each of its processes' samples ({t_s, rss_mb,
+    threads, fds}, in time order) after that process's own warm-up (a process a fault killed starts again):
+    resident memory's least-squares slope within each process, pooled over them, as a share of the median per
+    hour; and the most threads or open files rose in one process. None when fewer than 3 samples or 30 minutes
+    in all are left after the warm-ups (too short to say)."""
+    late = [[s for s in series if s["t_s"] >= series[0]["t_s"] + warmup_s] for series in processes]
+    late = [series for series in late if len(series) >= 2]
+    hours = sum(series[-1]["t_s"] - series[0]["t_s"] for series in late) / 3600
+    if sum(map(len, late)) < 3 or hours < 0.5:
         return None
-    t = np.array([s["t_s"] for s in late]) / 3600
-    rss = np.array([s["rss_mb"] for s in late])
-    per_hour = float(np.polyfit(t, rss, 1)[0] / np.median(rss))
-    rise = {k: late[-1][k] - late[0][k] for k in ("threads", "fds")}
+    # Each process about its own means: a restarted process's level says nothing about growth.
+    dt = np.concatenate([(t := np.array([s["t_s"] for s in x]) / 3600) - t.mean() for x in late])
+    drss = np.concatenate([(r := np.array([s["rss_mb"] for s in x])) - r.mean() for x in late])
+    median = float(np.median([s["rss_mb"] for x in late for s in x]))
+    per_hour = float((dt @ drss) / (dt @ dt) / median)
+    rise = {k: max(x[-1][k] - x[0][k] for x in late) for k in ("threads", "fds")}
     ok = per_hour <= max_per_hour and rise["threads"] <= slack and rise["fds"] <= slack
-    return {"hours": round(float(t[-1] - t[0]), 2), "rss_mb": [round(rss[0], 1), round(rss[-1], 1)],
+    return {"processes": len(late), "hours": round(hours, 2), "rss_mb_median": round(median, 1),
             "rss_growth_per_hour": round(per_hour, 4), "threads_rise": rise["threads"], "fds_rise": rise["fds"],
             "ok": ok}  # fmt: skip
+
+
+def by_role(samples: dict[str, list[dict]]) -> dict[str, list[list[dict]]]:
+    """The samples ("role pid" -> series) grouped by role: "robot_2/policy" -> each of its processes' series."""
+    roles: dict[str, list[list[dict]]] = defaultdict(list)
+    for key, series in samples.items():
+        roles[key.rsplit(" ", 1)[0]].append(series)
+    return dict(roles)
 
 
 def stuck_windows(stored_at: dict[str, list[float]], start: float, end: float, outages: list[tuple[float, float]],
@@ -537,8 +552,8 @@ def run(config: SoakConfig) -> dict:
     sensors = sensor_gaps_seen(per_robot_logs, soak.sensor_gaps, hold_ages)
     learner_log = (fleet_dir / "logs" / "learner.log").read_text(errors="replace")
     published = [json.loads(p.read_text()).get("created", 0) for p in (fleet_dir / "policies").glob("*.json")]
-    growths = {key: g for key, series in soak.samples.items()
-               if (g := growth(series, config.warmup_min * 60, config.max_growth_per_hour, config.flat_slack))}
+    growths = {role: g for role, processes in by_role(soak.samples).items()
+               if (g := growth(processes, config.warmup_min * 60, config.max_growth_per_hour, config.flat_slack))}
     checks = {
         "episodes": not lost and not audit["duplicated_ids"],
         "none_stuck": not any(stuck.values()),
