@@ -248,3 +248,11 @@ def test_a_valid_policy_is_accepted_after_a_refused_one_and_runs_at_once(tmp_pat
         probe.more_commands()
         wait_for(lambda: probe.chunks[-1].rollout_stage == "promoted", 20, what="a chunk from promoted v2")
         assert probe.chunks[-1].policy_version == "v2"
+
+
+def test_a_hold_of_another_kind_is_always_said_and_repeats_of_one_kind_are_throttled():
+    from sop_ros.robot.ingest_node import problem_kind
+
+    camera = "camera corner: frame {} s older than the joint state"
+    assert problem_kind(camera.format("0.53")) == problem_kind(camera.format("1.23"))  # the same hold, later
+    assert problem_kind(camera.format("0.53")) != problem_kind("joint_states: stamped 1.10 s behind the clock")

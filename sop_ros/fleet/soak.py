@@ -405,9 +405,8 @@ class Soak:
     def undo(self, fault: Fault) -> None:
         if fault.kind == "sensor_gap":
             fault.detail += f"; {self.cameras(fault.target, on=True)}"
-            for i, (robot, off, _) in enumerate(self.sensor_gaps):
-                if robot == fault.target and off <= time.time():
-                    self.sensor_gaps[i] = (robot, off, time.time())  # when it really ended
+            i = max(i for i, (robot, _, _) in enumerate(self.sensor_gaps) if robot == fault.target)
+            self.sensor_gaps[i] = (fault.target, self.sensor_gaps[i][1], time.time())  # when it really ended
         elif fault.kind == "cloud_away" and self._stopped_learner is not None:
             kill([self._stopped_learner], signal.SIGCONT)
             self._stopped_learner = None

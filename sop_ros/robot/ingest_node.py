@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import re
 import time
 
 import numpy as np
@@ -42,6 +43,11 @@ def observation_message(synced: Synced, cameras: tuple[str, ...], image_size: in
     return msg
 
 
+def problem_kind(problem: str) -> str:
+    """A hold's reason without its figures ("camera corner: frame 0.53 s older ..." and "... 0.57 s ..." alike)."""
+    return re.sub(r"\d+(\.\d+)?", "#", problem)
+
+
 class IngestNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("ingest", **kwargs)
@@ -49,6 +55,7 @@ class IngestNode(Node):
         period_ns = round(1e9 / cfg.camera_hz) if cfg.camera_hz else 0
         self.sync = ObservationSync(cfg.cameras, round(cfg.max_sensor_age_s * 1e9), period_ns=period_ns)
         self._stale = False
+        self._stale_kind = ""  # what the last hold was for (problem_kind), "" while fresh
         self.observation_pub = self.create_publisher(Observation, topics.OBSERVATION, topics.STREAM)
         for cam in cfg.cameras:
             if cfg.camera_transport == "compressed":
@@ -94,12 +101,17 @@ class IngestNode(Node):
             if not ready.problem and lag > cfg.max_sensor_age_s * 1e9:
                 synced = dataclasses.replace(ready, problem=f"joint_states: stamped {lag / 1e9:.2f} s behind the clock")
             if synced.problem:
-                self._stale = True
-                self.get_logger().warning(
-                    f"stale sensors, the policy holds: {synced.problem}", throttle_duration_sec=2.0
-                )
+                # The first hold of each kind is always said (a camera's after a late joint state's, too); repeats
+                # of it at most every 2 s.
+                kind = problem_kind(synced.problem)
+                if kind != self._stale_kind:
+                    self.get_logger().warning(f"stale sensors, the policy holds: {synced.problem}")
+                else:
+                    self.get_logger().warning(f"stale sensors, the policy holds: {synced.problem}",
+                                              throttle_duration_sec=2.0)  # fmt: skip
+                self._stale, self._stale_kind = True, kind
             elif self._stale:
-                self._stale = False
+                self._stale, self._stale_kind = False, ""
                 self.get_logger().info("sensors fresh again")
             self.observation_pub.publish(observation_message(synced, cfg.cameras, cfg.image_size, positions, names))
 
