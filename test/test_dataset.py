@@ -536,6 +536,53 @@ def test_pretrain_and_export_on_recorded_demos(demos, tmp_path):
     assert parity(ckpt, tmp_path / "base.onnx", recorded_inputs) <= 1e-4
 
 
+def test_interrupted_pretraining_resumes_from_its_last_save_only_with_its_own_settings(demos, tmp_path, monkeypatch):
+    import dataclasses
+
+    import torch
+
+    from sop_ros.configs.model import ModelConfig
+    from sop_ros.learner.pretrain import PretrainConfig, pretrain
+    from sop_ros.model.vla import VLAPolicy
+
+    small = ModelConfig(image_size=32, cnn_channels=(8, 16), width=32, heads=2, depth=1, head_depth=1, chunk=16)
+    config = PretrainConfig(demos=str(demos), out=str(tmp_path / "base.pt"), steps=6, batch_size=8, log_every=2,
+                            resume_every=2, model=small)  # fmt: skip
+    partial = tmp_path / "base.partial.pt"
+    real_loss, steps = VLAPolicy.loss, []
+
+    def counted_loss(stop_at: int | None):
+        def loss(self, batch):
+            if len(steps) == stop_at:
+                raise KeyboardInterrupt
+            steps.append(1)
+            return real_loss(self, batch)
+
+        return loss
+
+    # Stopped during its fifth step: saved after its second and fourth.
+    monkeypatch.setattr(VLAPolicy, "loss", counted_loss(stop_at=4))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config)
+    assert torch.load(partial, weights_only=True)["step"] == 4 and not (tmp_path / "base.pt").exists()
+    # Run again: the last two steps only, its loss curve whole, and the partial run gone.
+    steps.clear()
+    monkeypatch.setattr(VLAPolicy, "loss", counted_loss(stop_at=None))
+    report = pretrain(config)
+    assert len(steps) == 2 and [p["step"] for p in report["curve"]] == [2, 4, 6]
+    assert (tmp_path / "base.pt").exists() and not partial.exists()
+    # A partial run of other settings is not continued: the run starts over (and replaces it).
+    steps.clear()
+    monkeypatch.setattr(VLAPolicy, "loss", counted_loss(stop_at=3))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config)
+    assert torch.load(partial, weights_only=True)["step"] == 2
+    steps.clear()
+    monkeypatch.setattr(VLAPolicy, "loss", counted_loss(stop_at=None))
+    pretrain(dataclasses.replace(config, learning_rate=1e-3))
+    assert len(steps) == 6 and not partial.exists()
+
+
 def test_frames_decoded_ahead_in_worker_processes_are_those_a_sample_would_decode(demos):
     plain = EpisodeDataset(demos, log=lambda _: None)
     frames = DecodedFrames(64, budget_mb=1024)

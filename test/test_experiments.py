@@ -495,6 +495,6 @@ def test_a_base_policys_recipe_names_what_shapes_its_weights_and_not_how_fast_it
     from sop_ros.fleet.demo import base_recipe
 
     recipe = base_recipe(40, 40, 24000)
-    assert {"demos", "out", "frame_cache_mb", "frame_cache_workers"}.isdisjoint(recipe["pretraining"])
+    assert {"demos", "out", "frame_cache_mb", "frame_cache_workers", "resume_every"}.isdisjoint(recipe["pretraining"])
     assert "rtc_no_prefix_share" not in recipe["pretraining"]["model"]  # without real-time chunking: unused
     assert recipe["pretraining"]["steps"] == 24000 and recipe["demos_recorded_per_task"] == 40

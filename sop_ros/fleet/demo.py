@@ -66,7 +66,7 @@ def base_recipe(demos_per_task: int = 0, recorded_per_task: int = DEMOS_PER_TASK
     from sop_ros.checksums import file_sha256
 
     pretraining = to_dict(base_pretraining(Path(), Path(), demos_per_task, steps))
-    for unrelated in ("demos", "out", "frame_cache_mb", "frame_cache_workers"):  # where, and how fast, only
+    for unrelated in ("demos", "out", "frame_cache_mb", "frame_cache_workers", "resume_every"):  # where, how fast
         del pretraining[unrelated]
     if not pretraining["model"].get("rtc_max_prefix"):  # trained without real-time chunking: its settings unused
         for unused in ("rtc_max_prefix", "rtc_no_prefix_share"):

@@ -7,7 +7,9 @@ decay -> a checkpoint, with a loss curve (JSON and PNG) beside it.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import queue
 import threading
 import time
@@ -52,6 +54,9 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     frame_cache_mb: float = 1024.0  # camera frames kept decoded (MB, 0: decode every sample); not in a recipe
     frame_cache_workers: int = -1  # processes decoding them at start (-1: frames.fill_workers); not in a recipe
+    # Steps between saves of the run so far beside `out` (<out>.partial.pt), which the same pretraining run again
+    # continues: an interrupted hour of pretraining is not lost (0: never saved); not in a recipe.
+    resume_every: int = 1000
 
     def __post_init__(self) -> None:
         require(self.steps >= 1, "steps", self.steps, "must be >= 1")
@@ -60,6 +65,7 @@ class PretrainConfig:
         require(self.demos_per_task >= 0, "demos_per_task", self.demos_per_task, "must be >= 0 (0: all)")
         require(self.device in ("auto", "cpu", "cuda"), "device", self.device, "must be auto, cpu or cuda")
         require(self.frame_cache_mb >= 0, "frame_cache_mb", self.frame_cache_mb, "must be >= 0 (0: no cache)")
+        require(self.resume_every >= 0, "resume_every", self.resume_every, "must be >= 0 (0: never saved)")
         require(self.frame_cache_workers >= -1, "frame_cache_workers", self.frame_cache_workers,
                 "must be >= 0, or -1 (one per core on a GPU, none on a CPU)")
 
@@ -106,7 +112,8 @@ def unit_range(pixels: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def prefetch(make: Callable[[np.random.Generator], dict], seed: int, depth: int = 4) -> Iterator[Callable[[], dict]]:
+def prefetch(make: Callable[[np.random.Generator], dict], seed: int | tuple[int, ...],
+             depth: int = 4) -> Iterator[Callable[[], dict]]:  # fmt: skip
     """Batches made by `make` (from one generator seeded `seed`, in order) on a background thread: JPEG
     decoding overlaps the training step, which frees the GIL. Yields the function that takes the next one. The
     thread ends with the block, so a process that trains many times (the experiments) keeps no producer and no
@@ -192,7 +199,10 @@ def pretrain(config: PretrainConfig) -> dict:
         f"{parameter_count(model) / 1e6:.2f}M parameters on {device}; {config.steps} steps of batch {config.batch_size}"
     )
     # ---- training loop ----------------------------------------------------------------------------------------
-    curve, window, start = [], [], time.monotonic()
+    partial = Path(config.out).with_suffix(".partial.pt")
+    run_key = resume_key(config, dataset.episodes)
+    done, curve, earlier_s = resume(partial, run_key, model, optimiser)
+    window, start = [], time.monotonic() - earlier_s
     model.train()
     on_gpu = device.type == "cuda"  # pixels cross as uint8 from page-locked memory; the GPU scales them
     decoded = decode_ahead(dataset.frames, dataset.frame_sources(), config.frame_cache_workers, device.type)
@@ -202,8 +212,9 @@ def pretrain(config: PretrainConfig) -> dict:
     def batch(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         return host_tensors(dataset.sample(rng, config.batch_size, pixels=on_gpu), model_cfg, pin=on_gpu)
 
-    with prefetch(batch, config.seed) as next_batch:
-        for step in range(config.steps):
+    # A resumed run draws from a stream of its own: the one it left is not repeated from its start.
+    with prefetch(batch, (config.seed, done) if done else config.seed) as next_batch:
+        for step in range(done, config.steps):
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate(step, config)
             loss = model.loss(to_device(next_batch(), device))
@@ -222,6 +233,8 @@ def pretrain(config: PretrainConfig) -> dict:
                     flush=True,
                 )
                 window = []
+            if config.resume_every and (step + 1) % config.resume_every == 0 and step + 1 < config.steps:
+                save_partial(partial, run_key, step + 1, model, optimiser, curve, time.monotonic() - start)
     # ---- outputs ------------------------------------------------------------------------------------------------
     version = "base-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     save_checkpoint(
@@ -247,11 +260,51 @@ def pretrain(config: PretrainConfig) -> dict:
         "elapsed_s": round(time.monotonic() - start, 1),
         "curve": curve,
     }
+    partial.unlink(missing_ok=True)
     out = Path(config.out)
     out.with_suffix(".loss.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_curve(curve, out.with_suffix(".loss.png"), f"pretraining {version}")
     print(f"saved {out} ({version}), loss curve {out.with_suffix('.loss.png')}")
     return report
+
+
+def resume_key(config: PretrainConfig, episodes: list) -> str:
+    """What a saved partial run must have been made with to be continued: the settings that shape the weights
+    and the episodes trained on."""
+    settings = dataclasses.asdict(config)
+    for unrelated in ("out", "log_every", "device", "frame_cache_mb", "frame_cache_workers", "resume_every"):
+        del settings[unrelated]
+    settings["episodes"] = sorted(str(e.path) for e in episodes)
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def save_partial(path: Path, key: str, step: int, model: VLAPolicy, optimiser: torch.optim.Optimizer,
+                 curve: list[dict], elapsed_s: float) -> None:  # fmt: skip
+    """The run so far, replaced whole (a kill while writing leaves the last one)."""
+    staged = path.with_suffix(".tmp")
+    torch.save({"key": key, "step": step, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                "torch_rng": torch.get_rng_state(), "curve": curve, "elapsed_s": elapsed_s}, staged)  # fmt: skip
+    os.replace(staged, path)
+
+
+def resume(path: Path, key: str, model: VLAPolicy, optimiser: torch.optim.Optimizer) -> tuple[int, list[dict], float]:
+    """The steps done, loss curve and seconds of a partial run at `path` made with `key`, loaded into `model`
+    and `optimiser`; (0, [], 0.0) when there is none, or it was made otherwise (then it is left to be replaced)."""
+    if not path.exists():
+        return 0, [], 0.0
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a damaged partial run is started over, not fatal
+        print(f"pretrain: {path} unreadable ({error}); starting over")
+        return 0, [], 0.0
+    if saved.get("key") != key:
+        print(f"pretrain: {path} was made with other settings or demonstrations; starting over")
+        return 0, [], 0.0
+    model.load_state_dict(saved["model"])
+    optimiser.load_state_dict(saved["optimiser"])
+    torch.set_rng_state(saved["torch_rng"])
+    print(f"pretrain: resuming at step {saved['step']} from {path}")
+    return int(saved["step"]), list(saved["curve"]), float(saved["elapsed_s"])
 
 
 def plot_curve(curve: list[dict], path: Path, title: str) -> None:
