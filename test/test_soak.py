@@ -16,6 +16,7 @@ from sop_ros.fleet.soak import (
     descendants,
     fault_plan,
     first_hold,
+    floor_rise,
     growth,
     hold_age_limit,
     process_sample,
@@ -78,6 +79,19 @@ def test_growth_is_the_resident_memory_slope_after_the_warm_up_and_threads_or_fi
     assert growth([series], warmup_s=1200, max_per_hour=0.05, slack=3)["ok"]
     assert not growth([series], warmup_s=1200, max_per_hour=0.01, slack=3)["ok"]  # 2% an hour is over 1%
     assert growth([series[:4]], warmup_s=1200, max_per_hour=0.05, slack=3) is None  # 20 min after it: too short
+
+
+def test_threads_that_come_and_go_are_not_a_rise_but_a_raised_floor_is():
+    # A policy node's threads move between 21 and 25 (a fetch or a load comes and goes), the last sample high.
+    counts = [23, 21, 24, 22, 21, 25, 21, 23, 24, 21, 22, 25]
+    series = [{"t_s": 300 * k, "rss_mb": 200.0, "threads": n, "fds": 20} for k, n in enumerate(counts)]
+    assert floor_rise(series, "threads") == 0 and series[-1]["threads"] - series[0]["threads"] == 2
+    # One thread leaked each quarter of the run: the floor rises by 3.
+    leaking = [dict(s, threads=s["threads"] + k // 3) for k, s in enumerate(series)]
+    assert floor_rise(leaking, "threads") == 3
+    g = growth([leaking], warmup_s=0, max_per_hour=0.05, slack=2)
+    assert g["threads_rise"] == 3 and not g["ok"]
+    assert growth([series], warmup_s=0, max_per_hour=0.05, slack=2)["ok"]
 
 
 def test_growth_counts_each_process_from_its_own_start_and_pools_a_kinds_restarted_processes():

@@ -183,8 +183,8 @@ def growth(processes: list[list[dict]], warmup_s: float, max_per_hour: float, sl
     """One kind of process (the learner, a robot's policy node), each of its processes' samples ({t_s, rss_mb,
     threads, fds}, in time order) after that process's own warm-up (a process a fault killed starts again):
     resident memory's least-squares slope within each process, pooled over them, as a share of the median per
-    hour; and the most threads or open files rose in one process. None when fewer than 3 samples or 30 minutes
-    in all are left after the warm-ups (too short to say)."""
+    hour; and the most threads or open files rose in one process (`floor_rise`). None when fewer than 3 samples
+    or 30 minutes in all are left after the warm-ups (too short to say)."""
     late = [[s for s in series if s["t_s"] >= series[0]["t_s"] + warmup_s] for series in processes]
     late = [series for series in late if len(series) >= 2]
     hours = sum(series[-1]["t_s"] - series[0]["t_s"] for series in late) / 3600
@@ -195,11 +195,19 @@ def growth(processes: list[list[dict]], warmup_s: float, max_per_hour: float, sl
     drss = np.concatenate([(r := np.array([s["rss_mb"] for s in x])) - r.mean() for x in late])
     median = float(np.median([s["rss_mb"] for x in late for s in x]))
     per_hour = float((dt @ drss) / (dt @ dt) / median)
-    rise = {k: max(x[-1][k] - x[0][k] for x in late) for k in ("threads", "fds")}
+    rise = {k: max(floor_rise(x, k) for x in late) for k in ("threads", "fds")}
     ok = per_hour <= max_per_hour and rise["threads"] <= slack and rise["fds"] <= slack
     return {"processes": len(late), "hours": round(hours, 2), "rss_mb_median": round(median, 1),
             "rss_growth_per_hour": round(per_hour, 4), "threads_rise": rise["threads"], "fds_rise": rise["fds"],
             "ok": ok}  # fmt: skip
+
+
+def floor_rise(series: list[dict], key: str) -> int:
+    """How far one process's count (threads, open files) rose: its least value in the last third of the samples
+    against the first third. A leaked thread or file raises the floor; a worker that comes and goes (a policy
+    fetch, a load) is a spike that the last sample may or may not catch."""
+    third = max(1, len(series) // 3)
+    return min(s[key] for s in series[-third:]) - min(s[key] for s in series[:third])
 
 
 def by_role(samples: dict[str, list[dict]]) -> dict[str, list[list[dict]]]:
