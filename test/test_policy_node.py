@@ -250,7 +250,7 @@ def test_a_valid_policy_is_accepted_after_a_refused_one_and_runs_at_once(tmp_pat
         assert probe.chunks[-1].policy_version == "v2"
 
 
-def test_a_hold_of_another_kind_is_always_said_and_repeats_of_one_kind_are_throttled():
+def test_holds_for_one_reason_are_one_kind_whatever_their_figures_and_other_reasons_another():
     from sop_ros.robot.ingest_node import problem_kind
 
     camera = "camera corner: frame {} s older than the joint state"

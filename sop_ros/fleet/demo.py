@@ -64,9 +64,10 @@ def base_recipe(demos_per_task: int = 0, recorded_per_task: int = DEMOS_PER_TASK
     pretraining settings. Its weights are not bit-for-bit repeatable (made twice here by one recipe, they
     differed), so results made on two machines are matched by the recipe, not the weights."""
     from sop_ros.checksums import file_sha256
+    from sop_ros.learner.pretrain import WHERE_AND_HOW_FAST
 
     pretraining = to_dict(base_pretraining(Path(), Path(), demos_per_task, steps))
-    for unrelated in ("demos", "out", "frame_cache_mb", "frame_cache_workers", "resume_every"):  # where, how fast
+    for unrelated in ("demos", *WHERE_AND_HOW_FAST):  # the demonstrations are named by the robot config and counts
         del pretraining[unrelated]
     if not pretraining["model"].get("rtc_max_prefix"):  # trained without real-time chunking: its settings unused
         for unused in ("rtc_max_prefix", "rtc_no_prefix_share"):

@@ -33,6 +33,10 @@ from sop_ros.model.preprocess import to_unit_range
 from sop_ros.model.tokens import instruction_tokens
 from sop_ros.model.vla import VLAPolicy, parameter_count, save_checkpoint
 
+# PretrainConfig's settings that say where a run writes and how fast it goes, not what weights it makes: a base's
+# recipe and a partial run's key leave them out.
+WHERE_AND_HOW_FAST = ("out", "frame_cache_mb", "frame_cache_workers", "resume_every")
+
 
 @dataclass(frozen=True)
 class PretrainConfig:
@@ -272,7 +276,7 @@ def resume_key(config: PretrainConfig, episodes: list) -> str:
     """What a saved partial run must have been made with to be continued: the settings that shape the weights
     and the episodes trained on."""
     settings = dataclasses.asdict(config)
-    for unrelated in ("out", "log_every", "device", "frame_cache_mb", "frame_cache_workers", "resume_every"):
+    for unrelated in (*WHERE_AND_HOW_FAST, "log_every", "device"):
         del settings[unrelated]
     settings["episodes"] = sorted(str(e.path) for e in episodes)
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
