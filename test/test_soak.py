@@ -2,6 +2,7 @@
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -19,9 +20,11 @@ from sop_ros.fleet.soak import (
     floor_rise,
     growth,
     hold_age_limit,
+    plot,
     process_sample,
     produced_episodes,
     role_of,
+    running,
     sensor_gaps_seen,
     stuck_windows,
 )
@@ -61,7 +64,12 @@ def test_a_child_is_found_under_this_process_and_sampled():
             time.sleep(0.05)
         assert descendants(os.getpid())[child.pid][1:] == ["-c", "import time; time.sleep(30)"]
         sample = process_sample(child.pid)
-        assert sample["rss_mb"] > 1 and sample["threads"] >= 1 and sample["fds"] >= 3
+        assert sample["rss_mb"] > 1 and sample["threads"] >= 1 and sample["fds"] >= 3 and not sample["stopped"]
+        child.send_signal(signal.SIGSTOP)  # what the cloud away does to the learner
+        deadline = time.monotonic() + 10
+        while not process_sample(child.pid)["stopped"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_sample(child.pid)["stopped"]
     finally:
         child.kill()
         child.wait()
@@ -165,3 +173,34 @@ def test_a_robots_hold_age_limit_comes_from_its_block_config_and_its_first_hold_
         "behind the clock\n"  # a hold, but not for the cameras
         "[WARN] [1000.500000000] [robot_0.ingest]: stale sensors, the policy holds: camera corner: frame 0.43 s\n")
     assert first_hold(logs, "robot_0", 995.0) == 1000.5 and first_hold(logs, "robot_0", 1001.0) is None
+
+
+def test_growth_is_counted_on_the_time_a_process_ran_not_while_it_was_stopped():
+    # 800 MB growing 60 MB an hour while it runs, sampled every 5 min; stopped (the cloud away) from minute 60 to
+    # 90, when it cannot grow. On the wall clock the stop flattens the slope; on the running clock it is 60 MB/h.
+    def rss(run_s: float) -> float:
+        return 800 + 60 * run_s / 3600
+
+    series = []
+    for k in range(25):
+        t = 300 * k
+        stopped = 3600 <= t < 5400
+        ran = min(t, 3600) + max(0, t - 5400)
+        series.append({"t_s": t, "rss_mb": rss(ran), "threads": 20, "fds": 30, "stopped": stopped})
+    ran = running(series)
+    assert len(ran) == 25 - 6 and [s["t_s"] for s in ran][-1] == 7200 - 1800  # 6 stopped samples, 30 min off
+    assert all(s["rss_mb"] == rss(s["t_s"]) for s in ran)
+    g = growth([series], warmup_s=0, max_per_hour=0.05, slack=2)
+    assert g["hours"] == 1.5 and abs(g["rss_growth_per_hour"] - 60 / g["rss_mb_median"]) < 1e-4
+    on_the_wall = growth([[dict(s, stopped=False) for s in series]], warmup_s=0, max_per_hour=0.05, slack=2)
+    assert on_the_wall["rss_growth_per_hour"] < 0.8 * g["rss_growth_per_hour"]
+
+
+def test_the_picture_draws_the_faults_each_life_of_the_learner_and_every_robot_process(tmp_path):
+    samples = {"learner 10": [{"t_s": 60 * k, "rss_mb": 700 + k, "threads": 23, "fds": 30} for k in range(30)],
+               "learner 11": [{"t_s": 1900 + 60 * k, "rss_mb": 690 + k, "threads": 23, "fds": 30} for k in range(30)],
+               "robot_0/policy 12": [{"t_s": 60 * k, "rss_mb": 200, "threads": 22, "fds": 20} for k in range(60)],
+               "robot_0 13": [{"t_s": 60 * k, "rss_mb": 58, "threads": 4, "fds": 10} for k in range(60)]}  # fmt: skip
+    faults = [{"at_s": 1850, "kind": "learner", "ends_s": None}, {"at_s": 2500, "kind": "cloud_away", "ends_s": 3100}]
+    plot(samples, faults, tmp_path / "soak.png", 20)
+    assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

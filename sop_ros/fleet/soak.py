@@ -166,14 +166,16 @@ def role_of(cmdline: list[str]) -> str | None:
 
 
 def process_sample(pid: int) -> dict | None:
-    """Resident memory (MB), threads and open files of a live process; None once it is gone."""
+    """Resident memory (MB), threads and open files of a live process, and whether it is stopped (by a signal:
+    the cloud away); None once it is gone."""
     try:
         status = (Path("/proc") / str(pid) / "status").read_text()
         fds = len(os.listdir(Path("/proc") / str(pid) / "fd"))
     except OSError:
         return None
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"]), "fds": fds}
+    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"]), "fds": fds,
+            "stopped": fields["State"].split()[0] in ("T", "t")}
 
 
 # -- checks on plain data --------------------------------------------------------------------------------------
@@ -181,11 +183,12 @@ def process_sample(pid: int) -> dict | None:
 
 def growth(processes: list[list[dict]], warmup_s: float, max_per_hour: float, slack: int) -> dict | None:
     """One kind of process (the learner, a robot's policy node), each of its processes' samples ({t_s, rss_mb,
-    threads, fds}, in time order) after that process's own warm-up (a process a fault killed starts again):
-    resident memory's least-squares slope within each process, pooled over them, as a share of the median per
-    hour; and the most threads or open files rose in one process (`floor_rise`). None when fewer than 3 samples
-    or 30 minutes in all are left after the warm-ups (too short to say)."""
-    late = [[s for s in series if s["t_s"] >= series[0]["t_s"] + warmup_s] for series in processes]
+    threads, fds, stopped}, in time order) after that process's own warm-up (a process a fault killed starts
+    again), on the clock of its running time: resident memory's least-squares slope within each process, pooled
+    over them, as a share of the median per hour; and the most threads or open files rose in one process
+    (`floor_rise`). None when fewer than 3 samples or 30 minutes in all are left after the warm-ups (too short
+    to say)."""
+    late = [[s for s in series if s["t_s"] >= series[0]["t_s"] + warmup_s] for series in map(running, processes)]
     late = [series for series in late if len(series) >= 2]
     hours = sum(series[-1]["t_s"] - series[0]["t_s"] for series in late) / 3600
     if sum(map(len, late)) < 3 or hours < 0.5:
@@ -200,6 +203,19 @@ def growth(processes: list[list[dict]], warmup_s: float, max_per_hour: float, sl
     return {"processes": len(late), "hours": round(hours, 2), "rss_mb_median": round(median, 1),
             "rss_growth_per_hour": round(per_hour, 4), "threads_rise": rise["threads"], "fds_rise": rise["fds"],
             "ok": ok}  # fmt: skip
+
+
+def running(series: list[dict]) -> list[dict]:
+    """A process's samples while it ran, their times on its running clock: a stopped process (the cloud away)
+    can neither grow nor not, and an hour of it is not an hour of running. The time from a stopped sample to
+    the next one counts as stopped."""
+    out, paused = [], 0.0
+    for before, s in zip([None, *series[:-1]], series, strict=True):
+        if before is not None and before.get("stopped"):
+            paused += s["t_s"] - before["t_s"]
+        if not s.get("stopped"):
+            out.append(dict(s, t_s=s["t_s"] - paused))
+    return out
 
 
 def floor_rise(series: list[dict], key: str) -> int:
@@ -588,7 +604,7 @@ def run(config: SoakConfig) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     (path.parent / "soak_samples.json").write_text(json.dumps(soak.samples) + "\n")
-    plot(soak.samples, path.with_suffix(".png"), config.warmup_min)
+    plot(soak.samples, report["faults"], path.with_suffix(".png"), config.warmup_min)
     return report
 
 
@@ -616,29 +632,57 @@ def command_line(config: SoakConfig) -> str:
             f"--seed {config.seed}")
 
 
-def plot(samples: dict[str, list[dict]], path: Path, warmup_min: float) -> None:
+def plot(samples: dict[str, list[dict]], faults: list[dict], path: Path, warmup_min: float) -> None:
+    """The run at a glance: the faults; the learner's memory, life by life; every robot process's memory and
+    threads, coloured by what it is (the same node on every robot alike)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (rss, threads) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
-    roles = sorted({key.split()[0] for key in samples})
-    colour = {role: plt.get_cmap("tab20")(i % 20) for i, role in enumerate(roles)}  # one per role, across restarts
+    fig, (when, learner, robots, threads) = plt.subplots(
+        4, 1, figsize=(11, 10), sharex=True, gridspec_kw={"height_ratios": [1.2, 2, 2.4, 2]})
+    kinds = sorted({f["kind"] for f in faults})
+    for f in faults:
+        y = kinds.index(f["kind"])
+        when.plot([f["at_s"] / 60, (f["ends_s"] or f["at_s"]) / 60], [y, y], color="tab:red", linewidth=3,
+                  marker="|", markersize=8)  # fmt: skip
+    when.set_yticks(range(len(kinds)), kinds, fontsize=7)
+    when.set(ylim=(-0.7, len(kinds) - 0.3), title=f"{len(faults)} faults (a bar: one that lasts until undone)")
+    node_kinds = sorted({key.split()[0].split("/")[-1] if "/" in key else "launcher"
+                         for key in samples if not key.startswith("learner")})  # fmt: skip
+    colour = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(node_kinds)}
+    lives = sorted((s for key, s in samples.items() if key.startswith("learner") and s), key=lambda s: s[0]["t_s"])
+    for n, series in enumerate(lives):
+        start = series[0]["t_s"] / 60
+        learner.axvspan(start, start + warmup_min, color="0.92", linewidth=0)
+        label = "resident memory, a line per life" if n == 0 else None
+        learner.plot([s["t_s"] / 60 for s in series], [s["rss_mb"] for s in series], color="black", marker=".",
+                     linewidth=0.9, label=label)  # fmt: skip
+        threads.plot([s["t_s"] / 60 for s in series], [s["threads"] for s in series], color="black",
+                     linewidth=0.9, label="learner" if n == 0 else None)  # fmt: skip
+    for n, f in enumerate(f for f in faults if f["kind"] == "cloud_away" and f["ends_s"]):
+        learner.axvspan(f["at_s"] / 60, f["ends_s"] / 60, color="tab:red", alpha=0.15, linewidth=0,
+                        label="stopped: the cloud away" if n == 0 else None)  # fmt: skip
+    learner.set(ylabel="MB", title=f"the learner: {len(lives)} lives (a kill starts the next; grey: each life's "
+                f"first {warmup_min:g} min, not judged)")  # fmt: skip
+    learner.legend(fontsize=7, loc="lower right")
     labelled = set()
     for key, series in sorted(samples.items()):
-        role = key.split()[0]
+        if key.startswith("learner"):
+            continue
+        kind = key.split()[0].split("/")[-1] if "/" in key else "launcher"
         t = [s["t_s"] / 60 for s in series]
-        label = None if role in labelled else role
-        labelled.add(role)
-        rss.plot(t, [s["rss_mb"] for s in series], linewidth=0.8, marker=".", color=colour[role], label=label)
-        threads.plot(t, [s["threads"] for s in series], linewidth=0.8, marker=".", color=colour[role])
-    for ax in (rss, threads):
+        label = None if kind in labelled else kind
+        labelled.add(kind)
+        robots.plot(t, [s["rss_mb"] for s in series], color=colour[kind], linewidth=0.7, label=label)
+        threads.plot(t, [s["threads"] for s in series], color=colour[kind], linewidth=0.7)
+    robots.set(ylabel="MB", title="every robot's processes (a line per process; a restarted one starts a new line)")
+    robots.legend(fontsize=7, ncol=4, loc="upper left", bbox_to_anchor=(0, 0.93))
+    threads.set(xlabel="minutes into the run", ylabel="threads", title="threads (robots' processes coloured as above)")
+    threads.legend(fontsize=7, loc="lower right")
+    for ax in (learner, robots, threads):
         ax.axvline(warmup_min, color="grey", linestyle=":")
-    rss.set(ylabel="resident memory (MB)", title="every process of the fleet (a restart starts a new line; dotted: "
-            "the warm-up's end)")  # fmt: skip
-    threads.set(xlabel="minutes", ylabel="threads")
-    rss.legend(fontsize=6, ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
