@@ -7,7 +7,7 @@ A supervisor's rules hold: a robot whose node dies is started again by the fleet
 that stops (it resumes from its checkpoint). The robots' outbox is a small tmpfs of its own (when this host lets
 it be mounted), so that it can be filled.
 
-Faults, one every few minutes (a seeded plan cycling through them all):
+Faults, one every few minutes (a seeded plan cycling through them; the learner's own two in every other cycle):
   robot_node         SIGKILL one node of a random robot (its launcher then stops the robot; the runner starts it)
   bridge             SIGKILL a random robot's bridge node
   learner            SIGKILL the learner (and with it the cloud)
@@ -17,7 +17,8 @@ Faults, one every few minutes (a seeded plan cycling through them all):
   sensor_gap         a random robot's cameras stop (its simulator's ~/cameras_on service) until its ingest says the
                      robot holds, and `sensor_gap_after_hold_s` more; at most `sensor_gap_max_s`
 
-Every `sample_s` it samples each process's resident memory, threads and open files (/proc). At the end:
+Every `sample_s` it samples each process's resident memory, threads and open files, and whether it is stopped
+(/proc). At the end:
   episodes  every episode a recorder finished (its log) is in the store exactly once, or left in the outbox
   stuck     every robot stored an episode in every `window_min` window, but those that meet a cloud outage
   learner   it ran again after every kill and published after each
@@ -26,9 +27,11 @@ Every `sample_s` it samples each process's resident memory, threads and open fil
             control tick whose frames were past its max age (the age its log names), and said them fresh again
             after the gap, by itself. Counted on the robot's clock, not the wall's: a lockstep simulator's clock
             runs at whatever pace its robot answers, and stands still while it holds
-  growth    per kind of process, after each process's own first `warmup_min`: resident memory growth <=
-            `max_growth_per_hour` of its size (the slope within each process, pooled over a kind's processes:
-            faults restart them), threads and open files flat (within `flat_slack`)
+  growth    per kind of process, on its running clock (a stopped process is not judged), after the run's first
+            `warmup_min` and a restarted process's own first `restart_warmup_min`: resident memory growth <=
+            `max_growth_per_hour` of its size (the slope of its medians over `growth_window_min` windows within
+            each process, pooled over a kind's processes: faults restart them), threads and open files flat
+            (their floor within `flat_slack`)
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ import yaml
 from sop_ros.configs import require
 
 FAULTS = ("robot_node", "bridge", "learner", "cloud_away", "outbox_full", "bad_announcements", "sensor_gap")
+LEARNER_FAULTS = ("learner", "cloud_away")
 ROBOT_NODES = ("policy", "recorder", "teleop_arbiter", "ingest", "scripted_operator")  # robot_node's targets
 RECORDED = re.compile(r"recorded (\S+)\.mcap: ")
 RECOVERED = re.compile(r"partial episode file (\S+?)\.mcap\S*: recovered")
@@ -85,8 +89,10 @@ class SoakConfig:
     sensor_gap_after_hold_s: float = 1.0
     sensor_gap_max_s: float = 120.0
     outbox_mb: int = 256
-    sample_s: float = 60.0
-    warmup_min: float = 20.0
+    sample_s: float = 20.0
+    warmup_min: float = 20.0  # the run's: nothing is judged before
+    restart_warmup_min: float = 5.0  # a process started again after a fault: its own first minutes of running
+    growth_window_min: float = 5.0  # memory is judged by its median over windows this long
     window_min: float = 10.0
     max_growth_per_hour: float = 0.05
     flat_slack: int = 2  # threads or open files may end this many above where they were after the warm-up
@@ -112,17 +118,24 @@ class Fault:
     ends_s: float | None = None  # a fault with a duration (cloud_away, outbox_full): when it is undone
 
 
-def fault_plan(rng: random.Random, hours: float, gap_min: tuple[float, float], kinds=FAULTS) -> list[Fault]:
-    """Faults at random moments over the run, cycling through `kinds` in a shuffled order (each kind as often as
-    the others), none in the first gap (the fleet's start) or the last 10 minutes (a quarter of a shorter run):
-    time to recover."""
-    order, plan, at = list(kinds), [], 0.0
+def fault_plan(rng: random.Random, hours: float, gap_min: tuple[float, float], kinds=FAULTS,
+               learner_every: int = 2) -> list[Fault]:  # fmt: skip
+    """Faults at random moments over the run, cycling through `kinds` in a shuffled order, none in the first gap
+    (the fleet's start) or the last 10 minutes (a quarter of a shorter run): time to recover. The learner's own
+    (its kill, the cloud away) come in one cycle of `learner_every`, the others in every cycle: a learner killed
+    every half hour and stopped for ten minutes of it would never run long enough to show whether it grows."""
+    order, plan, at, cycles = list(kinds), [], 0.0, 0
     rng.shuffle(order)
+    others = [k for k in order if k not in LEARNER_FAULTS]
+    left: list[str] = []  # this cycle's kinds still to come
     while True:
+        if not left:
+            left = list(order if cycles % learner_every == 0 or not others else others)
+            cycles += 1
         at += rng.uniform(*gap_min) * 60
         if at > hours * 3600 - min(600.0, hours * 900):
             return plan
-        plan.append(Fault(at, order[len(plan) % len(order)]))
+        plan.append(Fault(at, left.pop(0)))
 
 
 # -- processes -----------------------------------------------------------------------------------------------
@@ -166,55 +179,82 @@ def role_of(cmdline: list[str]) -> str | None:
 
 
 def process_sample(pid: int) -> dict | None:
-    """Resident memory (MB), threads and open files of a live process, and whether it is stopped (by a signal:
-    the cloud away); None once it is gone."""
+    """Resident memory (MB; of it anonymous: the heap's, not files mapped), threads and open files of a live
+    process, and whether it is stopped (by a signal: the cloud away); None once it is gone."""
     try:
         status = (Path("/proc") / str(pid) / "status").read_text()
         fds = len(os.listdir(Path("/proc") / str(pid) / "fd"))
     except OSError:
         return None
     fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"]), "fds": fds,
+    return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024, "anon_mb": int(fields["RssAnon"].split()[0]) / 1024,
+            "threads": int(fields["Threads"]), "fds": fds,
             "stopped": fields["State"].split()[0] in ("T", "t")}
 
 
 # -- checks on plain data --------------------------------------------------------------------------------------
 
 
-def growth(processes: list[list[dict]], warmup_s: float, max_per_hour: float, slack: int) -> dict | None:
+def growth(processes: list[list[dict]], warmup_s: float, restart_warmup_s: float, window_s: float,
+           max_per_hour: float, slack: int) -> dict | None:  # fmt: skip
     """One kind of process (the learner, a robot's policy node), each of its processes' samples ({t_s, rss_mb,
-    threads, fds, stopped}, in time order) after that process's own warm-up (a process a fault killed starts
-    again), on the clock of its running time: resident memory's least-squares slope within each process, pooled
-    over them, as a share of the median per hour; and the most threads or open files rose in one process
-    (`floor_rise`). None when fewer than 3 samples or 30 minutes in all are left after the warm-ups (too short
-    to say)."""
-    late = [[s for s in series if s["t_s"] >= series[0]["t_s"] + warmup_s] for series in map(running, processes)]
-    late = [series for series in late if len(series) >= 2]
-    hours = sum(series[-1]["t_s"] - series[0]["t_s"] for series in late) / 3600
-    if sum(map(len, late)) < 3 or hours < 0.5:
+    threads, fds, stopped}, in time order) on the clock of its running time (`running`), judged after the
+    run's first `warmup_s` and the process's own first `restart_warmup_s` (a process a fault killed starts
+    again, into a warm fleet): the median of its resident memory in each whole window of `window_s` (a median:
+    an export or a policy load in flight is a spike, not a level), the least-squares slope of those medians
+    within each process, pooled over the processes, as a share of the median per hour, with its 95% interval;
+    and the most threads or open files rose in one process (`floor_rise`). None when fewer than 3 windows or 30
+    minutes of them are left (too short to say)."""
+    judged, points = [], []  # per process: its judged samples; (window's mean time, its median) of whole windows
+    for series in map(running, processes):
+        if series:
+            begin = series[0]["t_s"] + restart_warmup_s
+            late = [s for s in series if s["wall_s"] >= warmup_s and s["t_s"] >= begin]
+            if late:
+                judged.append(late)
+                points.append(window_medians(late, window_s))
+    points = [p for p in points if len(p) >= 2]
+    hours = sum(len(p) for p in points) * window_s / 3600
+    if sum(map(len, points)) < 3 or hours < 0.5:
         return None
     # Each process about its own means: a restarted process's level says nothing about growth.
-    dt = np.concatenate([(t := np.array([s["t_s"] for s in x]) / 3600) - t.mean() for x in late])
-    drss = np.concatenate([(r := np.array([s["rss_mb"] for s in x])) - r.mean() for x in late])
-    median = float(np.median([s["rss_mb"] for x in late for s in x]))
-    per_hour = float((dt @ drss) / (dt @ dt) / median)
-    rise = {k: max(floor_rise(x, k) for x in late) for k in ("threads", "fds")}
-    ok = per_hour <= max_per_hour and rise["threads"] <= slack and rise["fds"] <= slack
-    return {"processes": len(late), "hours": round(hours, 2), "rss_mb_median": round(median, 1),
-            "rss_growth_per_hour": round(per_hour, 4), "threads_rise": rise["threads"], "fds_rise": rise["fds"],
-            "ok": ok}  # fmt: skip
+    dt = np.concatenate([(t := np.array([x for x, _ in p]) / 3600) - t.mean() for p in points])
+    drss = np.concatenate([(r := np.array([y for _, y in p])) - r.mean() for p in points])
+    slope = float((dt @ drss) / (dt @ dt))
+    residual = drss - slope * dt
+    dof = max(1, len(dt) - len(points) - 1)  # a mean per process and the slope
+    half_width = 1.96 * float(np.sqrt(residual @ residual / dof / (dt @ dt)))
+    median = float(np.median([s["rss_mb"] for x in judged for s in x]))
+    rise = {k: max(floor_rise(x, k) for x in judged) for k in ("threads", "fds")}
+    ok = slope / median <= max_per_hour and rise["threads"] <= slack and rise["fds"] <= slack
+    return {"processes": len(points), "hours": round(hours, 2), "rss_mb_median": round(median, 1),
+            "rss_growth_per_hour": round(slope / median, 4), "rss_growth_mb_per_hour": round(slope, 1),
+            "rss_growth_mb_per_hour_95": round(half_width, 1), "threads_rise": rise["threads"],
+            "fds_rise": rise["fds"], "ok": ok}  # fmt: skip
+
+
+def window_medians(series: list[dict], window_s: float) -> list[tuple[float, float]]:
+    """(mean time, median resident memory) of the samples in each whole `window_s` from the first sample on;
+    the last window, cut short by the process's end, is left out (fewer samples, another spread)."""
+    first, last = series[0]["t_s"], series[-1]["t_s"]
+    windows: dict[int, list[dict]] = defaultdict(list)
+    for s in series:
+        if (k := int((s["t_s"] - first) // window_s)) < (last - first) // window_s:
+            windows[k].append(s)
+    return [(float(np.mean([s["t_s"] for s in w])), float(np.median([s["rss_mb"] for s in w])))
+            for _, w in sorted(windows.items())]  # fmt: skip
 
 
 def running(series: list[dict]) -> list[dict]:
-    """A process's samples while it ran, their times on its running clock: a stopped process (the cloud away)
-    can neither grow nor not, and an hour of it is not an hour of running. The time from a stopped sample to
-    the next one counts as stopped."""
+    """A process's samples while it ran, their times (`t_s`) on its running clock, the run's in `wall_s`: a
+    stopped process (the cloud away) can neither grow nor not, and an hour of it is not an hour of running. The
+    time from a stopped sample to the next one counts as stopped."""
     out, paused = [], 0.0
     for before, s in zip([None, *series[:-1]], series, strict=True):
         if before is not None and before.get("stopped"):
             paused += s["t_s"] - before["t_s"]
         if not s.get("stopped"):
-            out.append(dict(s, t_s=s["t_s"] - paused))
+            out.append(dict(s, t_s=s["t_s"] - paused, wall_s=s["t_s"]))
     return out
 
 
@@ -576,7 +616,8 @@ def run(config: SoakConfig) -> dict:
     learner_log = (fleet_dir / "logs" / "learner.log").read_text(errors="replace")
     published = [json.loads(p.read_text()).get("created", 0) for p in (fleet_dir / "policies").glob("*.json")]
     growths = {role: g for role, processes in by_role(soak.samples).items()
-               if (g := growth(processes, config.warmup_min * 60, config.max_growth_per_hour, config.flat_slack))}
+               if (g := growth(processes, config.warmup_min * 60, config.restart_warmup_min * 60,
+                               config.growth_window_min * 60, config.max_growth_per_hour, config.flat_slack))}
     checks = {
         "episodes": not lost and not audit["duplicated_ids"],
         "none_stuck": not any(stuck.values()),
@@ -604,7 +645,7 @@ def run(config: SoakConfig) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     (path.parent / "soak_samples.json").write_text(json.dumps(soak.samples) + "\n")
-    plot(soak.samples, report["faults"], path.with_suffix(".png"), config.warmup_min)
+    plot(soak.samples, report["faults"], path.with_suffix(".png"), config.warmup_min, config.restart_warmup_min)
     return report
 
 
@@ -632,7 +673,8 @@ def command_line(config: SoakConfig) -> str:
             f"--seed {config.seed}")
 
 
-def plot(samples: dict[str, list[dict]], faults: list[dict], path: Path, warmup_min: float) -> None:
+def plot(samples: dict[str, list[dict]], faults: list[dict], path: Path, warmup_min: float,
+         restart_warmup_min: float) -> None:  # fmt: skip
     """The run at a glance: the faults; the learner's memory, life by life; every robot process's memory and
     threads, coloured by what it is (the same node on every robot alike)."""
     import matplotlib
@@ -655,7 +697,7 @@ def plot(samples: dict[str, list[dict]], faults: list[dict], path: Path, warmup_
     lives = sorted((s for key, s in samples.items() if key.startswith("learner") and s), key=lambda s: s[0]["t_s"])
     for n, series in enumerate(lives):
         start = series[0]["t_s"] / 60
-        learner.axvspan(start, start + warmup_min, color="0.92", linewidth=0)
+        learner.axvspan(start, max(warmup_min, start + restart_warmup_min), color="0.92", linewidth=0)
         label = "resident memory, a line per life" if n == 0 else None
         learner.plot([s["t_s"] / 60 for s in series], [s["rss_mb"] for s in series], color="black", marker=".",
                      linewidth=0.9, label=label)  # fmt: skip
@@ -664,8 +706,8 @@ def plot(samples: dict[str, list[dict]], faults: list[dict], path: Path, warmup_
     for n, f in enumerate(f for f in faults if f["kind"] == "cloud_away" and f["ends_s"]):
         learner.axvspan(f["at_s"] / 60, f["ends_s"] / 60, color="tab:red", alpha=0.15, linewidth=0,
                         label="stopped: the cloud away" if n == 0 else None)  # fmt: skip
-    learner.set(ylabel="MB", title=f"the learner: {len(lives)} lives (a kill starts the next; grey: each life's "
-                f"first {warmup_min:g} min, not judged)")  # fmt: skip
+    learner.set(ylabel="MB", title=f"the learner: {len(lives)} lives (a kill starts the next; grey: not judged, the "
+                f"run's first {warmup_min:g} min and a new life's first {restart_warmup_min:g})")  # fmt: skip
     learner.legend(fontsize=7, loc="lower right")
     labelled = set()
     for key, series in sorted(samples.items()):
