@@ -691,8 +691,7 @@ def plot(samples: dict[str, list[dict]], faults: list[dict], path: Path, warmup_
                   marker="|", markersize=8)  # fmt: skip
     when.set_yticks(range(len(kinds)), kinds, fontsize=7)
     when.set(ylim=(-0.7, len(kinds) - 0.3), title=f"{len(faults)} faults (a bar: one that lasts until undone)")
-    node_kinds = sorted({key.split()[0].split("/")[-1] if "/" in key else "launcher"
-                         for key in samples if not key.startswith("learner")})  # fmt: skip
+    node_kinds = sorted({node_kind(key) for key in samples if not key.startswith("learner")})
     colour = {k: plt.get_cmap("tab10")(i % 10) for i, k in enumerate(node_kinds)}
     lives = sorted((s for key, s in samples.items() if key.startswith("learner") and s), key=lambda s: s[0]["t_s"])
     for n, series in enumerate(lives):
@@ -713,7 +712,7 @@ def plot(samples: dict[str, list[dict]], faults: list[dict], path: Path, warmup_
     for key, series in sorted(samples.items()):
         if key.startswith("learner"):
             continue
-        kind = key.split()[0].split("/")[-1] if "/" in key else "launcher"
+        kind = node_kind(key)
         t = [s["t_s"] / 60 for s in series]
         label = None if kind in labelled else kind
         labelled.add(kind)
@@ -728,3 +727,9 @@ def plot(samples: dict[str, list[dict]], faults: list[dict], path: Path, warmup_
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def node_kind(key: str) -> str:
+    """What a robot's process is, whichever robot: "policy" for "robot_3/policy 123", "launcher" for "robot_3 45"."""
+    role = key.split()[0]
+    return role.split("/", 1)[1] if "/" in role else "launcher"
