@@ -1,7 +1,8 @@
 """`sop experiment`: the published system's questions on a simulated fleet, each a sweep of paced fleet runs.
 
     fleet-scaling     1, 2 and 4 robots: the same learner budget per simulated minute, more experience
-    pretrain-scale    base policies pretrained on 20 and 80 demonstrations per task, then the same online budget
+    pretrain-scale    base policies pretrained on the base's demonstrations per task and on 4x as many, then the same
+                      online budget
     algorithms        pretrained only, offline HG-DAgger, SOP + HG-DAgger, SOP + RECAP at equal budgets
     learner-settings  the learner's smoothing and optimiser choices, each against the settings before them
 
