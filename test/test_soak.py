@@ -194,7 +194,9 @@ def test_a_robots_hold_age_limit_comes_from_its_block_config_and_its_first_hold_
     robot = yaml.safe_load((REPO / "config" / "fleet_sim.yaml").read_text())
     robot["nodes"]["ingest"] = {"cameras": ["corner", "topview"], "max_sensor_age_s": 0.4}
     (configs / "robot_0_block003.yaml").write_text(yaml.safe_dump(robot))
-    assert hold_age_limit(configs, "robot_0") == pytest.approx(0.4 + 1 / 30)
+    # Its max age and a camera period (10 Hz cameras on a 30 Hz control loop): the most the clock moves between
+    # two joint states, at an episode's reset.
+    assert hold_age_limit(configs, "robot_0") == pytest.approx(0.4 + 3 / 30)
     assert hold_age_limit(configs, "robot_1") == 0.0  # no block of it ran
     (logs / "robot_0_block003.log").write_text(
         "[WARN] [990.000000000] [robot_0.ingest]: stale sensors, the policy holds: camera corner: no frame yet\n"

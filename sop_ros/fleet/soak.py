@@ -295,7 +295,7 @@ def sensor_gaps_seen(logs_text: dict[str, str], gaps: list[tuple[str, float, flo
                      slack_s: float = 2.0) -> list[dict]:  # fmt: skip
     """Per sensor gap (robot, wall time off, on): whether that robot's ingest said its cameras were stale between
     the gap's start and `slack_s` after its end, at the first tick past its max age (the frame ages it names are
-    at most `hold_ages[robot]`: max age + a control period), and fresh again after that (its log's wall stamps)."""
+    at most `hold_ages[robot]`: `hold_age_limit`), and fresh again after that (its log's wall stamps)."""
     out = []
     for robot, off, on in gaps:
         text = logs_text.get(robot, "")
@@ -315,8 +315,10 @@ def sensor_gaps_seen(logs_text: dict[str, str], gaps: list[tuple[str, float, flo
 
 
 def hold_age_limit(configs: Path, robot: str) -> float:
-    """The oldest frame a robot may hold on (its ingest's max age and one control period), from the newest of
-    the fleet runner's configs of its blocks; 0 when there is none."""
+    """The oldest frame a robot may hold on, from the newest of the fleet runner's configs of its blocks (0 when
+    there is none): its ingest's max age and the longest step between two joint states, a camera period (an
+    episode's reset moves the clock on to the cameras' next tick: a gap that begins at an episode's end is first
+    seen that much past its last frame)."""
     from sop_ros.configs import load_config
     from sop_ros.configs.robot import RobotLaunchConfig
 
@@ -326,7 +328,7 @@ def hold_age_limit(configs: Path, robot: str) -> float:
     nodes = load_config(RobotLaunchConfig, blocks[-1]).nodes
     if nodes.ingest is None or nodes.sim_robot is None:
         return 0.0
-    return nodes.ingest.max_sensor_age_s + 1.0 / nodes.sim_robot.control_hz
+    return nodes.ingest.max_sensor_age_s + nodes.sim_robot.camera_every_steps / nodes.sim_robot.control_hz
 
 
 def first_hold(logs: Path, robot: str, since_wall: float) -> float | None:
