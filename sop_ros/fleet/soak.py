@@ -328,7 +328,7 @@ def hold_age_limit(configs: Path, robot: str) -> float:
     nodes = load_config(RobotLaunchConfig, blocks[-1]).nodes
     if nodes.ingest is None or nodes.sim_robot is None:
         return 0.0
-    return nodes.ingest.max_sensor_age_s + nodes.sim_robot.camera_every_steps / nodes.sim_robot.control_hz
+    return nodes.ingest.max_sensor_age_s + 1.0 / nodes.sim_robot.frame_hz
 
 
 def first_hold(logs: Path, robot: str, since_wall: float) -> float | None:
