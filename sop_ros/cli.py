@@ -482,7 +482,7 @@ def cmd_chaos_soak(args: argparse.Namespace) -> int:
     config = SoakConfig(args.hours, args.robots, args.json, args.out, learner_yaml=args.learner_config,
                         robot_yaml=args.robot_config, tasks=tasks, faults=faults,
                         fault_gap_min=(args.fault_gap_min, args.fault_gap_max), cloud_away_min=args.cloud_away_min,
-                        seed=args.seed)  # fmt: skip
+                        learner_every=args.learner_every, seed=args.seed)  # fmt: skip
 
     def soak() -> dict:
         report = run(config)
@@ -803,6 +803,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fault-gap-max", type=float, default=6.0, help="and at most (default %(default)s)")
     p.add_argument("--cloud-away-min", type=float, default=10.0, help="how long the cloud stops answering "
                    "(default %(default)s)")  # fmt: skip
+    p.add_argument("--learner-every", type=int, default=0, metavar="N", help="the learner's kill and the cloud "
+                   "away come in one cycle of faults in N (default 0: the first cycle only)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="of the fault plan (default %(default)s)")
     p.set_defaults(func=cmd_chaos_soak)
     p = chaos.add_parser("stops", help="stop a robot's whole node set at random moments under CPU load: every "

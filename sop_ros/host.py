@@ -104,6 +104,24 @@ def return_free_memory() -> bool:
     return True
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
+
+
+def malloc_usage() -> dict[str, float] | None:
+    """What glibc's malloc holds, over every arena (MB): `in_use` by the program (its large blocks, mapped on
+    their own, included), `free` but kept in the arenas; None where this is not glibc >= 2.33. A resident size
+    that grows with `in_use` is data kept; with `free`, memory the allocator has not handed back."""
+    try:
+        info = ctypes.CDLL(None).mallinfo2
+    except (AttributeError, OSError):
+        return None
+    info.restype = _MallInfo2
+    got = info()
+    return {"in_use": round((got.uordblks + got.hblkhd) / 2**20, 1), "free": round(got.fordblks / 2**20, 1)}
+
+
 def _sigkill_on_parent_death() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 

@@ -221,17 +221,25 @@ def test_memory_freed_under_a_live_block_goes_back_to_the_system():
     import sys
 
     code = """
-from sop_ros.host import return_free_memory
+from sop_ros.host import malloc_usage, return_free_memory
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+start = malloc_usage()
 blocks = [bytes(4000) for _ in range(25_000)]  # 100 MB of malloc's heap
+held = malloc_usage()
 pin = bytes(4000)  # allocated last: the top of the heap stays in use
 del blocks
+freed = malloc_usage()
 before = rss()
-print(return_free_memory(), round(before), round(rss()))
+print(return_free_memory(), round(before), round(rss()),
+      *(round(u[k]) for u in (start, held, freed) for k in ("in_use", "free")) if start else "")
 """
-    trimmed, before, after = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                            cwd=REPO).stdout.split()  # fmt: skip
+    trimmed, before, after, *usage = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                                    check=True, cwd=REPO).stdout.split()  # fmt: skip
     if trimmed == "False":
         pytest.skip("not glibc: its allocator returns memory its own way")
     assert int(before) - int(after) > 50, (before, after)
+    if usage:  # glibc >= 2.33: what malloc holds tells data kept from memory freed but kept
+        start_in_use, start_free, held_in_use, _, freed_in_use, freed_free = map(int, usage)
+        assert held_in_use - start_in_use >= 95 and freed_in_use - start_in_use <= 5, usage
+        assert freed_free - start_free >= 95, usage

@@ -163,12 +163,14 @@ def test_it_resumes_after_sigkill_from_its_checkpoint_with_every_stored_episode(
     final = json.loads(status.read_text())
     assert final["step"] == saved + 4
     assert final["online_episodes"] == 1 and final["fleet"]["episodes"] == 1  # the stored episode is still there
+    assert 0 < final["memory_mb"]["frame_cache"] <= 64  # the episode's and demonstrations' frames, decoded once
     assert final["latest_policy"].endswith(f"-{saved + 4:07d}")
     assert PolicyRegistry(tmp_path / "learner_policies").latest().version == final["latest_policy"]
     steps = [s for s, _ in step_losses(tmp_path / "learner")]
     assert steps[-4:] == list(range(saved, saved + 4))  # the curve goes on where the checkpoint was
     shown = run_sop("learner", "status", "--config", config)
     assert shown.returncode == 0 and f"step {saved + 4}" in shown.stdout and DEMO_TASKS[0] in shown.stdout
+    assert "memory (MB): frame cache" in shown.stdout
 
 
 @pytest.mark.e2e

@@ -34,7 +34,7 @@ TIER = "unit"  # what the tests need: conftest.TIERS
 
 
 def test_the_plan_cycles_through_every_fault_and_leaves_time_to_recover():
-    plan = fault_plan(random.Random(3), hours=2.0, gap_min=(3.0, 6.0))
+    plan = fault_plan(random.Random(3), hours=2.0, gap_min=(3.0, 6.0), learner_every=2)
     gaps = [b.at_s - a.at_s for a, b in zip(plan, plan[1:], strict=False)]
     assert all(180 <= g <= 360 for g in gaps) and 180 <= plan[0].at_s <= 360
     assert plan[-1].at_s <= 2 * 3600 - 600  # the last 10 minutes: recovery only
@@ -47,7 +47,12 @@ def test_the_plan_cycles_through_every_fault_and_leaves_time_to_recover():
     others = [kinds.count(k) for k in FAULTS if k not in LEARNER_FAULTS]
     assert max(others) - min(others) <= 1
     assert all(kinds.count(k) in (round(min(others) / 2), round(min(others) / 2) + 1) for k in LEARNER_FAULTS)
-    assert [f.at_s for f in fault_plan(random.Random(3), 2.0, (3.0, 6.0))] == [f.at_s for f in plan]  # seeded
+    assert [f.at_s for f in fault_plan(random.Random(3), 2.0, (3.0, 6.0), learner_every=2)] == [
+        f.at_s for f in plan]  # seeded
+    # By default the learner's faults come in the first cycle only: one long life after them.
+    first = [f.kind for f in fault_plan(random.Random(3), 2.0, (3.0, 6.0))]
+    assert sorted(first[: len(FAULTS)]) == sorted(FAULTS)
+    assert not set(first[len(FAULTS) :]) & set(LEARNER_FAULTS) and len(first) > len(FAULTS)
     short = fault_plan(random.Random(0), hours=0.2, gap_min=(1.0, 1.5))  # 12 min: the last quarter is left
     assert short and short[-1].at_s <= 0.2 * 3600 * 0.75
     only_the_learner = fault_plan(random.Random(0), 1.0, (3.0, 6.0), kinds=("learner",))

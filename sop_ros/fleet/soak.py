@@ -83,6 +83,10 @@ class SoakConfig:
     faults: tuple[str, ...] = FAULTS  # the kinds injected, in turn
     fault_gap_min: tuple[float, float] = (3.0, 6.0)  # from one fault's start to the next, uniform
     cloud_away_min: float = 10.0
+    # The learner's own faults (its kill, the cloud away) come in one cycle of faults in this many (0: the first
+    # only): a learner killed every half hour, and stopped for ten minutes of it, never runs long enough for its
+    # memory to be judged; after the first cycle it runs on for the rest of the run.
+    learner_every: int = 0
     outbox_full_min: float = 2.0
     # Cameras off until the robot holds, then this long (wall time): a held lockstep robot's clock stands still,
     # so a gap of its own time would never end. At most sensor_gap_max_s.
@@ -106,6 +110,7 @@ class SoakConfig:
         low, high = self.fault_gap_min
         require(0 < low <= high, "fault_gap_min", self.fault_gap_min, "must be (low, high) with 0 < low <= high")
         require(self.sample_s > 0, "sample_s", self.sample_s, "must be > 0")
+        require(self.learner_every >= 0, "learner_every", self.learner_every, "must be >= 0 (0: the first cycle)")
 
 
 @dataclass
@@ -119,18 +124,19 @@ class Fault:
 
 
 def fault_plan(rng: random.Random, hours: float, gap_min: tuple[float, float], kinds=FAULTS,
-               learner_every: int = 2) -> list[Fault]:  # fmt: skip
+               learner_every: int = 0) -> list[Fault]:  # fmt: skip
     """Faults at random moments over the run, cycling through `kinds` in a shuffled order, none in the first gap
     (the fleet's start) or the last 10 minutes (a quarter of a shorter run): time to recover. The learner's own
-    (its kill, the cloud away) come in one cycle of `learner_every`, the others in every cycle: a learner killed
-    every half hour and stopped for ten minutes of it would never run long enough to show whether it grows."""
+    (its kill, the cloud away) come in one cycle of `learner_every` (0: the first cycle only), the others in
+    every cycle."""
     order, plan, at, cycles = list(kinds), [], 0.0, 0
     rng.shuffle(order)
     others = [k for k in order if k not in LEARNER_FAULTS]
     left: list[str] = []  # this cycle's kinds still to come
     while True:
         if not left:
-            left = list(order if cycles % learner_every == 0 or not others else others)
+            learners = cycles == 0 if learner_every == 0 else cycles % learner_every == 0
+            left = list(order if learners or not others else others)
             cycles += 1
         at += rng.uniform(*gap_min) * 60
         if at > hours * 3600 - min(600.0, hours * 900):
@@ -399,7 +405,19 @@ class Soak:
     def sample(self, now: float) -> None:
         for pid, role in self.processes().items():
             if (s := process_sample(pid)) is not None:
+                if role == "learner":
+                    s |= self.learner_memory()
                 self.samples[f"{role} {pid}"].append({"t_s": round(now, 1), **s})
+
+    def learner_memory(self) -> dict[str, float]:
+        """What the learner's status says its memory holds (frame cache, malloc in use and free; MB), if known."""
+        from sop_ros.learner.online import STATUS
+
+        try:  # the fleet runner's learner keeps its checkpoints in <its out>/learner
+            status = json.loads((self.outbox.parent / "learner" / STATUS).read_text())
+        except (OSError, ValueError):
+            return {}
+        return {f"{name}_mb": mb for name, mb in (status.get("memory_mb") or {}).items()}
 
     def inject(self, fault: Fault) -> None:
         procs = self.processes()
@@ -582,7 +600,8 @@ def run(config: SoakConfig) -> dict:
     outbox = fleet_dir / "outbox"  # the fleet runner's robots record into <its out>/outbox
     why_not = mount_outbox(outbox, config.outbox_mb)
     rng = random.Random(config.seed)
-    soak = Soak(config, outbox, fault_plan(rng, config.hours, config.fault_gap_min, config.faults), rng, not why_not)
+    plan = fault_plan(rng, config.hours, config.fault_gap_min, config.faults, config.learner_every)
+    soak = Soak(config, outbox, plan, rng, not why_not)
     print(f"sop chaos soak: {config.hours:g} h, {config.robots} robots, {len(soak.plan)} faults planned -> {out}"
           + (f" (outbox on the disk: {why_not})" if why_not else ""), flush=True)  # fmt: skip
     try:
@@ -671,6 +690,8 @@ def _count(plan: list[Fault]) -> dict[str, int]:
 
 def command_line(config: SoakConfig) -> str:
     faults = "" if config.faults == FAULTS else f" --faults {','.join(config.faults)}"
+    if config.learner_every:
+        faults += f" --learner-every {config.learner_every}"
     return (f"sop chaos soak --hours {config.hours:g} --robots {config.robots}{faults} --json {config.json} "
             f"--seed {config.seed}")
 

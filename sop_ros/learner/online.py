@@ -48,6 +48,7 @@ from sop_ros.configs.learner import LearnerConfig
 from sop_ros.configs.model import ModelConfig
 from sop_ros.episodes.durable import atomic_file
 from sop_ros.episodes.format import LABELLED, Outcome
+from sop_ros.host import malloc_usage, return_free_memory
 from sop_ros.learner.algorithms import make_algorithm
 from sop_ros.learner.algorithms.base import Algorithm
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
@@ -439,6 +440,13 @@ def version_lag(fleet_table: dict, published: list[str]) -> dict[str, int]:
     return lag
 
 
+def memory_status(frames: DecodedFrames) -> dict[str, float]:
+    """The learner's memory (MB): the decoded frames kept, and what malloc holds in use and free (glibc)."""
+    malloc = malloc_usage() or {}
+    return {"frame_cache": round(frames.kept_bytes / 2**20, 1),
+            **{f"malloc_{name}": mb for name, mb in malloc.items()}}  # fmt: skip
+
+
 def write_status(path: Path, status: dict) -> None:
     with atomic_file(path, durable=False) as f:  # read by `sop learner status` at any moment; rewritten often
         f.write((json.dumps(status, indent=2) + "\n").encode())
@@ -464,6 +472,9 @@ def format_status(status: dict, now: float) -> str:
         rates = [f"{r:.0%}" if r is not None else "-" for r in (success, alone)]
         lines.append(f"  {task:24s} {status['online_share'][task]:5.2f} {cells[0]:>8s} {cells[1]:>8s} "
                      f"{rates[0]:>8s} {rates[1]:>8s}")  # fmt: skip
+    memory = status.get("memory_mb") or {}
+    if memory:
+        lines.append("  memory (MB): " + ", ".join(f"{name.replace('_', ' ')} {mb:.0f}" for name, mb in memory.items()))
     canary = status.get("canary") or {}
     if canary.get("candidate"):
         lines.append(f"  on canary: {canary['candidate']} with {', '.join(canary['robots'])}")
@@ -697,6 +708,9 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
         if now - last_log >= config.log_every_s or final:
             fleet = fleet_metrics(store.episodes(), started) if store else fleet
             rate = window_rows / (now - last_log)
+            # The online dataset is rebuilt as episodes arrive: its old arrays go free in the arenas of the
+            # threads that touched them, which keep the pages unless told; the status then shows what is kept.
+            return_free_memory()
             table = server.fleet_table() if server else {}
             status = {
                 "time": time.time(), "algorithm": config.algorithm, "step": step, "ranks": ranks.world,
@@ -711,6 +725,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
                 "robot_versions": {r["robot"]: r["running_version"] for r in table.get("robots", [])},
                 "fleet_sim_s": pace.fleet_time_ns / 1e9 if pace else None,
                 "canary": canary_status(publisher.gate),
+                "memory_mb": memory_status(data.frames),
                 "value_thresholds": {}, "value_estimates": {}, **algorithm.status(),
             }  # fmt: skip
             write_status(out / STATUS, status)
