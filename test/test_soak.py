@@ -1,5 +1,6 @@
 """`sop chaos soak`'s decisions on plain data: the fault plan, whose process is whose, and the end checks."""
 
+import json
 import os
 import random
 import signal
@@ -14,6 +15,8 @@ from conftest import REPO
 from sop_ros.fleet.soak import (
     FAULTS,
     LEARNER_FAULTS,
+    Soak,
+    SoakConfig,
     by_role,
     descendants,
     fault_plan,
@@ -240,3 +243,14 @@ def test_the_picture_draws_the_faults_each_life_of_the_learner_and_every_robot_p
     faults = [{"at_s": 1850, "kind": "learner", "ends_s": None}, {"at_s": 2500, "kind": "cloud_away", "ends_s": 3100}]
     plot(samples, faults, tmp_path / "soak.png", 20, 5)
     assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_learners_memory_is_read_from_its_status_and_nothing_is_made_up_before_it(tmp_path):
+    soak = Soak(SoakConfig(hours=1.0), tmp_path / "outbox", [], random.Random(0), outbox_mounted=False)
+    assert soak.learner_memory() == {}  # the learner has not written a status yet
+    (tmp_path / "learner").mkdir()
+    status = {"step": 7, "memory_mb": {"frame_cache": 128.0, "malloc_in_use": 310.5, "malloc_free": 40.0}}
+    (tmp_path / "learner" / "status.json").write_text(json.dumps(status))
+    assert soak.learner_memory() == {"frame_cache_mb": 128.0, "malloc_in_use_mb": 310.5, "malloc_free_mb": 40.0}
+    (tmp_path / "learner" / "status.json").write_text('{"step": 7')  # cut short: no figures, no failure
+    assert soak.learner_memory() == {}

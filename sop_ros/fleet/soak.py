@@ -411,10 +411,10 @@ class Soak:
 
     def learner_memory(self) -> dict[str, float]:
         """What the learner's status says its memory holds (frame cache, malloc in use and free; MB), if known."""
-        from sop_ros.learner.online import STATUS
+        from sop_ros.fleet.online_fleet import learner_status
 
-        try:  # the fleet runner's learner keeps its checkpoints in <its out>/learner
-            status = json.loads((self.outbox.parent / "learner" / STATUS).read_text())
+        try:  # the fleet runner's out holds the outbox
+            status = learner_status(self.outbox.parent)
         except (OSError, ValueError):
             return {}
         return {f"{name}_mb": mb for name, mb in (status.get("memory_mb") or {}).items()}
