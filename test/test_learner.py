@@ -21,7 +21,7 @@ from sop_ros.bench.bridge import zenoh_config
 from sop_ros.bridge.artifacts import make_signing_keys
 from sop_ros.cloud.episode_store import StoredEpisode
 from sop_ros.cloud.policy_registry import PolicyRegistry
-from sop_ros.configs import from_dict
+from sop_ros.configs import ConfigError, from_dict
 from sop_ros.configs.learner import LearnerConfig
 from sop_ros.episodes.reader import copy_episode, episode_files
 from sop_ros.host import free_endpoint
@@ -225,6 +225,22 @@ def test_each_batch_is_split_across_tasks_and_within_a_task_by_the_online_share(
     assert {r.task for r in rows if r.source == "online"} == {DEMO_TASKS[0]}
     assert sum(r.source == "online" for r in rows if r.task == DEMO_TASKS[1]) == 0
     data.close()
+
+
+def test_replay_episodes_keeps_the_most_recent_fleet_episodes_and_forgets_the_rest(tmp_path, recorded_demos):
+    config = from_dict(LearnerConfig, {"tasks": DEMO_TASKS, "demos_dir": str(recorded_demos), "replay_episodes": 2,
+                                       "checkpoint_dir": str(tmp_path / "learner")})  # fmt: skip
+    data = TrainingData(config, DatasetConfig(), make_algorithm(config))
+    files = episode_files(recorded_demos)  # 4, in the order "stored"
+    assert data.refresh(files[:3], at_once=True)
+    assert [e.path for e in data.online.episodes] == files[1:3] and set(data._cache) == set(files[1:3])
+    assert not data.refresh(files[:3])  # the same files: nothing changed
+    data.refresh(files)  # the newest is indexed in the background, taken at the next refresh
+    assert data.refresh(files) and [e.path for e in data.online.episodes] == files[2:]
+    assert set(data._cache) == set(files[2:])  # the oldest left the index, and its memory with it
+    data.close()
+    with pytest.raises(ConfigError, match="replay_episodes"):
+        from_dict(LearnerConfig, {"tasks": DEMO_TASKS, "demos_dir": "d", "replay_episodes": -1})
 
 
 def test_fleet_metrics_come_from_the_labels_and_version_lag_from_the_robots_reports():

@@ -141,6 +141,10 @@ class LearnerConfig:
     publish_every_s: float = 0.0  # > 0: also publish on this period
     max_steps: int = 0  # stop after this many learner steps (0: run until stopped)
     refresh_every_steps: int = 10  # look for newly stored episodes this often
+    # The fleet's most recently stored episodes trained from (0: every one stored). Each kept costs the learner
+    # ~17 KB of memory (its steps' arrays and frame offsets) and its frames' place in the decoded-frame cache:
+    # a learner meant to run for days bounds its memory with this, as a replay buffer's capacity does.
+    replay_episodes: int = 0
     log_every_s: float = 10.0  # progress line, status.json and TensorBoard scalars
     serve_robots: bool = True  # ingest and policy serving in the learner (false: `sop cloud` runs them)
     use_autonomous_segments: bool = False  # HG-DAgger: also learn from the policy's own driving that succeeded
@@ -191,6 +195,7 @@ class LearnerConfig:
         require(self.weight_decay >= 0, "weight_decay", self.weight_decay, "must be >= 0")
         require(self.max_steps >= 0, "max_steps", self.max_steps, "must be >= 0 (0: until stopped)")
         require(self.refresh_every_steps >= 1, "refresh_every_steps", self.refresh_every_steps, "must be >= 1")
+        require(self.replay_episodes >= 0, "replay_episodes", self.replay_episodes, "must be >= 0 (0: all)")
         require(self.log_every_s > 0, "log_every_s", self.log_every_s, "must be > 0")
         require(self.torch_threads >= 0, "torch_threads", self.torch_threads, "must be >= 0 (0: default)")
         for i, task in enumerate(self.online_tasks):

@@ -79,6 +79,9 @@ class SoakConfig:
     # The learner's decoded frames are a cache that fills as it samples, up to this bound: the default 1 GB
     # takes the fleet's first hour of data to fill, which the growth check would count; this fills in warm-up.
     learner_frame_cache_mb: float = 128.0
+    # Likewise the fleet episodes it keeps indexed (`replay_episodes`): 4 robots store 200 in ~16 minutes. Kept
+    # all, they would grow its memory by ~17 KB each for the whole run: growth by design, which would hide a leak.
+    learner_replay_episodes: int = 200
     tasks: tuple[str, ...] = ("reach-v3", "push-v3")
     faults: tuple[str, ...] = FAULTS  # the kinds injected, in turn
     fault_gap_min: tuple[float, float] = (3.0, 6.0)  # from one fault's start to the next, uniform
@@ -594,7 +597,8 @@ def run(config: SoakConfig) -> dict:
     learner_yaml = out / "soak_learner.yaml"
     learner_yaml.write_text(yaml.safe_dump(yaml.safe_load(Path(config.learner_yaml).read_text())
                                            | {"base_policy": str(base), "demos_dir": str(demos),
-                                              "frame_cache_mb": config.learner_frame_cache_mb},
+                                              "frame_cache_mb": config.learner_frame_cache_mb,
+                                              "replay_episodes": config.learner_replay_episodes},
                                            sort_keys=False))  # fmt: skip
     fleet_dir = out / "fleet"
     outbox = fleet_dir / "outbox"  # the fleet runner's robots record into <its out>/outbox

@@ -102,7 +102,8 @@ class TrainingData:
         self._cache: dict[Path, EpisodeIndex] = {}
         self.online = self._build([])
         self.listed: list[Path] = []  # the files the next refresh builds from
-        self._built_from = 0  # how many files the online dataset was built from
+        self._built_from: list[Path] = []  # the files the online dataset was built from
+        self.replay_episodes = config.replay_episodes
         self._indexer = ThreadPoolExecutor(1, thread_name_prefix="index")
         self._indexing: Future | None = None
 
@@ -111,19 +112,27 @@ class TrainingData:
                               cache=self._cache, frames=self.frames)  # fmt: skip
 
     def refresh(self, paths: list[Path], at_once: bool = False) -> bool:
-        """Take the files indexed since the last refresh; start indexing `paths`. True if the online data grew.
+        """Take the files indexed since the last refresh; start indexing `paths`. True if the online data changed.
 
-        `at_once`: index and take `paths` now (at start: what is already stored trains from the first step)."""
+        `at_once`: index and take `paths` now (at start: what is already stored trains from the first step).
+        With `replay_episodes` set, only the last that many of `paths` (in the order stored) are kept: the others
+        leave the index, and their memory with it."""
         if not self.learns_online:
             return False
+        if self.replay_episodes:
+            paths = paths[-self.replay_episodes:]
         if at_once:
             self.listed = list(paths)
             self._index([p for p in paths if p not in self._cache])
         if self._indexing is not None:
             self._indexing.result()
-        grew = len(self.listed) != self._built_from
+        grew = self.listed != self._built_from
         if grew:
-            self.online, self._built_from = self._build(self.listed), len(self.listed)
+            self.online, self._built_from = self._build(self.listed), list(self.listed)
+        if self.replay_episodes:  # the indexer is idle: forget what neither the dataset nor the next build holds
+            kept = set(self.listed) | set(paths)
+            for path in [p for p in self._cache if p not in kept]:
+                del self._cache[path]
         self.listed = list(paths)
         new = [p for p in paths if p not in self._cache]
         self._indexing = self._indexer.submit(self._index, new)
