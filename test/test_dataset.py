@@ -273,6 +273,12 @@ def test_a_frame_cache_gives_byte_identical_batches_and_keeps_within_its_budget(
     kept = next(iter(tight._frames.values()))
     with pytest.raises(ValueError, match="read-only"):
         kept[0, 0, 0] = 0
+    # Forgetting frames (their episode left the data) makes room for others.
+    first = list(tight._frames)[:2]
+    assert tight.forget([*first, ("no such", "frame", 0)]) == 2 and len(tight) == 1
+    assert tight.kept_bytes == 3 * 64 * 64 and tight.forget(first) == 0
+    small.sample(np.random.default_rng(1), 64)
+    assert len(tight) == 3 and tight.kept_bytes == 3 * 3 * 64 * 64
     with pytest.raises(ValueError, match="32 px frames, the dataset's are 64 px"):
         EpisodeDataset(demos, log=lambda _: None, frames=DecodedFrames(32, budget_mb=1))
     with pytest.raises(ValueError, match="must be >= 0"):

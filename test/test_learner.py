@@ -227,17 +227,25 @@ def test_each_batch_is_split_across_tasks_and_within_a_task_by_the_online_share(
     data.close()
 
 
-def test_replay_episodes_keeps_the_most_recent_fleet_episodes_and_forgets_the_rest(tmp_path, recorded_demos):
-    config = from_dict(LearnerConfig, {"tasks": DEMO_TASKS, "demos_dir": str(recorded_demos), "replay_episodes": 2,
+def test_replay_episodes_keeps_the_most_recent_fleet_episodes_and_releases_the_rest(tmp_path, recorded_demos):
+    config = from_dict(LearnerConfig, {"tasks": DEMO_TASKS, "demos_dir": str(recorded_demos), "replay_episodes": 1,
                                        "checkpoint_dir": str(tmp_path / "learner")})  # fmt: skip
     data = TrainingData(config, DatasetConfig(), make_algorithm(config))
     files = episode_files(recorded_demos)  # 4, in the order "stored"
-    assert data.refresh(files[:3], at_once=True)
-    assert [e.path for e in data.online.episodes] == files[1:3] and set(data._cache) == set(files[1:3])
-    assert not data.refresh(files[:3])  # the same files: nothing changed
-    data.refresh(files)  # the newest is indexed in the background, taken at the next refresh
-    assert data.refresh(files) and [e.path for e in data.online.episodes] == files[2:]
-    assert set(data._cache) == set(files[2:])  # the oldest left the index, and its memory with it
+    assert data.refresh(files[:2], at_once=True) and [e.path for e in data.online.episodes] == files[1:2]
+    assert not data.refresh(files[:2])  # the same files: nothing changed
+    first, spill = data.online.episodes[0], data.spills[0]
+    data.online.sample(np.random.default_rng(0), 8)  # its frames decoded, and kept
+    frame_keys = [(first.path, camera, i) for camera, jpegs in first.frames.items() for i in range(len(jpegs))]
+    data.refresh(files[:3])  # the newest is indexed in the background (into a new spill), taken at the next refresh
+    assert data.refresh(files[:3]) and [e.path for e in data.online.episodes] == files[2:3]
+    assert set(data._cache) == {files[2]} and len(data.spills) == 2  # the older one left the index
+    data.refresh(files)
+    assert data.refresh(files) and [e.path for e in data.online.episodes] == files[3:]
+    # Released a refresh after it left (a batch planned before may still have read it): its frames and spill file.
+    assert data.frames.forget(frame_keys) == 0 and len(data.spills) == 2
+    with pytest.raises(ValueError, match="closed"):
+        spill.read(0, 1)
     data.close()
     with pytest.raises(ConfigError, match="replay_episodes"):
         from_dict(LearnerConfig, {"tasks": DEMO_TASKS, "demos_dir": "d", "replay_episodes": -1})

@@ -142,8 +142,9 @@ class LearnerConfig:
     max_steps: int = 0  # stop after this many learner steps (0: run until stopped)
     refresh_every_steps: int = 10  # look for newly stored episodes this often
     # The fleet's most recently stored episodes trained from (0: every one stored). Each kept costs the learner
-    # ~17 KB of memory (its steps' arrays and frame offsets) and its frames' place in the decoded-frame cache:
-    # a learner meant to run for days bounds its memory with this, as a replay buffer's capacity does.
+    # ~17 KB of memory (its steps' arrays and frame offsets), ~290 KB of spilled JPEG on disk and its frames'
+    # place in the decoded-frame cache, all released when it leaves: a learner meant to run for days bounds its
+    # memory and disk with this, as a replay buffer's capacity does.
     replay_episodes: int = 0
     log_every_s: float = 10.0  # progress line, status.json and TensorBoard scalars
     serve_robots: bool = True  # ingest and policy serving in the learner (false: `sop cloud` runs them)

@@ -5,9 +5,10 @@ costs, and on a GPU it is what the GPU waits for. The first time a frame is samp
 are kept (a quarter of float32's size: 24 KB a step for two 64 px cameras), and later samples convert those
 to the model's input, which gives byte-identical batches to decoding again.
 
-Frames are kept until the budget is full and never evicted: a learner draws steps uniformly, so any set of
-frames of the budget's size is hit as often as any other, and a cache that never changes needs no locking
-beyond what a dict gives (two threads missing the same frame both decode it; one copy is kept).
+Frames are kept until the budget is full and not evicted for others: a learner draws steps uniformly, so any
+set of frames of the budget's size is hit as often as any other. A frame is dropped only when its episode
+leaves the learner's data (`forget`: a capped replay), which frees room for the newer ones. Reads need no
+lock beyond what a dict gives (two threads missing the same frame both decode it; one copy is kept).
 
 `fill` decodes many frames at once in worker processes (a GPU learner's demonstrations at start): otherwise the
 first pass over the data decodes on the one thread that also assembles batches, and the GPU waits for it.
@@ -48,6 +49,7 @@ class DecodedFrames:
         self.hits = 0
         self.misses = 0
         self._frames: dict[Hashable, np.ndarray] = {}
+        self._sizing = threading.Lock()  # `kept_bytes`: kept on the decoding thread, forgotten on another
 
     def pixels(self, key: Hashable, jpeg: bytes) -> np.ndarray:
         """The frame `key` (whose bytes are `jpeg`) as uint8 (3, S, S); read-only when it is a kept one."""
@@ -61,10 +63,21 @@ class DecodedFrames:
         return pixels
 
     def _keep(self, key: Hashable, pixels: np.ndarray) -> None:
-        if self.kept_bytes + pixels.nbytes <= self.budget_bytes:
-            pixels.flags.writeable = False  # shared by every later sample of this frame
-            if self._frames.setdefault(key, pixels) is pixels:
-                self.kept_bytes += pixels.nbytes
+        with self._sizing:
+            if self.kept_bytes + pixels.nbytes <= self.budget_bytes:
+                pixels.flags.writeable = False  # shared by every later sample of this frame
+                if self._frames.setdefault(key, pixels) is pixels:
+                    self.kept_bytes += pixels.nbytes
+
+    def forget(self, keys: Iterable[Hashable]) -> int:
+        """Drop the frames `keys` (those not kept are passed over); how many were kept."""
+        dropped = 0
+        with self._sizing:
+            for key in keys:
+                if (pixels := self._frames.pop(key, None)) is not None:
+                    self.kept_bytes -= pixels.nbytes
+                    dropped += 1
+        return dropped
 
     def fill(self, frames: Iterable[tuple[Hashable, bytes]], workers: int, chunk: int = 256) -> int:
         """Decode the `frames` (key, JPEG bytes) not kept yet in `workers` processes and keep them, as many as
@@ -173,6 +186,10 @@ class SpilledJpegs(Sequence[bytes]):
 
     def __init__(self, spill: JpegSpill, offsets: np.ndarray, lengths: np.ndarray) -> None:
         self._spill, self._offsets, self._lengths = spill, offsets, lengths
+
+    @property
+    def spill(self) -> JpegSpill:
+        return self._spill
 
     def __len__(self) -> int:
         return len(self._lengths)

@@ -52,7 +52,7 @@ from sop_ros.host import malloc_usage, return_free_memory
 from sop_ros.learner.algorithms import make_algorithm
 from sop_ros.learner.algorithms.base import Algorithm
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
-from sop_ros.learner.frames import DecodedFrames, JpegSpill, decode_ahead
+from sop_ros.learner.frames import DecodedFrames, JpegSpill, SpilledJpegs, decode_ahead
 from sop_ros.learner.pretrain import host_tensors, to_device, warmup_cosine
 from sop_ros.learner.ranks import Ranks, all_sum, same_on_all, start_ranks
 from sop_ros.learner.sampling import OFFLINE, ONLINE, SOURCES, OnlineShare, Row, split_rows, task_rows
@@ -88,7 +88,10 @@ class TrainingData:
         # Both sources' frames, decoded once each (the online dataset is rebuilt as the fleet's episodes arrive).
         self.frames = DecodedFrames(dataset_config.image_size, config.frame_cache_mb)
         # The fleet's frames grow as long as the learner runs: their JPEG bytes go to disk, beside the checkpoint.
-        self.spill = JpegSpill(config.checkpoint_dir)
+        # With a capped replay, in one file per `replay_episodes` episodes: a file that no kept episode reads from
+        # any more is closed, and its space goes back.
+        self.spills = [JpegSpill(config.checkpoint_dir)]
+        self._in_newest_spill = 0  # episodes
         # The demonstrations of the learner's tasks: a base pretrained on more tasks leaves the others out.
         self.offline = EpisodeDataset(config.demos_dir, replace(dataset_config, outcomes=algorithm.offline_outcomes,
                                                                 episodes_per_task=config.demos_per_task,
@@ -104,6 +107,9 @@ class TrainingData:
         self.listed: list[Path] = []  # the files the next refresh builds from
         self._built_from: list[Path] = []  # the files the online dataset was built from
         self.replay_episodes = config.replay_episodes
+        # Left at the last refresh, released at the next: a batch planned on the dataset before may still read them.
+        self._left: list[EpisodeIndex] = []
+        self._unread: list[JpegSpill] = []
         self._indexer = ThreadPoolExecutor(1, thread_name_prefix="index")
         self._indexing: Future | None = None
 
@@ -129,14 +135,26 @@ class TrainingData:
         grew = self.listed != self._built_from
         if grew:
             self.online, self._built_from = self._build(self.listed), list(self.listed)
-        if self.replay_episodes:  # the indexer is idle: forget what neither the dataset nor the next build holds
-            kept = set(self.listed) | set(paths)
-            for path in [p for p in self._cache if p not in kept]:
-                del self._cache[path]
+        if self.replay_episodes:  # the indexer is idle
+            self._release(set(self.listed) | set(paths))
         self.listed = list(paths)
         new = [p for p in paths if p not in self._cache]
         self._indexing = self._indexer.submit(self._index, new)
         return grew
+
+    def _release(self, kept: set[Path]) -> None:
+        """Forget the episodes neither the dataset nor the next build holds; release the decoded frames of those
+        left at the last refresh, and close the spill files no episode has read from since then."""
+        self.frames.forget((e.path, camera, i) for e in self._left for camera, jpegs in e.frames.items()
+                           for i in range(len(jpegs)))  # fmt: skip
+        self._left = [self._cache.pop(path) for path in [p for p in self._cache if p not in kept]]
+        read = {jpegs.spill for e in self._cache.values() for jpegs in e.frames.values()
+                if isinstance(jpegs, SpilledJpegs)}  # fmt: skip
+        for spill in self._unread:
+            if spill not in read:
+                spill.close()
+                self.spills.remove(spill)
+        self._unread = [spill for spill in self.spills[:-1] if spill not in read]
 
     def _index(self, paths: list[Path]) -> None:
         for path in paths:
@@ -144,7 +162,11 @@ class TrainingData:
                 episode = index_episode(path, self.online_config)
             except ValueError:
                 continue  # the dataset build records why, in its `skipped`
-            self._cache[path] = replace(episode, frames={camera: self.spill.keep(jpegs)
+            if self.replay_episodes and self._in_newest_spill == self.replay_episodes:
+                self.spills.append(JpegSpill(self.spills[-1].directory))
+                self._in_newest_spill = 0
+            self._in_newest_spill += 1
+            self._cache[path] = replace(episode, frames={camera: self.spills[-1].keep(jpegs)
                                                          for camera, jpegs in episode.frames.items()})  # fmt: skip
 
     def tasks(self) -> set[str]:
@@ -163,7 +185,8 @@ class TrainingData:
 
     def close(self) -> None:
         self._indexer.shutdown(wait=True, cancel_futures=True)
-        self.spill.close()
+        for spill in self.spills:
+            spill.close()
 
 
 def precision_context(precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
