@@ -314,12 +314,12 @@ def cmd_learner(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from sop_ros.configs.learner import LearnerConfig
-    from sop_ros.learner.online import STATUS, format_status, run_learner
+    from sop_ros.configs.learner import LearnerConfig, learner_status_path
+    from sop_ros.learner.online import format_status, run_learner
 
     config = load_config(LearnerConfig, args.config)
     if args.action == "status":
-        path = Path(config.checkpoint_dir) / STATUS
+        path = learner_status_path(config.checkpoint_dir)
         if not path.is_file():
             print(f"sop learner status: no {path} yet (is `sop learner --config {args.config}` running?)",
                   file=sys.stderr)  # fmt: skip

@@ -16,6 +16,7 @@ import yaml
 
 from sop_ros.bench.learner import bench_config
 from sop_ros.configs import to_dict
+from sop_ros.configs.learner import learner_status_path
 
 
 def learner_samples_per_s(demos: Path, workdir: Path, name: str, steps: int, batch: int, ranks: int) -> float:
@@ -30,7 +31,7 @@ def learner_samples_per_s(demos: Path, workdir: Path, name: str, steps: int, bat
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks),
                    *command[1:]]  # fmt: skip
     subprocess.run(command, check=True, env=os.environ)
-    return float(json.loads((workdir / name / "learner" / "status.json").read_text())["samples_per_s"])
+    return float(json.loads(learner_status_path(config["checkpoint_dir"]).read_text())["samples_per_s"])
 
 
 def main() -> None:

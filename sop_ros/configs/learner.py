@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from sop_ros.configs import require
@@ -212,3 +213,8 @@ class LearnerConfig:
                 "needs serve_robots: true (the gate reads the fleet's reports and episodes)")  # fmt: skip
         require(not (self.canary.enabled and self.pace.steps_per_sim_minute), "canary.enabled", self.canary.enabled,
                 "is for unpaced fleets: a paced one schedules each episode's policy for every robot alike")  # fmt: skip
+
+
+def learner_status_path(checkpoint_dir: str | Path) -> Path:
+    """The status a learner with this `checkpoint_dir` rewrites as it runs: what `sop learner status` shows."""
+    return Path(checkpoint_dir) / "status.json"

@@ -25,7 +25,7 @@ import yaml
 
 from sop_ros.configs import ConfigError, load_config, to_dict
 from sop_ros.configs.bridge import BridgeConfig, PolicyDownloadConfig, ZenohConfig
-from sop_ros.configs.learner import LearnerConfig
+from sop_ros.configs.learner import LearnerConfig, learner_status_path
 from sop_ros.configs.robot import PolicyConfig, RobotLaunchConfig, ScriptedOperatorConfig
 from sop_ros.episodes.format import LABELLED, Outcome
 from sop_ros.fleet.collect_demos import WorkUnit, interrupt_on_signals, unit_config
@@ -37,6 +37,8 @@ ROBOT_NICENESS = 10
 BLOCK_SEED = 200_000  # seeds of fleet episodes: clear of demonstrations (0...) and evaluation (100000...)
 RUN_SEEDS = 1_000_000  # a run's seed shifts its episodes' seeds by this much
 
+LEARNER_DIR = "learner"  # in a fleet run's directory: the learner's checkpoints, spill and status
+
 
 def learner_config(base: LearnerConfig, tasks: list[str], out: Path, endpoint: str) -> LearnerConfig:
     """The learner's config for this run: its files under `out`, robots served on `endpoint`."""
@@ -44,7 +46,7 @@ def learner_config(base: LearnerConfig, tasks: list[str], out: Path, endpoint: s
         base,
         tasks=tuple(tasks),
         store_dir=str(out / "store"),
-        checkpoint_dir=str(out / "learner"),
+        checkpoint_dir=str(out / LEARNER_DIR),
         serve_robots=True,
         ingest=dataclasses.replace(base.ingest, zenoh=ZenohConfig(listen=(endpoint,))),
         policies=dataclasses.replace(base.policies, registry_dir=str(out / "policies"),
@@ -332,13 +334,13 @@ def run(learner_yaml: str, base_yaml: str, tasks: list[str], robots: int, minute
         "robot_failures": failed, "learner_restarts": learner_restarts,
         "algorithm": "none (frozen base policy)" if frozen else learner.algorithm,
         "base_policy": base_learner.base_policy,
-        "learner": to_dict(learner) | {"store_dir": "store", "checkpoint_dir": "learner"},  # in the run directory
+        "learner": to_dict(learner) | {"store_dir": "store", "checkpoint_dir": LEARNER_DIR},  # in the run directory
         **success_curve(out / "store", start, bin_minutes * 60, simulated=paced, end_s=end_s),
     }  # fmt: skip
     report["learner"] = {k: v for k, v in report["learner"].items() if k not in ("ingest", "policies")}
     if last:
         report["learner_steps"], report["policies_published"] = last["step"], last["latest_policy"]
-    report["online_share"] = online_share_range(out / "learner" / "tensorboard")
+    report["online_share"] = online_share_range(out / LEARNER_DIR / "tensorboard")
     if last.get("value_check_online"):  # RECAP: how well its value network knew the fleet's episodes
         report["value_check"] = last["value_check_online"]
     target = results or out
@@ -375,12 +377,12 @@ def online_share_range(tensorboard: Path) -> dict[str, dict]:
 
 def learner_status(out: Path) -> dict:
     """The last status the learner of the fleet run in `out` wrote ({} before its first)."""
-    status = out / "learner" / "status.json"
+    status = learner_status_path(out / LEARNER_DIR)
     return json.loads(status.read_text()) if status.exists() else {}
 
 
 def _progress(learner: LearnerConfig, start: float) -> str:
-    status = Path(learner.checkpoint_dir) / "status.json"
+    status = learner_status_path(learner.checkpoint_dir)
     minutes = (time.time() - start) / 60
     if not status.exists():
         return f"{minutes:5.1f} min: learner starting"

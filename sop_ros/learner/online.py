@@ -44,7 +44,7 @@ from sop_ros.bridge.pace import FleetPace
 from sop_ros.cloud.canary import Verdict, ended
 from sop_ros.cloud.episode_store import EpisodeStore, StoredEpisode
 from sop_ros.configs import ConfigError, load_config, to_dict
-from sop_ros.configs.learner import LearnerConfig
+from sop_ros.configs.learner import LearnerConfig, learner_status_path
 from sop_ros.configs.model import ModelConfig
 from sop_ros.episodes.durable import atomic_file
 from sop_ros.episodes.format import LABELLED, Outcome
@@ -65,7 +65,6 @@ if TYPE_CHECKING:
 
 STATE = "learner.pt"  # in checkpoint_dir: everything a restart needs
 FINAL_POLICY = "policy.pt"  # in checkpoint_dir: the last policy, a checkpoint like `sop pretrain` writes
-STATUS = "status.json"  # in checkpoint_dir: what `sop learner status` shows
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -760,7 +759,7 @@ def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: con
                 "memory_mb": memory_status(data.frames),
                 "value_thresholds": {}, "value_estimates": {}, **algorithm.status(),
             }  # fmt: skip
-            write_status(out / STATUS, status)
+            write_status(learner_status_path(out), status)
             write_scalars(writer, status, step)
             say(f"step {step}  loss {status['loss']:.4f}  {rate:.1f} samples/s  fleet episodes "
                 f"{len(data.online.episodes)}  w_on " + " ".join(f"{v:.2f}" for v in status["online_share"].values()))
