@@ -131,15 +131,15 @@ class TrainingData:
             self._index([p for p in paths if p not in self._cache])
         if self._indexing is not None:
             self._indexing.result()
-        grew = self.listed != self._built_from
-        if grew:
+        changed = self.listed != self._built_from
+        if changed:
             self.online, self._built_from = self._build(self.listed), list(self.listed)
         if self.replay_episodes:  # the indexer is idle
             self._release(set(self.listed) | set(paths))
         self.listed = list(paths)
         new = [p for p in paths if p not in self._cache]
         self._indexing = self._indexer.submit(self._index, new)
-        return grew
+        return changed
 
     def _release(self, kept: set[Path]) -> None:
         """Forget the episodes neither the dataset nor the next build holds; release the decoded frames of those
@@ -179,7 +179,7 @@ class TrainingData:
         return self.online if source == ONLINE else self.offline
 
     def by_source(self) -> dict[str, EpisodeDataset]:
-        """The datasets as they are now (the online one is rebuilt at each refresh that grows it)."""
+        """The datasets as they are now (the online one is rebuilt at each refresh that changes it)."""
         return {source: self.dataset(source) for source in SOURCES}
 
     def close(self) -> None:
