@@ -98,14 +98,14 @@ def test_growth_is_the_slope_of_window_medians_after_the_warm_up_and_threads_or_
     # in which it grew fast; threads flat; open files up by 3. Windows of 10 min: a sample each.
     series = [{"t_s": 600 * k, "rss_mb": 50 + 25 * k if k < 2 else 100 + 2 * (600 * k - 1200) / 3600,
                "threads": 12, "fds": 30 + (3 if k > 10 else 0)} for k in range(15)]  # fmt: skip
-    g = growth([series], warmup_s=1200, restart_warmup_s=300, window_s=600, max_per_hour=0.05, slack=2)
+    g = growth([series], warmup_s=1200, window_s=600, max_per_hour=0.05, slack=2)
     assert abs(g["rss_growth_per_hour"] - 2 / 102) < 1e-4 and g["rss_growth_mb_per_hour"] == 2.0
     assert g["rss_growth_mb_per_hour_95"] == 0.0 and g["threads_rise"] == 0 and g["fds_rise"] == 3
     assert g["hours"] == 2.0  # the 12 whole windows from minute 20 to 140 (the last sample starts a 13th)
     assert not g["ok"]  # the open files rose past the slack
-    assert growth([series], 1200, 300, 600, max_per_hour=0.05, slack=3)["ok"]
-    assert not growth([series], 1200, 300, 600, max_per_hour=0.01, slack=3)["ok"]  # 2% an hour is over 1%
-    assert growth([series[:5]], 1200, 300, 600, max_per_hour=0.05, slack=3) is None  # 20 min after it: too short
+    assert growth([series], 1200, 600, max_per_hour=0.05, slack=3)["ok"]
+    assert not growth([series], 1200, 600, max_per_hour=0.01, slack=3)["ok"]  # 2% an hour is over 1%
+    assert growth([series[:5]], 1200, 600, max_per_hour=0.05, slack=3) is None  # 20 min after it: too short
 
 
 def test_a_spike_in_flight_at_a_sample_does_not_move_a_window_median():
@@ -113,10 +113,10 @@ def test_a_spike_in_flight_at_a_sample_does_not_move_a_window_median():
     # early and two fifths late. The window medians stay at 800: no growth. A real rise of 60 MB/h is seen.
     flat = [{"t_s": 20 * k, "rss_mb": 800 + (150 if (k % 4 == 0 if k < 200 else k % 5 < 2) else 0),
              "threads": 23, "fds": 30} for k in range(400)]  # fmt: skip
-    g = growth([flat], warmup_s=0, restart_warmup_s=0, window_s=300, max_per_hour=0.05, slack=2)
+    g = growth([flat], warmup_s=0, window_s=300, max_per_hour=0.05, slack=2)
     assert g["rss_growth_mb_per_hour"] <= 0.0 and g["ok"]
     rising = [dict(s, rss_mb=800 + 60 * s["t_s"] / 3600) for s in flat]
-    g = growth([rising], warmup_s=0, restart_warmup_s=0, window_s=300, max_per_hour=0.05, slack=2)
+    g = growth([rising], warmup_s=0, window_s=300, max_per_hour=0.05, slack=2)
     assert abs(g["rss_growth_mb_per_hour"] - 60) < 1 and g["rss_growth_per_hour"] > 0.05 and not g["ok"]
 
 
@@ -128,27 +128,27 @@ def test_threads_that_come_and_go_are_not_a_rise_but_a_raised_floor_is():
     # One thread leaked each quarter of the run: the floor rises by 3.
     leaking = [dict(s, threads=s["threads"] + k // 3) for k, s in enumerate(series)]
     assert floor_rise(leaking, "threads") == 3
-    g = growth([leaking], warmup_s=0, restart_warmup_s=0, window_s=300, max_per_hour=0.05, slack=2)
+    g = growth([leaking], warmup_s=0, window_s=300, max_per_hour=0.05, slack=2)
     assert g["threads_rise"] == 3 and not g["ok"]
-    assert growth([series], warmup_s=0, restart_warmup_s=0, window_s=300, max_per_hour=0.05, slack=2)["ok"]
+    assert growth([series], warmup_s=0, window_s=300, max_per_hour=0.05, slack=2)["ok"]
 
 
-def test_growth_counts_a_restarted_process_from_its_own_start_and_pools_a_kinds_processes():
-    # A learner killed twice: the first life warms up within the run's first 20 min, the later ones (into a warm
-    # fleet) within 5 min of their own, each then holding its level (the third a higher one, with more data);
-    # 40 min of whole windows after the warm-up each. Within each life nothing grows.
+def test_growth_judges_each_process_after_its_own_warm_up_and_pools_a_kinds_processes():
+    # A learner killed twice: each life warms up within its own first 20 min (the later ones, into a warm fleet,
+    # in 15), then holds its level (the third a higher one, with more data); 40 min of whole windows after the
+    # warm-up each. Within each life nothing grows.
     def life(start: float, warm: int, level: float) -> list[dict]:
         return [{"t_s": start + 300 * k, "rss_mb": 300 if k < warm else level, "threads": 20, "fds": 30}
-                for k in range(warm + 9)]  # fmt: skip
+                for k in range(13)]  # fmt: skip
 
-    lives = [life(0, 4, 780), life(3600, 1, 790), life(7200, 1, 900)]
-    g = growth(lives, warmup_s=1200, restart_warmup_s=300, window_s=300, max_per_hour=0.05, slack=2)
+    lives = [life(0, 4, 780), life(3600, 3, 790), life(7200, 3, 900)]
+    g = growth(lives, warmup_s=1200, window_s=300, max_per_hour=0.05, slack=2)
     assert g["processes"] == 3 and g["hours"] == 2.0 and g["rss_growth_per_hour"] == 0.0 and g["ok"]
-    # Judged from the run's 20 minutes only, the later lives' warm-ups would read as growth.
-    assert not growth(lives, 1200, 0, 300, max_per_hour=0.05, slack=2)["ok"]
+    # Allowed 5 minutes of their own, the lives' warm-ups would read as growth.
+    assert not growth(lives, 300, 300, max_per_hour=0.05, slack=2)["ok"]
     # One life that grows 80 MB an hour fails, whatever the others do.
     lives[1] = [dict(s, rss_mb=s["rss_mb"] + 80 * s["t_s"] / 3600) for s in lives[1]]
-    assert not growth(lives, 1200, 300, 300, max_per_hour=0.02, slack=2)["ok"]
+    assert not growth(lives, 1200, 300, max_per_hour=0.02, slack=2)["ok"]
     samples = {"learner 10": lives[0], "learner 11": lives[1], "robot_0/policy 12": lives[2]}
     assert {role: len(p) for role, p in by_role(samples).items()} == {"learner": 2, "robot_0/policy": 1}
 
@@ -229,9 +229,9 @@ def test_growth_is_counted_on_the_time_a_process_ran_not_while_it_was_stopped():
     ran = running(series)
     assert len(ran) == 25 - 6 and [s["t_s"] for s in ran][-1] == 7200 - 1800  # 6 stopped samples, 30 min off
     assert all(s["rss_mb"] == rss(s["t_s"]) for s in ran)
-    g = growth([series], warmup_s=0, restart_warmup_s=0, window_s=300, max_per_hour=0.05, slack=2)
+    g = growth([series], warmup_s=0, window_s=300, max_per_hour=0.05, slack=2)
     assert g["hours"] == 1.5 and abs(g["rss_growth_per_hour"] - 60 / g["rss_mb_median"]) < 1e-4
-    on_the_wall = growth([[dict(s, stopped=False) for s in series]], 0, 0, 300, max_per_hour=0.05, slack=2)
+    on_the_wall = growth([[dict(s, stopped=False) for s in series]], 0, 300, max_per_hour=0.05, slack=2)
     assert on_the_wall["rss_growth_per_hour"] < 0.8 * g["rss_growth_per_hour"]
 
 
@@ -241,7 +241,7 @@ def test_the_picture_draws_the_faults_each_life_of_the_learner_and_every_robot_p
                "robot_0/policy 12": [{"t_s": 60 * k, "rss_mb": 200, "threads": 22, "fds": 20} for k in range(60)],
                "robot_0 13": [{"t_s": 60 * k, "rss_mb": 58, "threads": 4, "fds": 10} for k in range(60)]}  # fmt: skip
     faults = [{"at_s": 1850, "kind": "learner", "ends_s": None}, {"at_s": 2500, "kind": "cloud_away", "ends_s": 3100}]
-    plot(samples, faults, tmp_path / "soak.png", 20, 5)
+    plot(samples, faults, tmp_path / "soak.png", 20)
     assert (tmp_path / "soak.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

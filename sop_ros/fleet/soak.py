@@ -27,8 +27,8 @@ Every `sample_s` it samples each process's resident memory, threads and open fil
             control tick whose frames were past its max age (the age its log names), and said them fresh again
             after the gap, by itself. Counted on the robot's clock, not the wall's: a lockstep simulator's clock
             runs at whatever pace its robot answers, and stands still while it holds
-  growth    per kind of process, on its running clock (a stopped process is not judged), after the run's first
-            `warmup_min` and a restarted process's own first `restart_warmup_min`: resident memory growth <=
+  growth    per kind of process, on its running clock (a stopped process is not judged), after each process's
+            own first `warmup_min` (a restarted one warms up again, into a warm fleet): resident memory growth <=
             `max_growth_per_hour` of its size (the slope of its medians over `growth_window_min` windows within
             each process, pooled over a kind's processes: faults restart them), threads and open files flat
             (their floor within `flat_slack`)
@@ -97,8 +97,7 @@ class SoakConfig:
     sensor_gap_max_s: float = 120.0
     outbox_mb: int = 256
     sample_s: float = 20.0
-    warmup_min: float = 20.0  # the run's: nothing is judged before
-    restart_warmup_min: float = 5.0  # a process started again after a fault: its own first minutes of running
+    warmup_min: float = 20.0  # nothing is judged in the run's first minutes, nor a process in its own first
     growth_window_min: float = 5.0  # memory is judged by its median over windows this long
     window_min: float = 10.0
     max_growth_per_hour: float = 0.05
@@ -204,21 +203,20 @@ def process_sample(pid: int) -> dict | None:
 # -- checks on plain data --------------------------------------------------------------------------------------
 
 
-def growth(processes: list[list[dict]], warmup_s: float, restart_warmup_s: float, window_s: float,
-           max_per_hour: float, slack: int) -> dict | None:  # fmt: skip
+def growth(processes: list[list[dict]], warmup_s: float, window_s: float, max_per_hour: float,
+           slack: int) -> dict | None:  # fmt: skip
     """One kind of process (the learner, a robot's policy node), each of its processes' samples ({t_s, rss_mb,
     threads, fds, stopped}, in time order) on the clock of its running time (`running`), judged after the
-    run's first `warmup_s` and the process's own first `restart_warmup_s` (a process a fault killed starts
-    again, into a warm fleet): the median of its resident memory in each whole window of `window_s` (a median:
-    an export or a policy load in flight is a spike, not a level), the least-squares slope of those medians
-    within each process, pooled over the processes, as a share of the median per hour, with its 95% interval;
-    and the most threads or open files rose in one process (`floor_rise`). None when fewer than 3 windows or 30
-    minutes of them are left (too short to say)."""
+    process's own first `warmup_s` of running (one a fault killed starts again, and warms up again): the median of
+    its resident memory in each whole window of `window_s` (a median: an export or a policy load in flight is a
+    spike, not a level), the least-squares slope of those medians within each process, pooled over the
+    processes, as a share of the median per hour, with its 95% interval; and the most threads or open files rose
+    in one process (`floor_rise`). None when fewer than 3 windows or 30 minutes of them are left (too short to
+    say)."""
     judged, points = [], []  # per process: its judged samples; (window's mean time, its median) of whole windows
     for series in map(running, processes):
         if series:
-            begin = series[0]["t_s"] + restart_warmup_s
-            late = [s for s in series if s["wall_s"] >= warmup_s and s["t_s"] >= begin]
+            late = [s for s in series if s["t_s"] >= series[0]["t_s"] + warmup_s]
             if late:
                 judged.append(late)
                 points.append(window_medians(late, window_s))
@@ -640,9 +638,11 @@ def run(config: SoakConfig) -> dict:
     sensors = sensor_gaps_seen(per_robot_logs, soak.sensor_gaps, hold_ages)
     learner_log = (fleet_dir / "logs" / "learner.log").read_text(errors="replace")
     published = [json.loads(p.read_text()).get("created", 0) for p in (fleet_dir / "policies").glob("*.json")]
-    growths = {role: g for role, processes in by_role(soak.samples).items()
-               if (g := growth(processes, config.warmup_min * 60, config.restart_warmup_min * 60,
-                               config.growth_window_min * 60, config.max_growth_per_hour, config.flat_slack))}
+    roles = by_role(soak.samples)
+    growths = {role: g for role, processes in roles.items()
+               if (g := growth(processes, config.warmup_min * 60, config.growth_window_min * 60,
+                               config.max_growth_per_hour, config.flat_slack))}
+    too_short = sorted(set(roles) - set(growths))  # no life ran long enough after its warm-up to say
     checks = {
         "episodes": not lost and not audit["duplicated_ids"],
         "none_stuck": not any(stuck.values()),
@@ -662,6 +662,7 @@ def run(config: SoakConfig) -> dict:
         "outbox_tmpfs": not why_not, "learner_restarts": fleet.get("learner_restarts", 0),
         "learner_kills": len(soak.learner_kills), "policies_published": len(published),
         "forged_versions": soak.forged, "sensor_gaps": sensors, "stuck_windows": stuck, "growth": growths,
+        "growth_too_short_to_judge": too_short,
         "checks": checks,
         "passed": all(checks.values()), "audit": audit, "fleet_episodes": fleet.get("episodes"),
         "learner_tracebacks": learner_log.count("Traceback"),
@@ -670,7 +671,7 @@ def run(config: SoakConfig) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
     (path.parent / "soak_samples.json").write_text(json.dumps(soak.samples) + "\n")
-    plot(soak.samples, report["faults"], path.with_suffix(".png"), config.warmup_min, config.restart_warmup_min)
+    plot(soak.samples, report["faults"], path.with_suffix(".png"), config.warmup_min)
     return report
 
 
@@ -700,8 +701,7 @@ def command_line(config: SoakConfig) -> str:
             f"--seed {config.seed}")
 
 
-def plot(samples: dict[str, list[dict]], faults: list[dict], path: Path, warmup_min: float,
-         restart_warmup_min: float) -> None:  # fmt: skip
+def plot(samples: dict[str, list[dict]], faults: list[dict], path: Path, warmup_min: float) -> None:
     """The run at a glance: the faults; the learner's memory, life by life; every robot process's memory and
     threads, coloured by what it is (the same node on every robot alike)."""
     import matplotlib
@@ -723,7 +723,7 @@ def plot(samples: dict[str, list[dict]], faults: list[dict], path: Path, warmup_
     lives = sorted((s for key, s in samples.items() if key.startswith("learner") and s), key=lambda s: s[0]["t_s"])
     for n, series in enumerate(lives):
         start = series[0]["t_s"] / 60
-        learner.axvspan(start, max(warmup_min, start + restart_warmup_min), color="0.92", linewidth=0)
+        learner.axvspan(start, start + warmup_min, color="0.92", linewidth=0)
         label = "resident memory, a line per life" if n == 0 else None
         learner.plot([s["t_s"] / 60 for s in series], [s["rss_mb"] for s in series], color="black", marker=".",
                      linewidth=0.9, label=label)  # fmt: skip
@@ -732,8 +732,8 @@ def plot(samples: dict[str, list[dict]], faults: list[dict], path: Path, warmup_
     for n, f in enumerate(f for f in faults if f["kind"] == "cloud_away" and f["ends_s"]):
         learner.axvspan(f["at_s"] / 60, f["ends_s"] / 60, color="tab:red", alpha=0.15, linewidth=0,
                         label="stopped: the cloud away" if n == 0 else None)  # fmt: skip
-    learner.set(ylabel="MB", title=f"the learner: {len(lives)} lives (a kill starts the next; grey: not judged, the "
-                f"run's first {warmup_min:g} min and a new life's first {restart_warmup_min:g})")  # fmt: skip
+    learner.set(ylabel="MB", title=f"the learner: {len(lives)} lives (a kill starts the next; grey: not judged, each "
+                f"life's first {warmup_min:g} min)")  # fmt: skip
     learner.legend(fontsize=7, loc="lower right")
     labelled = set()
     for key, series in sorted(samples.items()):
