@@ -109,6 +109,11 @@ class _MallInfo2(ctypes.Structure):
                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]  # fmt: skip
 
 
+# Seconds between a node's log lines on what malloc holds (`sop_ros.robot.spin.report_memory`); unset or 0: none.
+# A soak sets it: a node whose resident memory grows while malloc's bytes in use do not keeps freed memory.
+MEMORY_REPORT_ENV = "SOP_MEMORY_REPORT_S"
+
+
 def malloc_usage() -> dict[str, float] | None:
     """What glibc's malloc holds, over every arena (MB): `in_use` by the program (its large blocks, mapped on
     their own, included), `free` but kept in the arenas; None where this is not glibc >= 2.33. A resident size

@@ -1,7 +1,9 @@
 """`sop robot` starts a robot's nodes from YAML, they talk over ROS 2, and SIGINT stops them all cleanly."""
 
 import os
+import re
 import signal
+import threading
 
 import pytest
 from conftest import REPO, alive, pids_started, sop, start, wait_for
@@ -115,6 +117,35 @@ def test_node_with_bad_parameter_fails_at_start_naming_it():
     result = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, timeout=60, env=os.environ)
     assert result.returncode == 2
     assert "parameter control_hz=-1.0: must be > 0" in result.stderr
+
+
+
+def test_a_node_logs_what_malloc_holds_when_asked_and_refuses_a_bad_period():
+    import subprocess
+    import sys
+
+    from sop_ros.host import MEMORY_REPORT_ENV, malloc_usage
+
+    cmd = [sys.executable, "-m", "sop_ros.robot.teleop_arbiter_node"]
+    bad = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, timeout=60,
+                         env={**os.environ, MEMORY_REPORT_ENV: "often"})  # fmt: skip
+    assert bad.returncode == 2 and f"{MEMORY_REPORT_ENV}='often': must be a number of seconds" in bad.stderr
+    if malloc_usage() is None:
+        pytest.skip("not glibc >= 2.33: no mallinfo2 to report")
+    proc = start(cmd, env={**os.environ, MEMORY_REPORT_ENV: "0.2"})
+    lines: list[str] = []
+    deadline = threading.Timer(60, proc.send_signal, [signal.SIGINT])  # its output ends then, lines or not
+    deadline.start()
+    try:
+        while len(lines) < 2 and (line := proc.stdout.readline()):
+            if "memory: malloc in use" in line:
+                lines.append(line)
+    finally:
+        deadline.cancel()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    in_use = [float(re.search(r"in use ([0-9.]+) MB, free ([0-9.]+) MB", x).group(1)) for x in lines]
+    assert len(in_use) == 2 and all(0 < mb < 1000 for mb in in_use)
 
 
 def test_nodes_in_one_process_spin_apart_and_a_failing_callback_ends_them_all(rclpy_context):

@@ -51,6 +51,7 @@ import numpy as np
 import yaml
 
 from sop_ros.configs import require
+from sop_ros.host import MEMORY_REPORT_ENV
 
 FAULTS = ("robot_node", "bridge", "learner", "cloud_away", "outbox_full", "bad_announcements", "sensor_gap")
 LEARNER_FAULTS = ("learner", "cloud_away")
@@ -97,6 +98,9 @@ class SoakConfig:
     sensor_gap_max_s: float = 120.0
     outbox_mb: int = 256
     sample_s: float = 20.0
+    # Every robot node logs what malloc holds this often (MEMORY_REPORT_ENV): a resident size that grows
+    # with malloc's bytes in use is data kept; with its free bytes, memory the allocator has not handed back.
+    memory_report_s: float = 60.0
     warmup_min: float = 20.0  # nothing is judged in the run's first minutes, nor a process in its own first
     growth_window_min: float = 5.0  # memory is judged by its median over windows this long
     window_min: float = 10.0
@@ -606,6 +610,7 @@ def run(config: SoakConfig) -> dict:
     soak = Soak(config, outbox, plan, rng, not why_not)
     print(f"sop chaos soak: {config.hours:g} h, {config.robots} robots, {len(soak.plan)} faults planned -> {out}"
           + (f" (outbox on the disk: {why_not})" if why_not else ""), flush=True)  # fmt: skip
+    os.environ[MEMORY_REPORT_ENV] = f"{config.memory_report_s:g}"  # the robots' nodes inherit it
     try:
         fleet = fleet_run(str(learner_yaml), config.robot_yaml, list(config.tasks), config.robots,
                           config.hours * 60 + 60, 100_000, fleet_dir, None, single_process=False, done=soak,

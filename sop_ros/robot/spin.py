@@ -8,17 +8,20 @@ Here a signal ends the spin loop; then nodes are destroyed with the context stil
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 
 import rclpy
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import Executor, ShutdownException, SingleThreadedExecutor, TimeoutException
 from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from sop_ros.configs import ConfigError
+from sop_ros.host import MEMORY_REPORT_ENV, malloc_usage
 from sop_ros.robot import stop_signals
 
 
@@ -129,12 +132,37 @@ def log_at(node: Node, severity: str, message: str, warn_throttle_s: float = 0.0
         logger.info(message)
 
 
+def report_memory(node: Node, period_s: float) -> None:
+    """Every `period_s` of wall time, `node` logs "memory: malloc in use X MB, free Y MB" (glibc only)."""
+
+    def log() -> None:
+        if (usage := malloc_usage()) is not None:
+            node.get_logger().info(f"memory: malloc in use {usage['in_use']} MB, free {usage['free']} MB")
+
+    node.create_timer(period_s, log, clock=Clock(clock_type=ClockType.STEADY_TIME))
+
+
+def memory_report_period() -> float:
+    """`MEMORY_REPORT_ENV`'s seconds (0: no report)."""
+    text = os.environ.get(MEMORY_REPORT_ENV, "").strip()
+    try:
+        period = float(text or 0)
+    except ValueError:
+        raise ConfigError(f"{MEMORY_REPORT_ENV}={text!r}: must be a number of seconds") from None
+    if period < 0:
+        raise ConfigError(f"{MEMORY_REPORT_ENV}={text!r}: must be >= 0")
+    return period
+
+
 def run_node(make_node: Callable[[], Node], args: list[str] | None = None) -> int:
     """`main()` of a node executable: exit 0 on a clean stop, 2 on a bad parameter."""
     stop = init(args)
     node = None
     try:
+        period = memory_report_period()
         node = make_node()
+        if period:
+            report_memory(node, period)
         spin_until_done([node], stop)
         # A node that ended by itself may report failure (e.g. its driver loop died).
         return getattr(node, "exit_code", 0)
