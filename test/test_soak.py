@@ -24,6 +24,8 @@ from sop_ros.fleet.soak import (
     floor_rise,
     growth,
     hold_age_limit,
+    judge_growth,
+    malloc_reports,
     plot,
     process_sample,
     produced_episodes,
@@ -31,6 +33,7 @@ from sop_ros.fleet.soak import (
     running,
     sensor_gaps_seen,
     stuck_windows,
+    with_malloc,
 )
 
 TIER = "unit"  # what the tests need: conftest.TIERS
@@ -151,6 +154,40 @@ def test_growth_judges_each_process_after_its_own_warm_up_and_pools_a_kinds_proc
     assert not growth(lives, 1200, 300, max_per_hour=0.02, slack=2)["ok"]
     samples = {"learner 10": lives[0], "learner 11": lives[1], "robot_0/policy 12": lives[2]}
     assert {role: len(p) for role, p in by_role(samples).items()} == {"learner": 2, "robot_0/policy": 1}
+
+
+
+def test_a_nodes_memory_lines_join_its_own_lifes_samples_and_are_judged_beside_its_resident_memory():
+    # robot_0's policy node, sampled every 20 s: a first life of an hour whose resident memory grows 40 MB an hour
+    # while malloc's bytes in use stay at 80 MB (the allocator keeps what was freed), killed; a second from
+    # minute 61:40, alike. Each logs a memory line a minute, the second life's first 30 s in.
+    wall_start = 1_796_000_000.0
+    config = SoakConfig(hours=2, sample_s=20)
+
+    def line(t: float, node: str, in_use: float) -> str:
+        return f"[INFO] [{wall_start + t:.6f}] [robot_0.{node}]: memory: malloc in use {in_use} MB, free 100.0 MB\n"
+
+    logs = "".join([*(line(10 + 60 * k, "policy", 80.0) for k in range(60)), line(30, "recorder", 20.0),
+                    "[INFO] [1796000100.0] [robot_0.policy]: loaded a policy\n",
+                    *(line(3730 + 60 * k, "policy", 80.0) for k in range(60))])  # fmt: skip
+    reports = malloc_reports(logs, wall_start)
+    assert sorted(reports) == ["robot_0/policy", "robot_0/recorder"] and len(reports["robot_0/policy"]) == 120
+    assert reports["robot_0/recorder"] == [(30.0, 20.0, 100.0)]
+
+    def life(start: float, rss) -> list[dict]:
+        return [{"t_s": start + 20 * k, "rss_mb": rss(20 * k), "threads": 20, "fds": 30} for k in range(181)]
+
+    samples = {"robot_0/policy 11": life(0, lambda t: 200 + 40 * t / 3600),
+               "robot_0/policy 12": life(3700, lambda t: 200 + 40 * t / 3600)}
+    joined = with_malloc(samples, reports, config.sample_s)
+    first, second = joined["robot_0/policy 11"], joined["robot_0/policy 12"]
+    assert "malloc_in_use_mb" not in first[0] and {s["malloc_in_use_mb"] for s in first[1:]} == {80.0}
+    # The second life's first samples come before its first line: the first life's last one is not theirs.
+    assert [s.get("malloc_in_use_mb") for s in second[:3]] == [None, None, 80.0]
+    g = judge_growth(joined, config)["robot_0/policy"]
+    assert g["processes"] == 2 and g["rss_growth_mb_per_hour"] > 15 and not g["ok"]  # 40 MB/h, over 5% of ~210
+    assert g["malloc_in_use_mb_median"] == 80.0 and g["malloc_in_use_mb_per_hour"] == 0.0
+    assert "malloc_in_use_mb_median" not in judge_growth(samples, config)["robot_0/policy"]  # no lines, no figure
 
 
 def test_a_robot_is_stuck_in_a_window_with_no_episode_unless_the_cloud_was_away():

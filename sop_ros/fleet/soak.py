@@ -31,7 +31,8 @@ Every `sample_s` it samples each process's resident memory, threads and open fil
             own first `warmup_min` (a restarted one warms up again, into a warm fleet): resident memory growth <=
             `max_growth_per_hour` of its size (the slope of its medians over `growth_window_min` windows within
             each process, pooled over a kind's processes: faults restart them), threads and open files flat
-            (their floor within `flat_slack`)
+            (their floor within `flat_slack`); beside it, what malloc held in use (the learner's status, each
+            robot node's memory lines), judged alike but not checked: it tells data kept from freed memory kept
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ import re
 import signal
 import subprocess
 import time
+from bisect import bisect_right
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -242,6 +245,60 @@ def growth(processes: list[list[dict]], warmup_s: float, window_s: float, max_pe
             "rss_growth_per_hour": round(slope / median, 4), "rss_growth_mb_per_hour": round(slope, 1),
             "rss_growth_mb_per_hour_95": round(half_width, 1), "threads_rise": rise["threads"],
             "fds_rise": rise["fds"], "ok": ok}  # fmt: skip
+
+
+def judge_growth(samples: dict[str, list[dict]], config: SoakConfig) -> dict[str, dict]:
+    """`growth` of each kind of process that ran long enough to judge; where its samples say what malloc held
+    (`malloc_in_use_mb`: the learner's status, a robot node's memory lines), the same slope of malloc's bytes in
+    use beside it: resident memory that grows while they do not is the allocator keeping freed memory, not data
+    kept."""
+    growths = {}
+    for role, processes in by_role(samples).items():
+        judge = partial(growth, warmup_s=config.warmup_min * 60, window_s=config.growth_window_min * 60,
+                        max_per_hour=config.max_growth_per_hour, slack=config.flat_slack)  # fmt: skip
+        if (g := judge(processes)) is None:
+            continue
+        in_use = [[dict(s, rss_mb=s["malloc_in_use_mb"]) for s in series if "malloc_in_use_mb" in s]
+                  for series in processes]  # fmt: skip
+        if m := judge([series for series in in_use if series]):
+            g |= {"malloc_in_use_mb_median": m["rss_mb_median"],
+                  "malloc_in_use_mb_per_hour": m["rss_growth_mb_per_hour"],
+                  "malloc_in_use_mb_per_hour_95": m["rss_growth_mb_per_hour_95"]}
+        growths[role] = g
+    return growths
+
+
+# A robot node's line on what malloc holds (sop_ros.robot.spin.report_memory), as its log has it.
+MEMORY_LINE = re.compile(r"\[(\d+\.\d+)\] \[(robot_\d+)\.(\w+)\]: "
+                         r"memory: malloc in use ([0-9.]+) MB, free ([0-9.]+) MB")
+
+
+def malloc_reports(logs: str, wall_start: float) -> dict[str, list[tuple[float, float, float]]]:
+    """The robot nodes' memory lines in `logs`, by role ("robot_0/policy"): (s since `wall_start`, MB in use,
+    MB free), in time order."""
+    reports: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
+    for m in MEMORY_LINE.finditer(logs):
+        reports[f"{m[2]}/{m[3]}"].append((float(m[1]) - wall_start, float(m[4]), float(m[5])))
+    return {role: sorted(lines) for role, lines in reports.items()}
+
+
+def with_malloc(samples: dict[str, list[dict]], reports: dict[str, list[tuple[float, float, float]]],
+                sample_s: float) -> dict[str, list[dict]]:  # fmt: skip
+    """The samples ("role pid" -> series), each of a robot node's with its role's latest memory line
+    (`malloc_in_use_mb`, `malloc_free_mb`) from the same life: at most a sample period before the process's first
+    sample (it started then at the earliest), so an earlier life's line is not taken for this one's."""
+    out = {}
+    for key, series in samples.items():
+        lines = reports.get(key.rsplit(" ", 1)[0], [])
+        times = [t for t, _, _ in lines]
+        merged = []
+        for sample in series:
+            i = bisect_right(times, sample["t_s"]) - 1
+            same_life = i >= 0 and times[i] >= series[0]["t_s"] - sample_s
+            merged.append(dict(sample, malloc_in_use_mb=lines[i][1], malloc_free_mb=lines[i][2]) if same_life
+                          else sample)  # fmt: skip
+        out[key] = merged
+    return out
 
 
 def window_medians(series: list[dict], window_s: float) -> list[tuple[float, float]]:
@@ -643,11 +700,9 @@ def run(config: SoakConfig) -> dict:
     sensors = sensor_gaps_seen(per_robot_logs, soak.sensor_gaps, hold_ages)
     learner_log = (fleet_dir / "logs" / "learner.log").read_text(errors="replace")
     published = [json.loads(p.read_text()).get("created", 0) for p in (fleet_dir / "policies").glob("*.json")]
-    roles = by_role(soak.samples)
-    growths = {role: g for role, processes in roles.items()
-               if (g := growth(processes, config.warmup_min * 60, config.growth_window_min * 60,
-                               config.max_growth_per_hour, config.flat_slack))}
-    too_short = sorted(set(roles) - set(growths))  # no life ran long enough after its warm-up to say
+    samples = with_malloc(soak.samples, malloc_reports(logs, soak.wall_start), config.sample_s)
+    growths = judge_growth(samples, config)
+    too_short = sorted(set(by_role(samples)) - set(growths))  # no life ran long enough after its warm-up to say
     checks = {
         "episodes": not lost and not audit["duplicated_ids"],
         "none_stuck": not any(stuck.values()),
@@ -675,8 +730,8 @@ def run(config: SoakConfig) -> dict:
     path = Path(config.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n")
-    (path.parent / "soak_samples.json").write_text(json.dumps(soak.samples) + "\n")
-    plot(soak.samples, report["faults"], path.with_suffix(".png"), config.warmup_min)
+    (path.parent / "soak_samples.json").write_text(json.dumps(samples) + "\n")
+    plot(samples, report["faults"], path.with_suffix(".png"), config.warmup_min)
     return report
 
 
