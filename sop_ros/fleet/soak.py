@@ -714,6 +714,7 @@ def run(config: SoakConfig) -> dict:
     }
     report = {
         "command": command_line(config), "machine": machine(), "code": code_version(), "config": asdict(config),
+        "started_at": round(soak.wall_start, 3),  # Unix time: the samples' t_s are seconds from it
         "hours": round((end - soak.wall_start) / 3600, 3), "robots": config.robots,
         "lost": len(lost), "duplicated": len(audit["duplicated_ids"]), "lost_ids": lost,
         "produced": sum(len(p) for p in produced.values()), "stored": audit["stored"], "not_stored_but_kept": waiting,
