@@ -10,6 +10,7 @@ from conftest import REPO, alive, pids_started, sop, start, wait_for
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Float64MultiArray
 
+from sop_ros.host import MEMORY_REPORT_ENV, malloc_usage
 from sop_ros.msg import InterventionState
 from sop_ros.robot import topics
 
@@ -52,7 +53,8 @@ def observe_robot(rid: str, timeout: float = 60.0) -> dict:
 def test_sigint_stops_every_node_with_exit_code_0(tmp_path, rclpy_context, mode):
     config = tmp_path / "sim.yaml"
     config.write_text(SIM.format(rid="r7"))
-    proc = start(sop("robot", "--config", str(config), *mode))
+    # Asked to, each node's process says what malloc holds, in one process or many.
+    proc = start(sop("robot", "--config", str(config), *mode), env={**os.environ, MEMORY_REPORT_ENV: "0.2"})
     try:
         seen = observe_robot("r7")
         assert list(seen["joints"].name)[:2] == ["right_j0", "right_j1"]
@@ -68,6 +70,8 @@ def test_sigint_stops_every_node_with_exit_code_0(tmp_path, rclpy_context, mode)
     assert not [pid for pid in pids if alive(pid)], "orphan node processes"
     if not mode:
         assert output.count("exit code 0") == 3, output
+    if malloc_usage() is not None:
+        assert "memory: malloc in use" in output
 
 
 def test_nodes_die_with_a_killed_launcher(tmp_path, rclpy_context):

@@ -667,6 +667,7 @@ def run(config: SoakConfig) -> dict:
     soak = Soak(config, outbox, plan, rng, not why_not)
     print(f"sop chaos soak: {config.hours:g} h, {config.robots} robots, {len(soak.plan)} faults planned -> {out}"
           + (f" (outbox on the disk: {why_not})" if why_not else ""), flush=True)  # fmt: skip
+    before = os.environ.get(MEMORY_REPORT_ENV)
     os.environ[MEMORY_REPORT_ENV] = f"{config.memory_report_s:g}"  # the robots' nodes inherit it
     try:
         fleet = fleet_run(str(learner_yaml), config.robot_yaml, list(config.tasks), config.robots,
@@ -674,6 +675,10 @@ def run(config: SoakConfig) -> dict:
                           restart_learner=True)  # fmt: skip
     finally:
         soak.release()
+        if before is None:
+            os.environ.pop(MEMORY_REPORT_ENV, None)
+        else:
+            os.environ[MEMORY_REPORT_ENV] = before
         left = sorted(str(p.relative_to(outbox)) for p in outbox.rglob("*.mcap*"))
         if not why_not:  # what is left there is kept before the tmpfs goes
             subprocess.run(["cp", "-a", f"{outbox}/.", str(out / "outbox-left")], check=False)

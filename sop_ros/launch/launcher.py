@@ -147,7 +147,7 @@ def run_single_process(specs: list[NodeSpec], duration_s: float | None = None) -
 
     from sop_ros.configs import ConfigError
     from sop_ros.robot.params import parameter_overrides
-    from sop_ros.robot.spin import init, spin_until_done
+    from sop_ros.robot.spin import init, memory_report_period, report_memory, spin_until_done
 
     # Every module is imported here, in this thread, before any node starts one of its own: a simulator's
     # thread importing while this one still imports the policy's modules met a partially initialised torch.
@@ -155,6 +155,7 @@ def run_single_process(specs: list[NodeSpec], duration_s: float | None = None) -
     stop = init(["--ros-args", "--log-level", specs[0].log_level])
     nodes = []
     try:
+        period = memory_report_period()
         for spec in specs:
             cls = classes[spec.name]
             overrides = parameter_overrides(spec.type.config, spec.parameters)
@@ -167,6 +168,8 @@ def run_single_process(specs: list[NodeSpec], duration_s: float | None = None) -
                 )
             )
             print(f"started {spec.namespace}/{spec.name} (in process {os.getpid()})")
+        if period and nodes:  # malloc is the process's: one node says it for all
+            report_memory(nodes[0], period)
         spin_until_done(nodes, stop, duration_s)
         # A node that ended by itself may report failure (e.g. a simulator whose driver loop died), as alone.
         return max((getattr(node, "exit_code", 0) for node in nodes), default=0)
