@@ -123,12 +123,9 @@ def test_node_with_bad_parameter_fails_at_start_naming_it():
     assert "parameter control_hz=-1.0: must be > 0" in result.stderr
 
 
-
 def test_a_node_logs_what_malloc_holds_when_asked_and_refuses_a_bad_period():
     import subprocess
     import sys
-
-    from sop_ros.host import MEMORY_REPORT_ENV, malloc_usage
 
     cmd = [sys.executable, "-m", "sop_ros.robot.teleop_arbiter_node"]
     bad = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=REPO, timeout=60,

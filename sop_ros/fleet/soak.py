@@ -252,10 +252,10 @@ def judge_growth(samples: dict[str, list[dict]], config: SoakConfig) -> dict[str
     (`malloc_in_use_mb`: the learner's status, a robot node's memory lines), the same slope of malloc's bytes in
     use beside it: resident memory that grows while they do not is the allocator keeping freed memory, not data
     kept."""
+    judge = partial(growth, warmup_s=config.warmup_min * 60, window_s=config.growth_window_min * 60,
+                    max_per_hour=config.max_growth_per_hour, slack=config.flat_slack)  # fmt: skip
     growths = {}
     for role, processes in by_role(samples).items():
-        judge = partial(growth, warmup_s=config.warmup_min * 60, window_s=config.growth_window_min * 60,
-                        max_per_hour=config.max_growth_per_hour, slack=config.flat_slack)  # fmt: skip
         if (g := judge(processes)) is None:
             continue
         in_use = [[dict(s, rss_mb=s["malloc_in_use_mb"]) for s in series if "malloc_in_use_mb" in s]
