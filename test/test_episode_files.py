@@ -218,6 +218,27 @@ def test_finished_episode_is_never_overwritten(tmp_path):
     assert finished.read_bytes() == before and list((tmp_path / ".partial").iterdir()) == []
 
 
+def test_an_episode_taken_the_moment_it_is_published_still_finishes(tmp_path, monkeypatch):
+    # The bridge watches the outbox: it may upload and remove a finished file before the recorder's next line.
+    from sop_ros.episodes import writer as writer_module
+
+    taken, replace = {}, os.replace
+
+    def publish_then_upload(src, dst):
+        replace(src, dst)
+        taken["bytes"] = Path(dst).read_bytes()
+        Path(dst).unlink()
+
+    writer = EpisodeWriter(tmp_path, "ep-taken")
+    writer.add_topic("joint_states", "sensor_msgs/msg/JointState")
+    writer.write("joint_states", joint_state(1), T0)
+    monkeypatch.setattr(writer_module.os, "replace", publish_then_upload)
+    path = writer.finish({"outcome": "success"})
+
+    assert path == tmp_path / "ep-taken.mcap" and not path.exists()
+    assert writer.stats().bytes == len(taken["bytes"]) > 0
+
+
 @pytest.mark.parametrize("compression", ["lz4", "none"])
 def test_abort_publishes_everything_recorded(tmp_path, compression):
     options = WriterOptions(compression=compression, chunk_size=256)  # several small chunks

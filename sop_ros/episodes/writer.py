@@ -179,13 +179,15 @@ class EpisodeWriter:
             self._writer.finish()
             self._file.record_sha256()
             sync_file(self._file)
+            size = self._file.tell()
             self._file.close()
+            # Published: from here the bridge may upload and remove it at any moment, so nothing reads it back.
             os.replace(self.partial_path, self.final_path)
             fsync_dir(self.root)
             fsync_dir(self.partial_path.parent)
         self._state = WriterState.FINISHED
         self._flushed_messages = self._messages
-        self._synced_bytes = self.final_path.stat().st_size
+        self._synced_bytes = size
         return self.final_path
 
     def abort(self, reason: str, metadata: Mapping[str, str] | None = None) -> Path:
