@@ -275,3 +275,28 @@ print(return_free_memory(), round(before), round(rss()),
         start_in_use, start_free, held_in_use, _, freed_in_use, freed_free = map(int, usage)
         assert held_in_use - start_in_use >= 95 and freed_in_use - start_in_use <= 5, usage
         assert freed_free - start_free >= 95, usage
+
+
+def test_a_node_hands_back_large_blocks_it_frees_not_only_the_first():
+    """glibc raises its mapping threshold past a freed mapped block, so the next such block is kept when freed; a
+    node holds the threshold (bound_malloc), so every one goes back to the system."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from sop_ros.host import bound_malloc, malloc_usage
+bounded = sys.argv[1] == "bounded" and bound_malloc()
+for _ in range(2):  # the first block is mapped on its own, whatever the threshold; the second shows it
+    before = malloc_usage()["free"]
+    block = bytearray(2_000_000)
+    del block
+print(bounded, malloc_usage()["free"] - before)
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    runs = {mode: subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, check=True,
+                                 cwd=REPO, env=env).stdout.split() for mode in ("bounded", "default")}  # fmt: skip
+    if malloc_usage() is None or runs["bounded"][0] == "False":
+        pytest.skip("not glibc >= 2.33: no mallopt or mallinfo2 to hold and read the threshold")
+    assert float(runs["default"][1]) >= 1.5, runs  # kept by malloc, free
+    assert float(runs["bounded"][1]) <= 0.1, runs  # unmapped

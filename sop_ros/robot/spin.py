@@ -21,12 +21,13 @@ from rclpy.node import Node
 from rclpy.signals import SignalHandlerOptions
 
 from sop_ros.configs import ConfigError
-from sop_ros.host import MEMORY_REPORT_ENV, malloc_usage
+from sop_ros.host import MEMORY_REPORT_ENV, bound_malloc, malloc_usage
 from sop_ros.robot import stop_signals
 
 
 def init(args: list[str] | None = None) -> threading.Event:
     """rclpy.init without rclpy's signal handlers; returns the event that SIGINT / SIGTERM set from now on."""
+    bound_malloc()  # before rclpy's and the node's threads: they run for hours
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
     return stop_signals.stop_event_on_signal()
 
