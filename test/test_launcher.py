@@ -279,14 +279,15 @@ print(return_free_memory(), round(before), round(rss()),
 
 def test_a_node_hands_back_large_blocks_it_frees_not_only_the_first():
     """glibc raises its mapping threshold past a freed mapped block, so the next such block is kept when freed; a
-    node holds the threshold (bound_malloc), so every one goes back to the system."""
+    robot node holds the threshold (bound_malloc), so every one goes back to the system; the learner does not."""
     import subprocess
     import sys
 
     code = """
 import sys
 from sop_ros.host import bound_malloc, malloc_usage
-bounded = sys.argv[1] == "bounded" and bound_malloc()
+mode = sys.argv[1]
+bounded = mode != "default" and bound_malloc(mmap_threshold=None if mode == "learner" else 128 * 2**10)
 for _ in range(2):  # the first block is mapped on its own, whatever the threshold; the second shows it
     before = malloc_usage()["free"]
     block = bytearray(2_000_000)
@@ -295,8 +296,10 @@ print(bounded, malloc_usage()["free"] - before)
 """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     runs = {mode: subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True, check=True,
-                                 cwd=REPO, env=env).stdout.split() for mode in ("bounded", "default")}  # fmt: skip
+                                 cwd=REPO, env=env).stdout.split()
+            for mode in ("bounded", "default", "learner")}  # fmt: skip
     if malloc_usage() is None or runs["bounded"][0] == "False":
         pytest.skip("not glibc >= 2.33: no mallopt or mallinfo2 to hold and read the threshold")
     assert float(runs["default"][1]) >= 1.5, runs  # kept by malloc, free
     assert float(runs["bounded"][1]) <= 0.1, runs  # unmapped
+    assert float(runs["learner"][1]) >= 1.5, runs  # the learner's arenas are bounded, not its threshold

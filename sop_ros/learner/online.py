@@ -48,7 +48,7 @@ from sop_ros.configs.learner import LearnerConfig, learner_status_path
 from sop_ros.configs.model import ModelConfig
 from sop_ros.episodes.durable import atomic_file
 from sop_ros.episodes.format import LABELLED, Outcome
-from sop_ros.host import malloc_usage, return_free_memory
+from sop_ros.host import bound_malloc, malloc_usage, return_free_memory
 from sop_ros.learner.algorithms import make_algorithm
 from sop_ros.learner.algorithms.base import Algorithm
 from sop_ros.learner.dataset import DatasetConfig, EpisodeDataset, EpisodeIndex, index_episode
@@ -528,6 +528,7 @@ def run_learner(config: LearnerConfig, log: Callable[[str], None] = print) -> di
 
 
 def _run_learner(config: LearnerConfig, log: Callable[[str], None], cleanup: contextlib.ExitStack) -> dict:
+    bound_malloc(mmap_threshold=None)  # before its threads (Zenoh, decoding, publishing): it runs for days
     ranks = start_ranks(config.device)
     if ranks.world > 1:
         cleanup.callback(dist.destroy_process_group)
