@@ -96,7 +96,6 @@ class EpisodeRecorder:
         self.log = log  # (level, message)
         self.clock = clock
         self.error: str | None = None  # why recording is stopped, if it is
-        self.finished: list[Path] = []
         self._open: dict[str, _Open] = {}
         self._current: _Open | None = None
         self._pending: deque[tuple[str, bytes, int]] = deque(maxlen=PENDING_LIMIT)
@@ -222,7 +221,6 @@ class EpisodeRecorder:
         stats = record.writer.stats()
         outcome = Outcome.ABORT if abort_reason else Outcome.from_event(record.episode.outcome)
         self.log("info", f"recorded {path.name}: {stats.messages} messages, {stats.bytes} bytes, {outcome}")
-        self.finished.append(path)
         return path
 
     def _abandon(self, record: _Open, reason: str) -> None:
