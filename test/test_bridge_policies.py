@@ -23,7 +23,7 @@ from sop_ros.bridge.artifacts import (
     sign,
     verify,
 )
-from sop_ros.bridge.policy_fetcher import PolicyFetcher
+from sop_ros.bridge.policy_fetcher import PolicyFetcher, Seen
 from sop_ros.bridge.protocol import POLICY_ANNOUNCE, ProtocolError
 from sop_ros.bridge.zenoh_session import open_session
 from sop_ros.checksums import file_sha256
@@ -407,3 +407,13 @@ def fleet_table(learner) -> dict:
 
     table = fetch_fleet_table(load_config(LearnerConfig, learner))
     return table if table["robots"] else {"robots": [{"running_version": ""}]}
+
+
+def test_once_each_is_kept_for_what_was_met_lately_and_bounded_for_days():
+    seen = Seen(capacity=3)
+    assert [seen.first_time(k) for k in ("a", "b", "a", "c", "d")] == [True, True, False, True, True]
+    # "b" was met least lately, so it went first; "a", met again, stayed
+    assert not seen.first_time("a") and seen.first_time("b")
+    for i in range(10_000):  # a new version every few seconds
+        seen.first_time(f"v{i}")
+    assert len(seen) == 3 and not seen.first_time("v9999") and seen.first_time("v0")

@@ -7,7 +7,7 @@ import pytest
 from conftest import wait_for
 
 from sop_ros.bench.bridge import zenoh_config
-from sop_ros.bridge.pace import Budget, FleetPace, RobotPace, scheduled_policy
+from sop_ros.bridge.pace import POLICIES_ANNOUNCED, Budget, FleetPace, RobotPace, scheduled_policy
 from sop_ros.bridge.zenoh_session import open_session
 from sop_ros.configs import ConfigError
 from sop_ros.configs.learner import LearnerConfig, PaceConfig
@@ -149,3 +149,15 @@ def test_a_step_trains_on_the_episodes_that_ended_by_its_cutoff_once_they_are_st
         robot.close()
         learner.close()
         session.close()
+
+
+def test_the_learner_keeps_its_newest_policies_not_every_one_it_made():
+    # A learner publishing every few seconds for days: robots need only the newest few that their steps imply.
+    session = open_session(zenoh_config(listen=free_endpoint()))
+    learner = FleetPace(session, PaceConfig(steps_per_sim_minute=60, robots=1), log=lambda _: None)
+    try:
+        for step in range(100):
+            learner.announce(step, f"v{step // 2}")  # a new policy every second step
+        assert list(learner.policies) == [(2 * i, f"v{i}") for i in range(50 - POLICIES_ANNOUNCED, 50)]
+    finally:
+        learner.close()

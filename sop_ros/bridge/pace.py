@@ -26,6 +26,7 @@ import json
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -89,7 +90,7 @@ class FleetPace:
         self.budget = Budget.of(config)
         self.log = log
         self.steps = 0
-        self.policies: list[tuple[int, str]] = []  # (learner step that made it, version)
+        self.policies: deque[tuple[int, str]] = deque(maxlen=POLICIES_ANNOUNCED)  # (learner step, version), newest
         self._clocks: dict[str, tuple[int, int]] = {}
         self._ended: dict[str, int] = {}  # episode id -> end of episode, simulated ns
         self._changed = threading.Condition()
@@ -103,7 +104,7 @@ class FleetPace:
     def _state(self) -> bytes:
         b = self.budget
         return json.dumps({"steps": self.steps, "interval_ns": b.interval_ns, "lead_steps": b.lead_steps,
-                           "policies": self.policies[-POLICIES_ANNOUNCED:]}).encode()  # fmt: skip
+                           "policies": list(self.policies)}).encode()  # fmt: skip
 
     def _on_clock(self, sample: zenoh.Sample) -> None:
         robot = str(sample.key_expr).rsplit("/", 1)[-1]

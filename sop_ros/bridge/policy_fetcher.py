@@ -19,7 +19,7 @@ import json
 import os
 import queue
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +52,27 @@ WAKE = b""  # put among the offers to wake the loop early
 LoadRequest = Callable[[Path, PolicyAnnouncement], str | None]
 # The policy node's (running, pending) versions, "" for none or unknown.
 PolicyVersions = Callable[[], tuple[str, str]]
+
+
+class Seen:
+    """What was met lately, the least recently met forgotten past `capacity`: "once each" for a bridge that meets
+    a new version every few seconds for days, where a set of every one would grow for as long as it runs."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.capacity = capacity
+        self._keys: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, key: str) -> bool:
+        """Whether `key` was not met lately; it is met now either way."""
+        known = key in self._keys
+        self._keys[key] = None
+        self._keys.move_to_end(key)
+        if len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        return not known
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 @dataclass
@@ -88,9 +109,9 @@ class PolicyFetcher:
         self._streamed: queue.Queue[tuple[str, int, bytes]] = queue.Queue()
         self._stream_version = ""
         self._refused: dict[str, str] = {}  # version -> why (never tried again)
-        self._refused_offers: set[str] = set()  # sha256 of announcements refused (asked again every period)
-        self._ignored: set[str] = set()  # signatures of announcements passed over (logged once each)
-        self._wanted, self._wanted_before = "", set()  # a cached version the policy node waits for (once each)
+        self._refused_offers = Seen()  # sha256 of announcements refused (asked again every period)
+        self._ignored = Seen()  # signatures of announcements passed over (logged once each)
+        self._wanted, self._wanted_before = "", Seen()  # a cached version the policy node waits for (once each)
         self._stages_told: dict[str, str] = {}  # version -> the rollout stage the policy node was given ("" unsaid)
         self._target = self._read_newest()
         if self._target is not None:
@@ -169,9 +190,8 @@ class PolicyFetcher:
         The newest version is fetched anyway; an older one is one this robot held before (a new robot process
         whose episode is scheduled to run the version before the newest)."""
         with self._lock:
-            if version in self._wanted_before:
+            if not self._wanted_before.first_time(version):
                 return
-            self._wanted_before.add(version)
             self._wanted = version
         self._offers.put(WAKE)
 
@@ -206,20 +226,17 @@ class PolicyFetcher:
             verify(announcement, self.public_key)
         except (ProtocolError, VerificationError) as err:
             digest = hashlib.sha256(data).hexdigest()
-            if digest not in self._refused_offers:  # one error per bad announcement, not one per period
-                self._refused_offers.add(digest)
+            if self._refused_offers.first_time(digest):  # one error per bad announcement, not one per period
                 self._refuse("", f"announcement refused: {err}")
             return None
         target = self._target
         if target is not None and announcement.created <= target.created:
             # Once per announcement: during a canary the cloud answers every period with the incumbent too.
-            if announcement.version != target.version and announcement.signature not in self._ignored:
-                self._ignored.add(announcement.signature)
+            if announcement.version != target.version and self._ignored.first_time(announcement.signature):
                 self.log("warn", f"ignored policy {announcement.version}: not newer than {target.version}")
             return None
         if announcement.robots and self.robot_id not in announcement.robots:
-            if announcement.signature not in self._ignored:
-                self._ignored.add(announcement.signature)
+            if self._ignored.first_time(announcement.signature):
                 self.log("info", f"policy {announcement.version} is on canary with {', '.join(announcement.robots)}: "
                          f"this robot keeps {target.version if target else 'what it runs'}")  # fmt: skip
             return None

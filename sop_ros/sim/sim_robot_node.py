@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from datetime import datetime, timezone
 
 import numpy as np
@@ -83,7 +84,7 @@ class SimRobotNode(Node):
         self._command_arrived = threading.Event()  # lockstep: a command came after the last state
         self._first_reset = None  # lockstep: the reset shown while waiting for the first answer
         self._abort_requested = threading.Event()
-        self._labelled: set[str] = set()  # episodes an operator has labelled
+        self._labelled: deque[str] = deque(maxlen=16)  # episodes an operator labelled lately (the last awaited)
         self._cameras_on = True  # false: a sensor fault, injected through ~/cameras_on (fault tests)
         self._frames_owed = False  # the cameras came back: the driver shows the current state's frames at once
 
@@ -123,7 +124,7 @@ class SimRobotNode(Node):
 
     def on_episode_event(self, msg: EpisodeEvent) -> None:
         if msg.event == EpisodeEvent.EVENT_LABEL:
-            self._labelled.add(msg.episode_id)
+            self._labelled.append(msg.episode_id)
         aborted = msg.event == EpisodeEvent.EVENT_LABEL and msg.outcome == EpisodeEvent.OUTCOME_ABORT
         if aborted and msg.episode_id == self._episode_id:
             self._abort_requested.set()
