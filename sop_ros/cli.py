@@ -405,7 +405,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
                               threshold=args.threshold or THRESHOLD, block=args.block,
                               eval_every_minutes=args.eval_every,
                               eval_episodes_per_task=args.eval_episodes, eval_in_process=not args.eval_nodes,
-                              learner_yaml=args.config, robot_yaml=args.robot_config, out=args.out,
+                              learner_yaml=args.config, learner_budget=args.learner_budget,
+                              robot_yaml=args.robot_config, out=args.out,
                               results=args.results, only_arms=tuple(a for a in args.arms.split(",") if a))  # fmt: skip
     if not args.report_only:
         require_ros("experiment")
@@ -915,6 +916,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-nodes", action="store_true",
                    help="score through the robot nodes (`sop eval`) rather than in process (as checked equal)")
     p.add_argument("--config", default="config/experiment_learner.yaml", help="paced learner YAML")
+    p.add_argument("--learner-budget", type=float, default=1.0, metavar="X",
+                   help="X times the YAML's learner steps per simulated minute for every arm, its schedule scaled "
+                        "alike (default: 1)")
     p.add_argument("--robot-config", default="config/fleet_sim.yaml", help="base robot YAML")
     p.add_argument("--out", default="runs/experiments", help="runs (resumed from here) (default: %(default)s)")
     p.add_argument("--results", default="docs/results", help="reports (default: %(default)s)")

@@ -20,6 +20,7 @@ from sop_ros.fleet.experiments import (
     committed_runs,
     probe_dir,
     run_experiment,
+    scaled_budget,
     setup_key,
     shared_base,
     shared_demos,
@@ -165,6 +166,30 @@ def test_the_committed_reports_runs_count_in_a_sweep_of_the_same_setup_elsewhere
     monkeypatch.setattr("sop_ros.fleet.experiments.BASE_PRETRAIN_STEPS", 3000)
     assert setup_key(config, one) != keys["1 robot"]
     assert setup_key(dataclasses.replace(config, only_arms=("4-robots",)), one) == setup_key(config, one)
+
+
+def test_a_larger_learner_budget_does_in_simulated_time_what_the_yaml_did_and_is_its_own_setup():
+    learner = load_config(LearnerConfig, str(REPO / "config" / "experiment_learner.yaml"))
+    assert scaled_budget(learner, 1.0) is learner
+    four = scaled_budget(learner, 4.0)
+    assert four.pace.steps_per_sim_minute == 4 * learner.pace.steps_per_sim_minute
+    for name in ("warmup_steps", "decay_steps", "publish_every_steps", "refresh_every_steps"):
+        assert getattr(four, name) == 4 * getattr(learner, name), name
+    assert four.pace.lead_steps == 4 * learner.pace.lead_steps
+    assert four.sampling.loss_window_steps == 4 * learner.sampling.loss_window_steps
+    # The EMA: what a step's weights still count for after a simulated minute is the same.
+    per_minute = learner.pace.steps_per_sim_minute
+    assert four.ema_decay ** (4 * per_minute) == pytest.approx(learner.ema_decay**per_minute)
+    assert (four.learning_rate, four.batch_size, four.tasks) == (learner.learning_rate, learner.batch_size,
+                                                                 learner.tasks)  # fmt: skip
+    never = dataclasses.replace(learner, publish_every_steps=NEVER)  # a fleet that keeps its base policy
+    assert scaled_budget(never, 4.0).publish_every_steps == NEVER
+    # The YAML's own budget keeps the key its runs were made under; another is another setup.
+    config, arm = ExperimentConfig("fleet-scaling"), ARMS["fleet-scaling"][0]
+    assert setup_key(dataclasses.replace(config, learner_budget=1.0), arm) == setup_key(config, arm)
+    assert setup_key(dataclasses.replace(config, learner_budget=4.0), arm) != setup_key(config, arm)
+    with pytest.raises(ConfigError, match="learner_budget=0: must be > 0"):
+        ExperimentConfig("fleet-scaling", learner_budget=0)
 
 
 def test_experiment_settings_are_checked():

@@ -132,6 +132,9 @@ class ExperimentConfig:
     eval_in_process: bool = True  # the same outcomes as through the nodes: docs/results/eval_check.md
     eval_robot_yaml: str = "config/sim_policy.yaml"
     learner_yaml: str = "config/experiment_learner.yaml"
+    # x the YAML's learner steps per simulated minute, its schedule scaled alike (scaled_budget): the same for
+    # every arm, so a larger one asks whether the data, not the learner, then limits a small fleet
+    learner_budget: float = 1.0
     robot_yaml: str = "config/fleet_sim.yaml"
     out: str = "runs/experiments"
     results: str = "docs/results"
@@ -153,6 +156,7 @@ class ExperimentConfig:
         require(self.eval_episodes_per_task >= 1, "eval_episodes_per_task", self.eval_episodes_per_task, "must be >= 1")
         require(self.eval_robots >= 1, "eval_robots", self.eval_robots, "must be >= 1")
         require(0 < self.threshold <= 1, "threshold", self.threshold, "must be a success rate in (0, 1]")
+        require(self.learner_budget > 0, "learner_budget", self.learner_budget, "must be > 0 (1: the YAML's)")
 
     @property
     def eval_minutes(self) -> list[float]:
@@ -175,6 +179,7 @@ def run_experiment(config: ExperimentConfig, report_only: bool = False, prepare_
     learner = load_config(LearnerConfig, config.learner_yaml)
     if not learner.pace.steps_per_sim_minute:
         raise ConfigError(f"{config.learner_yaml}: pace.steps_per_sim_minute must be > 0 (experiments are paced)")
+    learner = scaled_budget(learner, config.learner_budget)
     arms = ARMS[config.experiment]
     keys = {arm.name: setup_key(config, arm) for arm in arms}
     committed, carried_probes = committed_runs(config, keys), committed_probes(config, keys)
@@ -226,6 +231,8 @@ def setup_key(config: ExperimentConfig, arm: Arm) -> str:
 
     ignored = ("experiment", "seeds", "wall_minutes", "out", "results", "only_arms")
     settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignored}
+    if settings["learner_budget"] == 1:
+        del settings["learner_budget"]  # the YAML's own budget: runs made before the setting keep their key
     for name in ("learner_yaml", "robot_yaml", "eval_robot_yaml"):
         settings[name] = file_sha256(settings[name])
     settings["arm"] = dataclasses.asdict(arm)
@@ -348,6 +355,26 @@ def fleet(config: ExperimentConfig, learner: LearnerConfig, robots: int, seed: i
     if results:
         (run_dir / "fleet_run.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
+
+
+def scaled_budget(learner: LearnerConfig, factor: float) -> LearnerConfig:
+    """`learner` with `factor` times its steps per simulated minute, and every setting counted in its steps scaled
+    alike so that in simulated time it does what it did: the warm-up and the cosine's span, a new policy as
+    often, the robots' lead, new episodes looked for as often, the loss window, the EMA's horizon (its decay to
+    the 1/factor power). The value network's pretraining, before the run's clock starts, is not its budget."""
+    if factor == 1:
+        return learner
+
+    def steps(n: int) -> int:
+        return n if n >= NEVER else max(1, round(n * factor))
+
+    return dataclasses.replace(
+        learner, warmup_steps=round(learner.warmup_steps * factor), decay_steps=round(learner.decay_steps * factor),
+        publish_every_steps=steps(learner.publish_every_steps),
+        refresh_every_steps=steps(learner.refresh_every_steps), ema_decay=learner.ema_decay ** (1 / factor),
+        sampling=dataclasses.replace(learner.sampling, loss_window_steps=steps(learner.sampling.loss_window_steps)),
+        pace=dataclasses.replace(learner.pace, steps_per_sim_minute=learner.pace.steps_per_sim_minute * factor,
+                                 lead_steps=steps(learner.pace.lead_steps)))  # fmt: skip
 
 
 def budget_steps(config: ExperimentConfig, learner: LearnerConfig) -> int:
@@ -948,13 +975,14 @@ def markdown(report: dict) -> str:
     seeds = ",".join(str(s) for s in c["seeds"])
     scoring = "selection seeds (not the evaluation seeds)" if report["experiment"] in SCORING_SEEDS \
         else "evaluation seeds"
+    budget = "" if c.get("learner_budget", 1) == 1 else f"--learner-budget {c['learner_budget']:g} "  # older: 1
     how = "in process (the exported ONNX policy stepped on the Meta-World env as the nodes do; eval_check.md)" \
         if c["eval_in_process"] else "by `sop eval` through the robot nodes"
     lines = [
         f"# {report['experiment']}", "",
         f"Made by `sop experiment {report['experiment']} --seeds {seeds} --sim-minutes {c['sim_minutes']:g} "
         f"--threshold {c['threshold']:g} --eval-every {c['eval_every_minutes']:g} --eval-episodes "
-        f"{c['eval_episodes_per_task']} --config {c['learner_yaml']} --robot-config {c['robot_yaml']}`, on "
+        f"{c['eval_episodes_per_task']} --config {c['learner_yaml']} {budget}--robot-config {c['robot_yaml']}`, on "
         f"{described(m)}.", "",
         "Every run went through the real robot nodes, topics, Zenoh bridge and learner, paced by simulated time, "
         "with the same learner budget per simulated minute in every arm. Success: the learner's policy at every "
