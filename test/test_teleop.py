@@ -177,7 +177,9 @@ def test_scripted_operator_takes_over_a_stalled_policy_and_labels(tmp_path, rclp
         wait_for(lambda: probe.node.count_subscribers(f"{NS}/{topics.SIM_STATE}") > 0, 60, probe.spin,
                  "the operator to watch the robot")  # fmt: skip
         sim_side = start(sop("robot", "--config", str(tmp_path / "sim.yaml")))
-        wait_for(lambda: any(e.event == EpisodeEvent.EVENT_LABEL for e in probe.events), 120, probe.spin,
+        # END comes from the simulator, LABEL from the arbiter: two writers, so either may reach the probe first.
+        ended_and_labelled = {EpisodeEvent.EVENT_END, EpisodeEvent.EVENT_LABEL}
+        wait_for(lambda: ended_and_labelled <= {e.event for e in probe.events}, 120, probe.spin,
                  "the episode to end and be labelled")  # fmt: skip
         sim_output, _ = sim_side.communicate(timeout=60)
         operator_side.send_signal(signal.SIGINT)
