@@ -1,5 +1,7 @@
 """Episode bookkeeping on plain data: what goes in which file, labels, disk errors."""
 
+import errno
+import os
 from pathlib import Path
 
 from rclpy.serialization import serialize_message
@@ -125,6 +127,31 @@ def test_an_unwritable_directory_stops_recording_and_the_next_episode_retries(tm
     rec.end("e2", 1, "sim_success", 0, 10)
     rec.close()
     assert (blocker / "episodes" / "e2.mcap").exists()
+
+
+def test_a_recording_a_full_disk_stopped_goes_out_when_recording_resumes_not_at_the_next_start(tmp_path, monkeypatch):
+    logs = []
+    rec = EpisodeRecorder(tmp_path, TOPICS, WriterOptions(chunk_size=1), label_grace_s=1.0,
+                          log=lambda level, msg: logs.append((level, msg)), clock=FakeClock())  # fmt: skip
+    rec.start(episode("e1", 0))
+    rec.write("/r/joint_states", joints(1), 1)  # a chunk of its own, on disk
+
+    def disk_full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    rec.write("/r/joint_states", joints(2), 2)
+    assert rec.error.startswith("recording e1 stopped") and (tmp_path / ".partial" / "e1.mcap").exists()
+    monkeypatch.undo()
+    rec.start(episode("e2", 10))
+    assert rec.error is None
+    meta, messages = read_episode(tmp_path / "e1.mcap")
+    assert meta["recovered"] == "true" and messages[0].message.position[0] == 1e-9
+    said = [msg for _, msg in logs if msg.startswith("partial episode file")]
+    assert len(said) == 1 and said[0].startswith("partial episode file e1.mcap: recovered")  # e2's, open, unsaid
+    rec.end("e2", 1, "sim_success", 0, 10)
+    rec.close()
+    assert (tmp_path / "e2.mcap").exists() and not list((tmp_path / ".partial").iterdir())
 
 
 def test_shutdown_mid_episode_keeps_the_data_as_an_abort(tmp_path):

@@ -102,7 +102,10 @@ class EpisodeRecorder:
 
     def recover(self) -> list[RecoveryResult]:
         results = recover_partials(self.root)
+        own = {record.writer.partial_path for record in self._open.values()}  # open, so skipped: nothing to say
         for r in results:
+            if r.path in own:
+                continue
             level = "warn" if r.action == "quarantined" else "info"
             self.log(
                 level, f"partial episode file {r.path.name}: {r.action} ({r.messages} messages) {r.reason}".strip()
@@ -121,10 +124,16 @@ class EpisodeRecorder:
         except (RecordingError, FileExistsError) as err:
             self._fail(f"cannot record episode {episode.episode_id}: {err}")
             return
+        self._current = self._open[episode.episode_id] = _Open(episode, writer)
         if self.error:
             self.log("info", "recording resumed")
             self.error = None
-        self._current = self._open[episode.episode_id] = _Open(episode, writer)
+            # The disk takes files again: what the error stopped goes out now, not at the recorder's next start,
+            # which on a robot that runs for days may be days away.
+            try:
+                self.recover()
+            except RecordingError as err:
+                self.log("warn", f"partial episode files stay in .partial/ until the next start: {err}")
         pending, self._pending = list(self._pending), deque(maxlen=PENDING_LIMIT)
         for topic, data, time_ns in pending:
             self.write(topic, data, time_ns)
@@ -224,7 +233,7 @@ class EpisodeRecorder:
         return path
 
     def _abandon(self, record: _Open, reason: str) -> None:
-        # What reached the disk stays in .partial/ and is recovered at the next start.
+        # What reached the disk stays in .partial/, recovered when recording resumes or at the next start.
         self._open.pop(record.episode.episode_id, None)
         if record is self._current:
             self._current = None
