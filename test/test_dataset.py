@@ -577,6 +577,11 @@ def test_interrupted_pretraining_resumes_from_its_last_save_only_with_its_own_se
     report = pretrain(config)
     assert len(steps) == 2 and [p["step"] for p in report["curve"]] == [2, 4, 6]
     assert (tmp_path / "base.pt").exists() and not partial.exists()
+    # Bit for bit what the same run makes uninterrupted: it drew the very batches and noise it would have.
+    pretrain(dataclasses.replace(config, out=str(tmp_path / "whole.pt")))
+    resumed, whole = (torch.load(tmp_path / name, weights_only=False)["state_dict"] for name in ("base.pt", "whole.pt"))
+    assert all(torch.equal(resumed[name], whole[name]) for name in whole)
+    steps.clear()
     # A partial run of other settings is not continued: the run starts over (and replaces it).
     steps.clear()
     monkeypatch.setattr(VLAPolicy, "loss", counted_loss(stop_at=3))

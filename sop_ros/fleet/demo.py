@@ -61,8 +61,9 @@ def base_pretraining(demos: Path, out: Path, demos_per_task: int = 0, steps: int
 
 def base_recipe(demos_per_task: int = 0, recorded_per_task: int = DEMOS_PER_TASK, steps: int | None = None) -> dict:
     """How `prepare` and `pretrain_base` make a base policy: the demonstrations' robot config and count, and the
-    pretraining settings. Its weights are not bit-for-bit repeatable (made twice here by one recipe, they
-    differed), so results made on two machines are matched by the recipe, not the weights."""
+    pretraining settings. On one machine a recipe gives the same weights every time, resumed or not (recording and
+    pretraining are seeded); another CPU's kernels may round differently and a long pretraining amplifies that, so
+    results made on two machines are matched by the recipe, not the weights."""
     from sop_ros.checksums import file_sha256
     from sop_ros.learner.pretrain import WHERE_AND_HOW_FAST
 

@@ -11,8 +11,8 @@ and the learner, paced by simulated time so that results do not depend on this h
 <out>/<experiment>/<arm>/seed<k>; a finished one holds fleet_run.json and is not run again, so an interrupted
 sweep resumes at its first unfinished run (which starts over). After every run the report is written again:
 <results>/<experiment>.json, .png and .md. Each run in it carries its setup key (the settings, the YAMLs' contents,
-the arm and its base policy's recipe; the recipe rather than the weights, as pretraining is not bit-for-bit
-repeatable): a sweep on another clone or machine takes the committed report's runs with its own key as done, so
+the arm and its base policy's recipe; the recipe rather than the weights, which another machine's CPU may round
+differently): a sweep on another clone or machine takes the committed report's runs with its own key as done, so
 seeds add up across sweeps; a run made with another setup is made again.
 
 Success is the policy's own: every `eval_every_minutes` of simulated time, the policy the learner had made by then

@@ -116,20 +116,22 @@ def unit_range(pixels: torch.Tensor) -> torch.Tensor:
 
 
 @contextmanager
-def prefetch(make: Callable[[np.random.Generator], dict], seed: int | tuple[int, ...],
+def prefetch(make: Callable[[np.random.Generator], dict], seed: int, start: int = 0,
              depth: int = 4) -> Iterator[Callable[[], dict]]:  # fmt: skip
-    """Batches made by `make` (from one generator seeded `seed`, in order) on a background thread: JPEG
-    decoding overlaps the training step, which frees the GIL. Yields the function that takes the next one. The
-    thread ends with the block, so a process that trains many times (the experiments) keeps no producer and no
-    dataset behind; a failed batch is raised by the taker."""
+    """The batches of steps `start`, `start` + 1, ... made by `make` on a background thread: JPEG decoding
+    overlaps the training step, which frees the GIL. Each step's batch comes from a generator of its own, seeded
+    (`seed`, step), so a run resumed at any step draws what the uninterrupted run drew. Yields the function that
+    takes the next one. The thread ends with the block, so a process that trains many times (the experiments)
+    keeps no producer and no dataset behind; a failed batch is raised by the taker."""
     batches: queue.Queue = queue.Queue(maxsize=depth)
-    rng = np.random.default_rng(seed)
     stop = threading.Event()
 
     def produce() -> None:
+        step = start
         while not stop.is_set():
             try:
-                item = make(rng)
+                item = make(np.random.default_rng([seed, step]))
+                step += 1
             except Exception as error:  # noqa: BLE001 - handed to the training loop, which raises it
                 item = error
             while not stop.is_set():
@@ -216,8 +218,7 @@ def pretrain(config: PretrainConfig) -> dict:
     def batch(rng: np.random.Generator) -> dict[str, torch.Tensor]:
         return host_tensors(dataset.sample(rng, config.batch_size, pixels=on_gpu), model_cfg, pin=on_gpu)
 
-    # A resumed run draws from a stream of its own: the one it left is not repeated from its start.
-    with prefetch(batch, (config.seed, done) if done else config.seed) as next_batch:
+    with prefetch(batch, config.seed, start=done) as next_batch:
         for step in range(done, config.steps):
             for group in optimiser.param_groups:
                 group["lr"] = learning_rate(step, config)
