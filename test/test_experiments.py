@@ -291,6 +291,15 @@ def test_the_algorithms_targets_are_two_proportion_tests_of_pooled_scores():
                         "missed: SOP + HG-DAgger: 40.0% -> 60.0% (+20.0 points).")  # fmt: skip
     assert lines[4] == ("Target (no task falls more than 30 points between consecutive scorings of any run): missed: "
                         "largest fall 35 points: reach-v3, SOP + RECAP seed 0, minute 2 -> 3.")  # fmt: skip
+    # RECAP's misses say why where its value network was checked: how well it ranked the fleet's steps.
+    fits = [(0.25, 0.6), (-0.1, 0.55), (None, None)]
+    for run, (correlation, positive) in zip(arms["SOP + RECAP"]["runs"], fits, strict=True):
+        run["value_check"] = {"reach-v3": {"correlation": correlation, "positive_share": positive}}
+    lines = target_lines({"experiment": "algorithms", "config": {}, "arms": arms})
+    assert lines[1].endswith("; why: its value network's predicted and realised returns correlate -0.10 to 0.25 "
+                             "over 2 runs x tasks, and its indicator calls 55%-60% of steps positive: the advantage "
+                             "it conditions on barely ranks the fleet's steps.")  # fmt: skip
+    assert lines[2].endswith("barely ranks the fleet's steps.") and "why" not in lines[0]  # a met target: no why
 
 
 def test_the_pretrain_scale_targets_weigh_online_experience_against_4x_the_demonstrations():
@@ -325,6 +334,32 @@ def test_the_learner_settings_say_for_each_arm_whether_a_task_fell_more_than_30_
         "Target (no task falls more than 30 points between consecutive scorings of the runs of smoothed): met: "
         "no task fell between scorings.",
     ]  # fmt: skip
+
+
+def test_fleet_scaling_misses_say_why_where_the_report_measured_it():
+    """No run reached the threshold: its best score says why no speed-up was measured. The 4-robot store retrained
+    offline scored no better than the 1-robot store: that says why more robots did not score higher."""
+    from sop_ros.fleet.experiments import target_lines
+
+    base = (50, 100)
+    arms = {"1 robot": arm_of(base, [(62, 100)] * 3), "2 robots": arm_of(base, [(60, 100)] * 3),
+            "4 robots": arm_of(base, [(58, 100), (61, 100), (57, 100)])}
+    for arm in arms.values():
+        arm["minutes_to_threshold"] = {"reached": 0}
+    probes = [{"arm": arm, "seed": 0, "times_budget": 1, "episodes": n, "offline": {"successes": k, "episodes": 200}}
+              for arm, n, k in (("1 robot", 96, 120), ("4 robots", 389, 126))]  # fmt: skip
+    report = {"experiment": "fleet-scaling", "config": {"threshold": 0.8}, "arms": arms, "probes": probes}
+    lines = target_lines(report)
+    assert lines[0] == ("Target (4 robots reach 80% at least 3x faster than 1 robot): missed: not measured: seeds "
+                        "that reached it within the budget: 1 robot 0/3, 4 robots 0/3; why: the best policy of any "
+                        "run scored 62.0% (1 robot seed 2, minute 6).")  # fmt: skip
+    why = ("; why: retrained offline with the same learner steps, seed 0's 4 robots store (389 episodes) against its "
+           "1 robot store (96): 63% vs 60%: +3.0% [")
+    assert why in lines[1] and why in lines[2]  # 126/200 vs 120/200: p = 0.54, within noise
+    assert lines[2].endswith("more robots' data did not make a better policy beyond noise.")
+    # Where the larger store did make a better policy, the probe is no reason for the miss: no why.
+    probes[1]["offline"]["successes"] = 160
+    assert all("why" not in line for line in target_lines(report)[1:3])
 
 
 def test_the_largest_fall_of_a_task_between_scorings_is_found():

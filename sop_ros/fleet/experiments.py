@@ -772,8 +772,55 @@ def _above(a: str, b: str, arms: dict, when_b: str = "at_budget") -> tuple[bool,
     return comparison.beyond_noise and comparison.difference > 0, str(comparison)
 
 
-def _verdict(goal: str, met: bool, evidence: str) -> str:
-    return f"Target ({goal}): {'met' if met else 'missed'}: {evidence}."
+def _verdict(goal: str, met: bool, evidence: str, why: str | None = None) -> str:
+    """`why`: what the report measured that explains a miss (said only of a miss)."""
+    reason = f"; why: {why}" if why and not met else ""
+    return f"Target ({goal}): {'met' if met else 'missed'}: {evidence}{reason}."
+
+
+def best_scoring(report: dict) -> str | None:
+    """The highest score of any policy in any run of the report, and where it was."""
+    scored = [(score["success"], name, run["seed"], score["minute"]) for name, arm in report["arms"].items()
+              for run in arm["runs"] for score in run["scores"]]  # fmt: skip
+    if not scored:
+        return None
+    success, name, seed, minute = max(scored)
+    return f"the best policy of any run scored {success:.1%} ({name} seed {seed}, minute {minute:g})"
+
+
+def store_probe_reason(report: dict) -> str | None:
+    """Why more robots did not score higher, where the probes show it: the largest fleet's store retrained offline
+    with the same learner steps as the smallest's did not make a better policy beyond noise (None where it did, or
+    where the probes are missing)."""
+    from sop_ros.fleet.proportions import compare
+
+    if report["experiment"] not in PROBES:
+        return None
+    probes = {(p["arm"], p["times_budget"]): p for p in report.get("probes", [])}
+    (small, _), (large, _), _ = PROBES[report["experiment"]]
+    small_store, large_store = probes.get((small, 1)), probes.get((large, 1))
+    if not (small_store and large_store):
+        return None
+    comparison = compare(_rate(large_store["offline"]), _rate(small_store["offline"]))
+    if comparison.beyond_noise and comparison.difference > 0:
+        return None
+    return (f"retrained offline with the same learner steps, seed {large_store['seed']}'s {large} store "
+            f"({large_store['episodes']} episodes) against its {small} store ({small_store['episodes']}): "
+            f"{comparison}; more robots' data did not make a better policy beyond noise")
+
+
+def value_fit_reason(report: dict, arm: str) -> str | None:
+    """How well `arm`'s value network ranked its fleet's steps: the spread over runs and tasks of the correlation
+    of predicted with realised returns, and of the share of steps its indicator called positive."""
+    checks = [c for run in report["arms"].get(arm, {}).get("runs", []) for c in run.get("value_check", {}).values()]
+    correlations = [c["correlation"] for c in checks if c["correlation"] is not None]
+    positive = [c["positive_share"] for c in checks if c["positive_share"] is not None]
+    if not correlations:
+        return None
+    return (f"its value network's predicted and realised returns correlate {min(correlations):.2f} to "
+            f"{max(correlations):.2f} over {len(correlations)} runs x tasks, and its indicator calls "
+            f"{min(positive):.0%}-{max(positive):.0%} of steps positive: the advantage it conditions on barely "
+            "ranks the fleet's steps")
 
 
 def target_lines(report: dict) -> list[str]:
@@ -794,29 +841,33 @@ def target_lines(report: dict) -> list[str]:
             value, reached = arms["4 robots"]["speedup"], {n: arms[n]["minutes_to_threshold"]["reached"]
                                                            for n in ("1 robot", "4 robots")}  # fmt: skip
             if value is None:
+                none_reached = not any(arm["minutes_to_threshold"]["reached"] for arm in arms.values())
                 lines.append(_verdict(goal, False, "not measured: seeds that reached it within the budget: "
-                                      + ", ".join(f"{n} {k}/{len(arms[n]['runs'])}" for n, k in reached.items())))
+                                      + ", ".join(f"{n} {k}/{len(arms[n]['runs'])}" for n, k in reached.items()),
+                                      best_scoring(report) if none_reached else None))  # fmt: skip
             else:
                 bound = " (a lower bound: 1 robot never reached it)" if value.startswith(">") else ""
                 lines.append(_verdict(goal, float(value.lstrip(">")) >= SPEEDUP, f"{value}x{bound}"))
         if need("1 robot", "2 robots", "4 robots"):
             rates = {n: arms[n]["at_budget"]["rate"] for n in ("4 robots", "2 robots", "1 robot")}
             ordered = rates["4 robots"] >= rates["2 robots"] >= rates["1 robot"]
+            why = store_probe_reason(report)
             lines.append(_verdict("success at the budget ordered 4 >= 2 >= 1 robots", ordered,
-                                  ", ".join(f"{n} {r:.1%}" for n, r in rates.items())))  # fmt: skip
+                                  ", ".join(f"{n} {r:.1%}" for n, r in rates.items()), why))  # fmt: skip
             met, evidence = _above("4 robots", "1 robot", arms)
-            lines.append(_verdict("4 robots above 1 robot at the budget, beyond noise", met, evidence))
+            lines.append(_verdict("4 robots above 1 robot at the budget, beyond noise", met, evidence, why))
     if experiment == "algorithms":
         if need("SOP + HG-DAgger", "offline HG-DAgger"):
             met, evidence = _above("SOP + HG-DAgger", "offline HG-DAgger", arms)
             goal = "SOP + HG-DAgger above offline HG-DAgger at equal budget, beyond noise"
             lines.append(_verdict(goal, met, evidence))
+        why = value_fit_reason(report, "SOP + RECAP")
         if need("SOP + RECAP", "pretrained only"):
             met, evidence = _above("SOP + RECAP", "pretrained only", arms)
-            lines.append(_verdict("SOP + RECAP above the base policy, beyond noise", met, evidence))
+            lines.append(_verdict("SOP + RECAP above the base policy, beyond noise", met, evidence, why))
         if need("SOP + RECAP", "SOP + HG-DAgger"):
             met, evidence = _above("SOP + RECAP", "SOP + HG-DAgger", arms)
-            lines.append(_verdict("SOP + RECAP above SOP + HG-DAgger, beyond noise", met, evidence))
+            lines.append(_verdict("SOP + RECAP above SOP + HG-DAgger, beyond noise", met, evidence, why))
     if experiment == "pretrain-scale":
         small, large = (arm.name for arm in ARMS["pretrain-scale"])
         if need(small, large):
