@@ -10,7 +10,9 @@ from conftest import REPO, sop, wait_for
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 
-from sop_ros.fleet.collect_demos import WorkUnit, plan_units
+from sop_ros.configs import load_config
+from sop_ros.configs.robot import RobotLaunchConfig
+from sop_ros.fleet.collect_demos import WorkUnit, plan_units, robot_config
 
 TIER = "e2e"  # what the tests need: conftest.TIERS
 
@@ -22,6 +24,18 @@ def test_every_robot_gets_work_and_every_episode_is_planned():
     ]  # fmt: skip
     units = plan_units(["reach-v3"], 5, 2, 7)
     assert sorted(u.episodes for u in units) == [2, 3] and len({u.seed for u in units}) == 2
+
+
+@pytest.mark.unit
+def test_a_fleet_robots_config_demonstrates_with_the_operator_in_control_of_every_episode(tmp_path):
+    """A fleet robot's arbiter hands control back to the policy at each episode's end; recording demonstrations
+    there is no policy, so a lockstep simulator would wait for a command that never comes (it did: 270 s, then the
+    unit failed)."""
+    fleet = load_config(RobotLaunchConfig, str(REPO / "config" / "fleet_sim.yaml"))
+    assert fleet.nodes.teleop_arbiter.end_takeover_with_episode and fleet.nodes.scripted_operator.mode == "intervene"
+    nodes = robot_config(fleet, "robot_0", WorkUnit("reach-v3", 2, 0), tmp_path)["nodes"]
+    assert nodes["teleop_arbiter"]["end_takeover_with_episode"] is False
+    assert nodes["scripted_operator"]["mode"] == "demo" and nodes["scripted_operator"]["task"] == "reach-v3"
 
 
 def test_two_robots_record_demonstrations_that_stock_readers_decode(tmp_path):

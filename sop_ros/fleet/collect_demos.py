@@ -59,10 +59,15 @@ def unit_config(base: RobotLaunchConfig, robot_id: str, unit: WorkUnit, out: Pat
 
 
 def robot_config(base: RobotLaunchConfig, robot_id: str, unit: WorkUnit, out: Path) -> dict:
-    """A demonstrating robot: the scripted operator in control of every episode."""
+    """A demonstrating robot: the scripted operator in control of every episode. A fleet config's arbiter hands
+    control back to the policy at each episode's end (`end_takeover_with_episode`); with no policy here, that
+    would leave the lockstep simulator waiting for a command, so the operator keeps control."""
     operator = base.nodes.scripted_operator or ScriptedOperatorConfig()
     operator = dataclasses.replace(operator, task=unit.task, mode="demo")
-    return unit_config(base, robot_id, unit, out, scripted_operator=operator)
+    nodes = {"scripted_operator": operator}
+    if base.nodes.teleop_arbiter is not None:
+        nodes["teleop_arbiter"] = dataclasses.replace(base.nodes.teleop_arbiter, end_takeover_with_episode=False)
+    return unit_config(base, robot_id, unit, out, **nodes)
 
 
 @dataclass
