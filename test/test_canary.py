@@ -175,6 +175,39 @@ def test_the_gate_puts_each_version_on_canary_holds_the_next_and_decides_on_the_
     verdict = gate.check(incumbent_runs + [Ended("reach-v3", "v3", True, third.robots[0])] * 4)
     assert verdict.decision == "promote" and registry.latest().version == "v3" and gate.pending is None
     assert [(c, v.decision) for c, v in gate.verdicts] == [("v2", "roll back"), ("v3", "promote")]
+    assert gate.decided == {"roll back": 1, "promote": 1}
+    assert [r["decision"] for r in registry.rollouts()] == ["rolled back", "promoted"]
+
+
+def test_a_gate_keeps_its_latest_verdicts_and_counts_them_all(monkeypatch):
+    """A fleet left for days decides thousands of canaries: the gate keeps the latest for the status and counts
+    the rest; every one is in the registry's rollout history."""
+    import sop_ros.cloud.canary as canary
+    from sop_ros.cloud.canary import CanaryGate, Verdict
+
+    class Registry:  # a candidate always on canary, an incumbent always there; promotions and rollbacks noted
+        def canary(self):
+            return type("Candidate", (), {"version": f"v{len(made)}", "robots": ["robot_0"]})()
+
+        def latest(self):
+            return self
+
+        version = "v0"
+
+        def promote(self, *_):
+            made.append("promote")
+
+        def roll_back(self, *_):
+            made.append("roll back")
+
+    made: list[str] = []
+    monkeypatch.setattr(canary, "RECENT_VERDICTS", 3)
+    decisions = iter(["promote", "roll back"] * 4)
+    monkeypatch.setattr(canary, "judge", lambda *_: Verdict(next(decisions), "by the test"))
+    gate = CanaryGate(CanaryConfig(), Registry(), None, None, lambda: [])
+    for _ in range(8):
+        gate.check([])
+    assert [c for c, _ in gate.verdicts] == ["v5", "v6", "v7"] and gate.decided == {"promote": 4, "roll back": 4}
 
 
 def test_after_a_rollback_the_learner_restarts_from_the_incumbent_or_its_average(tmp_path, keys, exported):  # noqa: F811
@@ -247,3 +280,33 @@ def test_the_canary_report_counts_who_ran_what_and_what_the_gate_saved_and_cost(
     assert report["episodes_by_recorded_stage"] == {"v1": {"none": 25}, "v2": {"canary": 5},
                                                      "v3": {"canary": 3, "promoted": 1}}  # fmt: skip
     assert "v3: 3 canary, 1 promoted." in markdown(report)
+
+
+def test_the_newest_rollouts_are_read_from_the_end_of_a_long_history(tmp_path):
+    from sop_ros.cloud.policy_registry import ROLLOUTS, tail_lines
+
+    registry = PolicyRegistry(tmp_path / "registry")
+    assert registry.rollouts(last=5) == []
+    records = [{"candidate": f"v{i}", "decision": "promoted", "reason": "x" * (i % 37)} for i in range(500)]
+    (tmp_path / "registry" / ROLLOUTS).write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert registry.rollouts(last=5) == registry.rollouts()[-5:] == records[-5:]
+    assert registry.rollouts(last=1000) == records and registry.rollouts(last=0) == []
+    with open(tmp_path / "registry" / ROLLOUTS, "rb") as f:  # blocks smaller than a line, lines cut anywhere
+        for block in (7, 64, 100, 4096):
+            assert [json.loads(line) for line in tail_lines(f, 3, block)] == records[-3:]
+
+
+def test_the_learner_status_counts_every_verdict_and_shows_the_latest():
+    from sop_ros.learner.online import format_status
+
+    fleet = {"episodes": 900, "interventions_per_hour": 30.0, "success": {}, "autonomous_success": {}}
+    canary = {"candidate": "v9", "robots": ["robot_1"], "decided": {"promote": 700, "roll back": 41},
+              "verdicts": [{"candidate": f"v{i}", "decision": "promote", "reason": "as good"} for i in range(5, 9)]}
+    status = {"algorithm": "hg_dagger", "step": 9000, "ranks": 1, "device": "cpu", "time": 100.0,
+              "samples_per_s": 300.0, "loss": 0.1, "latest_policy": "v9", "publish_latency_s": 1.0,
+              "offline_episodes": 40, "online_episodes": 900, "online_steps": 50000, "tasks": [], "task_losses": {},
+              "online_share": {}, "fleet": fleet, "version_lag": {}, "canary": canary}  # fmt: skip
+    lines = format_status(status, now=110.0).splitlines()
+    assert "  on canary: v9 with robot_1" in lines and "  canaries decided: promote 700, roll back 41" in lines
+    assert [line for line in lines if line.startswith("  canary v")] == [
+        f"  canary v{i}: promote (as good)" for i in (6, 7, 8)]

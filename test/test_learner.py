@@ -444,3 +444,4 @@ def test_with_canaries_a_new_policy_goes_to_the_canary_first_and_a_rollback_rest
     assert f"after the rollback, training goes on from the incumbent {incumbent.version}'s weights" in out
     shown = json.loads(status.read_text())["canary"]
     assert shown["verdicts"][0]["decision"] == "roll back" and shown["robots"] == ["robot_9"]
+    assert shown["decided"] == {"roll back": 1}

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from statistics import NormalDist
@@ -146,6 +147,9 @@ def ended(stored: Iterable[StoredEpisode]) -> list[Ended]:
 Publish = Callable[[str, dict[str, float], list[str] | None], PolicyAnnouncement]
 
 
+RECENT_VERDICTS = 20  # a gate's latest verdicts, as the learner's status shows them
+
+
 class CanaryGate:
     """The rollout of each new version: on canary when there is an incumbent to compare with, then decided.
 
@@ -157,7 +161,10 @@ class CanaryGate:
         self.config, self.registry, self.private_key = config, registry, private_key
         self._publish, self._robots = publish, robots
         self.rng = random.Random(config.seed)
-        self.verdicts: list[tuple[str, Verdict]] = []  # (candidate, verdict) for each decided canary
+        # (candidate, verdict) of the latest decided canaries: a fleet left for days decides thousands, and every
+        # one is kept in the registry's rollout history; here, how many went each way.
+        self.verdicts: deque[tuple[str, Verdict]] = deque(maxlen=RECENT_VERDICTS)
+        self.decided: Counter[str] = Counter()
 
     @property
     def pending(self) -> PolicyAnnouncement | None:
@@ -185,4 +192,5 @@ class CanaryGate:
             self.registry.roll_back(self.private_key, verdict.evidence(), verdict.reason)
         if verdict.decision != "wait":
             self.verdicts.append((candidate.version, verdict))
+            self.decided[verdict.decision] += 1
         return verdict

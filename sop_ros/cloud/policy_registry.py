@@ -139,10 +139,15 @@ class PolicyRegistry:
                 pruned.append(path.stem)
         return pruned
 
-    def rollouts(self) -> list[dict]:
-        """Every canary's verdict so far, oldest first."""
+    def rollouts(self, last: int | None = None) -> list[dict]:
+        """Every canary's verdict so far, oldest first; `last`: only the newest `last`, read from the end of the
+        history (which grows by a line a verdict for as long as the fleet runs)."""
         try:
-            lines = (self.directory / ROLLOUTS).read_text().splitlines()
+            with open(self.directory / ROLLOUTS, "rb") as f:
+                if last is None:
+                    lines = f.read().splitlines()
+                else:
+                    lines = tail_lines(f, last)
         except FileNotFoundError:
             return []
         return [json.loads(line) for line in lines if line.strip()]
@@ -165,3 +170,19 @@ class PolicyRegistry:
     def _write(self, name: str, data: bytes) -> None:
         with atomic_file(self.directory / name) as f:
             f.write(data)
+
+
+def tail_lines(file, count: int, block: int = 8192) -> list[bytes]:
+    """The last `count` lines of a binary file, reading back from its end a block at a time."""
+    if count <= 0:
+        return []
+    end = file.seek(0, os.SEEK_END)
+    data, start = b"", end
+    while start > 0 and data.count(b"\n") <= count:
+        start = max(0, start - block)
+        file.seek(start)
+        data = file.read(end - start)
+    lines = data.splitlines()
+    if start > 0:
+        lines = lines[1:]  # the first may be cut: more than `count` whole lines follow it
+    return lines[-count:]

@@ -177,7 +177,7 @@ class PolicyServer:
         now = time.time()
         for robot in robots:
             robot["report_age_s"] = round(now - robot.pop("received"), 3)
-        return {"latest_version": latest, "canary": canary, "rollouts": self.registry.rollouts()[-5:], "time": now,
+        return {"latest_version": latest, "canary": canary, "rollouts": self.registry.rollouts(last=5), "time": now,
                 "robots": robots}  # fmt: skip
 
     def _answer_fleet_table(self, query: zenoh.Query) -> None:

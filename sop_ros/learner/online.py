@@ -435,13 +435,14 @@ def decided(verdict: Verdict, candidate: str, publisher: Publisher, policy: VLAP
 
 
 def canary_status(gate: CanaryGate | None) -> dict | None:
-    """The candidate on canary and its robots, and the verdicts so far (None: no canary rollout)."""
+    """The candidate on canary and its robots, the latest verdicts and how many went each way (None: no canary
+    rollout). Every verdict is in the registry's rollout history."""
     if gate is None:
         return None
     pending = gate.pending
     return {"candidate": pending.version if pending else "", "robots": pending.robots if pending else [],
             "verdicts": [{"candidate": c, "decision": v.decision, "reason": v.reason, **v.evidence()}
-                         for c, v in gate.verdicts]}  # fmt: skip
+                         for c, v in gate.verdicts], "decided": dict(gate.decided)}  # fmt: skip
 
 
 def fleet_metrics(stored: list[StoredEpisode], since: float, window: int = 20) -> dict:
@@ -509,6 +510,8 @@ def format_status(status: dict, now: float) -> str:
     canary = status.get("canary") or {}
     if canary.get("candidate"):
         lines.append(f"  on canary: {canary['candidate']} with {', '.join(canary['robots'])}")
+    if canary.get("decided"):
+        lines.append("  canaries decided: " + ", ".join(f"{decision} {n}" for decision, n in canary["decided"].items()))
     for verdict in canary.get("verdicts", [])[-3:]:
         lines.append(f"  canary {verdict['candidate']}: {verdict['decision']} ({verdict['reason']})")
     if status["version_lag"]:
