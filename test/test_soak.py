@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -33,6 +34,7 @@ from sop_ros.fleet.soak import (
     running,
     sensor_gaps_seen,
     stuck_windows,
+    why_left,
     with_malloc,
 )
 
@@ -291,3 +293,11 @@ def test_the_learners_memory_is_read_from_its_status_and_nothing_is_made_up_befo
     assert soak.learner_memory() == {"frame_cache_mb": 128.0, "malloc_in_use_mb": 310.5, "malloc_free_mb": 40.0}
     (tmp_path / "learner" / "status.json").write_text('{"step": 7')  # cut short: no figures, no failure
     assert soak.learner_memory() == {}
+
+
+@pytest.mark.unit
+def test_each_file_left_in_an_outbox_says_why_by_where_it_lies():
+    assert why_left(Path("robot_0/robot_0-x-00067.mcap")).startswith("a finished episode queued for upload")
+    assert why_left(Path("robot_1/.partial/robot_1-x-00119.mcap")).startswith("a recording not finished")
+    assert why_left(Path("robot_3/quarantine/robot_3-x-00104.mcap")).startswith("a partial recording with nothing")
+    assert why_left(Path("robot_2/rejected/robot_2-x-00005.mcap")) == "refused by the cloud: its reason beside it"

@@ -679,7 +679,8 @@ def run(config: SoakConfig) -> dict:
             os.environ.pop(MEMORY_REPORT_ENV, None)
         else:
             os.environ[MEMORY_REPORT_ENV] = before
-        left = sorted(str(p.relative_to(outbox)) for p in outbox.rglob("*.mcap*"))
+        left = {str(p.relative_to(outbox)): why_left(p.relative_to(outbox))
+                for p in sorted(outbox.rglob("*.mcap")) if p.is_file()}  # fmt: skip
         if not why_not:  # what is left there is kept before the tmpfs goes
             subprocess.run(["cp", "-a", f"{outbox}/.", str(out / "outbox-left")], check=False)
             subprocess.run(["umount", str(outbox)], check=False)
@@ -739,6 +740,22 @@ def run(config: SoakConfig) -> dict:
     (path.parent / "soak_samples.json").write_text(json.dumps(samples) + "\n")
     plot(samples, report["faults"], path.with_suffix(".png"), config.warmup_min)
     return report
+
+
+def why_left(relative: Path) -> str:
+    """Why a file is in a robot's outbox (`relative` to the outbox) when the fleet stopped, by where it lies."""
+    from sop_ros.bridge.uploader import REJECTED_DIR
+    from sop_ros.episodes.format import PARTIAL_DIR, QUARANTINE_DIR
+
+    where = relative.parts[-2] if len(relative.parts) > 1 else ""
+    if where == PARTIAL_DIR:
+        return ("a recording not finished when the fleet stopped (its recorder killed, or the disk full, then): "
+                "the recorder recovers it at its next start")
+    if where == QUARANTINE_DIR:
+        return "a partial recording with nothing readable to recover: quarantined, its reason beside it"
+    if where == REJECTED_DIR:
+        return "refused by the cloud: its reason beside it"
+    return "a finished episode queued for upload when the fleet stopped"
 
 
 def where_left(outbox: Path, robot: str, episode_id: str) -> str:
