@@ -300,6 +300,8 @@ def test_the_algorithms_targets_are_two_proportion_tests_of_pooled_scores():
                              "over 2 runs x tasks, and its indicator calls 55%-60% of steps positive: the advantage "
                              "it conditions on barely ranks the fleet's steps.")  # fmt: skip
     assert lines[2].endswith("barely ranks the fleet's steps.") and "why" not in lines[0]  # a met target: no why
+    arms["SOP + RECAP"]["runs"][2]["value_check"]["reach-v3"] = {"correlation": 0.8, "positive_share": 0.5}
+    assert "why" not in target_lines({"experiment": "algorithms", "config": {}, "arms": arms})[1]  # it ranks them
 
 
 def test_the_pretrain_scale_targets_weigh_online_experience_against_4x_the_demonstrations():

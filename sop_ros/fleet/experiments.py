@@ -809,13 +809,17 @@ def store_probe_reason(report: dict) -> str | None:
             f"{comparison}; more robots' data did not make a better policy beyond noise")
 
 
+RANKS_STEPS = 0.5  # a value network whose predictions correlate this well with realised returns somewhere ranks steps
+
+
 def value_fit_reason(report: dict, arm: str) -> str | None:
-    """How well `arm`'s value network ranked its fleet's steps: the spread over runs and tasks of the correlation
-    of predicted with realised returns, and of the share of steps its indicator called positive."""
+    """Why `arm` (RECAP) did not beat its comparison, where its value network's fit shows it: the correlation of
+    predicted with realised returns below RANKS_STEPS in every run and task, and the share of steps its indicator
+    called positive (None where it ranked steps that well somewhere, or was not checked)."""
     checks = [c for run in report["arms"].get(arm, {}).get("runs", []) for c in run.get("value_check", {}).values()]
     correlations = [c["correlation"] for c in checks if c["correlation"] is not None]
     positive = [c["positive_share"] for c in checks if c["positive_share"] is not None]
-    if not correlations:
+    if not correlations or max(correlations) >= RANKS_STEPS:
         return None
     return (f"its value network's predicted and realised returns correlate {min(correlations):.2f} to "
             f"{max(correlations):.2f} over {len(correlations)} runs x tasks, and its indicator calls "
