@@ -428,11 +428,17 @@ def test_with_canaries_a_new_policy_goes_to_the_canary_first_and_a_rollback_rest
                     halt.set()
                     worker.join()
             wait_for(registry.rollouts, 120, what="the gate's verdict")
-            wait_for(lambda: registry.canary() is not None and registry.canary() != candidate, 120,
-                     what="the next policy on canary")  # fmt: skip
-            following = registry.canary().version  # the learner's status says so at its next write
-            wait_for(lambda: json.loads(status.read_text()).get("canary", {}).get("candidate") == following, 60,
-                     what="the status to show the next candidate")  # fmt: skip
+            seen = [None]  # the canary as last read: read once a poll, as the learner may move it on meanwhile
+
+            def next_on_canary() -> bool:
+                seen[0] = registry.canary()
+                return seen[0] is not None and seen[0] != candidate
+
+            wait_for(next_on_canary, 120, what="the next policy on canary")
+            assert seen[0].robots == ["robot_9"] and seen[0].version != candidate.version
+            # The learner's status names a candidate after the rolled-back one at its next write.
+            wait_for(lambda: json.loads(status.read_text()).get("canary", {}).get("candidate") not in
+                     ("", candidate.version), 60, what="the status to show the next candidate")  # fmt: skip
     finally:
         learner.send_signal(signal.SIGTERM)
         out, _ = learner.communicate(timeout=120)
