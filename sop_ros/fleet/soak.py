@@ -679,8 +679,8 @@ def run(config: SoakConfig) -> dict:
             os.environ.pop(MEMORY_REPORT_ENV, None)
         else:
             os.environ[MEMORY_REPORT_ENV] = before
-        left = {str(p.relative_to(outbox)): why_left(p.relative_to(outbox))
-                for p in sorted(outbox.rglob("*.mcap")) if p.is_file()}  # fmt: skip
+        left = {str(path): why_left(path)
+                for path in sorted(p.relative_to(outbox) for p in outbox.rglob("*.mcap") if p.is_file())}  # fmt: skip
         if not why_not:  # what is left there is kept before the tmpfs goes
             subprocess.run(["cp", "-a", f"{outbox}/.", str(out / "outbox-left")], check=False)
             subprocess.run(["umount", str(outbox)], check=False)
@@ -760,7 +760,9 @@ def why_left(relative: Path) -> str:
 
 def where_left(outbox: Path, robot: str, episode_id: str) -> str:
     """Why an episode the store lacks is still on its robot: refused by the cloud (its reason), or queued."""
-    reason = outbox / robot / "rejected" / f"{episode_id}.mcap.reason.txt"
+    from sop_ros.bridge.uploader import REJECTED_DIR
+
+    reason = outbox / robot / REJECTED_DIR / f"{episode_id}.mcap.reason.txt"
     if reason.exists():
         return f"refused by the cloud: {reason.read_text().strip()}"
     if (outbox / robot / f"{episode_id}.mcap").exists():
