@@ -34,6 +34,18 @@ def test_a_lockstep_simulator_gives_its_ingest_the_camera_rate_and_a_long_frame_
     assert realtime_ingest["camera_hz"] == 0.0 and realtime_ingest["sync_timeout_s"] == 0.05
 
 
+def test_a_simulator_waits_for_every_listener_and_a_recorder_for_every_stream_its_robot_publishes():
+    config = load_config(RobotLaunchConfig, REPO / "config" / "sim_policy.yaml")
+    parameters = {s.name: s.parameters for s in plan(config)}
+    assert set(parameters["sim_robot"]["wait_for_nodes"]) == {"teleop_arbiter", "policy", "recorder"}
+    # the simulator's states and executed commands, the arbiter's commands, the policy's chunks
+    assert set(parameters["recorder"]["wait_for_publishers"]) == {"joint_states", "command/executed", "command",
+                                                                  "policy/chunk"}  # fmt: skip
+    # a recorder on its own (the robot's other nodes launched apart) waits for what its config names
+    alone = plan(from_dict(RobotLaunchConfig, robot(recorder={"wait_for_publishers": ["command"]})))
+    assert alone[0].parameters["wait_for_publishers"] == ["command"]
+
+
 def test_shipped_learner_config_is_valid():
     assert load_config(LearnerConfig, REPO / "config" / "learner.yaml").publish_every_steps == 25
 

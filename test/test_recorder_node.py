@@ -165,3 +165,95 @@ def test_a_full_disk_stops_recording_with_a_clear_error_and_the_robot_goes_on(tm
             assert metadata["episode"]["outcome"] == "success" and messages
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def recorder_node(tmp_path, **values):
+    from sop_ros.configs.robot import RecorderConfig
+    from sop_ros.robot.params import parameter_overrides
+    from sop_ros.robot.recorder_node import RecorderNode
+
+    values = {"output_dir": str(tmp_path / "episodes")} | values
+    return RecorderNode(parameter_overrides=parameter_overrides(RecorderConfig, values))
+
+
+def hears_episodes(node) -> bool:
+    return node.resolve_topic_name("episode/events") in {s.topic_name for s in node.subscriptions}
+
+
+def test_a_recorder_listens_for_episodes_only_once_the_streams_it_waits_for_are_connected(tmp_path, rclpy_context):
+    """A simulator starts its first episode when every listener is there; a recorder that listened before the
+    policy's chunks reached it would record an episode without them."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    from sop_ros.msg import ActionChunk
+    from sop_ros.robot import topics
+
+    recorder = recorder_node(tmp_path, wait_for_publishers=["policy/chunk"], connect_timeout_s=120.0)
+    policy = rclpy.create_node("policy")
+    executor = SingleThreadedExecutor()
+    executor.add_node(recorder)
+    try:
+        for _ in range(20):  # a second of looking: no chunk publisher, so no listener
+            executor.spin_once(timeout_sec=0.05)
+        assert not hears_episodes(recorder)
+        policy.create_publisher(ActionChunk, topics.POLICY_CHUNK, topics.STREAM)
+        wait_for(lambda: hears_episodes(recorder), 30, spin=lambda: executor.spin_once(timeout_sec=0.05),
+                 what="the recorder's episode listener")  # fmt: skip
+        assert all(s.get_publisher_count() == 1 for s in recorder.subscriptions
+                   if s.topic_name == recorder.resolve_topic_name("policy/chunk"))  # fmt: skip
+    finally:
+        executor.shutdown()
+        policy.destroy_node()
+        recorder.destroy_node()
+
+
+def test_a_recorder_whose_streams_never_connect_listens_after_its_timeout_naming_them(tmp_path, rclpy_context):
+    from rclpy.executors import SingleThreadedExecutor
+
+    recorder = recorder_node(tmp_path, wait_for_publishers=["command", "policy/chunk"], connect_timeout_s=0.2)
+    executor = SingleThreadedExecutor()
+    executor.add_node(recorder)
+    try:
+        assert recorder.unconnected() == [recorder.resolve_topic_name("command"), recorder.resolve_topic_name(
+            "policy/chunk")]  # fmt: skip
+        wait_for(lambda: hears_episodes(recorder), 30, spin=lambda: executor.spin_once(timeout_sec=0.05),
+                 what="the recorder's episode listener")  # fmt: skip
+    finally:
+        executor.shutdown()
+        recorder.destroy_node()
+
+
+def test_a_simulator_starts_no_episode_before_each_node_it_waits_for_listens(rclpy_context):
+    """The node being up is not enough, nor is a matched subscription count (the simulator's own counts too)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import JointState
+
+    from sop_ros.configs.robot import SimRobotConfig
+    from sop_ros.msg import EpisodeEvent
+    from sop_ros.robot import topics
+    from sop_ros.robot.params import parameter_overrides
+    from sop_ros.sim.sim_robot_node import SimRobotNode
+
+    values = {"task": "reach-v3", "episodes": 1, "max_episode_steps": 5, "image_width": 32, "image_height": 32,
+              "wait_for_nodes": ["recorder"], "ready_timeout_s": 120.0}  # fmt: skip
+    sim = SimRobotNode(parameter_overrides=parameter_overrides(SimRobotConfig, values))
+    recorder, probe = rclpy.create_node("recorder"), rclpy.create_node("probe")  # up, not yet listening
+    states = []
+    probe.create_subscription(JointState, topics.JOINT_STATES, states.append, topics.STREAM)
+    executor = SingleThreadedExecutor()
+    for node in (sim, recorder, probe):
+        executor.add_node(node)
+    spin = lambda: executor.spin_once(timeout_sec=0.05)  # noqa: E731
+    try:
+        wait_for(lambda: sim.sim is not None, 60, spin=spin, what="the simulator built")
+        for _ in range(30):  # a second and a half more: the simulator still waits
+            spin()
+        assert not states
+        recorder.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, lambda _: None, topics.EVENTS)
+        wait_for(lambda: states, 60, spin=spin, what="the first episode's joint states")
+    finally:
+        executor.shutdown()
+        for node in (probe, recorder, sim):
+            node.destroy_node()

@@ -249,6 +249,12 @@ class RecorderConfig:
     chunk_size_bytes: int = 1 << 20
     flush_period_s: float = 1.0  # a crash loses at most this much of an episode
     label_grace_s: float = 2.0  # an ended episode's file stays open this long for the operator's label
+    # Recorded topics (relative) that must each have a publisher connected before the recorder listens for
+    # episodes. A simulated robot waits for that listener before its first episode, so none starts with a stream
+    # still unconnected (its first steps would be missing). `sop robot` and the launch files fill in those of the
+    # robot's own nodes; after connect_timeout_s the recorder listens anyway, naming what it lacks.
+    wait_for_publishers: tuple[str, ...] = ()
+    connect_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         require(bool(self.output_dir), "output_dir", self.output_dir, "must name a directory")
@@ -256,6 +262,7 @@ class RecorderConfig:
         require(self.chunk_size_bytes >= 4096, "chunk_size_bytes", self.chunk_size_bytes, "must be >= 4096")
         require(self.flush_period_s > 0, "flush_period_s", self.flush_period_s, "must be > 0")
         require(self.label_grace_s >= 0, "label_grace_s", self.label_grace_s, "must be >= 0")
+        require(self.connect_timeout_s > 0, "connect_timeout_s", self.connect_timeout_s, "must be > 0")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ ROBOT_COMMAND = "command"  # std_msgs/msg/Float64MultiArray: the command the rob
 # it the dataset matches the headerless commands above to steps by their arrival times.
 EXECUTED_COMMAND = "command/executed"
 INTERVENTION_STATE = "teleop/intervention"  # sop_ros/msg/InterventionState: who was in control
+POLICY_CHUNK = "policy/chunk"  # sop_ros/msg/ActionChunk: the policy's chunks, with the weights' version
 
 JOINT_STATE_TYPE = "sensor_msgs/msg/JointState"
 COMMAND_TYPE = "std_msgs/msg/Float64MultiArray"

@@ -21,6 +21,7 @@ from sop_ros.configs.robot import (
     SimRobotConfig,
     TeleopArbiterConfig,
 )
+from sop_ros.episodes.format import EXECUTED_COMMAND, JOINT_STATES, POLICY_CHUNK, ROBOT_COMMAND
 
 
 @dataclass(frozen=True)
@@ -32,23 +33,26 @@ class NodeType:
     clock_source: bool = False  # publishes /clock, so it runs on wall time itself
     # subscribes to episode events: a simulated robot waits for it before its first episode
     hears_episodes: bool = False
+    recorded: tuple[str, ...] = ()  # what it publishes that episodes record: a recorder waits to hear each
 
 
 NODE_PROCESS = "sop_ros.robot.node_process"  # runs a node module's main() in a process of its own
 LOCKSTEP_SYNC_S = 2.0  # how long a lockstep ingest waits for a due frame (wall time; a frame may still be lost)
 
 NODE_TYPES = {
-    "sim_robot": NodeType("sim_robot", "sop_ros.sim.sim_robot_node", "SimRobotNode", SimRobotConfig, clock_source=True),
+    "sim_robot": NodeType("sim_robot", "sop_ros.sim.sim_robot_node", "SimRobotNode", SimRobotConfig, clock_source=True,
+                          recorded=(JOINT_STATES, EXECUTED_COMMAND)),
     "scripted_operator": NodeType(
         "scripted_operator", "sop_ros.sim.scripted_operator_node", "ScriptedOperatorNode", ScriptedOperatorConfig,
         hears_episodes=True,
     ),
     "teleop_arbiter": NodeType(
         "teleop_arbiter", "sop_ros.robot.teleop_arbiter_node", "TeleopArbiterNode", TeleopArbiterConfig,
-        hears_episodes=True,
+        hears_episodes=True, recorded=(ROBOT_COMMAND,),
     ),
     "ingest": NodeType("ingest", "sop_ros.robot.ingest_node", "IngestNode", IngestConfig),
-    "policy": NodeType("policy", "sop_ros.robot.policy_node", "PolicyNode", PolicyConfig, hears_episodes=True),
+    "policy": NodeType("policy", "sop_ros.robot.policy_node", "PolicyNode", PolicyConfig, hears_episodes=True,
+                       recorded=(POLICY_CHUNK,)),
     "recorder": NodeType("recorder", "sop_ros.robot.recorder_node", "RecorderNode", RecorderConfig,
                          hears_episodes=True),
     "bridge": NodeType("bridge", "sop_ros.bridge.bridge_node", "BridgeNode", BridgeConfig),
@@ -113,6 +117,9 @@ def plan(config: RobotLaunchConfig) -> list[NodeSpec]:
         if name == "sim_robot" and not parameters["wait_for_nodes"]:
             listeners = [other for other in config.nodes.enabled() if NODE_TYPES[other].hears_episodes]
             parameters["wait_for_nodes"] = listeners
+        if name == "recorder" and not parameters["wait_for_publishers"]:
+            parameters["wait_for_publishers"] = [topic for other in config.nodes.enabled()
+                                                 for topic in NODE_TYPES[other].recorded]  # fmt: skip
         specs.append(
             NodeSpec(
                 name=name,

@@ -8,6 +8,7 @@ re-encoded on the robot. At start it recovers or quarantines what a crash left b
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rclpy.clock import Clock, ClockType
@@ -27,6 +28,7 @@ COMMAND_TYPES = {
     "joint_trajectory": "trajectory_msgs/msg/JointTrajectory",
 }
 IMAGE_TYPES = {"compressed": "sensor_msgs/msg/CompressedImage", "raw": "sensor_msgs/msg/Image"}
+CONNECT_POLL_S = 0.05  # how often a recorder waiting for its publishers looks again
 
 
 def recorded_streams(cfg: RecorderConfig) -> dict[str, tuple[str, object, bool]]:
@@ -65,13 +67,35 @@ class RecorderNode(Node):
             msg_type, full = _message_class(type_name), self.resolve_topic_name(topic)
             callback = self.on_stamped if stamped else self.on_data
             self.create_subscription(msg_type, topic, lambda data, t=full, cb=callback: cb(t, data), qos, raw=True)
-        self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
         self.create_subscription(InterventionState, topics.INTERVENTION_STATE, self.on_intervention, topics.EVENTS)
         # Which weights drove an episode: the version its chunks carry (the learner credits its data by it).
         self.create_subscription(ActionChunk, topics.POLICY_CHUNK, self.on_chunk, topics.STREAM)
         # Steady time, not sim time: ended episodes must be closed even after the simulator stops its clock.
-        self.create_timer(0.2, self.recorder.tick, clock=Clock(clock_type=ClockType.STEADY_TIME))
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(0.2, self.recorder.tick, clock=steady)
+        self.awaited = {self.resolve_topic_name(t) for t in cfg.wait_for_publishers}
+        self.connect_deadline = time.monotonic() + cfg.connect_timeout_s
+        self.connect_timer = self.create_timer(CONNECT_POLL_S, self.listen_once_connected, clock=steady)
+        self.listen_once_connected()
         self.get_logger().info(f"recording {len(recorded)} topics into {self.root}")
+
+    def unconnected(self) -> list[str]:
+        """Awaited topics that one of this node's subscriptions still hears from no publisher."""
+        return sorted({s.topic_name for s in self.subscriptions if s.topic_name in self.awaited
+                       and s.get_publisher_count() == 0})  # fmt: skip
+
+    def listen_once_connected(self) -> None:
+        """Subscribe to episode events once every awaited stream is connected (or the wait is over): a simulated
+        robot starts its first episode only when this listener is there, so no episode begins unrecorded."""
+        missing = self.unconnected()
+        if missing and time.monotonic() < self.connect_deadline:
+            return
+        if missing:
+            self.get_logger().warning(f"listening for episodes with no publisher yet on {missing} after "
+                                      f"{self.config.connect_timeout_s:g} s: what they send before one connects "
+                                      "is not recorded")  # fmt: skip
+        self.destroy_timer(self.connect_timer)
+        self.create_subscription(EpisodeEvent, topics.EPISODE_EVENTS, self.on_episode_event, topics.EVENTS)
 
     def now_ns(self) -> int:
         return self.get_clock().now().nanoseconds

@@ -16,6 +16,7 @@ from sop_ros.episodes.format import (  # noqa: F401 - topic names used through t
     EXECUTED_COMMAND,
     INTERVENTION_STATE,
     JOINT_STATES,
+    POLICY_CHUNK,
     ROBOT_COMMAND,
 )
 
@@ -26,7 +27,6 @@ POLICY_COMMAND = "policy/command"
 POLICY_STATUS = "policy/status"
 POLICY_MARKERS = "policy/markers"
 LOAD_POLICY = "policy/load"  # service (sop_ros/srv/LoadPolicy)
-POLICY_CHUNK = "policy/chunk"
 OPERATOR_COMMAND = "teleop/operator_command"
 JOY = "joy"
 LEADER_JOINT_STATES = "teleop/leader_joint_states"

@@ -180,12 +180,15 @@ class SimRobotNode(Node):
         wanted = set(self.config.wait_for_nodes)
         deadline = time.monotonic() + self.config.ready_timeout_s
         while wanted and not self._stop.is_set():
-            names = {n for n, ns in self.get_node_names_and_namespaces() if ns == self.get_namespace()}
-            subscribed = self.event_pub.get_subscription_count() >= len(wanted)
-            if wanted <= names and subscribed:
+            # Seen subscribing in the graph, and matched: an endpoint the graph shows may not be matched yet, and
+            # the match count alone includes this node's own subscription (and would not say whose are missing).
+            seen = {info.node_name for info in self.get_subscriptions_info_by_topic(self.event_pub.topic_name)
+                    if info.node_namespace == self.get_namespace()}  # fmt: skip
+            matched = self.event_pub.get_subscription_count() >= len(wanted | {self.get_name()})
+            if wanted <= seen and matched:
                 return
             if time.monotonic() > deadline:
-                missing = sorted(wanted - names) or "their episode-event subscriptions"
+                missing = sorted(wanted - seen) or "their episode-event subscriptions"
                 self.get_logger().warning(f"starting without {missing} after {self.config.ready_timeout_s:g} s")
                 return
             self._stop.wait(0.1)
