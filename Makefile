@@ -11,6 +11,9 @@ BUILD_STAMP := install/.sop_built
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_DOMAIN_ID ?= 42
 export MUJOCO_GL ?= egl
+# The suite keeps about one core busy (its robots mostly wait on each other): two workers, each taking whole test
+# files, fit it in the 10 minutes on two cores. PYTEST_WORKERS=0 runs it in this process, in file order.
+PYTEST_WORKERS ?= 2
 
 BUILD_INPUTS := CMakeLists.txt package.xml $(wildcard cmake/* msg/*.msg srv/*.srv src/*) \
 	$(shell find sop_ros launch config urdf rviz -type f -not -path '*/__pycache__/*' 2>/dev/null)
@@ -21,7 +24,7 @@ demo: $(BUILD_STAMP)
 
 test: $(BUILD_STAMP)
 	$(VENV)/bin/ruff check sop_ros test launch setup.py
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check sop_ros test launch setup.py
